@@ -1,0 +1,471 @@
+//! `fraisier.yaml`: typed, deserialized strictly, then validated as a whole, with every problem
+//! reported by file and key path before anything starts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Millis;
+use crate::names::{name_problem, version_problem};
+use crate::service::{HealthCheckSpec, ProbeKind};
+use crate::strategy::{Strategy, StrategyConfig};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentConfig>,
+    #[serde(default)]
+    pub fraises: BTreeMap<String, FraiseConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in `data_dir`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: Millis,
+    /// Releases kept per fraise × environment beyond the running ones, for rollback.
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: usize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub provider: Provider,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Instances run by the agent on the server's own host.
+    #[default]
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FraiseType {
+    /// Long-running instances behind the router.
+    #[default]
+    Api,
+    /// A job run once to completion per deploy.
+    Etl,
+    /// A job run on a cron schedule.
+    Scheduled,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraiseConfig {
+    #[serde(rename = "type", default)]
+    pub kind: FraiseType,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub git_provider: Option<String>,
+    #[serde(default)]
+    pub git_repo: Option<String>,
+    #[serde(default)]
+    pub git_branch: Option<String>,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub working_directory: Option<PathBuf>,
+    /// Where releases come from; `{version}` is replaced by the version.
+    #[serde(default)]
+    pub artifact_path: Option<String>,
+    #[serde(default)]
+    pub versions: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub pre_deploy_hooks: Vec<String>,
+    #[serde(default)]
+    pub post_deploy_hooks: Vec<String>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Millis,
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Millis,
+    #[serde(default)]
+    pub environments: BTreeMap<String, FraiseEnvironmentConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraiseEnvironmentConfig {
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub strategy_config: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeType {
+    #[default]
+    Http,
+    Tcp,
+    Command,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(rename = "type", default)]
+    pub kind: ProbeType,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default)]
+    pub expected_status: Vec<u16>,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default = "default_interval")]
+    pub interval: Millis,
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Millis,
+    #[serde(default = "one")]
+    pub healthy_threshold: u32,
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+}
+
+/// One thing wrong in the configuration: where, and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {file}: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {}", format_problems(.problems))]
+    Invalid { file: PathBuf, problems: Vec<Problem> },
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".fraisier")
+}
+fn default_token_ttl() -> Millis {
+    Millis::from_secs(3600)
+}
+fn default_keep_releases() -> usize {
+    3
+}
+fn default_drain_timeout() -> Millis {
+    Millis::from_secs(30)
+}
+fn default_stop_grace() -> Millis {
+    Millis::from_secs(10)
+}
+fn default_instances() -> u32 {
+    1
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_interval() -> Millis {
+    Millis(1000)
+}
+fn default_probe_timeout() -> Millis {
+    Millis(2000)
+}
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("\n  {}: {}", p.key, p.message))
+        .collect()
+}
+
+// === impl ServerConfig ===
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            database_url: None,
+            token_ttl: default_token_ttl(),
+            keep_releases: default_keep_releases(),
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads, parses and validates a file; relative `data_dir` is resolved against the file's
+    /// directory so the server finds the same data wherever it is started from.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|problems| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            problems,
+        })?;
+        if config.server.data_dir.is_relative() {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(base) = base {
+                config.server.data_dir = base.join(&config.server.data_dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses YAML text and validates it; all problems found are returned together.
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().to_string();
+            vec![Problem {
+                key: if key == "." { "(top level)".into() } else { key },
+                message,
+            }]
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Rules that span fields; each problem names its key.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: String, message: String| out.push(Problem { key, message });
+        for name in self.environments.keys() {
+            if let Some(p) = name_problem(name) {
+                bad(format!("environments.{name}"), format!("invalid environment name: {p}"));
+            }
+        }
+        let mut ports: BTreeMap<u16, String> = BTreeMap::new();
+        for (name, f) in &self.fraises {
+            let at = format!("fraises.{name}");
+            if let Some(p) = name_problem(name) {
+                bad(at.clone(), format!("invalid fraise name: {p}"));
+            }
+            for (i, v) in f.versions.iter().enumerate() {
+                if let Some(p) = version_problem(v) {
+                    bad(format!("{at}.versions[{i}]"), format!("invalid version {v:?}: {p}"));
+                }
+            }
+            if f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                bad(format!("{at}.command"), "a command to run is required (run with sh -c)".into());
+            }
+            if f.kind == FraiseType::Scheduled && f.schedule.is_none() {
+                bad(format!("{at}.schedule"), "a scheduled fraise needs a cron schedule".into());
+            }
+            if let Some(hc) = &f.health_check {
+                if hc.kind == ProbeType::Command && hc.command.is_none() {
+                    bad(format!("{at}.health_check.command"), "a command health check needs `command`".into());
+                }
+                if hc.kind == ProbeType::Http && !hc.path.starts_with('/') {
+                    bad(format!("{at}.health_check.path"), "must start with '/'".into());
+                }
+                if hc.interval.0 == 0 || hc.timeout.0 == 0 {
+                    bad(format!("{at}.health_check"), "interval and timeout must be above 0".into());
+                }
+                if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                    bad(format!("{at}.health_check"), "thresholds must be at least 1".into());
+                }
+            }
+            for (i, d) in f.dependencies.iter().enumerate() {
+                if d == name {
+                    bad(format!("{at}.dependencies[{i}]"), "a fraise cannot depend on itself".into());
+                } else if !self.fraises.contains_key(d) {
+                    bad(format!("{at}.dependencies[{i}]"), format!("unknown fraise {d:?}"));
+                }
+            }
+            if f.environments.is_empty() {
+                bad(format!("{at}.environments"), "declare at least one environment for this fraise".into());
+            }
+            for (env, fe) in &f.environments {
+                let at = format!("{at}.environments.{env}");
+                if !self.environments.contains_key(env) {
+                    bad(at.clone(), format!("unknown environment {env:?} (declare it under `environments`)"));
+                }
+                if fe.instances == 0 || fe.instances > 64 {
+                    bad(format!("{at}.instances"), "must be between 1 and 64".into());
+                }
+                if f.kind == FraiseType::Api {
+                    match fe.port {
+                        None | Some(0) => bad(format!("{at}.port"), "an api fraise needs the router's port (1-65535)".into()),
+                        Some(p) => {
+                            if let Some(other) = ports.insert(p, format!("{name}@{env}")) {
+                                bad(format!("{at}.port"), format!("port {p} is already used by {other}"));
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = StrategyConfig::parse(fe.strategy, &fe.strategy_config) {
+                    bad(format!("{at}.strategy_config.{}", e.field), e.message);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn fraise(&self, name: &str) -> Option<&FraiseConfig> {
+        self.fraises.get(name)
+    }
+}
+
+// === impl FraiseConfig ===
+
+impl FraiseConfig {
+    pub fn health_check_spec(&self) -> Option<HealthCheckSpec> {
+        let hc = self.health_check.as_ref()?;
+        let kind = match hc.kind {
+            ProbeType::Http => ProbeKind::Http {
+                path: hc.path.clone(),
+                expected_status: hc.expected_status.clone(),
+            },
+            ProbeType::Tcp => ProbeKind::Tcp,
+            ProbeType::Command => ProbeKind::Command {
+                command: hc.command.clone().unwrap_or_default(),
+            },
+        };
+        Some(HealthCheckSpec {
+            kind,
+            interval_ms: hc.interval.0,
+            timeout_ms: hc.timeout.0,
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+        })
+    }
+
+    /// The artifact path for `version`, if the fraise has one.
+    pub fn artifact_for(&self, version: &str) -> Option<PathBuf> {
+        self.artifact_path
+            .as_ref()
+            .map(|p| PathBuf::from(p.replace("{version}", version)))
+    }
+}
+
+impl fmt::Display for FraiseType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FraiseType::Api => "api",
+            FraiseType::Etl => "etl",
+            FraiseType::Scheduled => "scheduled",
+        })
+    }
+}
+
+impl std::str::FromStr for FraiseType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "api" => Ok(FraiseType::Api),
+            "etl" => Ok(FraiseType::Etl),
+            "scheduled" => Ok(FraiseType::Scheduled),
+            _ => Err(format!("unknown fraise type {s:?} (expected api, etl or scheduled)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+server:
+  listen: "127.0.0.1:8000"
+environments:
+  production: { display_name: Production, description: Live environment, provider: local }
+fraises:
+  my_api:
+    type: api
+    command: "python3 -m http.server $PORT"
+    versions: ["1.9.0", "2.0.0"]
+    health_check: { type: http, path: /health, interval: 500ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 3 }
+    environments:
+      production: { port: 18080, instances: 2, strategy: rolling, strategy_config: {} }
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD).unwrap();
+        let f = c.fraise("my_api").unwrap();
+        assert_eq!(f.environments["production"].instances, 2);
+        assert_eq!(f.health_check.as_ref().unwrap().interval, Millis(500));
+    }
+
+    #[test]
+    fn names_the_key_of_a_type_error() {
+        let text = GOOD.replace("interval: 500ms", "interval: 5x");
+        let problems = Config::parse(&text).unwrap_err();
+        assert_eq!(problems[0].key, "fraises.my_api.health_check.interval");
+        assert!(problems[0].message.contains("invalid duration unit"), "{:?}", problems);
+    }
+
+    #[test]
+    fn names_the_key_of_an_unknown_field() {
+        let text = GOOD.replace("instances: 2", "instancez: 2");
+        let problems = Config::parse(&text).unwrap_err();
+        assert!(problems[0].key.starts_with("fraises.my_api.environments.production"), "{problems:?}");
+        assert!(problems[0].message.contains("instancez"));
+    }
+
+    #[test]
+    fn reports_every_cross_field_problem() {
+        let text = GOOD
+            .replace("production: { port", "staging: { port")
+            .replace("strategy_config: {}", "strategy_config: { max_surge: 1, bogus: 2 }");
+        let problems = Config::parse(&text).unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"fraises.my_api.environments.staging"), "{keys:?}");
+        assert!(keys.contains(&"fraises.my_api.environments.staging.strategy_config.bogus"), "{keys:?}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Fraisier's domain: configuration, names, strategies and their pure planners, and the
+//! desired/observed state exchanged between the control plane and the agents. No I/O here.
+
+pub mod config;
+pub mod duration;
+pub mod metrics;
+pub mod names;
+pub mod plan;
+pub mod run;
+pub mod service;
+pub mod strategy;
+pub mod version;
+
+pub use config::{Config, ConfigError, FraiseConfig, FraiseType};
+pub use duration::Millis;
+pub use strategy::{Strategy, StrategyConfig};

@@ -1,0 +1,370 @@
+//! Strategy planners: pure functions from the current instance set and the target to the
+//! sequence of desired instance sets (phases) a deployment walks through, each with the gates
+//! that must pass before the next. The engine executes plans; nothing here acts.
+
+use crate::duration::Millis;
+use crate::service::DesiredInstance;
+use crate::strategy::{Analysis, BlueGreenConfig, CanaryConfig, RecreateConfig, RollingConfig, StrategyConfig};
+
+/// What must hold before a deployment moves past a phase.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Gate {
+    /// Wait this long before judging health (rolling's `health_check_delay`).
+    Delay(Millis),
+    /// Every listed instance runs its version and is healthy; removed ones are drained.
+    Converged { timeout: Millis },
+    /// Run a command against the new, not yet serving, instances; exit 0 passes.
+    SmokeTest { command: String },
+    /// Keep the phase for this long while watching that it stays healthy.
+    Hold(Millis),
+    /// Compare the canary's router metrics over the window with thresholds and with stable.
+    Analysis {
+        canary_version: String,
+        stable_version: Option<String>,
+        window: Millis,
+        analysis: Analysis,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    pub name: String,
+    pub instances: Vec<DesiredInstance>,
+    pub gates: Vec<Gate>,
+    /// Percentage of requests on the new version once this phase holds.
+    pub traffic_pct: u32,
+}
+
+/// What a planner needs to know.
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    /// The instances the service has now (its last desired state).
+    pub current: &'a [DesiredInstance],
+    pub version: &'a str,
+    pub instances: u32,
+    /// The first free instance ordinal; ids are `i<ordinal>`.
+    pub next_ordinal: u64,
+}
+
+/// Weight units per instance when all share equally; canary splits use the same scale.
+pub const UNIT: u32 = 100;
+
+struct Ids(u64);
+
+impl Ids {
+    fn take(&mut self, version: &str, weight: u32) -> DesiredInstance {
+        let id = format!("i{}", self.0);
+        self.0 += 1;
+        DesiredInstance {
+            id,
+            version: version.to_string(),
+            weight,
+        }
+    }
+}
+
+pub fn plan(config: &StrategyConfig, t: &Target) -> Vec<Phase> {
+    if t.current.is_empty() {
+        return first_deploy(t, config.health_check_timeout());
+    }
+    match config {
+        StrategyConfig::Rolling(c) => rolling(c, t),
+        StrategyConfig::BlueGreen(c) => blue_green(c, t),
+        StrategyConfig::Canary(c) => canary(c, t),
+        StrategyConfig::Recreate(c) => recreate(c, t),
+    }
+}
+
+/// The highest ordinal in use plus one, so new ids never collide with running ones.
+pub fn next_ordinal(current: &[DesiredInstance]) -> u64 {
+    current
+        .iter()
+        .filter_map(|i| i.id.strip_prefix('i')?.parse::<u64>().ok())
+        .max()
+        .map_or(1, |m| m + 1)
+}
+
+fn with_weight(list: &[DesiredInstance], weight: u32) -> Vec<DesiredInstance> {
+    list.iter()
+        .map(|i| DesiredInstance { weight, ..i.clone() })
+        .collect()
+}
+
+fn first_deploy(t: &Target, timeout: Millis) -> Vec<Phase> {
+    let mut ids = Ids(t.next_ordinal);
+    let instances = (0..t.instances).map(|_| ids.take(t.version, UNIT)).collect();
+    vec![Phase {
+        name: format!("start {} instance(s) of {}", t.instances, t.version),
+        instances,
+        gates: vec![Gate::Converged { timeout }],
+        traffic_pct: 100,
+    }]
+}
+
+/// Replace instances in batches. Never takes the last serving instance away before its
+/// replacement is healthy: when surge is 0 and only one instance serves, one extra is started.
+fn rolling(c: &RollingConfig, t: &Target) -> Vec<Phase> {
+    let n = t.instances as usize;
+    let surge = c.max_surge as usize;
+    let down = c.max_instances_down as usize;
+    let floor = n.saturating_sub(down).max(1);
+    let mut ids = Ids(t.next_ordinal);
+    let mut old: Vec<DesiredInstance> = t.current.to_vec();
+    let mut new: Vec<DesiredInstance> = Vec::new();
+    let mut phases = Vec::new();
+    while !old.is_empty() || new.len() < n {
+        let ready = old.len() + new.len();
+        let (remove, mut add) = if new.len() >= n {
+            (old.len(), 0)
+        } else {
+            let remove = old.len().min(ready.saturating_sub(floor)).min(down.max(1));
+            let add = (n - new.len()).min((n + surge).saturating_sub(ready - remove));
+            (remove, add)
+        };
+        if remove == 0 && add == 0 {
+            add = 1;
+        }
+        old.drain(..remove);
+        for _ in 0..add {
+            new.push(ids.take(t.version, UNIT));
+        }
+        let mut gates = Vec::new();
+        if add > 0 && c.health_check_delay.0 > 0 {
+            gates.push(Gate::Delay(c.health_check_delay));
+        }
+        gates.push(Gate::Converged { timeout: c.health_check_timeout });
+        let mut instances = old.clone();
+        instances.extend(new.iter().cloned());
+        let traffic_pct = (new.len() * 100 / instances.len().max(1)) as u32;
+        phases.push(Phase {
+            name: format!(
+                "{}/{} instances on {} ({} started, {} stopped)",
+                new.len(),
+                n,
+                t.version,
+                add,
+                remove
+            ),
+            instances,
+            gates,
+            traffic_pct,
+        });
+    }
+    phases
+}
+
+fn blue_green(c: &BlueGreenConfig, t: &Target) -> Vec<Phase> {
+    let mut ids = Ids(t.next_ordinal);
+    let green: Vec<DesiredInstance> = (0..t.instances).map(|_| ids.take(t.version, 0)).collect();
+    let blue = t.current.to_vec();
+    let mut deploy_gates = vec![Gate::Converged { timeout: c.health_check_timeout }];
+    if let Some(command) = &c.smoke_test {
+        deploy_gates.push(Gate::SmokeTest { command: command.clone() });
+    }
+    vec![
+        Phase {
+            name: format!("deploy green: {} instance(s) of {}", t.instances, t.version),
+            instances: [blue.clone(), green.clone()].concat(),
+            gates: deploy_gates,
+            traffic_pct: 0,
+        },
+        Phase {
+            name: "switch traffic to green".into(),
+            instances: [with_weight(&blue, 0), with_weight(&green, UNIT)].concat(),
+            gates: vec![
+                Gate::Converged { timeout: c.health_check_timeout },
+                Gate::Hold(c.scale_down_delay),
+            ],
+            traffic_pct: 100,
+        },
+        Phase {
+            name: "retire blue".into(),
+            instances: with_weight(&green, UNIT),
+            gates: vec![Gate::Converged { timeout: c.health_check_timeout }],
+            traffic_pct: 100,
+        },
+    ]
+}
+
+/// Per-instance weights giving `pct` percent to `canary` and the rest to `stable`.
+fn split(stable: &[DesiredInstance], canary: &[DesiredInstance], pct: u32) -> Vec<DesiredInstance> {
+    let total = UNIT * 100;
+    let canary_each = pct * total / 100 / canary.len().max(1) as u32;
+    let stable_each = (100 - pct) * total / 100 / stable.len().max(1) as u32;
+    [with_weight(stable, stable_each), with_weight(canary, canary_each.max(1))].concat()
+}
+
+fn canary(c: &CanaryConfig, t: &Target) -> Vec<Phase> {
+    let n = t.instances;
+    let mut ids = Ids(t.next_ordinal);
+    let stable = t.current.to_vec();
+    let stable_version = stable.first().map(|i| i.version.clone());
+    let mut canaries: Vec<DesiredInstance> = Vec::new();
+    let mut phases = Vec::new();
+    let timeout = c.health_check_timeout;
+    for step in &c.steps {
+        let want = ((n * step.weight).div_ceil(100)).clamp(1, n) as usize;
+        while canaries.len() < want {
+            canaries.push(ids.take(t.version, 0));
+        }
+        phases.push(Phase {
+            name: format!("canary at {}%", step.weight),
+            instances: split(&stable, &canaries, step.weight),
+            gates: vec![
+                Gate::Converged { timeout },
+                Gate::Analysis {
+                    canary_version: t.version.to_string(),
+                    stable_version: stable_version.clone(),
+                    window: step.pause,
+                    analysis: c.analysis.clone(),
+                },
+            ],
+            traffic_pct: step.weight,
+        });
+    }
+    let last = c.steps.last().map_or(0, |s| s.weight);
+    while canaries.len() < n as usize {
+        canaries.push(ids.take(t.version, 0));
+    }
+    if last > 0 {
+        phases.push(Phase {
+            name: format!("scale {} to {} instance(s)", t.version, n),
+            instances: split(&stable, &canaries, last),
+            gates: vec![Gate::Converged { timeout }],
+            traffic_pct: last,
+        });
+    }
+    phases.push(Phase {
+        name: format!("promote {} to 100%", t.version),
+        instances: with_weight(&canaries, UNIT),
+        gates: vec![Gate::Converged { timeout }],
+        traffic_pct: 100,
+    });
+    phases
+}
+
+fn recreate(c: &RecreateConfig, t: &Target) -> Vec<Phase> {
+    let mut ids = Ids(t.next_ordinal);
+    vec![
+        Phase {
+            name: "stop every instance".into(),
+            instances: Vec::new(),
+            gates: vec![Gate::Converged { timeout: c.health_check_timeout }],
+            traffic_pct: 0,
+        },
+        Phase {
+            name: format!("start {} instance(s) of {}", t.instances, t.version),
+            instances: (0..t.instances).map(|_| ids.take(t.version, UNIT)).collect(),
+            gates: vec![Gate::Converged { timeout: c.health_check_timeout }],
+            traffic_pct: 100,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::Strategy;
+    use serde_json::json;
+
+    fn config(s: Strategy, v: serde_json::Value) -> StrategyConfig {
+        StrategyConfig::parse(s, v.as_object().unwrap()).unwrap()
+    }
+
+    fn running(version: &str, n: u64) -> Vec<DesiredInstance> {
+        (1..=n)
+            .map(|i| DesiredInstance { id: format!("i{i}"), version: version.into(), weight: UNIT })
+            .collect()
+    }
+
+    fn serving(p: &Phase) -> usize {
+        p.instances.iter().filter(|i| i.weight > 0).count()
+    }
+
+    /// Instances that were already in the previous phase: these are healthy while the phase runs.
+    fn carried_over(prev: &[DesiredInstance], p: &Phase) -> usize {
+        p.instances
+            .iter()
+            .filter(|i| i.weight > 0 && prev.iter().any(|q| q.id == i.id))
+            .count()
+    }
+
+    #[test]
+    fn rolling_keeps_capacity_and_surge_bounds() {
+        for n in 1..=6u32 {
+            for surge in 0..=2u32 {
+                for down in 0..=2u32 {
+                    if surge == 0 && down == 0 {
+                        continue;
+                    }
+                    let c = config(Strategy::Rolling, json!({"max_surge": surge, "max_instances_down": down}));
+                    let current = running("1.0.0", n as u64);
+                    let t = Target { current: &current, version: "2.0.0", instances: n, next_ordinal: 10 };
+                    let phases = plan(&c, &t);
+                    let last = phases.last().unwrap();
+                    assert_eq!(last.instances.len(), n as usize);
+                    assert!(last.instances.iter().all(|i| i.version == "2.0.0"));
+                    let mut prev = current.clone();
+                    for p in &phases {
+                        // Never fewer healthy serving instances than max(1, n - down) while a phase runs.
+                        let floor = (n.saturating_sub(down)).max(1) as usize;
+                        assert!(carried_over(&prev, p) >= floor.min(prev.len()), "n={n} surge={surge} down={down}: {p:?}");
+                        assert!(p.instances.len() <= (n + surge.max(1)) as usize);
+                        prev = p.instances.clone();
+                    }
+                    let ids: std::collections::BTreeSet<_> = last.instances.iter().map(|i| &i.id).collect();
+                    assert_eq!(ids.len(), n as usize, "ids are unique");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blue_green_switches_atomically_and_keeps_blue_for_a_while() {
+        let c = config(Strategy::BlueGreen, json!({"scale_down_delay": "1s"}));
+        let current = running("1.0.0", 2);
+        let phases = plan(&c, &Target { current: &current, version: "2.0.0", instances: 2, next_ordinal: 3 });
+        assert_eq!(phases.len(), 3);
+        assert!(phases[0].instances.iter().filter(|i| i.version == "2.0.0").all(|i| i.weight == 0));
+        assert_eq!(serving(&phases[0]), 2);
+        assert!(phases[1].instances.iter().all(|i| (i.version == "2.0.0") == (i.weight > 0)));
+        assert_eq!(phases[1].instances.len(), 4, "blue still runs after the switch");
+        assert!(phases[1].gates.contains(&Gate::Hold(Millis(1000))));
+        assert_eq!(phases[2].instances.len(), 2);
+    }
+
+    #[test]
+    fn canary_weights_match_the_steps() {
+        let c = config(Strategy::Canary, json!({"steps": [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "1s"}]}));
+        let current = running("1.0.0", 2);
+        let phases = plan(&c, &Target { current: &current, version: "2.0.0", instances: 2, next_ordinal: 3 });
+        let share = |p: &Phase| {
+            let total: u32 = p.instances.iter().map(|i| i.weight).sum();
+            let canary: u32 = p.instances.iter().filter(|i| i.version == "2.0.0").map(|i| i.weight).sum();
+            canary * 100 / total
+        };
+        assert_eq!(share(&phases[0]), 10);
+        assert!(matches!(phases[0].gates[1], Gate::Analysis { .. }));
+        assert_eq!(share(&phases[1]), 50);
+        assert_eq!(share(phases.last().unwrap()), 100);
+        assert_eq!(phases.last().unwrap().instances.len(), 2);
+    }
+
+    #[test]
+    fn recreate_stops_then_starts() {
+        let c = config(Strategy::Recreate, json!({}));
+        let current = running("1.0.0", 3);
+        let phases = plan(&c, &Target { current: &current, version: "2.0.0", instances: 3, next_ordinal: 4 });
+        assert!(phases[0].instances.is_empty());
+        assert_eq!(phases[1].instances.len(), 3);
+    }
+
+    #[test]
+    fn first_deploy_starts_everything_at_once() {
+        let c = config(Strategy::Canary, json!({}));
+        let phases = plan(&c, &Target { current: &[], version: "1.0.0", instances: 3, next_ordinal: 1 });
+        assert_eq!(phases.len(), 1);
+        assert_eq!(serving(&phases[0]), 3);
+        assert_eq!(next_ordinal(&phases[0].instances), 4);
+    }
+}

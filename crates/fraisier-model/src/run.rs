@@ -1,0 +1,137 @@
+//! The vocabulary of a deployment run and of a service deployment's state, as the API spells it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Status of a run (seed 000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    InProgress,
+    Success,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Deploy,
+    Rollback,
+}
+
+/// Status of one step of a run (seed 001).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Running,
+    Completed,
+    Failed,
+    Skipped,
+}
+
+/// State of a fraise in an environment (seed 001).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    Unknown,
+    Deploying,
+    Healthy,
+    Unhealthy,
+    Failed,
+    RollingBack,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Degraded,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    Deployment,
+    HealthCheck,
+    Provider,
+    Hook,
+}
+
+/// The wire spelling of any of these enums, and back; unknown spellings are `None`.
+pub fn to_wire<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+pub fn from_wire<T: DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+}
+
+// === impl RunStatus ===
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, RunStatus::Success | RunStatus::Failed | RunStatus::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::InProgress => "in_progress",
+            RunStatus::Success => "success",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Deployment => "deployment",
+            Component::HealthCheck => "health_check",
+            Component::Provider => "provider",
+            Component::Hook => "hook",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_spellings_round_trip() {
+        assert_eq!(to_wire(&RunStatus::InProgress), "in_progress");
+        assert_eq!(from_wire::<RunStatus>("in_progress"), Some(RunStatus::InProgress));
+        assert_eq!(from_wire::<RunStatus>("bogus"), None);
+        assert_eq!(to_wire(&ServiceState::RollingBack), "rolling_back");
+        assert_eq!(RunStatus::Cancelled.as_str(), to_wire(&RunStatus::Cancelled));
+    }
+}

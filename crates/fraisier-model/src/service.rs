@@ -1,0 +1,200 @@
+//! The desired state the engine writes for a fraise in an environment, and the observed state
+//! an agent reports back. This is the whole contract between control plane and data plane.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::FraiseType;
+use crate::metrics::VersionMetrics;
+
+/// How to decide that an instance is ready to take traffic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProbeKind {
+    Http {
+        path: String,
+        /// Accepted statuses; empty means any 2xx or 3xx.
+        #[serde(default)]
+        expected_status: Vec<u16>,
+    },
+    Tcp,
+    Command { command: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckSpec {
+    #[serde(flatten)]
+    pub kind: ProbeKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// How to run one version: where its release comes from and the process to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseSpec {
+    /// A directory, file or `.tar.gz` copied or unpacked into the release directory.
+    pub source: Option<PathBuf>,
+    pub command: String,
+    pub working_directory: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// One instance the agent must keep running. `weight` 0 means running but given no new
+/// requests (a blue set waiting to be switched to, or one kept for instant switch-back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredInstance {
+    pub id: String,
+    pub version: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredService {
+    pub fraise: String,
+    pub environment: String,
+    /// Bumped on every change so an agent can say which desired state it has converged to.
+    pub generation: u64,
+    pub kind: FraiseType,
+    /// The router's port; `None` for fraises without long-running instances.
+    pub port: Option<u16>,
+    pub health_check: Option<HealthCheckSpec>,
+    /// Every version any listed instance runs, plus versions kept for rollback.
+    pub releases: BTreeMap<String, ReleaseSpec>,
+    pub instances: Vec<DesiredInstance>,
+    /// How long removed instances may finish in-flight requests before they are stopped.
+    pub drain_timeout_ms: u64,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Process started, not yet healthy.
+    Starting,
+    /// Passing its health check.
+    Healthy,
+    /// Was healthy, now failing its health check.
+    Unhealthy,
+    /// Removed from the desired state; finishing in-flight requests.
+    Draining,
+    /// Exited; will be restarted after a backoff.
+    Crashed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObservedInstance {
+    pub id: String,
+    pub version: String,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub state: InstanceState,
+    pub weight: u32,
+    pub restarts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub last_check_at: Option<DateTime<Utc>>,
+    pub checks_passed: u64,
+    pub checks_total: u64,
+    pub last_error: Option<String>,
+    pub in_flight: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstalledRelease {
+    pub version: String,
+    /// sha256 over the unpacked tree (paths and contents), hex.
+    pub digest: String,
+    pub installed_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObservedService {
+    pub fraise: String,
+    pub environment: String,
+    /// The generation of the desired state this observation answers.
+    pub generation: u64,
+    pub port: Option<u16>,
+    /// Whether the router is bound to `port`.
+    pub listening: bool,
+    pub router_error: Option<String>,
+    pub instances: Vec<ObservedInstance>,
+    /// Router counters per version since the agent started.
+    pub metrics: BTreeMap<String, VersionMetrics>,
+    pub releases: Vec<InstalledRelease>,
+}
+
+/// A command run once to completion by the agent: a hook, a smoke test or an `etl` job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub fraise: String,
+    pub environment: String,
+    pub version: String,
+    pub release: ReleaseSpec,
+    pub command: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// `None` when the command was killed (timeout or signal).
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    /// Combined stdout and stderr, one entry per line, trimmed to the last lines if long.
+    pub output: Vec<String>,
+}
+
+// === impl DesiredService ===
+
+impl DesiredService {
+    pub fn key(&self) -> String {
+        service_key(&self.fraise, &self.environment)
+    }
+
+    /// Desired instances that may receive new requests once healthy.
+    pub fn serving(&self) -> impl Iterator<Item = &DesiredInstance> {
+        self.instances.iter().filter(|i| i.weight > 0)
+    }
+}
+
+// === impl ObservedService ===
+
+impl ObservedService {
+    pub fn instance(&self, id: &str) -> Option<&ObservedInstance> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    /// True when every desired instance runs and is healthy, and nothing removed is still
+    /// draining: the agent has done everything `desired` asks.
+    pub fn converged_to(&self, desired: &DesiredService) -> bool {
+        self.generation >= desired.generation
+            && desired.instances.iter().all(|d| {
+                self.instance(&d.id).is_some_and(|o| {
+                    o.state == InstanceState::Healthy && o.version == d.version && o.weight == d.weight
+                })
+            })
+            && self
+                .instances
+                .iter()
+                .all(|o| desired.instances.iter().any(|d| d.id == o.id))
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy)
+            .count()
+    }
+}
+
+pub fn service_key(fraise: &str, environment: &str) -> String {
+    format!("{fraise}/{environment}")
+}
