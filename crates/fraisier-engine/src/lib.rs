@@ -1,1 +1,495 @@
-//! placeholder
+//! Runs deployments: turns requests into durable runs, walks each strategy's plan through the
+//! provider, judges its gates, rolls back on failure, and resumes runs after a restart.
+
+pub mod bus;
+pub mod error;
+mod executor;
+pub mod provider;
+pub mod request;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use fraisier_model::config::Config;
+use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState};
+use fraisier_model::{FraiseType, Strategy};
+use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreError};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+pub use bus::{Bus, BusMessage, Progress};
+pub use error::EngineError;
+pub use provider::{Provider, ProviderError};
+pub use request::{known_versions, DeployRequest, RollbackRequest, RunOptions, DEFAULT_TIMEOUT_SECS};
+
+/// Timing knobs; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// How often gates look at the observed state.
+    pub poll_interval: Duration,
+    /// How often desired states are re-pushed to the provider when nothing runs.
+    pub resync_interval: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            poll_interval: Duration::from_millis(100),
+            resync_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    provider: Arc<dyn Provider>,
+    config: Arc<Config>,
+    bus: Bus,
+    settings: EngineSettings,
+    /// Cancel signals of the runs this process is executing.
+    cancels: Mutex<HashMap<i64, watch::Sender<Option<String>>>>,
+}
+
+/// What a validation found (seed 001's `POST /deployments/validate`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Validation {
+    pub issues: Vec<ValidationIssue>,
+    pub warnings: Vec<ValidationIssue>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ValidationIssue {
+    pub field: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+}
+
+// === impl Engine ===
+
+impl Engine {
+    pub fn new(store: Store, provider: Arc<dyn Provider>, config: Arc<Config>, settings: EngineSettings) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                provider,
+                config,
+                bus: Bus::new(),
+                settings,
+                cancels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.inner.provider
+    }
+
+    /// Checks a deploy request and records it as a pending run, then starts executing it.
+    pub async fn submit(&self, req: DeployRequest) -> Result<Run, EngineError> {
+        let new = self.prepare(&req).await?;
+        self.create_and_start(new).await
+    }
+
+    /// Everything `submit` checks, without recording anything.
+    pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
+        let config = &self.inner.config;
+        let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
+        if f.kind == FraiseType::Scheduled {
+            return Err(EngineError::Unsupported(format!(
+                "{} is a scheduled fraise: scheduled execution is not available yet (the agent has no cron \
+                 scheduler); declare it as type etl to run it once per deploy",
+                req.fraise
+            )));
+        }
+        let version = request::resolve_version(f, &req.fraise, req.version.as_deref())?;
+        let (strategy, strategy_config) = request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref())?;
+        let mut dependencies = f.dependencies.clone();
+        for (i, d) in req.extra_dependencies.iter().enumerate() {
+            if !config.fraises.contains_key(d) {
+                return Err(EngineError::InvalidSpec {
+                    field: format!("dependencies[{i}]"),
+                    message: format!("dependency {d:?} is not a known fraise"),
+                });
+            }
+            if !dependencies.contains(d) {
+                dependencies.push(d.clone());
+            }
+        }
+        self.check_dependencies(&req.tenant, &req.environment, &dependencies).await?;
+        let service = self.inner.store.service(&req.tenant, &req.fraise, &req.environment).await?;
+        if let Some(active) = self.inner.store.active_run_for(&req.tenant, &req.fraise, &req.environment).await? {
+            return Err(in_progress(&active));
+        }
+        let timeout_secs = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if timeout_secs == 0 || timeout_secs > 7 * 24 * 3600 {
+            return Err(EngineError::InvalidParameters {
+                field: "timeout".into(),
+                message: "timeout must be between 1 and 604800 seconds".into(),
+            });
+        }
+        let options = RunOptions {
+            skip_health_check: req.skip_health_check,
+            skip_backup: req.skip_backup,
+            timeout_secs,
+            rollback_on_failure: req.rollback_on_failure.unwrap_or(true),
+            dependencies,
+            ..RunOptions::default()
+        };
+        Ok(NewRun {
+            tenant_id: req.tenant.clone(),
+            fraise: req.fraise.clone(),
+            environment: req.environment.clone(),
+            kind: RunKind::Deploy,
+            version,
+            previous_version: service.and_then(|s| s.current_version),
+            strategy: strategy.as_str().to_string(),
+            strategy_config: serde_json::to_value(&strategy_config).unwrap_or(Value::Null),
+            triggered_by: req.triggered_by.clone(),
+            trigger_type: req.trigger_type.clone(),
+            options: serde_json::to_value(&options).unwrap_or(Value::Null),
+            metadata: if req.metadata.is_null() { json!({}) } else { req.metadata.clone() },
+        })
+    }
+
+    /// Seed 001's validation: every problem found, and warnings that do not block a deploy.
+    pub async fn validate(&self, req: &DeployRequest) -> Validation {
+        let mut v = Validation::default();
+        if let Err(e) = self.prepare(req).await {
+            let field = match &e {
+                EngineError::FraiseNotFound(_) => "name".to_string(),
+                EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => "environment".into(),
+                EngineError::InvalidParameters { field, .. } | EngineError::InvalidSpec { field, .. } => field.clone(),
+                EngineError::ArtifactNotFound { .. } | EngineError::NoVersionKnown(_) => "version".into(),
+                EngineError::DependencyFailed { .. } => "dependencies".into(),
+                EngineError::InProgress { .. } => "name".into(),
+                _ => "name".into(),
+            };
+            v.issues.push(ValidationIssue {
+                field,
+                message: e.to_string(),
+                severity: Some("error".into()),
+            });
+            return v;
+        }
+        if let Ok((f, fe)) = request::lookup(&self.inner.config, &req.fraise, &req.environment) {
+            if f.health_check.is_none() && f.kind == FraiseType::Api {
+                v.warnings.push(ValidationIssue {
+                    field: "health_check".into(),
+                    message: "no health check configured: instances count as healthy once their port accepts connections".into(),
+                    severity: None,
+                });
+            }
+            if req.strategy.unwrap_or(fe.strategy) == Strategy::Recreate {
+                v.warnings.push(ValidationIssue {
+                    field: "strategy".into(),
+                    message: "recreate stops every instance before starting the new ones: requests fail meanwhile".into(),
+                    severity: None,
+                });
+            }
+        }
+        v
+    }
+
+    /// Records a rollback run to `to_version` (default: the previous version).
+    pub async fn rollback(&self, req: RollbackRequest) -> Result<Run, EngineError> {
+        let config = &self.inner.config;
+        let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
+        let store = &self.inner.store;
+        if let Some(active) = store.active_run_for(&req.tenant, &req.fraise, &req.environment).await? {
+            return Err(in_progress(&active));
+        }
+        let service = store.service(&req.tenant, &req.fraise, &req.environment).await?;
+        let current = service.as_ref().and_then(|s| s.current_version.clone());
+        let target = match (&req.to_version, service.as_ref().and_then(|s| s.previous_version.clone())) {
+            (Some(v), _) => {
+                if let Some(p) = version_problem_of(v) {
+                    return Err(EngineError::InvalidParameters { field: "to_version".into(), message: p });
+                }
+                v.clone()
+            }
+            (None, Some(prev)) => prev,
+            (None, None) => {
+                return Err(EngineError::BackupNotFound {
+                    version: None,
+                    message: format!(
+                        "{} has no previous version in {} to roll back to",
+                        req.fraise, req.environment
+                    ),
+                })
+            }
+        };
+        if f.kind == FraiseType::Api || f.kind == FraiseType::Etl {
+            let kept = match self.inner.provider.observe(&req.fraise, &req.environment).await {
+                Ok(Some(o)) => o.releases.iter().any(|r| r.version == target),
+                Ok(None) => false,
+                Err(e) => return Err(EngineError::Provider(e)),
+            };
+            if !kept {
+                return Err(EngineError::BackupNotFound {
+                    message: format!(
+                        "release {target} of {} is not kept on the host any more (it was pruned or never deployed), so it cannot be restored",
+                        req.fraise
+                    ),
+                    version: Some(target),
+                });
+            }
+        }
+        // Rollbacks go straight back: no canary analysis of a version that already ran.
+        let strategy = match fe.strategy {
+            Strategy::Canary => Strategy::Rolling,
+            s => s,
+        };
+        let (strategy, strategy_config) = request::resolve_strategy(fe, Some(strategy), None)?;
+        let options = RunOptions {
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            rollback_on_failure: true,
+            reason: req.reason.clone(),
+            ..RunOptions::default()
+        };
+        let new = NewRun {
+            tenant_id: req.tenant.clone(),
+            fraise: req.fraise.clone(),
+            environment: req.environment.clone(),
+            kind: RunKind::Rollback,
+            version: target,
+            previous_version: current,
+            strategy: strategy.as_str().to_string(),
+            strategy_config: serde_json::to_value(&strategy_config).unwrap_or(Value::Null),
+            triggered_by: req.triggered_by.clone(),
+            trigger_type: req.trigger_type.clone(),
+            options: serde_json::to_value(&options).unwrap_or(Value::Null),
+            metadata: json!({ "reason": req.reason }),
+        };
+        self.create_and_start(new).await
+    }
+
+    async fn create_and_start(&self, new: NewRun) -> Result<Run, EngineError> {
+        let run = self.inner.store.create_run(&new).await.map_err(|e| match e {
+            StoreError::ActiveRunExists { active_id } => EngineError::InProgress {
+                active_id,
+                fraise: new.fraise.clone(),
+                environment: new.environment.clone(),
+            },
+            e => EngineError::Store(e),
+        })?;
+        self.spawn(run.clone());
+        Ok(run)
+    }
+
+    fn spawn(&self, run: Run) {
+        let (tx, rx) = watch::channel(None);
+        self.inner.cancels.lock().unwrap().insert(run.id, tx);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let id = run.id;
+            executor::execute(&engine, run, rx).await;
+            engine.inner.cancels.lock().unwrap().remove(&id);
+        });
+    }
+
+    /// Asks a run to stop at its next safe point; it then restores the previous version.
+    pub async fn cancel(&self, tenant: &str, id: i64, by: &str) -> Result<Run, EngineError> {
+        let run = self.run(tenant, id).await?;
+        if run.status.is_final() {
+            return Err(EngineError::AlreadyFinished(run_id_string(id)));
+        }
+        let run = self.inner.store.request_cancel(tenant, id, by).await?;
+        if let Some(tx) = self.inner.cancels.lock().unwrap().get(&id) {
+            let _ = tx.send(Some(by.to_string()));
+        }
+        Ok(run)
+    }
+
+    pub async fn run(&self, tenant: &str, id: i64) -> Result<Run, EngineError> {
+        self.inner.store.run(tenant, id).await.map_err(|e| match e {
+            StoreError::NotFound => EngineError::RunNotFound(run_id_string(id)),
+            e => EngineError::Store(e),
+        })
+    }
+
+    /// Waits until the run is final or `timeout` passes; returns the run as it then is.
+    pub async fn wait(&self, tenant: &str, id: i64, timeout: Duration) -> Result<Run, EngineError> {
+        let mut rx = self.inner.bus.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self.run(tenant, id).await?;
+            if run.status.is_final() || tokio::time::Instant::now() >= deadline {
+                return Ok(run);
+            }
+            // Wake on this run's completion, and look again at least every second regardless.
+            let _ = tokio::time::timeout(Duration::from_secs(1).min(deadline - tokio::time::Instant::now()), async {
+                loop {
+                    match rx.recv().await {
+                        Ok(m) if matches!(&*m, BusMessage::Finished { run_id, .. } if *run_id == id) => break,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(_) => break,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Picks up runs a previous server process left unfinished, and keeps the provider's
+    /// desired states in line with the store. Call once at start-up.
+    pub async fn start(&self) -> Result<(), EngineError> {
+        for run in self.inner.store.active_runs().await? {
+            tracing::info!(run = %run_id_string(run.id), status = ?run.status, "resuming run left by a previous server");
+            self.spawn(run);
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                engine.resync().await;
+                tokio::time::sleep(engine.inner.settings.resync_interval).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Re-pushes every stored desired state the provider has not got (an agent restarted with
+    /// a lost state, or the server crashed between recording and applying). Runs in progress
+    /// push their own.
+    async fn resync(&self) {
+        let Ok(services) = self.inner.store.all_services().await else { return };
+        for s in services {
+            let Some(desired) = &s.desired else { continue };
+            if self.inner.store.active_run_for(&s.tenant_id, &s.fraise, &s.environment).await.ok().flatten().is_some() {
+                continue;
+            }
+            match self.inner.provider.observe(&s.fraise, &s.environment).await {
+                Ok(Some(o)) if o.generation >= desired.generation => {}
+                Ok(_) => {
+                    if let Err(e) = self.inner.provider.apply(desired).await {
+                        tracing::warn!(fraise = %s.fraise, environment = %s.environment, error = %e, "re-applying desired state failed");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "provider not reachable for resync"),
+            }
+        }
+    }
+
+    /// A dependency is satisfied when its last deploy in the environment left it healthy and
+    /// the provider sees a healthy instance (or, for jobs, its last run succeeded).
+    async fn check_dependencies(&self, tenant: &str, environment: &str, deps: &[String]) -> Result<(), EngineError> {
+        for d in deps {
+            let fail = |reason: String| EngineError::DependencyFailed {
+                dependency: d.clone(),
+                environment: environment.to_string(),
+                reason,
+            };
+            let service = self.inner.store.service(tenant, d, environment).await?;
+            let Some(service) = service.filter(|s| s.current_version.is_some()) else {
+                return Err(fail("it has never been deployed there".into()));
+            };
+            let kind = self.inner.config.fraises.get(d).map(|f| f.kind).unwrap_or_default();
+            if kind != FraiseType::Api {
+                if service.state != ServiceState::Healthy {
+                    return Err(fail(format!("its state is {}", fraisier_model::run::to_wire(&service.state))));
+                }
+                continue;
+            }
+            match self.inner.provider.observe(d, environment).await {
+                Ok(Some(o)) if o.healthy_count() > 0 => {}
+                Ok(_) => return Err(fail("no instance is healthy".into())),
+                Err(e) => return Err(fail(format!("cannot observe it: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a run log line to the store and the bus.
+    pub(crate) async fn log(&self, run: &Run, level: LogLevel, component: Component, message: &str, details: Value) {
+        match self.inner.store.add_log(run.id, level, component, message, &details).await {
+            Ok(line) => self.inner.bus.publish(BusMessage::Log(line)),
+            Err(e) => tracing::error!(error = %e, "cannot record a log line"),
+        }
+    }
+
+    pub(crate) async fn event(&self, run: &Run, event_type: &str, data: Value) {
+        match self
+            .inner
+            .store
+            .add_event(&run.tenant_id, Some(run.id), &run.fraise, &run.environment, event_type, &data)
+            .await
+        {
+            Ok(e) => self.inner.bus.publish(BusMessage::Event(e)),
+            Err(e) => tracing::error!(error = %e, "cannot record an event"),
+        }
+    }
+
+    pub(crate) fn progress(&self, run: &Run, step: &str, status: &str, message: &str, pct: u32) {
+        self.inner.bus.publish(BusMessage::Progress(Progress {
+            run_id: run.id,
+            fraise: run.fraise.clone(),
+            environment: run.environment.clone(),
+            step: step.to_string(),
+            status: status.to_string(),
+            message: message.to_string(),
+            progress_pct: pct.min(100),
+            timestamp: Utc::now(),
+        }));
+    }
+
+    pub(crate) fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// The state record of a fraise in an environment, created on first use.
+    pub(crate) async fn service_record(&self, run: &Run) -> Result<ServiceRecord, EngineError> {
+        Ok(self
+            .inner
+            .store
+            .service(&run.tenant_id, &run.fraise, &run.environment)
+            .await?
+            .unwrap_or_else(|| ServiceRecord {
+                tenant_id: run.tenant_id.clone(),
+                fraise: run.fraise.clone(),
+                environment: run.environment.clone(),
+                current_version: None,
+                previous_version: None,
+                state: ServiceState::Unknown,
+                desired: None,
+                last_run_id: None,
+                updated_at: Utc::now(),
+            }))
+    }
+}
+
+fn in_progress(active: &Run) -> EngineError {
+    EngineError::InProgress {
+        active_id: run_id_string(active.id),
+        fraise: active.fraise.clone(),
+        environment: active.environment.clone(),
+    }
+}
+
+fn version_problem_of(v: &str) -> Option<String> {
+    fraisier_model::names::version_problem(v).map(|p| format!("invalid version {v:?}: {p}"))
+}
+
+/// Whether a run status counts for the `fraisier_active_deployments` gauge.
+pub fn is_active(status: RunStatus) -> bool {
+    !status.is_final()
+}

@@ -252,10 +252,19 @@ impl Config {
             file: path.to_path_buf(),
             problems,
         })?;
-        if config.server.data_dir.is_relative() {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(base) = base {
+        // Relative paths mean "next to the config file", wherever the server is started from.
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(base) = base {
+            if config.server.data_dir.is_relative() {
                 config.server.data_dir = base.join(&config.server.data_dir);
+            }
+            for f in config.fraises.values_mut() {
+                if let Some(wd) = f.working_directory.as_mut().filter(|wd| wd.is_relative()) {
+                    *wd = base.join(&*wd);
+                }
+                if let Some(ap) = f.artifact_path.as_mut().filter(|ap| Path::new(ap.as_str()).is_relative()) {
+                    *ap = base.join(&*ap).to_string_lossy().into_owned();
+                }
             }
         }
         Ok(config)

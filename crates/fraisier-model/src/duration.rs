@@ -48,7 +48,7 @@ impl Millis {
             }
         };
         let ms = value * factor;
-        if !ms.is_finite() || ms < 0.0 || ms > 1.0e12 {
+        if !ms.is_finite() || !(0.0..=1.0e12).contains(&ms) {
             return Err(format!("duration {s:?} is out of range"));
         }
         Ok(Millis(ms.round() as u64))
@@ -58,7 +58,7 @@ impl Millis {
     pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
         match v {
             serde_json::Value::Number(n) => match n.as_f64() {
-                Some(f) if f >= 0.0 && f <= 1.0e9 => Ok(Millis((f * 1000.0).round() as u64)),
+                Some(f) if (0.0..=1.0e9).contains(&f) => Ok(Millis((f * 1000.0).round() as u64)),
                 _ => Err(format!("duration {n} is out of range (0 to 1e9 seconds)")),
             },
             serde_json::Value::String(s) => Millis::parse(s),

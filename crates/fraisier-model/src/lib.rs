@@ -1,6 +1,7 @@
 //! Fraisier's domain: configuration, names, strategies and their pure planners, and the
 //! desired/observed state exchanged between the control plane and the agents. No I/O here.
 
+pub mod analysis;
 pub mod config;
 pub mod duration;
 pub mod metrics;

@@ -54,7 +54,7 @@ pub struct DesiredInstance {
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DesiredService {
     pub fraise: String,
     pub environment: String,
@@ -197,4 +197,17 @@ impl ObservedService {
 
 pub fn service_key(fraise: &str, environment: &str) -> String {
     format!("{fraise}/{environment}")
+}
+
+/// What a running agent writes to `<state_dir>/agent.json` (mode 0600) once its control API
+/// listens, so the server and the CLI on the same host can find and authenticate to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub pid: u32,
+    /// e.g. `http://127.0.0.1:41234`
+    pub control_url: String,
+    /// Bearer token for the control API.
+    pub token: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
 }

@@ -437,3 +437,23 @@ mod tests {
         assert!(parse(Strategy::Rolling, json!({"max_surge": 0, "max_instances_down": 0})).is_err());
     }
 }
+
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn serialized_configs_parse_back_the_same() {
+        for (s, v) in [
+            (Strategy::Rolling, json!({"max_surge": 2, "health_check_delay": "1500ms"})),
+            (Strategy::BlueGreen, json!({"smoke_test": "curl -f $FRAISIER_TARGET_URL"})),
+            (Strategy::Canary, json!({"steps": [{"weight": 20, "pause": "2s"}], "analysis": {"max_latency_p99_ms": 300}})),
+            (Strategy::Recreate, json!({})),
+        ] {
+            let c = StrategyConfig::parse(s, v.as_object().unwrap()).unwrap();
+            let back = serde_json::to_value(&c).unwrap();
+            assert_eq!(StrategyConfig::parse(s, back.as_object().unwrap()).unwrap(), c);
+        }
+    }
+}

@@ -1,1 +1,134 @@
-//! placeholder
+//! The control plane: `fraisier serve` — store, auth, engine, the local agent, and the API.
+
+pub mod api;
+pub mod auth;
+pub mod local_agent;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fraisier_engine::{Engine, EngineSettings};
+use fraisier_model::config::Config;
+use fraisier_store::{Store, StoreError, DEFAULT_TENANT};
+
+pub use local_agent::{AgentLauncher, LocalAgent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("cannot listen on {addr}: {source} (is another server running? set server.listen in fraisier.yaml)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("engine: {0}")]
+    Engine(#[from] fraisier_engine::EngineError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct ServeOptions {
+    pub config: Config,
+    /// The `fraisier` binary, started as `agent` for the local provider.
+    pub agent_program: PathBuf,
+    pub settings: EngineSettings,
+}
+
+/// Where the local agent keeps its state inside the data dir.
+pub fn agent_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent")
+}
+
+pub async fn open_store(config: &Config) -> Result<Store, ServerError> {
+    let data_dir = &config.server.data_dir;
+    match &config.server.database_url {
+        Some(url) => Ok(Store::open(url).await?),
+        None => Ok(Store::open_sqlite_in(data_dir).await?),
+    }
+}
+
+/// Creates the admin user on first start, with `FRAISIER_ADMIN_PASSWORD` or a generated
+/// password written next to the database (0600).
+async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<(), ServerError> {
+    if store.count_users(DEFAULT_TENANT).await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match std::env::var("FRAISIER_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (auth::generate_password(), true),
+    };
+    let hash = auth::hash_password(&password)?;
+    store.create_user(DEFAULT_TENANT, auth::ADMIN_USER, &hash, &["admin".to_string()]).await?;
+    if generated {
+        let path = data_dir.join(auth::ADMIN_PASSWORD_FILE);
+        auth::write_private(&path, format!("{password}\n").as_bytes()).map_err(|source| ServerError::Write { path: path.clone(), source })?;
+        tracing::info!(path = %path.display(), "created user admin; its generated password is in this file");
+    } else {
+        tracing::info!("created user admin with the password from FRAISIER_ADMIN_PASSWORD");
+    }
+    Ok(())
+}
+
+fn make_private_dir(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ServerError::DataDir { path: path.to_path_buf(), source };
+    std::fs::create_dir_all(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
+    let config = Arc::new(opts.config);
+    let data_dir = config.server.data_dir.clone();
+    make_private_dir(&data_dir)?;
+    let store = open_store(&config).await?;
+    bootstrap_admin(&store, &data_dir).await?;
+    let keys = auth::Keys::load_or_create(&data_dir, (config.server.token_ttl.0 / 1000) as i64)?;
+    let agent = Arc::new(LocalAgent::new(AgentLauncher {
+        program: opts.agent_program,
+        state_dir: agent_dir(&data_dir),
+        keep_releases: config.server.keep_releases,
+    }));
+    if let Err(e) = agent.ensure().await {
+        tracing::error!(error = %e, "the local agent is not available; deployments will wait for it");
+    }
+    let engine = Engine::new(store, agent, config.clone(), opts.settings);
+    engine.start().await?;
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServerError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr()?;
+    let state = api::AppState { engine, keys, config: config.clone(), started_at: chrono::Utc::now() };
+    // Scripts and tests read this line to learn the port when listening on :0.
+    println!("fraisier listening on http://{addr}/api/v1 (data in {})", data_dir.display());
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped; the agent keeps serving traffic");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,195 @@
-fn main() {}
+//! `fraisier`: one binary that is the server (`serve`), the agent (`agent`) and the CLI.
+
+mod commands;
+mod credentials;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fraisier_model::config::Config;
+
+#[derive(Parser)]
+#[command(name = "fraisier", version, about = "Deploy fraises to environments with zero downtime", propagate_version = true)]
+struct Cli {
+    /// fraisier.yaml; default $FRAISIER_CONFIG, then ./fraisier.yaml
+    #[arg(long, global = true, env = "FRAISIER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's URL, e.g. http://127.0.0.1:8000
+    #[arg(long, global = true, env = "FRAISIER_URL")]
+    server: Option<String>,
+    /// Machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server (API, engine) and its local agent
+    Serve(ServeArgs),
+    /// Run the agent that runs and routes instances on this host
+    Agent(AgentArgs),
+    /// Print an access token (admin, minted from the data dir on the server's host; elsewhere renewed from `auth:login`)
+    #[command(name = "auth:token")]
+    AuthToken,
+    /// Log in to a server and save a token for later commands
+    #[command(name = "auth:login")]
+    AuthLogin(LoginArgs),
+    /// Deploy a fraise to an environment
+    Deploy(commands::DeployArgs),
+    /// Status of the fraises (or of one) in each environment
+    Status(commands::StatusArgs),
+    /// List deployment runs
+    List(commands::ListArgs),
+    /// Deployment history of a fraise
+    History(commands::HistoryArgs),
+    /// Logs of a deployment run
+    Logs(commands::LogsArgs),
+    /// Roll a fraise back to its previous (or a given) version
+    Rollback(commands::RollbackArgs),
+    /// Cancel a running deployment (the previous version is restored)
+    Cancel(commands::CancelArgs),
+    /// Show one deployment run
+    Show(commands::ShowArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Overrides server.listen
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides server.data_dir
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides server.database_url (sqlite://… or postgres://…)
+    #[arg(long, env = "FRAISIER_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(subcommand)]
+    action: Option<AgentAction>,
+    /// The agent's state directory (default: <data_dir>/agent)
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Control API address (loopback)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Releases kept per fraise for rollback beyond the running ones
+    #[arg(long, default_value_t = 3)]
+    keep_releases: usize,
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    /// Stop the agent: drain and stop every instance and router, then exit
+    Stop,
+}
+
+#[derive(Args)]
+struct LoginArgs {
+    #[arg(long, short)]
+    username: Option<String>,
+    /// Read from stdin if not given (never put passwords in shell history)
+    #[arg(long)]
+    password: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAISIER_LOG").unwrap_or_else(|_| {
+        let default = match cli.command {
+            Command::Serve(_) | Command::Agent(_) => "info",
+            _ => "warn",
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--config`, then `$FRAISIER_CONFIG` (clap reads it into the same flag), then ./fraisier.yaml.
+fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("fraisier.yaml")).filter(|p| p.exists()),
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config> {
+    let path = config_path(explicit).ok_or_else(|| {
+        anyhow!("no configuration: pass --config FILE, set FRAISIER_CONFIG, or run where fraisier.yaml is (see examples/fraisier.yaml)")
+    })?;
+    Ok(Config::load(&path)?)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let ctx = commands::Ctx { config_path: cli.config.clone(), server: cli.server.clone(), json: cli.json };
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = load_config(cli.config.as_deref())?;
+            if let Some(l) = args.listen {
+                config.server.listen = l;
+            }
+            if let Some(d) = args.data_dir {
+                config.server.data_dir = d;
+            }
+            if let Some(u) = args.database_url {
+                config.server.database_url = Some(u);
+            }
+            let program = std::env::current_exe().context("cannot find the fraisier binary to start the agent")?;
+            fraisier_server::serve(fraisier_server::ServeOptions { config, agent_program: program, settings: Default::default() }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(args) => {
+            let state_dir = match args.state_dir {
+                Some(d) => d,
+                None => fraisier_server::agent_dir(&load_config(cli.config.as_deref())?.server.data_dir),
+            };
+            match args.action {
+                Some(AgentAction::Stop) => {
+                    let client = fraisier_client::AgentClient::from_state_dir(&state_dir).with_context(|| format!("no agent runs with state in {}", state_dir.display()))?;
+                    client.shutdown().await.context("the agent did not stop")?;
+                    println!("agent stopped; its instances and routers are down");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    fraisier_agent::run(fraisier_agent::AgentOptions { state_dir, listen: args.listen, keep_releases: args.keep_releases }).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::AuthToken => {
+            println!("{}", credentials::token(&ctx).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AuthLogin(args) => credentials::login(&ctx, args.username, args.password).await,
+        Command::Deploy(a) => commands::deploy(&ctx, a).await,
+        Command::Status(a) => commands::status(&ctx, a).await,
+        Command::List(a) => commands::list(&ctx, a).await,
+        Command::History(a) => commands::history(&ctx, a).await,
+        Command::Logs(a) => commands::logs(&ctx, a).await,
+        Command::Rollback(a) => commands::rollback(&ctx, a).await,
+        Command::Cancel(a) => commands::cancel(&ctx, a).await,
+        Command::Show(a) => commands::show(&ctx, a).await,
+    }
+}

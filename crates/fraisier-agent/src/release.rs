@@ -1,0 +1,482 @@
+//! Releases on disk (`releases/<fraise>/<version>/`): install one from its source, digest the
+//! unpacked tree, list and prune them.
+//!
+//! Installing goes through a temp directory renamed into place, so a crash leaves either no
+//! release or a whole one; an existing release is never reinstalled (its digest is what
+//! rollback and drift detection compare against).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use fraisier_model::service::{InstalledRelease, ReleaseSpec};
+use sha2::{Digest, Sha256};
+
+use crate::state_dir::{read_json, write_json_atomic};
+
+/// Prefix of install directories not yet renamed into place; leftovers are crash debris.
+const TEMP_PREFIX: &str = ".install-";
+
+/// The releases of every fraise on this agent.
+pub struct ReleaseStore {
+    root: PathBuf,
+    /// One lock per fraise: installs and prunes of a fraise's releases never interleave, even
+    /// when two of its environments reconcile at once.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("release source {0} does not exist")]
+    SourceMissing(PathBuf),
+    #[error("archive entry {entry:?} would be written outside the release directory")]
+    EntryEscapes { entry: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReleaseError + 'a {
+    move |source| ReleaseError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+// === impl ReleaseStore ===
+
+impl ReleaseStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ReleaseStore {
+            root: root.into(),
+            locks: Mutex::default(),
+        }
+    }
+
+    /// Where `version` of `fraise` is (or will be) unpacked.
+    pub fn dir(&self, fraise: &str, version: &str) -> PathBuf {
+        self.root.join(fraise).join(version)
+    }
+
+    /// Installs the release unless it is already there; returns its record either way.
+    pub async fn ensure(
+        &self,
+        fraise: &str,
+        version: &str,
+        spec: &ReleaseSpec,
+    ) -> Result<InstalledRelease, ReleaseError> {
+        let lock = self.lock(fraise);
+        let _held = lock.lock().await;
+        let fraise_dir = self.root.join(fraise);
+        let version = version.to_string();
+        let source = spec.source.clone();
+        tokio::task::spawn_blocking(move || install(&fraise_dir, &version, source.as_deref()))
+            .await
+            .map_err(|e| ReleaseError::Io {
+                action: "install",
+                path: PathBuf::new(),
+                source: io::Error::other(e),
+            })?
+    }
+
+    /// The releases of `fraise` on disk, oldest first.
+    pub fn installed(&self, fraise: &str) -> Vec<InstalledRelease> {
+        let mut out: Vec<InstalledRelease> = list_versions(&self.root.join(fraise))
+            .into_iter()
+            .filter_map(|v| {
+                read_json(&record_path(&self.root.join(fraise), &v))
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.installed_at
+                .cmp(&b.installed_at)
+                .then_with(|| fraisier_model::version::compare(&a.version, &b.version))
+        });
+        out
+    }
+
+    /// Deletes the releases of `fraise` that are neither in `keep` nor among the newest
+    /// `keep_others` of the rest. Returns the versions removed.
+    pub async fn prune(
+        &self,
+        fraise: &str,
+        keep: &BTreeSet<String>,
+        keep_others: usize,
+    ) -> Vec<String> {
+        let lock = self.lock(fraise);
+        let _held = lock.lock().await;
+        let fraise_dir = self.root.join(fraise);
+        let installed = self.installed(fraise);
+        let mut others: Vec<&InstalledRelease> = installed
+            .iter()
+            .filter(|r| !keep.contains(&r.version))
+            .collect();
+        others.reverse(); // newest first
+        let mut doomed: Vec<String> = others
+            .iter()
+            .skip(keep_others)
+            .map(|r| r.version.clone())
+            .collect();
+        // A directory without its record is an install cut short after the rename.
+        let recorded: BTreeSet<&str> = installed.iter().map(|r| r.version.as_str()).collect();
+        doomed.extend(
+            list_versions(&fraise_dir)
+                .into_iter()
+                .filter(|v| !recorded.contains(v.as_str()) && !keep.contains(v)),
+        );
+        for version in &doomed {
+            let _ = fs::remove_file(record_path(&fraise_dir, version));
+            if let Err(e) = fs::remove_dir_all(fraise_dir.join(version)) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(fraise, version, error = %e, "cannot remove release");
+                }
+            }
+        }
+        doomed
+    }
+
+    /// Removes install directories a crash left behind.
+    pub fn remove_debris(&self) {
+        let Ok(fraises) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for fraise in fraises.flatten() {
+            let Ok(entries) = fs::read_dir(fraise.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+
+    fn lock(&self, fraise: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(fraise.to_string()).or_default().clone()
+    }
+}
+
+fn record_path(fraise_dir: &Path, version: &str) -> PathBuf {
+    fraise_dir.join(format!("{version}.json"))
+}
+
+fn list_versions(fraise_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(fraise_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect()
+}
+
+/// Installs `version` into `fraise_dir/version` from `source` (blocking).
+fn install(
+    fraise_dir: &Path,
+    version: &str,
+    source: Option<&Path>,
+) -> Result<InstalledRelease, ReleaseError> {
+    let dest = fraise_dir.join(version);
+    let record = record_path(fraise_dir, version);
+    if dest.is_dir() {
+        if let Some(existing) = read_json::<InstalledRelease>(&record).ok().flatten() {
+            return Ok(existing);
+        }
+        // Renamed into place but the record was not written: finish the job.
+        return write_record(&dest, &record, version);
+    }
+    fs::create_dir_all(fraise_dir).map_err(io_err("create", fraise_dir))?;
+    let temp = fraise_dir.join(format!("{TEMP_PREFIX}{version}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&temp);
+    let filled = fill(&temp, source);
+    if let Err(e) = filled {
+        let _ = fs::remove_dir_all(&temp);
+        return Err(e);
+    }
+    fs::rename(&temp, &dest).map_err(io_err("rename into place", &dest))?;
+    write_record(&dest, &record, version)
+}
+
+fn write_record(
+    dest: &Path,
+    record: &Path,
+    version: &str,
+) -> Result<InstalledRelease, ReleaseError> {
+    let installed = InstalledRelease {
+        version: version.to_string(),
+        digest: digest_tree(dest).map_err(io_err("digest", dest))?,
+        installed_at: Utc::now(),
+    };
+    write_json_atomic(record, &installed, 0o644).map_err(io_err("write", record))?;
+    Ok(installed)
+}
+
+/// Puts the content of `source` into the new directory `dest`.
+fn fill(dest: &Path, source: Option<&Path>) -> Result<(), ReleaseError> {
+    let Some(source) = source else {
+        return fs::create_dir(dest).map_err(io_err("create", dest));
+    };
+    let meta =
+        fs::metadata(source).map_err(|_| ReleaseError::SourceMissing(source.to_path_buf()))?;
+    if meta.is_dir() {
+        return copy_tree(source, dest);
+    }
+    let name = source.to_string_lossy();
+    if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        fs::create_dir(dest).map_err(io_err("create", dest))?;
+        let file = File::open(source).map_err(io_err("open", source))?;
+        return unpack_tar_gz(file, dest);
+    }
+    fs::create_dir(dest).map_err(io_err("create", dest))?;
+    let file_name = source.file_name().unwrap_or(source.as_os_str());
+    let target = dest.join(file_name);
+    fs::copy(source, &target).map_err(io_err("copy", source))?;
+    Ok(())
+}
+
+/// Copies a directory tree, keeping file modes and copying symlinks as symlinks.
+fn copy_tree(src: &Path, dest: &Path) -> Result<(), ReleaseError> {
+    fs::create_dir(dest).map_err(io_err("create", dest))?;
+    let entries = fs::read_dir(src).map_err(io_err("read", src))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("read", src))?;
+        let from = entry.path();
+        let to = dest.join(entry.file_name());
+        let kind = entry.file_type().map_err(io_err("stat", &from))?;
+        if kind.is_symlink() {
+            let target = fs::read_link(&from).map_err(io_err("read link", &from))?;
+            std::os::unix::fs::symlink(target, &to).map_err(io_err("create link", &to))?;
+        } else if kind.is_dir() {
+            copy_tree(&from, &to)?;
+        } else {
+            // `fs::copy` carries the permission bits over.
+            fs::copy(&from, &to).map_err(io_err("copy", &from))?;
+        }
+    }
+    let mode = fs::metadata(src)
+        .map_err(io_err("stat", src))?
+        .permissions();
+    fs::set_permissions(dest, mode).map_err(io_err("chmod", dest))
+}
+
+/// Unpacks a gzipped tar into `dest`, refusing (not skipping) any entry that would land
+/// outside it: an absolute path or one with `..`.
+pub fn unpack_tar_gz(reader: impl Read, dest: &Path) -> Result<(), ReleaseError> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    archive.set_preserve_permissions(true);
+    let entries = archive.entries().map_err(io_err("read archive", dest))?;
+    for entry in entries {
+        let mut entry = entry.map_err(io_err("read archive", dest))?;
+        let path = entry
+            .path()
+            .map_err(io_err("read archive", dest))?
+            .into_owned();
+        let escapes = path.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        });
+        if escapes {
+            return Err(ReleaseError::EntryEscapes {
+                entry: path.to_string_lossy().into_owned(),
+            });
+        }
+        // `unpack_in` also refuses writes through symlinks that point outside `dest`.
+        let unpacked = entry.unpack_in(dest).map_err(io_err("unpack", &path))?;
+        if !unpacked {
+            return Err(ReleaseError::EntryEscapes {
+                entry: path.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// sha256 over the tree: every entry in sorted relative-path order with its kind, and for
+/// files the exec bit and contents, for symlinks the target. Timestamps and owners are left
+/// out so that the same content always gives the same digest.
+pub fn digest_tree(root: &Path) -> io::Result<String> {
+    let mut paths = Vec::new();
+    collect(root, Path::new(""), &mut paths)?;
+    paths.sort();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for rel in &paths {
+        let full = root.join(rel);
+        let meta = fs::symlink_metadata(&full)?;
+        let rel_bytes = rel.to_string_lossy();
+        if meta.file_type().is_symlink() {
+            hasher.update(b"L");
+            hasher.update(rel_bytes.as_bytes());
+            hasher.update([0]);
+            hasher.update(fs::read_link(&full)?.to_string_lossy().as_bytes());
+        } else if meta.is_dir() {
+            hasher.update(b"D");
+            hasher.update(rel_bytes.as_bytes());
+        } else {
+            hasher.update(b"F");
+            hasher.update(rel_bytes.as_bytes());
+            hasher.update([0]);
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            hasher.update([u8::from(exec)]);
+            hasher.update(meta.len().to_le_bytes());
+            let mut file = File::open(&full)?;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        hasher.update([0xff]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let path = rel.join(entry.file_name());
+        let is_dir = entry.file_type()?.is_dir();
+        out.push(path.clone());
+        if is_dir {
+            collect(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, content: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn tar_gz(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o755);
+            header.set_entry_type(tar::EntryType::Regular);
+            // `set_path` refuses `..`, so write the raw name as a hostile archive would.
+            let name = &mut header.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            builder.append(&header, content.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn digest_is_stable_and_tracks_content_and_exec_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("a/b.txt"), "hello");
+        write(&dir.path().join("run.sh"), "echo hi");
+        let first = digest_tree(dir.path()).unwrap();
+        assert_eq!(first, digest_tree(dir.path()).unwrap());
+
+        write(&dir.path().join("a/b.txt"), "hellO");
+        let changed = digest_tree(dir.path()).unwrap();
+        assert_ne!(first, changed);
+
+        let script = dir.path().join("run.sh");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(changed, digest_tree(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn same_tree_elsewhere_has_same_digest() {
+        let a = tempfile::tempdir().unwrap();
+        write(&a.path().join("x/y"), "1");
+        std::os::unix::fs::symlink("x/y", a.path().join("link")).unwrap();
+        let b = tempfile::tempdir().unwrap();
+        copy_tree(a.path(), &b.path().join("copy")).unwrap();
+        assert!(fs::symlink_metadata(b.path().join("copy/link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            digest_tree(a.path()).unwrap(),
+            digest_tree(&b.path().join("copy")).unwrap()
+        );
+    }
+
+    #[test]
+    fn unpack_refuses_entries_escaping_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("rel");
+        fs::create_dir(&dest).unwrap();
+        let archive = tar_gz(&[("ok.txt", "fine"), ("../evil.txt", "pwned")]);
+        let err = unpack_tar_gz(&archive[..], &dest).unwrap_err();
+        assert!(matches!(err, ReleaseError::EntryEscapes { .. }), "{err}");
+        assert!(!dir.path().join("evil.txt").exists());
+
+        let good = tar_gz(&[("bin/app", "#!/bin/sh\n")]);
+        let dest2 = dir.path().join("rel2");
+        fs::create_dir(&dest2).unwrap();
+        unpack_tar_gz(&good[..], &dest2).unwrap();
+        let mode = fs::metadata(dest2.join("bin/app"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111, "exec bits survive");
+    }
+
+    #[tokio::test]
+    async fn installs_once_and_prunes_unreferenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        write(&src.join("index.html"), "v");
+        let store = ReleaseStore::new(dir.path().join("releases"));
+        let spec = ReleaseSpec {
+            source: Some(src.clone()),
+            command: "true".into(),
+            working_directory: None,
+            env: Default::default(),
+        };
+        let mut digests = Vec::new();
+        for v in ["1.0.0", "1.1.0", "1.2.0", "2.0.0"] {
+            digests.push(store.ensure("api", v, &spec).await.unwrap().digest);
+        }
+        // Same content, same digest; a second install of an existing version is a no-op.
+        assert!(digests.windows(2).all(|w| w[0] == w[1]));
+        write(&src.join("index.html"), "changed");
+        let again = store.ensure("api", "1.0.0", &spec).await.unwrap();
+        assert_eq!(again.digest, digests[0]);
+
+        let keep: BTreeSet<String> = ["1.0.0".to_string()].into();
+        let removed = store.prune("api", &keep, 1).await;
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        let left: Vec<String> = store
+            .installed("api")
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(left, vec!["1.0.0".to_string(), "2.0.0".to_string()]);
+        assert!(!store.dir("api", "1.1.0").exists());
+    }
+}

@@ -1,0 +1,505 @@
+//! One proxied exchange: pick a backend, forward the request, retry what is safe to retry, and
+//! turn what failed into the router's error responses.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use super::body::{ProxyBody, ReqBody};
+use super::upstream::{Lease, Upstream};
+use super::{until, Phase, Shared};
+
+/// One try plus at most two retries.
+const MAX_ATTEMPTS: usize = 3;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies still meet).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+const NO_HEALTHY_INSTANCE: &[u8] = br#"{"error":{"code":"NO_HEALTHY_INSTANCE","message":"no healthy instance can take this request"}}"#;
+const UPSTREAM_UNAVAILABLE: &[u8] = br#"{"error":{"code":"UPSTREAM_UNAVAILABLE","message":"the upstream instance could not be reached"}}"#;
+
+/// What every request of one client connection shares.
+pub(super) struct ConnCtx {
+    pub(super) shared: Arc<Shared>,
+    /// Formatted once per connection, then cloned (a refcount) into each request.
+    pub(super) client_ip: HeaderValue,
+    /// For upgraded connections, which outlive the request and must stop with the router.
+    pub(super) phase: watch::Receiver<Phase>,
+    /// Whether a request ever arrived: draining closes a connection that never sent one
+    /// (hyper's graceful shutdown would wait for its first request).
+    pub(super) used: AtomicBool,
+}
+
+/// Why a request got no upstream response. Each variant says which side failed and whether
+/// the request may go to another backend.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProxyError {
+    #[error("no backend has weight > 0")]
+    NoBackend,
+    /// Nothing reached the upstream, so any request may be retried.
+    #[error("connecting to backend {id} at {addr} failed")]
+    Connect {
+        id: String,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The exchange broke before a response head; only a replayable request may be retried,
+    /// and only if the connection closed (a garbled response is not the network's fault).
+    #[error("backend {id} at {addr} failed before responding")]
+    Upstream {
+        id: String,
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// What one attempt on one backend gave.
+enum Attempt {
+    Answered(Response<Incoming>, SendRequest<ReqBody>),
+    /// `unsent` is the request when it never left, so that it can be sent elsewhere as is.
+    Failed {
+        error: ProxyError,
+        unsent: Option<Request<ReqBody>>,
+    },
+}
+
+/// Enough of a request without a body to send it again after it was lost on the wire.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// Serves one request: the hyper service of a client connection.
+///
+/// Latency, as counted per version, runs from the moment hyper hands over the parsed request
+/// head to the moment the upstream's response head is parsed: the router's own overhead plus
+/// the upstream's time to first byte, not the time to stream the body.
+pub(super) async fn proxy(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let received = Instant::now();
+    ctx.used.store(true, Ordering::Relaxed);
+    let (mut parts, body) = req.into_parts();
+    let client_upgrade = if is_upgrade(&parts.headers) {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let had_host = parts.headers.contains_key(header::HOST);
+    prepare_request(&mut parts, &ctx.client_ip, client_upgrade.is_some());
+    // Cloning the head costs two small allocations; it buys retrying an idempotent request
+    // whose keep-alive connection the upstream closed just as the request went out.
+    let replay = (client_upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream())
+        .then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
+    let mut req = Request::from_parts(parts, ReqBody::Client(body));
+
+    let mut tried = [0usize; MAX_ATTEMPTS];
+    let mut last_error = ProxyError::NoBackend;
+    for attempt in 0..MAX_ATTEMPTS {
+        let picked = {
+            let table = ctx.shared.table();
+            let upstream = match attempt {
+                0 => table.pick(),
+                _ => table.pick_except(&tried[..attempt]),
+            };
+            upstream.cloned()
+        };
+        let Some(upstream) = picked else { break };
+        tried[attempt] = Arc::as_ptr(&upstream) as usize;
+        if !had_host {
+            // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
+            set_host(req.headers_mut(), upstream.addr);
+        }
+        let mut lease = Lease::new(upstream);
+        match send(lease.upstream(), req, client_upgrade.is_some()).await {
+            Attempt::Answered(resp, conn) => {
+                let status = resp.status();
+                lease
+                    .upstream()
+                    .counters
+                    .record_response(received.elapsed(), status.is_server_error());
+                return Ok(match client_upgrade {
+                    Some(client) if status == StatusCode::SWITCHING_PROTOCOLS => {
+                        upgraded(resp, client, lease, conn, ctx.phase.clone())
+                    }
+                    _ => {
+                        lease.hold(conn);
+                        let (mut parts, body) = resp.into_parts();
+                        parts.version = Version::HTTP_11;
+                        strip_hop_by_hop(&mut parts.headers);
+                        Response::from_parts(parts, ProxyBody::upstream(body, lease))
+                    }
+                });
+            }
+            Attempt::Failed { error, unsent } => {
+                lease.upstream().counters.record_undelivered();
+                drop(lease);
+                let retry = match (unsent, &replay) {
+                    (Some(unsent), _) => Some(unsent),
+                    (None, Some(replay)) if error.closed_before_response() => {
+                        Some(replay.request())
+                    }
+                    _ => None,
+                };
+                tracing::debug!(error = %DisplayChain(&error), attempt, retry = retry.is_some(), "proxy attempt failed");
+                last_error = error;
+                match retry {
+                    Some(again) => req = again,
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(last_error.into_response())
+}
+
+/// Gets a connection to `upstream` and sends `req` on it, up to the response head.
+async fn send(upstream: &Upstream, req: Request<ReqBody>, upgrade: bool) -> Attempt {
+    let conn = if upgrade {
+        upstream.connect(true).await
+    } else {
+        upstream.checkout().await
+    };
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(source) => {
+            return Attempt::Failed {
+                error: ProxyError::Connect {
+                    id: upstream.id.clone(),
+                    addr: upstream.addr,
+                    source,
+                },
+                unsent: Some(req),
+            }
+        }
+    };
+    match conn.try_send_request(req).await {
+        Ok(resp) => Attempt::Answered(resp, conn),
+        Err(mut e) => Attempt::Failed {
+            unsent: e.take_message(),
+            error: ProxyError::Upstream {
+                id: upstream.id.clone(),
+                addr: upstream.addr,
+                source: e.into_error(),
+            },
+        },
+    }
+}
+
+/// Answers the client's upgrade with the upstream's 101 and splices the two connections in a
+/// task that holds the lease, so a WebSocket counts as in flight (and delays draining) until it
+/// closes or the router stops.
+fn upgraded(
+    mut resp: Response<Incoming>,
+    client: OnUpgrade,
+    lease: Lease,
+    conn: SendRequest<ReqBody>,
+    mut phase: watch::Receiver<Phase>,
+) -> Response<ProxyBody> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let splice = async {
+            let (client, upstream) = tokio::try_join!(client, upstream)?;
+            // The upstream connection is the tunnel now; its sender has nothing left to send.
+            drop(conn);
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        tokio::select! {
+            result = splice => if let Err(error) = result {
+                tracing::debug!(%error, "upgrade failed");
+            },
+            () = until(&mut phase, Phase::Stopped) => {}
+        }
+        drop(lease);
+    });
+    let (mut parts, _) = resp.into_parts();
+    let upgrade = parts.headers.remove(header::UPGRADE);
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = upgrade {
+        parts.headers.insert(header::UPGRADE, upgrade);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    Response::from_parts(parts, ProxyBody::local(Bytes::new()))
+}
+
+/// Turns the request head into the one sent upstream: origin-form URI, HTTP/1.1, hop-by-hop
+/// headers dropped (but an upgrade's own), `X-Forwarded-*` added.
+fn prepare_request(parts: &mut request::Parts, client_ip: &HeaderValue, upgrade: bool) {
+    if parts.uri.authority().is_some() {
+        // Absolute-form (proxy-style) request target: upstreams expect origin-form.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    }
+    // The upstream connection is ours and keep-alive: never speak HTTP/1.0 to it.
+    parts.version = Version::HTTP_11;
+    let headers = &mut parts.headers;
+    let upgrade = upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
+    strip_hop_by_hop(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+
+    // Appended to any client-supplied list, as nginx's $proxy_add_x_forwarded_for does, in
+    // one line because many frameworks read only the first.
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+    } else {
+        let mut list = Vec::with_capacity(64);
+        for value in prior {
+            list.extend_from_slice(value.as_bytes());
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(client_ip.as_bytes());
+        if let Ok(list) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+            headers.insert(X_FORWARDED_FOR.clone(), list);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if !token.is_empty() && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token)) {
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket and kin).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+fn set_host(headers: &mut HeaderMap, addr: SocketAddr) {
+    if let Ok(host) = HeaderValue::from_maybe_shared(Bytes::from(addr.to_string())) {
+        headers.insert(header::HOST, host);
+    }
+}
+
+fn json_response(status: StatusCode, body: &'static [u8]) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Shows an error with its sources, for logs.
+struct DisplayChain<'a>(&'a dyn std::error::Error);
+
+// === impl Replay ===
+
+impl Replay {
+    fn request(&self) -> Request<ReqBody> {
+        let mut req = Request::new(ReqBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The connection broke after the request went out but before any response byte.
+    fn closed_before_response(&self) -> bool {
+        let ProxyError::Upstream { source, .. } = self else {
+            return matches!(self, ProxyError::Connect { .. });
+        };
+        if source.is_canceled() || source.is_incomplete_message() {
+            return true;
+        }
+        let io_kind = std::error::Error::source(source)
+            .and_then(|e| e.downcast_ref::<io::Error>())
+            .map(io::Error::kind);
+        matches!(
+            io_kind,
+            Some(
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            )
+        )
+    }
+
+    /// The one place a proxy failure becomes HTTP; the client sees a code, never the cause.
+    fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            ProxyError::NoBackend => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_INSTANCE)
+            }
+            error => {
+                tracing::warn!(error = %DisplayChain(&error), "upstream unavailable");
+                json_response(StatusCode::BAD_GATEWAY, UPSTREAM_UNAVAILABLE)
+            }
+        }
+    }
+}
+
+// === impl DisplayChain ===
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: &[(&str, &str)]) -> request::Parts {
+        let mut req = Request::builder().uri("http://example.com/a?b=1");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn request_head_loses_hop_by_hop_and_gains_forwarded() {
+        let mut parts = head(&[
+            ("host", "app.example"),
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "basic x"),
+            ("accept", "*/*"),
+        ]);
+        prepare_request(&mut parts, &HeaderValue::from_static("10.0.0.7"), false);
+        let h = &parts.headers;
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(parts.uri, "/a?b=1");
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(h["accept"], "*/*");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+    }
+
+    #[test]
+    fn forwarded_headers_from_a_previous_proxy_are_kept() {
+        let mut parts = head(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "public.example"),
+            ("host", "internal"),
+        ]);
+        prepare_request(&mut parts, &HeaderValue::from_static("10.0.0.7"), false);
+        let h = &parts.headers;
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "public.example");
+    }
+
+    #[test]
+    fn upgrade_keeps_its_own_headers() {
+        let mut parts = head(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
+        assert!(is_upgrade(&parts.headers));
+        prepare_request(&mut parts, &HeaderValue::from_static("::1"), true);
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert_eq!(parts.headers["connection"], "upgrade");
+        assert!(!parts.headers.contains_key("keep-alive"));
+        assert!(!is_upgrade(&head(&[("upgrade", "websocket")]).headers));
+    }
+}

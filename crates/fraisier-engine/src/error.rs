@@ -1,0 +1,61 @@
+//! The engine's refusals and failures, with the API error code each one maps to.
+
+use fraisier_store::StoreError;
+
+use crate::provider::ProviderError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("fraise {0:?} not found")]
+    FraiseNotFound(String),
+    #[error("environment {0:?} not found")]
+    EnvironmentNotFound(String),
+    #[error("fraise {fraise:?} is not deployed to environment {environment:?} (add it under fraises.{fraise}.environments)")]
+    NotInEnvironment { fraise: String, environment: String },
+    #[error("deployment {0} not found")]
+    RunNotFound(String),
+    #[error("{message}")]
+    InvalidParameters { field: String, message: String },
+    #[error("{message}")]
+    InvalidSpec { field: String, message: String },
+    #[error("{message}")]
+    ArtifactNotFound { version: String, message: String },
+    #[error("{0}")]
+    NoVersionKnown(String),
+    #[error("deployment {active_id} is already in progress for {fraise} in {environment}")]
+    InProgress { active_id: String, fraise: String, environment: String },
+    #[error("dependency {dependency:?} is not healthy in {environment}: {reason}")]
+    DependencyFailed { dependency: String, environment: String, reason: String },
+    #[error("{message}")]
+    BackupNotFound { version: Option<String>, message: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("deployment {0} has already finished")]
+    AlreadyFinished(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl EngineError {
+    /// The API error code (DESIGN §4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::FraiseNotFound(_) => "FRAISE_NOT_FOUND",
+            EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => "ENVIRONMENT_NOT_FOUND",
+            EngineError::RunNotFound(_) => "DEPLOYMENT_NOT_FOUND",
+            EngineError::InvalidParameters { .. } | EngineError::NoVersionKnown(_) => "INVALID_PARAMETERS",
+            EngineError::InvalidSpec { .. } => "INVALID_DEPLOYMENT_SPEC",
+            EngineError::ArtifactNotFound { .. } => "ARTIFACT_NOT_FOUND",
+            EngineError::InProgress { .. } => "DEPLOYMENT_IN_PROGRESS",
+            EngineError::DependencyFailed { .. } => "DEPENDENCY_FAILED",
+            EngineError::BackupNotFound { .. } => "BACKUP_NOT_FOUND",
+            EngineError::Unsupported(_) => "NOT_SUPPORTED",
+            EngineError::AlreadyFinished(_) => "DEPLOYMENT_FINISHED",
+            EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
+            EngineError::Store(_) => "INTERNAL_ERROR",
+            EngineError::Provider(_) => "PROVIDER_ERROR",
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! From a request to a prepared run: which fraise, environment, version, strategy and options,
+//! checked against the configuration and the artifacts on disk before anything is recorded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use fraisier_model::config::{Config, FraiseConfig, FraiseEnvironmentConfig};
+use fraisier_model::names::{is_valid_name, version_problem};
+use fraisier_model::service::{DesiredInstance, DesiredService, ReleaseSpec};
+use fraisier_model::{version, FraiseType, Strategy, StrategyConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::EngineError;
+
+/// A request to move a fraise in an environment to a version (seeds 000 and 001).
+#[derive(Clone, Debug, Default)]
+pub struct DeployRequest {
+    pub tenant: String,
+    pub fraise: String,
+    pub environment: String,
+    pub version: Option<String>,
+    pub strategy: Option<Strategy>,
+    pub strategy_config: Option<Map<String, Value>>,
+    pub skip_health_check: bool,
+    pub skip_backup: bool,
+    /// Seconds the whole run may take before it fails (default 3600).
+    pub timeout_secs: Option<u64>,
+    /// `false` leaves a failed version in place (seed 001); default true.
+    pub rollback_on_failure: Option<bool>,
+    /// Extra dependencies named by the request, checked like the configured ones.
+    pub extra_dependencies: Vec<String>,
+    pub metadata: Value,
+    pub triggered_by: String,
+    pub trigger_type: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RollbackRequest {
+    pub tenant: String,
+    pub fraise: String,
+    pub environment: String,
+    pub to_version: Option<String>,
+    pub reason: Option<String>,
+    pub triggered_by: String,
+    pub trigger_type: String,
+}
+
+/// Options a run keeps in the store so that a resumed run behaves as first asked.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunOptions {
+    pub skip_health_check: bool,
+    pub skip_backup: bool,
+    pub timeout_secs: u64,
+    pub rollback_on_failure: bool,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The service's desired state when the run started: what a rollback restores.
+    #[serde(default)]
+    pub snapshot: Option<DesiredService>,
+    /// Whether `snapshot` has been taken (it may legitimately be `None`).
+    #[serde(default)]
+    pub snapshot_taken: bool,
+}
+
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+
+pub(crate) fn lookup<'a>(
+    config: &'a Config,
+    fraise: &str,
+    environment: &str,
+) -> Result<(&'a FraiseConfig, &'a FraiseEnvironmentConfig), EngineError> {
+    // Names that cannot exist (`../x`, reserved words) are simply not found.
+    let f = config
+        .fraises
+        .get(fraise)
+        .filter(|_| is_valid_name(fraise))
+        .ok_or_else(|| EngineError::FraiseNotFound(fraise.to_string()))?;
+    if !config.environments.contains_key(environment) || !is_valid_name(environment) {
+        return Err(EngineError::EnvironmentNotFound(environment.to_string()));
+    }
+    let fe = f.environments.get(environment).ok_or_else(|| EngineError::NotInEnvironment {
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+    })?;
+    Ok((f, fe))
+}
+
+/// Versions listed in the config plus those found at `artifact_path`.
+pub fn known_versions(f: &FraiseConfig) -> Vec<String> {
+    let mut all: BTreeSet<String> = f.versions.iter().cloned().collect();
+    if let Some(pattern) = &f.artifact_path {
+        all.extend(discover_versions(pattern));
+    }
+    let mut v: Vec<String> = all.into_iter().collect();
+    v.sort_by(|a, b| version::compare(a, b));
+    v
+}
+
+/// Lists versions that exist on disk for a pattern such as `/srv/a/{version}` or
+/// `/srv/a/app-{version}.tar.gz` or `/srv/{version}/app.tar.gz`.
+fn discover_versions(pattern: &str) -> Vec<String> {
+    let Some((pre, post)) = pattern.split_once("{version}") else {
+        return Vec::new();
+    };
+    let (dir, name_prefix) = match pre.rfind('/') {
+        Some(i) => (&pre[..i.max(1)], &pre[i + 1..]),
+        None => (".", pre),
+    };
+    let (name_suffix, rest) = match post.find('/') {
+        Some(i) => (&post[..i], Some(&post[i..])),
+        None => (post, None),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(v) = name
+            .strip_prefix(name_prefix)
+            .and_then(|n| n.strip_suffix(name_suffix))
+        else {
+            continue;
+        };
+        if v.is_empty() || version_problem(v).is_some() {
+            continue;
+        }
+        if let Some(rest) = rest {
+            if !Path::new(&format!("{dir}/{name}{rest}")).exists() {
+                continue;
+            }
+        }
+        out.push(v.to_string());
+    }
+    out
+}
+
+/// Picks and checks the version to deploy.
+pub(crate) fn resolve_version(f: &FraiseConfig, fraise: &str, requested: Option<&str>) -> Result<String, EngineError> {
+    let known = known_versions(f);
+    let version = match requested {
+        Some(v) => {
+            if let Some(p) = version_problem(v) {
+                return Err(EngineError::InvalidParameters {
+                    field: "version".into(),
+                    message: format!("invalid version {v:?}: {p}"),
+                });
+            }
+            v.to_string()
+        }
+        None => version::latest(known.iter().map(String::as_str))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                EngineError::NoVersionKnown(format!(
+                    "no version of {fraise} is known: pass \"version\" in the request, list versions under \
+                     fraises.{fraise}.versions in fraisier.yaml, or put releases at its artifact_path"
+                ))
+            })?,
+    };
+    match f.artifact_for(&version) {
+        Some(path) if !path.exists() => Err(EngineError::ArtifactNotFound {
+            message: format!("artifact for {fraise} {version} not found at {}", path.display()),
+            version,
+        }),
+        None if !known.contains(&version) => Err(EngineError::ArtifactNotFound {
+            message: format!(
+                "version {version} of {fraise} is not listed under fraises.{fraise}.versions and the fraise has no artifact_path"
+            ),
+            version,
+        }),
+        _ => Ok(version),
+    }
+}
+
+/// The strategy and its config: request values over the environment's configured ones.
+pub(crate) fn resolve_strategy(
+    fe: &FraiseEnvironmentConfig,
+    strategy: Option<Strategy>,
+    requested: Option<&Map<String, Value>>,
+) -> Result<(Strategy, StrategyConfig), EngineError> {
+    let strategy = strategy.unwrap_or(fe.strategy);
+    // Configured keys are defaults only for the configured strategy.
+    let mut merged = if strategy == fe.strategy {
+        fe.strategy_config.clone()
+    } else {
+        Map::new()
+    };
+    if let Some(r) = requested {
+        for (k, v) in r {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    let parsed = StrategyConfig::parse(strategy, &merged).map_err(|e| EngineError::InvalidParameters {
+        field: format!("strategy_config.{}", e.field),
+        message: format!("strategy_config.{}: {}", e.field, e.message),
+    })?;
+    Ok((strategy, parsed))
+}
+
+pub(crate) fn release_spec(f: &FraiseConfig, fe: &FraiseEnvironmentConfig, version: &str) -> ReleaseSpec {
+    let mut env: BTreeMap<String, String> = f.env.clone();
+    env.extend(fe.env.clone());
+    ReleaseSpec {
+        source: f.artifact_for(version),
+        command: f.command.clone().unwrap_or_default(),
+        working_directory: f.working_directory.clone(),
+        env,
+    }
+}
+
+/// A desired state for the service with the given instances and releases.
+pub(crate) fn desired(
+    fraise: &str,
+    environment: &str,
+    f: &FraiseConfig,
+    fe: &FraiseEnvironmentConfig,
+    generation: u64,
+    instances: Vec<DesiredInstance>,
+    releases: BTreeMap<String, ReleaseSpec>,
+) -> DesiredService {
+    DesiredService {
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        generation,
+        kind: f.kind,
+        port: if f.kind == FraiseType::Api { fe.port } else { None },
+        health_check: f.health_check_spec(),
+        releases,
+        instances,
+        drain_timeout_ms: f.drain_timeout.0,
+        stop_grace_ms: f.stop_grace.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovers_versions_from_patterns() {
+        let dir = std::env::temp_dir().join(format!("fraisier-discover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("dirs/1.0.0")).unwrap();
+        std::fs::create_dir_all(dir.join("dirs/2.0.0")).unwrap();
+        std::fs::create_dir_all(dir.join("nested/3.0.0")).unwrap();
+        std::fs::write(dir.join("nested/3.0.0/app.tar.gz"), b"x").unwrap();
+        std::fs::create_dir_all(dir.join("nested/4.0.0")).unwrap();
+        std::fs::write(dir.join("app-1.2.3.tar.gz"), b"x").unwrap();
+        let d = dir.display();
+        let mut v = discover_versions(&format!("{d}/dirs/{{version}}"));
+        v.sort();
+        assert_eq!(v, ["1.0.0", "2.0.0"]);
+        assert_eq!(discover_versions(&format!("{d}/nested/{{version}}/app.tar.gz")), ["3.0.0"]);
+        assert_eq!(discover_versions(&format!("{d}/app-{{version}}.tar.gz")), ["1.2.3"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

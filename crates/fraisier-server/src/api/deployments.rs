@@ -1,0 +1,437 @@
+//! Deployment runs (seed 000): list, inspect, create, cancel, roll back, logs and events.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use fraisier_engine::{BusMessage, DeployRequest, RollbackRequest};
+use fraisier_model::run::{Component, LogLevel, RunStatus};
+use fraisier_model::Strategy;
+use fraisier_store::{parse_run_id, run_id_string, LogFilter, Run, RunFilter, RunSort, RunSortField};
+use futures_util::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::extract::{JsonBody, QueryMap};
+use super::views::{self, Pagination, RunDetails, RunSummary};
+use super::{services, AppState, Params};
+use crate::auth::Identity;
+
+#[derive(Serialize, ToSchema)]
+pub struct RunList {
+    pub deployments: Vec<RunSummary>,
+    pub pagination: Pagination,
+}
+
+/// Body of `POST /deployments/{fraise}/{environment}`.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    pub version: Option<String>,
+    /// rolling | blue_green (blue-green) | canary | recreate
+    #[schema(value_type = Option<String>)]
+    pub strategy: Option<Strategy>,
+    #[schema(value_type = Option<Object>)]
+    pub strategy_config: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub skip_health_check: bool,
+    #[serde(default)]
+    pub skip_backup: bool,
+    #[serde(default)]
+    pub wait: bool,
+    /// Seconds (default 3600).
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub id: String,
+    pub fraise: String,
+    pub environment: String,
+    pub status: RunStatus,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub strategy: String,
+    pub created_at: String,
+    pub status_url: String,
+    pub events_url: String,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    pub to_version: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RollbackAccepted {
+    pub id: String,
+    pub fraise: String,
+    pub environment: String,
+    pub status: RunStatus,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_version: Option<String>,
+    pub to_version: String,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Cancelled {
+    pub id: String,
+    pub status: RunStatus,
+    pub cancelled_at: Option<String>,
+    pub cancelled_by: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LogsResponse {
+    pub deployment_id: String,
+    pub logs: Vec<views::LogView>,
+    pub total_lines: u64,
+    pub truncated: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventsResponse {
+    pub deployment_id: String,
+    pub events: Vec<views::EventView>,
+    pub total: u64,
+}
+
+pub fn run_id(id: &str) -> Result<i64, ApiError> {
+    parse_run_id(id).ok_or_else(|| ApiError::run_not_found(id))
+}
+
+fn parse_sort(q: &QueryMap) -> Result<RunSort, ApiError> {
+    let raw = q.get("sort").unwrap_or("-created_at");
+    let (descending, field) = match raw.strip_prefix('-') {
+        Some(f) => (true, f),
+        None => (false, raw.strip_prefix('+').unwrap_or(raw)),
+    };
+    let field = match field {
+        "created_at" => RunSortField::CreatedAt,
+        "updated_at" => RunSortField::UpdatedAt,
+        "status" => RunSortField::Status,
+        _ => return Err(ApiError::invalid("sort", format!("sort must be created_at, updated_at or status, optionally prefixed with '-', got {raw:?}"))),
+    };
+    Ok(RunSort { field, descending })
+}
+
+/// Whether each run is the one a rollback of its service would undo.
+async fn rollback_flags(state: &AppState, tenant: &str, runs: &[Run]) -> Result<Vec<bool>, ApiError> {
+    let services = state.engine.store().services(tenant).await?;
+    let last: HashMap<(&str, &str), Option<i64>> = services.iter().map(|s| ((s.fraise.as_str(), s.environment.as_str()), s.last_run_id)).collect();
+    Ok(runs
+        .iter()
+        .map(|r| {
+            r.status == RunStatus::Success
+                && r.previous_version.is_some()
+                && last.get(&(r.fraise.as_str(), r.environment.as_str())).copied().flatten() == Some(r.id)
+        })
+        .collect())
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments",
+    params(("environment" = Option<String>, Query), ("status" = Option<String>, Query), ("fraise" = Option<String>, Query),
+           ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query), ("sort" = Option<String>, Query), ("q" = Option<String>, Query),
+           ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query),
+           ("state" = Option<String>, Query, description = "seed 001: list service deployments by state instead of runs")),
+    responses((status = 200, body = RunList), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, Extension(who): Extension<Identity>, q: QueryMap) -> Result<Response, ApiError> {
+    if q.get("state").is_some() || q.get("view") == Some("services") {
+        return services::list(&state, &who, &q).await.map(IntoResponse::into_response);
+    }
+    let (limit, offset) = q.pagination(50)?;
+    let filter = RunFilter {
+        fraise: q.text("fraise"),
+        environment: q.text("environment"),
+        status: q.one_of("status", "pending, in_progress, success, failed, cancelled")?,
+        q: q.text("q"),
+        created_after: q.time("created_after")?,
+        created_before: q.time("created_before")?,
+        sort: parse_sort(&q)?,
+        limit,
+        offset,
+    };
+    let (runs, total) = state.engine.store().list_runs(&who.tenant, &filter).await?;
+    let flags = rollback_flags(&state, &who.tenant, &runs).await?;
+    let deployments = runs.iter().zip(flags).map(|(r, f)| views::summary(r, f)).collect();
+    Ok(Json(RunList { deployments, pagination: Pagination::new(total, limit, offset) }).into_response())
+}
+
+pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDetails, ApiError> {
+    let store = state.engine.store();
+    let flags = rollback_flags(state, tenant, std::slice::from_ref(run)).await?;
+    let events = store.events(run.id, None).await?;
+    let steps = store.steps(run.id).await?;
+    let id = run_id_string(run.id);
+    Ok(RunDetails {
+        summary: views::summary(run, flags[0]),
+        trigger_type: run.trigger_type.clone(),
+        provider: state.engine.provider().kind().to_string(),
+        strategy_config: run.strategy_config.clone(),
+        health_check_details: if run.health_details.is_null() { json!({}) } else { run.health_details.clone() },
+        events: events.iter().map(|e| views::EventRef { id: views::event_id(e.id), event_type: e.event_type.clone(), timestamp: views::ts(e.timestamp) }).collect(),
+        logs: views::LogsRef { url: format!("/api/v1/deployments/{id}/logs"), lines: run.log_lines },
+        steps: steps.iter().map(views::step).collect(),
+        metadata: run.metadata.clone(),
+        cancelled_at: views::ts_opt(run.cancelled_at),
+        cancelled_by: run.cancel_requested_by.clone(),
+        status_url: format!("/api/v1/deployments/{id}"),
+        events_url: format!("/api/v1/deployments/{id}/events"),
+    })
+}
+
+/// `GET /deployments/{ref}`: a run (`dep_…`) or, for any other ref, a service deployment (seed 001).
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}", tag = "deployments",
+    params(("deployment_id" = String, Path, description = "a run id (dep_00001), or a fraise / fraise@environment for seed 001's service view"),
+           ("environment" = Option<String>, Query)),
+    responses((status = 200, body = RunDetails), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>, q: QueryMap) -> Result<Response, ApiError> {
+    if !id.starts_with("dep_") {
+        return services::get(&state, &who, &id, &q).await.map(IntoResponse::into_response);
+    }
+    let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
+    Ok(Json(details(&state, &who.tenant, &run).await?).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}", tag = "deployments",
+    params(("fraise" = String, Path), ("environment" = String, Path)),
+    request_body = CreateBody,
+    responses((status = 202, body = Created), (status = 200, body = RunDetails, description = "with wait=true, once the run finished"),
+              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params((fraise, environment)): Params<(String, String)>,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let wait_secs = body.timeout.unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
+    let req = DeployRequest {
+        tenant: who.tenant.clone(),
+        fraise,
+        environment,
+        version: body.version,
+        strategy: body.strategy,
+        strategy_config: body.strategy_config,
+        skip_health_check: body.skip_health_check,
+        skip_backup: body.skip_backup,
+        timeout_secs: body.timeout,
+        rollback_on_failure: None,
+        extra_dependencies: Vec::new(),
+        metadata: body.metadata,
+        triggered_by: who.username.clone(),
+        trigger_type: "api".into(),
+    };
+    let run = state.engine.submit(req).await?;
+    if body.wait {
+        let run = state.engine.wait(&who.tenant, run.id, Duration::from_secs(wait_secs)).await?;
+        let status = if run.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+        return Ok((status, Json(details(&state, &who.tenant, &run).await?)).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, Json(created(&run))).into_response())
+}
+
+pub fn created(run: &Run) -> Created {
+    let id = run_id_string(run.id);
+    Created {
+        status_url: format!("/api/v1/deployments/{id}"),
+        events_url: format!("/api/v1/deployments/{id}/events"),
+        id,
+        fraise: run.fraise.clone(),
+        environment: run.environment.clone(),
+        status: run.status,
+        kind: fraisier_model::run::to_wire(&run.kind),
+        version: run.version.clone(),
+        previous_version: run.previous_version.clone(),
+        strategy: run.strategy.clone(),
+        created_at: views::ts(run.created_at),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/deployments/{deployment_id}", tag = "deployments",
+    params(("deployment_id" = String, Path)),
+    responses((status = 202, body = Cancelled), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
+    let id = run_id(&id)?;
+    state.engine.cancel(&who.tenant, id, &who.username).await?;
+    // Cancelling restores the previous version; give it a moment so the answer is final.
+    let run = state.engine.wait(&who.tenant, id, Duration::from_secs(15)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Cancelled {
+            id: run_id_string(run.id),
+            status: run.status,
+            cancelled_at: views::ts_opt(run.cancelled_at),
+            cancelled_by: run.cancel_requested_by.clone(),
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}/rollback", tag = "deployments",
+    params(("fraise" = String, Path), ("environment" = String, Path)),
+    request_body = RollbackBody,
+    responses((status = 202, body = RollbackAccepted), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params((fraise, environment)): Params<(String, String)>,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> Result<(StatusCode, Json<RollbackAccepted>), ApiError> {
+    let run = state
+        .engine
+        .rollback(RollbackRequest {
+            tenant: who.tenant.clone(),
+            fraise,
+            environment,
+            to_version: body.to_version,
+            reason: body.reason,
+            triggered_by: who.username.clone(),
+            trigger_type: "api".into(),
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RollbackAccepted {
+            id: run_id_string(run.id),
+            fraise: run.fraise.clone(),
+            environment: run.environment.clone(),
+            status: run.status,
+            kind: "rollback".into(),
+            from_version: run.previous_version.clone(),
+            to_version: run.version.clone(),
+            created_at: views::ts(run.created_at),
+        }),
+    ))
+}
+
+fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
+    Ok(LogFilter {
+        lines: q.int("lines", 100, 1, 1000)? as u32,
+        level: q.one_of::<LogLevel>("level", "debug, info, warn, error")?,
+        component: q.one_of::<Component>("component", "deployment, health_check, provider, hook")?,
+        after_id: None,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/logs", tag = "deployments",
+    params(("deployment_id" = String, Path), ("lines" = Option<u32>, Query), ("follow" = Option<bool>, Query),
+           ("level" = Option<String>, Query), ("component" = Option<String>, Query)),
+    responses((status = 200, body = LogsResponse, description = "JSON, or an SSE stream of `log` events with follow=true"), (status = 404, body = super::error::ErrorBody)))]
+pub async fn logs(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>, q: QueryMap) -> Result<Response, ApiError> {
+    let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
+    let filter = log_filter(&q)?;
+    let follow = q.bool("follow")?;
+    let store = state.engine.store();
+    if follow {
+        // Subscribe before reading the backlog so nothing falls between the two.
+        let rx = state.engine.bus().subscribe();
+        let (lines, _) = store.logs(run.id, &filter).await?;
+        let backlog: Vec<SseEvent> = lines.iter().map(|l| sse_json("log", &views::log(l), l.id)).collect();
+        let last = lines.last().map_or(0, |l| l.id);
+        let finished = run.status.is_final();
+        return Ok(follow_stream(rx, run.id, backlog, finished, move |m| match m {
+            BusMessage::Log(l) if l.id > last && filter.level.is_none_or(|lv| l.level >= lv) && filter.component.is_none_or(|c| c == l.component) => {
+                Some(sse_json("log", &views::log(l), l.id))
+            }
+            _ => None,
+        })
+        .into_response());
+    }
+    let (lines, total) = store.logs(run.id, &filter).await?;
+    Ok(Json(LogsResponse {
+        deployment_id: run_id_string(run.id),
+        truncated: total > lines.len() as u64,
+        logs: lines.iter().map(views::log).collect(),
+        total_lines: total,
+    })
+    .into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/events", tag = "deployments",
+    params(("deployment_id" = String, Path), ("follow" = Option<bool>, Query)),
+    responses((status = 200, body = EventsResponse), (status = 404, body = super::error::ErrorBody)))]
+pub async fn events(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>, q: QueryMap) -> Result<Response, ApiError> {
+    let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
+    let follow = q.bool("follow")?;
+    let rx = follow.then(|| state.engine.bus().subscribe());
+    let events = state.engine.store().events(run.id, None).await?;
+    if let Some(rx) = rx {
+        let backlog = events.iter().map(|e| sse_json("event", &views::event(e), e.id)).collect();
+        let last = events.last().map_or(0, |e| e.id);
+        return Ok(follow_stream(rx, run.id, backlog, run.status.is_final(), move |m| match m {
+            BusMessage::Event(e) if e.id > last => Some(sse_json("event", &views::event(e), e.id)),
+            _ => None,
+        })
+        .into_response());
+    }
+    Ok(Json(EventsResponse {
+        deployment_id: run_id_string(run.id),
+        total: events.len() as u64,
+        events: events.iter().map(views::event).collect(),
+    })
+    .into_response())
+}
+
+fn sse_json<T: Serialize>(name: &str, v: &T, id: i64) -> SseEvent {
+    SseEvent::default().event(name).id(id.to_string()).json_data(v).unwrap_or_default()
+}
+
+/// An SSE stream: the backlog, then matching bus messages of the run until it finishes.
+fn follow_stream(
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<BusMessage>>,
+    run_id: i64,
+    backlog: Vec<SseEvent>,
+    finished: bool,
+    pick: impl Fn(&BusMessage) -> Option<SseEvent> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, out) = mpsc::channel::<SseEvent>(256);
+    tokio::spawn(async move {
+        for e in backlog {
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+        if !finished {
+            loop {
+                match rx.recv().await {
+                    Ok(m) if m.run_id() == Some(run_id) => {
+                        if let BusMessage::Finished { status, .. } = &*m {
+                            let _ = tx.send(SseEvent::default().event("end").data(json!({ "status": status }).to_string())).await;
+                            return;
+                        }
+                        if let Some(e) = pick(&m) {
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(SseEvent::default().event("lagged").data(n.to_string())).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        let _ = tx.send(SseEvent::default().event("end").data("{}")).await;
+    });
+    let s = stream::unfold(out, |mut out| async move { out.recv().await.map(|e| (Ok(e), out)) });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}

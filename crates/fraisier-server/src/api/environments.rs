@@ -1,0 +1,106 @@
+//! Environments (seed 000): the configured stages and the state of what runs in them.
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::fraises::env_state;
+use super::{AppState, Params};
+use crate::auth::Identity;
+
+struct Counts {
+    total: u64,
+    deployed: u64,
+    healthy: u64,
+    degraded: u64,
+    unhealthy: u64,
+}
+
+async fn counts(state: &AppState, tenant: &str, env: &str) -> Result<Counts, ApiError> {
+    let mut c = Counts { total: 0, deployed: 0, healthy: 0, degraded: 0, unhealthy: 0 };
+    for (name, f) in &state.config.fraises {
+        if !f.environments.contains_key(env) {
+            continue;
+        }
+        c.total += 1;
+        let s = env_state(state, tenant, name, env).await?;
+        if s.current_version.is_some() {
+            c.deployed += 1;
+        }
+        match s.status {
+            "healthy" => c.healthy += 1,
+            "degraded" | "deploying" => c.degraded += 1,
+            "unhealthy" => c.unhealthy += 1,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+fn status_word(c: &Counts) -> &'static str {
+    if c.unhealthy > 0 {
+        "unhealthy"
+    } else if c.degraded > 0 {
+        "degraded"
+    } else if c.deployed == 0 {
+        "unknown"
+    } else {
+        "healthy"
+    }
+}
+
+fn lookup<'a>(state: &'a AppState, name: &str) -> Result<&'a fraisier_model::config::EnvironmentConfig, ApiError> {
+    state.config.environments.get(name).filter(|_| fraisier_model::names::is_valid_name(name)).ok_or_else(|| ApiError::environment_not_found(name))
+}
+
+#[utoipa::path(get, path = "/api/v1/environments", tag = "environments", responses((status = 200, body = Object)))]
+pub async fn list(State(state): State<AppState>, Extension(who): Extension<Identity>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for (name, e) in &state.config.environments {
+        let c = counts(&state, &who.tenant, name).await?;
+        out.push(json!({
+            "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
+            "provider": e.provider, "fraises_deployed": c.deployed, "fraises_total": c.total, "status": status_word(&c),
+        }));
+    }
+    Ok(Json(json!({ "environments": out })))
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}", tag = "environments",
+    params(("environment_name" = String, Path)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>) -> Result<Json<Value>, ApiError> {
+    let e = lookup(&state, &name)?;
+    let c = counts(&state, &who.tenant, &name).await?;
+    let fraises: Vec<&String> = state.config.fraises.iter().filter(|(_, f)| f.environments.contains_key(&name)).map(|(n, _)| n).collect();
+    Ok(Json(json!({
+        "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
+        "provider": e.provider, "fraises": fraises, "fraises_deployed": c.deployed, "status": status_word(&c),
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/status", tag = "environments",
+    params(("environment_name" = String, Path)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn status(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>) -> Result<Json<Value>, ApiError> {
+    let e = lookup(&state, &name)?;
+    let c = counts(&state, &who.tenant, &name).await?;
+    let store = state.engine.store();
+    let db = store.ping().await;
+    let (in_use, max) = store.pool_size();
+    let provider_up = state.engine.provider().available().await;
+    Ok(Json(json!({
+        "name": name,
+        "status": status_word(&c),
+        "provider": {
+            "type": e.provider, "status": if provider_up { "connected" } else { "disconnected" },
+            "hosts": 1, "hosts_healthy": u8::from(provider_up),
+        },
+        "database": {
+            "status": if db.is_ok() { "connected" } else { "disconnected" }, "backend": store.backend(),
+            "connections": in_use, "max_connections": max,
+            "response_time_ms": db.map(|d| d.as_secs_f64() * 1000.0).ok(),
+        },
+        "nats": { "status": "not_configured", "streams": 0, "events_published": 0 },
+        "fraises": { "total": c.total, "deployed": c.deployed, "healthy": c.healthy, "degraded": c.degraded, "unhealthy": c.unhealthy },
+    })))
+}

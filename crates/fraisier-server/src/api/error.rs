@@ -1,0 +1,140 @@
+//! The one place errors become HTTP: status, code, message, details, request id, timestamp.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fraisier_engine::EngineError;
+use fraisier_store::StoreError;
+use serde_json::{json, Value};
+
+tokio::task_local! {
+    /// The id of the request being handled, for error bodies and logs.
+    pub static REQUEST_ID: String;
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// e.g. `DEPLOYMENT_NOT_FOUND`, `INVALID_PARAMETERS`
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Object)]
+    pub details: Value,
+    pub request_id: String,
+    pub timestamp: String,
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), details: json!({}) }
+    }
+
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let field = field.into();
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", message).with_details(json!({ "field": field }))
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    pub fn run_not_found(id: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "DEPLOYMENT_NOT_FOUND", format!("Deployment {id} not found"))
+            .with_details(json!({ "deployment_id": id }))
+    }
+
+    pub fn fraise_not_found(name: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "FRAISE_NOT_FOUND", format!("Fraise {name} not found")).with_details(json!({ "fraise": name }))
+    }
+
+    pub fn environment_not_found(name: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "ENVIRONMENT_NOT_FOUND", format!("Environment {name} not found"))
+            .with_details(json!({ "environment": name }))
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        // The cause goes to the log, not to the client.
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error; see the server log")
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let message = e.to_string();
+        let code = e.code();
+        let (status, details) = match &e {
+            EngineError::FraiseNotFound(f) => (StatusCode::NOT_FOUND, json!({ "fraise": f })),
+            EngineError::EnvironmentNotFound(env) => (StatusCode::NOT_FOUND, json!({ "environment": env })),
+            EngineError::NotInEnvironment { fraise, environment } => {
+                (StatusCode::NOT_FOUND, json!({ "fraise": fraise, "environment": environment }))
+            }
+            EngineError::RunNotFound(id) => (StatusCode::NOT_FOUND, json!({ "deployment_id": id })),
+            EngineError::InvalidParameters { field, .. } | EngineError::InvalidSpec { field, .. } => {
+                (StatusCode::BAD_REQUEST, json!({ "field": field }))
+            }
+            EngineError::NoVersionKnown(_) => (StatusCode::BAD_REQUEST, json!({ "field": "version" })),
+            EngineError::ArtifactNotFound { version, .. } => (StatusCode::BAD_REQUEST, json!({ "field": "version", "version": version })),
+            EngineError::InProgress { active_id, fraise, environment } => (
+                StatusCode::CONFLICT,
+                json!({ "deployment_id": active_id, "fraise": fraise, "environment": environment }),
+            ),
+            EngineError::DependencyFailed { dependency, environment, reason } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "dependency": dependency, "environment": environment, "cause": reason }),
+            ),
+            EngineError::BackupNotFound { version, .. } => (StatusCode::BAD_REQUEST, json!({ "version": version })),
+            EngineError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
+            EngineError::AlreadyFinished(id) => (StatusCode::CONFLICT, json!({ "deployment_id": id })),
+            EngineError::Provider(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "provider": "local" })),
+            EngineError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, json!({})),
+            EngineError::Store(_) => return ApiError::internal(e),
+        };
+        ApiError { status, code, message, details }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                details: self.details,
+                request_id: request_id.clone(),
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        response
+    }
+}

@@ -1,0 +1,205 @@
+//! Request parsing that fails precisely: JSON bodies (size, UTF-8, syntax, camelCase keys,
+//! field paths in errors) and query strings (each value checked, the key named).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON body. An empty body reads as `{}` (the seed's `curl -X POST` without `-d`).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_PARAMETERS", format!("request body is larger than {MAX_BODY_BYTES} bytes"))
+                    .with_details(serde_json::json!({ "field": "body", "max_bytes": MAX_BODY_BYTES }))
+            } else {
+                ApiError::invalid("body", format!("cannot read the request body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ApiError::invalid("body", format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    let mut value: Value = if text.trim().is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_str(text).map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(ApiError::invalid("body", "the request body must be a JSON object"));
+    }
+    normalize_keys(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let field = if path == "." { unknown_field_name(&inner).unwrap_or_else(|| "body".into()) } else { path };
+        ApiError::invalid(field.clone(), format!("{field}: {inner}"))
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// camelCase keys become snake_case (DESIGN §4), except inside free-form maps whose keys
+/// belong to the user.
+pub fn normalize_keys(v: &mut Value) {
+    if let Value::Object(map) = v {
+        let old = std::mem::take(map);
+        for (k, mut val) in old {
+            let key = to_snake(&k);
+            if !matches!(key.as_str(), "metadata" | "env" | "configuration") {
+                normalize_keys(&mut val);
+            }
+            map.insert(key, val);
+        }
+    } else if let Value::Array(items) = v {
+        items.iter_mut().for_each(normalize_keys);
+    }
+}
+
+fn to_snake(s: &str) -> String {
+    if !s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 4);
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The query string as key/value pairs, with typed accessors that name the key at fault.
+pub struct QueryMap(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}")))?;
+        let pairs = pairs.into_iter().map(|(k, v)| (to_snake(&k), v)).collect();
+        Ok(QueryMap(pairs))
+    }
+}
+
+impl QueryMap {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// A non-empty string value.
+    pub fn text(&self, key: &str) -> Option<String> {
+        self.get(key).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+
+    pub fn int(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(default),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n >= min as i64 && n <= max as i64 => Ok(n as u64),
+                _ => Err(ApiError::invalid(key, format!("{key} must be an integer from {min} to {max}, got {v:?}"))),
+            },
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(false),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(v) => Err(ApiError::invalid(key, format!("{key} must be true or false, got {v:?}"))),
+        }
+    }
+
+    pub fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(None),
+            Some(v) => DateTime::parse_from_rfc3339(v)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|_| ApiError::invalid(key, format!("{key} must be an RFC 3339 timestamp such as 2024-01-22T10:00:00Z, got {v:?}"))),
+        }
+    }
+
+    /// One of the wire spellings of an enum.
+    pub fn one_of<T: DeserializeOwned>(&self, key: &str, allowed: &str) -> Result<Option<T>, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(None),
+            Some(v) => fraisier_model::run::from_wire(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(key, format!("{key} must be one of {allowed}, got {v:?}"))),
+        }
+    }
+
+    /// `limit`/`offset`, or `page`/`page_size` (1-based pages), as DESIGN §4 allows.
+    pub fn pagination(&self, default_limit: u64) -> Result<(u32, u64), ApiError> {
+        let limit = match self.get("page_size") {
+            Some(_) if self.get("limit").is_none() => self.int("page_size", default_limit, 1, 500)?,
+            _ => self.int("limit", default_limit, 1, 500)?,
+        };
+        let offset = if self.get("offset").is_none() && self.get("page").is_some() {
+            let page = self.int("page", 1, 1, 1_000_000)?;
+            (page - 1) * limit
+        } else {
+            self.int("offset", 0, 0, i64::MAX as u64)?
+        };
+        Ok((limit as u32, offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        skip_health_check: bool,
+        #[serde(default)]
+        metadata: Value,
+    }
+
+    #[test]
+    fn camel_case_keys_are_accepted_but_metadata_is_untouched() {
+        let b: Body = parse_json(br#"{"skipHealthCheck": true, "metadata": {"ticketId": 1}}"#).unwrap();
+        assert!(b.skip_health_check);
+        assert!(b.metadata.get("ticketId").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_json::<Body>(br#"{"skip_health_check": "yes"}"#).unwrap_err();
+        assert_eq!(e.details["field"], "skip_health_check");
+        let e = parse_json::<Body>(br#"{"bogus": 1}"#).unwrap_err();
+        assert_eq!(e.details["field"], "bogus");
+        let e = parse_json::<Body>(b"{not json").unwrap_err();
+        assert_eq!(e.code, "INVALID_PARAMETERS");
+        let e = parse_json::<Body>(b"{\"a\": \"\xff\"}").unwrap_err();
+        assert!(e.message.contains("UTF-8"));
+        assert!(parse_json::<Body>(b"").is_ok());
+        assert!(parse_json::<Body>(b"[1]").is_err());
+    }
+}

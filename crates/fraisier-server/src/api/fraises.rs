@@ -1,0 +1,298 @@
+//! Fraises (seed 000): what is configured, what runs where, how healthy, and what shipped.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use fraisier_model::metrics::VersionMetrics;
+use fraisier_model::run::RunStatus;
+use fraisier_model::service::{InstanceState, ObservedService};
+use fraisier_model::{FraiseConfig, FraiseType};
+use fraisier_store::{run_id_string, RunFilter, RunSort, RunSortField};
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::extract::QueryMap;
+use super::views::{self, LastDeployment, Pagination};
+use super::{AppState, Params};
+use crate::auth::Identity;
+
+#[derive(Serialize, ToSchema)]
+pub struct FraiseSummary {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: FraiseType,
+    pub description: Option<String>,
+    pub git_provider: Option<String>,
+    pub git_repo: Option<String>,
+    pub git_branch: Option<String>,
+    /// healthy | degraded | unhealthy | deploying | unknown
+    pub status: String,
+    pub environments: Vec<String>,
+    pub current_versions: BTreeMap<String, Option<String>>,
+    pub last_deployment: Option<LastDeployment>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FraiseList {
+    pub fraises: Vec<FraiseSummary>,
+    pub pagination: Pagination,
+}
+
+/// A fraise in one environment, as the status and details endpoints show it.
+pub struct EnvState {
+    pub status: &'static str,
+    pub current_version: Option<String>,
+    pub previous_version: Option<String>,
+    pub observed: Option<ObservedService>,
+    pub last: Option<LastDeployment>,
+}
+
+pub async fn env_state(state: &AppState, tenant: &str, fraise: &str, env: &str) -> Result<EnvState, ApiError> {
+    let store = state.engine.store();
+    let record = store.service(tenant, fraise, env).await?;
+    let active = store.active_run_for(tenant, fraise, env).await?;
+    let last = store.last_run_for(tenant, fraise, env).await?;
+    let observed = state.engine.provider().observe(fraise, env).await.ok().flatten();
+    let kind = state.config.fraises.get(fraise).map(|f| f.kind).unwrap_or_default();
+    let status = if active.is_some() {
+        "deploying"
+    } else if record.as_ref().and_then(|r| r.current_version.as_ref()).is_none() {
+        "unknown"
+    } else if kind != FraiseType::Api {
+        match record.as_ref().map(|r| r.state) {
+            Some(fraisier_model::run::ServiceState::Healthy) => "healthy",
+            _ => "unhealthy",
+        }
+    } else {
+        match &observed {
+            None => "unknown",
+            Some(o) => {
+                let live: Vec<_> = o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect();
+                let healthy = live.iter().filter(|i| i.state == InstanceState::Healthy).count();
+                if live.is_empty() || healthy == 0 {
+                    "unhealthy"
+                } else if healthy < live.len() {
+                    "degraded"
+                } else {
+                    "healthy"
+                }
+            }
+        }
+    };
+    Ok(EnvState {
+        status,
+        current_version: record.as_ref().and_then(|r| r.current_version.clone()),
+        previous_version: record.as_ref().and_then(|r| r.previous_version.clone()),
+        observed,
+        last: last.map(|r| LastDeployment {
+            id: run_id_string(r.id),
+            timestamp: views::ts(r.completed_at.unwrap_or(r.created_at)),
+            status: r.status,
+        }),
+    })
+}
+
+fn overall(statuses: &[&str]) -> &'static str {
+    let all = |s: &str| statuses.iter().all(|x| *x == s);
+    if statuses.is_empty() || all("unknown") {
+        "unknown"
+    } else if statuses.contains(&"deploying") {
+        "deploying"
+    } else if statuses.iter().all(|s| *s == "healthy" || *s == "unknown") {
+        "healthy"
+    } else if statuses.contains(&"healthy") || statuses.contains(&"degraded") {
+        "degraded"
+    } else {
+        "unhealthy"
+    }
+}
+
+fn lookup<'a>(state: &'a AppState, name: &str) -> Result<&'a FraiseConfig, ApiError> {
+    state.config.fraises.get(name).filter(|_| fraisier_model::names::is_valid_name(name)).ok_or_else(|| ApiError::fraise_not_found(name))
+}
+
+fn env_filter<'a>(state: &AppState, f: &'a FraiseConfig, q: &QueryMap) -> Result<Vec<&'a String>, ApiError> {
+    match q.text("environment") {
+        None => Ok(f.environments.keys().collect()),
+        Some(e) => {
+            if !state.config.environments.contains_key(&e) {
+                return Err(ApiError::environment_not_found(&e));
+            }
+            Ok(f.environments.keys().filter(|k| **k == e).collect())
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/fraises", tag = "fraises",
+    params(("environment" = Option<String>, Query), ("type" = Option<String>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = FraiseList), (status = 400, body = super::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, Extension(who): Extension<Identity>, q: QueryMap) -> Result<Json<FraiseList>, ApiError> {
+    let (limit, offset) = q.pagination(50)?;
+    let kind: Option<FraiseType> = q.one_of("type", "api, etl, scheduled")?;
+    let env = q.text("environment");
+    if let Some(e) = &env {
+        if !state.config.environments.contains_key(e) {
+            return Err(ApiError::environment_not_found(e));
+        }
+    }
+    let text = q.text("q").map(|t| t.to_lowercase());
+    let matching: Vec<(&String, &FraiseConfig)> = state
+        .config
+        .fraises
+        .iter()
+        .filter(|(_, f)| kind.is_none_or(|k| f.kind == k))
+        .filter(|(_, f)| env.as_ref().is_none_or(|e| f.environments.contains_key(e)))
+        .filter(|(n, f)| {
+            text.as_ref().is_none_or(|t| n.to_lowercase().contains(t) || f.description.as_deref().unwrap_or("").to_lowercase().contains(t))
+        })
+        .collect();
+    let total = matching.len() as u64;
+    let mut fraises = Vec::new();
+    for (name, f) in matching.into_iter().skip(offset as usize).take(limit as usize) {
+        let mut statuses = Vec::new();
+        let mut current_versions = BTreeMap::new();
+        let mut last: Option<LastDeployment> = None;
+        for e in f.environments.keys() {
+            let s = env_state(&state, &who.tenant, name, e).await?;
+            statuses.push(s.status);
+            current_versions.insert(e.clone(), s.current_version);
+            if let Some(l) = s.last {
+                if last.as_ref().is_none_or(|x| x.id < l.id) {
+                    last = Some(l);
+                }
+            }
+        }
+        fraises.push(FraiseSummary {
+            name: name.clone(),
+            kind: f.kind,
+            description: f.description.clone(),
+            git_provider: f.git_provider.clone(),
+            git_repo: f.git_repo.clone(),
+            git_branch: f.git_branch.clone(),
+            status: overall(&statuses).into(),
+            environments: f.environments.keys().cloned().collect(),
+            current_versions,
+            last_deployment: last,
+        });
+    }
+    Ok(Json(FraiseList { fraises, pagination: Pagination::new(total, limit, offset) }))
+}
+
+#[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}", tag = "fraises",
+    params(("fraise_name" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>) -> Result<Json<Value>, ApiError> {
+    let f = lookup(&state, &name)?;
+    let mut envs = serde_json::Map::new();
+    let mut statuses = Vec::new();
+    let mut updated = state.started_at;
+    for (e, fe) in &f.environments {
+        let s = env_state(&state, &who.tenant, &name, e).await?;
+        statuses.push(s.status);
+        if let Some(r) = state.engine.store().service(&who.tenant, &name, e).await? {
+            updated = updated.max(r.updated_at);
+        }
+        envs.insert(
+            e.clone(),
+            json!({
+                "current_version": s.current_version, "previous_version": s.previous_version, "status": s.status,
+                "deployment_strategy": fe.strategy, "port": fe.port, "instances": fe.instances,
+                "last_deployment": s.last,
+            }),
+        );
+    }
+    Ok(Json(json!({
+        "name": name, "type": f.kind, "description": f.description,
+        "git_provider": f.git_provider, "git_repo": f.git_repo, "git_branch": f.git_branch,
+        "status": overall(&statuses),
+        "created_at": views::ts(state.started_at), "updated_at": views::ts(updated),
+        "versions": fraisier_engine::known_versions(f),
+        "dependencies": f.dependencies,
+        "health_check": f.health_check,
+        "environments": envs,
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}/status", tag = "fraises",
+    params(("fraise_name" = String, Path), ("environment" = Option<String>, Query)),
+    responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn status(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>, q: QueryMap) -> Result<Json<Value>, ApiError> {
+    let f = lookup(&state, &name)?;
+    let mut envs = serde_json::Map::new();
+    let mut statuses = Vec::new();
+    for e in env_filter(&state, f, &q)? {
+        let s = env_state(&state, &who.tenant, &name, e).await?;
+        statuses.push(s.status);
+        let o = s.observed.unwrap_or_default();
+        let live: Vec<_> = o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect();
+        let healthy = live.iter().filter(|i| i.state == InstanceState::Healthy).count();
+        let mut all = VersionMetrics::empty();
+        for m in o.metrics.values() {
+            all.add(m);
+        }
+        let summary = all.summary();
+        let last_check = live.iter().filter_map(|i| i.last_check_at).max();
+        envs.insert(
+            e.clone(),
+            json!({
+                "status": s.status,
+                "current_version": s.current_version,
+                "health_checks": {
+                    "status": if live.is_empty() { "unknown" } else if healthy == live.len() { "passing" } else { "failing" },
+                    "checks_passed": healthy, "checks_total": live.len(), "last_check": last_check.map(views::ts),
+                },
+                "metrics": {
+                    "success_rate": summary.success_rate, "error_rate": summary.error_rate,
+                    "latency_p50_ms": summary.latency_p50_ms, "latency_p99_ms": summary.latency_p99_ms,
+                    "requests": summary.requests,
+                    "by_version": o.metrics.iter().map(|(v, m)| (v.clone(), json!(m.summary()))).collect::<serde_json::Map<_, _>>(),
+                },
+                "instances": live.len(),
+                "instances_healthy": healthy,
+                "router": { "port": o.port, "listening": o.listening, "error": o.router_error },
+            }),
+        );
+    }
+    Ok(Json(json!({ "fraise": name, "overall_status": overall(&statuses), "environments": envs })))
+}
+
+#[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}/history", tag = "fraises",
+    params(("fraise_name" = String, Path), ("environment" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query), ("status" = Option<String>, Query)),
+    responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn history(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>, q: QueryMap) -> Result<Json<Value>, ApiError> {
+    lookup(&state, &name)?;
+    let environment = q.text("environment");
+    if let Some(e) = &environment {
+        if !state.config.environments.contains_key(e) {
+            return Err(ApiError::environment_not_found(e));
+        }
+    }
+    let limit = q.int("limit", 20, 1, 500)? as u32;
+    let offset = q.int("offset", 0, 0, i64::MAX as u64)?;
+    let status: Option<RunStatus> = q.one_of("status", "pending, in_progress, success, failed, cancelled")?;
+    let filter = RunFilter {
+        fraise: Some(name.clone()),
+        environment: environment.clone(),
+        status,
+        sort: RunSort { field: RunSortField::CreatedAt, descending: true },
+        limit,
+        offset,
+        ..RunFilter::default()
+    };
+    let (runs, total) = state.engine.store().list_runs(&who.tenant, &filter).await?;
+    let history: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            json!({
+                "id": run_id_string(r.id), "environment": r.environment, "version": r.version, "previous_version": r.previous_version,
+                "status": r.status, "type": r.kind, "strategy": r.strategy, "triggered_by": r.triggered_by,
+                "created_at": views::ts(r.created_at), "completed_at": views::ts_opt(r.completed_at),
+                "duration_seconds": views::duration_seconds(r),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "fraise": name, "environment": environment, "history": history, "total": total })))
+}

@@ -1,0 +1,131 @@
+//! The HTTP API: routes, the request-id and authentication layers, and shared state.
+
+pub mod auth;
+pub mod deployments;
+pub mod environments;
+pub mod error;
+pub mod extract;
+pub mod fraises;
+pub mod openapi;
+pub mod services;
+pub mod system;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use fraisier_engine::Engine;
+use fraisier_model::config::Config;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{Identity, Keys};
+use error::{ApiError, REQUEST_ID};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub keys: Keys,
+    pub config: Arc<Config>,
+    pub started_at: DateTime<Utc>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/deployments", get(deployments::list).post(services::create))
+        .route("/deployments/validate", post(services::validate))
+        .route("/deployments/{id}", get(deployments::get).delete(deployments::cancel))
+        .route("/deployments/{id}/logs", get(deployments::logs))
+        .route("/deployments/{id}/events", get(deployments::events))
+        .route("/deployments/{id}/health", get(services::health))
+        .route("/deployments/{id}/progress", get(services::progress))
+        .route("/deployments/{id}/rollback", post(services::rollback))
+        .route("/deployments/{id}/{environment}", post(deployments::create))
+        .route("/deployments/{id}/{environment}/rollback", post(deployments::rollback))
+        .route("/fraises", get(fraises::list))
+        .route("/fraises/{name}", get(fraises::get))
+        .route("/fraises/{name}/status", get(fraises::status))
+        .route("/fraises/{name}/history", get(fraises::history))
+        .route("/environments", get(environments::list))
+        .route("/environments/{name}", get(environments::get))
+        .route("/environments/{name}/status", get(environments::status))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let public = Router::new()
+        .route("/health", get(system::health))
+        .route("/auth/token", post(auth::token))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh));
+    let api = protected.merge(public).fallback(not_found).method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/", get(system::index))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Gives every request an id, visible in error bodies and in the `X-Request-Id` header.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::getrandom(&mut b);
+            format!("req_{}", hex::encode(b))
+        });
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = match header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) {
+        Some(t) => t.trim(),
+        None => return Err(ApiError::unauthorized("missing bearer token: send Authorization: Bearer <token> (get one with `fraisier auth:token` or POST /api/v1/auth/token)")),
+    };
+    let claims = state.keys.verify(token).map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
+    req.extensions_mut().insert(Identity {
+        username: claims.sub,
+        tenant: claims.tenant_id,
+        roles: claims.roles,
+    });
+    Ok(next.run(req).await)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route; the API reference is at /api/v1/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+}
+
+/// Path parameters; a value that cannot be decoded names nothing that exists: 404.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Params(t))
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such resource ({e})")))
+    }
+}

@@ -1,0 +1,625 @@
+//! Service deployments (seed 001): a fraise in an environment as one long-lived object —
+//! deploy with a spec, validate, state, health, rollback and live progress.
+
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::Utc;
+use fraisier_engine::{BusMessage, DeployRequest, Engine, RollbackRequest};
+use fraisier_model::run::{to_wire, Health, RunStatus, ServiceState};
+use fraisier_model::service::{InstanceState, ObservedService};
+use fraisier_model::Strategy;
+use fraisier_store::{parse_run_id, run_id_string, Run};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::extract::{parse_json, JsonBody, QueryMap};
+use super::views::{self, StepView};
+use super::{deployments, AppState, Params};
+use crate::auth::Identity;
+
+/// Seed 001's deployment spec. Commands, paths and hooks are fixed by `fraisier.yaml` (written
+/// by admins); a spec may repeat them but not change them.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub name: String,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub strategy: Option<Strategy>,
+    #[schema(value_type = Option<Object>)]
+    pub strategy_config: Option<Map<String, Value>>,
+    pub artifact_path: Option<String>,
+    pub working_directory: Option<String>,
+    pub service_name: Option<String>,
+    pub health_check_url: Option<String>,
+    pub rollback_on_failure: Option<bool>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    pub pre_deploy_hooks: Option<Vec<String>>,
+    pub post_deploy_hooks: Option<Vec<String>>,
+    /// Default true: answer when the run is done (201). false: answer at once (202).
+    pub wait: Option<bool>,
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub skip_health_check: bool,
+    #[serde(default)]
+    pub skip_backup: bool,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeployResult {
+    pub id: String,
+    pub version: String,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    /// Go-style, e.g. "5m0s".
+    pub duration: String,
+    pub success: bool,
+    pub message: String,
+    pub previous_version: Option<String>,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ValidationResult {
+    pub valid: bool,
+    pub issues: Vec<Value>,
+    pub warnings: Vec<Value>,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackSpec {
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RollbackDone {
+    pub message: String,
+    pub version: String,
+    pub timestamp: String,
+    pub id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Replicas {
+    pub desired: u32,
+    pub available: u32,
+    pub ready: u32,
+    pub updated: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceEventView {
+    pub timestamp: String,
+    /// info | warning | error
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub source: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceView {
+    pub name: String,
+    pub version: Option<String>,
+    pub environment: String,
+    pub state: ServiceState,
+    pub health: Health,
+    pub last_updated: String,
+    pub replicas: Replicas,
+    #[schema(value_type = Object)]
+    pub configuration: Value,
+    pub events: Vec<ServiceEventView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceListItem {
+    pub name: String,
+    pub version: Option<String>,
+    pub environment: String,
+    pub state: ServiceState,
+    pub health: Health,
+    pub updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceList {
+    pub deployments: Vec<ServiceListItem>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+fn spec_error(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_DEPLOYMENT_SPEC", message).with_details(json!({ "field": field }))
+}
+
+/// The environment a seed-001 name refers to: `fraise@env`, `?environment=`, the body's, or
+/// the fraise's only environment.
+fn resolve(state: &AppState, name: &str, environment: Option<&str>) -> Result<(String, String), ApiError> {
+    let (fraise, env) = match name.split_once('@') {
+        Some((f, e)) => (f, Some(e)),
+        None => (name, environment),
+    };
+    let f = state
+        .config
+        .fraises
+        .get(fraise)
+        .filter(|_| fraisier_model::names::is_valid_name(fraise))
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "DEPLOYMENT_NOT_FOUND", format!("Deployment {name} not found")).with_details(json!({ "deployment": name }))
+        })?;
+    let env = match env {
+        Some(e) => e.to_string(),
+        None if f.environments.len() == 1 => f.environments.keys().next().cloned().unwrap_or_default(),
+        None => {
+            return Err(ApiError::invalid(
+                "environment",
+                format!("{fraise} runs in several environments ({}): name one with ?environment=, \"environment\" or {fraise}@<environment>", f.environments.keys().cloned().collect::<Vec<_>>().join(", ")),
+            ))
+        }
+    };
+    if !f.environments.contains_key(&env) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "DEPLOYMENT_NOT_FOUND", format!("Deployment {fraise}@{env} not found"))
+            .with_details(json!({ "deployment": name, "environment": env })));
+    }
+    Ok((fraise.to_string(), env))
+}
+
+fn check_fixed(spec: &DeploySpec, f: &fraisier_model::FraiseConfig) -> Result<(), ApiError> {
+    let differs = |field: &str| {
+        spec_error(field, format!("{field} is set by administrators in fraisier.yaml (fraises.{}.{field}) and cannot be changed by a request", spec.name))
+    };
+    if let Some(p) = &spec.artifact_path {
+        if Some(p) != f.artifact_path.as_ref() {
+            return Err(differs("artifact_path"));
+        }
+    }
+    if let Some(w) = &spec.working_directory {
+        if Some(std::path::Path::new(w)) != f.working_directory.as_deref() {
+            return Err(differs("working_directory"));
+        }
+    }
+    if let Some(h) = &spec.pre_deploy_hooks {
+        if h != &f.pre_deploy_hooks {
+            return Err(differs("pre_deploy_hooks"));
+        }
+    }
+    if let Some(h) = &spec.post_deploy_hooks {
+        if h != &f.post_deploy_hooks {
+            return Err(differs("post_deploy_hooks"));
+        }
+    }
+    if let Some(url) = &spec.health_check_url {
+        let path = f.health_check.as_ref().map(|h| h.path.as_str());
+        let matches = path.is_some_and(|p| url == p || url.ends_with(p));
+        if !matches {
+            return Err(spec_error(
+                "health_check_url",
+                format!("health_check_url must match the configured health check path ({}); probes are configured in fraisier.yaml", path.unwrap_or("none")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn deploy_request(state: &AppState, who: &Identity, spec: DeploySpec) -> Result<DeployRequest, ApiError> {
+    let (fraise, environment) = resolve(state, &spec.name, spec.environment.as_deref())?;
+    check_fixed(&spec, &state.config.fraises[&fraise])?;
+    let mut metadata = if spec.metadata.is_object() { spec.metadata } else { json!({}) };
+    if let Some(s) = spec.service_name {
+        metadata["service_name"] = json!(s);
+    }
+    Ok(DeployRequest {
+        tenant: who.tenant.clone(),
+        fraise,
+        environment,
+        version: spec.version,
+        strategy: spec.strategy,
+        strategy_config: spec.strategy_config,
+        skip_health_check: spec.skip_health_check,
+        skip_backup: spec.skip_backup,
+        timeout_secs: spec.timeout,
+        rollback_on_failure: spec.rollback_on_failure,
+        extra_dependencies: spec.dependencies,
+        metadata,
+        triggered_by: who.username.clone(),
+        trigger_type: "api".into(),
+    })
+}
+
+/// Go's duration spelling (`5m0s`, `1.5s`), as seed 001 shows it.
+pub fn go_duration(secs: f64) -> String {
+    let total = secs.max(0.0);
+    let h = (total / 3600.0).floor();
+    let m = ((total - h * 3600.0) / 60.0).floor();
+    let s = total - h * 3600.0 - m * 60.0;
+    let s = if (s - s.round()).abs() < 0.0005 { format!("{}", s.round() as u64) } else { format!("{s:.3}").trim_end_matches('0').to_string() };
+    match (h as u64, m as u64) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+async fn result_of(engine: &Engine, run: &Run) -> Result<DeployResult, ApiError> {
+    let steps = engine.store().steps(run.id).await?;
+    let success = run.status == RunStatus::Success;
+    Ok(DeployResult {
+        id: run_id_string(run.id),
+        version: run.version.clone(),
+        start_time: views::ts_opt(run.started_at),
+        end_time: views::ts_opt(run.completed_at),
+        duration: go_duration(views::duration_seconds(run).unwrap_or(0.0)),
+        success,
+        message: if success {
+            format!("{} {} deployed to {}", run.fraise, run.version, run.environment)
+        } else {
+            run.error_message.clone().unwrap_or_else(|| format!("deployment {}", to_wire(&run.status)))
+        },
+        previous_version: run.previous_version.clone(),
+        steps: steps.iter().map(views::step).collect(),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "service deployments",
+    request_body = DeploySpec,
+    responses((status = 201, body = DeployResult), (status = 202, body = deployments::Created, description = "with wait=false"),
+              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
+              (status = 500, body = super::error::ErrorBody, description = "the deployment failed; details.result holds the steps")))]
+pub async fn create(State(state): State<AppState>, Extension(who): Extension<Identity>, JsonBody(spec): JsonBody<DeploySpec>) -> Result<Response, ApiError> {
+    let wait = spec.wait.unwrap_or(true);
+    let timeout = spec.timeout.unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
+    let req = deploy_request(&state, &who, spec)?;
+    let run = state.engine.submit(req).await?;
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response());
+    }
+    let run = state.engine.wait(&who.tenant, run.id, Duration::from_secs(timeout)).await?;
+    let result = result_of(&state.engine, &run).await?;
+    match run.status {
+        RunStatus::Success => Ok((StatusCode::CREATED, Json(result)).into_response()),
+        RunStatus::Pending | RunStatus::InProgress => Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response()),
+        _ => {
+            let code = match run.error_code.as_deref() {
+                Some("HEALTH_CHECK_FAILED") => "HEALTH_CHECK_FAILED",
+                Some("DEPENDENCY_FAILED") => "DEPENDENCY_FAILED",
+                Some("ROLLBACK_FAILED") => "ROLLBACK_FAILED",
+                Some("DEPLOYMENT_CANCELLED") => "DEPLOYMENT_CANCELLED",
+                _ => "DEPLOYMENT_FAILED",
+            };
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, result.message.clone()).with_details(json!({
+                "deployment": run.fraise, "operation": "deploy", "cause": run.error_message, "deployment_id": run_id_string(run.id),
+                "result": result,
+            })))
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments/validate", tag = "service deployments",
+    request_body = DeploySpec,
+    responses((status = 200, body = ValidationResult), (status = 400, body = ValidationResult)))]
+pub async fn validate(State(state): State<AppState>, Extension(who): Extension<Identity>, body: axum::body::Bytes) -> Response {
+    let invalid = |field: String, message: String| {
+        (StatusCode::BAD_REQUEST, Json(ValidationResult { valid: false, issues: vec![json!({ "field": field, "message": message, "severity": "error" })], warnings: vec![] })).into_response()
+    };
+    let spec: DeploySpec = match parse_json(&body) {
+        Ok(s) => s,
+        Err(e) => return invalid(e.details.get("field").and_then(Value::as_str).unwrap_or("body").to_string(), e.message),
+    };
+    let req = match deploy_request(&state, &who, spec) {
+        Ok(r) => r,
+        Err(e) => return invalid(e.details.get("field").and_then(Value::as_str).unwrap_or("name").to_string(), e.message),
+    };
+    let v = state.engine.validate(&req).await;
+    let valid = v.issues.is_empty();
+    let body = ValidationResult {
+        valid,
+        issues: v.issues.iter().map(|i| json!(i)).collect(),
+        warnings: v.warnings.iter().map(|w| json!({ "field": w.field, "message": w.message })).collect(),
+    };
+    (if valid { StatusCode::OK } else { StatusCode::BAD_REQUEST }, Json(body)).into_response()
+}
+
+fn health_of(o: Option<&ObservedService>) -> Health {
+    match o {
+        None => Health::Unknown,
+        Some(o) if o.instances.is_empty() => Health::Unknown,
+        Some(o) => {
+            let serving: Vec<_> = o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect();
+            let healthy = serving.iter().filter(|i| i.state == InstanceState::Healthy).count();
+            if healthy == 0 {
+                Health::Unhealthy
+            } else if healthy < serving.len() {
+                Health::Degraded
+            } else {
+                Health::Healthy
+            }
+        }
+    }
+}
+
+/// The service's state, with an active run taking precedence over the recorded state.
+async fn current_state(state: &AppState, tenant: &str, fraise: &str, env: &str) -> Result<(ServiceState, Option<fraisier_store::ServiceRecord>), ApiError> {
+    let store = state.engine.store();
+    let record = store.service(tenant, fraise, env).await?;
+    let active = store.active_run_for(tenant, fraise, env).await?;
+    let s = match (&active, &record) {
+        (Some(r), _) if r.kind == fraisier_model::run::RunKind::Rollback => ServiceState::RollingBack,
+        (Some(_), _) => ServiceState::Deploying,
+        (None, Some(rec)) => rec.state,
+        (None, None) => ServiceState::Unknown,
+    };
+    Ok((s, record))
+}
+
+pub async fn get(state: &AppState, who: &Identity, name: &str, q: &QueryMap) -> Result<Json<ServiceView>, ApiError> {
+    let (fraise, env) = resolve(state, name, q.get("environment"))?;
+    let (service_state, record) = current_state(state, &who.tenant, &fraise, &env).await?;
+    let observed = state.engine.provider().observe(&fraise, &env).await.ok().flatten();
+    let f = &state.config.fraises[&fraise];
+    let fe = &f.environments[&env];
+    let current = record.as_ref().and_then(|r| r.current_version.clone());
+    let live = observed.as_ref().map(|o| o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect::<Vec<_>>()).unwrap_or_default();
+    let replicas = Replicas {
+        desired: record.as_ref().and_then(|r| r.desired.as_ref()).map_or(0, |d| d.serving().count() as u32),
+        available: live.iter().filter(|i| i.state == InstanceState::Healthy && i.weight > 0).count() as u32,
+        ready: live.iter().filter(|i| i.state == InstanceState::Healthy).count() as u32,
+        updated: live.iter().filter(|i| current.as_deref() == Some(i.version.as_str())).count() as u32,
+    };
+    let events = state.engine.store().service_events(&who.tenant, &fraise, &env, 20).await?;
+    Ok(Json(ServiceView {
+        name: fraise.clone(),
+        version: current,
+        environment: env.clone(),
+        state: service_state,
+        health: health_of(observed.as_ref()),
+        last_updated: views::ts(record.as_ref().map_or(state.started_at, |r| r.updated_at)),
+        replicas,
+        configuration: json!({
+            "type": f.kind, "strategy": fe.strategy, "strategy_config": fe.strategy_config, "port": fe.port,
+            "instances": fe.instances, "health_check": f.health_check, "dependencies": f.dependencies,
+        }),
+        events: events
+            .iter()
+            .map(|e| ServiceEventView {
+                timestamp: views::ts(e.timestamp),
+                kind: if e.event_type.ends_with("failed") { "error" } else if e.event_type.contains("rollback") || e.event_type.contains("cancel") { "warning" } else { "info" }.into(),
+                message: match e.run_id {
+                    Some(id) => format!("{} ({})", e.event_type, run_id_string(id)),
+                    None => e.event_type.clone(),
+                },
+                source: "engine".into(),
+            })
+            .collect(),
+    }))
+}
+
+pub async fn list(state: &AppState, who: &Identity, q: &QueryMap) -> Result<Json<ServiceList>, ApiError> {
+    let (limit, offset) = q.pagination(50)?;
+    let wanted: Option<ServiceState> = q.one_of("state", "unknown, deploying, healthy, unhealthy, failed, rolling_back")?;
+    let env_filter = q.text("environment");
+    let mut items = Vec::new();
+    for (fraise, f) in &state.config.fraises {
+        for env in f.environments.keys() {
+            if env_filter.as_deref().is_some_and(|e| e != env) {
+                continue;
+            }
+            let (s, record) = current_state(state, &who.tenant, fraise, env).await?;
+            if wanted.is_some_and(|w| w != s) {
+                continue;
+            }
+            let observed = state.engine.provider().observe(fraise, env).await.ok().flatten();
+            items.push(ServiceListItem {
+                name: fraise.clone(),
+                version: record.as_ref().and_then(|r| r.current_version.clone()),
+                environment: env.clone(),
+                state: s,
+                health: health_of(observed.as_ref()),
+                updated_at: views::ts(record.as_ref().map_or(state.started_at, |r| r.updated_at)),
+            });
+        }
+    }
+    let total = items.len() as u64;
+    let deployments = items.into_iter().skip(offset as usize).take(limit as usize).collect();
+    Ok(Json(ServiceList { deployments, total, limit, offset }))
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/health", tag = "service deployments",
+    params(("name" = String, Path, description = "fraise or fraise@environment"), ("environment" = Option<String>, Query)),
+    responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn health(State(state): State<AppState>, Extension(_who): Extension<Identity>, Params(name): Params<String>, q: QueryMap) -> Result<Json<Value>, ApiError> {
+    let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
+    let observed = state.engine.provider().observe(&fraise, &env).await;
+    let (observed, agent_message) = match observed {
+        Ok(o) => (o, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let overall = health_of(observed.as_ref());
+    let checks: Vec<Value> = observed
+        .as_ref()
+        .map(|o| {
+            o.instances
+                .iter()
+                .map(|i| {
+                    let status = match i.state {
+                        InstanceState::Healthy => "healthy",
+                        InstanceState::Starting | InstanceState::Draining => "unknown",
+                        _ => "unhealthy",
+                    };
+                    json!({
+                        "name": format!("instance {} ({})", i.id, i.version),
+                        "status": status,
+                        "message": i.last_error.clone().unwrap_or_else(|| to_wire(&i.state)),
+                        "checks_passed": i.checks_passed, "checks_total": i.checks_total,
+                        "last_run": i.last_check_at.map(views::ts),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let router = observed.as_ref().map(|o| {
+        json!({
+            "name": format!("router :{}", o.port.map_or("-".to_string(), |p| p.to_string())),
+            "status": if o.listening { "healthy" } else { "unhealthy" },
+            "message": o.router_error.clone().unwrap_or_else(|| if o.listening { "listening".into() } else { "not listening".into() }),
+        })
+    });
+    let last_check = observed.as_ref().and_then(|o| o.instances.iter().filter_map(|i| i.last_check_at).max()).map(views::ts);
+    Ok(Json(json!({
+        "overall": overall,
+        "components": {
+            "service": { "name": fraise, "status": match overall { Health::Degraded => Health::Unhealthy, h => h }, "message": format!("{} instance(s)", checks.len()), "checks": checks },
+            "router": router,
+        },
+        "last_check": last_check.unwrap_or_else(|| views::ts(Utc::now())),
+        "message": agent_message.unwrap_or_else(|| format!("{fraise} in {env} is {}", to_wire(&overall))),
+    })))
+}
+
+#[utoipa::path(post, path = "/api/v1/deployments/{name}/rollback", tag = "service deployments",
+    params(("name" = String, Path, description = "fraise or fraise@environment")),
+    request_body = RollbackSpec,
+    responses((status = 200, body = RollbackDone), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody)))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+    q: QueryMap,
+    JsonBody(spec): JsonBody<RollbackSpec>,
+) -> Result<Json<RollbackDone>, ApiError> {
+    let (fraise, environment) = resolve(&state, &name, spec.environment.as_deref().or(q.get("environment")))?;
+    let run = state
+        .engine
+        .rollback(RollbackRequest {
+            tenant: who.tenant.clone(),
+            fraise,
+            environment,
+            to_version: spec.version,
+            reason: spec.reason,
+            triggered_by: who.username.clone(),
+            trigger_type: "api".into(),
+        })
+        .await?;
+    let run = state.engine.wait(&who.tenant, run.id, Duration::from_secs(900)).await?;
+    if run.status != RunStatus::Success {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ROLLBACK_FAILED", run.error_message.clone().unwrap_or_else(|| "rollback did not complete".into()))
+            .with_details(json!({ "deployment": run.fraise, "operation": "rollback", "cause": run.error_message, "deployment_id": run_id_string(run.id) })));
+    }
+    Ok(Json(RollbackDone {
+        message: "Rollback completed successfully".into(),
+        version: run.version.clone(),
+        timestamp: views::ts(run.completed_at.unwrap_or_else(Utc::now)),
+        id: run_id_string(run.id),
+    }))
+}
+
+/// `ws://…/deployments/{name}/progress`: progress messages of a run (by id) or of the
+/// service's runs (by name) as they happen.
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/progress", tag = "service deployments",
+    params(("name" = String, Path, description = "a run id, fraise or fraise@environment")),
+    responses((status = 101, description = "WebSocket of progress messages {step, status, message, progress_pct, timestamp}"), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
+pub async fn progress(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+    q: QueryMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let target = if name.starts_with("dep_") {
+        let id = parse_run_id(&name).ok_or_else(|| ApiError::run_not_found(&name))?;
+        let run = state.engine.run(&who.tenant, id).await?;
+        Target::Run(run)
+    } else {
+        let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
+        let active = state.engine.store().active_run_for(&who.tenant, &fraise, &env).await?;
+        Target::Service { fraise, env, active }
+    };
+    let ws = ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", format!("this endpoint speaks WebSocket: {e}")))?;
+    let engine = state.engine.clone();
+    Ok(ws.on_upgrade(move |socket| follow_progress(socket, engine, target)))
+}
+
+enum Target {
+    Run(Run),
+    Service { fraise: String, env: String, active: Option<Run> },
+}
+
+async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) {
+    let mut rx = engine.bus().subscribe();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    let now = || views::ts(Utc::now());
+    let (run_id, fraise, env) = match &target {
+        Target::Run(r) => (Some(r.id), r.fraise.clone(), r.environment.clone()),
+        Target::Service { fraise, env, active } => (active.as_ref().map(|r| r.id), fraise.clone(), env.clone()),
+    };
+    let hello = match &target {
+        Target::Run(r) if r.status.is_final() => {
+            let status = if r.status == RunStatus::Success { "success" } else { "failed" };
+            let _ = socket.send(send(json!({ "step": "finished", "status": status, "message": format!("{} {}", run_id_string(r.id), to_wire(&r.status)), "progress_pct": 100, "timestamp": now() }))).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        Target::Run(r) | Target::Service { active: Some(r), .. } => json!({ "step": "connected", "status": "running", "message": format!("following {}", run_id_string(r.id)), "progress_pct": 0, "timestamp": now() }),
+        Target::Service { .. } => json!({ "step": "idle", "status": "success", "message": format!("no deployment of {fraise} in {env} is running; waiting for the next one"), "progress_pct": 0, "timestamp": now() }),
+    };
+    if socket.send(send(hello)).await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6 * 3600);
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Ok(m) => {
+                    let mine = |id: i64, f: &str, e: &str| run_id.map_or(f == fraise && e == env, |r| r == id);
+                    match &*m {
+                        BusMessage::Progress(p) if mine(p.run_id, &p.fraise, &p.environment) => {
+                            if socket.send(send(json!(p))).await.is_err() { return; }
+                        }
+                        BusMessage::Finished { run_id: id, .. } if Some(*id) == run_id => {
+                            let _ = socket.send(Message::Close(None)).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                _ => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => { let _ = socket.send(Message::Close(None)).await; return; }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(go_duration(300.0), "5m0s");
+        assert_eq!(go_duration(1.5), "1.5s");
+        assert_eq!(go_duration(3723.0), "1h2m3s");
+        assert_eq!(go_duration(0.0), "0s");
+    }
+}

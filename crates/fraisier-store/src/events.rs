@@ -1,0 +1,114 @@
+//! Events (`deployment.started`, `traffic.shifted`, …) of runs and of service deployments, in
+//! the order they happened; adding one counts it on its run.
+
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::sql::{json, json_text, millis, now, ts};
+use crate::{Event, Result, Store, StoreError};
+
+const EVENT_COLUMNS: &str =
+    "id, tenant_id, run_id, fraise, environment, event_type, data, created_at";
+
+// === impl Store ===
+
+impl Store {
+    /// Records an event and, when it belongs to a run, counts it in the run's `events_count`
+    /// in the same transaction. A run unknown to `tenant` is `NotFound`.
+    pub async fn add_event(
+        &self,
+        tenant: &str,
+        run_id: Option<i64>,
+        fraise: &str,
+        environment: &str,
+        event_type: &str,
+        data: &Value,
+    ) -> Result<Event> {
+        let mut tx = self.begin_write().await?;
+        if let Some(run_id) = run_id {
+            let done = sqlx::query(
+                "UPDATE runs SET events_count = events_count + 1 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        }
+        let row = sqlx::query(&format!(
+            "INSERT INTO events (tenant_id, run_id, fraise, environment, event_type, data, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {EVENT_COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(run_id)
+        .bind(fraise)
+        .bind(environment)
+        .bind(event_type)
+        .bind(json_text(data))
+        .bind(millis(now()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = event_from_row(&row)?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// The run's events, oldest first; with `after_id`, only those after it (for following).
+    pub async fn events(&self, run_id: i64, after_id: Option<i64>) -> Result<Vec<Event>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE run_id = $1 AND id > $2 ORDER BY id"
+        ))
+        .bind(run_id)
+        .bind(after_id.unwrap_or(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The newest `limit` events of a fraise in an environment (0: all), oldest first.
+    pub async fn service_events(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let limit = if limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(limit)
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE tenant_id = $1 AND fraise = $2 AND environment = $3 ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(tenant)
+        .bind(fraise)
+        .bind(environment)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+}
+
+fn event_from_row(row: &AnyRow) -> Result<Event> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        run_id: row.try_get("run_id")?,
+        fraise: row.try_get("fraise")?,
+        environment: row.try_get("environment")?,
+        event_type: row.try_get("event_type")?,
+        data: json(row, "data")?,
+        timestamp: ts(row, "created_at")?,
+    })
+}

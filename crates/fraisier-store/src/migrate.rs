@@ -1,0 +1,297 @@
+//! Brings a database's schema up to date: one ordered migration list per backend, the same
+//! tables in both, applied once each and recorded in `schema_migrations`.
+//!
+//! Applied migrations are history: never edit one, add the next. Keep the two lists in step.
+
+use sqlx::Row;
+
+use crate::sql::{millis, now};
+use crate::store::{Backend, Store};
+use crate::Result;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    statements: &'static [&'static str],
+}
+
+/// Serializes concurrent `open`s of one PostgreSQL database (several servers starting at once).
+const PG_MIGRATION_LOCK: i64 = 0x6672_6169_7369_6572; // "fraisier"
+
+const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    statements: &[
+        "CREATE TABLE users (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            username TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            roles TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
+        "CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            version TEXT NOT NULL,
+            previous_version TEXT,
+            strategy TEXT NOT NULL,
+            strategy_config TEXT NOT NULL,
+            triggered_by TEXT NOT NULL,
+            trigger_type TEXT NOT NULL,
+            options TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            started_at BIGINT,
+            completed_at BIGINT,
+            health_check_status TEXT NOT NULL,
+            health_details TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            error_code TEXT,
+            error_message TEXT,
+            cancel_requested_by TEXT,
+            cancelled_at BIGINT,
+            progress BIGINT NOT NULL,
+            events_count BIGINT NOT NULL DEFAULT 0,
+            log_lines BIGINT NOT NULL DEFAULT 0
+        )",
+        "CREATE UNIQUE INDEX runs_one_active ON runs (tenant_id, fraise, environment)
+            WHERE status IN ('pending', 'in_progress')",
+        "CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, id)",
+        "CREATE INDEX runs_tenant_updated ON runs (tenant_id, updated_at, id)",
+        "CREATE INDEX runs_tenant_status ON runs (tenant_id, status, id)",
+        "CREATE INDEX runs_tenant_service ON runs (tenant_id, fraise, environment, id)",
+        "CREATE INDEX runs_tenant_environment ON runs (tenant_id, environment, id)",
+        "CREATE INDEX runs_status_environment ON runs (status, environment, tenant_id)",
+        "CREATE TABLE steps (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            seq BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            message TEXT,
+            error TEXT,
+            started_at BIGINT NOT NULL,
+            ended_at BIGINT
+        )",
+        "CREATE UNIQUE INDEX steps_run_seq ON steps (run_id, seq)",
+        "CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT REFERENCES runs (id) ON DELETE CASCADE,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX events_run ON events (run_id, id)",
+        "CREATE INDEX events_service ON events (tenant_id, fraise, environment, id)",
+        "CREATE TABLE logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            level TEXT NOT NULL,
+            component TEXT NOT NULL,
+            message TEXT NOT NULL,
+            details TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX logs_run ON logs (run_id, id)",
+        "CREATE TABLE services (
+            tenant_id TEXT NOT NULL,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            current_version TEXT,
+            previous_version TEXT,
+            state TEXT NOT NULL,
+            desired TEXT,
+            last_run_id BIGINT,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, fraise, environment)
+        )",
+    ],
+}];
+
+const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    statements: &[
+        "CREATE TABLE users (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            username TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            roles TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
+        "CREATE TABLE runs (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            version TEXT NOT NULL,
+            previous_version TEXT,
+            strategy TEXT NOT NULL,
+            strategy_config TEXT NOT NULL,
+            triggered_by TEXT NOT NULL,
+            trigger_type TEXT NOT NULL,
+            options TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            started_at BIGINT,
+            completed_at BIGINT,
+            health_check_status TEXT NOT NULL,
+            health_details TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            error_code TEXT,
+            error_message TEXT,
+            cancel_requested_by TEXT,
+            cancelled_at BIGINT,
+            progress BIGINT NOT NULL,
+            events_count BIGINT NOT NULL DEFAULT 0,
+            log_lines BIGINT NOT NULL DEFAULT 0
+        )",
+        "CREATE UNIQUE INDEX runs_one_active ON runs (tenant_id, fraise, environment)
+            WHERE status IN ('pending', 'in_progress')",
+        "CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, id)",
+        "CREATE INDEX runs_tenant_updated ON runs (tenant_id, updated_at, id)",
+        "CREATE INDEX runs_tenant_status ON runs (tenant_id, status, id)",
+        "CREATE INDEX runs_tenant_service ON runs (tenant_id, fraise, environment, id)",
+        "CREATE INDEX runs_tenant_environment ON runs (tenant_id, environment, id)",
+        "CREATE INDEX runs_status_environment ON runs (status, environment, tenant_id)",
+        "CREATE TABLE steps (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            seq BIGINT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            message TEXT,
+            error TEXT,
+            started_at BIGINT NOT NULL,
+            ended_at BIGINT
+        )",
+        "CREATE UNIQUE INDEX steps_run_seq ON steps (run_id, seq)",
+        "CREATE TABLE events (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT REFERENCES runs (id) ON DELETE CASCADE,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX events_run ON events (run_id, id)",
+        "CREATE INDEX events_service ON events (tenant_id, fraise, environment, id)",
+        "CREATE TABLE logs (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            level TEXT NOT NULL,
+            component TEXT NOT NULL,
+            message TEXT NOT NULL,
+            details TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX logs_run ON logs (run_id, id)",
+        "CREATE TABLE services (
+            tenant_id TEXT NOT NULL,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            current_version TEXT,
+            previous_version TEXT,
+            state TEXT NOT NULL,
+            desired TEXT,
+            last_run_id BIGINT,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, fraise, environment)
+        )",
+    ],
+}];
+
+/// Applies the migrations not yet recorded, all in one transaction: a schema is never left
+/// half-migrated.
+pub(crate) async fn run(store: &Store) -> Result<()> {
+    let migrations = match store.backend {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => POSTGRES,
+    };
+    let mut tx = store.begin_write().await?;
+    if store.backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PG_MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at BIGINT NOT NULL
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("version"))
+        .collect::<Result<_, _>>()?;
+    for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        for statement in migration.statements {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(millis(now()))
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let versions =
+            |list: &[Migration]| list.iter().map(|m| (m.version, m.name)).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE), versions(POSTGRES));
+        for (s, p) in SQLITE.iter().zip(POSTGRES) {
+            assert_eq!(
+                s.statements.len(),
+                p.statements.len(),
+                "migration {}",
+                s.version
+            );
+        }
+        for list in [SQLITE, POSTGRES] {
+            assert!(list.windows(2).all(|w| w[0].version < w[1].version));
+        }
+    }
+}

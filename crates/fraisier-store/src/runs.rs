@@ -1,0 +1,303 @@
+//! Deployment runs: creation under the one-active-run rule, lookups, the filtered and sorted
+//! listing of `GET /deployments`, and the engine's writes of a run's progress.
+
+use fraisier_model::run::{to_wire, RunStatus};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::sql::{
+    self, contains_pattern, json, json_text, millis, now, ts, ts_opt, wire, Args, ACTIVE_STATUSES,
+};
+use crate::{run_id_string, NewRun, Result, Run, RunFilter, RunSortField, Store, StoreError};
+
+/// Every column of `runs`, in the order `import_runs` inserts them.
+pub(crate) const RUN_COLUMNS: &str = "id, tenant_id, fraise, environment, kind, status, version, \
+    previous_version, strategy, strategy_config, triggered_by, trigger_type, options, metadata, \
+    created_at, updated_at, started_at, completed_at, health_check_status, health_details, \
+    metrics, error_code, error_message, cancel_requested_by, cancelled_at, progress, \
+    events_count, log_lines";
+
+/// A new run may lose the race for the active slot to a run that finishes before we can name
+/// it; then the slot is free and we try again, a bounded number of times.
+const CREATE_ATTEMPTS: usize = 5;
+
+// === impl Store ===
+
+impl Store {
+    /// Creates a `pending` run, unless another run is pending or in progress for the same
+    /// tenant × fraise × environment: then `ActiveRunExists` names that run.
+    pub async fn create_run(&self, new: &NewRun) -> Result<Run> {
+        let mut attempt = 1;
+        loop {
+            match self.insert_run(new).await {
+                Err(e) if sql::is_unique_violation(&e) => {
+                    if let Some(active) = self
+                        .active_run_for(&new.tenant_id, &new.fraise, &new.environment)
+                        .await?
+                    {
+                        return Err(StoreError::ActiveRunExists {
+                            active_id: run_id_string(active.id),
+                        });
+                    }
+                    if attempt == CREATE_ATTEMPTS {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A run of `tenant`; another tenant's run is `NotFound`.
+    pub async fn run(&self, tenant: &str, id: i64) -> Result<Run> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        run_from_row(&row)
+    }
+
+    /// One page of the runs matching `f`, and how many match in all.
+    pub async fn list_runs(&self, tenant: &str, f: &RunFilter) -> Result<(Vec<Run>, u64)> {
+        let mut args = Args::default();
+        let mut clauses = vec![format!("tenant_id = {}", args.push(tenant))];
+        if let Some(fraise) = &f.fraise {
+            clauses.push(format!("fraise = {}", args.push(fraise.as_str())));
+        }
+        if let Some(environment) = &f.environment {
+            clauses.push(format!("environment = {}", args.push(environment.as_str())));
+        }
+        if let Some(status) = f.status {
+            clauses.push(format!("status = {}", args.push(to_wire(&status))));
+        }
+        if let Some(q) = f.q.as_deref().filter(|q| !q.is_empty()) {
+            let p = args.push(contains_pattern(q));
+            let id = self.backend.run_id_expr();
+            clauses.push(format!(
+                "(lower(fraise) LIKE {p} ESCAPE '\\' OR lower(environment) LIKE {p} ESCAPE '\\' \
+                 OR lower(version) LIKE {p} ESCAPE '\\' OR lower(triggered_by) LIKE {p} ESCAPE '\\' \
+                 OR {id} LIKE {p} ESCAPE '\\')"
+            ));
+        }
+        if let Some(after) = f.created_after {
+            clauses.push(format!("created_at >= {}", args.push(millis(after))));
+        }
+        if let Some(before) = f.created_before {
+            clauses.push(format!("created_at < {}", args.push(millis(before))));
+        }
+        let filter = clauses.join(" AND ");
+
+        let total = args
+            .clone()
+            .bind(sqlx::query(&format!(
+                "SELECT COUNT(*) AS n FROM runs WHERE {filter}"
+            )))
+            .fetch_one(&self.pool)
+            .await?;
+        let total = sql::count(&total, "n")?;
+
+        let column = match f.sort.field {
+            RunSortField::CreatedAt => "created_at",
+            RunSortField::UpdatedAt => "updated_at",
+            RunSortField::Status => "status",
+        };
+        let direction = if f.sort.descending { "DESC" } else { "ASC" };
+        let mut page = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE {filter} \
+             ORDER BY {column} {direction}, id {direction}"
+        );
+        // SQLite takes OFFSET only after a LIMIT, so "no limit" is the largest one.
+        let limit = if f.limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(f.limit)
+        };
+        let offset = i64::try_from(f.offset).unwrap_or(i64::MAX);
+        page.push_str(&format!(
+            " LIMIT {} OFFSET {}",
+            args.push(limit),
+            args.push(offset)
+        ));
+        let rows = args.bind(sqlx::query(&page)).fetch_all(&self.pool).await?;
+        let runs = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+        Ok((runs, total))
+    }
+
+    /// Runs pending or in progress, over all tenants, oldest first: what a restarted server
+    /// must resume.
+    pub async fn active_runs(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN {ACTIVE_STATUSES} ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn active_run_for(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE tenant_id = $1 AND fraise = $2 AND environment = $3 AND status IN {ACTIVE_STATUSES}"
+        ))
+        .bind(tenant)
+        .bind(fraise)
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// The newest run (by id) of a fraise in an environment, whatever its status.
+    pub async fn last_run_for(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE tenant_id = $1 AND fraise = $2 AND environment = $3 ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(tenant)
+        .bind(fraise)
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// Writes every field the engine may change and sets `updated_at` to now. Making a final
+    /// run active again while another is active is `ActiveRunExists`.
+    pub async fn save_run(&self, run: &Run) -> Result<()> {
+        let result = sqlx::query(
+            "UPDATE runs SET status = $3, version = $4, previous_version = $5, started_at = $6, \
+             completed_at = $7, health_check_status = $8, health_details = $9, metrics = $10, \
+             error_code = $11, error_message = $12, cancel_requested_by = $13, cancelled_at = $14, \
+             progress = $15, options = $16, updated_at = $17 \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&run.tenant_id)
+        .bind(run.id)
+        .bind(to_wire(&run.status))
+        .bind(&run.version)
+        .bind(&run.previous_version)
+        .bind(run.started_at.map(millis))
+        .bind(run.completed_at.map(millis))
+        .bind(&run.health_check_status)
+        .bind(json_text(&run.health_details))
+        .bind(json_text(&run.metrics))
+        .bind(&run.error_code)
+        .bind(&run.error_message)
+        .bind(&run.cancel_requested_by)
+        .bind(run.cancelled_at.map(millis))
+        .bind(run.progress)
+        .bind(json_text(&run.options))
+        .bind(millis(now()))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from);
+        match result {
+            Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
+            Ok(_) => Ok(()),
+            Err(e) if sql::is_unique_violation(&e) => {
+                let active = self
+                    .active_run_for(&run.tenant_id, &run.fraise, &run.environment)
+                    .await?;
+                Err(StoreError::ActiveRunExists {
+                    active_id: active
+                        .map_or_else(|| run_id_string(run.id), |a| run_id_string(a.id)),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records who asked to cancel a run that has not finished (the first asker wins); the
+    /// engine acts on it at its next safe point. Returns the run as it now is.
+    pub async fn request_cancel(&self, tenant: &str, id: i64, by: &str) -> Result<Run> {
+        sqlx::query(&format!(
+            "UPDATE runs SET cancel_requested_by = $3, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND status IN {ACTIVE_STATUSES} \
+             AND cancel_requested_by IS NULL"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(by)
+        .bind(millis(now()))
+        .execute(&self.pool)
+        .await?;
+        self.run(tenant, id).await
+    }
+
+    async fn insert_run(&self, new: &NewRun) -> Result<Run> {
+        let now = millis(now());
+        let row = sqlx::query(&format!(
+            "INSERT INTO runs (tenant_id, fraise, environment, kind, status, version, \
+             previous_version, strategy, strategy_config, triggered_by, trigger_type, options, \
+             metadata, created_at, updated_at, health_check_status, health_details, metrics, \
+             progress, events_count, log_lines) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, 'unknown', \
+             '{{}}', '{{}}', -1, 0, 0) \
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(&new.tenant_id)
+        .bind(&new.fraise)
+        .bind(&new.environment)
+        .bind(to_wire(&new.kind))
+        .bind(to_wire(&RunStatus::Pending))
+        .bind(&new.version)
+        .bind(&new.previous_version)
+        .bind(&new.strategy)
+        .bind(json_text(&new.strategy_config))
+        .bind(&new.triggered_by)
+        .bind(&new.trigger_type)
+        .bind(json_text(&new.options))
+        .bind(json_text(&new.metadata))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        run_from_row(&row)
+    }
+}
+
+pub(crate) fn run_from_row(row: &AnyRow) -> Result<Run> {
+    Ok(Run {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        fraise: row.try_get("fraise")?,
+        environment: row.try_get("environment")?,
+        kind: wire(row, "kind")?,
+        status: wire(row, "status")?,
+        version: row.try_get("version")?,
+        previous_version: row.try_get("previous_version")?,
+        strategy: row.try_get("strategy")?,
+        strategy_config: json(row, "strategy_config")?,
+        triggered_by: row.try_get("triggered_by")?,
+        trigger_type: row.try_get("trigger_type")?,
+        options: json(row, "options")?,
+        metadata: json(row, "metadata")?,
+        created_at: ts(row, "created_at")?,
+        updated_at: ts(row, "updated_at")?,
+        started_at: ts_opt(row, "started_at")?,
+        completed_at: ts_opt(row, "completed_at")?,
+        health_check_status: row.try_get("health_check_status")?,
+        health_details: json(row, "health_details")?,
+        metrics: json(row, "metrics")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        cancel_requested_by: row.try_get("cancel_requested_by")?,
+        cancelled_at: ts_opt(row, "cancelled_at")?,
+        progress: row.try_get("progress")?,
+        events_count: row.try_get("events_count")?,
+        log_lines: row.try_get("log_lines")?,
+    })
+}

@@ -1,0 +1,294 @@
+//! The `Store` handle: picks the backend from a URL, opens and tunes the pool, and holds the
+//! few places where SQL must differ between SQLite and PostgreSQL.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+use crate::sql::Args;
+use crate::{migrate, Result, StoreError};
+
+/// SQLite serializes writers anyway; a few connections let readers run beside one writer.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// A handle on the database; cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    /// For `Debug` only: never holds a password.
+    redacted_url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens `sqlite://path`, `sqlite:path` (created if missing) or `postgres://…`, and
+    /// brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let redacted_url = redact_url(url);
+        let backend =
+            Backend::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redacted_url.clone()))?;
+        let store = match backend {
+            Backend::Sqlite => Self::open_sqlite(url, redacted_url).await?,
+            Backend::Postgres => Self::open_postgres(url, redacted_url).await?,
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// Opens (creating both if needed) `dir/fraisier.db`.
+    pub async fn open_sqlite_in(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        let path = dir.join("fraisier.db");
+        Self::open(&sqlite_url_for(&path)).await
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// The round trip of `SELECT 1`.
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(started.elapsed())
+    }
+
+    /// (connections in use, maximum connections).
+    pub fn pool_size(&self) -> (u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let in_use = self.pool.size().saturating_sub(idle);
+        (in_use, self.pool.options().get_max_connections())
+    }
+
+    /// Waits for connections in use to be returned, then closes them all (on SQLite the last
+    /// one to close folds the WAL back into the database file).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock up front: a deferred
+    /// transaction that reads and then writes can fail with `SQLITE_BUSY` at once, without
+    /// waiting for the busy timeout, when another writer got in between.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    async fn open_sqlite(url: &str, redacted_url: String) -> Result<Store> {
+        let options = AnyConnectOptions::from_str(&sqlite_url_creating(url))?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(SQLITE_MAX_CONNECTIONS)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute(
+                        format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
+                    )
+                    .await?;
+                    // Safe with WAL: a crash may lose the last commits, never corrupt the file.
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            });
+        if in_memory {
+            // The Any driver re-parses the url for every connection, and each parse of
+            // `:memory:` names a new database: one connection, kept for the pool's life.
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool.connect_with(options).await?;
+        // WAL is a property of the file, so setting it once is enough for every connection.
+        pool.execute("PRAGMA journal_mode = WAL").await?;
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+            redacted_url,
+        })
+    }
+
+    async fn open_postgres(url: &str, redacted_url: String) -> Result<Store> {
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POSTGRES_MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+            redacted_url,
+        })
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("url", &self.redacted_url)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Backend ===
+
+impl Backend {
+    fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Arguments for statements with thousands of placeholders. SQLite looks a named
+    /// parameter (`$N`) up by a linear scan, which makes binding quadratic in their number;
+    /// anonymous `?` ones bind in order at no cost.
+    pub(crate) fn bulk_args(self) -> Args {
+        match self {
+            Backend::Sqlite => Args::anonymous(),
+            Backend::Postgres => Args::default(),
+        }
+    }
+
+    /// A run's id as shown (`dep_00042`), in SQL, so that free-text search can match it.
+    pub(crate) fn run_id_expr(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "printf('dep_%05d', id)",
+            // lpad truncates to its length argument; never let it cut a longer id.
+            Backend::Postgres => "('dep_' || lpad(id::text, greatest(5, length(id::text)), '0'))",
+        }
+    }
+}
+
+/// `mode=rwc` unless the url chose a mode: a fresh data dir must just work.
+fn sqlite_url_creating(url: &str) -> String {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if query.split('&').any(|kv| kv.starts_with("mode=")) || url.contains(":memory:") {
+        url.to_string()
+    } else if query.is_empty() {
+        format!("{}?mode=rwc", url.trim_end_matches('?'))
+    } else {
+        format!("{url}&mode=rwc")
+    }
+}
+
+fn sqlite_url_for(path: &Path) -> String {
+    // The url parser treats these as delimiters; sqlx percent-decodes the path afterwards.
+    let mut escaped = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '?' => escaped.push_str("%3F"),
+            '#' => escaped.push_str("%23"),
+            c => escaped.push(c),
+        }
+    }
+    format!("sqlite://{escaped}?mode=rwc")
+}
+
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?password=***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:p4ss@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=x"),
+            "postgres://h/db?user=u&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:a@b@h/db?password=x"),
+            "postgres://u:***@h/db?password=***"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn sqlite_urls_create_the_file() {
+        assert_eq!(sqlite_url_creating("sqlite:x.db"), "sqlite:x.db?mode=rwc");
+        assert_eq!(
+            sqlite_url_creating("sqlite://x.db?mode=ro"),
+            "sqlite://x.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_url_creating("sqlite://x.db?cache=shared"),
+            "sqlite://x.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_for(Path::new("/a b/c?#.db")),
+            "sqlite:///a b/c%3F%23.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(Backend::of_url("sqlite::memory:"), Some(Backend::Sqlite));
+        assert_eq!(
+            Backend::of_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(Backend::of_url("mysql://h/db"), None);
+    }
+}

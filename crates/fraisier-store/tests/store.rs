@@ -1,0 +1,1361 @@
+//! The store's behaviour, written once and run against SQLite (always) and PostgreSQL (when
+//! `FRAISIER_TEST_DATABASE_URL` is set), each test on a database of its own.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::time::{Instant, SystemTime};
+
+use chrono::{DateTime, Duration, Utc};
+use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState, StepStatus};
+use fraisier_model::service::{
+    DesiredInstance, DesiredService, HealthCheckSpec, ProbeKind, ReleaseSpec,
+};
+use fraisier_model::FraiseType;
+use fraisier_store::{
+    parse_run_id, run_id_string, LogFilter, NewRun, Run, RunFilter, RunSort, RunSortField,
+    ServiceRecord, Store, StoreError, DEFAULT_TENANT,
+};
+use serde_json::json;
+use sqlx::{Connection, Executor};
+use tempfile::TempDir;
+
+const PG_URL_VAR: &str = "FRAISIER_TEST_DATABASE_URL";
+
+/// Generates, for every suite function, one test per backend.
+macro_rules! store_suite {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                $(#[$attr])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                $(#[$attr])*
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        println!("skipped: {} is not set", super::PG_URL_VAR);
+                        return;
+                    };
+                    super::$name(&db).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite! {
+    migrations_are_idempotent,
+    create_and_get_run,
+    one_active_run_per_fraise_and_environment,
+    concurrent_creates_let_exactly_one_win,
+    finishing_a_run_frees_the_slot,
+    save_run_writes_every_mutable_field,
+    request_cancel_records_the_first_asker,
+    list_runs_filters,
+    list_runs_sorts_and_pages,
+    tenants_are_isolated,
+    steps_keep_their_order,
+    events_and_logs_are_counted_on_the_run,
+    logs_filter_by_level_component_lines_and_after_id,
+    service_records_round_trip,
+    run_stats_buckets,
+    import_then_create_continues_ids,
+    users_create_lookup_and_duplicates,
+    #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
+    import_100k_runs_takes_seconds,
+}
+
+/// A fresh database; dropping it removes it (a PostgreSQL database too, even after a panic).
+struct TestDb {
+    store: Store,
+    url: String,
+    _dir: Option<TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_in(dir.path()).await.unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("fraisier.db").display()
+        );
+        TestDb {
+            store,
+            url,
+            _dir: Some(dir),
+            _pg: None,
+        }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let admin_url = std::env::var(PG_URL_VAR).ok().filter(|u| !u.is_empty())?;
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("fraisier_t_{:016x}", RandomState::new().hash_one(nanos));
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        // From here on the guard drops the database whatever happens.
+        let pg = PgDatabase {
+            admin_url: admin_url.clone(),
+            name: name.clone(),
+        };
+        let url = with_database(&admin_url, &name);
+        let store = Store::open(&url).await.unwrap();
+        Some(TestDb {
+            store,
+            url,
+            _dir: None,
+            _pg: Some(pg),
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop cannot await, and the test's runtime may be unwinding: use a runtime of our own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                admin.execute(sql.as_str()).await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// The same server and credentials, another database.
+fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme}://{authority}/{name}{query}")
+}
+
+#[tokio::test]
+async fn postgres_test_database_is_dropped_even_when_a_test_panics() {
+    let Ok(admin_url) = std::env::var(PG_URL_VAR) else {
+        println!("skipped: {PG_URL_VAR} is not set");
+        return;
+    };
+    let name = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = name.clone();
+    let failed = tokio::spawn(async move {
+        let db = TestDb::postgres().await.unwrap();
+        *seen.lock().unwrap() = db._pg.as_ref().map(|pg| pg.name.clone());
+        panic!("a failing test");
+    })
+    .await;
+    assert!(failed.unwrap_err().is_panic());
+    let name = name
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the database was created");
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} should have been dropped");
+}
+
+#[tokio::test]
+async fn sqlite_creates_a_missing_file_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let store = Store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    store
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    assert!(path.exists());
+    assert!(
+        dir.path().join("fresh.db-wal").exists(),
+        "journal_mode is WAL"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_keeps_one_database() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let run = store
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.run(DEFAULT_TENANT, run.id).await })
+        })
+        .collect();
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap().id, run.id);
+    }
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused_without_their_password() {
+    let err = Store::open("mysql://root:hunter2@db/fraisier")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"));
+}
+
+// --- fixtures ---
+
+fn new_run(tenant: &str, fraise: &str, environment: &str) -> NewRun {
+    NewRun {
+        tenant_id: tenant.to_string(),
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        kind: RunKind::Deploy,
+        version: "1.2.0".to_string(),
+        previous_version: Some("1.1.0".to_string()),
+        strategy: "rolling".to_string(),
+        strategy_config: json!({"max_instances_down": 1, "max_surge": 1}),
+        triggered_by: "alice".to_string(),
+        trigger_type: "api".to_string(),
+        options: json!({"wait": false, "reason": "test"}),
+        metadata: json!({"ticket": "OPS-1"}),
+    }
+}
+
+fn base_time() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_704_067_200_000).unwrap()
+}
+
+/// A run as the benchmark would import it, created `minutes` after the base time.
+fn imported(id: i64, fraise: &str, environment: &str, status: RunStatus, minutes: i64) -> Run {
+    let created_at = base_time() + Duration::minutes(minutes);
+    let finished = status
+        .is_final()
+        .then(|| created_at + Duration::seconds(30));
+    Run {
+        id,
+        tenant_id: DEFAULT_TENANT.to_string(),
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        kind: RunKind::Deploy,
+        status,
+        version: format!("1.0.{id}"),
+        previous_version: None,
+        strategy: "rolling".to_string(),
+        strategy_config: json!({}),
+        triggered_by: if id % 2 == 0 { "Bob" } else { "alice" }.to_string(),
+        trigger_type: "api".to_string(),
+        options: json!({}),
+        metadata: json!({}),
+        created_at,
+        // Updated in the reverse order of creation, so the two sorts differ.
+        updated_at: base_time() + Duration::minutes(10_000 - minutes),
+        started_at: Some(created_at),
+        completed_at: finished,
+        health_check_status: "unknown".to_string(),
+        health_details: json!({}),
+        metrics: json!({}),
+        error_code: None,
+        error_message: None,
+        cancel_requested_by: None,
+        cancelled_at: None,
+        progress: -1,
+        events_count: 0,
+        log_lines: 0,
+    }
+}
+
+fn ids(runs: &[Run]) -> Vec<i64> {
+    runs.iter().map(|r| r.id).collect()
+}
+
+async fn list(store: &Store, f: RunFilter) -> (Vec<i64>, u64) {
+    let (runs, total) = store.list_runs(DEFAULT_TENANT, &f).await.unwrap();
+    (ids(&runs), total)
+}
+
+fn active_id_of(err: StoreError) -> String {
+    match err {
+        StoreError::ActiveRunExists { active_id } => active_id,
+        other => panic!("expected ActiveRunExists, got {other:?}"),
+    }
+}
+
+// --- the suite ---
+
+async fn migrations_are_idempotent(db: &TestDb) {
+    let run = db
+        .store
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let again = Store::open(&db.url).await.unwrap();
+        assert_eq!(again.backend(), db.store.backend());
+        assert_eq!(again.run(DEFAULT_TENANT, run.id).await.unwrap(), run);
+        again.close().await;
+    }
+}
+
+async fn create_and_get_run(db: &TestDb) {
+    let s = &db.store;
+    assert!(s.ping().await.unwrap() < std::time::Duration::from_secs(5));
+    let (_, max) = s.pool_size();
+    assert!(max > 0);
+    assert!(!format!("{s:?}").contains("password"));
+
+    let new = new_run(DEFAULT_TENANT, "api", "staging");
+    let run = s.create_run(&new).await.unwrap();
+    assert_eq!(run.id, 1);
+    assert_eq!(run_id_string(run.id), "dep_00001");
+    assert_eq!(parse_run_id("dep_00001"), Some(1));
+    assert_eq!(run.status, RunStatus::Pending);
+    assert_eq!(run.progress, -1);
+    assert_eq!(run.created_at, run.updated_at);
+    assert_eq!((run.started_at, run.completed_at), (None, None));
+    assert_eq!(run.health_check_status, "unknown");
+    assert_eq!((run.events_count, run.log_lines), (0, 0));
+    assert_eq!(run.strategy_config, new.strategy_config);
+    assert_eq!(run.options, new.options);
+    assert_eq!(run.metadata, new.metadata);
+    assert_eq!(run.previous_version.as_deref(), Some("1.1.0"));
+    assert_eq!(s.run(DEFAULT_TENANT, run.id).await.unwrap(), run);
+    assert!(matches!(
+        s.run(DEFAULT_TENANT, 999).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let second = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+        .await
+        .unwrap();
+    assert_eq!(run_id_string(second.id), "dep_00002");
+}
+
+async fn one_active_run_per_fraise_and_environment(db: &TestDb) {
+    let s = &db.store;
+    let first = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let refused = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap_err();
+    assert_eq!(active_id_of(refused), run_id_string(first.id));
+
+    // Other environments, fraises and tenants have slots of their own.
+    s.create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+        .await
+        .unwrap();
+    s.create_run(&new_run(DEFAULT_TENANT, "worker", "staging"))
+        .await
+        .unwrap();
+    s.create_run(&new_run("other", "api", "staging"))
+        .await
+        .unwrap();
+
+    // In progress holds the slot as pending does.
+    let mut running = first.clone();
+    running.status = RunStatus::InProgress;
+    s.save_run(&running).await.unwrap();
+    let refused = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap_err();
+    assert_eq!(active_id_of(refused), run_id_string(first.id));
+    let active = s
+        .active_run_for(DEFAULT_TENANT, "api", "staging")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.id, first.id);
+    assert_eq!(s.active_runs().await.unwrap().len(), 4);
+}
+
+async fn concurrent_creates_let_exactly_one_win(db: &TestDb) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = db.store.clone();
+            tokio::spawn(async move {
+                s.create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut named = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(run) => winners.push(run),
+            Err(e) => named.push(active_id_of(e)),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create_run succeeds");
+    assert_eq!(named.len(), 7);
+    let winner = run_id_string(winners[0].id);
+    assert!(
+        named.iter().all(|id| *id == winner),
+        "{named:?} should all name {winner}"
+    );
+}
+
+async fn finishing_a_run_frees_the_slot(db: &TestDb) {
+    let s = &db.store;
+    let mut first = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    first.status = RunStatus::Success;
+    first.completed_at = Some(Utc::now());
+    s.save_run(&first).await.unwrap();
+    assert!(s
+        .active_run_for(DEFAULT_TENANT, "api", "staging")
+        .await
+        .unwrap()
+        .is_none());
+
+    let second = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    assert!(second.id > first.id);
+    let last = s
+        .last_run_for(DEFAULT_TENANT, "api", "staging")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.id, second.id);
+    assert!(s
+        .last_run_for(DEFAULT_TENANT, "api", "nowhere")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Reviving a finished run while another holds the slot is refused.
+    first.status = RunStatus::InProgress;
+    let refused = s.save_run(&first).await.unwrap_err();
+    assert_eq!(active_id_of(refused), run_id_string(second.id));
+    assert_eq!(
+        s.run(DEFAULT_TENANT, first.id).await.unwrap().status,
+        RunStatus::Success
+    );
+}
+
+async fn save_run_writes_every_mutable_field(db: &TestDb) {
+    let s = &db.store;
+    let created = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let at = |secs: i64| DateTime::from_timestamp_millis(1_704_067_200_000 + secs * 1000).unwrap();
+    let mut run = created.clone();
+    run.status = RunStatus::Failed;
+    run.version = "1.3.0".to_string();
+    run.previous_version = None;
+    run.started_at = Some(at(1));
+    run.completed_at = Some(at(61));
+    run.health_check_status = "failing".to_string();
+    run.health_details = json!({"checks_passed": 1, "checks_total": 3});
+    run.metrics = json!({"error_rate": 12.5});
+    run.error_code = Some("HEALTH_CHECK_FAILED".to_string());
+    run.error_message = Some("3 of 3 checks failed".to_string());
+    run.cancel_requested_by = Some("bob".to_string());
+    run.cancelled_at = Some(at(30));
+    run.progress = 4;
+    run.options = json!({"wait": true});
+    s.save_run(&run).await.unwrap();
+
+    let read = s.run(DEFAULT_TENANT, run.id).await.unwrap();
+    assert!(read.updated_at >= created.updated_at);
+    run.updated_at = read.updated_at;
+    assert_eq!(read, run);
+
+    let mut ghost = run.clone();
+    ghost.id = 4242;
+    assert!(matches!(
+        s.save_run(&ghost).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn request_cancel_records_the_first_asker(db: &TestDb) {
+    let s = &db.store;
+    let run = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let asked = s
+        .request_cancel(DEFAULT_TENANT, run.id, "bob")
+        .await
+        .unwrap();
+    assert_eq!(asked.cancel_requested_by.as_deref(), Some("bob"));
+    let again = s
+        .request_cancel(DEFAULT_TENANT, run.id, "carol")
+        .await
+        .unwrap();
+    assert_eq!(again.cancel_requested_by.as_deref(), Some("bob"));
+
+    // A finished run is returned unchanged.
+    let mut done = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+        .await
+        .unwrap();
+    done.status = RunStatus::Success;
+    s.save_run(&done).await.unwrap();
+    let after = s
+        .request_cancel(DEFAULT_TENANT, done.id, "bob")
+        .await
+        .unwrap();
+    assert_eq!(after.cancel_requested_by, None);
+    assert!(matches!(
+        s.request_cancel(DEFAULT_TENANT, 999, "bob").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// 1 api/staging success · 2 api/production failed · 3 worker/staging success ·
+/// 4 api/staging cancelled · 5 worker/production in_progress · 6 api/staging pending;
+/// created 10 minutes apart; even ids triggered by "Bob".
+async fn seed_six(s: &Store) {
+    let runs = [
+        imported(1, "api", "staging", RunStatus::Success, 0),
+        imported(2, "api", "production", RunStatus::Failed, 10),
+        imported(3, "worker", "staging", RunStatus::Success, 20),
+        imported(4, "api", "staging", RunStatus::Cancelled, 30),
+        imported(5, "worker", "production", RunStatus::InProgress, 40),
+        imported(6, "api", "staging", RunStatus::Pending, 50),
+    ];
+    s.import_runs(&runs).await.unwrap();
+}
+
+async fn list_runs_filters(db: &TestDb) {
+    let s = &db.store;
+    seed_six(s).await;
+    let f = RunFilter::default;
+    let minutes = |m| Some(base_time() + Duration::minutes(m));
+
+    assert_eq!(list(s, f()).await, (vec![6, 5, 4, 3, 2, 1], 6));
+    let fraise = RunFilter {
+        fraise: Some("api".into()),
+        ..f()
+    };
+    assert_eq!(list(s, fraise).await, (vec![6, 4, 2, 1], 4));
+    let environment = RunFilter {
+        environment: Some("production".into()),
+        ..f()
+    };
+    assert_eq!(list(s, environment).await, (vec![5, 2], 2));
+    let status = RunFilter {
+        status: Some(RunStatus::Success),
+        ..f()
+    };
+    assert_eq!(list(s, status).await, (vec![3, 1], 2));
+    let both = RunFilter {
+        fraise: Some("api".into()),
+        environment: Some("staging".into()),
+        ..f()
+    };
+    assert_eq!(list(s, both).await, (vec![6, 4, 1], 3));
+
+    let q = |text: &str| RunFilter {
+        q: Some(text.to_string()),
+        ..f()
+    };
+    assert_eq!(
+        list(s, q("BOB")).await,
+        (vec![6, 4, 2], 3),
+        "triggered_by, case-insensitive"
+    );
+    assert_eq!(list(s, q("WORK")).await, (vec![5, 3], 2), "fraise");
+    assert_eq!(list(s, q("product")).await, (vec![5, 2], 2), "environment");
+    assert_eq!(list(s, q("1.0.5")).await, (vec![5], 1), "version");
+    assert_eq!(list(s, q("dep_00003")).await, (vec![3], 1), "formatted id");
+    assert_eq!(list(s, q("DEP_0000")).await.1, 6);
+    assert_eq!(list(s, q("%")).await, (vec![], 0), "wildcards are literal");
+    assert_eq!(list(s, q("1_0")).await, (vec![], 0), "'_' is literal too");
+    assert_eq!(list(s, q("")).await.1, 6);
+
+    let after = RunFilter {
+        created_after: minutes(20),
+        ..f()
+    };
+    assert_eq!(
+        list(s, after).await,
+        (vec![6, 5, 4, 3], 4),
+        "created_after is inclusive"
+    );
+    let before = RunFilter {
+        created_before: minutes(20),
+        ..f()
+    };
+    assert_eq!(
+        list(s, before).await,
+        (vec![2, 1], 2),
+        "created_before is exclusive"
+    );
+    let window = RunFilter {
+        created_after: minutes(10),
+        created_before: minutes(40),
+        ..f()
+    };
+    assert_eq!(list(s, window).await, (vec![4, 3, 2], 3));
+}
+
+async fn list_runs_sorts_and_pages(db: &TestDb) {
+    let s = &db.store;
+    seed_six(s).await;
+    // Two runs with the same created_at: id breaks the tie in the sort's direction.
+    s.import_runs(&[imported(7, "api", "qa", RunStatus::Success, 50)])
+        .await
+        .unwrap();
+    let sort = |field, descending| RunFilter {
+        sort: RunSort { field, descending },
+        ..RunFilter::default()
+    };
+
+    assert_eq!(
+        list(s, sort(RunSortField::CreatedAt, true)).await.0,
+        vec![7, 6, 5, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        list(s, sort(RunSortField::CreatedAt, false)).await.0,
+        vec![1, 2, 3, 4, 5, 6, 7]
+    );
+    assert_eq!(
+        list(s, sort(RunSortField::UpdatedAt, false)).await.0,
+        vec![6, 7, 5, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        list(s, sort(RunSortField::UpdatedAt, true)).await.0,
+        vec![1, 2, 3, 4, 5, 7, 6]
+    );
+    assert_eq!(
+        list(s, sort(RunSortField::Status, false)).await.0,
+        vec![4, 2, 5, 6, 1, 3, 7]
+    );
+    assert_eq!(
+        list(s, sort(RunSortField::Status, true)).await.0,
+        vec![7, 3, 1, 6, 5, 2, 4]
+    );
+
+    let page = |limit, offset| RunFilter {
+        limit,
+        offset,
+        ..RunFilter::default()
+    };
+    assert_eq!(list(s, page(3, 0)).await, (vec![7, 6, 5], 7));
+    assert_eq!(list(s, page(3, 3)).await, (vec![4, 3, 2], 7));
+    assert_eq!(list(s, page(3, 6)).await, (vec![1], 7));
+    assert_eq!(list(s, page(3, 9)).await, (vec![], 7));
+    assert_eq!(
+        list(s, page(0, 5)).await,
+        (vec![2, 1], 7),
+        "limit 0 means no limit"
+    );
+    let filtered = RunFilter {
+        fraise: Some("api".into()),
+        limit: 2,
+        offset: 1,
+        ..RunFilter::default()
+    };
+    assert_eq!(list(s, filtered).await, (vec![6, 4], 5));
+}
+
+async fn tenants_are_isolated(db: &TestDb) {
+    let s = &db.store;
+    let a = s
+        .create_run(&new_run("tenant-a", "api", "staging"))
+        .await
+        .unwrap();
+    let b = s
+        .create_run(&new_run("tenant-b", "api", "staging"))
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        s.run("tenant-a", b.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.run("tenant-b", b.id).await.unwrap(), b);
+    let (runs, total) = s
+        .list_runs("tenant-a", &RunFilter::default())
+        .await
+        .unwrap();
+    assert_eq!((ids(&runs), total), (vec![a.id], 1));
+    assert_eq!(
+        s.active_run_for("tenant-a", "api", "staging")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        a.id
+    );
+    assert!(matches!(
+        s.request_cancel("tenant-a", b.id, "mallory").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.run("tenant-b", b.id).await.unwrap().cancel_requested_by,
+        None
+    );
+    let mut stolen = b.clone();
+    stolen.tenant_id = "tenant-a".to_string();
+    assert!(matches!(
+        s.save_run(&stolen).await,
+        Err(StoreError::NotFound)
+    ));
+    let event = s
+        .add_event("tenant-a", Some(b.id), "api", "staging", "x", &json!({}))
+        .await;
+    assert!(matches!(event, Err(StoreError::NotFound)));
+    assert_eq!(s.run("tenant-b", b.id).await.unwrap().events_count, 0);
+    s.add_event("tenant-b", Some(b.id), "api", "staging", "x", &json!({}))
+        .await
+        .unwrap();
+    assert!(s
+        .service_events("tenant-a", "api", "staging", 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    s.put_service(&service_record("tenant-b", None))
+        .await
+        .unwrap();
+    assert!(s
+        .service("tenant-a", "api", "staging")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.services("tenant-a").await.unwrap().is_empty());
+    assert_eq!(s.all_services().await.unwrap().len(), 1);
+    assert_eq!(s.active_runs().await.unwrap().len(), 2);
+}
+
+async fn steps_keep_their_order(db: &TestDb) {
+    let s = &db.store;
+    let run = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let other = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+        .await
+        .unwrap();
+    let validate = s.start_step(run.id, "validate").await.unwrap();
+    assert_eq!(
+        (validate.seq, validate.status, validate.ended_at),
+        (0, StepStatus::Running, None)
+    );
+    let done = s
+        .finish_step(validate.id, StepStatus::Completed, Some("ok"), None)
+        .await
+        .unwrap();
+    assert_eq!(done.status, StepStatus::Completed);
+    assert_eq!(done.message.as_deref(), Some("ok"));
+    assert!(done.ended_at.is_some_and(|t| t >= done.started_at));
+
+    s.start_step(other.id, "validate").await.unwrap();
+    let gates = s.start_step(run.id, "gates").await.unwrap();
+    let strategy = s.start_step(run.id, "strategy").await.unwrap();
+    s.finish_step(
+        strategy.id,
+        StepStatus::Failed,
+        None,
+        Some("instance crashed"),
+    )
+    .await
+    .unwrap();
+
+    let steps = s.steps(run.id).await.unwrap();
+    let names: Vec<_> = steps.iter().map(|st| (st.seq, st.name.as_str())).collect();
+    assert_eq!(names, vec![(0, "validate"), (1, "gates"), (2, "strategy")]);
+    assert_eq!(steps[1], gates);
+    assert_eq!(steps[2].error.as_deref(), Some("instance crashed"));
+    assert_eq!(s.steps(other.id).await.unwrap().len(), 1);
+
+    // Steps started at the same time still get distinct, gapless positions.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.start_step(other.id, &format!("hook {i}")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let seqs: Vec<i64> = s
+        .steps(other.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|st| st.seq)
+        .collect();
+    assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+
+    assert!(matches!(
+        s.start_step(999, "x").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.finish_step(999, StepStatus::Completed, None, None).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn events_and_logs_are_counted_on_the_run(db: &TestDb) {
+    let s = &db.store;
+    let run = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let started = s
+        .add_event(
+            DEFAULT_TENANT,
+            Some(run.id),
+            "api",
+            "staging",
+            "deployment.started",
+            &json!({"v": "1.2.0"}),
+        )
+        .await
+        .unwrap();
+    let shifted = s
+        .add_event(
+            DEFAULT_TENANT,
+            Some(run.id),
+            "api",
+            "staging",
+            "traffic.shifted",
+            &json!({"weight": 10}),
+        )
+        .await
+        .unwrap();
+    let unbound = s
+        .add_event(
+            DEFAULT_TENANT,
+            None,
+            "api",
+            "staging",
+            "instance.unhealthy",
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unbound.run_id, None);
+    for i in 0..3 {
+        s.add_log(
+            run.id,
+            LogLevel::Info,
+            Component::Deployment,
+            &format!("line {i}"),
+            &json!({"i": i}),
+        )
+        .await
+        .unwrap();
+    }
+
+    let read = s.run(DEFAULT_TENANT, run.id).await.unwrap();
+    assert_eq!((read.events_count, read.log_lines), (2, 3));
+    assert_eq!(
+        read.updated_at, run.updated_at,
+        "counting is not a state change"
+    );
+
+    let events = s.events(run.id, None).await.unwrap();
+    assert_eq!(events, vec![started.clone(), shifted.clone()]);
+    assert_eq!(events[0].data, json!({"v": "1.2.0"}));
+    assert_eq!(
+        s.events(run.id, Some(started.id)).await.unwrap(),
+        vec![shifted.clone()]
+    );
+    assert!(s.events(run.id, Some(shifted.id)).await.unwrap().is_empty());
+
+    let newest = s
+        .service_events(DEFAULT_TENANT, "api", "staging", 2)
+        .await
+        .unwrap();
+    assert_eq!(newest, vec![shifted, unbound.clone()]);
+    assert_eq!(
+        s.service_events(DEFAULT_TENANT, "api", "staging", 0)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    assert!(matches!(
+        s.add_log(999, LogLevel::Info, Component::Hook, "x", &json!({}))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.add_event(DEFAULT_TENANT, Some(999), "api", "staging", "x", &json!({}))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn logs_filter_by_level_component_lines_and_after_id(db: &TestDb) {
+    let s = &db.store;
+    let run = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    let other = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+        .await
+        .unwrap();
+    let lines = [
+        (LogLevel::Debug, Component::Deployment),
+        (LogLevel::Info, Component::HealthCheck),
+        (LogLevel::Warn, Component::Deployment),
+        (LogLevel::Error, Component::Provider),
+        (LogLevel::Info, Component::Deployment),
+        (LogLevel::Warn, Component::HealthCheck),
+    ];
+    let mut written = Vec::new();
+    for (i, (level, component)) in lines.into_iter().enumerate() {
+        written.push(
+            s.add_log(run.id, level, component, &format!("m{i}"), &json!({}))
+                .await
+                .unwrap(),
+        );
+    }
+    s.add_log(
+        other.id,
+        LogLevel::Error,
+        Component::Hook,
+        "elsewhere",
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    let messages =
+        |ls: &[fraisier_store::LogLine]| ls.iter().map(|l| l.message.clone()).collect::<Vec<_>>();
+    let get = |f: LogFilter| async move { s.logs(run.id, &f).await.unwrap() };
+
+    let (all, total) = get(LogFilter::default()).await;
+    assert_eq!((all.clone(), total), (written.clone(), 6));
+
+    let (warn, total) = get(LogFilter {
+        level: Some(LogLevel::Warn),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (messages(&warn), total),
+        (vec!["m2".into(), "m3".into(), "m5".into()], 3)
+    );
+    let (info, total) = get(LogFilter {
+        level: Some(LogLevel::Info),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!((info.len(), total), (5, 5));
+
+    let (deployment, _) = get(LogFilter {
+        component: Some(Component::Deployment),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(messages(&deployment), vec!["m0", "m2", "m4"]);
+
+    let (last_two, total) = get(LogFilter {
+        lines: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (messages(&last_two), total),
+        (vec!["m4".into(), "m5".into()], 6)
+    );
+    let (last_warn, total) = get(LogFilter {
+        lines: 1,
+        level: Some(LogLevel::Warn),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!((messages(&last_warn), total), (vec!["m5".into()], 3));
+
+    let (after, total) = get(LogFilter {
+        after_id: Some(written[3].id),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (messages(&after), total),
+        (vec!["m4".into(), "m5".into()], 2)
+    );
+    assert_eq!(all[0].level, LogLevel::Debug);
+    assert_eq!(all[1].component, Component::HealthCheck);
+}
+
+fn service_record(tenant: &str, desired: Option<DesiredService>) -> ServiceRecord {
+    ServiceRecord {
+        tenant_id: tenant.to_string(),
+        fraise: "api".to_string(),
+        environment: "staging".to_string(),
+        current_version: Some("1.2.0".to_string()),
+        previous_version: Some("1.1.0".to_string()),
+        state: ServiceState::Healthy,
+        desired,
+        last_run_id: Some(7),
+        updated_at: base_time(),
+    }
+}
+
+fn desired() -> DesiredService {
+    DesiredService {
+        fraise: "api".to_string(),
+        environment: "staging".to_string(),
+        generation: 3,
+        kind: FraiseType::Api,
+        port: Some(8080),
+        health_check: Some(HealthCheckSpec {
+            kind: ProbeKind::Http {
+                path: "/health".to_string(),
+                expected_status: vec![200],
+            },
+            interval_ms: 1_000,
+            timeout_ms: 500,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }),
+        releases: BTreeMap::from([(
+            "1.2.0".to_string(),
+            ReleaseSpec {
+                source: Some("/srv/releases/api-1.2.0.tar.gz".into()),
+                command: "./server --port $PORT".to_string(),
+                working_directory: None,
+                env: BTreeMap::from([("RUST_LOG".to_string(), "info".to_string())]),
+            },
+        )]),
+        instances: vec![
+            DesiredInstance {
+                id: "api-1".to_string(),
+                version: "1.2.0".to_string(),
+                weight: 100,
+            },
+            DesiredInstance {
+                id: "api-2".to_string(),
+                version: "1.2.0".to_string(),
+                weight: 0,
+            },
+        ],
+        drain_timeout_ms: 30_000,
+        stop_grace_ms: 10_000,
+    }
+}
+
+async fn service_records_round_trip(db: &TestDb) {
+    let s = &db.store;
+    assert!(s
+        .service(DEFAULT_TENANT, "api", "staging")
+        .await
+        .unwrap()
+        .is_none());
+    let first = service_record(DEFAULT_TENANT, None);
+    s.put_service(&first).await.unwrap();
+    assert_eq!(
+        s.service(DEFAULT_TENANT, "api", "staging").await.unwrap(),
+        Some(first)
+    );
+
+    let mut updated = service_record(DEFAULT_TENANT, Some(desired()));
+    updated.state = ServiceState::RollingBack;
+    updated.current_version = Some("1.3.0".to_string());
+    updated.last_run_id = None;
+    updated.updated_at = base_time() + Duration::seconds(5);
+    s.put_service(&updated).await.unwrap();
+    assert_eq!(
+        s.service(DEFAULT_TENANT, "api", "staging").await.unwrap(),
+        Some(updated.clone())
+    );
+
+    let mut worker = service_record(DEFAULT_TENANT, None);
+    worker.fraise = "worker".to_string();
+    s.put_service(&worker).await.unwrap();
+    let mut production = service_record(DEFAULT_TENANT, None);
+    production.environment = "production".to_string();
+    s.put_service(&production).await.unwrap();
+    s.put_service(&service_record("other", None)).await.unwrap();
+
+    let mine = s.services(DEFAULT_TENANT).await.unwrap();
+    assert_eq!(mine, vec![production, updated, worker]);
+    assert_eq!(s.all_services().await.unwrap().len(), 4);
+}
+
+async fn run_stats_buckets(db: &TestDb) {
+    let s = &db.store;
+    let empty = s.run_stats(&[1.0, 10.0]).await.unwrap();
+    assert_eq!(empty.duration_buckets, vec![0, 0, 0]);
+    assert_eq!((empty.duration_count, empty.duration_sum), (0, 0.0));
+
+    let finished = |id, status, secs: i64| {
+        let mut run = imported(id, "api", "staging", status, id);
+        run.completed_at = Some(run.created_at + Duration::seconds(secs));
+        run
+    };
+    let mut runs = vec![
+        finished(1, RunStatus::Success, 1),
+        finished(2, RunStatus::Success, 5),
+        finished(3, RunStatus::Failed, 5),
+        finished(4, RunStatus::Cancelled, 30),
+        finished(5, RunStatus::Success, 200),
+        imported(6, "api", "staging", RunStatus::Pending, 6),
+        imported(7, "api", "production", RunStatus::InProgress, 7),
+        imported(8, "worker", "production", RunStatus::Pending, 8),
+    ];
+    // A run cancelled before it started is measured from its creation.
+    let mut never_started = finished(9, RunStatus::Cancelled, 2);
+    never_started.started_at = None;
+    runs.push(never_started);
+    s.import_runs(&runs).await.unwrap();
+
+    let stats = s.run_stats(&[1.0, 10.0, 60.0]).await.unwrap();
+    assert_eq!(
+        stats.totals,
+        vec![
+            (RunStatus::Success, 3),
+            (RunStatus::Failed, 1),
+            (RunStatus::Cancelled, 2)
+        ]
+    );
+    assert_eq!(
+        stats.active,
+        vec![("production".to_string(), 2), ("staging".to_string(), 1)]
+    );
+    assert_eq!(stats.duration_buckets, vec![1, 3, 1, 1]);
+    assert_eq!(stats.duration_count, 6);
+    assert!(
+        (stats.duration_sum - 243.0).abs() < 1e-9,
+        "{}",
+        stats.duration_sum
+    );
+    assert_eq!(s.run_stats(&[]).await.unwrap().duration_buckets, vec![6]);
+}
+
+async fn import_then_create_continues_ids(db: &TestDb) {
+    let s = &db.store;
+    let statuses = [RunStatus::Success, RunStatus::Failed, RunStatus::Cancelled];
+    let runs: Vec<Run> = (1..=1000)
+        .map(|i| {
+            let mut run = imported(
+                i,
+                &format!("f{}", i % 7),
+                "staging",
+                statuses[i as usize % 3],
+                i,
+            );
+            run.events_count = i % 5;
+            run.previous_version = (i % 2 == 0).then(|| "0.9.0".to_string());
+            run
+        })
+        .collect();
+    s.import_runs(&runs).await.unwrap();
+    assert_eq!(s.run(DEFAULT_TENANT, 500).await.unwrap(), runs[499]);
+    assert_eq!(
+        s.list_runs(DEFAULT_TENANT, &RunFilter::default())
+            .await
+            .unwrap()
+            .1,
+        1000
+    );
+    let next = s
+        .create_run(&new_run(DEFAULT_TENANT, "f1", "staging"))
+        .await
+        .unwrap();
+    assert_eq!(next.id, 1001, "new ids continue above the imported ones");
+
+    // Ids past five digits: allocation follows them and search still finds them.
+    s.import_runs(&[imported(123_456, "big", "staging", RunStatus::Success, 0)])
+        .await
+        .unwrap();
+    let next = s
+        .create_run(&new_run(DEFAULT_TENANT, "f2", "staging"))
+        .await
+        .unwrap();
+    assert_eq!(next.id, 123_457);
+    assert_eq!(run_id_string(next.id), "dep_123457");
+    let q = |text: &str| RunFilter {
+        q: Some(text.to_string()),
+        ..Default::default()
+    };
+    let found = s.list_runs(DEFAULT_TENANT, &q("dep_123457")).await.unwrap();
+    assert_eq!(ids(&found.0), vec![123_457]);
+    let found = s.list_runs(DEFAULT_TENANT, &q("dep_01001")).await.unwrap();
+    assert_eq!(ids(&found.0), vec![1001]);
+
+    s.import_runs(&[]).await.unwrap();
+    let clash = s
+        .import_runs(&[imported(5, "x", "y", RunStatus::Success, 0)])
+        .await;
+    assert!(clash.is_err(), "an import never overwrites a run");
+    assert_eq!(s.run(DEFAULT_TENANT, 5).await.unwrap(), runs[4]);
+}
+
+async fn users_create_lookup_and_duplicates(db: &TestDb) {
+    let s = &db.store;
+    assert_eq!(s.count_users(DEFAULT_TENANT).await.unwrap(), 0);
+    let roles = vec!["admin".to_string(), "deployer".to_string()];
+    let alice = s
+        .create_user(DEFAULT_TENANT, "alice", "$argon2id$hash1", &roles)
+        .await
+        .unwrap();
+    assert_eq!(
+        (alice.username.as_str(), alice.roles.clone()),
+        ("alice", roles.clone())
+    );
+    assert!(matches!(
+        s.create_user(DEFAULT_TENANT, "alice", "$argon2id$other", &[])
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    s.create_user("other", "alice", "$argon2id$hash2", &[])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        s.user_by_name(DEFAULT_TENANT, "alice").await.unwrap(),
+        alice
+    );
+    assert!(matches!(
+        s.user_by_name(DEFAULT_TENANT, "bob").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.user_by_name("third", "alice").await,
+        Err(StoreError::NotFound)
+    ));
+
+    s.set_password(DEFAULT_TENANT, "alice", "$argon2id$new")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_by_name(DEFAULT_TENANT, "alice")
+            .await
+            .unwrap()
+            .password_hash,
+        "$argon2id$new"
+    );
+    assert_eq!(
+        s.user_by_name("other", "alice")
+            .await
+            .unwrap()
+            .password_hash,
+        "$argon2id$hash2"
+    );
+    assert!(matches!(
+        s.set_password(DEFAULT_TENANT, "bob", "x").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.count_users(DEFAULT_TENANT).await.unwrap(), 1);
+}
+
+async fn import_100k_runs_takes_seconds(db: &TestDb) {
+    let s = &db.store;
+    let statuses = [RunStatus::Success, RunStatus::Failed, RunStatus::Cancelled];
+    let runs: Vec<Run> = (1..=100_000)
+        .map(|i| {
+            imported(
+                i,
+                &format!("f{}", i % 50),
+                ["dev", "staging", "production"][i as usize % 3],
+                statuses[i as usize % 3],
+                i,
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    s.import_runs(&runs).await.unwrap();
+    let imported_in = started.elapsed();
+
+    let started = Instant::now();
+    let (page, total) = s
+        .list_runs(
+            DEFAULT_TENANT,
+            &RunFilter {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let listed_in = started.elapsed();
+    assert_eq!((page.len(), total), (50, 100_000));
+    let started = Instant::now();
+    let filtered = RunFilter {
+        status: Some(RunStatus::Failed),
+        environment: Some("staging".into()),
+        sort: RunSort {
+            field: RunSortField::UpdatedAt,
+            descending: true,
+        },
+        limit: 50,
+        ..Default::default()
+    };
+    let (_, failed_staging) = s.list_runs(DEFAULT_TENANT, &filtered).await.unwrap();
+    let filtered_in = started.elapsed();
+    let started = Instant::now();
+    let searched = RunFilter {
+        q: Some("F49".into()),
+        limit: 50,
+        ..Default::default()
+    };
+    let (_, found) = s.list_runs(DEFAULT_TENANT, &searched).await.unwrap();
+    let searched_in = started.elapsed();
+    assert!(failed_staging > 0 && found > 0);
+    let started = Instant::now();
+    let stats = s.run_stats(&[1.0, 10.0, 60.0]).await.unwrap();
+    let stats_in = started.elapsed();
+    assert_eq!(stats.duration_count, 100_000);
+    println!(
+        "{}: import 100k {imported_in:?}, list page+count {listed_in:?}, \
+         filtered {filtered_in:?}, searched {searched_in:?}, stats {stats_in:?}",
+        s.backend()
+    );
+    assert!(imported_in < std::time::Duration::from_secs(60));
+}

@@ -1,0 +1,352 @@
+//! The integration-test harness: a real `fraisier serve` (and the agent it starts) on
+//! ephemeral ports with a temp data dir, releases of the demo app, a load generator, and
+//! cleanup of every process started, even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub fn fraisier_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fraisier"))
+}
+
+/// The demo app is a binary of the `fraisier-demo` package, built into the same target dir.
+pub fn demo_bin() -> PathBuf {
+    let p = fraisier_bin().with_file_name("fraisier-demo");
+    assert!(p.exists(), "{} is missing: build the workspace (cargo build --workspace) before the tests", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temp dir with releases of the demo app: `<dir>/releases/<version>/demo.env`.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace { dir: tempfile::Builder::new().prefix("fraisier-it-").tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A release of the demo app for `version`, behaving as `env` lines say (DEMO_ERROR_RATE=…).
+    pub fn release(&self, version: &str, env: &[&str]) {
+        let d = self.path().join("releases").join(version);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut text = format!("DEMO_VERSION={version}\n");
+        for l in env {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(d.join("demo.env"), text).unwrap();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("fraisier.yaml")
+    }
+}
+
+/// A config with one api fraise `app` in `production` (and `staging`) on the given router ports.
+pub fn config_yaml(ws: &Workspace, port: u16, instances: u32, strategy: &str, extra_fraise: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  data_dir: "{data}"
+environments:
+  production: {{ display_name: Production, description: Live environment, provider: local }}
+  staging: {{ display_name: Staging, provider: local }}
+fraises:
+  app:
+    type: api
+    description: Demo app
+    command: "exec {demo}"
+    artifact_path: "{releases}/{{version}}"
+    health_check: {{ type: http, path: /health, interval: 100ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2 }}
+    drain_timeout: 5s
+    stop_grace: 2s
+    environments:
+      production: {{ port: {port}, instances: {instances}, strategy: {strategy} }}
+      staging: {{ port: {staging}, instances: 1, strategy: rolling }}
+{extra_fraise}
+"#,
+        data = ws.data_dir().display(),
+        demo = demo_bin().display(),
+        releases = ws.path().join("releases").display(),
+        staging = free_port(),
+    )
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub url: String,
+    pub token: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Writes the config and starts `fraisier serve`; returns once it answers with a token.
+    pub async fn start(ws: &Workspace, yaml: &str) -> Server {
+        std::fs::write(ws.config_path(), yaml).unwrap();
+        let (child, url) = spawn_serve(&ws.config_path());
+        let token = cli_token(&ws.config_path());
+        let s = Server { child: Some(child), url, token, config: ws.config_path(), data_dir: ws.data_dir(), http: reqwest::Client::new() };
+        s.wait_healthy().await;
+        s
+    }
+
+    /// Starts the server again on the same config (after `kill`); the URL changes (new port).
+    pub async fn restart(&mut self) {
+        let (child, url) = spawn_serve(&self.config);
+        self.child = Some(child);
+        self.url = url;
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health", self.url)).send().await {
+                if r.status().is_success() {
+                    let v: Value = r.json().await.unwrap();
+                    if v["components"]["providers"]["status"] == "healthy" {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{}", self.url, path)).bearer_auth(&self.token).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{}", self.url, path)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{}", self.url, path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.http.delete(format!("{}{}", self.url, path)).bearer_auth(&self.token).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Starts a deploy and returns its run id.
+    pub async fn deploy(&self, fraise: &str, env: &str, body: Value) -> String {
+        let (status, v) = self.post(&format!("/deployments/{fraise}/{env}"), body).await;
+        assert_eq!(status, 202, "deploy refused: {v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls a run until it is final; returns the run.
+    pub async fn wait_run(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, v) = self.get(&format!("/deployments/{id}")).await;
+            assert_eq!(status, 200, "{v}");
+            if matches!(v["status"].as_str(), Some("success" | "failed" | "cancelled")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "run {id} did not finish: {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn agent_dir(&self) -> PathBuf {
+        self.data_dir.join("agent")
+    }
+}
+
+fn spawn_serve(config: &Path) -> (Child, String) {
+    let mut child = Command::new(fraisier_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("FRAISIER_ADMIN_PASSWORD", "test-admin-password")
+        .env("FRAISIER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fraisier serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("fraisier listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not print its address");
+    (child, url)
+}
+
+/// `fraisier auth:token` on the server's host: prints only a token.
+pub fn cli_token(config: &Path) -> String {
+    let out = Command::new(fraisier_bin()).args(["auth:token", "--config"]).arg(config).output().unwrap();
+    assert!(out.status.success(), "auth:token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
+    token
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        stop_agent(&self.agent_dir());
+    }
+}
+
+/// Stops the agent and all its instances; then makes sure nothing it started survives.
+pub fn stop_agent(agent_dir: &Path) {
+    let _ = Command::new(fraisier_bin()).args(["agent", "stop", "--state-dir"]).arg(agent_dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if let Ok(text) = std::fs::read_to_string(agent_dir.join("agent.json")) {
+        if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_u64()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Constant GET load through a router: counts every request and failure until stopped.
+pub struct Load {
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    pub versions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+}
+
+#[derive(Debug)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    pub versions: std::collections::BTreeMap<String, u64>,
+}
+
+impl Load {
+    pub fn start(port: u16, workers: usize) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let versions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let client = reqwest::Client::builder().pool_max_idle_per_host(workers).build().unwrap();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (ok, failed, stop, client, versions) = (ok.clone(), failed.clone(), stop.clone(), client.clone(), versions.clone());
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    let url = format!("http://127.0.0.1:{port}/");
+                    // Bounded: at most 10 minutes or 2 million requests per worker.
+                    let deadline = Instant::now() + Duration::from_secs(600);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 2_000_000 {
+                        n += 1;
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status().is_success() => {
+                                let v: Value = r.json().await.unwrap_or_default();
+                                let version = v["version"].as_str().unwrap_or("?").to_string();
+                                *versions.lock().unwrap().entry(version).or_default() += 1;
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                if errors.len() < 10 {
+                                    errors.push(format!("status {}: {}", r.status(), r.text().await.unwrap_or_default()));
+                                }
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                if errors.len() < 10 {
+                                    errors.push(format!("{e:?}"));
+                                }
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load { ok, failed, stop, tasks, versions }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.unwrap());
+        }
+        LoadReport {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            errors,
+            versions: self.versions.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// GET through the router until it answers 200, with the version it reports.
+pub async fn router_version(port: u16) -> Option<String> {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    v["version"].as_str().map(str::to_string)
+}
+
+pub fn body(v: Value) -> Value {
+    json!(v)
+}
