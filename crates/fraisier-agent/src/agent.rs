@@ -44,6 +44,8 @@ pub(crate) struct Agent {
     pub book: InstanceBook,
     pub commands: Arc<RunningCommands>,
     shutting_down: AtomicBool,
+    /// Held for the whole of a shutdown, so that a second caller returns only when it is done.
+    shutdown_lock: tokio::sync::Mutex<()>,
     /// Reconcilers and orphan stops, awaited by shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set once shutdown finished: the control API stops serving.
@@ -109,6 +111,7 @@ impl Agent {
     /// Drains and stops every instance of every service, closes the routers and removes
     /// `agent.json`. Concurrent calls all wait for the one shutdown.
     pub async fn shutdown(&self) {
+        let _one_at_a_time = self.shutdown_lock.lock().await;
         if !self.shutting_down.swap(true, Ordering::SeqCst) {
             tracing::info!("shutting down: draining every service");
         }
@@ -200,6 +203,7 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         book: InstanceBook::new(dir.instances_file(), adopted_records),
         commands: Arc::default(),
         shutting_down: AtomicBool::new(false),
+        shutdown_lock: tokio::sync::Mutex::default(),
         tasks: Mutex::default(),
         stopped,
         dir,

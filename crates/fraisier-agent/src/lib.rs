@@ -15,8 +15,8 @@ pub mod admission;
 mod agent;
 mod control;
 mod error;
-pub mod exec;
-pub mod health;
+mod exec;
+mod health;
 pub mod plan;
 pub mod process;
 mod reconcile;
@@ -24,7 +24,7 @@ pub mod release;
 pub mod restart;
 pub mod router;
 pub mod signal;
-pub mod state_dir;
+mod state_dir;
 
 pub use error::AgentError;
 

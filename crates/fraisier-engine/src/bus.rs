@@ -31,7 +31,10 @@ pub enum BusMessage {
     Event(Event),
     Progress(Progress),
     /// A run reached a final status.
-    Finished { run_id: i64, status: fraisier_model::run::RunStatus },
+    Finished {
+        run_id: i64,
+        status: fraisier_model::run::RunStatus,
+    },
 }
 
 #[derive(Clone)]

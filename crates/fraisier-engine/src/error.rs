@@ -23,11 +23,22 @@ pub enum EngineError {
     #[error("{0}")]
     NoVersionKnown(String),
     #[error("deployment {active_id} is already in progress for {fraise} in {environment}")]
-    InProgress { active_id: String, fraise: String, environment: String },
+    InProgress {
+        active_id: String,
+        fraise: String,
+        environment: String,
+    },
     #[error("dependency {dependency:?} is not healthy in {environment}: {reason}")]
-    DependencyFailed { dependency: String, environment: String, reason: String },
+    DependencyFailed {
+        dependency: String,
+        environment: String,
+        reason: String,
+    },
     #[error("{message}")]
-    BackupNotFound { version: Option<String>, message: String },
+    BackupNotFound {
+        version: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("deployment {0} has already finished")]
@@ -43,9 +54,13 @@ impl EngineError {
     pub fn code(&self) -> &'static str {
         match self {
             EngineError::FraiseNotFound(_) => "FRAISE_NOT_FOUND",
-            EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => "ENVIRONMENT_NOT_FOUND",
+            EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => {
+                "ENVIRONMENT_NOT_FOUND"
+            }
             EngineError::RunNotFound(_) => "DEPLOYMENT_NOT_FOUND",
-            EngineError::InvalidParameters { .. } | EngineError::NoVersionKnown(_) => "INVALID_PARAMETERS",
+            EngineError::InvalidParameters { .. } | EngineError::NoVersionKnown(_) => {
+                "INVALID_PARAMETERS"
+            }
             EngineError::InvalidSpec { .. } => "INVALID_DEPLOYMENT_SPEC",
             EngineError::ArtifactNotFound { .. } => "ARTIFACT_NOT_FOUND",
             EngineError::InProgress { .. } => "DEPLOYMENT_IN_PROGRESS",

@@ -12,7 +12,9 @@ use fraisier_model::config::{FraiseConfig, FraiseEnvironmentConfig};
 use fraisier_model::metrics::VersionMetrics;
 use fraisier_model::plan::{self, Gate, Phase, Target};
 use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState, StepStatus};
-use fraisier_model::service::{DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec};
+use fraisier_model::service::{
+    DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec,
+};
 use fraisier_model::{FraiseType, Millis, StrategyConfig};
 use fraisier_store::{run_id_string, Run};
 use serde_json::{json, Value};
@@ -102,9 +104,22 @@ async fn finish_without_steps(engine: &Engine, run: &mut Run, message: &str) {
     run.error_message = Some(message.to_string());
     run.completed_at = Some(Utc::now());
     let _ = engine.store().save_run(run).await;
-    engine.log(run, LogLevel::Error, Component::Deployment, message, json!({})).await;
-    engine.event(run, "deployment.failed", json!({ "error": message })).await;
-    engine.bus().publish(BusMessage::Finished { run_id: run.id, status: run.status });
+    engine
+        .log(
+            run,
+            LogLevel::Error,
+            Component::Deployment,
+            message,
+            json!({}),
+        )
+        .await;
+    engine
+        .event(run, "deployment.failed", json!({ "error": message }))
+        .await;
+    engine.bus().publish(BusMessage::Finished {
+        run_id: run.id,
+        status: run.status,
+    });
 }
 
 // === impl RunCtx ===
@@ -122,17 +137,25 @@ impl RunCtx<'_> {
                 "strategy": self.run.strategy, "version": self.run.version,
                 "previous_version": self.run.previous_version, "type": self.kind_word(),
             });
-            self.engine.event(&self.run, "deployment.started", data.clone()).await;
+            self.engine
+                .event(&self.run, "deployment.started", data.clone())
+                .await;
             let msg = format!(
                 "{} started: {} {} → {} in {} ({})",
-                if self.run.kind == RunKind::Rollback { "Rollback" } else { "Deployment" },
+                if self.run.kind == RunKind::Rollback {
+                    "Rollback"
+                } else {
+                    "Deployment"
+                },
                 self.run.fraise,
                 self.run.previous_version.as_deref().unwrap_or("(none)"),
                 self.run.version,
                 self.run.environment,
                 self.run.strategy
             );
-            self.engine.log(&self.run, LogLevel::Info, Component::Deployment, &msg, data).await;
+            self.engine
+                .log(&self.run, LogLevel::Info, Component::Deployment, &msg, data)
+                .await;
         } else {
             self.engine
                 .log(
@@ -143,13 +166,23 @@ impl RunCtx<'_> {
                     json!({ "completed_steps": self.run.progress + 1 }),
                 )
                 .await;
-            self.engine.event(&self.run, "deployment.resumed", json!({ "completed_steps": self.run.progress + 1 })).await;
+            self.engine
+                .event(
+                    &self.run,
+                    "deployment.resumed",
+                    json!({ "completed_steps": self.run.progress + 1 }),
+                )
+                .await;
         }
 
         let mut service = match self.engine.service_record(&self.run).await {
             Ok(s) => s,
             Err(e) => {
-                let f = failure("PROVIDER_ERROR", format!("cannot read the service state: {e}"), json!({}));
+                let f = failure(
+                    "PROVIDER_ERROR",
+                    format!("cannot read the service state: {e}"),
+                    json!({}),
+                );
                 return self.fail(f).await;
             }
         };
@@ -160,11 +193,20 @@ impl RunCtx<'_> {
             store.save_run(&self.run).await?;
         }
         self.applied = service.desired.clone();
-        service.state = if self.run.kind == RunKind::Rollback { ServiceState::RollingBack } else { ServiceState::Deploying };
+        service.state = if self.run.kind == RunKind::Rollback {
+            ServiceState::RollingBack
+        } else {
+            ServiceState::Deploying
+        };
         service.last_run_id = Some(self.run.id);
         service.updated_at = Utc::now();
         store.put_service(&service).await?;
-        if let Ok(Some(o)) = self.engine.provider().observe(&self.run.fraise, &self.run.environment).await {
+        if let Ok(Some(o)) = self
+            .engine
+            .provider()
+            .observe(&self.run.fraise, &self.run.environment)
+            .await
+        {
             self.metrics_at_start = o.metrics;
         }
 
@@ -180,19 +222,43 @@ impl RunCtx<'_> {
             let name = unit_name(&unit, self.opts.skip_health_check);
             let step = store.start_step(self.run.id, &name).await?;
             let pct = i as u32 * 100 / total;
-            self.engine.progress(&self.run, &name, "running", &format!("{name}…"), pct);
-            self.engine.log(&self.run, LogLevel::Info, Component::Deployment, &format!("Step {}: {name}", i + 1), json!({ "step": name })).await;
+            self.engine
+                .progress(&self.run, &name, "running", &format!("{name}…"), pct);
+            self.engine
+                .log(
+                    &self.run,
+                    LogLevel::Info,
+                    Component::Deployment,
+                    &format!("Step {}: {name}", i + 1),
+                    json!({ "step": name }),
+                )
+                .await;
             match self.perform(&unit).await {
                 Ok(message) => {
-                    let status = if message.as_deref() == Some("skipped") { StepStatus::Skipped } else { StepStatus::Completed };
-                    store.finish_step(step.id, status, message.as_deref(), None).await?;
+                    let status = if message.as_deref() == Some("skipped") {
+                        StepStatus::Skipped
+                    } else {
+                        StepStatus::Completed
+                    };
+                    store
+                        .finish_step(step.id, status, message.as_deref(), None)
+                        .await?;
                     self.run.progress = i as i64;
                     store.save_run(&self.run).await?;
-                    self.engine.progress(&self.run, &name, "success", message.as_deref().unwrap_or("done"), (i as u32 + 1) * 100 / total);
+                    self.engine.progress(
+                        &self.run,
+                        &name,
+                        "success",
+                        message.as_deref().unwrap_or("done"),
+                        (i as u32 + 1) * 100 / total,
+                    );
                 }
                 Err(f) => {
-                    store.finish_step(step.id, StepStatus::Failed, None, Some(&f.message)).await?;
-                    self.engine.progress(&self.run, &name, "failed", &f.message, pct);
+                    store
+                        .finish_step(step.id, StepStatus::Failed, None, Some(&f.message))
+                        .await?;
+                    self.engine
+                        .progress(&self.run, &name, "failed", &f.message, pct);
                     return self.fail(f).await;
                 }
             }
@@ -234,9 +300,15 @@ impl RunCtx<'_> {
     /// The strategy's phases from the snapshot: deterministic, so a resumed run gets the same.
     fn plan(&self) -> Vec<Phase> {
         let config: StrategyConfig = strategy_config_of(&self.run).unwrap_or_else(|| {
-            StrategyConfig::parse(fraisier_model::Strategy::Rolling, &Default::default()).expect("defaults parse")
+            StrategyConfig::parse(fraisier_model::Strategy::Rolling, &Default::default())
+                .expect("defaults parse")
         });
-        let current = self.opts.snapshot.as_ref().map(|d| d.instances.clone()).unwrap_or_default();
+        let current = self
+            .opts
+            .snapshot
+            .as_ref()
+            .map(|d| d.instances.clone())
+            .unwrap_or_default();
         let target = Target {
             current: &current,
             version: &self.run.version,
@@ -256,16 +328,30 @@ impl RunCtx<'_> {
                 self.engine
                     .check_dependencies(&self.run.tenant_id, &self.run.environment, &deps)
                     .await
-                    .map_err(|e| failure("DEPENDENCY_FAILED", e.to_string(), json!({ "dependencies": deps })))?;
+                    .map_err(|e| {
+                        failure(
+                            "DEPENDENCY_FAILED",
+                            e.to_string(),
+                            json!({ "dependencies": deps }),
+                        )
+                    })?;
                 Ok(Some(format!("{} healthy", deps.join(", "))))
             }
-            Unit::Backup => Ok(Some(match (&self.previous_version(), self.opts.skip_backup) {
-                (None, _) => "nothing to keep: first deploy".to_string(),
-                (Some(v), true) => format!("skipped: release {v} is not pinned for rollback"),
-                (Some(v), false) => format!("release {v} kept for rollback"),
-            })),
-            Unit::PreHooks => self.hooks(&self.fraise.pre_deploy_hooks.clone(), "pre-deploy").await,
-            Unit::PostHooks => self.hooks(&self.fraise.post_deploy_hooks.clone(), "post-deploy").await,
+            Unit::Backup => Ok(Some(
+                match (&self.previous_version(), self.opts.skip_backup) {
+                    (None, _) => "nothing to keep: first deploy".to_string(),
+                    (Some(v), true) => format!("skipped: release {v} is not pinned for rollback"),
+                    (Some(v), false) => format!("release {v} kept for rollback"),
+                },
+            )),
+            Unit::PreHooks => {
+                self.hooks(&self.fraise.pre_deploy_hooks.clone(), "pre-deploy")
+                    .await
+            }
+            Unit::PostHooks => {
+                self.hooks(&self.fraise.post_deploy_hooks.clone(), "post-deploy")
+                    .await
+            }
             Unit::Phase(phase) => self.phase(phase).await,
             Unit::Install => {
                 let desired = self.desired_with(Vec::new()).await?;
@@ -281,7 +367,12 @@ impl RunCtx<'_> {
         self.opts
             .snapshot
             .as_ref()
-            .and_then(|d| d.instances.iter().find(|i| i.weight > 0).or(d.instances.first()))
+            .and_then(|d| {
+                d.instances
+                    .iter()
+                    .find(|i| i.weight > 0)
+                    .or(d.instances.first())
+            })
             .map(|i| i.version.clone())
             .or_else(|| self.run.previous_version.clone())
     }
@@ -297,7 +388,10 @@ impl RunCtx<'_> {
     }
 
     /// A desired state with `instances`, the releases they run, and the backup release.
-    async fn desired_with(&self, instances: Vec<fraisier_model::service::DesiredInstance>) -> Result<DesiredService, Failure> {
+    async fn desired_with(
+        &self,
+        instances: Vec<fraisier_model::service::DesiredInstance>,
+    ) -> Result<DesiredService, Failure> {
         let mut versions: BTreeSet<String> = instances.iter().map(|i| i.version.clone()).collect();
         versions.insert(self.run.version.clone());
         if !self.opts.skip_backup {
@@ -305,19 +399,41 @@ impl RunCtx<'_> {
                 versions.insert(prev);
             }
         }
-        let releases = versions.into_iter().map(|v| (v.clone(), self.release_for(&v))).collect();
-        let record = self.engine.service_record(&self.run).await.map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
+        let releases = versions
+            .into_iter()
+            .map(|v| (v.clone(), self.release_for(&v)))
+            .collect();
+        let record = self
+            .engine
+            .service_record(&self.run)
+            .await
+            .map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
         let generation = record.desired.as_ref().map_or(0, |d| d.generation) + 1;
-        Ok(request::desired(&self.run.fraise, &self.run.environment, &self.fraise, &self.env, generation, instances, releases))
+        Ok(request::desired(
+            &self.run.fraise,
+            &self.run.environment,
+            &self.fraise,
+            &self.env,
+            generation,
+            instances,
+            releases,
+        ))
     }
 
     /// Records the desired state (so a crash cannot lose it), then hands it to the provider.
     async fn apply(&mut self, desired: &DesiredService) -> Result<ObservedService, Failure> {
         let store = self.engine.store();
-        let mut record = self.engine.service_record(&self.run).await.map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
+        let mut record = self
+            .engine
+            .service_record(&self.run)
+            .await
+            .map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
         record.desired = Some(desired.clone());
         record.updated_at = Utc::now();
-        store.put_service(&record).await.map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
+        store
+            .put_service(&record)
+            .await
+            .map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
         self.applied = Some(desired.clone());
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -328,7 +444,11 @@ impl RunCtx<'_> {
                     self.sleep(Duration::from_millis(500)).await?;
                 }
                 Err(e) => {
-                    return Err(failure("PROVIDER_ERROR", format!("the agent did not take the desired state: {e}"), json!({})));
+                    return Err(failure(
+                        "PROVIDER_ERROR",
+                        format!("the agent did not take the desired state: {e}"),
+                        json!({}),
+                    ));
                 }
             }
         }
@@ -347,11 +467,25 @@ impl RunCtx<'_> {
         for gate in &phase.gates {
             match gate {
                 Gate::Delay(d) => self.sleep(d.as_duration()).await?,
-                Gate::Converged { timeout } => observed = Some(self.converged(&desired, *timeout).await?),
+                Gate::Converged { timeout } => {
+                    observed = Some(self.converged(&desired, *timeout).await?)
+                }
                 Gate::SmokeTest { command } => self.smoke_test(command, observed.as_ref()).await?,
                 Gate::Hold(d) => self.hold(&desired, *d).await?,
-                Gate::Analysis { canary_version, stable_version, window, analysis } => {
-                    self.analysis(&desired, canary_version, stable_version.as_deref(), *window, analysis).await?
+                Gate::Analysis {
+                    canary_version,
+                    stable_version,
+                    window,
+                    analysis,
+                } => {
+                    self.analysis(
+                        &desired,
+                        canary_version,
+                        stable_version.as_deref(),
+                        *window,
+                        analysis,
+                    )
+                    .await?
                 }
             }
         }
@@ -365,21 +499,36 @@ impl RunCtx<'_> {
     }
 
     /// Waits until the provider runs exactly `desired`, every instance healthy.
-    async fn converged(&mut self, desired: &DesiredService, timeout: Millis) -> Result<ObservedService, Failure> {
+    async fn converged(
+        &mut self,
+        desired: &DesiredService,
+        timeout: Millis,
+    ) -> Result<ObservedService, Failure> {
         let until = Instant::now() + timeout.as_duration();
         let mut announced: BTreeSet<String> = BTreeSet::new();
         let mut last_apply = Instant::now();
         let mut last: Option<ObservedService> = None;
         loop {
             self.interrupted()?;
-            match self.engine.provider().observe(&desired.fraise, &desired.environment).await {
+            match self
+                .engine
+                .provider()
+                .observe(&desired.fraise, &desired.environment)
+                .await
+            {
                 Ok(Some(o)) => {
                     for d in &desired.instances {
                         if let Some(i) = o.instance(&d.id) {
                             if i.state == InstanceState::Healthy && announced.insert(d.id.clone()) {
                                 self.engine.event(&self.run, "instance.healthy", json!({ "instance": d.id, "version": d.version, "port": i.port })).await;
                                 self.engine
-                                    .log(&self.run, LogLevel::Info, Component::HealthCheck, &format!("Instance {} ({}) is healthy", d.id, d.version), json!({ "port": i.port, "checks_passed": i.checks_passed }))
+                                    .log(
+                                        &self.run,
+                                        LogLevel::Info,
+                                        Component::HealthCheck,
+                                        &format!("Instance {} ({}) is healthy", d.id, d.version),
+                                        json!({ "port": i.port, "checks_passed": i.checks_passed }),
+                                    )
                                     .await;
                             }
                         }
@@ -387,7 +536,9 @@ impl RunCtx<'_> {
                     if o.converged_to(desired) {
                         return Ok(o);
                     }
-                    if o.generation < desired.generation && last_apply.elapsed() > Duration::from_secs(2) {
+                    if o.generation < desired.generation
+                        && last_apply.elapsed() > Duration::from_secs(2)
+                    {
                         // The agent lost or never got this generation (it restarted): say it again.
                         let _ = self.engine.provider().apply(desired).await;
                         last_apply = Instant::now();
@@ -400,14 +551,24 @@ impl RunCtx<'_> {
                         last_apply = Instant::now();
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "observe failed while waiting for convergence"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "observe failed while waiting for convergence")
+                }
             }
             if Instant::now() >= until {
-                let details = last.as_ref().map(|o| unhealthy_details(o, desired)).unwrap_or(json!({ "agent": "no observation" }));
-                self.engine.event(&self.run, "health_check.failed", details.clone()).await;
+                let details = last
+                    .as_ref()
+                    .map(|o| unhealthy_details(o, desired))
+                    .unwrap_or(json!({ "agent": "no observation" }));
+                self.engine
+                    .event(&self.run, "health_check.failed", details.clone())
+                    .await;
                 return Err(failure(
                     "HEALTH_CHECK_FAILED",
-                    format!("instances of {} did not become healthy within {timeout}", self.run.version),
+                    format!(
+                        "instances of {} did not become healthy within {timeout}",
+                        self.run.version
+                    ),
                     details,
                 ));
             }
@@ -418,13 +579,30 @@ impl RunCtx<'_> {
     async fn hold(&mut self, desired: &DesiredService, d: Millis) -> Result<(), Failure> {
         let until = Instant::now() + d.as_duration();
         while Instant::now() < until {
-            self.sleep(self.engine.settings().poll_interval.max(Duration::from_millis(200))).await?;
-            if let Ok(Some(o)) = self.engine.provider().observe(&desired.fraise, &desired.environment).await {
+            self.sleep(
+                self.engine
+                    .settings()
+                    .poll_interval
+                    .max(Duration::from_millis(200)),
+            )
+            .await?;
+            if let Ok(Some(o)) = self
+                .engine
+                .provider()
+                .observe(&desired.fraise, &desired.environment)
+                .await
+            {
                 let bad = desired.serving().filter(|i| {
-                    o.instance(&i.id).is_none_or(|x| matches!(x.state, InstanceState::Unhealthy | InstanceState::Crashed))
+                    o.instance(&i.id).is_none_or(|x| {
+                        matches!(x.state, InstanceState::Unhealthy | InstanceState::Crashed)
+                    })
                 });
                 if let Some(i) = bad.map(|i| i.id.clone()).next() {
-                    return Err(failure("HEALTH_CHECK_FAILED", format!("instance {i} became unhealthy after the switch"), unhealthy_details(&o, desired)));
+                    return Err(failure(
+                        "HEALTH_CHECK_FAILED",
+                        format!("instance {i} became unhealthy after the switch"),
+                        unhealthy_details(&o, desired),
+                    ));
                 }
             }
         }
@@ -439,25 +617,66 @@ impl RunCtx<'_> {
         window: Millis,
         a: &fraisier_model::strategy::Analysis,
     ) -> Result<(), Failure> {
-        let observe = |o: &ObservedService, v: Option<&str>| v.and_then(|v| o.metrics.get(v).cloned()).unwrap_or_else(VersionMetrics::empty);
-        let start = match self.engine.provider().observe(&desired.fraise, &desired.environment).await {
+        let observe = |o: &ObservedService, v: Option<&str>| {
+            v.and_then(|v| o.metrics.get(v).cloned())
+                .unwrap_or_else(VersionMetrics::empty)
+        };
+        let start = match self
+            .engine
+            .provider()
+            .observe(&desired.fraise, &desired.environment)
+            .await
+        {
             Ok(Some(o)) => o,
             _ => ObservedService::default(),
         };
         let (c0, s0) = (observe(&start, Some(canary)), observe(&start, stable));
         let begin = Instant::now();
         self.engine
-            .log(&self.run, LogLevel::Info, Component::HealthCheck, &format!("Analysing {canary} for {window} against {}", stable.unwrap_or("thresholds")), json!({ "analysis": a }))
+            .log(
+                &self.run,
+                LogLevel::Info,
+                Component::HealthCheck,
+                &format!(
+                    "Analysing {canary} for {window} against {}",
+                    stable.unwrap_or("thresholds")
+                ),
+                json!({ "analysis": a }),
+            )
             .await;
         loop {
-            self.sleep(self.engine.settings().poll_interval.max(Duration::from_millis(200))).await?;
-            let Ok(Some(o)) = self.engine.provider().observe(&desired.fraise, &desired.environment).await else { continue };
-            if let Some(i) = desired.instances.iter().filter(|i| i.version == canary).find(|i| {
-                o.instance(&i.id).is_none_or(|x| matches!(x.state, InstanceState::Unhealthy | InstanceState::Crashed))
-            }) {
+            self.sleep(
+                self.engine
+                    .settings()
+                    .poll_interval
+                    .max(Duration::from_millis(200)),
+            )
+            .await?;
+            let Ok(Some(o)) = self
+                .engine
+                .provider()
+                .observe(&desired.fraise, &desired.environment)
+                .await
+            else {
+                continue;
+            };
+            if let Some(i) = desired
+                .instances
+                .iter()
+                .filter(|i| i.version == canary)
+                .find(|i| {
+                    o.instance(&i.id).is_none_or(|x| {
+                        matches!(x.state, InstanceState::Unhealthy | InstanceState::Crashed)
+                    })
+                })
+            {
                 let details = unhealthy_details(&o, desired);
                 self.engine.event(&self.run, "analysis.failed", json!({ "reason": format!("canary instance {} is unhealthy", i.id), "instances": details })).await;
-                return Err(failure("DEPLOYMENT_FAILED", format!("canary analysis failed: instance {} is unhealthy", i.id), details));
+                return Err(failure(
+                    "DEPLOYMENT_FAILED",
+                    format!("canary analysis failed: instance {} is unhealthy", i.id),
+                    details,
+                ));
             }
             let cw = observe(&o, Some(canary)).since(&c0);
             let sw = observe(&o, stable).since(&s0);
@@ -471,13 +690,37 @@ impl RunCtx<'_> {
                 Verdict::Fail { reason } => {
                     let mut data = figures.clone();
                     data["reason"] = json!(reason);
-                    self.engine.event(&self.run, "analysis.failed", data.clone()).await;
-                    self.engine.log(&self.run, LogLevel::Error, Component::HealthCheck, &format!("Canary analysis failed: {reason}"), data.clone()).await;
-                    return Err(failure("DEPLOYMENT_FAILED", format!("canary analysis failed: {reason}"), data));
+                    self.engine
+                        .event(&self.run, "analysis.failed", data.clone())
+                        .await;
+                    self.engine
+                        .log(
+                            &self.run,
+                            LogLevel::Error,
+                            Component::HealthCheck,
+                            &format!("Canary analysis failed: {reason}"),
+                            data.clone(),
+                        )
+                        .await;
+                    return Err(failure(
+                        "DEPLOYMENT_FAILED",
+                        format!("canary analysis failed: {reason}"),
+                        data,
+                    ));
                 }
                 Verdict::Pass if final_check => {
-                    self.engine.event(&self.run, "analysis.passed", figures.clone()).await;
-                    self.engine.log(&self.run, LogLevel::Info, Component::HealthCheck, "Canary analysis passed", figures).await;
+                    self.engine
+                        .event(&self.run, "analysis.passed", figures.clone())
+                        .await;
+                    self.engine
+                        .log(
+                            &self.run,
+                            LogLevel::Info,
+                            Component::HealthCheck,
+                            "Canary analysis passed",
+                            figures,
+                        )
+                        .await;
                     return Ok(());
                 }
                 _ => {}
@@ -485,7 +728,11 @@ impl RunCtx<'_> {
         }
     }
 
-    async fn smoke_test(&mut self, command: &str, observed: Option<&ObservedService>) -> Result<(), Failure> {
+    async fn smoke_test(
+        &mut self,
+        command: &str,
+        observed: Option<&ObservedService>,
+    ) -> Result<(), Failure> {
         let urls: Vec<String> = observed
             .map(|o| {
                 o.instances
@@ -497,9 +744,14 @@ impl RunCtx<'_> {
             .unwrap_or_default();
         let env = BTreeMap::from([
             ("FRAISIER_TARGET_URLS".to_string(), urls.join(" ")),
-            ("FRAISIER_TARGET_URL".to_string(), urls.first().cloned().unwrap_or_default()),
+            (
+                "FRAISIER_TARGET_URL".to_string(),
+                urls.first().cloned().unwrap_or_default(),
+            ),
         ]);
-        self.exec(command, env, Component::Hook, "smoke test", 300_000).await.map(|_| ())
+        self.exec(command, env, Component::Hook, "smoke test", 300_000)
+            .await
+            .map(|_| ())
     }
 
     async fn hooks(&mut self, hooks: &[String], which: &str) -> Result<Option<String>, Failure> {
@@ -507,20 +759,45 @@ impl RunCtx<'_> {
             return Ok(Some(format!("no {which} hooks")));
         }
         for hook in hooks {
-            self.exec(hook, BTreeMap::new(), Component::Hook, &format!("{which} hook"), 600_000).await?;
+            self.exec(
+                hook,
+                BTreeMap::new(),
+                Component::Hook,
+                &format!("{which} hook"),
+                600_000,
+            )
+            .await?;
         }
         Ok(Some(format!("{} {which} hook(s) succeeded", hooks.len())))
     }
 
     async fn job(&mut self) -> Result<Option<String>, Failure> {
         let command = self.fraise.command.clone().unwrap_or_default();
-        let left = self.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-        let code = self.exec(&command, BTreeMap::new(), Component::Provider, "job", left.max(1000)).await?;
+        let left = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        let code = self
+            .exec(
+                &command,
+                BTreeMap::new(),
+                Component::Provider,
+                "job",
+                left.max(1000),
+            )
+            .await?;
         Ok(Some(format!("job exited with {code}")))
     }
 
     /// Runs a command once on the target in the run's release; logs its output.
-    async fn exec(&mut self, command: &str, mut env: BTreeMap<String, String>, component: Component, what: &str, timeout_ms: u64) -> Result<i32, Failure> {
+    async fn exec(
+        &mut self,
+        command: &str,
+        mut env: BTreeMap<String, String>,
+        component: Component,
+        what: &str,
+        timeout_ms: u64,
+    ) -> Result<i32, Failure> {
         self.interrupted()?;
         env.insert("FRAISIER_DEPLOYMENT_ID".into(), run_id_string(self.run.id));
         if let Some(prev) = &self.run.previous_version {
@@ -535,15 +812,32 @@ impl RunCtx<'_> {
             env,
             timeout_ms,
         };
-        self.engine.log(&self.run, LogLevel::Info, component, &format!("Running {what}: {command}"), json!({})).await;
-        let result = self
-            .engine
-            .provider()
-            .exec(&req)
-            .await
-            .map_err(|e| failure("PROVIDER_ERROR", format!("{what} could not run: {e}"), json!({ "command": command })))?;
+        self.engine
+            .log(
+                &self.run,
+                LogLevel::Info,
+                component,
+                &format!("Running {what}: {command}"),
+                json!({}),
+            )
+            .await;
+        let result = self.engine.provider().exec(&req).await.map_err(|e| {
+            failure(
+                "PROVIDER_ERROR",
+                format!("{what} could not run: {e}"),
+                json!({ "command": command }),
+            )
+        })?;
         for line in &result.output {
-            self.engine.log(&self.run, LogLevel::Info, component, line, json!({ "source": what })).await;
+            self.engine
+                .log(
+                    &self.run,
+                    LogLevel::Info,
+                    component,
+                    line,
+                    json!({ "source": what }),
+                )
+                .await;
         }
         match result.exit_code {
             Some(0) => {
@@ -551,10 +845,27 @@ impl RunCtx<'_> {
                 Ok(0)
             }
             code => {
-                let why = if result.timed_out { format!("timed out after {timeout_ms} ms") } else { format!("exited with {}", code.map_or("a signal".to_string(), |c| c.to_string())) };
+                let why = if result.timed_out {
+                    format!("timed out after {timeout_ms} ms")
+                } else {
+                    format!(
+                        "exited with {}",
+                        code.map_or("a signal".to_string(), |c| c.to_string())
+                    )
+                };
                 let message = format!("{what} `{command}` {why}");
-                self.engine.event(&self.run, "hook.failed", json!({ "command": command, "kind": what, "exit_code": code })).await;
-                Err(failure("DEPLOYMENT_FAILED", message, json!({ "command": command, "exit_code": code, "timed_out": result.timed_out })))
+                self.engine
+                    .event(
+                        &self.run,
+                        "hook.failed",
+                        json!({ "command": command, "kind": what, "exit_code": code }),
+                    )
+                    .await;
+                Err(failure(
+                    "DEPLOYMENT_FAILED",
+                    message,
+                    json!({ "command": command, "exit_code": code, "timed_out": result.timed_out }),
+                ))
             }
         }
     }
@@ -577,27 +888,54 @@ impl RunCtx<'_> {
         let healthy = desired
             .instances
             .iter()
-            .filter(|d| o.instance(&d.id).is_some_and(|i| i.state == InstanceState::Healthy))
+            .filter(|d| {
+                o.instance(&d.id)
+                    .is_some_and(|i| i.state == InstanceState::Healthy)
+            })
             .count();
         let last_check = o.instances.iter().filter_map(|i| i.last_check_at).max();
-        self.run.health_details = json!({ "checks_passed": healthy, "checks_total": total, "last_check_at": last_check });
+        self.run.health_details =
+            json!({ "checks_passed": healthy, "checks_total": total, "last_check_at": last_check });
         if healthy < total {
             self.run.health_check_status = "failing".into();
-            return Err(failure("HEALTH_CHECK_FAILED", format!("{healthy} of {total} instances healthy after the deploy"), unhealthy_details(&o, &desired)));
+            return Err(failure(
+                "HEALTH_CHECK_FAILED",
+                format!("{healthy} of {total} instances healthy after the deploy"),
+                unhealthy_details(&o, &desired),
+            ));
         }
         self.run.health_check_status = "passing".into();
-        self.engine.event(&self.run, "health_check.passed", json!({ "checks_passed": healthy, "checks_total": total })).await;
+        self.engine
+            .event(
+                &self.run,
+                "health_check.passed",
+                json!({ "checks_passed": healthy, "checks_total": total }),
+            )
+            .await;
         Ok(Some(format!("{healthy}/{total} instances healthy")))
     }
 
     /// Cancellation and the run's own timeout, checked at every safe point.
     fn interrupted(&mut self) -> Result<(), Failure> {
-        let by = self.cancel.borrow().clone().or_else(|| self.run.cancel_requested_by.clone());
+        let by = self
+            .cancel
+            .borrow()
+            .clone()
+            .or_else(|| self.run.cancel_requested_by.clone());
         if let Some(by) = by {
-            return Err(Failure { code: "DEPLOYMENT_CANCELLED", message: format!("cancelled by {by}"), details: json!({}), cancelled_by: Some(by) });
+            return Err(Failure {
+                code: "DEPLOYMENT_CANCELLED",
+                message: format!("cancelled by {by}"),
+                details: json!({}),
+                cancelled_by: Some(by),
+            });
         }
         if Instant::now() >= self.deadline {
-            return Err(failure("DEPLOYMENT_FAILED", format!("timed out after {} s", self.opts.timeout_secs), json!({ "timeout": self.opts.timeout_secs })));
+            return Err(failure(
+                "DEPLOYMENT_FAILED",
+                format!("timed out after {} s", self.opts.timeout_secs),
+                json!({ "timeout": self.opts.timeout_secs }),
+            ));
         }
         Ok(())
     }
@@ -614,10 +952,21 @@ impl RunCtx<'_> {
         let store = self.engine.store().clone();
         let cancelled = f.cancelled_by.is_some();
         self.engine
-            .log(&self.run, if cancelled { LogLevel::Warn } else { LogLevel::Error }, Component::Deployment, &f.message, json!({ "code": f.code, "details": f.details }))
+            .log(
+                &self.run,
+                if cancelled {
+                    LogLevel::Warn
+                } else {
+                    LogLevel::Error
+                },
+                Component::Deployment,
+                &f.message,
+                json!({ "code": f.code, "details": f.details }),
+            )
             .await;
         let snapshot = self.opts.snapshot.clone();
-        let moved = self.applied.as_ref().map(|d| d.generation) != snapshot.as_ref().map(|d| d.generation);
+        let moved =
+            self.applied.as_ref().map(|d| d.generation) != snapshot.as_ref().map(|d| d.generation);
         let mut state = ServiceState::Failed;
         let mut error_code = f.code.to_string();
         let mut message = f.message.clone();
@@ -631,7 +980,18 @@ impl RunCtx<'_> {
             }
         } else if !moved {
             // Nothing changed on the target: what ran before still runs.
-            state = self.engine.service_record(&self.run).await.map(|s| if s.current_version.is_some() { ServiceState::Healthy } else { ServiceState::Unknown }).unwrap_or(ServiceState::Unknown);
+            state = self
+                .engine
+                .service_record(&self.run)
+                .await
+                .map(|s| {
+                    if s.current_version.is_some() {
+                        ServiceState::Healthy
+                    } else {
+                        ServiceState::Unknown
+                    }
+                })
+                .unwrap_or(ServiceState::Unknown);
         } else {
             state = ServiceState::Unhealthy;
         }
@@ -640,7 +1000,11 @@ impl RunCtx<'_> {
             record.updated_at = Utc::now();
             store.put_service(&record).await?;
         }
-        self.run.status = if cancelled { RunStatus::Cancelled } else { RunStatus::Failed };
+        self.run.status = if cancelled {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Failed
+        };
         self.run.completed_at = Some(Utc::now());
         if cancelled {
             self.run.cancelled_at = self.run.completed_at;
@@ -652,33 +1016,65 @@ impl RunCtx<'_> {
             self.run.health_check_status = "failing".into();
         }
         store.save_run(&self.run).await?;
-        let event = if cancelled { "deployment.cancelled" } else { "deployment.failed" };
+        let event = if cancelled {
+            "deployment.cancelled"
+        } else {
+            "deployment.failed"
+        };
         self.engine
             .event(&self.run, event, json!({ "status": self.run.status, "error": { "code": error_code, "message": message }, "duration_seconds": self.duration_secs() }))
             .await;
-        self.engine.progress(&self.run, "finished", "failed", &message, 100);
-        self.engine.bus().publish(BusMessage::Finished { run_id: self.run.id, status: self.run.status });
+        self.engine
+            .progress(&self.run, "finished", "failed", &message, 100);
+        self.engine.bus().publish(BusMessage::Finished {
+            run_id: self.run.id,
+            status: self.run.status,
+        });
         Ok(())
     }
 
     /// Puts the desired state back to what it was when the run started.
     async fn restore(&mut self, snapshot: Option<DesiredService>) -> Result<(), String> {
         let store = self.engine.store().clone();
-        let step = store.start_step(self.run.id, "rollback").await.map_err(|e| e.to_string())?;
-        let previous = snapshot.as_ref().and_then(|d| d.instances.first()).map(|i| i.version.clone());
-        self.engine.event(&self.run, "rollback.started", json!({ "to_version": previous })).await;
-        self.engine.progress(&self.run, "rollback", "warning", "restoring the previous version", 90);
+        let step = store
+            .start_step(self.run.id, "rollback")
+            .await
+            .map_err(|e| e.to_string())?;
+        let previous = snapshot
+            .as_ref()
+            .and_then(|d| d.instances.first())
+            .map(|i| i.version.clone());
+        self.engine
+            .event(
+                &self.run,
+                "rollback.started",
+                json!({ "to_version": previous }),
+            )
+            .await;
+        self.engine.progress(
+            &self.run,
+            "rollback",
+            "warning",
+            "restoring the previous version",
+            90,
+        );
         // Cancellation must not interrupt the restore itself, and the run timeout may have passed.
         let (_tx, rx) = watch::channel(None);
         self.cancel = rx;
         self.run.cancel_requested_by = None;
         self.deadline = Instant::now() + Duration::from_secs(600);
-        let instances = snapshot.as_ref().map(|d| d.instances.clone()).unwrap_or_default();
+        let instances = snapshot
+            .as_ref()
+            .map(|d| d.instances.clone())
+            .unwrap_or_default();
         let mut desired = self.desired_with(instances).await.map_err(|f| f.message)?;
         if let Some(s) = &snapshot {
             desired.releases = s.releases.clone();
         }
-        let timeout = strategy_config_of(&self.run).map(|c| c.health_check_timeout()).unwrap_or(Millis::from_secs(60));
+        // Restoring must not give up as fast as a gate on an untested version may.
+        let timeout = strategy_config_of(&self.run).map_or(Millis::from_secs(60), |c| {
+            c.health_check_timeout().max(Millis::from_secs(60))
+        });
         let result = async {
             self.apply(&desired).await?;
             self.converged(&desired, timeout).await
@@ -686,14 +1082,44 @@ impl RunCtx<'_> {
         .await;
         match result {
             Ok(_) => {
-                store.finish_step(step.id, StepStatus::Completed, Some("previous version restored"), None).await.map_err(|e| e.to_string())?;
-                self.engine.event(&self.run, "rollback.completed", json!({ "to_version": previous })).await;
-                self.engine.log(&self.run, LogLevel::Info, Component::Deployment, &format!("Rolled back to {}", previous.as_deref().unwrap_or("no instances")), json!({})).await;
+                store
+                    .finish_step(
+                        step.id,
+                        StepStatus::Completed,
+                        Some("previous version restored"),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.engine
+                    .event(
+                        &self.run,
+                        "rollback.completed",
+                        json!({ "to_version": previous }),
+                    )
+                    .await;
+                self.engine
+                    .log(
+                        &self.run,
+                        LogLevel::Info,
+                        Component::Deployment,
+                        &format!(
+                            "Rolled back to {}",
+                            previous.as_deref().unwrap_or("no instances")
+                        ),
+                        json!({}),
+                    )
+                    .await;
                 Ok(())
             }
             Err(f) => {
-                store.finish_step(step.id, StepStatus::Failed, None, Some(&f.message)).await.map_err(|e| e.to_string())?;
-                self.engine.event(&self.run, "rollback.failed", json!({ "error": f.message })).await;
+                store
+                    .finish_step(step.id, StepStatus::Failed, None, Some(&f.message))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.engine
+                    .event(&self.run, "rollback.failed", json!({ "error": f.message }))
+                    .await;
                 Err(f.message)
             }
         }
@@ -701,19 +1127,40 @@ impl RunCtx<'_> {
 
     async fn succeed(&mut self) -> Result<(), fraisier_store::StoreError> {
         let store = self.engine.store().clone();
-        let mut record = self.engine.service_record(&self.run).await.map_err(|_| fraisier_store::StoreError::NotFound)?;
+        let mut record = self
+            .engine
+            .service_record(&self.run)
+            .await
+            .map_err(|_| fraisier_store::StoreError::NotFound)?;
         if record.current_version.as_deref() != Some(self.run.version.as_str()) {
-            record.previous_version = record.current_version.take().or(record.previous_version.take());
+            record.previous_version = record
+                .current_version
+                .take()
+                .or(record.previous_version.take());
         }
         record.current_version = Some(self.run.version.clone());
         record.state = ServiceState::Healthy;
         record.desired = self.applied.clone().or(record.desired);
         record.updated_at = Utc::now();
         store.put_service(&record).await?;
-        if let Ok(Some(o)) = self.engine.provider().observe(&self.run.fraise, &self.run.environment).await {
-            let now = o.metrics.get(&self.run.version).cloned().unwrap_or_else(VersionMetrics::empty);
-            let before = self.metrics_at_start.get(&self.run.version).cloned().unwrap_or_else(VersionMetrics::empty);
-            self.run.metrics = serde_json::to_value(now.since(&before).summary()).unwrap_or(Value::Null);
+        if let Ok(Some(o)) = self
+            .engine
+            .provider()
+            .observe(&self.run.fraise, &self.run.environment)
+            .await
+        {
+            let now = o
+                .metrics
+                .get(&self.run.version)
+                .cloned()
+                .unwrap_or_else(VersionMetrics::empty);
+            let before = self
+                .metrics_at_start
+                .get(&self.run.version)
+                .cloned()
+                .unwrap_or_else(VersionMetrics::empty);
+            self.run.metrics =
+                serde_json::to_value(now.since(&before).summary()).unwrap_or(Value::Null);
         }
         self.run.status = RunStatus::Success;
         self.run.completed_at = Some(Utc::now());
@@ -721,10 +1168,28 @@ impl RunCtx<'_> {
         let duration = self.duration_secs();
         self.engine.event(&self.run, "deployment.completed", json!({ "status": "success", "version": self.run.version, "duration_seconds": duration })).await;
         self.engine
-            .log(&self.run, LogLevel::Info, Component::Deployment, &format!("Deployment succeeded: {} {} is live in {} ({duration:.1} s)", self.run.fraise, self.run.version, self.run.environment), json!({}))
+            .log(
+                &self.run,
+                LogLevel::Info,
+                Component::Deployment,
+                &format!(
+                    "Deployment succeeded: {} {} is live in {} ({duration:.1} s)",
+                    self.run.fraise, self.run.version, self.run.environment
+                ),
+                json!({}),
+            )
             .await;
-        self.engine.progress(&self.run, "finished", "success", "deployment succeeded", 100);
-        self.engine.bus().publish(BusMessage::Finished { run_id: self.run.id, status: RunStatus::Success });
+        self.engine.progress(
+            &self.run,
+            "finished",
+            "success",
+            "deployment succeeded",
+            100,
+        );
+        self.engine.bus().publish(BusMessage::Finished {
+            run_id: self.run.id,
+            status: RunStatus::Success,
+        });
         Ok(())
     }
 

@@ -22,7 +22,9 @@ use tokio::sync::watch;
 pub use bus::{Bus, BusMessage, Progress};
 pub use error::EngineError;
 pub use provider::{Provider, ProviderError};
-pub use request::{known_versions, DeployRequest, RollbackRequest, RunOptions, DEFAULT_TIMEOUT_SECS};
+pub use request::{
+    known_versions, DeployRequest, RollbackRequest, RunOptions, DEFAULT_TIMEOUT_SECS,
+};
 
 /// Timing knobs; tests shorten them.
 #[derive(Clone, Debug)]
@@ -75,7 +77,12 @@ pub struct ValidationIssue {
 // === impl Engine ===
 
 impl Engine {
-    pub fn new(store: Store, provider: Arc<dyn Provider>, config: Arc<Config>, settings: EngineSettings) -> Engine {
+    pub fn new(
+        store: Store,
+        provider: Arc<dyn Provider>,
+        config: Arc<Config>,
+        settings: EngineSettings,
+    ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -122,7 +129,8 @@ impl Engine {
             )));
         }
         let version = request::resolve_version(f, &req.fraise, req.version.as_deref())?;
-        let (strategy, strategy_config) = request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref())?;
+        let (strategy, strategy_config) =
+            request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref())?;
         let mut dependencies = f.dependencies.clone();
         for (i, d) in req.extra_dependencies.iter().enumerate() {
             if !config.fraises.contains_key(d) {
@@ -135,9 +143,19 @@ impl Engine {
                 dependencies.push(d.clone());
             }
         }
-        self.check_dependencies(&req.tenant, &req.environment, &dependencies).await?;
-        let service = self.inner.store.service(&req.tenant, &req.fraise, &req.environment).await?;
-        if let Some(active) = self.inner.store.active_run_for(&req.tenant, &req.fraise, &req.environment).await? {
+        self.check_dependencies(&req.tenant, &req.environment, &dependencies)
+            .await?;
+        let service = self
+            .inner
+            .store
+            .service(&req.tenant, &req.fraise, &req.environment)
+            .await?;
+        if let Some(active) = self
+            .inner
+            .store
+            .active_run_for(&req.tenant, &req.fraise, &req.environment)
+            .await?
+        {
             return Err(in_progress(&active));
         }
         let timeout_secs = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
@@ -167,7 +185,11 @@ impl Engine {
             triggered_by: req.triggered_by.clone(),
             trigger_type: req.trigger_type.clone(),
             options: serde_json::to_value(&options).unwrap_or(Value::Null),
-            metadata: if req.metadata.is_null() { json!({}) } else { req.metadata.clone() },
+            metadata: if req.metadata.is_null() {
+                json!({})
+            } else {
+                req.metadata.clone()
+            },
         })
     }
 
@@ -177,9 +199,14 @@ impl Engine {
         if let Err(e) = self.prepare(req).await {
             let field = match &e {
                 EngineError::FraiseNotFound(_) => "name".to_string(),
-                EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => "environment".into(),
-                EngineError::InvalidParameters { field, .. } | EngineError::InvalidSpec { field, .. } => field.clone(),
-                EngineError::ArtifactNotFound { .. } | EngineError::NoVersionKnown(_) => "version".into(),
+                EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => {
+                    "environment".into()
+                }
+                EngineError::InvalidParameters { field, .. }
+                | EngineError::InvalidSpec { field, .. } => field.clone(),
+                EngineError::ArtifactNotFound { .. } | EngineError::NoVersionKnown(_) => {
+                    "version".into()
+                }
                 EngineError::DependencyFailed { .. } => "dependencies".into(),
                 EngineError::InProgress { .. } => "name".into(),
                 _ => "name".into(),
@@ -215,15 +242,26 @@ impl Engine {
         let config = &self.inner.config;
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         let store = &self.inner.store;
-        if let Some(active) = store.active_run_for(&req.tenant, &req.fraise, &req.environment).await? {
+        if let Some(active) = store
+            .active_run_for(&req.tenant, &req.fraise, &req.environment)
+            .await?
+        {
             return Err(in_progress(&active));
         }
-        let service = store.service(&req.tenant, &req.fraise, &req.environment).await?;
+        let service = store
+            .service(&req.tenant, &req.fraise, &req.environment)
+            .await?;
         let current = service.as_ref().and_then(|s| s.current_version.clone());
-        let target = match (&req.to_version, service.as_ref().and_then(|s| s.previous_version.clone())) {
+        let target = match (
+            &req.to_version,
+            service.as_ref().and_then(|s| s.previous_version.clone()),
+        ) {
             (Some(v), _) => {
                 if let Some(p) = version_problem_of(v) {
-                    return Err(EngineError::InvalidParameters { field: "to_version".into(), message: p });
+                    return Err(EngineError::InvalidParameters {
+                        field: "to_version".into(),
+                        message: p,
+                    });
                 }
                 v.clone()
             }
@@ -239,7 +277,12 @@ impl Engine {
             }
         };
         if f.kind == FraiseType::Api || f.kind == FraiseType::Etl {
-            let kept = match self.inner.provider.observe(&req.fraise, &req.environment).await {
+            let kept = match self
+                .inner
+                .provider
+                .observe(&req.fraise, &req.environment)
+                .await
+            {
                 Ok(Some(o)) => o.releases.iter().any(|r| r.version == target),
                 Ok(None) => false,
                 Err(e) => return Err(EngineError::Provider(e)),
@@ -284,14 +327,19 @@ impl Engine {
     }
 
     async fn create_and_start(&self, new: NewRun) -> Result<Run, EngineError> {
-        let run = self.inner.store.create_run(&new).await.map_err(|e| match e {
-            StoreError::ActiveRunExists { active_id } => EngineError::InProgress {
-                active_id,
-                fraise: new.fraise.clone(),
-                environment: new.environment.clone(),
-            },
-            e => EngineError::Store(e),
-        })?;
+        let run = self
+            .inner
+            .store
+            .create_run(&new)
+            .await
+            .map_err(|e| match e {
+                StoreError::ActiveRunExists { active_id } => EngineError::InProgress {
+                    active_id,
+                    fraise: new.fraise.clone(),
+                    environment: new.environment.clone(),
+                },
+                e => EngineError::Store(e),
+            })?;
         self.spawn(run.clone());
         Ok(run)
     }
@@ -372,10 +420,20 @@ impl Engine {
     /// a lost state, or the server crashed between recording and applying). Runs in progress
     /// push their own.
     async fn resync(&self) {
-        let Ok(services) = self.inner.store.all_services().await else { return };
+        let Ok(services) = self.inner.store.all_services().await else {
+            return;
+        };
         for s in services {
             let Some(desired) = &s.desired else { continue };
-            if self.inner.store.active_run_for(&s.tenant_id, &s.fraise, &s.environment).await.ok().flatten().is_some() {
+            if self
+                .inner
+                .store
+                .active_run_for(&s.tenant_id, &s.fraise, &s.environment)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 continue;
             }
             match self.inner.provider.observe(&s.fraise, &s.environment).await {
@@ -392,7 +450,12 @@ impl Engine {
 
     /// A dependency is satisfied when its last deploy in the environment left it healthy and
     /// the provider sees a healthy instance (or, for jobs, its last run succeeded).
-    async fn check_dependencies(&self, tenant: &str, environment: &str, deps: &[String]) -> Result<(), EngineError> {
+    async fn check_dependencies(
+        &self,
+        tenant: &str,
+        environment: &str,
+        deps: &[String],
+    ) -> Result<(), EngineError> {
         for d in deps {
             let fail = |reason: String| EngineError::DependencyFailed {
                 dependency: d.clone(),
@@ -403,10 +466,19 @@ impl Engine {
             let Some(service) = service.filter(|s| s.current_version.is_some()) else {
                 return Err(fail("it has never been deployed there".into()));
             };
-            let kind = self.inner.config.fraises.get(d).map(|f| f.kind).unwrap_or_default();
+            let kind = self
+                .inner
+                .config
+                .fraises
+                .get(d)
+                .map(|f| f.kind)
+                .unwrap_or_default();
             if kind != FraiseType::Api {
                 if service.state != ServiceState::Healthy {
-                    return Err(fail(format!("its state is {}", fraisier_model::run::to_wire(&service.state))));
+                    return Err(fail(format!(
+                        "its state is {}",
+                        fraisier_model::run::to_wire(&service.state)
+                    )));
                 }
                 continue;
             }
@@ -420,8 +492,20 @@ impl Engine {
     }
 
     /// Writes a run log line to the store and the bus.
-    pub(crate) async fn log(&self, run: &Run, level: LogLevel, component: Component, message: &str, details: Value) {
-        match self.inner.store.add_log(run.id, level, component, message, &details).await {
+    pub(crate) async fn log(
+        &self,
+        run: &Run,
+        level: LogLevel,
+        component: Component,
+        message: &str,
+        details: Value,
+    ) {
+        match self
+            .inner
+            .store
+            .add_log(run.id, level, component, message, &details)
+            .await
+        {
             Ok(line) => self.inner.bus.publish(BusMessage::Log(line)),
             Err(e) => tracing::error!(error = %e, "cannot record a log line"),
         }
@@ -431,7 +515,14 @@ impl Engine {
         match self
             .inner
             .store
-            .add_event(&run.tenant_id, Some(run.id), &run.fraise, &run.environment, event_type, &data)
+            .add_event(
+                &run.tenant_id,
+                Some(run.id),
+                &run.fraise,
+                &run.environment,
+                event_type,
+                &data,
+            )
             .await
         {
             Ok(e) => self.inner.bus.publish(BusMessage::Event(e)),

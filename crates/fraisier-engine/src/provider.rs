@@ -19,7 +19,11 @@ pub enum ProviderError {
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     async fn apply(&self, desired: &DesiredService) -> Result<ObservedService, ProviderError>;
-    async fn observe(&self, fraise: &str, environment: &str) -> Result<Option<ObservedService>, ProviderError>;
+    async fn observe(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<ObservedService>, ProviderError>;
     async fn exec(&self, request: &ExecRequest) -> Result<ExecResult, ProviderError>;
     /// A short name for status pages: `local`.
     fn kind(&self) -> &'static str;

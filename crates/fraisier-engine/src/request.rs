@@ -81,10 +81,13 @@ pub(crate) fn lookup<'a>(
     if !config.environments.contains_key(environment) || !is_valid_name(environment) {
         return Err(EngineError::EnvironmentNotFound(environment.to_string()));
     }
-    let fe = f.environments.get(environment).ok_or_else(|| EngineError::NotInEnvironment {
-        fraise: fraise.to_string(),
-        environment: environment.to_string(),
-    })?;
+    let fe = f
+        .environments
+        .get(environment)
+        .ok_or_else(|| EngineError::NotInEnvironment {
+            fraise: fraise.to_string(),
+            environment: environment.to_string(),
+        })?;
     Ok((f, fe))
 }
 
@@ -140,7 +143,11 @@ fn discover_versions(pattern: &str) -> Vec<String> {
 }
 
 /// Picks and checks the version to deploy.
-pub(crate) fn resolve_version(f: &FraiseConfig, fraise: &str, requested: Option<&str>) -> Result<String, EngineError> {
+pub(crate) fn resolve_version(
+    f: &FraiseConfig,
+    fraise: &str,
+    requested: Option<&str>,
+) -> Result<String, EngineError> {
     let known = known_versions(f);
     let version = match requested {
         Some(v) => {
@@ -194,14 +201,19 @@ pub(crate) fn resolve_strategy(
             merged.insert(k.clone(), v.clone());
         }
     }
-    let parsed = StrategyConfig::parse(strategy, &merged).map_err(|e| EngineError::InvalidParameters {
-        field: format!("strategy_config.{}", e.field),
-        message: format!("strategy_config.{}: {}", e.field, e.message),
-    })?;
+    let parsed =
+        StrategyConfig::parse(strategy, &merged).map_err(|e| EngineError::InvalidParameters {
+            field: format!("strategy_config.{}", e.field),
+            message: format!("strategy_config.{}: {}", e.field, e.message),
+        })?;
     Ok((strategy, parsed))
 }
 
-pub(crate) fn release_spec(f: &FraiseConfig, fe: &FraiseEnvironmentConfig, version: &str) -> ReleaseSpec {
+pub(crate) fn release_spec(
+    f: &FraiseConfig,
+    fe: &FraiseEnvironmentConfig,
+    version: &str,
+) -> ReleaseSpec {
     let mut env: BTreeMap<String, String> = f.env.clone();
     env.extend(fe.env.clone());
     ReleaseSpec {
@@ -227,7 +239,11 @@ pub(crate) fn desired(
         environment: environment.to_string(),
         generation,
         kind: f.kind,
-        port: if f.kind == FraiseType::Api { fe.port } else { None },
+        port: if f.kind == FraiseType::Api {
+            fe.port
+        } else {
+            None
+        },
         health_check: f.health_check_spec(),
         releases,
         instances,
@@ -254,8 +270,14 @@ mod tests {
         let mut v = discover_versions(&format!("{d}/dirs/{{version}}"));
         v.sort();
         assert_eq!(v, ["1.0.0", "2.0.0"]);
-        assert_eq!(discover_versions(&format!("{d}/nested/{{version}}/app.tar.gz")), ["3.0.0"]);
-        assert_eq!(discover_versions(&format!("{d}/app-{{version}}.tar.gz")), ["1.2.3"]);
+        assert_eq!(
+            discover_versions(&format!("{d}/nested/{{version}}/app.tar.gz")),
+            ["3.0.0"]
+        );
+        assert_eq!(
+            discover_versions(&format!("{d}/app-{{version}}.tar.gz")),
+            ["1.2.3"]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -60,7 +60,9 @@ pub enum Provider {
     Local,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FraiseType {
     /// Long-running instances behind the router.
@@ -177,7 +179,10 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{file}: {}", format_problems(.problems))]
-    Invalid { file: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 fn default_listen() -> SocketAddr {
@@ -262,7 +267,11 @@ impl Config {
                 if let Some(wd) = f.working_directory.as_mut().filter(|wd| wd.is_relative()) {
                     *wd = base.join(&*wd);
                 }
-                if let Some(ap) = f.artifact_path.as_mut().filter(|ap| Path::new(ap.as_str()).is_relative()) {
+                if let Some(ap) = f
+                    .artifact_path
+                    .as_mut()
+                    .filter(|ap| Path::new(ap.as_str()).is_relative())
+                {
                     *ap = base.join(&*ap).to_string_lossy().into_owned();
                 }
             }
@@ -277,7 +286,11 @@ impl Config {
             let key = e.path().to_string();
             let message = e.inner().to_string();
             vec![Problem {
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message,
             }]
         })?;
@@ -295,7 +308,10 @@ impl Config {
         let mut bad = |key: String, message: String| out.push(Problem { key, message });
         for name in self.environments.keys() {
             if let Some(p) = name_problem(name) {
-                bad(format!("environments.{name}"), format!("invalid environment name: {p}"));
+                bad(
+                    format!("environments.{name}"),
+                    format!("invalid environment name: {p}"),
+                );
             }
         }
         let mut ports: BTreeMap<u16, String> = BTreeMap::new();
@@ -306,53 +322,92 @@ impl Config {
             }
             for (i, v) in f.versions.iter().enumerate() {
                 if let Some(p) = version_problem(v) {
-                    bad(format!("{at}.versions[{i}]"), format!("invalid version {v:?}: {p}"));
+                    bad(
+                        format!("{at}.versions[{i}]"),
+                        format!("invalid version {v:?}: {p}"),
+                    );
                 }
             }
             if f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
-                bad(format!("{at}.command"), "a command to run is required (run with sh -c)".into());
+                bad(
+                    format!("{at}.command"),
+                    "a command to run is required (run with sh -c)".into(),
+                );
             }
             if f.kind == FraiseType::Scheduled && f.schedule.is_none() {
-                bad(format!("{at}.schedule"), "a scheduled fraise needs a cron schedule".into());
+                bad(
+                    format!("{at}.schedule"),
+                    "a scheduled fraise needs a cron schedule".into(),
+                );
             }
             if let Some(hc) = &f.health_check {
                 if hc.kind == ProbeType::Command && hc.command.is_none() {
-                    bad(format!("{at}.health_check.command"), "a command health check needs `command`".into());
+                    bad(
+                        format!("{at}.health_check.command"),
+                        "a command health check needs `command`".into(),
+                    );
                 }
                 if hc.kind == ProbeType::Http && !hc.path.starts_with('/') {
-                    bad(format!("{at}.health_check.path"), "must start with '/'".into());
+                    bad(
+                        format!("{at}.health_check.path"),
+                        "must start with '/'".into(),
+                    );
                 }
                 if hc.interval.0 == 0 || hc.timeout.0 == 0 {
-                    bad(format!("{at}.health_check"), "interval and timeout must be above 0".into());
+                    bad(
+                        format!("{at}.health_check"),
+                        "interval and timeout must be above 0".into(),
+                    );
                 }
                 if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                    bad(format!("{at}.health_check"), "thresholds must be at least 1".into());
+                    bad(
+                        format!("{at}.health_check"),
+                        "thresholds must be at least 1".into(),
+                    );
                 }
             }
             for (i, d) in f.dependencies.iter().enumerate() {
                 if d == name {
-                    bad(format!("{at}.dependencies[{i}]"), "a fraise cannot depend on itself".into());
+                    bad(
+                        format!("{at}.dependencies[{i}]"),
+                        "a fraise cannot depend on itself".into(),
+                    );
                 } else if !self.fraises.contains_key(d) {
-                    bad(format!("{at}.dependencies[{i}]"), format!("unknown fraise {d:?}"));
+                    bad(
+                        format!("{at}.dependencies[{i}]"),
+                        format!("unknown fraise {d:?}"),
+                    );
                 }
             }
             if f.environments.is_empty() {
-                bad(format!("{at}.environments"), "declare at least one environment for this fraise".into());
+                bad(
+                    format!("{at}.environments"),
+                    "declare at least one environment for this fraise".into(),
+                );
             }
             for (env, fe) in &f.environments {
                 let at = format!("{at}.environments.{env}");
                 if !self.environments.contains_key(env) {
-                    bad(at.clone(), format!("unknown environment {env:?} (declare it under `environments`)"));
+                    bad(
+                        at.clone(),
+                        format!("unknown environment {env:?} (declare it under `environments`)"),
+                    );
                 }
                 if fe.instances == 0 || fe.instances > 64 {
                     bad(format!("{at}.instances"), "must be between 1 and 64".into());
                 }
                 if f.kind == FraiseType::Api {
                     match fe.port {
-                        None | Some(0) => bad(format!("{at}.port"), "an api fraise needs the router's port (1-65535)".into()),
+                        None | Some(0) => bad(
+                            format!("{at}.port"),
+                            "an api fraise needs the router's port (1-65535)".into(),
+                        ),
                         Some(p) => {
                             if let Some(other) = ports.insert(p, format!("{name}@{env}")) {
-                                bad(format!("{at}.port"), format!("port {p} is already used by {other}"));
+                                bad(
+                                    format!("{at}.port"),
+                                    format!("port {p} is already used by {other}"),
+                                );
                             }
                         }
                     }
@@ -419,7 +474,9 @@ impl std::str::FromStr for FraiseType {
             "api" => Ok(FraiseType::Api),
             "etl" => Ok(FraiseType::Etl),
             "scheduled" => Ok(FraiseType::Scheduled),
-            _ => Err(format!("unknown fraise type {s:?} (expected api, etl or scheduled)")),
+            _ => Err(format!(
+                "unknown fraise type {s:?} (expected api, etl or scheduled)"
+            )),
         }
     }
 }
@@ -456,14 +513,23 @@ fraises:
         let text = GOOD.replace("interval: 500ms", "interval: 5x");
         let problems = Config::parse(&text).unwrap_err();
         assert_eq!(problems[0].key, "fraises.my_api.health_check.interval");
-        assert!(problems[0].message.contains("invalid duration unit"), "{:?}", problems);
+        assert!(
+            problems[0].message.contains("invalid duration unit"),
+            "{:?}",
+            problems
+        );
     }
 
     #[test]
     fn names_the_key_of_an_unknown_field() {
         let text = GOOD.replace("instances: 2", "instancez: 2");
         let problems = Config::parse(&text).unwrap_err();
-        assert!(problems[0].key.starts_with("fraises.my_api.environments.production"), "{problems:?}");
+        assert!(
+            problems[0]
+                .key
+                .starts_with("fraises.my_api.environments.production"),
+            "{problems:?}"
+        );
         assert!(problems[0].message.contains("instancez"));
     }
 
@@ -471,10 +537,19 @@ fraises:
     fn reports_every_cross_field_problem() {
         let text = GOOD
             .replace("production: { port", "staging: { port")
-            .replace("strategy_config: {}", "strategy_config: { max_surge: 1, bogus: 2 }");
+            .replace(
+                "strategy_config: {}",
+                "strategy_config: { max_surge: 1, bogus: 2 }",
+            );
         let problems = Config::parse(&text).unwrap_err();
         let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.contains(&"fraises.my_api.environments.staging"), "{keys:?}");
-        assert!(keys.contains(&"fraises.my_api.environments.staging.strategy_config.bogus"), "{keys:?}");
+        assert!(
+            keys.contains(&"fraises.my_api.environments.staging"),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&"fraises.my_api.environments.staging.strategy_config.bogus"),
+            "{keys:?}"
+        );
     }
 }

@@ -33,9 +33,9 @@ impl Millis {
             Some(i) => (&s[..i], s[i..].trim()),
             None => (s, "s"),
         };
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?} (expected e.g. 500ms, 2s, 1m or a number of seconds)"))?;
+        let value: f64 = num.parse().map_err(|_| {
+            format!("invalid duration {s:?} (expected e.g. 500ms, 2s, 1m or a number of seconds)")
+        })?;
         let factor = match unit {
             "ms" => 1.0,
             "s" | "sec" | "secs" => 1000.0,

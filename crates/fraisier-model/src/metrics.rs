@@ -99,11 +99,12 @@ impl VersionMetrics {
                 continue;
             }
             if (seen + count) as f64 >= rank {
-                let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS_MS[i - 1] };
-                let upper = LATENCY_BOUNDS_MS
-                    .get(i)
-                    .copied()
-                    .unwrap_or(lower * 2.0);
+                let lower = if i == 0 {
+                    0.0
+                } else {
+                    LATENCY_BOUNDS_MS[i - 1]
+                };
+                let upper = LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(lower * 2.0);
                 let within = (rank - seen as f64) / *count as f64;
                 return lower + (upper - lower) * within.clamp(0.0, 1.0);
             }
@@ -117,7 +118,11 @@ impl VersionMetrics {
         MetricsSummary {
             requests: self.requests,
             errors: self.errors,
-            success_rate: if self.requests == 0 { 100.0 } else { round2(100.0 - error_rate) },
+            success_rate: if self.requests == 0 {
+                100.0
+            } else {
+                round2(100.0 - error_rate)
+            },
             error_rate,
             latency_p50_ms: round2(self.quantile_ms(0.50)),
             latency_p99_ms: round2(self.quantile_ms(0.99)),

@@ -3,8 +3,8 @@
 /// Words the API uses as sub-resources (DESIGN §5); they can never name a fraise or environment.
 pub const RESERVED: &[&str] = &[
     "rollback", "validate", "health", "logs", "events", "start", "stop", "restart", "scale",
-    "promote", "versions", "config", "secrets", "env", "history", "audit", "timeline",
-    "progress", "direct", "helm", "github", "sources", "status",
+    "promote", "versions", "config", "secrets", "env", "history", "audit", "timeline", "progress",
+    "direct", "helm", "github", "sources", "status",
 ];
 
 /// Why a name is refused, or `None` when it is a valid fraise or environment name.
@@ -67,7 +67,16 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_exist() {
-        for bad in ["", "../x", "a/b", "rollback", "dep_00001", "1abc", "a b", "é"] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "rollback",
+            "dep_00001",
+            "1abc",
+            "a b",
+            "é",
+        ] {
             assert!(!is_valid_name(bad), "{bad:?} should be refused");
         }
         assert!(version_problem("../1").is_some());

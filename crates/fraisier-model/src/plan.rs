@@ -4,7 +4,9 @@
 
 use crate::duration::Millis;
 use crate::service::DesiredInstance;
-use crate::strategy::{Analysis, BlueGreenConfig, CanaryConfig, RecreateConfig, RollingConfig, StrategyConfig};
+use crate::strategy::{
+    Analysis, BlueGreenConfig, CanaryConfig, RecreateConfig, RollingConfig, StrategyConfig,
+};
 
 /// What must hold before a deployment moves past a phase.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,13 +88,18 @@ pub fn next_ordinal(current: &[DesiredInstance]) -> u64 {
 
 fn with_weight(list: &[DesiredInstance], weight: u32) -> Vec<DesiredInstance> {
     list.iter()
-        .map(|i| DesiredInstance { weight, ..i.clone() })
+        .map(|i| DesiredInstance {
+            weight,
+            ..i.clone()
+        })
         .collect()
 }
 
 fn first_deploy(t: &Target, timeout: Millis) -> Vec<Phase> {
     let mut ids = Ids(t.next_ordinal);
-    let instances = (0..t.instances).map(|_| ids.take(t.version, UNIT)).collect();
+    let instances = (0..t.instances)
+        .map(|_| ids.take(t.version, UNIT))
+        .collect();
     vec![Phase {
         name: format!("start {} instance(s) of {}", t.instances, t.version),
         instances,
@@ -132,7 +139,9 @@ fn rolling(c: &RollingConfig, t: &Target) -> Vec<Phase> {
         if add > 0 && c.health_check_delay.0 > 0 {
             gates.push(Gate::Delay(c.health_check_delay));
         }
-        gates.push(Gate::Converged { timeout: c.health_check_timeout });
+        gates.push(Gate::Converged {
+            timeout: c.health_check_timeout,
+        });
         let mut instances = old.clone();
         instances.extend(new.iter().cloned());
         let traffic_pct = (new.len() * 100 / instances.len().max(1)) as u32;
@@ -157,9 +166,13 @@ fn blue_green(c: &BlueGreenConfig, t: &Target) -> Vec<Phase> {
     let mut ids = Ids(t.next_ordinal);
     let green: Vec<DesiredInstance> = (0..t.instances).map(|_| ids.take(t.version, 0)).collect();
     let blue = t.current.to_vec();
-    let mut deploy_gates = vec![Gate::Converged { timeout: c.health_check_timeout }];
+    let mut deploy_gates = vec![Gate::Converged {
+        timeout: c.health_check_timeout,
+    }];
     if let Some(command) = &c.smoke_test {
-        deploy_gates.push(Gate::SmokeTest { command: command.clone() });
+        deploy_gates.push(Gate::SmokeTest {
+            command: command.clone(),
+        });
     }
     vec![
         Phase {
@@ -172,7 +185,9 @@ fn blue_green(c: &BlueGreenConfig, t: &Target) -> Vec<Phase> {
             name: "switch traffic to green".into(),
             instances: [with_weight(&blue, 0), with_weight(&green, UNIT)].concat(),
             gates: vec![
-                Gate::Converged { timeout: c.health_check_timeout },
+                Gate::Converged {
+                    timeout: c.health_check_timeout,
+                },
                 Gate::Hold(c.scale_down_delay),
             ],
             traffic_pct: 100,
@@ -180,7 +195,9 @@ fn blue_green(c: &BlueGreenConfig, t: &Target) -> Vec<Phase> {
         Phase {
             name: "retire blue".into(),
             instances: with_weight(&green, UNIT),
-            gates: vec![Gate::Converged { timeout: c.health_check_timeout }],
+            gates: vec![Gate::Converged {
+                timeout: c.health_check_timeout,
+            }],
             traffic_pct: 100,
         },
     ]
@@ -191,7 +208,11 @@ fn split(stable: &[DesiredInstance], canary: &[DesiredInstance], pct: u32) -> Ve
     let total = UNIT * 100;
     let canary_each = pct * total / 100 / canary.len().max(1) as u32;
     let stable_each = (100 - pct) * total / 100 / stable.len().max(1) as u32;
-    [with_weight(stable, stable_each), with_weight(canary, canary_each.max(1))].concat()
+    [
+        with_weight(stable, stable_each),
+        with_weight(canary, canary_each.max(1)),
+    ]
+    .concat()
 }
 
 fn canary(c: &CanaryConfig, t: &Target) -> Vec<Phase> {
@@ -249,13 +270,19 @@ fn recreate(c: &RecreateConfig, t: &Target) -> Vec<Phase> {
         Phase {
             name: "stop every instance".into(),
             instances: Vec::new(),
-            gates: vec![Gate::Converged { timeout: c.health_check_timeout }],
+            gates: vec![Gate::Converged {
+                timeout: c.health_check_timeout,
+            }],
             traffic_pct: 0,
         },
         Phase {
             name: format!("start {} instance(s) of {}", t.instances, t.version),
-            instances: (0..t.instances).map(|_| ids.take(t.version, UNIT)).collect(),
-            gates: vec![Gate::Converged { timeout: c.health_check_timeout }],
+            instances: (0..t.instances)
+                .map(|_| ids.take(t.version, UNIT))
+                .collect(),
+            gates: vec![Gate::Converged {
+                timeout: c.health_check_timeout,
+            }],
             traffic_pct: 100,
         },
     ]
@@ -273,7 +300,11 @@ mod tests {
 
     fn running(version: &str, n: u64) -> Vec<DesiredInstance> {
         (1..=n)
-            .map(|i| DesiredInstance { id: format!("i{i}"), version: version.into(), weight: UNIT })
+            .map(|i| DesiredInstance {
+                id: format!("i{i}"),
+                version: version.into(),
+                weight: UNIT,
+            })
             .collect()
     }
 
@@ -297,9 +328,17 @@ mod tests {
                     if surge == 0 && down == 0 {
                         continue;
                     }
-                    let c = config(Strategy::Rolling, json!({"max_surge": surge, "max_instances_down": down}));
+                    let c = config(
+                        Strategy::Rolling,
+                        json!({"max_surge": surge, "max_instances_down": down}),
+                    );
                     let current = running("1.0.0", n as u64);
-                    let t = Target { current: &current, version: "2.0.0", instances: n, next_ordinal: 10 };
+                    let t = Target {
+                        current: &current,
+                        version: "2.0.0",
+                        instances: n,
+                        next_ordinal: 10,
+                    };
                     let phases = plan(&c, &t);
                     let last = phases.last().unwrap();
                     assert_eq!(last.instances.len(), n as usize);
@@ -308,11 +347,15 @@ mod tests {
                     for p in &phases {
                         // Never fewer healthy serving instances than max(1, n - down) while a phase runs.
                         let floor = (n.saturating_sub(down)).max(1) as usize;
-                        assert!(carried_over(&prev, p) >= floor.min(prev.len()), "n={n} surge={surge} down={down}: {p:?}");
+                        assert!(
+                            carried_over(&prev, p) >= floor.min(prev.len()),
+                            "n={n} surge={surge} down={down}: {p:?}"
+                        );
                         assert!(p.instances.len() <= (n + surge.max(1)) as usize);
                         prev = p.instances.clone();
                     }
-                    let ids: std::collections::BTreeSet<_> = last.instances.iter().map(|i| &i.id).collect();
+                    let ids: std::collections::BTreeSet<_> =
+                        last.instances.iter().map(|i| &i.id).collect();
                     assert_eq!(ids.len(), n as usize, "ids are unique");
                 }
             }
@@ -323,24 +366,59 @@ mod tests {
     fn blue_green_switches_atomically_and_keeps_blue_for_a_while() {
         let c = config(Strategy::BlueGreen, json!({"scale_down_delay": "1s"}));
         let current = running("1.0.0", 2);
-        let phases = plan(&c, &Target { current: &current, version: "2.0.0", instances: 2, next_ordinal: 3 });
+        let phases = plan(
+            &c,
+            &Target {
+                current: &current,
+                version: "2.0.0",
+                instances: 2,
+                next_ordinal: 3,
+            },
+        );
         assert_eq!(phases.len(), 3);
-        assert!(phases[0].instances.iter().filter(|i| i.version == "2.0.0").all(|i| i.weight == 0));
+        assert!(phases[0]
+            .instances
+            .iter()
+            .filter(|i| i.version == "2.0.0")
+            .all(|i| i.weight == 0));
         assert_eq!(serving(&phases[0]), 2);
-        assert!(phases[1].instances.iter().all(|i| (i.version == "2.0.0") == (i.weight > 0)));
-        assert_eq!(phases[1].instances.len(), 4, "blue still runs after the switch");
+        assert!(phases[1]
+            .instances
+            .iter()
+            .all(|i| (i.version == "2.0.0") == (i.weight > 0)));
+        assert_eq!(
+            phases[1].instances.len(),
+            4,
+            "blue still runs after the switch"
+        );
         assert!(phases[1].gates.contains(&Gate::Hold(Millis(1000))));
         assert_eq!(phases[2].instances.len(), 2);
     }
 
     #[test]
     fn canary_weights_match_the_steps() {
-        let c = config(Strategy::Canary, json!({"steps": [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "1s"}]}));
+        let c = config(
+            Strategy::Canary,
+            json!({"steps": [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "1s"}]}),
+        );
         let current = running("1.0.0", 2);
-        let phases = plan(&c, &Target { current: &current, version: "2.0.0", instances: 2, next_ordinal: 3 });
+        let phases = plan(
+            &c,
+            &Target {
+                current: &current,
+                version: "2.0.0",
+                instances: 2,
+                next_ordinal: 3,
+            },
+        );
         let share = |p: &Phase| {
             let total: u32 = p.instances.iter().map(|i| i.weight).sum();
-            let canary: u32 = p.instances.iter().filter(|i| i.version == "2.0.0").map(|i| i.weight).sum();
+            let canary: u32 = p
+                .instances
+                .iter()
+                .filter(|i| i.version == "2.0.0")
+                .map(|i| i.weight)
+                .sum();
             canary * 100 / total
         };
         assert_eq!(share(&phases[0]), 10);
@@ -354,7 +432,15 @@ mod tests {
     fn recreate_stops_then_starts() {
         let c = config(Strategy::Recreate, json!({}));
         let current = running("1.0.0", 3);
-        let phases = plan(&c, &Target { current: &current, version: "2.0.0", instances: 3, next_ordinal: 4 });
+        let phases = plan(
+            &c,
+            &Target {
+                current: &current,
+                version: "2.0.0",
+                instances: 3,
+                next_ordinal: 4,
+            },
+        );
         assert!(phases[0].instances.is_empty());
         assert_eq!(phases[1].instances.len(), 3);
     }
@@ -362,7 +448,15 @@ mod tests {
     #[test]
     fn first_deploy_starts_everything_at_once() {
         let c = config(Strategy::Canary, json!({}));
-        let phases = plan(&c, &Target { current: &[], version: "1.0.0", instances: 3, next_ordinal: 1 });
+        let phases = plan(
+            &c,
+            &Target {
+                current: &[],
+                version: "1.0.0",
+                instances: 3,
+                next_ordinal: 1,
+            },
+        );
         assert_eq!(phases.len(), 1);
         assert_eq!(serving(&phases[0]), 3);
         assert_eq!(next_ordinal(&phases[0].instances), 4);

@@ -52,7 +52,9 @@ pub enum Health {
     Degraded,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     Debug,
@@ -86,7 +88,10 @@ pub fn from_wire<T: DeserializeOwned>(s: &str) -> Option<T> {
 
 impl RunStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Success | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Success | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -129,9 +134,15 @@ mod tests {
     #[test]
     fn wire_spellings_round_trip() {
         assert_eq!(to_wire(&RunStatus::InProgress), "in_progress");
-        assert_eq!(from_wire::<RunStatus>("in_progress"), Some(RunStatus::InProgress));
+        assert_eq!(
+            from_wire::<RunStatus>("in_progress"),
+            Some(RunStatus::InProgress)
+        );
         assert_eq!(from_wire::<RunStatus>("bogus"), None);
         assert_eq!(to_wire(&ServiceState::RollingBack), "rolling_back");
-        assert_eq!(RunStatus::Cancelled.as_str(), to_wire(&RunStatus::Cancelled));
+        assert_eq!(
+            RunStatus::Cancelled.as_str(),
+            to_wire(&RunStatus::Cancelled)
+        );
     }
 }

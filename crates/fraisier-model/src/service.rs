@@ -21,7 +21,9 @@ pub enum ProbeKind {
         expected_status: Vec<u16>,
     },
     Tcp,
-    Command { command: String },
+    Command {
+        command: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,7 +180,9 @@ impl ObservedService {
         self.generation >= desired.generation
             && desired.instances.iter().all(|d| {
                 self.instance(&d.id).is_some_and(|o| {
-                    o.state == InstanceState::Healthy && o.version == d.version && o.weight == d.weight
+                    o.state == InstanceState::Healthy
+                        && o.version == d.version
+                        && o.weight == d.weight
                 })
             })
             && self

@@ -148,26 +148,44 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigKeyError {
     }
 }
 
-fn check_keys(map: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Result<(), ConfigKeyError> {
+fn check_keys(
+    map: &Map<String, Value>,
+    allowed: &[&str],
+    prefix: &str,
+) -> Result<(), ConfigKeyError> {
     for key in map.keys() {
         if !allowed.contains(&key.as_str()) {
             return Err(err(
                 format!("{prefix}{key}"),
-                format!("unknown key {key:?} (expected one of: {})", allowed.join(", ")),
+                format!(
+                    "unknown key {key:?} (expected one of: {})",
+                    allowed.join(", ")
+                ),
             ));
         }
     }
     Ok(())
 }
 
-fn duration_at(map: &Map<String, Value>, key: &str, default: Millis, prefix: &str) -> Result<Millis, ConfigKeyError> {
+fn duration_at(
+    map: &Map<String, Value>,
+    key: &str,
+    default: Millis,
+    prefix: &str,
+) -> Result<Millis, ConfigKeyError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => Millis::from_json(v).map_err(|m| err(format!("{prefix}{key}"), m)),
     }
 }
 
-fn uint_at(map: &Map<String, Value>, key: &str, default: u64, max: u64, prefix: &str) -> Result<u64, ConfigKeyError> {
+fn uint_at(
+    map: &Map<String, Value>,
+    key: &str,
+    default: u64,
+    max: u64,
+    prefix: &str,
+) -> Result<u64, ConfigKeyError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => match v.as_u64() {
@@ -180,12 +198,19 @@ fn uint_at(map: &Map<String, Value>, key: &str, default: u64, max: u64, prefix: 
     }
 }
 
-fn percent_at(map: &Map<String, Value>, key: &str, prefix: &str) -> Result<Option<f64>, ConfigKeyError> {
+fn percent_at(
+    map: &Map<String, Value>,
+    key: &str,
+    prefix: &str,
+) -> Result<Option<f64>, ConfigKeyError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(n) if (0.0..=100.0).contains(&n) => Ok(Some(n)),
-            _ => Err(err(format!("{prefix}{key}"), format!("expected a percentage from 0 to 100, got {v}"))),
+            _ => Err(err(
+                format!("{prefix}{key}"),
+                format!("expected a percentage from 0 to 100, got {v}"),
+            )),
         },
     }
 }
@@ -197,11 +222,23 @@ fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, Confi
 
 impl StrategyConfig {
     /// Parses `strategy_config` for `strategy`, filling every default.
-    pub fn parse(strategy: Strategy, map: &Map<String, Value>) -> Result<StrategyConfig, ConfigKeyError> {
+    pub fn parse(
+        strategy: Strategy,
+        map: &Map<String, Value>,
+    ) -> Result<StrategyConfig, ConfigKeyError> {
         let timeout = Millis::from_secs(60);
         match strategy {
             Strategy::Rolling => {
-                check_keys(map, &["max_instances_down", "max_surge", "health_check_delay", "health_check_timeout"], "")?;
+                check_keys(
+                    map,
+                    &[
+                        "max_instances_down",
+                        "max_surge",
+                        "health_check_delay",
+                        "health_check_timeout",
+                    ],
+                    "",
+                )?;
                 let c = RollingConfig {
                     max_instances_down: uint_at(map, "max_instances_down", 1, 64, "")? as u32,
                     max_surge: uint_at(map, "max_surge", 1, 64, "")? as u32,
@@ -209,32 +246,61 @@ impl StrategyConfig {
                     health_check_timeout: duration_at(map, "health_check_timeout", timeout, "")?,
                 };
                 if c.max_instances_down == 0 && c.max_surge == 0 {
-                    return Err(err("max_surge", "max_surge and max_instances_down cannot both be 0"));
+                    return Err(err(
+                        "max_surge",
+                        "max_surge and max_instances_down cannot both be 0",
+                    ));
                 }
                 Ok(StrategyConfig::Rolling(c))
             }
             Strategy::BlueGreen => {
-                check_keys(map, &["health_check_timeout", "scale_down_delay", "smoke_test"], "")?;
+                check_keys(
+                    map,
+                    &["health_check_timeout", "scale_down_delay", "smoke_test"],
+                    "",
+                )?;
                 let smoke_test = match map.get("smoke_test") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-                    Some(v) => return Err(err("smoke_test", format!("expected a command string, got {v}"))),
+                    Some(v) => {
+                        return Err(err(
+                            "smoke_test",
+                            format!("expected a command string, got {v}"),
+                        ))
+                    }
                 };
                 Ok(StrategyConfig::BlueGreen(BlueGreenConfig {
                     health_check_timeout: duration_at(map, "health_check_timeout", timeout, "")?,
-                    scale_down_delay: duration_at(map, "scale_down_delay", Millis::from_secs(30), "")?,
+                    scale_down_delay: duration_at(
+                        map,
+                        "scale_down_delay",
+                        Millis::from_secs(30),
+                        "",
+                    )?,
                     smoke_test,
                 }))
             }
             Strategy::Canary => {
-                check_keys(map, &["steps", "stages", "analysis", "health_check_timeout"], "")?;
+                check_keys(
+                    map,
+                    &["steps", "stages", "analysis", "health_check_timeout"],
+                    "",
+                )?;
                 let steps = match (map.get("steps"), map.get("stages")) {
-                    (Some(_), Some(_)) => return Err(err("stages", "give either `steps` or `stages`, not both")),
+                    (Some(_), Some(_)) => {
+                        return Err(err("stages", "give either `steps` or `stages`, not both"))
+                    }
                     (Some(v), None) => parse_steps(v)?,
                     (None, Some(v)) => parse_stages(v)?,
                     (None, None) => vec![
-                        CanaryStep { weight: 10, pause: Millis::from_secs(30) },
-                        CanaryStep { weight: 50, pause: Millis::from_secs(30) },
+                        CanaryStep {
+                            weight: 10,
+                            pause: Millis::from_secs(30),
+                        },
+                        CanaryStep {
+                            weight: 50,
+                            pause: Millis::from_secs(30),
+                        },
                     ],
                 };
                 let analysis = match map.get("analysis") {
@@ -279,19 +345,38 @@ impl Default for Analysis {
 
 fn parse_analysis(map: &Map<String, Value>) -> Result<Analysis, ConfigKeyError> {
     let p = "analysis.";
-    check_keys(map, &["max_error_rate", "max_latency_p99_ms", "min_requests", "compare_to_stable"], p)?;
+    check_keys(
+        map,
+        &[
+            "max_error_rate",
+            "max_latency_p99_ms",
+            "min_requests",
+            "compare_to_stable",
+        ],
+        p,
+    )?;
     let d = Analysis::default();
     let max_latency_p99_ms = match map.get("max_latency_p99_ms") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {
             Some(n) if n > 0.0 && n < 1.0e7 => Some(n),
-            _ => return Err(err("analysis.max_latency_p99_ms", format!("expected a positive number of milliseconds, got {v}"))),
+            _ => {
+                return Err(err(
+                    "analysis.max_latency_p99_ms",
+                    format!("expected a positive number of milliseconds, got {v}"),
+                ))
+            }
         },
     };
     let compare_to_stable = match map.get("compare_to_stable") {
         None | Some(Value::Null) => d.compare_to_stable,
         Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(err("analysis.compare_to_stable", format!("expected true or false, got {v}"))),
+        Some(v) => {
+            return Err(err(
+                "analysis.compare_to_stable",
+                format!("expected true or false, got {v}"),
+            ))
+        }
     };
     Ok(Analysis {
         max_error_rate: percent_at(map, "max_error_rate", p)?.unwrap_or(d.max_error_rate),
@@ -304,7 +389,13 @@ fn parse_analysis(map: &Map<String, Value>) -> Result<Analysis, ConfigKeyError> 
 fn weight_of(v: Option<&Value>, field: String) -> Result<u32, ConfigKeyError> {
     match v.and_then(Value::as_u64) {
         Some(n) if (1..=100).contains(&n) => Ok(n as u32),
-        _ => Err(err(field, format!("expected a percentage from 1 to 100, got {}", v.unwrap_or(&Value::Null)))),
+        _ => Err(err(
+            field,
+            format!(
+                "expected a percentage from 1 to 100, got {}",
+                v.unwrap_or(&Value::Null)
+            ),
+        )),
     }
 }
 
@@ -322,7 +413,9 @@ fn finish_steps(mut steps: Vec<CanaryStep>, list: &str) -> Result<Vec<CanaryStep
 }
 
 fn parse_steps(v: &Value) -> Result<Vec<CanaryStep>, ConfigKeyError> {
-    let list = v.as_array().ok_or_else(|| err("steps", format!("expected a list of steps, got {v}")))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| err("steps", format!("expected a list of steps, got {v}")))?;
     let mut steps = Vec::new();
     for (i, s) in list.iter().enumerate() {
         let p = format!("steps[{i}].");
@@ -338,12 +431,18 @@ fn parse_steps(v: &Value) -> Result<Vec<CanaryStep>, ConfigKeyError> {
 
 /// Seed 003's `stages`: `percentage`, `duration` ("stable" on the last), `metrics`.
 fn parse_stages(v: &Value) -> Result<Vec<CanaryStep>, ConfigKeyError> {
-    let list = v.as_array().ok_or_else(|| err("stages", format!("expected a list of stages, got {v}")))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| err("stages", format!("expected a list of stages, got {v}")))?;
     let mut steps = Vec::new();
     for (i, s) in list.iter().enumerate() {
         let p = format!("stages[{i}].");
         let m = object(s, &format!("stages[{i}]"))?;
-        check_keys(m, &["percentage", "duration", "metrics", "name", "description"], &p)?;
+        check_keys(
+            m,
+            &["percentage", "duration", "metrics", "name", "description"],
+            &p,
+        )?;
         let weight = weight_of(m.get("percentage"), format!("{p}percentage"))?;
         let pause = match m.get("duration") {
             Some(Value::String(s)) if s == "stable" => Millis(0),
@@ -390,7 +489,11 @@ mod tests {
 
     #[test]
     fn rolling_defaults_and_seed_example() {
-        let c = parse(Strategy::Rolling, json!({"max_instances_down": 1, "health_check_delay": 10, "health_check_timeout": 30})).unwrap();
+        let c = parse(
+            Strategy::Rolling,
+            json!({"max_instances_down": 1, "health_check_delay": 10, "health_check_timeout": 30}),
+        )
+        .unwrap();
         assert_eq!(
             c,
             StrategyConfig::Rolling(RollingConfig {
@@ -412,19 +515,35 @@ mod tests {
 
     #[test]
     fn canary_steps_and_seed_stages_are_the_same() {
-        let a = parse(Strategy::Canary, json!({"steps": [{"weight": 5, "pause": "10m"}, {"weight": 25, "pause": "30m"}]})).unwrap();
-        let b = parse(Strategy::Canary, json!({"stages": [
+        let a = parse(
+            Strategy::Canary,
+            json!({"steps": [{"weight": 5, "pause": "10m"}, {"weight": 25, "pause": "30m"}]}),
+        )
+        .unwrap();
+        let b = parse(
+            Strategy::Canary,
+            json!({"stages": [
             {"percentage": 5, "duration": "10m", "metrics": ["error_rate", "response_time"]},
             {"percentage": 25, "duration": "30m"},
-            {"percentage": 100, "duration": "stable"}]})).unwrap();
+            {"percentage": 100, "duration": "stable"}]}),
+        )
+        .unwrap();
         assert_eq!(a, b);
     }
 
     #[test]
     fn canary_refuses_unmeasured_metrics_and_bad_weights() {
-        let e = parse(Strategy::Canary, json!({"stages": [{"percentage": 5, "metrics": ["cpu_usage"]}]})).unwrap_err();
+        let e = parse(
+            Strategy::Canary,
+            json!({"stages": [{"percentage": 5, "metrics": ["cpu_usage"]}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "stages[0].metrics[0]");
-        let e = parse(Strategy::Canary, json!({"steps": [{"weight": 50}, {"weight": 10}]})).unwrap_err();
+        let e = parse(
+            Strategy::Canary,
+            json!({"steps": [{"weight": 50}, {"weight": 10}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "steps");
         let e = parse(Strategy::Canary, json!({"steps": [{"weight": 0}]})).unwrap_err();
         assert_eq!(e.field, "steps[0].weight");
@@ -432,9 +551,23 @@ mod tests {
 
     #[test]
     fn negative_or_wrongly_typed_values_are_refused() {
-        assert_eq!(parse(Strategy::Rolling, json!({"max_surge": -1})).unwrap_err().field, "max_surge");
-        assert_eq!(parse(Strategy::BlueGreen, json!({"scale_down_delay": "soon"})).unwrap_err().field, "scale_down_delay");
-        assert!(parse(Strategy::Rolling, json!({"max_surge": 0, "max_instances_down": 0})).is_err());
+        assert_eq!(
+            parse(Strategy::Rolling, json!({"max_surge": -1}))
+                .unwrap_err()
+                .field,
+            "max_surge"
+        );
+        assert_eq!(
+            parse(Strategy::BlueGreen, json!({"scale_down_delay": "soon"}))
+                .unwrap_err()
+                .field,
+            "scale_down_delay"
+        );
+        assert!(parse(
+            Strategy::Rolling,
+            json!({"max_surge": 0, "max_instances_down": 0})
+        )
+        .is_err());
     }
 }
 
@@ -446,14 +579,26 @@ mod round_trip {
     #[test]
     fn serialized_configs_parse_back_the_same() {
         for (s, v) in [
-            (Strategy::Rolling, json!({"max_surge": 2, "health_check_delay": "1500ms"})),
-            (Strategy::BlueGreen, json!({"smoke_test": "curl -f $FRAISIER_TARGET_URL"})),
-            (Strategy::Canary, json!({"steps": [{"weight": 20, "pause": "2s"}], "analysis": {"max_latency_p99_ms": 300}})),
+            (
+                Strategy::Rolling,
+                json!({"max_surge": 2, "health_check_delay": "1500ms"}),
+            ),
+            (
+                Strategy::BlueGreen,
+                json!({"smoke_test": "curl -f $FRAISIER_TARGET_URL"}),
+            ),
+            (
+                Strategy::Canary,
+                json!({"steps": [{"weight": 20, "pause": "2s"}], "analysis": {"max_latency_p99_ms": 300}}),
+            ),
             (Strategy::Recreate, json!({})),
         ] {
             let c = StrategyConfig::parse(s, v.as_object().unwrap()).unwrap();
             let back = serde_json::to_value(&c).unwrap();
-            assert_eq!(StrategyConfig::parse(s, back.as_object().unwrap()).unwrap(), c);
+            assert_eq!(
+                StrategyConfig::parse(s, back.as_object().unwrap()).unwrap(),
+                c
+            );
         }
     }
 }

@@ -62,7 +62,10 @@ impl Keys {
     /// Loads the key, creating it (random, 0600) on first start.
     pub fn load_or_create(data_dir: &Path, ttl_secs: i64) -> Result<Keys, AuthError> {
         let path = data_dir.join(KEY_FILE);
-        let err = |source| AuthError::Key { path: path.clone(), source };
+        let err = |source| AuthError::Key {
+            path: path.clone(),
+            source,
+        };
         let secret = match std::fs::read(&path) {
             Ok(s) if s.len() >= 32 => s,
             Ok(_) | Err(_) if !path.exists() => {
@@ -99,8 +102,12 @@ impl Keys {
             iat: now,
             jti: hex::encode(jti),
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&self.secret))
-            .expect("HS256 encoding of plain claims cannot fail");
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&self.secret),
+        )
+        .expect("HS256 encoding of plain claims cannot fail");
         (token, self.ttl_secs)
     }
 
@@ -136,7 +143,11 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 

@@ -75,10 +75,22 @@ async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<(), ServerErr
         _ => (auth::generate_password(), true),
     };
     let hash = auth::hash_password(&password)?;
-    store.create_user(DEFAULT_TENANT, auth::ADMIN_USER, &hash, &["admin".to_string()]).await?;
+    store
+        .create_user(
+            DEFAULT_TENANT,
+            auth::ADMIN_USER,
+            &hash,
+            &["admin".to_string()],
+        )
+        .await?;
     if generated {
         let path = data_dir.join(auth::ADMIN_PASSWORD_FILE);
-        auth::write_private(&path, format!("{password}\n").as_bytes()).map_err(|source| ServerError::Write { path: path.clone(), source })?;
+        auth::write_private(&path, format!("{password}\n").as_bytes()).map_err(|source| {
+            ServerError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
         tracing::info!(path = %path.display(), "created user admin; its generated password is in this file");
     } else {
         tracing::info!("created user admin with the password from FRAISIER_ADMIN_PASSWORD");
@@ -88,7 +100,10 @@ async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<(), ServerErr
 
 fn make_private_dir(path: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| ServerError::DataDir { path: path.to_path_buf(), source };
+    let err = |source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
@@ -111,13 +126,28 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     let engine = Engine::new(store, agent, config.clone(), opts.settings);
     engine.start().await?;
     let listen = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServerError::Listen { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: listen,
+            source,
+        })?;
     let addr = listener.local_addr()?;
-    let state = api::AppState { engine, keys, config: config.clone(), started_at: chrono::Utc::now() };
+    let state = api::AppState {
+        engine,
+        keys,
+        config: config.clone(),
+        started_at: chrono::Utc::now(),
+    };
     // Scripts and tests read this line to learn the port when listening on :0.
-    println!("fraisier listening on http://{addr}/api/v1 (data in {})", data_dir.display());
+    println!(
+        "fraisier listening on http://{addr}/api/v1 (data in {})",
+        data_dir.display()
+    );
     tracing::info!(%addr, "listening");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped; the agent keeps serving traffic");
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fraisier_client::agent::{AgentClient, AgentClientError as AgentError};
 use fraisier_engine::{Provider, ProviderError};
-use fraisier_model::service::{AgentInfo, DesiredService, ExecRequest, ExecResult, ObservedService};
+use fraisier_model::service::{
+    AgentInfo, DesiredService, ExecRequest, ExecResult, ObservedService,
+};
 use tokio::sync::Mutex;
 
 /// How to start an agent: this very binary with `agent --state-dir DIR`.
@@ -30,7 +32,9 @@ fn unreachable(e: impl std::fmt::Display) -> ProviderError {
 
 fn from_agent(e: AgentError) -> ProviderError {
     match e {
-        AgentError::Unreachable { .. } | AgentError::NoAgent { .. } => ProviderError::Unreachable(e.to_string()),
+        AgentError::Unreachable { .. } | AgentError::NoAgent { .. } => {
+            ProviderError::Unreachable(e.to_string())
+        }
         e => ProviderError::Rejected(e.to_string()),
     }
 }
@@ -39,7 +43,10 @@ fn from_agent(e: AgentError) -> ProviderError {
 
 impl LocalAgent {
     pub fn new(launcher: AgentLauncher) -> LocalAgent {
-        LocalAgent { launcher, client: Mutex::new(None) }
+        LocalAgent {
+            launcher,
+            client: Mutex::new(None),
+        }
     }
 
     /// A client for a live agent: the cached one, the one `agent.json` names if it answers,
@@ -84,7 +91,12 @@ impl LocalAgent {
             .process_group(0)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| unreachable(format!("cannot start the agent ({}): {e}", self.launcher.program.display())))?;
+            .map_err(|e| {
+                unreachable(format!(
+                    "cannot start the agent ({}): {e}",
+                    self.launcher.program.display()
+                ))
+            })?;
         let pid = child.id();
         // Reap it if it exits while we live; if we die first, init does.
         tokio::spawn(async move {
@@ -137,11 +149,17 @@ fn read_info(dir: &std::path::Path) -> Option<AgentInfo> {
 #[async_trait]
 impl Provider for LocalAgent {
     async fn apply(&self, desired: &DesiredService) -> Result<ObservedService, ProviderError> {
-        self.call(|c| async move { c.put_service(desired).await }).await
+        self.call(|c| async move { c.put_service(desired).await })
+            .await
     }
 
-    async fn observe(&self, fraise: &str, environment: &str) -> Result<Option<ObservedService>, ProviderError> {
-        self.call(|c| async move { c.service(fraise, environment).await }).await
+    async fn observe(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<ObservedService>, ProviderError> {
+        self.call(|c| async move { c.service(fraise, environment).await })
+            .await
     }
 
     async fn exec(&self, request: &ExecRequest) -> Result<ExecResult, ProviderError> {

@@ -122,7 +122,11 @@ fn print_json(v: &Value) {
 }
 
 fn exit_for(status: &str) -> ExitCode {
-    if status == "success" { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if status == "success" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
@@ -135,23 +139,41 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
         body["strategy"] = json!(st);
     }
     if let Some(sc) = a.strategy_config {
-        body["strategy_config"] = serde_json::from_str(&sc).context("--strategy-config must be a JSON object")?;
+        body["strategy_config"] =
+            serde_json::from_str(&sc).context("--strategy-config must be a JSON object")?;
     }
     if a.skip_health_check {
         body["skip_health_check"] = json!(true);
     }
-    let (_, created) = c.post(&format!("/deployments/{}/{}", a.fraise, a.environment), &body).await?;
+    let (_, created) = c
+        .post(
+            &format!("/deployments/{}/{}", a.fraise, a.environment),
+            &body,
+        )
+        .await?;
     let id = s(&created["id"]);
     if !a.wait {
         if ctx.json {
             print_json(&created);
         } else {
-            println!("{id} {} {} → {} ({})", created["status"].as_str().unwrap_or(""), a.fraise, s(&created["version"]), s(&created["strategy"]));
+            println!(
+                "{id} {} {} → {} ({})",
+                created["status"].as_str().unwrap_or(""),
+                a.fraise,
+                s(&created["version"]),
+                s(&created["strategy"])
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
     if !ctx.json {
-        eprintln!("{id}: deploying {} {} to {} ({})", a.fraise, s(&created["version"]), a.environment, s(&created["strategy"]));
+        eprintln!(
+            "{id}: deploying {} {} to {} ({})",
+            a.fraise,
+            s(&created["version"]),
+            a.environment,
+            s(&created["strategy"])
+        );
         if let Err(e) = watch_progress(&c, &id).await {
             eprintln!("(live progress unavailable: {e:#}; waiting for the result)");
         }
@@ -180,16 +202,26 @@ async fn finish(ctx: &Ctx, c: &ApiClient, id: &str) -> Result<ExitCode> {
 async fn watch_progress(c: &ApiClient, id: &str) -> Result<()> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
-    let url = format!("{}/deployments/{id}/progress", c.base().replacen("http", "ws", 1));
+    let url = format!(
+        "{}/deployments/{id}/progress",
+        c.base().replacen("http", "ws", 1)
+    );
     let mut req = url.into_client_request()?;
-    req.headers_mut().insert("authorization", format!("Bearer {}", c.token().unwrap_or_default()).parse()?);
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", c.token().unwrap_or_default()).parse()?,
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg? else { continue };
         let p: Value = serde_json::from_str(&text)?;
         let pct = p["progress_pct"].as_u64().unwrap_or(0).min(100) as usize;
         let bar = format!("{}{}", "#".repeat(pct / 5), "-".repeat(20 - pct / 5));
-        eprintln!("[{bar}] {pct:>3}%  {:<44} {}", s(&p["step"]), s(&p["status"]));
+        eprintln!(
+            "[{bar}] {pct:>3}%  {:<44} {}",
+            s(&p["step"]),
+            s(&p["status"])
+        );
         if s(&p["step"]) == "finished" {
             break;
         }
@@ -198,9 +230,30 @@ async fn watch_progress(c: &ApiClient, id: &str) -> Result<()> {
 }
 
 fn print_run(run: &Value) {
-    println!("{}  {}  {} → {} in {}  ({})", s(&run["id"]), s(&run["status"]).to_uppercase(), s(&run["previous_version"]), s(&run["version"]), s(&run["environment"]), s(&run["strategy"]));
+    println!(
+        "{}  {}  {} → {} in {}  ({})",
+        s(&run["id"]),
+        s(&run["status"]).to_uppercase(),
+        s(&run["previous_version"]),
+        s(&run["version"]),
+        s(&run["environment"]),
+        s(&run["strategy"])
+    );
     if let Some(steps) = run["steps"].as_array() {
-        let rows: Vec<Vec<String>> = steps.iter().map(|st| vec![s(&st["status"]), s(&st["name"]), st["error"].as_str().or(st["message"].as_str()).unwrap_or("").to_string()]).collect();
+        let rows: Vec<Vec<String>> = steps
+            .iter()
+            .map(|st| {
+                vec![
+                    s(&st["status"]),
+                    s(&st["name"]),
+                    st["error"]
+                        .as_str()
+                        .or(st["message"].as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                ]
+            })
+            .collect();
         print!("{}", render(&["step", "name", "message"], &rows));
     }
     if let Some(e) = run["error"].as_object() {
@@ -210,7 +263,9 @@ fn print_run(run: &Value) {
 
 pub async fn show(ctx: &Ctx, a: ShowArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
-    let run = c.get(&format!("/deployments/{}", a.deployment_id), &[]).await?;
+    let run = c
+        .get(&format!("/deployments/{}", a.deployment_id), &[])
+        .await?;
     if ctx.json {
         print_json(&run);
     } else {
@@ -223,12 +278,19 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
     let names: Vec<String> = match a.fraise {
         Some(f) => vec![f],
-        None => c.get("/fraises", &[("limit", "500".into())]).await?["fraises"].as_array().map(|l| l.iter().map(|f| s(&f["name"])).collect()).unwrap_or_default(),
+        None => c.get("/fraises", &[("limit", "500".into())]).await?["fraises"]
+            .as_array()
+            .map(|l| l.iter().map(|f| s(&f["name"])).collect())
+            .unwrap_or_default(),
     };
     let mut all = Vec::new();
     let mut rows = Vec::new();
     for name in names {
-        let q: Vec<(&str, String)> = a.environment.iter().map(|e| ("environment", e.clone())).collect();
+        let q: Vec<(&str, String)> = a
+            .environment
+            .iter()
+            .map(|e| ("environment", e.clone()))
+            .collect();
         let st = c.get(&format!("/fraises/{name}/status"), &q).await?;
         if let Some(envs) = st["environments"].as_object() {
             for (env, e) in envs {
@@ -248,23 +310,64 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<ExitCode> {
     if ctx.json {
         print_json(&Value::Array(all));
     } else {
-        print!("{}", render(&["fraise", "environment", "version", "status", "healthy", "errors", "p99"], &rows));
+        print!(
+            "{}",
+            render(
+                &[
+                    "fraise",
+                    "environment",
+                    "version",
+                    "status",
+                    "healthy",
+                    "errors",
+                    "p99"
+                ],
+                &rows
+            )
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn run_rows(list: &[Value]) -> Vec<Vec<String>> {
     list.iter()
-        .map(|r| vec![s(&r["id"]), s(&r["fraise"]), s(&r["environment"]), s(&r["version"]), s(&r["strategy"]), s(&r["status"]), s(&r["created_at"]), s(&r["duration_seconds"])])
+        .map(|r| {
+            vec![
+                s(&r["id"]),
+                s(&r["fraise"]),
+                s(&r["environment"]),
+                s(&r["version"]),
+                s(&r["strategy"]),
+                s(&r["status"]),
+                s(&r["created_at"]),
+                s(&r["duration_seconds"]),
+            ]
+        })
         .collect()
 }
 
-const RUN_HEADERS: &[&str] = &["id", "fraise", "environment", "version", "strategy", "status", "created", "seconds"];
+const RUN_HEADERS: &[&str] = &[
+    "id",
+    "fraise",
+    "environment",
+    "version",
+    "strategy",
+    "status",
+    "created",
+    "seconds",
+];
 
 pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
-    let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string()), ("sort", "-created_at".into())];
-    for (k, v) in [("fraise", a.fraise), ("environment", a.environment), ("status", a.status)] {
+    let mut q: Vec<(&str, String)> = vec![
+        ("limit", a.limit.to_string()),
+        ("sort", "-created_at".into()),
+    ];
+    for (k, v) in [
+        ("fraise", a.fraise),
+        ("environment", a.environment),
+        ("status", a.status),
+    ] {
         if let Some(v) = v {
             q.push((k, v));
         }
@@ -273,7 +376,13 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
     if ctx.json {
         print_json(&body);
     } else {
-        print!("{}", render(RUN_HEADERS, &run_rows(body["deployments"].as_array().map_or(&[][..], |v| v))));
+        print!(
+            "{}",
+            render(
+                RUN_HEADERS,
+                &run_rows(body["deployments"].as_array().map_or(&[][..], |v| v))
+            )
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,15 +401,47 @@ pub async fn history(ctx: &Ctx, a: HistoryArgs) -> Result<ExitCode> {
             .as_array()
             .map_or(&[][..], |v| v)
             .iter()
-            .map(|r| vec![s(&r["id"]), s(&r["environment"]), s(&r["previous_version"]), s(&r["version"]), s(&r["type"]), s(&r["status"]), s(&r["triggered_by"]), s(&r["created_at"])])
+            .map(|r| {
+                vec![
+                    s(&r["id"]),
+                    s(&r["environment"]),
+                    s(&r["previous_version"]),
+                    s(&r["version"]),
+                    s(&r["type"]),
+                    s(&r["status"]),
+                    s(&r["triggered_by"]),
+                    s(&r["created_at"]),
+                ]
+            })
             .collect();
-        print!("{}", render(&["id", "environment", "from", "to", "type", "status", "by", "created"], &rows));
+        print!(
+            "{}",
+            render(
+                &[
+                    "id",
+                    "environment",
+                    "from",
+                    "to",
+                    "type",
+                    "status",
+                    "by",
+                    "created"
+                ],
+                &rows
+            )
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_log(l: &Value) {
-    println!("{} {:<5} {:<12} {}", s(&l["timestamp"]), s(&l["level"]), s(&l["component"]), s(&l["message"]));
+    println!(
+        "{} {:<5} {:<12} {}",
+        s(&l["timestamp"]),
+        s(&l["level"]),
+        s(&l["component"]),
+        s(&l["message"])
+    );
 }
 
 pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
@@ -317,7 +458,11 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
         if ctx.json {
             print_json(&body);
         } else {
-            body["logs"].as_array().map_or(&[][..], |v| v).iter().for_each(print_log);
+            body["logs"]
+                .as_array()
+                .map_or(&[][..], |v| v)
+                .iter()
+                .for_each(print_log);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -343,7 +488,11 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
                     "end" => return Ok(ExitCode::SUCCESS),
                     "log" => {
                         let v: Value = serde_json::from_str(d.trim()).unwrap_or_default();
-                        if ctx.json { println!("{}", v) } else { print_log(&v) }
+                        if ctx.json {
+                            println!("{}", v)
+                        } else {
+                            print_log(&v)
+                        }
                     }
                     _ => {}
                 }
@@ -356,10 +505,23 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
 pub async fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
     let body = json!({ "to_version": a.to, "reason": a.reason });
-    let (_, r) = c.post(&format!("/deployments/{}/{}/rollback", a.fraise, a.environment), &body).await?;
+    let (_, r) = c
+        .post(
+            &format!("/deployments/{}/{}/rollback", a.fraise, a.environment),
+            &body,
+        )
+        .await?;
     let id = s(&r["id"]);
     if !a.wait {
-        if ctx.json { print_json(&r) } else { println!("{id} rollback {} → {} pending", s(&r["from_version"]), s(&r["to_version"])) }
+        if ctx.json {
+            print_json(&r)
+        } else {
+            println!(
+                "{id} rollback {} → {} pending",
+                s(&r["from_version"]),
+                s(&r["to_version"])
+            )
+        }
         return Ok(ExitCode::SUCCESS);
     }
     finish(ctx, &c, &id).await
@@ -367,11 +529,18 @@ pub async fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<ExitCode> {
 
 pub async fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
-    let (_, r) = c.delete(&format!("/deployments/{}", a.deployment_id)).await?;
+    let (_, r) = c
+        .delete(&format!("/deployments/{}", a.deployment_id))
+        .await?;
     if ctx.json {
         print_json(&r);
     } else {
-        println!("{} {} (by {})", s(&r["id"]), s(&r["status"]), s(&r["cancelled_by"]));
+        println!(
+            "{} {} (by {})",
+            s(&r["id"]),
+            s(&r["status"]),
+            s(&r["cancelled_by"])
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

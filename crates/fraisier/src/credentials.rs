@@ -33,14 +33,24 @@ fn read_saved() -> Option<Saved> {
 fn save(s: &Saved) -> Result<()> {
     let path = saved_path().ok_or_else(|| anyhow!("no HOME to save credentials in"))?;
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    fraisier_server::auth::write_private(&path, serde_json::to_string_pretty(s)?.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    fraisier_server::auth::write_private(&path, serde_json::to_string_pretty(s)?.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A token minted from the local data dir, when this host runs the server.
 pub fn local_token(ctx: &Ctx) -> Option<String> {
-    let config = crate::config_path(ctx.config_path.as_deref()).and_then(|p| fraisier_model::Config::load(&p).ok())?;
-    let keys = fraisier_server::auth::Keys::load(&config.server.data_dir, (config.server.token_ttl.0 / 1000) as i64).ok()?;
-    let (token, _) = keys.mint(fraisier_server::auth::ADMIN_USER, fraisier_store::DEFAULT_TENANT, &["admin".to_string()]);
+    let config = crate::config_path(ctx.config_path.as_deref())
+        .and_then(|p| fraisier_model::Config::load(&p).ok())?;
+    let keys = fraisier_server::auth::Keys::load(
+        &config.server.data_dir,
+        (config.server.token_ttl.0 / 1000) as i64,
+    )
+    .ok()?;
+    let (token, _) = keys.mint(
+        fraisier_server::auth::ADMIN_USER,
+        fraisier_store::DEFAULT_TENANT,
+        &["admin".to_string()],
+    );
     Some(token)
 }
 
@@ -56,9 +66,18 @@ pub async fn token(ctx: &Ctx) -> Result<String> {
     let Some(mut saved) = read_saved() else {
         bail!("no token: run this on the server's host (where its fraisier.yaml and data dir are), or log in with `fraisier auth:login --server URL`");
     };
-    let client = ApiClient::new(ctx.server.as_deref().unwrap_or(&saved.server), Some(saved.token.clone()));
-    let (_, body) = client.post("/auth/refresh", &json!({})).await.context("the saved token could not be renewed; run `fraisier auth:login` again")?;
-    let fresh = body["access_token"].as_str().ok_or_else(|| anyhow!("the server sent no access_token"))?.to_string();
+    let client = ApiClient::new(
+        ctx.server.as_deref().unwrap_or(&saved.server),
+        Some(saved.token.clone()),
+    );
+    let (_, body) = client
+        .post("/auth/refresh", &json!({}))
+        .await
+        .context("the saved token could not be renewed; run `fraisier auth:login` again")?;
+    let fresh = body["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server sent no access_token"))?
+        .to_string();
     saved.token = fresh.clone();
     save(&saved)?;
     Ok(fresh)
@@ -68,13 +87,19 @@ pub fn server_url(ctx: &Ctx) -> String {
     if let Some(s) = &ctx.server {
         return s.clone();
     }
-    if let Some(config) = crate::config_path(ctx.config_path.as_deref()).and_then(|p| fraisier_model::Config::load(&p).ok()) {
+    if let Some(config) = crate::config_path(ctx.config_path.as_deref())
+        .and_then(|p| fraisier_model::Config::load(&p).ok())
+    {
         return format!("http://{}", config.server.listen);
     }
     read_saved().map_or_else(|| "http://127.0.0.1:8000".to_string(), |s| s.server)
 }
 
-pub async fn login(ctx: &Ctx, username: Option<String>, password: Option<String>) -> Result<ExitCode> {
+pub async fn login(
+    ctx: &Ctx,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<ExitCode> {
     let server = server_url(ctx);
     let username = username.unwrap_or_else(|| "admin".into());
     let password = match password {
@@ -87,9 +112,21 @@ pub async fn login(ctx: &Ctx, username: Option<String>, password: Option<String>
         }
     };
     let client = ApiClient::new(&server, None);
-    let (_, body) = client.post("/auth/login", &json!({ "username": username, "password": password })).await?;
-    let token = body["access_token"].as_str().ok_or_else(|| anyhow!("the server sent no access_token"))?.to_string();
-    save(&Saved { server: server.clone(), username: username.clone(), token })?;
+    let (_, body) = client
+        .post(
+            "/auth/login",
+            &json!({ "username": username, "password": password }),
+        )
+        .await?;
+    let token = body["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server sent no access_token"))?
+        .to_string();
+    save(&Saved {
+        server: server.clone(),
+        username: username.clone(),
+        token,
+    })?;
     eprintln!("logged in to {server} as {username}");
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,12 @@ use clap::{Args, Parser, Subcommand};
 use fraisier_model::config::Config;
 
 #[derive(Parser)]
-#[command(name = "fraisier", version, about = "Deploy fraises to environments with zero downtime", propagate_version = true)]
+#[command(
+    name = "fraisier",
+    version,
+    about = "Deploy fraises to environments with zero downtime",
+    propagate_version = true
+)]
 struct Cli {
     /// fraisier.yaml; default $FRAISIER_CONFIG, then ./fraisier.yaml
     #[arg(long, global = true, env = "FRAISIER_CONFIG")]
@@ -110,8 +115,14 @@ fn main() -> ExitCode {
         };
         tracing_subscriber::EnvFilter::new(default)
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -143,7 +154,11 @@ fn load_config(explicit: Option<&Path>) -> Result<Config> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let ctx = commands::Ctx { config_path: cli.config.clone(), server: cli.server.clone(), json: cli.json };
+    let ctx = commands::Ctx {
+        config_path: cli.config.clone(),
+        server: cli.server.clone(),
+        json: cli.json,
+    };
     match cli.command {
         Command::Serve(args) => {
             let mut config = load_config(cli.config.as_deref())?;
@@ -156,24 +171,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(u) = args.database_url {
                 config.server.database_url = Some(u);
             }
-            let program = std::env::current_exe().context("cannot find the fraisier binary to start the agent")?;
-            fraisier_server::serve(fraisier_server::ServeOptions { config, agent_program: program, settings: Default::default() }).await?;
+            let program = std::env::current_exe()
+                .context("cannot find the fraisier binary to start the agent")?;
+            fraisier_server::serve(fraisier_server::ServeOptions {
+                config,
+                agent_program: program,
+                settings: Default::default(),
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
             let state_dir = match args.state_dir {
                 Some(d) => d,
-                None => fraisier_server::agent_dir(&load_config(cli.config.as_deref())?.server.data_dir),
+                None => {
+                    fraisier_server::agent_dir(&load_config(cli.config.as_deref())?.server.data_dir)
+                }
             };
             match args.action {
                 Some(AgentAction::Stop) => {
-                    let client = fraisier_client::AgentClient::from_state_dir(&state_dir).with_context(|| format!("no agent runs with state in {}", state_dir.display()))?;
+                    let client = fraisier_client::AgentClient::from_state_dir(&state_dir)
+                        .with_context(|| {
+                            format!("no agent runs with state in {}", state_dir.display())
+                        })?;
                     client.shutdown().await.context("the agent did not stop")?;
                     println!("agent stopped; its instances and routers are down");
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    fraisier_agent::run(fraisier_agent::AgentOptions { state_dir, listen: args.listen, keep_releases: args.keep_releases }).await?;
+                    fraisier_agent::run(fraisier_agent::AgentOptions {
+                        state_dir,
+                        listen: args.listen,
+                        keep_releases: args.keep_releases,
+                    })
+                    .await?;
                     Ok(ExitCode::SUCCESS)
                 }
             }

@@ -33,7 +33,10 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn pads_columns() {
-        let t = super::render(&["id", "status"], &[vec!["dep_00001".into(), "success".into()]]);
+        let t = super::render(
+            &["id", "status"],
+            &[vec!["dep_00001".into(), "success".into()]],
+        );
         assert_eq!(t, "id         status\ndep_00001  success\n");
     }
 }

@@ -12,7 +12,9 @@ use axum::{Extension, Json};
 use fraisier_engine::{BusMessage, DeployRequest, RollbackRequest};
 use fraisier_model::run::{Component, LogLevel, RunStatus};
 use fraisier_model::Strategy;
-use fraisier_store::{parse_run_id, run_id_string, LogFilter, Run, RunFilter, RunSort, RunSortField};
+use fraisier_store::{
+    parse_run_id, run_id_string, LogFilter, Run, RunFilter, RunSort, RunSortField,
+};
 use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -133,15 +135,26 @@ fn parse_sort(q: &QueryMap) -> Result<RunSort, ApiError> {
 }
 
 /// Whether each run is the one a rollback of its service would undo.
-async fn rollback_flags(state: &AppState, tenant: &str, runs: &[Run]) -> Result<Vec<bool>, ApiError> {
+async fn rollback_flags(
+    state: &AppState,
+    tenant: &str,
+    runs: &[Run],
+) -> Result<Vec<bool>, ApiError> {
     let services = state.engine.store().services(tenant).await?;
-    let last: HashMap<(&str, &str), Option<i64>> = services.iter().map(|s| ((s.fraise.as_str(), s.environment.as_str()), s.last_run_id)).collect();
+    let last: HashMap<(&str, &str), Option<i64>> = services
+        .iter()
+        .map(|s| ((s.fraise.as_str(), s.environment.as_str()), s.last_run_id))
+        .collect();
     Ok(runs
         .iter()
         .map(|r| {
             r.status == RunStatus::Success
                 && r.previous_version.is_some()
-                && last.get(&(r.fraise.as_str(), r.environment.as_str())).copied().flatten() == Some(r.id)
+                && last
+                    .get(&(r.fraise.as_str(), r.environment.as_str()))
+                    .copied()
+                    .flatten()
+                    == Some(r.id)
         })
         .collect())
 }
@@ -152,9 +165,15 @@ async fn rollback_flags(state: &AppState, tenant: &str, runs: &[Run]) -> Result<
            ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query),
            ("state" = Option<String>, Query, description = "seed 001: list service deployments by state instead of runs")),
     responses((status = 200, body = RunList), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, Extension(who): Extension<Identity>, q: QueryMap) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
     if q.get("state").is_some() || q.get("view") == Some("services") {
-        return services::list(&state, &who, &q).await.map(IntoResponse::into_response);
+        return services::list(&state, &who, &q)
+            .await
+            .map(IntoResponse::into_response);
     }
     let (limit, offset) = q.pagination(50)?;
     let filter = RunFilter {
@@ -170,8 +189,16 @@ pub async fn list(State(state): State<AppState>, Extension(who): Extension<Ident
     };
     let (runs, total) = state.engine.store().list_runs(&who.tenant, &filter).await?;
     let flags = rollback_flags(&state, &who.tenant, &runs).await?;
-    let deployments = runs.iter().zip(flags).map(|(r, f)| views::summary(r, f)).collect();
-    Ok(Json(RunList { deployments, pagination: Pagination::new(total, limit, offset) }).into_response())
+    let deployments = runs
+        .iter()
+        .zip(flags)
+        .map(|(r, f)| views::summary(r, f))
+        .collect();
+    Ok(Json(RunList {
+        deployments,
+        pagination: Pagination::new(total, limit, offset),
+    })
+    .into_response())
 }
 
 pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDetails, ApiError> {
@@ -185,9 +212,23 @@ pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDet
         trigger_type: run.trigger_type.clone(),
         provider: state.engine.provider().kind().to_string(),
         strategy_config: run.strategy_config.clone(),
-        health_check_details: if run.health_details.is_null() { json!({}) } else { run.health_details.clone() },
-        events: events.iter().map(|e| views::EventRef { id: views::event_id(e.id), event_type: e.event_type.clone(), timestamp: views::ts(e.timestamp) }).collect(),
-        logs: views::LogsRef { url: format!("/api/v1/deployments/{id}/logs"), lines: run.log_lines },
+        health_check_details: if run.health_details.is_null() {
+            json!({})
+        } else {
+            run.health_details.clone()
+        },
+        events: events
+            .iter()
+            .map(|e| views::EventRef {
+                id: views::event_id(e.id),
+                event_type: e.event_type.clone(),
+                timestamp: views::ts(e.timestamp),
+            })
+            .collect(),
+        logs: views::LogsRef {
+            url: format!("/api/v1/deployments/{id}/logs"),
+            lines: run.log_lines,
+        },
         steps: steps.iter().map(views::step).collect(),
         metadata: run.metadata.clone(),
         cancelled_at: views::ts_opt(run.cancelled_at),
@@ -202,9 +243,16 @@ pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDet
     params(("deployment_id" = String, Path, description = "a run id (dep_00001), or a fraise / fraise@environment for seed 001's service view"),
            ("environment" = Option<String>, Query)),
     responses((status = 200, body = RunDetails), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>, q: QueryMap) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(id): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
     if !id.starts_with("dep_") {
-        return services::get(&state, &who, &id, &q).await.map(IntoResponse::into_response);
+        return services::get(&state, &who, &id, &q)
+            .await
+            .map(IntoResponse::into_response);
     }
     let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
     Ok(Json(details(&state, &who.tenant, &run).await?).into_response())
@@ -222,7 +270,9 @@ pub async fn create(
     Params((fraise, environment)): Params<(String, String)>,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let wait_secs = body.timeout.unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
+    let wait_secs = body
+        .timeout
+        .unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
     let req = DeployRequest {
         tenant: who.tenant.clone(),
         fraise,
@@ -241,8 +291,15 @@ pub async fn create(
     };
     let run = state.engine.submit(req).await?;
     if body.wait {
-        let run = state.engine.wait(&who.tenant, run.id, Duration::from_secs(wait_secs)).await?;
-        let status = if run.status.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+        let run = state
+            .engine
+            .wait(&who.tenant, run.id, Duration::from_secs(wait_secs))
+            .await?;
+        let status = if run.status.is_final() {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
         return Ok((status, Json(details(&state, &who.tenant, &run).await?)).into_response());
     }
     Ok((StatusCode::ACCEPTED, Json(created(&run))).into_response())
@@ -268,11 +325,18 @@ pub fn created(run: &Run) -> Created {
 #[utoipa::path(delete, path = "/api/v1/deployments/{deployment_id}", tag = "deployments",
     params(("deployment_id" = String, Path)),
     responses((status = 202, body = Cancelled), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(id): Params<String>,
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     let id = run_id(&id)?;
     state.engine.cancel(&who.tenant, id, &who.username).await?;
     // Cancelling restores the previous version; give it a moment so the answer is final.
-    let run = state.engine.wait(&who.tenant, id, Duration::from_secs(15)).await?;
+    let run = state
+        .engine
+        .wait(&who.tenant, id, Duration::from_secs(15))
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Cancelled {
@@ -325,7 +389,8 @@ fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
     Ok(LogFilter {
         lines: q.int("lines", 100, 1, 1000)? as u32,
         level: q.one_of::<LogLevel>("level", "debug, info, warn, error")?,
-        component: q.one_of::<Component>("component", "deployment, health_check, provider, hook")?,
+        component: q
+            .one_of::<Component>("component", "deployment, health_check, provider, hook")?,
         after_id: None,
     })
 }
@@ -334,7 +399,12 @@ fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
     params(("deployment_id" = String, Path), ("lines" = Option<u32>, Query), ("follow" = Option<bool>, Query),
            ("level" = Option<String>, Query), ("component" = Option<String>, Query)),
     responses((status = 200, body = LogsResponse, description = "JSON, or an SSE stream of `log` events with follow=true"), (status = 404, body = super::error::ErrorBody)))]
-pub async fn logs(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>, q: QueryMap) -> Result<Response, ApiError> {
+pub async fn logs(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(id): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
     let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
     let filter = log_filter(&q)?;
     let follow = q.bool("follow")?;
@@ -343,16 +413,25 @@ pub async fn logs(State(state): State<AppState>, Extension(who): Extension<Ident
         // Subscribe before reading the backlog so nothing falls between the two.
         let rx = state.engine.bus().subscribe();
         let (lines, _) = store.logs(run.id, &filter).await?;
-        let backlog: Vec<SseEvent> = lines.iter().map(|l| sse_json("log", &views::log(l), l.id)).collect();
+        let backlog: Vec<SseEvent> = lines
+            .iter()
+            .map(|l| sse_json("log", &views::log(l), l.id))
+            .collect();
         let last = lines.last().map_or(0, |l| l.id);
         let finished = run.status.is_final();
-        return Ok(follow_stream(rx, run.id, backlog, finished, move |m| match m {
-            BusMessage::Log(l) if l.id > last && filter.level.is_none_or(|lv| l.level >= lv) && filter.component.is_none_or(|c| c == l.component) => {
-                Some(sse_json("log", &views::log(l), l.id))
-            }
-            _ => None,
-        })
-        .into_response());
+        return Ok(
+            follow_stream(rx, run.id, backlog, finished, move |m| match m {
+                BusMessage::Log(l)
+                    if l.id > last
+                        && filter.level.is_none_or(|lv| l.level >= lv)
+                        && filter.component.is_none_or(|c| c == l.component) =>
+                {
+                    Some(sse_json("log", &views::log(l), l.id))
+                }
+                _ => None,
+            })
+            .into_response(),
+        );
     }
     let (lines, total) = store.logs(run.id, &filter).await?;
     Ok(Json(LogsResponse {
@@ -367,18 +446,34 @@ pub async fn logs(State(state): State<AppState>, Extension(who): Extension<Ident
 #[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/events", tag = "deployments",
     params(("deployment_id" = String, Path), ("follow" = Option<bool>, Query)),
     responses((status = 200, body = EventsResponse), (status = 404, body = super::error::ErrorBody)))]
-pub async fn events(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(id): Params<String>, q: QueryMap) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(id): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
     let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
     let follow = q.bool("follow")?;
     let rx = follow.then(|| state.engine.bus().subscribe());
     let events = state.engine.store().events(run.id, None).await?;
     if let Some(rx) = rx {
-        let backlog = events.iter().map(|e| sse_json("event", &views::event(e), e.id)).collect();
+        let backlog = events
+            .iter()
+            .map(|e| sse_json("event", &views::event(e), e.id))
+            .collect();
         let last = events.last().map_or(0, |e| e.id);
-        return Ok(follow_stream(rx, run.id, backlog, run.status.is_final(), move |m| match m {
-            BusMessage::Event(e) if e.id > last => Some(sse_json("event", &views::event(e), e.id)),
-            _ => None,
-        })
+        return Ok(follow_stream(
+            rx,
+            run.id,
+            backlog,
+            run.status.is_final(),
+            move |m| match m {
+                BusMessage::Event(e) if e.id > last => {
+                    Some(sse_json("event", &views::event(e), e.id))
+                }
+                _ => None,
+            },
+        )
         .into_response());
     }
     Ok(Json(EventsResponse {
@@ -390,7 +485,11 @@ pub async fn events(State(state): State<AppState>, Extension(who): Extension<Ide
 }
 
 fn sse_json<T: Serialize>(name: &str, v: &T, id: i64) -> SseEvent {
-    SseEvent::default().event(name).id(id.to_string()).json_data(v).unwrap_or_default()
+    SseEvent::default()
+        .event(name)
+        .id(id.to_string())
+        .json_data(v)
+        .unwrap_or_default()
 }
 
 /// An SSE stream: the backlog, then matching bus messages of the run until it finishes.
@@ -413,7 +512,13 @@ fn follow_stream(
                 match rx.recv().await {
                     Ok(m) if m.run_id() == Some(run_id) => {
                         if let BusMessage::Finished { status, .. } = &*m {
-                            let _ = tx.send(SseEvent::default().event("end").data(json!({ "status": status }).to_string())).await;
+                            let _ = tx
+                                .send(
+                                    SseEvent::default()
+                                        .event("end")
+                                        .data(json!({ "status": status }).to_string()),
+                                )
+                                .await;
                             return;
                         }
                         if let Some(e) = pick(&m) {
@@ -424,7 +529,9 @@ fn follow_stream(
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(SseEvent::default().event("lagged").data(n.to_string())).await;
+                        let _ = tx
+                            .send(SseEvent::default().event("lagged").data(n.to_string()))
+                            .await;
                     }
                     Err(_) => return,
                 }
@@ -432,6 +539,8 @@ fn follow_stream(
         }
         let _ = tx.send(SseEvent::default().event("end").data("{}")).await;
     });
-    let s = stream::unfold(out, |mut out| async move { out.recv().await.map(|e| (Ok(e), out)) });
+    let s = stream::unfold(out, |mut out| async move {
+        out.recv().await.map(|e| (Ok(e), out))
+    });
     Sse::new(s).keep_alive(KeepAlive::default())
 }

@@ -18,7 +18,13 @@ struct Counts {
 }
 
 async fn counts(state: &AppState, tenant: &str, env: &str) -> Result<Counts, ApiError> {
-    let mut c = Counts { total: 0, deployed: 0, healthy: 0, degraded: 0, unhealthy: 0 };
+    let mut c = Counts {
+        total: 0,
+        deployed: 0,
+        healthy: 0,
+        degraded: 0,
+        unhealthy: 0,
+    };
     for (name, f) in &state.config.fraises {
         if !f.environments.contains_key(env) {
             continue;
@@ -50,12 +56,23 @@ fn status_word(c: &Counts) -> &'static str {
     }
 }
 
-fn lookup<'a>(state: &'a AppState, name: &str) -> Result<&'a fraisier_model::config::EnvironmentConfig, ApiError> {
-    state.config.environments.get(name).filter(|_| fraisier_model::names::is_valid_name(name)).ok_or_else(|| ApiError::environment_not_found(name))
+fn lookup<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<&'a fraisier_model::config::EnvironmentConfig, ApiError> {
+    state
+        .config
+        .environments
+        .get(name)
+        .filter(|_| fraisier_model::names::is_valid_name(name))
+        .ok_or_else(|| ApiError::environment_not_found(name))
 }
 
 #[utoipa::path(get, path = "/api/v1/environments", tag = "environments", responses((status = 200, body = Object)))]
-pub async fn list(State(state): State<AppState>, Extension(who): Extension<Identity>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for (name, e) in &state.config.environments {
         let c = counts(&state, &who.tenant, name).await?;
@@ -69,10 +86,20 @@ pub async fn list(State(state): State<AppState>, Extension(who): Extension<Ident
 
 #[utoipa::path(get, path = "/api/v1/environments/{environment_name}", tag = "environments",
     params(("environment_name" = String, Path)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+) -> Result<Json<Value>, ApiError> {
     let e = lookup(&state, &name)?;
     let c = counts(&state, &who.tenant, &name).await?;
-    let fraises: Vec<&String> = state.config.fraises.iter().filter(|(_, f)| f.environments.contains_key(&name)).map(|(n, _)| n).collect();
+    let fraises: Vec<&String> = state
+        .config
+        .fraises
+        .iter()
+        .filter(|(_, f)| f.environments.contains_key(&name))
+        .map(|(n, _)| n)
+        .collect();
     Ok(Json(json!({
         "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
         "provider": e.provider, "fraises": fraises, "fraises_deployed": c.deployed, "status": status_word(&c),
@@ -81,7 +108,11 @@ pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identi
 
 #[utoipa::path(get, path = "/api/v1/environments/{environment_name}/status", tag = "environments",
     params(("environment_name" = String, Path)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
-pub async fn status(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+) -> Result<Json<Value>, ApiError> {
     let e = lookup(&state, &name)?;
     let c = counts(&state, &who.tenant, &name).await?;
     let store = state.engine.store();

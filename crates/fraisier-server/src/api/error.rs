@@ -40,7 +40,12 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: json!({}) }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+        }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -50,7 +55,8 @@ impl ApiError {
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         let field = field.into();
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", message).with_details(json!({ "field": field }))
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", message)
+            .with_details(json!({ "field": field }))
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -58,23 +64,40 @@ impl ApiError {
     }
 
     pub fn run_not_found(id: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "DEPLOYMENT_NOT_FOUND", format!("Deployment {id} not found"))
-            .with_details(json!({ "deployment_id": id }))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "DEPLOYMENT_NOT_FOUND",
+            format!("Deployment {id} not found"),
+        )
+        .with_details(json!({ "deployment_id": id }))
     }
 
     pub fn fraise_not_found(name: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "FRAISE_NOT_FOUND", format!("Fraise {name} not found")).with_details(json!({ "fraise": name }))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "FRAISE_NOT_FOUND",
+            format!("Fraise {name} not found"),
+        )
+        .with_details(json!({ "fraise": name }))
     }
 
     pub fn environment_not_found(name: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "ENVIRONMENT_NOT_FOUND", format!("Environment {name} not found"))
-            .with_details(json!({ "environment": name }))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ENVIRONMENT_NOT_FOUND",
+            format!("Environment {name} not found"),
+        )
+        .with_details(json!({ "environment": name }))
     }
 
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         // The cause goes to the log, not to the client.
         tracing::error!(error = %e, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error; see the server log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "internal error; see the server log",
+        )
     }
 }
 
@@ -84,32 +107,64 @@ impl From<EngineError> for ApiError {
         let code = e.code();
         let (status, details) = match &e {
             EngineError::FraiseNotFound(f) => (StatusCode::NOT_FOUND, json!({ "fraise": f })),
-            EngineError::EnvironmentNotFound(env) => (StatusCode::NOT_FOUND, json!({ "environment": env })),
-            EngineError::NotInEnvironment { fraise, environment } => {
-                (StatusCode::NOT_FOUND, json!({ "fraise": fraise, "environment": environment }))
+            EngineError::EnvironmentNotFound(env) => {
+                (StatusCode::NOT_FOUND, json!({ "environment": env }))
             }
+            EngineError::NotInEnvironment {
+                fraise,
+                environment,
+            } => (
+                StatusCode::NOT_FOUND,
+                json!({ "fraise": fraise, "environment": environment }),
+            ),
             EngineError::RunNotFound(id) => (StatusCode::NOT_FOUND, json!({ "deployment_id": id })),
-            EngineError::InvalidParameters { field, .. } | EngineError::InvalidSpec { field, .. } => {
+            EngineError::InvalidParameters { field, .. }
+            | EngineError::InvalidSpec { field, .. } => {
                 (StatusCode::BAD_REQUEST, json!({ "field": field }))
             }
-            EngineError::NoVersionKnown(_) => (StatusCode::BAD_REQUEST, json!({ "field": "version" })),
-            EngineError::ArtifactNotFound { version, .. } => (StatusCode::BAD_REQUEST, json!({ "field": "version", "version": version })),
-            EngineError::InProgress { active_id, fraise, environment } => (
+            EngineError::NoVersionKnown(_) => {
+                (StatusCode::BAD_REQUEST, json!({ "field": "version" }))
+            }
+            EngineError::ArtifactNotFound { version, .. } => (
+                StatusCode::BAD_REQUEST,
+                json!({ "field": "version", "version": version }),
+            ),
+            EngineError::InProgress {
+                active_id,
+                fraise,
+                environment,
+            } => (
                 StatusCode::CONFLICT,
                 json!({ "deployment_id": active_id, "fraise": fraise, "environment": environment }),
             ),
-            EngineError::DependencyFailed { dependency, environment, reason } => (
+            EngineError::DependencyFailed {
+                dependency,
+                environment,
+                reason,
+            } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({ "dependency": dependency, "environment": environment, "cause": reason }),
             ),
-            EngineError::BackupNotFound { version, .. } => (StatusCode::BAD_REQUEST, json!({ "version": version })),
+            EngineError::BackupNotFound { version, .. } => {
+                (StatusCode::BAD_REQUEST, json!({ "version": version }))
+            }
             EngineError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
-            EngineError::AlreadyFinished(id) => (StatusCode::CONFLICT, json!({ "deployment_id": id })),
-            EngineError::Provider(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "provider": "local" })),
+            EngineError::AlreadyFinished(id) => {
+                (StatusCode::CONFLICT, json!({ "deployment_id": id }))
+            }
+            EngineError::Provider(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "provider": "local" }),
+            ),
             EngineError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, json!({})),
             EngineError::Store(_) => return ApiError::internal(e),
         };
-        ApiError { status, code, message, details }
+        ApiError {
+            status,
+            code,
+            message,
+            details,
+        }
     }
 }
 

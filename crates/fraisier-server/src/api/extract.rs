@@ -22,8 +22,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "INVALID_PARAMETERS", format!("request body is larger than {MAX_BODY_BYTES} bytes"))
-                    .with_details(serde_json::json!({ "field": "body", "max_bytes": MAX_BODY_BYTES }))
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "INVALID_PARAMETERS",
+                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+                .with_details(serde_json::json!({ "field": "body", "max_bytes": MAX_BODY_BYTES }))
             } else {
                 ApiError::invalid("body", format!("cannot read the request body: {e}"))
             }
@@ -33,26 +37,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ApiError::invalid("body", format!("request body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!(
+                "request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
     let mut value: Value = if text.trim().is_empty() {
         Value::Object(Map::new())
     } else {
-        serde_json::from_str(text).map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
+        serde_json::from_str(text)
+            .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
     };
     if !value.is_object() {
-        return Err(ApiError::invalid("body", "the request body must be a JSON object"));
+        return Err(ApiError::invalid(
+            "body",
+            "the request body must be a JSON object",
+        ));
     }
     normalize_keys(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        let field = if path == "." { unknown_field_name(&inner).unwrap_or_else(|| "body".into()) } else { path };
+        let field = if path == "." {
+            unknown_field_name(&inner).unwrap_or_else(|| "body".into())
+        } else {
+            path
+        };
         ApiError::invalid(field.clone(), format!("{field}: {inner}"))
     })
 }
 
 fn unknown_field_name(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
     Some(rest.split('`').next()?.to_string())
 }
 
@@ -99,7 +121,8 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or("");
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}")))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
+            .map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}")))?;
         let pairs = pairs.into_iter().map(|(k, v)| (to_snake(&k), v)).collect();
         Ok(QueryMap(pairs))
     }
@@ -107,7 +130,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 
 impl QueryMap {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A non-empty string value.
@@ -120,7 +147,10 @@ impl QueryMap {
             None | Some("") => Ok(default),
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n >= min as i64 && n <= max as i64 => Ok(n as u64),
-                _ => Err(ApiError::invalid(key, format!("{key} must be an integer from {min} to {max}, got {v:?}"))),
+                _ => Err(ApiError::invalid(
+                    key,
+                    format!("{key} must be an integer from {min} to {max}, got {v:?}"),
+                )),
             },
         }
     }
@@ -130,7 +160,10 @@ impl QueryMap {
             None | Some("") => Ok(false),
             Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
-            Some(v) => Err(ApiError::invalid(key, format!("{key} must be true or false, got {v:?}"))),
+            Some(v) => Err(ApiError::invalid(
+                key,
+                format!("{key} must be true or false, got {v:?}"),
+            )),
         }
     }
 
@@ -144,19 +177,25 @@ impl QueryMap {
     }
 
     /// One of the wire spellings of an enum.
-    pub fn one_of<T: DeserializeOwned>(&self, key: &str, allowed: &str) -> Result<Option<T>, ApiError> {
+    pub fn one_of<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        allowed: &str,
+    ) -> Result<Option<T>, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(None),
-            Some(v) => fraisier_model::run::from_wire(v)
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(key, format!("{key} must be one of {allowed}, got {v:?}"))),
+            Some(v) => fraisier_model::run::from_wire(v).map(Some).ok_or_else(|| {
+                ApiError::invalid(key, format!("{key} must be one of {allowed}, got {v:?}"))
+            }),
         }
     }
 
     /// `limit`/`offset`, or `page`/`page_size` (1-based pages), as DESIGN §4 allows.
     pub fn pagination(&self, default_limit: u64) -> Result<(u32, u64), ApiError> {
         let limit = match self.get("page_size") {
-            Some(_) if self.get("limit").is_none() => self.int("page_size", default_limit, 1, 500)?,
+            Some(_) if self.get("limit").is_none() => {
+                self.int("page_size", default_limit, 1, 500)?
+            }
             _ => self.int("limit", default_limit, 1, 500)?,
         };
         let offset = if self.get("offset").is_none() && self.get("page").is_some() {
@@ -184,7 +223,8 @@ mod tests {
 
     #[test]
     fn camel_case_keys_are_accepted_but_metadata_is_untouched() {
-        let b: Body = parse_json(br#"{"skipHealthCheck": true, "metadata": {"ticketId": 1}}"#).unwrap();
+        let b: Body =
+            parse_json(br#"{"skipHealthCheck": true, "metadata": {"ticketId": 1}}"#).unwrap();
         assert!(b.skip_health_check);
         assert!(b.metadata.get("ticketId").is_some());
     }

@@ -50,16 +50,36 @@ pub struct EnvState {
     pub last: Option<LastDeployment>,
 }
 
-pub async fn env_state(state: &AppState, tenant: &str, fraise: &str, env: &str) -> Result<EnvState, ApiError> {
+pub async fn env_state(
+    state: &AppState,
+    tenant: &str,
+    fraise: &str,
+    env: &str,
+) -> Result<EnvState, ApiError> {
     let store = state.engine.store();
     let record = store.service(tenant, fraise, env).await?;
     let active = store.active_run_for(tenant, fraise, env).await?;
     let last = store.last_run_for(tenant, fraise, env).await?;
-    let observed = state.engine.provider().observe(fraise, env).await.ok().flatten();
-    let kind = state.config.fraises.get(fraise).map(|f| f.kind).unwrap_or_default();
+    let observed = state
+        .engine
+        .provider()
+        .observe(fraise, env)
+        .await
+        .ok()
+        .flatten();
+    let kind = state
+        .config
+        .fraises
+        .get(fraise)
+        .map(|f| f.kind)
+        .unwrap_or_default();
     let status = if active.is_some() {
         "deploying"
-    } else if record.as_ref().and_then(|r| r.current_version.as_ref()).is_none() {
+    } else if record
+        .as_ref()
+        .and_then(|r| r.current_version.as_ref())
+        .is_none()
+    {
         "unknown"
     } else if kind != FraiseType::Api {
         match record.as_ref().map(|r| r.state) {
@@ -70,8 +90,15 @@ pub async fn env_state(state: &AppState, tenant: &str, fraise: &str, env: &str) 
         match &observed {
             None => "unknown",
             Some(o) => {
-                let live: Vec<_> = o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect();
-                let healthy = live.iter().filter(|i| i.state == InstanceState::Healthy).count();
+                let live: Vec<_> = o
+                    .instances
+                    .iter()
+                    .filter(|i| i.state != InstanceState::Draining)
+                    .collect();
+                let healthy = live
+                    .iter()
+                    .filter(|i| i.state == InstanceState::Healthy)
+                    .count();
                 if live.is_empty() || healthy == 0 {
                     "unhealthy"
                 } else if healthy < live.len() {
@@ -111,10 +138,19 @@ fn overall(statuses: &[&str]) -> &'static str {
 }
 
 fn lookup<'a>(state: &'a AppState, name: &str) -> Result<&'a FraiseConfig, ApiError> {
-    state.config.fraises.get(name).filter(|_| fraisier_model::names::is_valid_name(name)).ok_or_else(|| ApiError::fraise_not_found(name))
+    state
+        .config
+        .fraises
+        .get(name)
+        .filter(|_| fraisier_model::names::is_valid_name(name))
+        .ok_or_else(|| ApiError::fraise_not_found(name))
 }
 
-fn env_filter<'a>(state: &AppState, f: &'a FraiseConfig, q: &QueryMap) -> Result<Vec<&'a String>, ApiError> {
+fn env_filter<'a>(
+    state: &AppState,
+    f: &'a FraiseConfig,
+    q: &QueryMap,
+) -> Result<Vec<&'a String>, ApiError> {
     match q.text("environment") {
         None => Ok(f.environments.keys().collect()),
         Some(e) => {
@@ -129,7 +165,11 @@ fn env_filter<'a>(state: &AppState, f: &'a FraiseConfig, q: &QueryMap) -> Result
 #[utoipa::path(get, path = "/api/v1/fraises", tag = "fraises",
     params(("environment" = Option<String>, Query), ("type" = Option<String>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = FraiseList), (status = 400, body = super::error::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, Extension(who): Extension<Identity>, q: QueryMap) -> Result<Json<FraiseList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    q: QueryMap,
+) -> Result<Json<FraiseList>, ApiError> {
     let (limit, offset) = q.pagination(50)?;
     let kind: Option<FraiseType> = q.one_of("type", "api, etl, scheduled")?;
     let env = q.text("environment");
@@ -146,12 +186,23 @@ pub async fn list(State(state): State<AppState>, Extension(who): Extension<Ident
         .filter(|(_, f)| kind.is_none_or(|k| f.kind == k))
         .filter(|(_, f)| env.as_ref().is_none_or(|e| f.environments.contains_key(e)))
         .filter(|(n, f)| {
-            text.as_ref().is_none_or(|t| n.to_lowercase().contains(t) || f.description.as_deref().unwrap_or("").to_lowercase().contains(t))
+            text.as_ref().is_none_or(|t| {
+                n.to_lowercase().contains(t)
+                    || f.description
+                        .as_deref()
+                        .unwrap_or("")
+                        .to_lowercase()
+                        .contains(t)
+            })
         })
         .collect();
     let total = matching.len() as u64;
     let mut fraises = Vec::new();
-    for (name, f) in matching.into_iter().skip(offset as usize).take(limit as usize) {
+    for (name, f) in matching
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+    {
         let mut statuses = Vec::new();
         let mut current_versions = BTreeMap::new();
         let mut last: Option<LastDeployment> = None;
@@ -178,13 +229,20 @@ pub async fn list(State(state): State<AppState>, Extension(who): Extension<Ident
             last_deployment: last,
         });
     }
-    Ok(Json(FraiseList { fraises, pagination: Pagination::new(total, limit, offset) }))
+    Ok(Json(FraiseList {
+        fraises,
+        pagination: Pagination::new(total, limit, offset),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}", tag = "fraises",
     params(("fraise_name" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+) -> Result<Json<Value>, ApiError> {
     let f = lookup(&state, &name)?;
     let mut envs = serde_json::Map::new();
     let mut statuses = Vec::new();
@@ -219,7 +277,12 @@ pub async fn get(State(state): State<AppState>, Extension(who): Extension<Identi
 #[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}/status", tag = "fraises",
     params(("fraise_name" = String, Path), ("environment" = Option<String>, Query)),
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
-pub async fn status(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>, q: QueryMap) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<Value>, ApiError> {
     let f = lookup(&state, &name)?;
     let mut envs = serde_json::Map::new();
     let mut statuses = Vec::new();
@@ -227,8 +290,15 @@ pub async fn status(State(state): State<AppState>, Extension(who): Extension<Ide
         let s = env_state(&state, &who.tenant, &name, e).await?;
         statuses.push(s.status);
         let o = s.observed.unwrap_or_default();
-        let live: Vec<_> = o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect();
-        let healthy = live.iter().filter(|i| i.state == InstanceState::Healthy).count();
+        let live: Vec<_> = o
+            .instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Draining)
+            .collect();
+        let healthy = live
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy)
+            .count();
         let mut all = VersionMetrics::empty();
         for m in o.metrics.values() {
             all.add(m);
@@ -256,13 +326,20 @@ pub async fn status(State(state): State<AppState>, Extension(who): Extension<Ide
             }),
         );
     }
-    Ok(Json(json!({ "fraise": name, "overall_status": overall(&statuses), "environments": envs })))
+    Ok(Json(
+        json!({ "fraise": name, "overall_status": overall(&statuses), "environments": envs }),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}/history", tag = "fraises",
     params(("fraise_name" = String, Path), ("environment" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query), ("status" = Option<String>, Query)),
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
-pub async fn history(State(state): State<AppState>, Extension(who): Extension<Identity>, Params(name): Params<String>, q: QueryMap) -> Result<Json<Value>, ApiError> {
+pub async fn history(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<Value>, ApiError> {
     lookup(&state, &name)?;
     let environment = q.text("environment");
     if let Some(e) = &environment {
@@ -272,12 +349,16 @@ pub async fn history(State(state): State<AppState>, Extension(who): Extension<Id
     }
     let limit = q.int("limit", 20, 1, 500)? as u32;
     let offset = q.int("offset", 0, 0, i64::MAX as u64)?;
-    let status: Option<RunStatus> = q.one_of("status", "pending, in_progress, success, failed, cancelled")?;
+    let status: Option<RunStatus> =
+        q.one_of("status", "pending, in_progress, success, failed, cancelled")?;
     let filter = RunFilter {
         fraise: Some(name.clone()),
         environment: environment.clone(),
         status,
-        sort: RunSort { field: RunSortField::CreatedAt, descending: true },
+        sort: RunSort {
+            field: RunSortField::CreatedAt,
+            descending: true,
+        },
         limit,
         offset,
         ..RunFilter::default()
@@ -294,5 +375,7 @@ pub async fn history(State(state): State<AppState>, Extension(who): Extension<Id
             })
         })
         .collect();
-    Ok(Json(json!({ "fraise": name, "environment": environment, "history": history, "total": total })))
+    Ok(Json(
+        json!({ "fraise": name, "environment": environment, "history": history, "total": total }),
+    ))
 }

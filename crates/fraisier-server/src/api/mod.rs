@@ -38,16 +38,25 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
-        .route("/deployments", get(deployments::list).post(services::create))
+        .route(
+            "/deployments",
+            get(deployments::list).post(services::create),
+        )
         .route("/deployments/validate", post(services::validate))
-        .route("/deployments/{id}", get(deployments::get).delete(deployments::cancel))
+        .route(
+            "/deployments/{id}",
+            get(deployments::get).delete(deployments::cancel),
+        )
         .route("/deployments/{id}/logs", get(deployments::logs))
         .route("/deployments/{id}/events", get(deployments::events))
         .route("/deployments/{id}/health", get(services::health))
         .route("/deployments/{id}/progress", get(services::progress))
         .route("/deployments/{id}/rollback", post(services::rollback))
         .route("/deployments/{id}/{environment}", post(deployments::create))
-        .route("/deployments/{id}/{environment}/rollback", post(deployments::rollback))
+        .route(
+            "/deployments/{id}/{environment}/rollback",
+            post(deployments::rollback),
+        )
         .route("/fraises", get(fraises::list))
         .route("/fraises/{name}", get(fraises::get))
         .route("/fraises/{name}/status", get(fraises::status))
@@ -63,7 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/token", post(auth::token))
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh));
-    let api = protected.merge(public).fallback(not_found).method_not_allowed_fallback(method_not_allowed);
+    let api = protected
+        .merge(public)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
         .route("/", get(system::index))
@@ -93,13 +105,23 @@ async fn request_id(req: Request, next: Next) -> Response {
     response
 }
 
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let token = match header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) {
         Some(t) => t.trim(),
         None => return Err(ApiError::unauthorized("missing bearer token: send Authorization: Bearer <token> (get one with `fraisier auth:token` or POST /api/v1/auth/token)")),
     };
-    let claims = state.keys.verify(token).map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
+    let claims = state
+        .keys
+        .verify(token)
+        .map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
     req.extensions_mut().insert(Identity {
         username: claims.sub,
         tenant: claims.tenant_id,
@@ -109,11 +131,19 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route; the API reference is at /api/v1/openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such route; the API reference is at /api/v1/openapi.json",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    )
 }
 
 /// Path parameters; a value that cannot be decoded names nothing that exists: 404.
@@ -126,6 +156,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(t)| Params(t))
-            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such resource ({e})")))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    format!("no such resource ({e})"),
+                )
+            })
     }
 }

@@ -146,12 +146,17 @@ pub struct ServiceList {
 }
 
 fn spec_error(field: &str, message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_DEPLOYMENT_SPEC", message).with_details(json!({ "field": field }))
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_DEPLOYMENT_SPEC", message)
+        .with_details(json!({ "field": field }))
 }
 
 /// The environment a seed-001 name refers to: `fraise@env`, `?environment=`, the body's, or
 /// the fraise's only environment.
-fn resolve(state: &AppState, name: &str, environment: Option<&str>) -> Result<(String, String), ApiError> {
+fn resolve(
+    state: &AppState,
+    name: &str,
+    environment: Option<&str>,
+) -> Result<(String, String), ApiError> {
     let (fraise, env) = match name.split_once('@') {
         Some((f, e)) => (f, Some(e)),
         None => (name, environment),
@@ -162,7 +167,12 @@ fn resolve(state: &AppState, name: &str, environment: Option<&str>) -> Result<(S
         .get(fraise)
         .filter(|_| fraisier_model::names::is_valid_name(fraise))
         .ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "DEPLOYMENT_NOT_FOUND", format!("Deployment {name} not found")).with_details(json!({ "deployment": name }))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "DEPLOYMENT_NOT_FOUND",
+                format!("Deployment {name} not found"),
+            )
+            .with_details(json!({ "deployment": name }))
         })?;
     let env = match env {
         Some(e) => e.to_string(),
@@ -175,8 +185,12 @@ fn resolve(state: &AppState, name: &str, environment: Option<&str>) -> Result<(S
         }
     };
     if !f.environments.contains_key(&env) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "DEPLOYMENT_NOT_FOUND", format!("Deployment {fraise}@{env} not found"))
-            .with_details(json!({ "deployment": name, "environment": env })));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "DEPLOYMENT_NOT_FOUND",
+            format!("Deployment {fraise}@{env} not found"),
+        )
+        .with_details(json!({ "deployment": name, "environment": env })));
     }
     Ok((fraise.to_string(), env))
 }
@@ -218,10 +232,18 @@ fn check_fixed(spec: &DeploySpec, f: &fraisier_model::FraiseConfig) -> Result<()
     Ok(())
 }
 
-fn deploy_request(state: &AppState, who: &Identity, spec: DeploySpec) -> Result<DeployRequest, ApiError> {
+fn deploy_request(
+    state: &AppState,
+    who: &Identity,
+    spec: DeploySpec,
+) -> Result<DeployRequest, ApiError> {
     let (fraise, environment) = resolve(state, &spec.name, spec.environment.as_deref())?;
     check_fixed(&spec, &state.config.fraises[&fraise])?;
-    let mut metadata = if spec.metadata.is_object() { spec.metadata } else { json!({}) };
+    let mut metadata = if spec.metadata.is_object() {
+        spec.metadata
+    } else {
+        json!({})
+    };
     if let Some(s) = spec.service_name {
         metadata["service_name"] = json!(s);
     }
@@ -249,7 +271,11 @@ pub fn go_duration(secs: f64) -> String {
     let h = (total / 3600.0).floor();
     let m = ((total - h * 3600.0) / 60.0).floor();
     let s = total - h * 3600.0 - m * 60.0;
-    let s = if (s - s.round()).abs() < 0.0005 { format!("{}", s.round() as u64) } else { format!("{s:.3}").trim_end_matches('0').to_string() };
+    let s = if (s - s.round()).abs() < 0.0005 {
+        format!("{}", s.round() as u64)
+    } else {
+        format!("{s:.3}").trim_end_matches('0').to_string()
+    };
     match (h as u64, m as u64) {
         (0, 0) => format!("{s}s"),
         (0, m) => format!("{m}m{s}s"),
@@ -268,9 +294,14 @@ async fn result_of(engine: &Engine, run: &Run) -> Result<DeployResult, ApiError>
         duration: go_duration(views::duration_seconds(run).unwrap_or(0.0)),
         success,
         message: if success {
-            format!("{} {} deployed to {}", run.fraise, run.version, run.environment)
+            format!(
+                "{} {} deployed to {}",
+                run.fraise, run.version, run.environment
+            )
         } else {
-            run.error_message.clone().unwrap_or_else(|| format!("deployment {}", to_wire(&run.status)))
+            run.error_message
+                .clone()
+                .unwrap_or_else(|| format!("deployment {}", to_wire(&run.status)))
         },
         previous_version: run.previous_version.clone(),
         steps: steps.iter().map(views::step).collect(),
@@ -282,19 +313,30 @@ async fn result_of(engine: &Engine, run: &Run) -> Result<DeployResult, ApiError>
     responses((status = 201, body = DeployResult), (status = 202, body = deployments::Created, description = "with wait=false"),
               (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
               (status = 500, body = super::error::ErrorBody, description = "the deployment failed; details.result holds the steps")))]
-pub async fn create(State(state): State<AppState>, Extension(who): Extension<Identity>, JsonBody(spec): JsonBody<DeploySpec>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    JsonBody(spec): JsonBody<DeploySpec>,
+) -> Result<Response, ApiError> {
     let wait = spec.wait.unwrap_or(true);
-    let timeout = spec.timeout.unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
+    let timeout = spec
+        .timeout
+        .unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
     let req = deploy_request(&state, &who, spec)?;
     let run = state.engine.submit(req).await?;
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response());
     }
-    let run = state.engine.wait(&who.tenant, run.id, Duration::from_secs(timeout)).await?;
+    let run = state
+        .engine
+        .wait(&who.tenant, run.id, Duration::from_secs(timeout))
+        .await?;
     let result = result_of(&state.engine, &run).await?;
     match run.status {
         RunStatus::Success => Ok((StatusCode::CREATED, Json(result)).into_response()),
-        RunStatus::Pending | RunStatus::InProgress => Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response()),
+        RunStatus::Pending | RunStatus::InProgress => {
+            Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response())
+        }
         _ => {
             let code = match run.error_code.as_deref() {
                 Some("HEALTH_CHECK_FAILED") => "HEALTH_CHECK_FAILED",
@@ -314,26 +356,68 @@ pub async fn create(State(state): State<AppState>, Extension(who): Extension<Ide
 #[utoipa::path(post, path = "/api/v1/deployments/validate", tag = "service deployments",
     request_body = DeploySpec,
     responses((status = 200, body = ValidationResult), (status = 400, body = ValidationResult)))]
-pub async fn validate(State(state): State<AppState>, Extension(who): Extension<Identity>, body: axum::body::Bytes) -> Response {
+pub async fn validate(
+    State(state): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: axum::body::Bytes,
+) -> Response {
     let invalid = |field: String, message: String| {
-        (StatusCode::BAD_REQUEST, Json(ValidationResult { valid: false, issues: vec![json!({ "field": field, "message": message, "severity": "error" })], warnings: vec![] })).into_response()
+        (
+            StatusCode::BAD_REQUEST,
+            Json(ValidationResult {
+                valid: false,
+                issues: vec![json!({ "field": field, "message": message, "severity": "error" })],
+                warnings: vec![],
+            }),
+        )
+            .into_response()
     };
     let spec: DeploySpec = match parse_json(&body) {
         Ok(s) => s,
-        Err(e) => return invalid(e.details.get("field").and_then(Value::as_str).unwrap_or("body").to_string(), e.message),
+        Err(e) => {
+            return invalid(
+                e.details
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .unwrap_or("body")
+                    .to_string(),
+                e.message,
+            )
+        }
     };
     let req = match deploy_request(&state, &who, spec) {
         Ok(r) => r,
-        Err(e) => return invalid(e.details.get("field").and_then(Value::as_str).unwrap_or("name").to_string(), e.message),
+        Err(e) => {
+            return invalid(
+                e.details
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .unwrap_or("name")
+                    .to_string(),
+                e.message,
+            )
+        }
     };
     let v = state.engine.validate(&req).await;
     let valid = v.issues.is_empty();
     let body = ValidationResult {
         valid,
         issues: v.issues.iter().map(|i| json!(i)).collect(),
-        warnings: v.warnings.iter().map(|w| json!({ "field": w.field, "message": w.message })).collect(),
+        warnings: v
+            .warnings
+            .iter()
+            .map(|w| json!({ "field": w.field, "message": w.message }))
+            .collect(),
     };
-    (if valid { StatusCode::OK } else { StatusCode::BAD_REQUEST }, Json(body)).into_response()
+    (
+        if valid {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        },
+        Json(body),
+    )
+        .into_response()
 }
 
 fn health_of(o: Option<&ObservedService>) -> Health {
@@ -341,8 +425,15 @@ fn health_of(o: Option<&ObservedService>) -> Health {
         None => Health::Unknown,
         Some(o) if o.instances.is_empty() => Health::Unknown,
         Some(o) => {
-            let serving: Vec<_> = o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect();
-            let healthy = serving.iter().filter(|i| i.state == InstanceState::Healthy).count();
+            let serving: Vec<_> = o
+                .instances
+                .iter()
+                .filter(|i| i.state != InstanceState::Draining)
+                .collect();
+            let healthy = serving
+                .iter()
+                .filter(|i| i.state == InstanceState::Healthy)
+                .count();
             if healthy == 0 {
                 Health::Unhealthy
             } else if healthy < serving.len() {
@@ -355,12 +446,19 @@ fn health_of(o: Option<&ObservedService>) -> Health {
 }
 
 /// The service's state, with an active run taking precedence over the recorded state.
-async fn current_state(state: &AppState, tenant: &str, fraise: &str, env: &str) -> Result<(ServiceState, Option<fraisier_store::ServiceRecord>), ApiError> {
+async fn current_state(
+    state: &AppState,
+    tenant: &str,
+    fraise: &str,
+    env: &str,
+) -> Result<(ServiceState, Option<fraisier_store::ServiceRecord>), ApiError> {
     let store = state.engine.store();
     let record = store.service(tenant, fraise, env).await?;
     let active = store.active_run_for(tenant, fraise, env).await?;
     let s = match (&active, &record) {
-        (Some(r), _) if r.kind == fraisier_model::run::RunKind::Rollback => ServiceState::RollingBack,
+        (Some(r), _) if r.kind == fraisier_model::run::RunKind::Rollback => {
+            ServiceState::RollingBack
+        }
         (Some(_), _) => ServiceState::Deploying,
         (None, Some(rec)) => rec.state,
         (None, None) => ServiceState::Unknown,
@@ -368,21 +466,56 @@ async fn current_state(state: &AppState, tenant: &str, fraise: &str, env: &str) 
     Ok((s, record))
 }
 
-pub async fn get(state: &AppState, who: &Identity, name: &str, q: &QueryMap) -> Result<Json<ServiceView>, ApiError> {
+pub async fn get(
+    state: &AppState,
+    who: &Identity,
+    name: &str,
+    q: &QueryMap,
+) -> Result<Json<ServiceView>, ApiError> {
     let (fraise, env) = resolve(state, name, q.get("environment"))?;
     let (service_state, record) = current_state(state, &who.tenant, &fraise, &env).await?;
-    let observed = state.engine.provider().observe(&fraise, &env).await.ok().flatten();
+    let observed = state
+        .engine
+        .provider()
+        .observe(&fraise, &env)
+        .await
+        .ok()
+        .flatten();
     let f = &state.config.fraises[&fraise];
     let fe = &f.environments[&env];
     let current = record.as_ref().and_then(|r| r.current_version.clone());
-    let live = observed.as_ref().map(|o| o.instances.iter().filter(|i| i.state != InstanceState::Draining).collect::<Vec<_>>()).unwrap_or_default();
+    let live = observed
+        .as_ref()
+        .map(|o| {
+            o.instances
+                .iter()
+                .filter(|i| i.state != InstanceState::Draining)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
     let replicas = Replicas {
-        desired: record.as_ref().and_then(|r| r.desired.as_ref()).map_or(0, |d| d.serving().count() as u32),
-        available: live.iter().filter(|i| i.state == InstanceState::Healthy && i.weight > 0).count() as u32,
-        ready: live.iter().filter(|i| i.state == InstanceState::Healthy).count() as u32,
-        updated: live.iter().filter(|i| current.as_deref() == Some(i.version.as_str())).count() as u32,
+        desired: record
+            .as_ref()
+            .and_then(|r| r.desired.as_ref())
+            .map_or(0, |d| d.serving().count() as u32),
+        available: live
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy && i.weight > 0)
+            .count() as u32,
+        ready: live
+            .iter()
+            .filter(|i| i.state == InstanceState::Healthy)
+            .count() as u32,
+        updated: live
+            .iter()
+            .filter(|i| current.as_deref() == Some(i.version.as_str()))
+            .count() as u32,
     };
-    let events = state.engine.store().service_events(&who.tenant, &fraise, &env, 20).await?;
+    let events = state
+        .engine
+        .store()
+        .service_events(&who.tenant, &fraise, &env, 20)
+        .await?;
     Ok(Json(ServiceView {
         name: fraise.clone(),
         version: current,
@@ -399,7 +532,14 @@ pub async fn get(state: &AppState, who: &Identity, name: &str, q: &QueryMap) -> 
             .iter()
             .map(|e| ServiceEventView {
                 timestamp: views::ts(e.timestamp),
-                kind: if e.event_type.ends_with("failed") { "error" } else if e.event_type.contains("rollback") || e.event_type.contains("cancel") { "warning" } else { "info" }.into(),
+                kind: if e.event_type.ends_with("failed") {
+                    "error"
+                } else if e.event_type.contains("rollback") || e.event_type.contains("cancel") {
+                    "warning"
+                } else {
+                    "info"
+                }
+                .into(),
                 message: match e.run_id {
                     Some(id) => format!("{} ({})", e.event_type, run_id_string(id)),
                     None => e.event_type.clone(),
@@ -410,9 +550,16 @@ pub async fn get(state: &AppState, who: &Identity, name: &str, q: &QueryMap) -> 
     }))
 }
 
-pub async fn list(state: &AppState, who: &Identity, q: &QueryMap) -> Result<Json<ServiceList>, ApiError> {
+pub async fn list(
+    state: &AppState,
+    who: &Identity,
+    q: &QueryMap,
+) -> Result<Json<ServiceList>, ApiError> {
     let (limit, offset) = q.pagination(50)?;
-    let wanted: Option<ServiceState> = q.one_of("state", "unknown, deploying, healthy, unhealthy, failed, rolling_back")?;
+    let wanted: Option<ServiceState> = q.one_of(
+        "state",
+        "unknown, deploying, healthy, unhealthy, failed, rolling_back",
+    )?;
     let env_filter = q.text("environment");
     let mut items = Vec::new();
     for (fraise, f) in &state.config.fraises {
@@ -424,7 +571,13 @@ pub async fn list(state: &AppState, who: &Identity, q: &QueryMap) -> Result<Json
             if wanted.is_some_and(|w| w != s) {
                 continue;
             }
-            let observed = state.engine.provider().observe(fraise, env).await.ok().flatten();
+            let observed = state
+                .engine
+                .provider()
+                .observe(fraise, env)
+                .await
+                .ok()
+                .flatten();
             items.push(ServiceListItem {
                 name: fraise.clone(),
                 version: record.as_ref().and_then(|r| r.current_version.clone()),
@@ -436,14 +589,28 @@ pub async fn list(state: &AppState, who: &Identity, q: &QueryMap) -> Result<Json
         }
     }
     let total = items.len() as u64;
-    let deployments = items.into_iter().skip(offset as usize).take(limit as usize).collect();
-    Ok(Json(ServiceList { deployments, total, limit, offset }))
+    let deployments = items
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .collect();
+    Ok(Json(ServiceList {
+        deployments,
+        total,
+        limit,
+        offset,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/{name}/health", tag = "service deployments",
     params(("name" = String, Path, description = "fraise or fraise@environment"), ("environment" = Option<String>, Query)),
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
-pub async fn health(State(state): State<AppState>, Extension(_who): Extension<Identity>, Params(name): Params<String>, q: QueryMap) -> Result<Json<Value>, ApiError> {
+pub async fn health(
+    State(state): State<AppState>,
+    Extension(_who): Extension<Identity>,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<Value>, ApiError> {
     let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
     let observed = state.engine.provider().observe(&fraise, &env).await;
     let (observed, agent_message) = match observed {
@@ -480,7 +647,10 @@ pub async fn health(State(state): State<AppState>, Extension(_who): Extension<Id
             "message": o.router_error.clone().unwrap_or_else(|| if o.listening { "listening".into() } else { "not listening".into() }),
         })
     });
-    let last_check = observed.as_ref().and_then(|o| o.instances.iter().filter_map(|i| i.last_check_at).max()).map(views::ts);
+    let last_check = observed
+        .as_ref()
+        .and_then(|o| o.instances.iter().filter_map(|i| i.last_check_at).max())
+        .map(views::ts);
     Ok(Json(json!({
         "overall": overall,
         "components": {
@@ -504,7 +674,11 @@ pub async fn rollback(
     q: QueryMap,
     JsonBody(spec): JsonBody<RollbackSpec>,
 ) -> Result<Json<RollbackDone>, ApiError> {
-    let (fraise, environment) = resolve(&state, &name, spec.environment.as_deref().or(q.get("environment")))?;
+    let (fraise, environment) = resolve(
+        &state,
+        &name,
+        spec.environment.as_deref().or(q.get("environment")),
+    )?;
     let run = state
         .engine
         .rollback(RollbackRequest {
@@ -517,7 +691,10 @@ pub async fn rollback(
             trigger_type: "api".into(),
         })
         .await?;
-    let run = state.engine.wait(&who.tenant, run.id, Duration::from_secs(900)).await?;
+    let run = state
+        .engine
+        .wait(&who.tenant, run.id, Duration::from_secs(900))
+        .await?;
     if run.status != RunStatus::Success {
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ROLLBACK_FAILED", run.error_message.clone().unwrap_or_else(|| "rollback did not complete".into()))
             .with_details(json!({ "deployment": run.fraise, "operation": "rollback", "cause": run.error_message, "deployment_id": run_id_string(run.id) })));
@@ -548,17 +725,35 @@ pub async fn progress(
         Target::Run(run)
     } else {
         let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
-        let active = state.engine.store().active_run_for(&who.tenant, &fraise, &env).await?;
-        Target::Service { fraise, env, active }
+        let active = state
+            .engine
+            .store()
+            .active_run_for(&who.tenant, &fraise, &env)
+            .await?;
+        Target::Service {
+            fraise,
+            env,
+            active,
+        }
     };
-    let ws = ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", format!("this endpoint speaks WebSocket: {e}")))?;
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETERS",
+            format!("this endpoint speaks WebSocket: {e}"),
+        )
+    })?;
     let engine = state.engine.clone();
     Ok(ws.on_upgrade(move |socket| follow_progress(socket, engine, target)))
 }
 
 enum Target {
     Run(Run),
-    Service { fraise: String, env: String, active: Option<Run> },
+    Service {
+        fraise: String,
+        env: String,
+        active: Option<Run>,
+    },
 }
 
 async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) {
@@ -567,17 +762,32 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) 
     let now = || views::ts(Utc::now());
     let (run_id, fraise, env) = match &target {
         Target::Run(r) => (Some(r.id), r.fraise.clone(), r.environment.clone()),
-        Target::Service { fraise, env, active } => (active.as_ref().map(|r| r.id), fraise.clone(), env.clone()),
+        Target::Service {
+            fraise,
+            env,
+            active,
+        } => (active.as_ref().map(|r| r.id), fraise.clone(), env.clone()),
     };
     let hello = match &target {
         Target::Run(r) if r.status.is_final() => {
-            let status = if r.status == RunStatus::Success { "success" } else { "failed" };
+            let status = if r.status == RunStatus::Success {
+                "success"
+            } else {
+                "failed"
+            };
             let _ = socket.send(send(json!({ "step": "finished", "status": status, "message": format!("{} {}", run_id_string(r.id), to_wire(&r.status)), "progress_pct": 100, "timestamp": now() }))).await;
             let _ = socket.send(Message::Close(None)).await;
             return;
         }
-        Target::Run(r) | Target::Service { active: Some(r), .. } => json!({ "step": "connected", "status": "running", "message": format!("following {}", run_id_string(r.id)), "progress_pct": 0, "timestamp": now() }),
-        Target::Service { .. } => json!({ "step": "idle", "status": "success", "message": format!("no deployment of {fraise} in {env} is running; waiting for the next one"), "progress_pct": 0, "timestamp": now() }),
+        Target::Run(r)
+        | Target::Service {
+            active: Some(r), ..
+        } => {
+            json!({ "step": "connected", "status": "running", "message": format!("following {}", run_id_string(r.id)), "progress_pct": 0, "timestamp": now() })
+        }
+        Target::Service { .. } => {
+            json!({ "step": "idle", "status": "success", "message": format!("no deployment of {fraise} in {env} is running; waiting for the next one"), "progress_pct": 0, "timestamp": now() })
+        }
     };
     if socket.send(send(hello)).await.is_err() {
         return;

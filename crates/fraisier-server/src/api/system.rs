@@ -45,15 +45,28 @@ pub async fn health(State(state): State<AppState>) -> Response {
             },
         },
     });
-    let code = if status == "unhealthy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (code, Json(body)).into_response()
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
-fn histogram(out: &mut String, name: &str, labels: &str, bounds_s: &[f64], counts: &[u64], sum: f64) {
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds_s: &[f64],
+    counts: &[u64],
+    sum: f64,
+) {
     let sep = if labels.is_empty() { "" } else { "," };
     let mut cumulative = 0u64;
     for (b, c) in bounds_s.iter().zip(counts) {
@@ -77,15 +90,38 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::with_capacity(4096);
     out.push_str("# HELP fraisier_deployments_total Total deployments that reached a final status\n# TYPE fraisier_deployments_total counter\n");
     for status in [RunStatus::Success, RunStatus::Failed, RunStatus::Cancelled] {
-        let n = stats.totals.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
-        let _ = writeln!(out, "fraisier_deployments_total{{status=\"{}\"}} {n}", status.as_str());
+        let n = stats
+            .totals
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "fraisier_deployments_total{{status=\"{}\"}} {n}",
+            status.as_str()
+        );
     }
     out.push_str("# HELP fraisier_deployment_duration_seconds Deployment duration\n# TYPE fraisier_deployment_duration_seconds histogram\n");
-    histogram(&mut out, "fraisier_deployment_duration_seconds", "", DURATION_BOUNDS, &stats.duration_buckets, stats.duration_sum);
+    histogram(
+        &mut out,
+        "fraisier_deployment_duration_seconds",
+        "",
+        DURATION_BOUNDS,
+        &stats.duration_buckets,
+        stats.duration_sum,
+    );
     out.push_str("# HELP fraisier_active_deployments Active deployments\n# TYPE fraisier_active_deployments gauge\n");
     for env in state.config.environments.keys() {
-        let n = stats.active.iter().find(|(e, _)| e == env).map_or(0, |(_, n)| *n);
-        let _ = writeln!(out, "fraisier_active_deployments{{environment=\"{}\"}} {n}", escape(env));
+        let n = stats
+            .active
+            .iter()
+            .find(|(e, _)| e == env)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "fraisier_active_deployments{{environment=\"{}\"}} {n}",
+            escape(env)
+        );
     }
 
     let mut requests = String::new();
@@ -95,30 +131,82 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let bounds_s: Vec<f64> = LATENCY_BOUNDS_MS.iter().map(|b| b / 1000.0).collect();
     for (fraise, f) in &state.config.fraises {
         for env in f.environments.keys() {
-            let Ok(Some(o)) = state.engine.provider().observe(fraise, env).await else { continue };
+            let Ok(Some(o)) = state.engine.provider().observe(fraise, env).await else {
+                continue;
+            };
             let healthy = o.healthy_count();
-            let _ = writeln!(instances, "fraisier_instances{{fraise=\"{}\",environment=\"{}\"}} {}", escape(fraise), escape(env), o.instances.len());
-            let _ = writeln!(instances, "fraisier_instances_healthy{{fraise=\"{}\",environment=\"{}\"}} {healthy}", escape(fraise), escape(env));
+            let _ = writeln!(
+                instances,
+                "fraisier_instances{{fraise=\"{}\",environment=\"{}\"}} {}",
+                escape(fraise),
+                escape(env),
+                o.instances.len()
+            );
+            let _ = writeln!(
+                instances,
+                "fraisier_instances_healthy{{fraise=\"{}\",environment=\"{}\"}} {healthy}",
+                escape(fraise),
+                escape(env)
+            );
             for (version, m) in &o.metrics {
-                let labels = format!("fraise=\"{}\",environment=\"{}\",version=\"{}\"", escape(fraise), escape(env), escape(version));
-                let _ = writeln!(requests, "fraisier_router_requests_total{{{labels}}} {}", m.requests);
-                let _ = writeln!(errors, "fraisier_router_errors_total{{{labels}}} {}", m.errors);
+                let labels = format!(
+                    "fraise=\"{}\",environment=\"{}\",version=\"{}\"",
+                    escape(fraise),
+                    escape(env),
+                    escape(version)
+                );
+                let _ = writeln!(
+                    requests,
+                    "fraisier_router_requests_total{{{labels}}} {}",
+                    m.requests
+                );
+                let _ = writeln!(
+                    errors,
+                    "fraisier_router_errors_total{{{labels}}} {}",
+                    m.errors
+                );
                 // The last count is the overflow bucket: it only adds to +Inf and _count.
-                histogram(&mut latency, "fraisier_router_request_duration_seconds", &labels, &bounds_s, &m.latency_buckets, m.latency_sum_ms / 1000.0);
+                histogram(
+                    &mut latency,
+                    "fraisier_router_request_duration_seconds",
+                    &labels,
+                    &bounds_s,
+                    &m.latency_buckets,
+                    m.latency_sum_ms / 1000.0,
+                );
             }
         }
     }
     out.push_str("# HELP fraisier_instances Instances the agent runs per fraise and environment\n# TYPE fraisier_instances gauge\n");
-    out.push_str(&instances.lines().filter(|l| l.starts_with("fraisier_instances{")).map(|l| format!("{l}\n")).collect::<String>());
+    out.push_str(
+        &instances
+            .lines()
+            .filter(|l| l.starts_with("fraisier_instances{"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
     out.push_str("# HELP fraisier_instances_healthy Healthy instances per fraise and environment\n# TYPE fraisier_instances_healthy gauge\n");
-    out.push_str(&instances.lines().filter(|l| l.starts_with("fraisier_instances_healthy")).map(|l| format!("{l}\n")).collect::<String>());
+    out.push_str(
+        &instances
+            .lines()
+            .filter(|l| l.starts_with("fraisier_instances_healthy"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
     out.push_str("# HELP fraisier_router_requests_total Requests proxied by the router\n# TYPE fraisier_router_requests_total counter\n");
     out.push_str(&requests);
     out.push_str("# HELP fraisier_router_errors_total Requests answered with 5xx or not delivered\n# TYPE fraisier_router_errors_total counter\n");
     out.push_str(&errors);
     out.push_str("# HELP fraisier_router_request_duration_seconds Time from request to upstream response head\n# TYPE fraisier_router_request_duration_seconds histogram\n");
     out.push_str(&latency);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 pub async fn index() -> Html<&'static str> {

@@ -166,7 +166,11 @@ pub fn summary(run: &Run, rollback_available: bool) -> RunSummary {
         health_check_status: run.health_check_status.clone(),
         rollback_available,
         events_count: run.events_count,
-        metrics: if run.metrics.is_null() { json!({}) } else { run.metrics.clone() },
+        metrics: if run.metrics.is_null() {
+            json!({})
+        } else {
+            run.metrics.clone()
+        },
         error: run.error_code.as_ref().map(|code| RunErrorView {
             code: code.clone(),
             message: run.error_message.clone().unwrap_or_default(),

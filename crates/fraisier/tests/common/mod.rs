@@ -20,12 +20,20 @@ pub fn fraisier_bin() -> PathBuf {
 /// The demo app is a binary of the `fraisier-demo` package, built into the same target dir.
 pub fn demo_bin() -> PathBuf {
     let p = fraisier_bin().with_file_name("fraisier-demo");
-    assert!(p.exists(), "{} is missing: build the workspace (cargo build --workspace) before the tests", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace (cargo build --workspace) before the tests",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A temp dir with releases of the demo app: `<dir>/releases/<version>/demo.env`.
@@ -35,7 +43,12 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Workspace {
-        Workspace { dir: tempfile::Builder::new().prefix("fraisier-it-").tempdir().unwrap() }
+        Workspace {
+            dir: tempfile::Builder::new()
+                .prefix("fraisier-it-")
+                .tempdir()
+                .unwrap(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -64,7 +77,13 @@ impl Workspace {
 }
 
 /// A config with one api fraise `app` in `production` (and `staging`) on the given router ports.
-pub fn config_yaml(ws: &Workspace, port: u16, instances: u32, strategy: &str, extra_fraise: &str) -> String {
+pub fn config_yaml(
+    ws: &Workspace,
+    port: u16,
+    instances: u32,
+    strategy: &str,
+    extra_fraise: &str,
+) -> String {
     format!(
         r#"
 server:
@@ -109,7 +128,14 @@ impl Server {
         std::fs::write(ws.config_path(), yaml).unwrap();
         let (child, url) = spawn_serve(&ws.config_path());
         let token = cli_token(&ws.config_path());
-        let s = Server { child: Some(child), url, token, config: ws.config_path(), data_dir: ws.data_dir(), http: reqwest::Client::new() };
+        let s = Server {
+            child: Some(child),
+            url,
+            token,
+            config: ws.config_path(),
+            data_dir: ws.data_dir(),
+            http: reqwest::Client::new(),
+        };
         s.wait_healthy().await;
         s
     }
@@ -147,14 +173,30 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{}", self.url, path)).bearer_auth(&self.token).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{}", self.url, path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{}", self.url, path)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{}", self.url, path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -174,14 +216,22 @@ impl Server {
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let r = self.http.delete(format!("{}{}", self.url, path)).bearer_auth(&self.token).send().await.unwrap();
+        let r = self
+            .http
+            .delete(format!("{}{}", self.url, path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Starts a deploy and returns its run id.
     pub async fn deploy(&self, fraise: &str, env: &str, body: Value) -> String {
-        let (status, v) = self.post(&format!("/deployments/{fraise}/{env}"), body).await;
+        let (status, v) = self
+            .post(&format!("/deployments/{fraise}/{env}"), body)
+            .await;
         assert_eq!(status, 202, "deploy refused: {v}");
         v["id"].as_str().unwrap().to_string()
     }
@@ -192,7 +242,10 @@ impl Server {
         loop {
             let (status, v) = self.get(&format!("/deployments/{id}")).await;
             assert_eq!(status, 200, "{v}");
-            if matches!(v["status"].as_str(), Some("success" | "failed" | "cancelled")) {
+            if matches!(
+                v["status"].as_str(),
+                Some("success" | "failed" | "cancelled")
+            ) {
                 return v;
             }
             assert!(Instant::now() < deadline, "run {id} did not finish: {v:#}");
@@ -228,14 +281,24 @@ fn spawn_serve(config: &Path) -> (Child, String) {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("server did not print its address");
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server did not print its address");
     (child, url)
 }
 
 /// `fraisier auth:token` on the server's host: prints only a token.
 pub fn cli_token(config: &Path) -> String {
-    let out = Command::new(fraisier_bin()).args(["auth:token", "--config"]).arg(config).output().unwrap();
-    assert!(out.status.success(), "auth:token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(fraisier_bin())
+        .args(["auth:token", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "auth:token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim().to_string();
     assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
@@ -251,9 +314,17 @@ impl Drop for Server {
 
 /// Stops the agent and all its instances; then makes sure nothing it started survives.
 pub fn stop_agent(agent_dir: &Path) {
-    let _ = Command::new(fraisier_bin()).args(["agent", "stop", "--state-dir"]).arg(agent_dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new(fraisier_bin())
+        .args(["agent", "stop", "--state-dir"])
+        .arg(agent_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if let Ok(text) = std::fs::read_to_string(agent_dir.join("agent.json")) {
-        if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_u64()) {
+        if let Some(pid) = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["pid"].as_u64())
+        {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
@@ -282,17 +353,29 @@ impl Load {
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let versions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-        let client = reqwest::Client::builder().pool_max_idle_per_host(workers).build().unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(workers)
+            .build()
+            .unwrap();
         let tasks = (0..workers)
             .map(|_| {
-                let (ok, failed, stop, client, versions) = (ok.clone(), failed.clone(), stop.clone(), client.clone(), versions.clone());
+                let (ok, failed, stop, client, versions) = (
+                    ok.clone(),
+                    failed.clone(),
+                    stop.clone(),
+                    client.clone(),
+                    versions.clone(),
+                );
                 tokio::spawn(async move {
                     let mut errors = Vec::new();
                     let url = format!("http://127.0.0.1:{port}/");
                     // Bounded: at most 10 minutes or 2 million requests per worker.
                     let deadline = Instant::now() + Duration::from_secs(600);
                     let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 2_000_000 {
+                    while !stop.load(Ordering::Relaxed)
+                        && Instant::now() < deadline
+                        && n < 2_000_000
+                    {
                         n += 1;
                         match client.get(&url).send().await {
                             Ok(r) if r.status().is_success() => {
@@ -304,7 +387,11 @@ impl Load {
                             Ok(r) => {
                                 failed.fetch_add(1, Ordering::Relaxed);
                                 if errors.len() < 10 {
-                                    errors.push(format!("status {}: {}", r.status(), r.text().await.unwrap_or_default()));
+                                    errors.push(format!(
+                                        "status {}: {}",
+                                        r.status(),
+                                        r.text().await.unwrap_or_default()
+                                    ));
                                 }
                             }
                             Err(e) => {
@@ -319,7 +406,13 @@ impl Load {
                 })
             })
             .collect();
-        Load { ok, failed, stop, tasks, versions }
+        Load {
+            ok,
+            failed,
+            stop,
+            tasks,
+            versions,
+        }
     }
 
     pub async fn stop(self) -> LoadReport {
@@ -339,7 +432,9 @@ impl Load {
 
 /// GET through the router until it answers 200, with the version it reports.
 pub async fn router_version(port: u16) -> Option<String> {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .ok()?;
     if !r.status().is_success() {
         return None;
     }
