@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test (unit, store on SQLite and — when
+# FRAISIER_TEST_DATABASE_URL is set — PostgreSQL, and the integration tests that start the
+# real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Integration tests start target/<profile>/fraisier-demo, so build every binary first.
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --retries 0
+else
+  cargo test --workspace --no-fail-fast
+fi
