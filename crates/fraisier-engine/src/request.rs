@@ -190,11 +190,14 @@ pub(crate) fn resolve_strategy(
     requested: Option<&Map<String, Value>>,
 ) -> Result<(Strategy, StrategyConfig), EngineError> {
     let strategy = strategy.unwrap_or(fe.strategy);
-    // Configured keys are defaults only for the configured strategy.
+    // `strategy_config` holds defaults for the configured strategy; `strategy_defaults` for others.
     let mut merged = if strategy == fe.strategy {
         fe.strategy_config.clone()
     } else {
-        Map::new()
+        fe.strategy_defaults
+            .get(&strategy)
+            .cloned()
+            .unwrap_or_default()
     };
     if let Some(r) = requested {
         for (k, v) in r {

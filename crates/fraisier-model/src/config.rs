@@ -129,6 +129,9 @@ pub struct FraiseEnvironmentConfig {
     pub strategy: Strategy,
     #[serde(default)]
     pub strategy_config: serde_json::Map<String, serde_json::Value>,
+    /// Defaults for the other strategies, used when a request picks one of them.
+    #[serde(default)]
+    pub strategy_defaults: BTreeMap<Strategy, serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -414,6 +417,14 @@ impl Config {
                 }
                 if let Err(e) = StrategyConfig::parse(fe.strategy, &fe.strategy_config) {
                     bad(format!("{at}.strategy_config.{}", e.field), e.message);
+                }
+                for (strategy, map) in &fe.strategy_defaults {
+                    if let Err(e) = StrategyConfig::parse(*strategy, map) {
+                        bad(
+                            format!("{at}.strategy_defaults.{strategy}.{}", e.field),
+                            e.message,
+                        );
+                    }
                 }
             }
         }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::duration::Millis;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Strategy {
     #[default]
     Rolling,
