@@ -24,8 +24,8 @@ pub struct DeployArgs {
     pub fraise: String,
     pub environment: String,
     /// Default: the latest known version
-    #[arg(long, short)]
-    pub version: Option<String>,
+    #[arg(long = "version", short = 'v', id = "release_version")]
+    pub release_version: Option<String>,
     /// rolling | blue_green | canary | recreate (default: the environment's)
     #[arg(long, short)]
     pub strategy: Option<String>,
@@ -132,7 +132,7 @@ fn exit_for(status: &str) -> ExitCode {
 pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
     let mut body = json!({});
-    if let Some(v) = a.version {
+    if let Some(v) = a.release_version {
         body["version"] = json!(v);
     }
     if let Some(st) = a.strategy {

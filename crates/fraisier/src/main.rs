@@ -46,6 +46,7 @@ enum Command {
     #[command(name = "auth:login")]
     AuthLogin(LoginArgs),
     /// Deploy a fraise to an environment
+    #[command(disable_version_flag = true)]
     Deploy(commands::DeployArgs),
     /// Status of the fraises (or of one) in each environment
     Status(commands::StatusArgs),
@@ -222,5 +223,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback(a) => commands::rollback(&ctx, a).await,
         Command::Cancel(a) => commands::cancel(&ctx, a).await,
         Command::Show(a) => commands::show(&ctx, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
