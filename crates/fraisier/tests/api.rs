@@ -210,7 +210,9 @@ async fn deploy_flow_and_reads() {
 #[tokio::test]
 async fn bad_input_is_refused_precisely_and_changes_nothing() {
     let (_ws, s, _port) = started().await;
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, u16, &str)> = vec![
+    // (method, path, body, status, code)
+    type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/deployments/app/production",

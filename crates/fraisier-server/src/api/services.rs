@@ -798,15 +798,14 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) 
             m = rx.recv() => match m {
                 Ok(m) => {
                     let mine = |id: i64, f: &str, e: &str| run_id.map_or(f == fraise && e == env, |r| r == id);
-                    match &*m {
-                        BusMessage::Progress(p) if mine(p.run_id, &p.fraise, &p.environment) => {
-                            if socket.send(send(json!(p))).await.is_err() { return; }
-                        }
-                        BusMessage::Finished { run_id: id, .. } if Some(*id) == run_id => {
-                            let _ = socket.send(Message::Close(None)).await;
-                            return;
-                        }
-                        _ => {}
+                    let out = match &*m {
+                        BusMessage::Progress(p) if mine(p.run_id, &p.fraise, &p.environment) => send(json!(p)),
+                        BusMessage::Finished { run_id: id, .. } if Some(*id) == run_id => Message::Close(None),
+                        _ => continue,
+                    };
+                    let closing = matches!(out, Message::Close(_));
+                    if socket.send(out).await.is_err() || closing {
+                        return;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
