@@ -211,7 +211,13 @@ async fn deploy_flow_and_reads() {
 async fn bad_input_is_refused_precisely_and_changes_nothing() {
     let (_ws, s, _port) = started().await;
     // (method, path, body, status, code)
-    type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, &'static str);
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<Vec<u8>>,
+        u16,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             "POST",

@@ -1,0 +1,306 @@
+//! The API over a big history: 100,000 runs seeded into a fresh SQLite data dir with
+//! `Store::import_runs` before the server starts, then the latency of listing and of
+//! creating runs, and the server's resident memory before and after.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use chrono::Utc;
+use fraisier_model::run::{RunKind, RunStatus};
+use fraisier_store::{Run, Store, DEFAULT_TENANT};
+use serde_json::json;
+
+use crate::fraisier::{Bins, Server};
+use crate::procs;
+use crate::stats::{mib, ms, Summary, Verdict};
+
+#[derive(Clone, Debug)]
+pub struct ApiOpts {
+    pub runs: u32,
+    pub fraises: u32,
+    pub requests: u32,
+    pub concurrency: u32,
+    /// Each round POSTs once to every fraise, then waits for all those runs to finish.
+    pub post_rounds: u32,
+}
+
+fn fraise_name(i: u32) -> String {
+    format!("etl_{i:03}")
+}
+
+pub async fn run(bins: &Bins, o: &ApiOpts) -> Result<Vec<Verdict>> {
+    println!();
+    println!(
+        "== API with {} stored runs (SQLite, release build) ==",
+        o.runs
+    );
+    let dir = tempfile::Builder::new().prefix("fraisier-bench-").tempdir()?;
+    let data_dir = dir.path().join("data");
+    let releases = dir.path().join("releases");
+    std::fs::create_dir_all(releases.join("1.0.0"))?;
+    std::fs::write(releases.join("1.0.0/job.txt"), "a job that does nothing\n")?;
+
+    let started = Instant::now();
+    let store = Store::open_sqlite_in(&data_dir).await?;
+    store.import_runs(&seed_runs(o.runs, o.fraises)).await?;
+    store.close().await;
+    drop(store);
+    let db_kib = ["fraisier.db", "fraisier.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(data_dir.join(f)).ok())
+        .map(|m| m.len() / 1024)
+        .sum::<u64>();
+    println!(
+        "seeded {} runs over {} fraises with Store::import_runs in {:.2} s; database {}",
+        o.runs,
+        o.fraises,
+        started.elapsed().as_secs_f64(),
+        mib(db_kib)
+    );
+
+    let config = dir.path().join("fraisier.yaml");
+    std::fs::write(&config, etl_config(&data_dir, &releases, o.fraises))?;
+    let started = Instant::now();
+    let server = Arc::new(Server::start(bins, &config, &data_dir).await?);
+    println!(
+        "server up and healthy in {:.2} s with {} `type: etl` fraises (command `true`)",
+        started.elapsed().as_secs_f64(),
+        o.fraises
+    );
+    let rss_before = memory(&server);
+
+    // The list, as the dashboard and `fraisier list` ask for it.
+    let list = "/deployments?limit=50&sort=-created_at";
+    let (status, first) = server.get(list).await?;
+    let total = first["pagination"]["total"].as_u64().unwrap_or(0);
+    if status != 200 || total < u64::from(o.runs) {
+        bail!("GET {list}: {status}, total {total}: {first}");
+    }
+    for _ in 0..50 {
+        server.get(list).await?;
+    }
+    let started = Instant::now();
+    let (mut lat, errors) = concurrently(&server, o.concurrency, o.requests, move |s, _| {
+        Box::pin(async move {
+            let t = Instant::now();
+            let (status, _) = s.get(list).await?;
+            Ok((status == 200, t.elapsed()))
+        })
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let get = Summary::of(&mut lat);
+    println!();
+    println!(
+        "GET {list}: {} requests, {} concurrent, {:.0} req/s, errors {errors}",
+        get.count,
+        o.concurrency,
+        get.count as f64 / elapsed.as_secs_f64()
+    );
+    print_summary(&get);
+
+    // Creating runs: one active run per fraise × environment, so each round POSTs once to
+    // every fraise and then waits until all those runs have finished.
+    let mut post_lat = Vec::new();
+    let mut post_errors = 0;
+    for round in 0..o.post_rounds {
+        let started = Instant::now();
+        let (lat, errors) = concurrently(&server, o.concurrency, o.fraises, |s, i| {
+            Box::pin(async move {
+                let path = format!("/deployments/{}/production", fraise_name(i));
+                let t = Instant::now();
+                let (status, _) = s.post(&path, &json!({"version": "1.0.0"})).await?;
+                Ok((status == 202, t.elapsed()))
+            })
+        })
+        .await?;
+        let posted = started.elapsed();
+        post_errors += errors;
+        post_lat.extend(lat);
+        let drained = wait_idle(&server, Duration::from_secs(300)).await?;
+        println!(
+            "POST round {}: {} runs created in {:.2} s, all finished {:.2} s later (errors {errors})",
+            round + 1,
+            o.fraises,
+            posted.as_secs_f64(),
+            drained.as_secs_f64()
+        );
+    }
+    let post = Summary::of(&mut post_lat);
+    println!();
+    println!(
+        "POST /deployments/{{fraise}}/production → 202: {} requests, {} concurrent, errors {post_errors}",
+        post.count, o.concurrency
+    );
+    print_summary(&post);
+
+    let rss_after = memory(&server);
+    println!();
+    println!("server memory (VmRSS): before {} → after {}", rss_before.0, rss_after.0);
+    println!("agent memory (VmRSS):  before {} → after {}", rss_before.1, rss_after.1);
+    if let Some(peak) = procs::peak_rss_kib(server.pid()) {
+        println!("server peak (VmHWM): {}", mib(peak));
+    }
+    drop(server);
+    Ok(vec![
+        Verdict {
+            what: format!("GET /deployments p99 ({} runs stored)", o.runs),
+            measured: ms(get.p99),
+            target: "<= 20 ms".to_string(),
+            met: get.p99 <= Duration::from_millis(20) && errors == 0,
+        },
+        Verdict {
+            what: format!("POST /deployments/{{f}}/{{e}} p99 ({} runs)", o.runs),
+            measured: ms(post.p99),
+            target: "<= 20 ms".to_string(),
+            met: post.p99 <= Duration::from_millis(20) && post_errors == 0,
+        },
+    ])
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "  p50 {}   p90 {}   p99 {}   max {}",
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max)
+    );
+}
+
+/// (server, agent) VmRSS, formatted.
+fn memory(server: &Server) -> (String, String) {
+    let fmt = |k: Option<u64>| k.map_or_else(|| "?".to_string(), mib);
+    (
+        fmt(procs::rss_kib(server.pid())),
+        fmt(server.agent_pid().and_then(procs::rss_kib)),
+    )
+}
+
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(bool, Duration)>> + Send>>;
+
+/// Runs `job(server, i)` for i in 0..n on `workers` tasks, each taking the next i; returns
+/// the latencies of the successful ones and the count of the others.
+async fn concurrently(
+    server: &Arc<Server>,
+    workers: u32,
+    n: u32,
+    job: impl Fn(Arc<Server>, u32) -> Job + Send + Sync + 'static,
+) -> Result<(Vec<Duration>, u64)> {
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let job = Arc::new(job);
+    let tasks: Vec<_> = (0..workers.max(1))
+        .map(|_| {
+            let (next, job, server) = (Arc::clone(&next), Arc::clone(&job), Arc::clone(server));
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    match job(Arc::clone(&server), i).await {
+                        Ok((true, d)) => lat.push(d),
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok((lat, errors))
+}
+
+/// Waits until no run is pending or in progress; how long that took.
+async fn wait_idle(server: &Server, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut active = 0;
+        for status in ["pending", "in_progress"] {
+            let (code, v) = server
+                .get(&format!("/deployments?status={status}&limit=1"))
+                .await?;
+            if code != 200 {
+                bail!("GET /deployments?status={status}: {code} {v}");
+            }
+            active += v["pagination"]["total"].as_u64().unwrap_or(0);
+        }
+        if active == 0 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!("{active} runs still active after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `n` finished runs over `fraises` fraises in production, one every 5 minutes up to now.
+fn seed_runs(n: u32, fraises: u32) -> Vec<Run> {
+    let now = Utc::now();
+    (1..=n)
+        .map(|i| {
+            let created_at = now - chrono::Duration::minutes(5 * i64::from(n - i + 1));
+            let status = match i % 50 {
+                0 => RunStatus::Cancelled,
+                7 | 19 | 33 => RunStatus::Failed,
+                _ => RunStatus::Success,
+            };
+            let failed = status == RunStatus::Failed;
+            Run {
+                id: i64::from(i),
+                tenant_id: DEFAULT_TENANT.to_string(),
+                fraise: fraise_name(i % fraises.max(1)),
+                environment: "production".to_string(),
+                kind: if i % 40 == 0 { RunKind::Rollback } else { RunKind::Deploy },
+                status,
+                version: format!("1.{}.{}", i / 1000, i % 1000),
+                previous_version: (i > fraises).then(|| format!("1.{}.{}", (i - 1) / 1000, (i - 1) % 1000)),
+                strategy: "rolling".to_string(),
+                strategy_config: json!({"max_surge": 1, "max_instances_down": 1}),
+                triggered_by: ["alice", "bob", "ci"][(i % 3) as usize].to_string(),
+                trigger_type: if i % 3 == 2 { "webhook" } else { "api" }.to_string(),
+                options: json!({}),
+                metadata: json!({"commit": format!("{:040x}", u128::from(i) * 2_654_435_761)}),
+                created_at,
+                updated_at: created_at + chrono::Duration::seconds(42),
+                started_at: Some(created_at + chrono::Duration::milliseconds(30)),
+                completed_at: Some(created_at + chrono::Duration::seconds(42)),
+                health_check_status: if failed { "failing" } else { "passing" }.to_string(),
+                health_details: json!({"checks_passed": 2, "checks_total": 2}),
+                metrics: json!({"success_rate": 99.9, "error_rate": 0.1, "latency_p50_ms": 3, "latency_p99_ms": 12}),
+                error_code: failed.then(|| "HEALTH_CHECK_FAILED".to_string()),
+                error_message: failed.then(|| "instance did not become healthy".to_string()),
+                cancel_requested_by: (status == RunStatus::Cancelled).then(|| "alice".to_string()),
+                cancelled_at: (status == RunStatus::Cancelled).then_some(created_at + chrono::Duration::seconds(42)),
+                progress: 5,
+                events_count: 6,
+                log_lines: 20,
+            }
+        })
+        .collect()
+}
+
+fn etl_config(data_dir: &std::path::Path, releases: &std::path::Path, fraises: u32) -> String {
+    let mut yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  data_dir: \"{}\"\nenvironments:\n  production: {{ display_name: Production, provider: local }}\nfraises:\n",
+        data_dir.display()
+    );
+    for i in 0..fraises {
+        yaml.push_str(&format!(
+            "  {}:\n    type: etl\n    command: \"true\"\n    artifact_path: \"{}/{{version}}\"\n    environments:\n      production: {{}}\n",
+            fraise_name(i),
+            releases.display()
+        ));
+    }
+    yaml
+}

@@ -1,0 +1,305 @@
+//! Every process the harness starts is owned by a guard whose drop stops it: on success, on
+//! error, on panic and on Ctrl-C (main drops the benchmark's future, which drops the guards).
+//! Stopping is SIGTERM, a bounded wait, then SIGKILL — and the children the process had
+//! (nginx workers) are killed too if they outlive it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// A child process stopped on drop.
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+}
+
+// === impl Proc ===
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// Fails with the exit status if the process has already ended.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{} exited early: {status}", self.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, up to `grace` for it to exit, then SIGKILL; then SIGKILL for any of its
+    /// children still alive. Idempotent.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = child.id();
+        let children = children_of(pid);
+        signal(pid, "TERM");
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            eprintln!("bench: {} did not stop on SIGTERM; killing it", self.name);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for c in children {
+            if is_alive(c) {
+                signal(c, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// Sends a signal with kill(1): the workspace forbids `unsafe`, so no libc::kill.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // A zombie has a /proc entry but is gone for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_fields(&s).and_then(|f| f.first().map(|st| *st != "Z")))
+        .unwrap_or(false)
+}
+
+/// The fields of /proc/<pid>/stat after the command name: state is [0], ppid [1],
+/// starttime (field 22) [19].
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().collect())
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat)?.get(19)?.parse().ok()
+}
+
+/// Pids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| stat_fields(&s)?.get(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Resident memory (VmRSS) in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident memory (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A free loopback port (bound, read, released: another process could take it in between,
+/// which on a bench machine does not happen in practice).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Owns a Fraisier agent's state directory: on drop, `fraisier agent stop --state-dir`
+/// (drains and stops its instances and routers), then SIGKILL for the agent and any
+/// instance that survived (matched by pid and kernel start time, never by name).
+pub struct AgentGuard {
+    pub fraisier: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+// === impl AgentGuard ===
+
+impl AgentGuard {
+    /// The agent's pid from `agent.json`, once it is written.
+    pub fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.state_dir.join("agent.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    }
+
+    fn stop(&self) {
+        if !self.state_dir.join("agent.json").exists() {
+            return;
+        }
+        let agent_pid = self.pid();
+        let stopped = Command::new(&self.fraisier)
+            .args(["agent", "stop", "--state-dir"])
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(|mut c| wait_bounded(&mut c, Duration::from_secs(30)));
+        if !matches!(stopped, Ok(true)) {
+            eprintln!(
+                "bench: `fraisier agent stop --state-dir {}` failed; killing what is left",
+                self.state_dir.display()
+            );
+        }
+        if let Some(pid) = agent_pid {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while is_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_alive(pid) {
+                signal(pid, "KILL");
+            }
+        }
+        for (pid, ticks) in instance_pids(&self.state_dir) {
+            if is_alive(pid) && start_ticks(pid) == Some(ticks) {
+                eprintln!("bench: instance {pid} outlived its agent; killing it");
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits up to `limit`; kills the child past it. True if it exited with success.
+fn wait_bounded(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+/// Every instance record in the agent's `instances.json`, whatever its nesting.
+pub fn instance_records(state_dir: &Path) -> Vec<Value> {
+    fn walk(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Object(m) if m.contains_key("pid") && m.contains_key("port") => {
+                out.push(v.clone());
+            }
+            Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(state_dir.join("instances.json")) {
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            walk(&v, &mut out);
+        }
+    }
+    out
+}
+
+fn instance_pids(state_dir: &Path) -> Vec<(u32, u64)> {
+    instance_records(state_dir)
+        .iter()
+        .filter_map(|r| {
+            Some((
+                u32::try_from(r["pid"].as_u64()?).ok()?,
+                r["start_ticks"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// True if the current user is root (nginx then needs `user root;` to read our temp dir).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_skip_the_command_name() {
+        let stat = "42 (a (weird) name) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0";
+        let f = stat_fields(stat).unwrap();
+        assert_eq!(f[0], "S");
+        assert_eq!(f[1], "7");
+        assert_eq!(f[19], "12345");
+    }
+
+    #[test]
+    fn a_stopped_process_is_gone() {
+        let mut p = Proc::spawn("sleep", Command::new("sleep").arg("30")).unwrap();
+        let pid = p.pid();
+        assert!(is_alive(pid));
+        p.stop(Duration::from_secs(2));
+        assert!(!is_alive(pid));
+    }
+}

@@ -1,0 +1,444 @@
+//! Router vs nginx: the same upstream (fraisier-demo instances started by a real Fraisier
+//! agent), hit directly, through nginx and through Fraisier's router, with the same load
+//! generator and settings, in one run, in an order rotated every round.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fraisier_agent::router::{Backend, Router};
+use serde_json::json;
+
+use crate::fraisier::{self, Bins, Server};
+use crate::load::{self, RateResult, WrkResult};
+use crate::procs::{self, Proc};
+use crate::stats::{median, ms, ms_f, Verdict};
+
+#[derive(Clone, Debug)]
+pub struct RouterOpts {
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rounds: u32,
+    pub threads: u32,
+    pub connections: u32,
+    pub instances: u32,
+    /// Requests per second of the fixed-rate latency measurement (0 skips it).
+    pub rate: u32,
+    pub rate_connections: u32,
+    /// Also measure the library router in the bench process.
+    pub lib_router: bool,
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    wrk: Vec<WrkResult>,
+    rate: Vec<RateResult>,
+}
+
+// === impl Target ===
+
+impl Target {
+    fn new(name: &'static str, addr: SocketAddr) -> Target {
+        Target {
+            name,
+            addr,
+            wrk: Vec::new(),
+            rate: Vec::new(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    fn rps(&self) -> f64 {
+        median(&self.wrk.iter().map(|r| r.requests_per_sec).collect::<Vec<_>>())
+    }
+
+    fn wrk_ms(&self, pick: fn(&WrkResult) -> Duration) -> f64 {
+        median(
+            &self
+                .wrk
+                .iter()
+                .map(|r| pick(r).as_secs_f64() * 1000.0)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn rate_ms(&self, pick: fn(&RateResult) -> Duration) -> f64 {
+        median(
+            &self
+                .rate
+                .iter()
+                .map(|r| pick(r).as_secs_f64() * 1000.0)
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
+    println!("== Router vs nginx: the same upstream, the same load, side by side ==");
+    let dir = tempfile::Builder::new().prefix("fraisier-bench-").tempdir()?;
+    fraisier::demo_release(&dir.path().join("releases"), "1.0.0", &[])?;
+    let router_port = procs::free_port()?;
+    let config = dir.path().join("fraisier.yaml");
+    std::fs::write(
+        &config,
+        fraisier::app_config(bins, dir.path(), router_port, o.instances, "rolling"),
+    )?;
+    let server = Server::start(bins, &config, &dir.path().join("data")).await?;
+    let id = server
+        .deploy("app", "production", &json!({"version": "1.0.0"}))
+        .await?;
+    let run = server
+        .wait_run(&id, Duration::from_secs(60), Duration::from_millis(50))
+        .await?;
+    if run["status"] != "success" {
+        bail!("deploy of the demo app failed: {run}");
+    }
+    let ports = server
+        .instance_ports("app", "production", o.instances as usize)
+        .await?;
+    let upstreams: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+
+    let nginx = Nginx::start(dir.path(), &upstreams)?;
+    let lib = if o.lib_router {
+        let router = Router::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        router.set_backends(
+            upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| Backend {
+                    id: format!("bench-{i}"),
+                    version: "1.0.0".to_string(),
+                    addr: *addr,
+                    weight: 1,
+                })
+                .collect(),
+        );
+        Some(router)
+    } else {
+        None
+    };
+
+    let mut targets = vec![
+        Target::new("direct", upstreams[0]),
+        Target::new("nginx", SocketAddr::from(([127, 0, 0, 1], nginx.port))),
+        Target::new(
+            "fraisier router (agent)",
+            SocketAddr::from(([127, 0, 0, 1], router_port)),
+        ),
+    ];
+    if let Some(r) = &lib {
+        targets.push(Target::new("fraisier router (lib)", r.local_addr()));
+    }
+    for t in &targets {
+        check_answers(&t.url())
+            .await
+            .with_context(|| format!("{} at {}", t.name, t.url()))?;
+    }
+
+    println!(
+        "upstream: {} x fraisier-demo 1.0.0 (release build), started by the Fraisier agent on {}",
+        upstreams.len(),
+        upstreams
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  direct: wrk to the first instance{}",
+        if upstreams.len() > 1 {
+            " only (the proxies spread over all)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  nginx: {} — worker_processes auto, upstream keepalive 64, proxy_http_version 1.1, access_log off",
+        nginx_version()
+    );
+    println!("  fraisier router (agent): the router of `fraisier agent`, deployed by `fraisier serve` (POST /deployments/app/production)");
+    if lib.is_some() {
+        println!("  fraisier router (lib): fraisier_agent::router::Router in the bench process, same backends");
+    }
+    println!(
+        "load: wrk -t{} -c{} --latency, {} s per run after a {} s warm-up, {} round(s), order rotated each round; \
+         wrk, the proxies and the upstream share the machine's {} CPUs alike for every target",
+        o.threads,
+        o.connections,
+        o.duration.as_secs(),
+        o.warmup.as_secs(),
+        o.rounds,
+        cpus()
+    );
+
+    for t in &targets {
+        load::wrk(&t.url(), o.threads, o.connections, o.warmup).await?;
+    }
+    println!();
+    println!("-- throughput: wrk, closed loop --");
+    for round in 0..o.rounds as usize {
+        for i in rotated(targets.len(), round) {
+            let t = &mut targets[i];
+            let r = load::wrk(&t.url(), o.threads, o.connections, o.duration).await?;
+            println!(
+                "round {}  {:<24} {:>10.0} req/s  p50 {:>10}  p99 {:>10}  max {:>10}  errors {}",
+                round + 1,
+                t.name,
+                r.requests_per_sec,
+                ms(r.p50),
+                ms(r.p99),
+                ms(r.max),
+                r.errors
+            );
+            t.wrk.push(r);
+        }
+    }
+
+    if o.rate > 0 {
+        println!();
+        println!(
+            "-- latency at a fixed rate: {} req/s over {} keep-alive connections, {} s per run, \
+             from writing the request to the last byte of the response --",
+            o.rate,
+            o.rate_connections,
+            o.duration.as_secs()
+        );
+        for round in 0..o.rounds as usize {
+            for i in rotated(targets.len(), round) {
+                let t = &mut targets[i];
+                let r = load::fixed_rate(t.addr, o.rate, o.rate_connections, o.duration).await?;
+                println!(
+                    "round {}  {:<24} {:>7} sent {:>8.0} req/s  p50 {:>10}  p90 {:>10}  p99 {:>10}  max {:>10}  errors {}  late {}",
+                    round + 1,
+                    t.name,
+                    r.sent,
+                    r.achieved_rate,
+                    ms(r.latency.p50),
+                    ms(r.latency.p90),
+                    ms(r.latency.p99),
+                    ms(r.latency.max),
+                    r.errors,
+                    r.late
+                );
+                t.rate.push(r);
+            }
+        }
+    }
+
+    // Everything measured: stop the extra router before printing.
+    if let Some(r) = lib {
+        r.shutdown(Duration::from_secs(1)).await;
+    }
+    drop(nginx);
+
+    println!();
+    println!(
+        "-- summary (median of {} round(s)) --",
+        o.rounds
+    );
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<24} {:>12} {:>12} {:>12} {:>14} {:>14}",
+        "target", "wrk req/s", "wrk p50", "wrk p99", "fixed-rate p50", "fixed-rate p99"
+    );
+    for t in &targets {
+        let _ = writeln!(
+            table,
+            "{:<24} {:>12.0} {:>12} {:>12} {:>14} {:>14}",
+            t.name,
+            t.rps(),
+            ms_f(t.wrk_ms(|r| r.p50)),
+            ms_f(t.wrk_ms(|r| r.p99)),
+            ms_f(t.rate_ms(|r| r.latency.p50)),
+            ms_f(t.rate_ms(|r| r.latency.p99)),
+        );
+    }
+    print!("{table}");
+    let (direct, nginx_t, router) = (&targets[0], &targets[1], &targets[2]);
+    let ratio = router.rps() / nginx_t.rps();
+    let ratio_direct = router.rps() / direct.rps();
+    let nginx_direct = nginx_t.rps() / direct.rps();
+    let added_sat = router.wrk_ms(|r| r.p99) - direct.wrk_ms(|r| r.p99);
+    let added_sat_nginx = nginx_t.wrk_ms(|r| r.p99) - direct.wrk_ms(|r| r.p99);
+    println!("throughput router/nginx: {ratio:.2}x   router/direct: {ratio_direct:.2}x   nginx/direct: {nginx_direct:.2}x");
+    println!(
+        "p99 added over direct under wrk saturation: router {added_sat:+.3} ms, nginx {added_sat_nginx:+.3} ms"
+    );
+    let mut verdicts = vec![Verdict {
+        what: "router/nginx throughput (wrk)".to_string(),
+        measured: format!("{ratio:.2}x"),
+        target: ">= 1.00x".to_string(),
+        met: ratio >= 1.0,
+    }];
+    if o.rate > 0 {
+        let added = router.rate_ms(|r| r.latency.p99) - direct.rate_ms(|r| r.latency.p99);
+        let added_nginx = nginx_t.rate_ms(|r| r.latency.p99) - direct.rate_ms(|r| r.latency.p99);
+        println!(
+            "p99 added over direct at {} req/s: router {added:+.3} ms, nginx {added_nginx:+.3} ms",
+            o.rate
+        );
+        verdicts.push(Verdict {
+            what: format!("router p99 added over direct at {} req/s", o.rate),
+            measured: format!("{added:+.3} ms"),
+            target: "<= 1 ms".to_string(),
+            met: added <= 1.0,
+        });
+    }
+    verdicts.push(Verdict {
+        what: "router p99 added over direct, wrk saturation".to_string(),
+        measured: format!("{added_sat:+.3} ms"),
+        target: "(info)".to_string(),
+        met: true,
+    });
+    let counted = router_counts(&server).await;
+    if !counted.is_empty() {
+        println!("{counted}");
+    }
+    drop(server);
+    Ok(verdicts)
+}
+
+/// What the server reports of the agent router's own counters: a cross-check that the load
+/// went through it.
+async fn router_counts(server: &Server) -> String {
+    match server.get("/fraises/app").await {
+        Ok((200, v)) => {
+            let m = &v["environments"]["production"]["metrics"];
+            format!(
+                "the agent's router counted {} requests, error rate {}",
+                m["requests"], m["error_rate"]
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Indexes 0..n starting at `round % n`.
+fn rotated(n: usize, round: usize) -> Vec<usize> {
+    (0..n).map(|i| (i + round) % n).collect()
+}
+
+async fn check_answers(url: &str) -> Result<()> {
+    let r = reqwest::get(url).await?;
+    let status = r.status();
+    let body = r.text().await?;
+    if !status.is_success() || !body.contains("\"version\"") {
+        bail!("GET {url}: {status} {body}");
+    }
+    Ok(())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn nginx_version() -> String {
+    Command::new("nginx")
+        .arg("-v")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().replace("nginx version: ", ""))
+        .unwrap_or_else(|| "nginx".to_string())
+}
+
+/// nginx in the foreground (`daemon off`) as a reverse proxy with keep-alive to the
+/// upstream; stopped on drop (SIGTERM to the master, then SIGKILL for stray workers).
+struct Nginx {
+    _proc: Proc,
+    port: u16,
+}
+
+// === impl Nginx ===
+
+impl Nginx {
+    fn start(dir: &Path, upstreams: &[SocketAddr]) -> Result<Nginx> {
+        let root = dir.join("nginx");
+        std::fs::create_dir_all(root.join("logs"))?;
+        let port = procs::free_port()?;
+        let servers: String = upstreams
+            .iter()
+            .map(|a| format!("    server {a};\n"))
+            .collect();
+        let user = if procs::running_as_root() {
+            "user root;\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"# A production-style reverse proxy: keep-alive to the upstream, no access log.
+{user}daemon off;
+master_process on;
+worker_processes auto;
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log warn;
+events {{
+  worker_connections 4096;
+}}
+http {{
+  access_log off;
+  client_body_temp_path {root}/client_body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  keepalive_requests 100000;
+  upstream demo {{
+{servers}    keepalive 64;
+    keepalive_requests 100000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{
+      proxy_pass http://demo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"#,
+            root = root.display()
+        );
+        let conf_path = root.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut proc = Proc::spawn(
+            "nginx",
+            Command::new("nginx")
+                .arg("-p")
+                .arg(&root)
+                .arg("-e")
+                .arg(root.join("logs/error.log"))
+                .arg("-c")
+                .arg(&conf_path)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(root.join("logs/stderr.log"))?),
+        )
+        .context("is nginx installed? (apt-get install -y nginx, or run scripts/bench.sh)")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            proc.check_running().with_context(|| {
+                format!(
+                    "nginx did not start; {}",
+                    fraisier::tail(&root.join("logs/error.log"))
+                )
+            })?;
+            if std::time::Instant::now() > deadline {
+                bail!("nginx is not listening on {port} after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx { _proc: proc, port })
+    }
+}
