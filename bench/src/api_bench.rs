@@ -35,7 +35,9 @@ pub async fn run(bins: &Bins, o: &ApiOpts) -> Result<Vec<Verdict>> {
         "== API with {} stored runs (SQLite, release build) ==",
         o.runs
     );
-    let dir = tempfile::Builder::new().prefix("fraisier-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fraisier-bench-")
+        .tempdir()?;
     let data_dir = dir.path().join("data");
     let releases = dir.path().join("releases");
     std::fs::create_dir_all(releases.join("1.0.0"))?;
@@ -137,8 +139,14 @@ pub async fn run(bins: &Bins, o: &ApiOpts) -> Result<Vec<Verdict>> {
 
     let rss_after = memory(&server);
     println!();
-    println!("server memory (VmRSS): before {} → after {}", rss_before.0, rss_after.0);
-    println!("agent memory (VmRSS):  before {} → after {}", rss_before.1, rss_after.1);
+    println!(
+        "server memory (VmRSS): before {} → after {}",
+        rss_before.0, rss_after.0
+    );
+    println!(
+        "agent memory (VmRSS):  before {} → after {}",
+        rss_before.1, rss_after.1
+    );
     if let Some(peak) = procs::peak_rss_kib(server.pid()) {
         println!("server peak (VmHWM): {}", mib(peak));
     }

@@ -21,8 +21,13 @@ pub struct DeployOpts {
 
 pub async fn run(bins: &Bins, o: &DeployOpts) -> Result<Vec<Verdict>> {
     println!();
-    println!("== Deploy overhead: rolling deploy of {} instances ready at once ==", o.instances);
-    let dir = tempfile::Builder::new().prefix("fraisier-bench-").tempdir()?;
+    println!(
+        "== Deploy overhead: rolling deploy of {} instances ready at once ==",
+        o.instances
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("fraisier-bench-")
+        .tempdir()?;
     let releases = dir.path().join("releases");
     fraisier::demo_release(&releases, "1.0.0", &[])?;
     fraisier::demo_release(&releases, "2.0.0", &[])?;
@@ -112,7 +117,10 @@ async fn print_steps(store: &Store, id: &str) -> Result<()> {
             run.started_at.map_or(0, |s| ms(created, s))
         );
     }
-    println!("  {:<34} {:>9} {:>9}  message", "step", "at (ms)", "took (ms)");
+    println!(
+        "  {:<34} {:>9} {:>9}  message",
+        "step", "at (ms)", "took (ms)"
+    );
     for s in steps {
         let took = s
             .ended_at

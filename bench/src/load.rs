@@ -156,7 +156,12 @@ pub async fn fixed_rate(
     let mut tasks = Vec::new();
     for i in 0..connections {
         let offset = period.mul_f64(f64::from(i) / f64::from(connections));
-        tasks.push(tokio::spawn(one_connection(addr, start + offset, end, period)));
+        tasks.push(tokio::spawn(one_connection(
+            addr,
+            start + offset,
+            end,
+            period,
+        )));
     }
     let mut all = Vec::new();
     let mut result = RateResult::default();

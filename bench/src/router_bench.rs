@@ -56,7 +56,13 @@ impl Target {
     }
 
     fn rps(&self) -> f64 {
-        median(&self.wrk.iter().map(|r| r.requests_per_sec).collect::<Vec<_>>())
+        median(
+            &self
+                .wrk
+                .iter()
+                .map(|r| r.requests_per_sec)
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn wrk_ms(&self, pick: fn(&WrkResult) -> Duration) -> f64 {
@@ -82,7 +88,9 @@ impl Target {
 
 pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
     println!("== Router vs nginx: the same upstream, the same load, side by side ==");
-    let dir = tempfile::Builder::new().prefix("fraisier-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fraisier-bench-")
+        .tempdir()?;
     fraisier::demo_release(&dir.path().join("releases"), "1.0.0", &[])?;
     let router_port = procs::free_port()?;
     let config = dir.path().join("fraisier.yaml");
@@ -242,10 +250,7 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
     drop(nginx);
 
     println!();
-    println!(
-        "-- summary (median of {} round(s)) --",
-        o.rounds
-    );
+    println!("-- summary (median of {} round(s)) --", o.rounds);
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -348,7 +353,11 @@ fn nginx_version() -> String {
         .arg("-v")
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().replace("nginx version: ", ""))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .replace("nginx version: ", "")
+        })
         .unwrap_or_else(|| "nginx".to_string())
 }
 

@@ -109,6 +109,9 @@ struct ServiceRuntime {
     applied_generation: u64,
     /// Generation whose releases were installed and pruned.
     releases_generation: Option<u64>,
+    /// Versions running when releases were last pruned: a version whose last instance has
+    /// since stopped may be pruned now, even without a new generation.
+    pruned_with_running: BTreeSet<String>,
     backoff: Backoff,
 }
 
@@ -226,6 +229,7 @@ impl ServiceRuntime {
             settings,
             applied_generation: 0,
             releases_generation: None,
+            pruned_with_running: BTreeSet::new(),
             backoff: Backoff::default(),
         }
     }
@@ -262,13 +266,21 @@ impl ServiceRuntime {
         self.update_router_table(&health);
         self.persist_records(&health).await;
         if let Some(d) = &target {
-            if self.releases_generation != Some(d.generation) {
-                self.prune_releases().await;
-                self.releases_generation = Some(d.generation);
-            }
             self.applied_generation = d.generation;
         }
+        // Publishing first records the versions in use, which pruning must spare.
         self.publish(&health, target.as_ref());
+        if let Some(d) = &target {
+            let running: BTreeSet<String> =
+                self.instances.values().map(|i| i.version.clone()).collect();
+            if self.releases_generation != Some(d.generation) || running != self.pruned_with_running
+            {
+                self.prune_releases().await;
+                self.releases_generation = Some(d.generation);
+                self.pruned_with_running = running;
+                self.publish(&health, target.as_ref());
+            }
+        }
 
         if target.is_none() && self.instances.is_empty() {
             return None;

@@ -17,7 +17,7 @@ use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 mod body;
@@ -25,6 +25,7 @@ mod metrics;
 mod proxy;
 mod table;
 mod upstream;
+mod workers;
 
 #[cfg(test)]
 mod tests;
@@ -33,9 +34,12 @@ use self::metrics::VersionCounters;
 use self::proxy::ConnCtx;
 use self::table::Table;
 use self::upstream::Upstream;
+use self::workers::Workers;
 
 /// Longest pause of the accept loop after an error such as EMFILE.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// Pending connections the kernel queues for the listener.
+const BACKLOG: u32 = 1024;
 /// How long connections get to close once the router stops them after the grace period.
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
@@ -71,6 +75,7 @@ struct Handle {
 /// What the router's tasks share.
 #[derive(Debug)]
 struct Shared {
+    workers: Arc<Workers>,
     table: RwLock<Table>,
     registry: Mutex<Registry>,
     server: http1::Builder,
@@ -100,19 +105,33 @@ impl Router {
     /// Binds `addr` (e.g. 127.0.0.1:18080) and starts serving in background tasks. With no
     /// backends yet, every request gets 503 `NO_HEALTHY_INSTANCE`.
     pub async fn bind(addr: SocketAddr) -> io::Result<Router> {
-        let listener = TcpListener::bind(addr).await?;
+        let workers = Workers::get()?;
+        let (_, home) = workers.next();
+        let listener = {
+            // Registered with the worker that will run the accept loop.
+            let _entered = home.enter();
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            // A restarted agent must not wait for the old one's TIME_WAIT sockets.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)?
+        };
         let local_addr = listener.local_addr()?;
         let mut server = http1::Builder::new();
         // The timer enforces hyper's 30 s header-read timeout: slow or idle clients cannot hold
         // connections forever.
         server.timer(TokioTimer::new());
         let shared = Arc::new(Shared {
+            workers: Arc::clone(&workers),
             table: RwLock::new(Table::empty()),
             registry: Mutex::default(),
             server,
         });
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        tokio::spawn(accept_loop(listener, Arc::clone(&shared), phase_rx));
+        home.spawn(accept_loop(listener, Arc::clone(&shared), phase_rx));
         Ok(Router {
             inner: Arc::new(Handle {
                 shared,
@@ -134,7 +153,10 @@ impl Router {
         let mut registry = shared.registry();
         let entries = backends
             .into_iter()
-            .map(|b| (registry.upstream(b.id, b.version, b.addr), b.weight))
+            .map(|b| {
+                let upstream = registry.upstream(b.id, b.version, b.addr, shared.workers.count());
+                (upstream, b.weight)
+            })
             .collect();
         let table = Table::new(entries);
         let old = std::mem::replace(
@@ -218,7 +240,13 @@ impl Shared {
 impl Registry {
     /// The live upstream for this backend if there is one (so a backend that stays keeps its
     /// pool and its in-flight count), else a new one.
-    fn upstream(&mut self, id: String, version: String, addr: SocketAddr) -> Arc<Upstream> {
+    fn upstream(
+        &mut self,
+        id: String,
+        version: String,
+        addr: SocketAddr,
+        workers: usize,
+    ) -> Arc<Upstream> {
         let known = self.upstreams.entry(id.clone()).or_default();
         let existing = known
             .iter()
@@ -232,7 +260,7 @@ impl Registry {
                 .entry(version.clone())
                 .or_insert_with(|| Arc::new(VersionCounters::new())),
         );
-        let upstream = Arc::new(Upstream::new(id, version, addr, counters));
+        let upstream = Arc::new(Upstream::new(id, version, addr, counters, workers));
         known.push(Arc::downgrade(&upstream));
         upstream
     }
@@ -246,7 +274,8 @@ impl Registry {
     }
 }
 
-/// Accepts until the router drains; errors never end it (EMFILE and kin back off briefly).
+/// Accepts until the router drains, handing each connection to the next worker; errors never
+/// end it (EMFILE and kin back off briefly).
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -262,7 +291,22 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                tokio::spawn(serve(stream, peer, Arc::clone(&shared), phase.clone()));
+                let (index, worker) = shared.workers.next();
+                let (shared, phase) = (Arc::clone(&shared), phase.clone());
+                if workers::current() == Some(index) {
+                    tokio::spawn(serve(stream, peer, shared, phase));
+                    continue;
+                }
+                // Re-registered with the chosen worker's reactor: once per connection.
+                match stream.into_std() {
+                    Ok(stream) => drop(worker.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => serve(stream, peer, shared, phase).await,
+                            Err(error) => tracing::debug!(%error, "connection handoff failed"),
+                        }
+                    })),
+                    Err(error) => tracing::debug!(%error, "connection handoff failed"),
+                }
             }
             // The client gave up between SYN and accept: nothing wrong with the listener.
             Err(e) if is_connection_error(&e) => {}

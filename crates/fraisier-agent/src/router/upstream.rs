@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::body::ReqBody;
 use super::metrics::VersionCounters;
+use super::workers;
 
 /// How long a TCP connect may take before the attempt counts as failed (and is retried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,8 +27,9 @@ pub(super) struct Upstream {
     pub(super) addr: SocketAddr,
     pub(super) counters: Arc<VersionCounters>,
     in_flight: AtomicU64,
-    /// LIFO, so the hottest connections are reused and the rest may idle out upstream.
-    idle: Mutex<Vec<SendRequest<ReqBody>>>,
+    /// One pool per router worker, since a connection's driver task lives on the worker that
+    /// opened it. LIFO, so the hottest connections are reused and the rest may idle out.
+    idle: Box<[Mutex<Vec<SendRequest<ReqBody>>>]>,
 }
 
 /// A request's hold on its backend, from the pick until the response body ends (or the request
@@ -48,6 +50,7 @@ impl Upstream {
         version: String,
         addr: SocketAddr,
         counters: Arc<VersionCounters>,
+        workers: usize,
     ) -> Upstream {
         Upstream {
             id,
@@ -55,7 +58,7 @@ impl Upstream {
             addr,
             counters,
             in_flight: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -106,7 +109,9 @@ impl Upstream {
 
     /// Closes every idle connection (router shutdown).
     pub(super) fn close_idle(&self) {
-        self.idle_conns().clear();
+        for pool in &self.idle {
+            pool.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
     }
 
     fn checkin(&self, conn: SendRequest<ReqBody>) {
@@ -116,9 +121,11 @@ impl Upstream {
         }
     }
 
+    /// This worker's pool (uncontended: only this thread takes it, but for shutdown).
     fn idle_conns(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<ReqBody>>> {
+        let pool = &self.idle[workers::current().unwrap_or(0) % self.idle.len()];
         // Nothing panics while holding this lock; a poisoned pool is still a valid pool.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -1,0 +1,257 @@
+//! `fraisier-bench`: Fraisier's benchmark harness. It prints figures and ratios measured side
+//! by side in one run — router vs nginx on the same upstream, the overhead of a rolling
+//! deploy, the API over 100,000 stored runs — against the targets of the issue. Benchmarks,
+//! not timed tests: nothing here fails a build because a machine is slow.
+//!
+//! Every process it starts (servers, agents and their instances, nginx, wrk) is stopped on
+//! the way out, also on error and on Ctrl-C; temp dirs are removed; ports are ephemeral;
+//! every wait is bounded.
+
+mod api_bench;
+mod deploy_bench;
+mod fraisier;
+mod load;
+mod procs;
+mod router_bench;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
+
+use crate::api_bench::ApiOpts;
+use crate::deploy_bench::DeployOpts;
+use crate::fraisier::Bins;
+use crate::router_bench::RouterOpts;
+use crate::stats::Verdict;
+
+#[derive(Parser)]
+#[command(
+    name = "fraisier-bench",
+    about = "Fraisier's benchmarks: router vs nginx, deploy overhead, the API over 100,000 runs"
+)]
+struct Cli {
+    /// Where `fraisier` and `fraisier-demo` are (default: this binary's directory, i.e.
+    /// target/release)
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
+    /// Short runs that check the harness works; the figures mean little
+    #[arg(long, global = true)]
+    quick: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Direct vs nginx vs Fraisier's router on the same upstream
+    Router(RouterArgs),
+    /// A rolling deploy of instances that are ready at once, POST → success, per step
+    Deploy(DeployArgs),
+    /// GET and POST /deployments with 100,000 runs stored; server memory
+    Api(ApiArgs),
+    /// All three with their defaults, then the targets
+    All,
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    /// Seconds per measured run
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of warm-up per target before the rounds
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Rounds; the order of the targets rotates every round; figures are medians
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// wrk threads
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// wrk connections
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Instances of the demo app behind the proxies
+    #[arg(long, default_value_t = 1)]
+    instances: u32,
+    /// Requests per second of the fixed-rate latency runs (0: skip them)
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Connections of the fixed-rate latency runs
+    #[arg(long, default_value_t = 8)]
+    rate_connections: u32,
+    /// Do not also measure the library router inside the bench process
+    #[arg(long)]
+    no_lib_router: bool,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// Instances of the app
+    #[arg(long, default_value_t = 4)]
+    instances: u32,
+    /// Rolling deploys measured after the initial one (versions alternate)
+    #[arg(long, default_value_t = 3)]
+    deploys: u32,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Runs seeded before the server starts
+    #[arg(long, default_value_t = 100_000)]
+    runs: u32,
+    /// `type: etl` fraises in the config (one active run per fraise × environment)
+    #[arg(long, default_value_t = 300)]
+    fraises: u32,
+    /// GET /deployments requests
+    #[arg(long, default_value_t = 2000)]
+    requests: u32,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 4)]
+    concurrency: u32,
+    /// POST rounds: each POSTs once to every fraise, then waits for the runs to finish
+    #[arg(long, default_value_t = 2)]
+    post_rounds: u32,
+}
+
+/// A subcommand's arguments with every default.
+fn defaults<T: Args + FromArgMatches>() -> Result<T> {
+    let cmd = T::augment_args(clap::Command::new("defaults"));
+    Ok(T::from_arg_matches(
+        &cmd.try_get_matches_from(["defaults"])?,
+    )?)
+}
+
+// === impl RouterArgs ===
+
+impl RouterArgs {
+    fn opts(&self, quick: bool) -> RouterOpts {
+        RouterOpts {
+            duration: Duration::from_secs(if quick { 2 } else { self.duration.max(1) }),
+            warmup: Duration::from_secs(if quick { 1 } else { self.warmup.max(1) }),
+            rounds: if quick { 1 } else { self.rounds.max(1) },
+            threads: self.threads.max(1),
+            connections: self.connections.max(1),
+            instances: self.instances.max(1),
+            rate: self.rate,
+            rate_connections: self.rate_connections.max(1),
+            lib_router: !self.no_lib_router,
+        }
+    }
+}
+
+impl DeployArgs {
+    fn opts(&self, quick: bool) -> DeployOpts {
+        DeployOpts {
+            instances: self.instances.max(1),
+            deploys: if quick { 1 } else { self.deploys },
+        }
+    }
+}
+
+impl ApiArgs {
+    fn opts(&self, quick: bool) -> ApiOpts {
+        ApiOpts {
+            runs: if quick { 10_000 } else { self.runs },
+            fraises: if quick { 50 } else { self.fraises.max(1) },
+            requests: if quick { 200 } else { self.requests },
+            concurrency: self.concurrency.max(1),
+            post_rounds: if quick { 1 } else { self.post_rounds },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fraisier-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // On a signal the benchmark's future is dropped here, and with it every guard: the
+        // processes it started are stopped before main returns.
+        tokio::select! {
+            r = bench(&cli) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C); cleaning up")),
+            _ = term.recv() => Err(anyhow!("terminated (SIGTERM); cleaning up")),
+        }
+    });
+    // Tasks still holding guards are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(30));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fraisier-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(cli: &Cli) -> Result<()> {
+    let bin_dir = match &cli.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this binary")?
+            .to_path_buf(),
+    };
+    let bins = Bins::in_dir(&bin_dir)?;
+    print_machine(&bins);
+    let quick = cli.quick;
+    let verdicts: Vec<Verdict> = match &cli.command {
+        Cmd::Router(a) => router_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::Deploy(a) => deploy_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::Api(a) => api_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::All => {
+            let mut v = router_bench::run(&bins, &defaults::<RouterArgs>()?.opts(quick)).await?;
+            v.extend(deploy_bench::run(&bins, &defaults::<DeployArgs>()?.opts(quick)).await?);
+            v.extend(api_bench::run(&bins, &defaults::<ApiArgs>()?.opts(quick)).await?);
+            v
+        }
+    };
+    stats::print_verdicts(&verdicts);
+    Ok(())
+}
+
+/// What the figures were measured on.
+fn print_machine(bins: &Bins) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim())
+        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "?".to_string(),
+            |k| format!("{:.1} GiB", k as f64 / 1048576.0),
+        );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "fraisier-bench at {} — {} CPUs ({model}), {mem} RAM, Linux {}; binaries in {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism().map_or(1, usize::from),
+        kernel.trim(),
+        bins.fraisier
+            .parent()
+            .map_or_else(String::new, |p| p.display().to_string())
+    );
+    println!();
+}

@@ -1,0 +1,184 @@
+//! Around the strategies: recreate, releases kept and pruned for rollback, skipped backups,
+//! configuration errors that stop the server, and the agent outliving the server.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn recreate_replaces_everything_at_once() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    ws.release("2.0.0", &[]);
+    let port = free_port();
+    let s = Server::start(&ws, &config_yaml(&ws, port, 3, "recreate", "")).await;
+    for v in ["1.0.0", "2.0.0"] {
+        let id = s.deploy("app", "production", json!({"version": v})).await;
+        let run = s.wait_run(&id, Duration::from_secs(60)).await;
+        assert_eq!(run["status"], "success", "{run:#}");
+        assert_eq!(run["strategy"], "recreate");
+    }
+    let (_, st) = s.get("/fraises/app/status?environment=production").await;
+    assert_eq!(
+        st["environments"]["production"]["instances_healthy"], 3,
+        "{st}"
+    );
+    assert_eq!(router_version(port).await.as_deref(), Some("2.0.0"));
+    let (_, v) = s
+        .post(
+            "/deployments/validate",
+            json!({"name": "app", "environment": "production"}),
+        )
+        .await;
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["field"] == "strategy"),
+        "recreate warns of downtime: {v}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_needs_a_kept_release() {
+    let ws = Workspace::new();
+    for v in ["1.0.0", "2.0.0", "3.0.0", "4.0.0"] {
+        ws.release(v, &[]);
+    }
+    let port = free_port();
+    // Keep one release beyond those the desired state pins (current and previous).
+    let yaml = config_yaml(&ws, port, 1, "rolling", "")
+        .replace("  data_dir:", "  keep_releases: 0\n  data_dir:");
+    let s = Server::start(&ws, &yaml).await;
+    for v in ["1.0.0", "2.0.0", "3.0.0"] {
+        let id = s.deploy("app", "production", json!({"version": v})).await;
+        assert_eq!(
+            s.wait_run(&id, Duration::from_secs(60)).await["status"],
+            "success"
+        );
+    }
+    // 2.0.0 is pinned as the backup of 3.0.0; 1.0.0 was pruned.
+    let (status, v) = s
+        .post(
+            "/deployments/app/production/rollback",
+            json!({"to_version": "1.0.0"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("BACKUP_NOT_FOUND")),
+        "{v}"
+    );
+    // A deploy that skips the backup leaves nothing to roll back to.
+    let id = s
+        .deploy(
+            "app",
+            "production",
+            json!({"version": "4.0.0", "skip_backup": true}),
+        )
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, v) = s
+        .post("/deployments/app/production/rollback", json!({}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("BACKUP_NOT_FOUND")),
+        "3.0.0 was not kept: {v}"
+    );
+    // Nothing was started by the refusals.
+    let (_, list) = s.get("/deployments?type=rollback").await;
+    assert_eq!(list["pagination"]["total"], 4);
+    assert_eq!(router_version(port).await.as_deref(), Some("4.0.0"));
+}
+
+#[tokio::test]
+async fn a_bad_configuration_stops_the_server_with_the_key_at_fault() {
+    let ws = Workspace::new();
+    let yaml = config_yaml(&ws, free_port(), 2, "rolling", "")
+        .replace("interval: 100ms", "interval: 5x")
+        .replace("instances: 2", "instances: 0");
+    std::fs::write(ws.config_path(), yaml).unwrap();
+    let out = Command::new(fraisier_bin())
+        .args(["serve", "--config"])
+        .arg(ws.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fraisier.yaml"), "names the file: {err}");
+    assert!(
+        err.contains("fraises.app.health_check.interval"),
+        "names the key: {err}"
+    );
+    assert!(!ws.data_dir().exists(), "nothing started");
+
+    let yaml = config_yaml(&ws, free_port(), 0, "rolling", "");
+    std::fs::write(ws.config_path(), yaml).unwrap();
+    let out = Command::new(fraisier_bin())
+        .args(["serve", "--config"])
+        .arg(ws.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fraises.app.environments.production.instances: must be between 1 and 64"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_outlives_the_server_until_stopped() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let port = free_port();
+    let mut s = Server::start(&ws, &config_yaml(&ws, port, 2, "rolling", "")).await;
+    let id = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    s.kill9();
+    assert_eq!(
+        router_version(port).await.as_deref(),
+        Some("1.0.0"),
+        "serving without the server"
+    );
+    // The documented command stops the agent and every instance.
+    let out = Command::new(fraisier_bin())
+        .args(["agent", "stop", "--config"])
+        .arg(ws.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        router_version(port).await,
+        None,
+        "nothing serves after agent stop"
+    );
+    let leftovers = Command::new("pgrep")
+        .args(["-f", &ws.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}
