@@ -182,3 +182,92 @@ async fn the_agent_outlives_the_server_until_stopped() {
         String::from_utf8_lossy(&leftovers.stdout)
     );
 }
+
+#[tokio::test]
+async fn login_elsewhere_and_versions_that_cannot_be_resolved() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let extra = "  bare:\n    type: api\n    command: \"exec true\"\n    environments:\n      production: { port: PORT }\n".replace("PORT", &free_port().to_string());
+    let s = Server::start(&ws, &config_yaml(&ws, free_port(), 1, "rolling", &extra)).await;
+
+    // No version listed, none on disk: 400 saying how to declare one.
+    let (status, v) = s.post("/deployments/bare/production", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("INVALID_PARAMETERS")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fraises.bare.versions"),
+        "{v}"
+    );
+
+    // Away from the server's host: log in once, then auth:token renews the saved token.
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(fraisier_bin())
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("FRAISIER_CONFIG")
+            .current_dir(home.path())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["auth:token"]);
+    assert!(!out.status.success(), "no config, no login: no token");
+    let out = cli(&[
+        "auth:login",
+        "--server",
+        &s.url,
+        "--username",
+        "admin",
+        "--password",
+        "wrong",
+    ]);
+    assert!(!out.status.success());
+    let out = cli(&[
+        "auth:login",
+        "--server",
+        &s.url,
+        "--username",
+        "admin",
+        "--password",
+        "test-admin-password",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = home.path().join(".config/fraisier/credentials.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = cli(&["auth:token"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let r = s
+        .http
+        .get(format!("{}/fraises", s.url))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out = cli(&["list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
