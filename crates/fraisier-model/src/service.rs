@@ -191,6 +191,31 @@ impl ObservedService {
                 .all(|o| desired.instances.iter().any(|d| d.id == o.id))
     }
 
+    /// Instances not draining, and how many of those are healthy.
+    pub fn live_counts(&self) -> (usize, usize) {
+        let live = self
+            .instances
+            .iter()
+            .filter(|i| i.state != InstanceState::Draining);
+        let (mut total, mut healthy) = (0, 0);
+        for i in live {
+            total += 1;
+            healthy += usize::from(i.state == InstanceState::Healthy);
+        }
+        (total, healthy)
+    }
+
+    /// Healthy when every live instance is, degraded when some are, unknown without any.
+    pub fn health(&self) -> crate::run::Health {
+        use crate::run::Health;
+        match self.live_counts() {
+            (0, _) => Health::Unknown,
+            (_, 0) => Health::Unhealthy,
+            (total, healthy) if healthy < total => Health::Degraded,
+            _ => Health::Healthy,
+        }
+    }
+
     pub fn healthy_count(&self) -> usize {
         self.instances
             .iter()

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::{Extension, Json};
 use fraisier_model::metrics::VersionMetrics;
-use fraisier_model::run::RunStatus;
-use fraisier_model::service::{InstanceState, ObservedService};
+use fraisier_model::run::{Health, RunStatus};
+use fraisier_model::service::ObservedService;
 use fraisier_model::{FraiseConfig, FraiseType};
 use fraisier_store::{run_id_string, RunFilter, RunSort, RunSortField};
 use serde::Serialize;
@@ -87,26 +87,11 @@ pub async fn env_state(
             _ => "unhealthy",
         }
     } else {
-        match &observed {
+        match observed.as_ref().map(ObservedService::health) {
             None => "unknown",
-            Some(o) => {
-                let live: Vec<_> = o
-                    .instances
-                    .iter()
-                    .filter(|i| i.state != InstanceState::Draining)
-                    .collect();
-                let healthy = live
-                    .iter()
-                    .filter(|i| i.state == InstanceState::Healthy)
-                    .count();
-                if live.is_empty() || healthy == 0 {
-                    "unhealthy"
-                } else if healthy < live.len() {
-                    "degraded"
-                } else {
-                    "healthy"
-                }
-            }
+            Some(Health::Healthy) => "healthy",
+            Some(Health::Degraded) => "degraded",
+            Some(_) => "unhealthy",
         }
     };
     Ok(EnvState {
@@ -290,29 +275,21 @@ pub async fn status(
         let s = env_state(&state, &who.tenant, &name, e).await?;
         statuses.push(s.status);
         let o = s.observed.unwrap_or_default();
-        let live: Vec<_> = o
-            .instances
-            .iter()
-            .filter(|i| i.state != InstanceState::Draining)
-            .collect();
-        let healthy = live
-            .iter()
-            .filter(|i| i.state == InstanceState::Healthy)
-            .count();
+        let (live, healthy) = o.live_counts();
         let mut all = VersionMetrics::empty();
         for m in o.metrics.values() {
             all.add(m);
         }
         let summary = all.summary();
-        let last_check = live.iter().filter_map(|i| i.last_check_at).max();
+        let last_check = o.instances.iter().filter_map(|i| i.last_check_at).max();
         envs.insert(
             e.clone(),
             json!({
                 "status": s.status,
                 "current_version": s.current_version,
                 "health_checks": {
-                    "status": if live.is_empty() { "unknown" } else if healthy == live.len() { "passing" } else { "failing" },
-                    "checks_passed": healthy, "checks_total": live.len(), "last_check": last_check.map(views::ts),
+                    "status": if live == 0 { "unknown" } else if healthy == live { "passing" } else { "failing" },
+                    "checks_passed": healthy, "checks_total": live, "last_check": last_check.map(views::ts),
                 },
                 "metrics": {
                     "success_rate": summary.success_rate, "error_rate": summary.error_rate,
@@ -320,7 +297,7 @@ pub async fn status(
                     "requests": summary.requests,
                     "by_version": o.metrics.iter().map(|(v, m)| (v.clone(), json!(m.summary()))).collect::<serde_json::Map<_, _>>(),
                 },
-                "instances": live.len(),
+                "instances": live,
                 "instances_healthy": healthy,
                 "router": { "port": o.port, "listening": o.listening, "error": o.router_error },
             }),

@@ -421,28 +421,7 @@ pub async fn validate(
 }
 
 fn health_of(o: Option<&ObservedService>) -> Health {
-    match o {
-        None => Health::Unknown,
-        Some(o) if o.instances.is_empty() => Health::Unknown,
-        Some(o) => {
-            let serving: Vec<_> = o
-                .instances
-                .iter()
-                .filter(|i| i.state != InstanceState::Draining)
-                .collect();
-            let healthy = serving
-                .iter()
-                .filter(|i| i.state == InstanceState::Healthy)
-                .count();
-            if healthy == 0 {
-                Health::Unhealthy
-            } else if healthy < serving.len() {
-                Health::Degraded
-            } else {
-                Health::Healthy
-            }
-        }
-    }
+    o.map_or(Health::Unknown, ObservedService::health)
 }
 
 /// The service's state, with an active run taking precedence over the recorded state.
