@@ -391,9 +391,17 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         "{{\"metadata\": {{\"x\": \"{}\"}}}}",
         "a".repeat(2 * 1024 * 1024)
     );
-    let (status, v) = s
-        .post_raw("/deployments/app/production", big.into_bytes())
-        .await;
+    // Its own connection: the server answers before reading the whole body, then closes it.
+    let r = reqwest::Client::new()
+        .post(format!("{}/deployments/app/production", s.url))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/json")
+        .body(big.into_bytes())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["error"]["code"], "INVALID_PARAMETERS");
     // Nothing was recorded by any of it.
