@@ -125,12 +125,12 @@ async fn print_steps(store: &Store, id: &str) -> Result<()> {
         let took = s
             .ended_at
             .map_or_else(|| "-".to_string(), |e| ms(s.started_at, e).to_string());
+        let message = s.message.filter(|m| *m != s.name).unwrap_or_default();
         println!(
-            "  {:<34} {:>9} {:>9}  {}",
+            "  {:<46} {:>9} {:>9}  {message}",
             s.name,
             ms(created, s.started_at),
             took,
-            s.message.unwrap_or_default()
         );
     }
     Ok(())

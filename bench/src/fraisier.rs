@@ -48,7 +48,6 @@ pub struct Server {
     pub url: String,
     pub token: String,
     pub http: reqwest::Client,
-    pub data_dir: PathBuf,
     log: PathBuf,
 }
 
@@ -107,7 +106,6 @@ impl Server {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()?,
-            data_dir: data_dir.to_path_buf(),
             log,
         };
         server.wait_healthy().await?;

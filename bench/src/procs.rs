@@ -15,6 +15,9 @@ use serde_json::Value;
 pub struct Proc {
     name: String,
     child: Option<Child>,
+    /// Also SIGKILL its children that outlive it (nginx workers); not for `fraisier serve`,
+    /// whose child is the agent, which must outlive it and be stopped by `agent stop`.
+    reap_children: bool,
 }
 
 // === impl Proc ===
@@ -28,7 +31,14 @@ impl Proc {
         Ok(Proc {
             name: name.to_string(),
             child: Some(child),
+            reap_children: false,
         })
+    }
+
+    /// Kill the children it leaves behind when it is stopped.
+    pub fn reaping_children(mut self) -> Proc {
+        self.reap_children = true;
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -49,8 +59,8 @@ impl Proc {
         Ok(())
     }
 
-    /// SIGTERM, up to `grace` for it to exit, then SIGKILL; then SIGKILL for any of its
-    /// children still alive. Idempotent.
+    /// SIGTERM, up to `grace` for it to exit, then SIGKILL; then, if asked, SIGKILL for any
+    /// of its children still alive. Idempotent.
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -59,7 +69,11 @@ impl Proc {
             return;
         }
         let pid = child.id();
-        let children = children_of(pid);
+        let children = if self.reap_children {
+            children_of(pid)
+        } else {
+            Vec::new()
+        };
         signal(pid, "TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -151,6 +165,87 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// CPU time of the whole machine and of "our" processes, in clock ticks, at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSnapshot {
+    total: u64,
+    busy: u64,
+    ours: u64,
+}
+
+/// Takes a snapshot; `ours` are the pids of the benchmark's processes (this process counts
+/// with the children it has reaped, such as finished wrk runs).
+pub fn cpu_snapshot(ours: &[u32]) -> CpuSnapshot {
+    let mut snap = CpuSnapshot::default();
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        if let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) {
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest is inside user).
+            snap.total = v.iter().take(8).sum();
+            snap.busy =
+                snap.total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0);
+        }
+    }
+    let me = std::process::id();
+    snap.ours = ours
+        .iter()
+        .filter_map(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let f = stat_fields(&stat)?;
+            // utime [11], stime [12], cutime [13], cstime [14]
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            Some(n(11) + n(12) + if pid == me { n(13) + n(14) } else { 0 })
+        })
+        .sum();
+    snap
+}
+
+/// User plus system CPU time of processes (all their threads, not their children), in clock
+/// ticks (USER_HZ, 100 a second on Linux).
+pub fn process_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let f = stat_fields(&stat)?;
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            Some(n(11) + n(12))
+        })
+        .sum()
+}
+
+/// Microseconds per clock tick (USER_HZ is 100 on every Linux this runs on).
+pub const TICK_US: f64 = 10_000.0;
+
+/// Share of the machine's CPU (0–1) used between two snapshots by processes other than ours:
+/// the interference of whatever else runs on the machine.
+pub fn foreign_share(before: &CpuSnapshot, after: &CpuSnapshot) -> f64 {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 {
+        return 0.0;
+    }
+    let busy = after.busy.saturating_sub(before.busy);
+    let ours = after.ours.saturating_sub(before.ours);
+    busy.saturating_sub(ours) as f64 / total as f64
+}
+
+/// Waits (up to `limit`) until other processes use less than `threshold` of the machine over
+/// half a second; returns their last measured share.
+pub async fn wait_quiet(ours: &[u32], threshold: f64, limit: Duration) -> f64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let before = cpu_snapshot(ours);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let share = foreign_share(&before, &cpu_snapshot(ours));
+        if share < threshold || Instant::now() > deadline {
+            return share;
+        }
+    }
 }
 
 /// A free loopback port (bound, read, released: another process could take it in between,

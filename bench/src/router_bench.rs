@@ -32,22 +32,36 @@ pub struct RouterOpts {
     pub lib_router: bool,
 }
 
+/// Other processes may use this share of the CPUs before a run starts.
+const QUIET: f64 = 0.10;
+
 struct Target {
     name: &'static str,
     addr: SocketAddr,
     wrk: Vec<WrkResult>,
     rate: Vec<RateResult>,
+    /// CPU share other processes used during each run.
+    others: Vec<f64>,
+    /// The proxy's processes (none for direct), for its CPU time per request.
+    proxy_pids: Vec<u32>,
+    /// CPU µs per request of the proxy and of the upstream, per wrk run.
+    proxy_cpu: Vec<f64>,
+    upstream_cpu: Vec<f64>,
 }
 
 // === impl Target ===
 
 impl Target {
-    fn new(name: &'static str, addr: SocketAddr) -> Target {
+    fn new(name: &'static str, addr: SocketAddr, proxy_pids: Vec<u32>) -> Target {
         Target {
             name,
             addr,
+            proxy_pids,
+            proxy_cpu: Vec::new(),
+            upstream_cpu: Vec::new(),
             wrk: Vec::new(),
             rate: Vec::new(),
+            others: Vec::new(),
         }
     }
 
@@ -136,16 +150,29 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
         None
     };
 
+    let upstream_pids: Vec<u32> = procs::instance_records(server.agent_dir())
+        .iter()
+        .filter_map(|r| u32::try_from(r["pid"].as_u64()?).ok())
+        .collect();
     let mut targets = vec![
-        Target::new("direct", upstreams[0]),
-        Target::new("nginx", SocketAddr::from(([127, 0, 0, 1], nginx.port))),
+        Target::new("direct", upstreams[0], Vec::new()),
+        Target::new(
+            "nginx",
+            SocketAddr::from(([127, 0, 0, 1], nginx.port)),
+            procs::children_of(nginx.proc.pid()),
+        ),
         Target::new(
             "fraisier router (agent)",
             SocketAddr::from(([127, 0, 0, 1], router_port)),
+            server.agent_pid().into_iter().collect(),
         ),
     ];
     if let Some(r) = &lib {
-        targets.push(Target::new("fraisier router (lib)", r.local_addr()));
+        targets.push(Target::new(
+            "fraisier router (lib)",
+            r.local_addr(),
+            vec![std::process::id()],
+        ));
     }
     for t in &targets {
         check_answers(&t.url())
@@ -189,6 +216,16 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
         cpus()
     );
 
+    // Our processes, to tell the CPU they use from what anything else on the machine uses.
+    let mut ours = vec![std::process::id(), server.pid(), nginx.proc.pid()];
+    ours.extend(server.agent_pid());
+    ours.extend(procs::children_of(nginx.proc.pid()));
+    ours.extend(&upstream_pids);
+    println!(
+        "each run waits (up to 60 s) until other processes use < {:.0} % of the CPUs, and reports what they used during it (\"others\")",
+        QUIET * 100.0
+    );
+
     for t in &targets {
         load::wrk(&t.url(), o.threads, o.connections, o.warmup).await?;
     }
@@ -197,17 +234,33 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
     for round in 0..o.rounds as usize {
         for i in rotated(targets.len(), round) {
             let t = &mut targets[i];
+            procs::wait_quiet(&ours, QUIET, Duration::from_secs(60)).await;
+            let before = procs::cpu_snapshot(&ours);
+            let (proxy0, up0) = (
+                procs::process_ticks(&t.proxy_pids),
+                procs::process_ticks(&upstream_pids),
+            );
             let r = load::wrk(&t.url(), o.threads, o.connections, o.duration).await?;
+            let others = procs::foreign_share(&before, &procs::cpu_snapshot(&ours));
+            let per_req = |ticks: u64| ticks as f64 * procs::TICK_US / r.requests.max(1) as f64;
+            let proxy_cpu = per_req(procs::process_ticks(&t.proxy_pids) - proxy0);
+            let upstream_cpu = per_req(procs::process_ticks(&upstream_pids) - up0);
             println!(
-                "round {}  {:<24} {:>10.0} req/s  p50 {:>10}  p99 {:>10}  max {:>10}  errors {}",
+                "round {}  {:<24} {:>10.0} req/s  p50 {:>10}  p99 {:>10}  max {:>10}  errors {}  cpu/req proxy {:>5.1} us upstream {:>5.1} us  others {:.0} %",
                 round + 1,
                 t.name,
                 r.requests_per_sec,
                 ms(r.p50),
                 ms(r.p99),
                 ms(r.max),
-                r.errors
+                r.errors,
+                proxy_cpu,
+                upstream_cpu,
+                others * 100.0
             );
+            t.proxy_cpu.push(proxy_cpu);
+            t.upstream_cpu.push(upstream_cpu);
+            t.others.push(others);
             t.wrk.push(r);
         }
     }
@@ -224,9 +277,13 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
         for round in 0..o.rounds as usize {
             for i in rotated(targets.len(), round) {
                 let t = &mut targets[i];
+                procs::wait_quiet(&ours, QUIET, Duration::from_secs(60)).await;
+                let before = procs::cpu_snapshot(&ours);
                 let r = load::fixed_rate(t.addr, o.rate, o.rate_connections, o.duration).await?;
+                let others = procs::foreign_share(&before, &procs::cpu_snapshot(&ours));
+                t.others.push(others);
                 println!(
-                    "round {}  {:<24} {:>7} sent {:>8.0} req/s  p50 {:>10}  p90 {:>10}  p99 {:>10}  max {:>10}  errors {}  late {}",
+                    "round {}  {:<24} {:>7} sent {:>8.0} req/s  p50 {:>10}  p90 {:>10}  p99 {:>10}  max {:>10}  errors {}  late {}  others {:.0} %",
                     round + 1,
                     t.name,
                     r.sent,
@@ -236,7 +293,8 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
                     ms(r.latency.p99),
                     ms(r.latency.max),
                     r.errors,
-                    r.late
+                    r.late,
+                    others * 100.0
                 );
                 t.rate.push(r);
             }
@@ -254,22 +312,46 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "{:<24} {:>12} {:>12} {:>12} {:>14} {:>14}",
-        "target", "wrk req/s", "wrk p50", "wrk p99", "fixed-rate p50", "fixed-rate p99"
+        "{:<24} {:>10} {:>10} {:>10} {:>13} {:>13} {:>14} {:>14}",
+        "target",
+        "wrk req/s",
+        "wrk p50",
+        "wrk p99",
+        "proxy cpu/req",
+        "upstr cpu/req",
+        "fixed-rate p50",
+        "fixed-rate p99"
     );
     for t in &targets {
+        let proxy = if t.proxy_pids.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1} us", median(&t.proxy_cpu))
+        };
         let _ = writeln!(
             table,
-            "{:<24} {:>12.0} {:>12} {:>12} {:>14} {:>14}",
+            "{:<24} {:>10.0} {:>10} {:>10} {:>13} {:>13} {:>14} {:>14}",
             t.name,
             t.rps(),
             ms_f(t.wrk_ms(|r| r.p50)),
             ms_f(t.wrk_ms(|r| r.p99)),
+            proxy,
+            format!("{:.1} us", median(&t.upstream_cpu)),
             ms_f(t.rate_ms(|r| r.latency.p50)),
             ms_f(t.rate_ms(|r| r.latency.p99)),
         );
     }
     print!("{table}");
+    let worst_others = targets
+        .iter()
+        .flat_map(|t| t.others.iter().copied())
+        .fold(0.0, f64::max);
+    if worst_others > QUIET {
+        println!(
+            "note: other processes used up to {:.0} % of the CPUs during some runs: those figures are disturbed",
+            worst_others * 100.0
+        );
+    }
     let (direct, nginx_t, router) = (&targets[0], &targets[1], &targets[2]);
     let ratio = router.rps() / nginx_t.rps();
     let ratio_direct = router.rps() / direct.rps();
@@ -317,7 +399,7 @@ pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
 /// What the server reports of the agent router's own counters: a cross-check that the load
 /// went through it.
 async fn router_counts(server: &Server) -> String {
-    match server.get("/fraises/app").await {
+    match server.get("/fraises/app/status").await {
         Ok((200, v)) => {
             let m = &v["environments"]["production"]["metrics"];
             format!(
@@ -364,7 +446,7 @@ fn nginx_version() -> String {
 /// nginx in the foreground (`daemon off`) as a reverse proxy with keep-alive to the
 /// upstream; stopped on drop (SIGTERM to the master, then SIGKILL for stray workers).
 struct Nginx {
-    _proc: Proc,
+    proc: Proc,
     port: u16,
 }
 
@@ -434,7 +516,8 @@ http {{
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(root.join("logs/stderr.log"))?),
         )
-        .context("is nginx installed? (apt-get install -y nginx, or run scripts/bench.sh)")?;
+        .context("is nginx installed? (apt-get install -y nginx, or run scripts/bench.sh)")?
+        .reaping_children();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             proc.check_running().with_context(|| {
@@ -448,6 +531,6 @@ http {{
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Nginx { _proc: proc, port })
+        Ok(Nginx { proc, port })
     }
 }

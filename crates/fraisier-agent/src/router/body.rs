@@ -7,6 +7,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::conn::Exchange;
 use super::upstream::Lease;
 
 /// What goes upstream: the client's body as it streams in, or nothing (a replayed request,
@@ -21,6 +22,8 @@ pub(super) enum ReqBody {
 #[derive(Debug)]
 pub(super) struct ProxyBody {
     kind: Kind,
+    /// Ends the request on its client connection when the body is dropped.
+    _exchange: Exchange,
 }
 
 #[derive(Debug)]
@@ -68,12 +71,13 @@ impl Body for ReqBody {
 // === impl ProxyBody ===
 
 impl ProxyBody {
-    pub(super) fn upstream(body: Incoming, lease: Lease) -> ProxyBody {
+    pub(super) fn upstream(body: Incoming, lease: Lease, exchange: Exchange) -> ProxyBody {
         let mut this = ProxyBody {
             kind: Kind::Upstream {
                 body,
                 lease: Some(lease),
             },
+            _exchange: exchange,
         };
         // A bodiless response (HEAD, 204, Content-Length: 0) is over already; hyper may never
         // poll it, so release now rather than when the body is dropped.
@@ -81,9 +85,10 @@ impl ProxyBody {
         this
     }
 
-    pub(super) fn local(bytes: Bytes) -> ProxyBody {
+    pub(super) fn local(bytes: Bytes, exchange: Exchange) -> ProxyBody {
         ProxyBody {
             kind: Kind::Local((!bytes.is_empty()).then_some(bytes)),
+            _exchange: exchange,
         }
     }
 
@@ -110,7 +115,16 @@ impl Body for ProxyBody {
         match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { body, lease } => {
-                let frame = ready!(Pin::new(body).poll_frame(cx));
+                let mut frame = Pin::new(&mut *body).poll_frame(cx);
+                if frame.is_pending() {
+                    if let Some(lease) = lease {
+                        // The upstream connection is driven from here: let it read, then look
+                        // again.
+                        lease.drive(cx);
+                        frame = Pin::new(&mut *body).poll_frame(cx);
+                    }
+                }
+                let frame = ready!(frame);
                 match &frame {
                     None => {
                         if let Some(lease) = lease.take() {

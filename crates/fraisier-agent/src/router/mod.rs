@@ -1,26 +1,25 @@
 //! The reverse proxy in front of one fraise × environment: it spreads requests over the
 //! instances the reconciler allows, by weight, and counts what it sees per version.
 //!
-//! Layout: `table` (weighted pick), `upstream` (a backend's pool and leases), `proxy` (one
-//! exchange), `body` (bodies that hold leases), `metrics` (per-version counters). This file
-//! owns the listener, the client connections and shutdown.
+//! Layout: `workers` (the router's threads), `conn` (a client connection), `proxy` (one
+//! exchange), `table` (weighted pick), `upstream` (a backend's pool and leases), `body` (bodies
+//! that hold leases), `metrics` (per-version counters). This file owns the API, the listener
+//! and shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use fraisier_model::metrics::VersionMetrics;
-use http::HeaderValue;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 mod body;
+mod conn;
 mod metrics;
 mod proxy;
 mod table;
@@ -30,8 +29,8 @@ mod workers;
 #[cfg(test)]
 mod tests;
 
+use self::conn::{Conns, Live};
 use self::metrics::VersionCounters;
-use self::proxy::ConnCtx;
 use self::table::Table;
 use self::upstream::Upstream;
 use self::workers::Workers;
@@ -42,6 +41,8 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const BACKLOG: u32 = 1024;
 /// How long connections get to close once the router stops them after the grace period.
 const STOP_WAIT: Duration = Duration::from_secs(1);
+/// How often shutdown looks whether everything ended.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 /// An instance the router may send requests to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +58,10 @@ pub struct Backend {
 
 /// A running router. Cheap to clone (an `Arc`); clones drive the same listener and table.
 ///
-/// [`Router::shutdown`] stops it gracefully; dropping the last clone without it stops it at
-/// once, closing connections with requests in flight.
+/// Its tasks run on the process's router threads (one single-threaded runtime per core, shared
+/// by every router; see `workers`), not on the caller's runtime; the methods can be called from
+/// anywhere. [`Router::shutdown`] stops it gracefully; dropping the last clone without it stops
+/// it at once, closing connections with requests in flight.
 #[derive(Clone, Debug)]
 pub struct Router {
     inner: Arc<Handle>,
@@ -79,6 +82,9 @@ struct Shared {
     table: RwLock<Table>,
     registry: Mutex<Registry>,
     server: http1::Builder,
+    conns: Conns,
+    /// Tasks alive (accept loop, connections, tunnels); see [`Live`].
+    live: AtomicUsize,
 }
 
 /// Everything the router has been told about, beyond the current table: backends that still
@@ -91,12 +97,13 @@ struct Registry {
 
 /// The router's life, broadcast to its tasks. Ordered: a task waits for "at least" a phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 enum Phase {
-    Running,
+    Running = 0,
     /// Not accepting; connections close once their current exchange ends.
-    Draining,
+    Draining = 1,
     /// Everything still open is dropped.
-    Stopped,
+    Stopped = 2,
 }
 
 // === impl Router ===
@@ -120,18 +127,18 @@ impl Router {
             socket.listen(BACKLOG)?
         };
         let local_addr = listener.local_addr()?;
-        let mut server = http1::Builder::new();
-        // The timer enforces hyper's 30 s header-read timeout: slow or idle clients cannot hold
-        // connections forever.
-        server.timer(TokioTimer::new());
         let shared = Arc::new(Shared {
             workers: Arc::clone(&workers),
             table: RwLock::new(Table::empty()),
             registry: Mutex::default(),
-            server,
+            // No hyper timer: idle and stalled connections are closed by `conn` instead.
+            server: http1::Builder::new(),
+            conns: Conns::default(),
+            live: AtomicUsize::new(0),
         });
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        home.spawn(accept_loop(listener, Arc::clone(&shared), phase_rx));
+        let live = Live::new(&shared);
+        home.spawn(accept_loop(listener, Arc::clone(&shared), phase_rx, live));
         Ok(Router {
             inner: Arc::new(Handle {
                 shared,
@@ -200,30 +207,45 @@ impl Router {
     /// at once. Clones of this router are stopped too.
     pub async fn shutdown(self, grace: Duration) {
         let handle = &self.inner;
+        let shared = &handle.shared;
         handle.phase.send_replace(Phase::Draining);
-        // Every task holds a receiver: `closed` resolves when the last one ended.
-        if tokio::time::timeout(grace, handle.phase.closed())
-            .await
-            .is_err()
-        {
+        shared.conns.signal_all(Phase::Draining);
+        if !shared.ended_within(grace).await {
             handle.phase.send_replace(Phase::Stopped);
-            let _ = tokio::time::timeout(STOP_WAIT, handle.phase.closed()).await;
+            shared.conns.signal_all(Phase::Stopped);
+            shared.ended_within(STOP_WAIT).await;
         }
         let table = std::mem::replace(
-            &mut *handle
-                .shared
-                .table
-                .write()
-                .unwrap_or_else(PoisonError::into_inner),
+            &mut *shared.table.write().unwrap_or_else(PoisonError::into_inner),
             Table::empty(),
         );
         table.upstreams().iter().for_each(|u| u.close_idle());
     }
 }
 
+// === impl Handle ===
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // The last `Router` is gone: stop everything now (the accept loop and tunnels see the
+        // watch sender go).
+        self.shared.conns.signal_all(Phase::Stopped);
+    }
+}
+
 // === impl Shared ===
 
 impl Shared {
+    /// Whether every task of the router ended within `limit`.
+    async fn ended_within(&self, limit: Duration) -> bool {
+        let ended = async {
+            while self.live.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(SHUTDOWN_POLL).await;
+            }
+        };
+        tokio::time::timeout(limit, ended).await.is_ok()
+    }
+
     /// A read of the current table; hold it only to pick, never across an await.
     fn table(&self) -> RwLockReadGuard<'_, Table> {
         // Nothing panics while holding these locks, so poison carries no broken invariant.
@@ -274,12 +296,25 @@ impl Registry {
     }
 }
 
+// === impl Phase ===
+
+impl Phase {
+    fn from_u8(phase: u8) -> Phase {
+        match phase {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Stopped,
+        }
+    }
+}
+
 /// Accepts until the router drains, handing each connection to the next worker; errors never
 /// end it (EMFILE and kin back off briefly).
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
+    _live: Live,
 ) {
     let mut backoff = Duration::ZERO;
     loop {
@@ -292,16 +327,17 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 let (index, worker) = shared.workers.next();
+                let live = Live::new(&shared);
                 let (shared, phase) = (Arc::clone(&shared), phase.clone());
                 if workers::current() == Some(index) {
-                    tokio::spawn(serve(stream, peer, shared, phase));
+                    tokio::spawn(conn::serve(stream, peer, shared, phase, live));
                     continue;
                 }
                 // Re-registered with the chosen worker's reactor: once per connection.
                 match stream.into_std() {
                     Ok(stream) => drop(worker.spawn(async move {
                         match TcpStream::from_std(stream) {
-                            Ok(stream) => serve(stream, peer, shared, phase).await,
+                            Ok(stream) => conn::serve(stream, peer, shared, phase, live).await,
                             Err(error) => tracing::debug!(%error, "connection handoff failed"),
                         }
                     })),
@@ -316,66 +352,6 @@ async fn accept_loop(
                 tokio::select! {
                     () = until(&mut phase, Phase::Draining) => return,
                     () = tokio::time::sleep(backoff) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Serves one client connection (HTTP/1.1 keep-alive, upgrades allowed) until it closes or the
-/// router stops.
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    mut phase: watch::Receiver<Phase>,
-) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "TCP_NODELAY refused");
-    }
-    let Ok(client_ip) = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.ip().to_string()))
-    else {
-        return;
-    };
-    let ctx = Arc::new(ConnCtx {
-        shared: Arc::clone(&shared),
-        client_ip,
-        phase: phase.clone(),
-        used: AtomicBool::new(false),
-    });
-    let service = {
-        let ctx = Arc::clone(&ctx);
-        service_fn(move |req| proxy::proxy(Arc::clone(&ctx), req))
-    };
-    let conn = shared
-        .server
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, %peer, "client connection ended");
-                }
-                return;
-            }
-            changed = phase.changed() => {
-                let now = match changed {
-                    Ok(()) => *phase.borrow_and_update(),
-                    Err(_) => Phase::Stopped,
-                };
-                match now {
-                    Phase::Running => {}
-                    Phase::Draining if !ctx.used.load(Ordering::Relaxed) => return,
-                    Phase::Draining if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    Phase::Draining => {}
-                    Phase::Stopped => return,
                 }
             }
         }

@@ -4,22 +4,22 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 
 use super::body::{ProxyBody, ReqBody};
-use super::upstream::{Lease, Upstream};
-use super::{until, Phase, Shared};
+use super::conn::{ConnCtx, Exchange, Live};
+use super::upstream::{Conn, Lease, Upstream};
+use super::{until, Phase};
 
 /// One try plus at most two retries.
 const MAX_ATTEMPTS: usize = 3;
@@ -28,7 +28,11 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies still meet).
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies still meet); keep
+/// in step with [`is_hop_by_hop`].
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -43,18 +47,6 @@ const HOP_BY_HOP: [&str; 9] = [
 
 const NO_HEALTHY_INSTANCE: &[u8] = br#"{"error":{"code":"NO_HEALTHY_INSTANCE","message":"no healthy instance can take this request"}}"#;
 const UPSTREAM_UNAVAILABLE: &[u8] = br#"{"error":{"code":"UPSTREAM_UNAVAILABLE","message":"the upstream instance could not be reached"}}"#;
-
-/// What every request of one client connection shares.
-pub(super) struct ConnCtx {
-    pub(super) shared: Arc<Shared>,
-    /// Formatted once per connection, then cloned (a refcount) into each request.
-    pub(super) client_ip: HeaderValue,
-    /// For upgraded connections, which outlive the request and must stop with the router.
-    pub(super) phase: watch::Receiver<Phase>,
-    /// Whether a request ever arrived: draining closes a connection that never sent one
-    /// (hyper's graceful shutdown would wait for its first request).
-    pub(super) used: AtomicBool,
-}
 
 /// Why a request got no upstream response. Each variant says which side failed and whether
 /// the request may go to another backend.
@@ -83,12 +75,20 @@ pub(super) enum ProxyError {
 
 /// What one attempt on one backend gave.
 enum Attempt {
-    Answered(Response<Incoming>, SendRequest<ReqBody>),
+    Answered(Response<Incoming>, Sent),
     /// `unsent` is the request when it never left, so that it can be sent elsewhere as is.
     Failed {
         error: ProxyError,
         unsent: Option<Request<ReqBody>>,
     },
+}
+
+/// The connection a request went out on.
+enum Sent {
+    /// Driven by the request; pooled again if the exchange ends cleanly.
+    Pooled(Conn),
+    /// Driven by its own task, so that it can become a tunnel.
+    Upgradable(SendRequest<ReqBody>),
 }
 
 /// Enough of a request without a body to send it again after it was lost on the wire.
@@ -108,15 +108,15 @@ pub(super) async fn proxy(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let received = Instant::now();
-    ctx.used.store(true, Ordering::Relaxed);
+    let exchange = ctx.begin();
+    let ctx = exchange.ctx();
     let (mut parts, body) = req.into_parts();
     let client_upgrade = if is_upgrade(&parts.headers) {
         parts.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
-    let had_host = parts.headers.contains_key(header::HOST);
-    prepare_request(&mut parts, &ctx.client_ip, client_upgrade.is_some());
+    let had_host = prepare_request(&mut parts, &ctx.client_ip, client_upgrade.is_some());
     // Cloning the head costs two small allocations; it buys retrying an idempotent request
     // whose keep-alive connection the upstream closed just as the request went out.
     let replay = (client_upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream())
@@ -146,22 +146,26 @@ pub(super) async fn proxy(
         }
         let mut lease = Lease::new(upstream);
         match send(lease.upstream(), req, client_upgrade.is_some()).await {
-            Attempt::Answered(resp, conn) => {
+            Attempt::Answered(resp, sent) => {
                 let status = resp.status();
                 lease
                     .upstream()
                     .counters
                     .record_response(received.elapsed(), status.is_server_error());
-                return Ok(match client_upgrade {
-                    Some(client) if status == StatusCode::SWITCHING_PROTOCOLS => {
-                        upgraded(resp, client, lease, conn, ctx.phase.clone())
+                return Ok(match (client_upgrade, sent) {
+                    (Some(client), Sent::Upgradable(sender))
+                        if status == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        upgraded(resp, client, lease, sender, exchange)
                     }
-                    _ => {
-                        lease.hold(conn);
+                    (_, sent) => {
+                        if let Sent::Pooled(conn) = sent {
+                            lease.hold(conn);
+                        }
                         let (mut parts, body) = resp.into_parts();
                         parts.version = Version::HTTP_11;
                         strip_hop_by_hop(&mut parts.headers);
-                        Response::from_parts(parts, ProxyBody::upstream(body, lease))
+                        Response::from_parts(parts, ProxyBody::upstream(body, lease, exchange))
                     }
                 });
             }
@@ -184,39 +188,45 @@ pub(super) async fn proxy(
             }
         }
     }
-    Ok(last_error.into_response())
+    Ok(last_error.into_response(exchange))
 }
 
 /// Gets a connection to `upstream` and sends `req` on it, up to the response head.
 async fn send(upstream: &Upstream, req: Request<ReqBody>, upgrade: bool) -> Attempt {
-    let conn = if upgrade {
-        upstream.connect(true).await
-    } else {
-        upstream.checkout().await
-    };
-    let mut conn = match conn {
-        Ok(conn) => conn,
-        Err(source) => {
-            return Attempt::Failed {
-                error: ProxyError::Connect {
-                    id: upstream.id.clone(),
-                    addr: upstream.addr,
-                    source,
-                },
-                unsent: Some(req),
-            }
-        }
-    };
-    match conn.try_send_request(req).await {
-        Ok(resp) => Attempt::Answered(resp, conn),
-        Err(mut e) => Attempt::Failed {
-            unsent: e.take_message(),
-            error: ProxyError::Upstream {
-                id: upstream.id.clone(),
-                addr: upstream.addr,
-                source: e.into_error(),
-            },
+    let connect_failed = |source, req| Attempt::Failed {
+        error: ProxyError::Connect {
+            id: upstream.id.clone(),
+            addr: upstream.addr,
+            source,
         },
+        unsent: Some(req),
+    };
+    let send_failed = |mut e: TrySendError<Request<ReqBody>>| Attempt::Failed {
+        unsent: e.take_message(),
+        error: ProxyError::Upstream {
+            id: upstream.id.clone(),
+            addr: upstream.addr,
+            source: e.into_error(),
+        },
+    };
+    if upgrade {
+        let mut sender = match upstream.connect_upgradable().await {
+            Ok(sender) => sender,
+            Err(source) => return connect_failed(source, req),
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Attempt::Answered(resp, Sent::Upgradable(sender)),
+            Err(e) => send_failed(e),
+        }
+    } else {
+        let mut conn = match upstream.checkout().await {
+            Ok(conn) => conn,
+            Err(source) => return connect_failed(source, req),
+        };
+        match conn.send(req).await {
+            Ok(resp) => Attempt::Answered(resp, Sent::Pooled(conn)),
+            Err(e) => send_failed(e),
+        }
     }
 }
 
@@ -228,9 +238,11 @@ fn upgraded(
     client: OnUpgrade,
     lease: Lease,
     conn: SendRequest<ReqBody>,
-    mut phase: watch::Receiver<Phase>,
+    exchange: Exchange,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut resp);
+    let ctx = exchange.ctx();
+    let (mut phase, live) = (ctx.phase_rx.clone(), Live::new(&ctx.shared));
     tokio::spawn(async move {
         let splice = async {
             let (client, upstream) = tokio::try_join!(client, upstream)?;
@@ -246,7 +258,7 @@ fn upgraded(
             },
             () = until(&mut phase, Phase::Stopped) => {}
         }
-        drop(lease);
+        drop((lease, live));
     });
     let (mut parts, _) = resp.into_parts();
     let upgrade = parts.headers.remove(header::UPGRADE);
@@ -257,12 +269,13 @@ fn upgraded(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    Response::from_parts(parts, ProxyBody::local(Bytes::new()))
+    Response::from_parts(parts, ProxyBody::local(Bytes::new(), exchange))
 }
 
 /// Turns the request head into the one sent upstream: origin-form URI, HTTP/1.1, hop-by-hop
-/// headers dropped (but an upgrade's own), `X-Forwarded-*` added.
-fn prepare_request(parts: &mut request::Parts, client_ip: &HeaderValue, upgrade: bool) {
+/// headers dropped (but an upgrade's own), `X-Forwarded-*` added. Returns whether the client
+/// sent a `Host`.
+fn prepare_request(parts: &mut request::Parts, client_ip: &HeaderValue, upgrade: bool) -> bool {
     if parts.uri.authority().is_some() {
         // Absolute-form (proxy-style) request target: upstreams expect origin-form.
         parts.uri = parts
@@ -273,47 +286,58 @@ fn prepare_request(parts: &mut request::Parts, client_ip: &HeaderValue, upgrade:
     // The upstream connection is ours and keep-alive: never speak HTTP/1.0 to it.
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
-    let upgrade = upgrade.then(|| headers.remove(header::UPGRADE)).flatten();
-    strip_hop_by_hop(headers);
-    if let Some(upgrade) = upgrade {
-        headers.insert(header::UPGRADE, upgrade);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if upgrade {
+        let upgrade = headers.remove(header::UPGRADE);
+        strip_hop_by_hop(headers);
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    } else {
+        strip_hop_by_hop(headers);
     }
 
     // Appended to any client-supplied list, as nginx's $proxy_add_x_forwarded_for does, in
     // one line because many frameworks read only the first.
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if prior.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
-    } else {
-        let mut list = Vec::with_capacity(64);
-        for value in prior {
-            list.extend_from_slice(value.as_bytes());
-            list.extend_from_slice(b", ");
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(client_ip.clone());
         }
-        list.extend_from_slice(client_ip.as_bytes());
-        if let Ok(list) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
-            headers.insert(X_FORWARDED_FOR.clone(), list);
-        }
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = headers.get(header::HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
+        Entry::Occupied(mut entry) => {
+            let mut list = Vec::with_capacity(64);
+            for value in entry.iter() {
+                list.extend_from_slice(value.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(client_ip.as_bytes());
+            if let Ok(list) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
+                entry.insert(list);
+            }
         }
     }
+    if let Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
+        entry.insert(HeaderValue::from_static("http"));
+    }
+    let host = headers.get(header::HOST).cloned();
+    let had_host = host.is_some();
+    if let (Some(host), Entry::Vacant(entry)) = (host, headers.entry(&X_FORWARDED_HOST)) {
+        entry.insert(host);
+    }
+    had_host
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass of cheap name comparisons instead of nine lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let mut named = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
-            if !token.is_empty() && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token)) {
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !is_hop_by_hop(&name) {
                     named.push(name);
                 }
             }
@@ -325,6 +349,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Standard names compare as enum tags, so this is a handful of integer comparisons.
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket and kin).
@@ -351,8 +388,12 @@ fn set_host(headers: &mut HeaderMap, addr: SocketAddr) {
     }
 }
 
-fn json_response(status: StatusCode, body: &'static [u8]) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(body)));
+fn json_response(
+    status: StatusCode,
+    body: &'static [u8],
+    exchange: Exchange,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(Bytes::from_static(body), exchange));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -402,14 +443,16 @@ impl ProxyError {
     }
 
     /// The one place a proxy failure becomes HTTP; the client sees a code, never the cause.
-    fn into_response(self) -> Response<ProxyBody> {
+    fn into_response(self, exchange: Exchange) -> Response<ProxyBody> {
         match self {
-            ProxyError::NoBackend => {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_INSTANCE)
-            }
+            ProxyError::NoBackend => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                NO_HEALTHY_INSTANCE,
+                exchange,
+            ),
             error => {
                 tracing::warn!(error = %DisplayChain(&error), "upstream unavailable");
-                json_response(StatusCode::BAD_GATEWAY, UPSTREAM_UNAVAILABLE)
+                json_response(StatusCode::BAD_GATEWAY, UPSTREAM_UNAVAILABLE, exchange)
             }
         }
     }
@@ -486,6 +529,21 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "public.example");
+    }
+
+    #[test]
+    fn hop_by_hop_list_and_predicate_agree() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!is_hop_by_hop(&header::CONTENT_LENGTH));
+        assert!(!is_hop_by_hop(&HeaderName::from_static("x-keep-alive")));
+        // Responses lose them too.
+        let mut headers = HeaderMap::new();
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
     }
 
     #[test]

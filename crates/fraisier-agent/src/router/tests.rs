@@ -15,6 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::{JoinHandle, JoinSet};
 
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
 use super::*;
 
 type Handler = Arc<
@@ -496,6 +499,45 @@ async fn router_shutdown_waits_for_in_flight() {
         "waited for the whole grace: {took:?}"
     );
     assert_eq!(router.in_flight("slow"), 0);
+    let closed = silent.read(&mut [0u8; 1]).await;
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "silent connection still open: {closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_streams_large_bodies_both_ways() {
+    let echo = TestUpstream::start_with(Arc::new(|req| {
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Response::new(Full::new(body))
+        })
+    }))
+    .await;
+    let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    router.set_backends(vec![echo.backend("e", "v1", 1)]);
+    let client = client();
+    let payload: Bytes = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for _ in 0..3 {
+        let req = Request::post(url(&router, "/echo"))
+            .body(Full::new(payload.clone()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body == payload, "echoed {} bytes", body.len());
+    }
+    // Each exchange ended cleanly, so the connections were reused: at most one per worker
+    // (pools are per worker thread), whichever client connection the exchanges came on.
+    let workers = Workers::get().unwrap().count() as u64;
+    assert!(
+        echo.accepted.load(SeqCst) <= workers,
+        "{}",
+        echo.accepted.load(SeqCst)
+    );
+    assert_eq!(router.in_flight("e"), 0);
+    router.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,8 +596,10 @@ async fn router_reuses_upstream_connections_and_forwards_client_address() {
         assert_eq!(&body[..], b"127.0.0.1|false");
     }
     assert_eq!(echo.hits.load(SeqCst), 200);
+    // Keep-alive upstream: at most one connection per router worker, not one per request.
+    let workers = Workers::get().unwrap().count() as u64;
     assert!(
-        echo.accepted.load(SeqCst) <= 2,
+        echo.accepted.load(SeqCst) <= workers,
         "{} upstream connections",
         echo.accepted.load(SeqCst)
     );
