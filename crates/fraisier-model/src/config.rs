@@ -260,8 +260,13 @@ impl Config {
             file: path.to_path_buf(),
             problems,
         })?;
-        // Relative paths mean "next to the config file", wherever the server is started from.
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        // Relative paths mean "next to the config file", wherever the server is started from;
+        // made absolute, since the agent and instances run in other directories.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(parent).ok();
         if let Some(base) = base {
             if config.server.data_dir.is_relative() {
                 config.server.data_dir = base.join(&config.server.data_dir);
@@ -562,5 +567,44 @@ fraises:
             keys.contains(&"fraises.my_api.environments.staging.strategy_config.bogus"),
             "{keys:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_become_absolute_next_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("fraisier-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = tests_config().replace(
+            "command:",
+            "working_directory: \"..\"\n    artifact_path: \"releases/{version}\"\n    command:",
+        );
+        std::fs::write(dir.join("fraisier.yaml"), text).unwrap();
+        let c = Config::load(&dir.join("fraisier.yaml")).unwrap();
+        let real = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(c.server.data_dir, real.join(".fraisier"));
+        let f = c.fraise("my_api").unwrap();
+        assert_eq!(
+            f.working_directory.as_deref(),
+            Some(real.join("..").as_path())
+        );
+        assert_eq!(f.artifact_for("1.0.0"), Some(real.join("releases/1.0.0")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tests_config() -> String {
+        r#"
+environments:
+  production: {}
+fraises:
+  my_api:
+    command: "exec true"
+    environments:
+      production: { port: 18080 }
+"#
+        .to_string()
     }
 }

@@ -271,3 +271,83 @@ async fn login_elsewhere_and_versions_that_cannot_be_resolved() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// As the README starts it: `fraisier serve` in the config's directory, relative paths.
+#[tokio::test]
+async fn serve_from_the_config_directory_with_relative_paths() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    std::fs::create_dir_all(ws.path().join("bin")).unwrap();
+    std::fs::copy(demo_bin(), ws.path().join("bin/demo")).unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "server: {{ listen: \"127.0.0.1:0\", data_dir: \".fraisier\" }}\nenvironments: {{ production: {{}} }}\nfraises:\n  app:\n    command: \"exec ./bin/demo\"\n    working_directory: \".\"\n    artifact_path: \"releases/{{version}}\"\n    health_check: {{ path: /health, interval: 100ms }}\n    environments:\n      production: {{ port: {port} }}\n"
+    );
+    std::fs::write(ws.path().join("fraisier.yaml"), yaml).unwrap();
+    let mut child = Command::new(fraisier_bin())
+        .arg("serve")
+        .current_dir(ws.path())
+        .env_remove("FRAISIER_CONFIG")
+        .env("FRAISIER_ADMIN_PASSWORD", "pw")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("fraisier listening on "))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let url = line.split_whitespace().nth(3).unwrap().to_string();
+    let agent_dir = ws.path().join(".fraisier/agent");
+    let token = {
+        let out = Command::new(fraisier_bin())
+            .arg("auth:token")
+            .current_dir(ws.path())
+            .env_remove("FRAISIER_CONFIG")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let http = reqwest::Client::new();
+    let r: serde_json::Value = http
+        .post(format!("{url}/deployments/app/production"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_string();
+    let mut status = String::new();
+    for _ in 0..300 {
+        let run: serde_json::Value = http
+            .get(format!("{url}/deployments/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = run["status"].as_str().unwrap().to_string();
+        if status != "pending" && status != "in_progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = router_version(port).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    stop_agent(&agent_dir);
+    assert_eq!(status, "success");
+    assert_eq!(served.as_deref(), Some("1.0.0"));
+}
