@@ -351,3 +351,80 @@ async fn serve_from_the_config_directory_with_relative_paths() {
     assert_eq!(status, "success");
     assert_eq!(served.as_deref(), Some("1.0.0"));
 }
+
+#[tokio::test]
+async fn cancel_timeout_and_skipped_health_check() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    ws.release("2.0.0", &["DEMO_STARTUP_DELAY=4s"]);
+    let port = free_port();
+    let s = Server::start(&ws, &config_yaml(&ws, port, 2, "rolling", "")).await;
+    let id = s
+        .deploy(
+            "app",
+            "production",
+            json!({"version": "1.0.0", "skip_health_check": true}),
+        )
+        .await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success");
+    assert_eq!(run["health_check_status"], "skipped");
+
+    // Cancel through the CLI while 2.0.0 starts: stops at a safe point, 1.0.0 stays.
+    let load = Load::start(port, 2);
+    let id = s
+        .deploy(
+            "app",
+            "production",
+            json!({"version": "2.0.0", "strategy_config": {"max_instances_down": 0}}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = Command::new(fraisier_bin())
+        .args(["cancel", &id, "--config"])
+        .arg(ws.config_path())
+        .arg("--server")
+        .arg(&s.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cancelled"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_eq!(run["cancelled_by"], "admin");
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(router_version(port).await.as_deref(), Some("1.0.0"));
+    let (status, v) = s.delete(&format!("/deployments/{id}")).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("DEPLOYMENT_FINISHED"))
+    );
+
+    // A run that outlives its timeout fails and restores what ran.
+    let id = s
+        .deploy(
+            "app",
+            "production",
+            json!({"version": "2.0.0", "timeout": 1}),
+        )
+        .await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{run:#}"
+    );
+    assert_eq!(router_version(port).await.as_deref(), Some("1.0.0"));
+}
