@@ -118,7 +118,7 @@ async fn print_steps(store: &Store, id: &str) -> Result<()> {
         );
     }
     println!(
-        "  {:<34} {:>9} {:>9}  message",
+        "  {:<46} {:>9} {:>9}  message",
         "step", "at (ms)", "took (ms)"
     );
     for s in steps {

@@ -59,10 +59,7 @@ impl Server {
     pub async fn start(bins: &Bins, config: &Path, data_dir: &Path) -> Result<Server> {
         let log = config.with_file_name("server.log");
         // Declared first so that an early return stops the server before the agent.
-        let agent = AgentGuard {
-            fraisier: bins.fraisier.clone(),
-            state_dir: data_dir.join("agent"),
-        };
+        let agent = AgentGuard::new(bins.fraisier.clone(), data_dir.join("agent"));
         let mut proc = Proc::spawn(
             "fraisier serve",
             Command::new(&bins.fraisier)
@@ -98,7 +95,7 @@ impl Server {
             ),
         };
         let token = cli_token(bins, config).await?;
-        let server = Server {
+        let mut server = Server {
             proc,
             agent,
             url,
@@ -109,6 +106,7 @@ impl Server {
             log,
         };
         server.wait_healthy().await?;
+        server.agent.remember();
         Ok(server)
     }
 
@@ -158,6 +156,27 @@ impl Server {
             .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A request whose body is read but not parsed: what a benchmark times, without the
+    /// client's JSON work on the same CPUs as the server.
+    pub async fn timed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<u16> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        r.bytes().await?;
+        Ok(status)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {

@@ -86,6 +86,13 @@ struct RouterArgs {
     /// Do not also measure the library router inside the bench process
     #[arg(long)]
     no_lib_router: bool,
+    /// Measure only these targets, e.g. `--only agent,lib` to profile (ratios need direct,
+    /// nginx and agent)
+    #[arg(long, value_delimiter = ',', value_parser = ["direct", "nginx", "agent", "lib"])]
+    only: Vec<String>,
+    /// nginx's upstream `keepalive`: idle connections to the upstream cached per worker
+    #[arg(long, default_value_t = 64)]
+    nginx_keepalive: u32,
 }
 
 #[derive(Args)]
@@ -139,6 +146,8 @@ impl RouterArgs {
             rate: self.rate,
             rate_connections: self.rate_connections.max(1),
             lib_router: !self.no_lib_router,
+            only: self.only.clone(),
+            nginx_keepalive: self.nginx_keepalive.max(1),
         }
     }
 }
@@ -245,13 +254,27 @@ fn print_machine(bins: &Bins) {
         );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
-        "fraisier-bench at {} — {} CPUs ({model}), {mem} RAM, Linux {}; binaries in {}",
+        "fraisier-bench at {} — {} CPUs ({model}), {mem} RAM, Linux {}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         std::thread::available_parallelism().map_or(1, usize::from),
         kernel.trim(),
-        bins.fraisier
-            .parent()
-            .map_or_else(String::new, |p| p.display().to_string())
+    );
+    let built = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%H:%M:%S")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "?".to_string())
+    };
+    println!(
+        "binaries: {} (built {}), fraisier-demo (built {}), fraisier-bench (built {})",
+        bins.fraisier.display(),
+        built(&bins.fraisier),
+        built(&bins.demo),
+        std::env::current_exe().map_or_else(|_| "?".to_string(), |p| built(&p))
     );
     println!();
 }

@@ -209,14 +209,20 @@ pub fn cpu_snapshot(ours: &[u32]) -> CpuSnapshot {
 /// User plus system CPU time of processes (all their threads, not their children), in clock
 /// ticks (USER_HZ, 100 a second on Linux).
 pub fn process_ticks(pids: &[u32]) -> u64 {
+    let (user, sys) = process_ticks_split(pids);
+    user + sys
+}
+
+/// (user, system) CPU time of processes, in clock ticks.
+pub fn process_ticks_split(pids: &[u32]) -> (u64, u64) {
     pids.iter()
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let f = stat_fields(&stat)?;
             let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            Some(n(11) + n(12))
+            Some((n(11), n(12)))
         })
-        .sum()
+        .fold((0, 0), |(u, s), (a, b)| (u + a, s + b))
 }
 
 /// Microseconds per clock tick (USER_HZ is 100 on every Linux this runs on).
@@ -260,11 +266,27 @@ pub fn free_port() -> Result<u16> {
 pub struct AgentGuard {
     pub fraisier: PathBuf,
     pub state_dir: PathBuf,
+    /// The agent's pid and start time once seen, so that it can be stopped even if its state
+    /// dir is gone.
+    known: Option<(u32, u64)>,
 }
 
 // === impl AgentGuard ===
 
 impl AgentGuard {
+    pub fn new(fraisier: PathBuf, state_dir: PathBuf) -> AgentGuard {
+        AgentGuard {
+            fraisier,
+            state_dir,
+            known: None,
+        }
+    }
+
+    /// Notes the running agent's identity (call once it is up).
+    pub fn remember(&mut self) {
+        self.known = self.pid().and_then(|p| Some((p, start_ticks(p)?)));
+    }
+
     /// The agent's pid from `agent.json`, once it is written.
     pub fn pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.state_dir.join("agent.json")).ok()?;
@@ -273,10 +295,20 @@ impl AgentGuard {
     }
 
     fn stop(&self) {
+        let known = self
+            .known
+            .filter(|&(pid, ticks)| is_alive(pid) && start_ticks(pid) == Some(ticks));
         if !self.state_dir.join("agent.json").exists() {
+            // No state left to stop it by: the agent and its instances (its children) go.
+            if let Some((pid, _)) = known {
+                eprintln!("bench: agent {pid} has no state dir left; killing it and its instances");
+                let children = children_of(pid);
+                signal(pid, "KILL");
+                children.into_iter().for_each(|c| signal(c, "KILL"));
+            }
             return;
         }
-        let agent_pid = self.pid();
+        let agent_pid = self.pid().or(known.map(|k| k.0));
         let stopped = Command::new(&self.fraisier)
             .args(["agent", "stop", "--state-dir"])
             .arg(&self.state_dir)
