@@ -257,13 +257,17 @@ fn cpu_ms_per_request(server: &Server, ticks: u64, requests: usize) -> f64 {
     used as f64 * procs::TICK_US / 1000.0 / requests.max(1) as f64
 }
 
-/// (server, agent) VmRSS, formatted.
+/// (server, agent) VmRSS with its anonymous and file-backed parts, formatted.
 fn memory(server: &Server) -> (String, String) {
-    let fmt = |k: Option<u64>| k.map_or_else(|| "?".to_string(), mib);
-    (
-        fmt(procs::rss_kib(server.pid())),
-        fmt(server.agent_pid().and_then(procs::rss_kib)),
-    )
+    let fmt = |pid: Option<u32>| {
+        let Some(pid) = pid else { return "?".to_string() };
+        let total = procs::rss_kib(pid).map_or_else(|| "?".to_string(), mib);
+        match procs::rss_split_kib(pid) {
+            Some((anon, file)) => format!("{total} (anon {}, file {})", mib(anon), mib(file)),
+            None => total,
+        }
+    };
+    (fmt(Some(server.pid())), fmt(server.agent_pid()))
 }
 
 type Job<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(bool, Duration)>> + 'a>>;
