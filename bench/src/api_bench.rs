@@ -260,7 +260,9 @@ fn cpu_ms_per_request(server: &Server, ticks: u64, requests: usize) -> f64 {
 /// (server, agent) VmRSS with its anonymous and file-backed parts, formatted.
 fn memory(server: &Server) -> (String, String) {
     let fmt = |pid: Option<u32>| {
-        let Some(pid) = pid else { return "?".to_string() };
+        let Some(pid) = pid else {
+            return "?".to_string();
+        };
         let total = procs::rss_kib(pid).map_or_else(|| "?".to_string(), mib);
         match procs::rss_split_kib(pid) {
             Some((anon, file)) => format!("{total} (anon {}, file {})", mib(anon), mib(file)),

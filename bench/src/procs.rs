@@ -154,7 +154,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// The anonymous (allocated) and file-backed (mapped files, e.g. SQLite's mmap) parts of
 /// VmRSS, in KiB: VmRSS counts a mapped file once per mapping.
 pub fn rss_split_kib(pid: u32) -> Option<(u64, u64)> {
-    Some((proc_status_kib(pid, "RssAnon:")?, proc_status_kib(pid, "RssFile:")?))
+    Some((
+        proc_status_kib(pid, "RssAnon:")?,
+        proc_status_kib(pid, "RssFile:")?,
+    ))
 }
 
 /// Peak resident memory (VmHWM) in KiB.

@@ -180,7 +180,6 @@ pub(crate) async fn run_service(
         }
     }
     rt.close_router().await;
-    rt.persist_records(&BTreeMap::new()).await;
     tracing::info!(service = %rt.key, "service stopped");
 }
 
@@ -268,19 +267,21 @@ impl ServiceRuntime {
         if let Some(d) = &target {
             self.applied_generation = d.generation;
         }
-        // Publishing first records the versions in use, which pruning must spare.
-        self.publish(&health, target.as_ref());
+        // The versions in use are recorded before pruning, which must spare them (those of
+        // every environment of the fraise), and pruning happens before publishing, so that
+        // the published releases are the ones kept.
+        let running: BTreeSet<String> =
+            self.instances.values().map(|i| i.version.clone()).collect();
+        *lock(&self.shared.in_use) = running.clone();
         if let Some(d) = &target {
-            let running: BTreeSet<String> =
-                self.instances.values().map(|i| i.version.clone()).collect();
             if self.releases_generation != Some(d.generation) || running != self.pruned_with_running
             {
                 self.prune_releases().await;
                 self.releases_generation = Some(d.generation);
                 self.pruned_with_running = running;
-                self.publish(&health, target.as_ref());
             }
         }
+        self.publish(&health, target.as_ref());
 
         if target.is_none() && self.instances.is_empty() {
             return None;
@@ -728,7 +729,6 @@ impl ServiceRuntime {
                 .unwrap_or_default(),
             releases: self.agent.releases.installed(&self.shared.fraise),
         };
-        *lock(&self.shared.in_use) = self.instances.values().map(|i| i.version.clone()).collect();
         *lock(&self.shared.observed) = observed;
     }
 }

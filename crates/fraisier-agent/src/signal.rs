@@ -43,16 +43,6 @@ pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
     ignore_missing(rc)
 }
 
-/// Whether a process with this pid exists (zombies included; see `process::identity`).
-pub fn process_exists(pid: u32) -> bool {
-    let Ok(pid) = checked_pid(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 performs only the existence and permission check, sends nothing.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// Takes an exclusive, non-blocking `flock` on `file`. The kernel drops it when the holder
 /// dies, which is what makes it a reliable "one agent per state directory" guard.
 /// Returns `Ok(false)` when another open file description holds it.
@@ -101,11 +91,5 @@ mod tests {
         assert!(signal_group(0, Signal::Term).is_err());
         assert!(signal_group(1, Signal::Term).is_err());
         assert!(signal_group(u32::MAX, Signal::Term).is_err());
-        assert!(!process_exists(0));
-    }
-
-    #[test]
-    fn sees_itself() {
-        assert!(process_exists(std::process::id()));
     }
 }

@@ -4,5 +4,5 @@
 pub mod agent;
 pub mod api;
 
-pub use agent::{agent_is_alive, read_agent_info, AgentClient, AgentClientError, AgentHealth};
+pub use agent::{read_agent_info, AgentClient, AgentClientError, AgentHealth};
 pub use api::{ApiClient, ApiClientError};

@@ -201,12 +201,7 @@ impl RunCtx<'_> {
         service.last_run_id = Some(self.run.id);
         service.updated_at = Utc::now();
         store.put_service(&service).await?;
-        if let Ok(Some(o)) = self
-            .engine
-            .provider()
-            .observe(&self.run.fraise, &self.run.environment)
-            .await
-        {
+        if let Some(o) = self.observed().await {
             self.metrics_at_start = o.metrics;
         }
 
@@ -264,6 +259,16 @@ impl RunCtx<'_> {
             }
         }
         self.succeed().await
+    }
+
+    /// What the provider reports for this run's service; `None` when it cannot tell now.
+    async fn observed(&self) -> Option<ObservedService> {
+        let provider = self.engine.provider();
+        provider
+            .observe(&self.run.fraise, &self.run.environment)
+            .await
+            .ok()
+            .flatten()
     }
 
     fn kind_word(&self) -> &'static str {
@@ -876,14 +881,7 @@ impl RunCtx<'_> {
             return Ok(Some("skipped".into()));
         }
         let desired = self.applied.clone().unwrap_or_default();
-        let o = self
-            .engine
-            .provider()
-            .observe(&self.run.fraise, &self.run.environment)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let o = self.observed().await.unwrap_or_default();
         let total = desired.instances.len();
         let healthy = desired
             .instances
@@ -1143,12 +1141,7 @@ impl RunCtx<'_> {
         record.desired = self.applied.clone().or(record.desired);
         record.updated_at = Utc::now();
         store.put_service(&record).await?;
-        if let Ok(Some(o)) = self
-            .engine
-            .provider()
-            .observe(&self.run.fraise, &self.run.environment)
-            .await
-        {
+        if let Some(o) = self.observed().await {
             let now = o
                 .metrics
                 .get(&self.run.version)

@@ -170,10 +170,13 @@ impl Provider for LocalAgent {
         "local"
     }
 
+    /// Asks the agent it knows (or the one `agent.json` names); never starts one, so that a
+    /// health check has no side effect. Calls that need the agent start it.
     async fn available(&self) -> bool {
-        match self.ensure().await {
-            Ok(c) => c.health().await.is_ok(),
-            Err(_) => false,
+        let known = self.client.lock().await.clone();
+        match known.or_else(|| AgentClient::from_state_dir(&self.launcher.state_dir).ok()) {
+            Some(c) => c.health().await.is_ok(),
+            None => false,
         }
     }
 }

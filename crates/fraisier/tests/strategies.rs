@@ -212,10 +212,6 @@ async fn server_killed_mid_run_keeps_traffic_and_finishes_the_run_after_restart(
     let run = s.wait_run(&id, RUN_TIMEOUT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = load.stop().await;
-    assert!(
-        matches!(run["status"].as_str(), Some("success" | "failed")),
-        "{run:#}"
-    );
     assert_eq!(
         run["status"], "success",
         "a resumed run finishes its plan: {run:#}"

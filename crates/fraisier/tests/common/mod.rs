@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub fn fraisier_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fraisier"))
@@ -426,8 +426,4 @@ pub async fn router_version(port: u16) -> Option<String> {
     }
     let v: Value = r.json().await.ok()?;
     v["version"].as_str().map(str::to_string)
-}
-
-pub fn body(v: Value) -> Value {
-    json!(v)
 }
