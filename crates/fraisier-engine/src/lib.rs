@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fraisier_model::config::Config;
-use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState};
+use fraisier_model::run::{Component, LogLevel, RunKind, ServiceState};
 use fraisier_model::{FraiseType, Strategy};
 use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreError};
 use serde_json::{json, Value};
@@ -578,9 +578,4 @@ fn in_progress(active: &Run) -> EngineError {
 
 fn version_problem_of(v: &str) -> Option<String> {
     fraisier_model::names::version_problem(v).map(|p| format!("invalid version {v:?}: {p}"))
-}
-
-/// Whether a run status counts for the `fraisier_active_deployments` gauge.
-pub fn is_active(status: RunStatus) -> bool {
-    !status.is_final()
 }

@@ -83,13 +83,6 @@ pub struct ConfigKeyError {
 // === impl Strategy ===
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [
-        Strategy::Rolling,
-        Strategy::BlueGreen,
-        Strategy::Canary,
-        Strategy::Recreate,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Rolling => "rolling",
@@ -97,11 +90,6 @@ impl Strategy {
             Strategy::Canary => "canary",
             Strategy::Recreate => "recreate",
         }
-    }
-
-    /// Whether requests keep being served throughout the deploy.
-    pub fn is_zero_downtime(self) -> bool {
-        self != Strategy::Recreate
     }
 }
 
