@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod config;
+pub mod cron;
 pub mod duration;
 pub mod metrics;
 pub mod names;

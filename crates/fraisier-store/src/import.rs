@@ -72,6 +72,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.runs_changed();
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ mod sql;
 mod stats;
 mod steps;
 mod store;
+mod totals;
 mod users;
 
 pub use store::Store;

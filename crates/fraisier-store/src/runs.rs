@@ -91,14 +91,7 @@ impl Store {
         }
         let filter = clauses.join(" AND ");
 
-        let total = args
-            .clone()
-            .bind(sqlx::query(&format!(
-                "SELECT COUNT(*) AS n FROM runs WHERE {filter}"
-            )))
-            .fetch_one(&self.pool)
-            .await?;
-        let total = sql::count(&total, "n")?;
+        let total = self.count_runs(&filter, &args).await?;
 
         let column = match f.sort.field {
             RunSortField::CreatedAt => "created_at",
@@ -125,6 +118,31 @@ impl Store {
         let rows = args.bind(sqlx::query(&page)).fetch_all(&self.pool).await?;
         let runs = rows.iter().map(run_from_row).collect::<Result<_>>()?;
         Ok((runs, total))
+    }
+
+    /// How many runs match `filter`, remembered (on SQLite) until the next write to runs.
+    async fn count_runs(&self, filter: &str, args: &Args) -> Result<u64> {
+        let key = self
+            .list_totals
+            .as_ref()
+            .map(|totals| (totals, totals.generation(), format!("{filter} {args:?}")));
+        if let Some((totals, _, key)) = &key {
+            if let Some(total) = totals.get(key) {
+                return Ok(total);
+            }
+        }
+        let row = args
+            .clone()
+            .bind(sqlx::query(&format!(
+                "SELECT COUNT(*) AS n FROM runs WHERE {filter}"
+            )))
+            .fetch_one(&self.pool)
+            .await?;
+        let total = sql::count(&row, "n")?;
+        if let Some((totals, generation, key)) = key {
+            totals.remember(generation, key, total);
+        }
+        Ok(total)
     }
 
     /// Runs pending or in progress, over all tenants, oldest first: what a restarted server
@@ -202,9 +220,10 @@ impl Store {
         .bind(run.progress)
         .bind(json_text(&run.options))
         .bind(millis(now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(StoreError::from);
+        self.runs_changed();
         match result {
             Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
             Ok(_) => Ok(()),
@@ -233,7 +252,7 @@ impl Store {
         .bind(id)
         .bind(by)
         .bind(millis(now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.run(tenant, id).await
     }
@@ -263,8 +282,9 @@ impl Store {
         .bind(json_text(&new.options))
         .bind(json_text(&new.metadata))
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
+        self.runs_changed();
         run_from_row(&row)
     }
 }

@@ -52,7 +52,7 @@ impl Store {
         .bind(rec.desired.as_ref().map(json_text))
         .bind(rec.last_run_id)
         .bind(millis(rec.updated_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -15,13 +15,13 @@ pub(crate) const ACTIVE_STATUSES: &str = "('pending', 'in_progress')";
 pub(crate) const FINAL_STATUSES: &str = "('success', 'failed', 'cancelled')";
 
 /// Arguments of a query whose text is built at run time; `push` returns the placeholder.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Args {
     values: Vec<Arg>,
     anonymous: bool,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) enum Arg {
     Int(Option<i64>),
     Float(f64),

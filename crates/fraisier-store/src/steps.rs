@@ -58,7 +58,7 @@ impl Store {
         .bind(message)
         .bind(error)
         .bind(millis(now()))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         step_from_row(&row)
     }

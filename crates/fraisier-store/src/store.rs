@@ -4,15 +4,17 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
 use crate::sql::Args;
+use crate::totals::ListTotals;
 use crate::{migrate, Result, StoreError};
 
-/// SQLite serializes writers anyway; a few connections let readers run beside one writer.
+/// Connections for reads; WAL lets them run beside the one writer.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 const POSTGRES_MAX_CONNECTIONS: u32 = 16;
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -20,8 +22,17 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 /// A handle on the database; cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, writes too).
     pub(crate) pool: AnyPool,
+    /// Every write. On SQLite a pool of one connection, whose fair queue orders writers in
+    /// the order they asked: SQLite has one writer at a time anyway, and when writers race
+    /// for its lock the losers nap in its busy handler (1, 2, 5 … 100 ms) while later
+    /// arrivals overtake them — tens of milliseconds of tail latency for a sub-millisecond
+    /// insert. On PostgreSQL the same pool as reads.
+    pub(crate) writer: AnyPool,
     pub(crate) backend: Backend,
+    /// Totals of run listings (SQLite only; see `totals`).
+    pub(crate) list_totals: Option<Arc<ListTotals>>,
     /// For `Debug` only: never holds a password.
     redacted_url: String,
 }
@@ -83,6 +94,7 @@ impl Store {
     /// one to close folds the WAL back into the database file).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front: a deferred
@@ -90,46 +102,51 @@ impl Store {
     /// waiting for the busy timeout, when another writer got in between.
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
+    }
+
+    /// After a committed write to `runs`: remembered listing totals are stale.
+    pub(crate) fn runs_changed(&self) {
+        if let Some(totals) = &self.list_totals {
+            totals.invalidate();
+        }
     }
 
     async fn open_sqlite(url: &str, redacted_url: String) -> Result<Store> {
         let options = AnyConnectOptions::from_str(&sqlite_url_creating(url))?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(SQLITE_MAX_CONNECTIONS)
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute(
-                        format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
-                    )
-                    .await?;
-                    // Safe with WAL: a crash may lose the last commits, never corrupt the file.
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    // Reads of a large run history come from mapped pages (shared by every
-                    // connection) instead of a pread copy per page: list p99 under concurrency.
-                    conn.execute("PRAGMA mmap_size = 268435456").await?;
-                    Ok(())
-                })
-            });
         if in_memory {
             // The Any driver re-parses the url for every connection, and each parse of
-            // `:memory:` names a new database: one connection, kept for the pool's life.
-            pool = pool
-                .max_connections(1)
+            // `:memory:` names a new database: one connection, kept for the pool's life,
+            // reads and writes alike.
+            let pool = sqlite_pool(1)
                 .min_connections(1)
                 .idle_timeout(None)
-                .max_lifetime(None);
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?;
+            return Ok(Store {
+                writer: pool.clone(),
+                pool,
+                backend: Backend::Sqlite,
+                list_totals: Some(Arc::default()),
+                redacted_url,
+            });
         }
-        let pool = pool.connect_with(options).await?;
-        // WAL is a property of the file, so setting it once is enough for every connection.
-        pool.execute("PRAGMA journal_mode = WAL").await?;
+        let writer = sqlite_pool(1).connect_with(options.clone()).await?;
+        // WAL is a property of the file, so setting it once is enough for every connection;
+        // it must be set before the readers open.
+        writer.execute("PRAGMA journal_mode = WAL").await?;
+        let pool = sqlite_pool(SQLITE_MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
         Ok(Store {
             pool,
+            writer,
             backend: Backend::Sqlite,
+            list_totals: Some(Arc::default()),
             redacted_url,
         })
     }
@@ -141,8 +158,10 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store {
+            writer: pool.clone(),
             pool,
             backend: Backend::Postgres,
+            list_totals: None,
             redacted_url,
         })
     }
@@ -155,6 +174,28 @@ impl fmt::Debug for Store {
             .field("url", &self.redacted_url)
             .finish_non_exhaustive()
     }
+}
+
+/// Options shared by SQLite's read and write pools.
+fn sqlite_pool(max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        // A ping per checkout costs a round trip to the connection's worker thread; a broken
+        // SQLite connection is reported by the statement itself.
+        .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
+                    .await?;
+                // Safe with WAL: a crash may lose the last commits, never corrupt the file.
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                // Reads of a large run history come from mapped pages (shared by every
+                // connection) instead of a pread copy per page: list p99 under concurrency.
+                conn.execute("PRAGMA mmap_size = 268435456").await?;
+                Ok(())
+            })
+        })
 }
 
 // === impl Backend ===

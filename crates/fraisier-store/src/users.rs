@@ -28,7 +28,7 @@ impl Store {
         .bind(password_hash)
         .bind(json_text(&roles))
         .bind(millis(now()))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(StoreError::from);
         match row {
@@ -63,7 +63,7 @@ impl Store {
         .bind(tenant)
         .bind(username)
         .bind(password_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);

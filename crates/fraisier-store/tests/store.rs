@@ -62,6 +62,7 @@ store_suite! {
     save_run_writes_every_mutable_field,
     request_cancel_records_the_first_asker,
     list_runs_filters,
+    list_runs_totals_follow_every_write,
     list_runs_sorts_and_pages,
     tenants_are_isolated,
     steps_keep_their_order,
@@ -439,6 +440,38 @@ async fn concurrent_creates_let_exactly_one_win(db: &TestDb) {
     assert!(
         named.iter().all(|id| *id == winner),
         "{named:?} should all name {winner}"
+    );
+}
+
+/// The totals of listings may be remembered between requests (SQLite); a create, a status
+/// change or an import must show in the very next listing.
+async fn list_runs_totals_follow_every_write(db: &TestDb) {
+    let s = &db.store;
+    let in_progress = || RunFilter {
+        status: Some(RunStatus::Pending),
+        ..RunFilter::default()
+    };
+    assert_eq!(list(s, RunFilter::default()).await.1, 0);
+    assert_eq!(list(s, in_progress()).await.1, 0);
+
+    let mut run = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    assert_eq!(list(s, RunFilter::default()).await.1, 1);
+    assert_eq!(list(s, in_progress()).await.1, 1);
+
+    run.status = RunStatus::Success;
+    s.save_run(&run).await.unwrap();
+    assert_eq!(list(s, in_progress()).await.1, 0);
+    assert_eq!(list(s, RunFilter::default()).await.1, 1);
+
+    let mut imported = run.clone();
+    imported.id = run.id + 100;
+    s.import_runs(&[imported]).await.unwrap();
+    assert_eq!(
+        list(s, RunFilter::default()).await,
+        (vec![run.id + 100, run.id], 2)
     );
 }
 

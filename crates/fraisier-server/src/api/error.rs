@@ -183,7 +183,7 @@ impl IntoResponse for ApiError {
                 message: self.message,
                 details: self.details,
                 request_id: request_id.clone(),
-                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             },
         };
         let mut response = (self.status, Json(body)).into_response();
