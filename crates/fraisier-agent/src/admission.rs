@@ -99,6 +99,32 @@ pub fn check_desired(fraise: &str, environment: &str, d: &DesiredService) -> Res
     if d.stop_grace_ms > MAX_WAIT_MS {
         return Err(refuse("stop_grace_ms", format!("at most {MAX_WAIT_MS}")));
     }
+    if let Some(s) = &d.schedule {
+        fraisier_model::cron::CronSchedule::parse(&s.cron)
+            .map_err(|e| refuse("schedule.cron", e))?;
+        if let Some(zone) = &s.timezone {
+            fraisier_model::cron::ScheduleZone::parse(zone, &fraisier_model::cron::zoneinfo_dir())
+                .map_err(|e| refuse("schedule.timezone", e))?;
+        }
+        match d.releases.get(&s.version) {
+            None => {
+                return Err(refuse(
+                    "schedule.version",
+                    format!("version {:?} has no entry in `releases`", s.version),
+                ))
+            }
+            Some(spec) if spec.command.trim().is_empty() => {
+                return Err(refuse(
+                    format!("releases.{}.command", s.version),
+                    "a scheduled job needs a command to run",
+                ))
+            }
+            Some(_) => {}
+        }
+        if s.timeout_ms == 0 {
+            return Err(refuse("schedule.timeout_ms", "must be more than 0"));
+        }
+    }
     Ok(())
 }
 
@@ -240,6 +266,7 @@ mod tests {
             }],
             drain_timeout_ms: 1000,
             stop_grace_ms: 1000,
+            schedule: None,
         }
     }
 
@@ -297,6 +324,37 @@ mod tests {
             unhealthy_threshold: 1,
         });
         assert_eq!(field(&d), "health_check.path");
+    }
+
+    #[test]
+    fn refuses_a_schedule_that_cannot_run() {
+        let schedule = |cron: &str, zone: Option<&str>, version: &str| {
+            let mut d = desired();
+            d.instances.clear();
+            d.schedule = Some(fraisier_model::service::ScheduleSpec {
+                cron: cron.into(),
+                timezone: zone.map(str::to_string),
+                version: version.into(),
+                timeout_ms: 1000,
+            });
+            d
+        };
+        assert_eq!(
+            check_desired("api", "production", &schedule("0 3 * * *", None, "1.0.0")),
+            Ok(())
+        );
+        assert_eq!(
+            field(&schedule("0 25 * * *", None, "1.0.0")),
+            "schedule.cron"
+        );
+        assert_eq!(
+            field(&schedule("0 3 * * *", Some("../../etc/passwd"), "1.0.0")),
+            "schedule.timezone"
+        );
+        assert_eq!(
+            field(&schedule("0 3 * * *", None, "2.0.0")),
+            "schedule.version"
+        );
     }
 
     #[test]

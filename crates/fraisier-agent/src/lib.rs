@@ -23,6 +23,7 @@ mod reconcile;
 pub mod release;
 pub mod restart;
 pub mod router;
+mod schedule;
 pub mod signal;
 mod state_dir;
 

@@ -21,6 +21,7 @@ use crate::plan::{self, Action, Phase, Slot};
 use crate::process::{self, Identity, InstanceProcess, Launch};
 use crate::restart::{Backoff, RestartHistory};
 use crate::router::{Backend, Router};
+use crate::schedule::{Launcher, ScheduledJob};
 use crate::state_dir::InstanceRecord;
 
 /// Routers listen on every interface: they are the service's front door.
@@ -113,6 +114,8 @@ struct ServiceRuntime {
     /// since stopped may be pruned now, even without a new generation.
     pruned_with_running: BTreeSet<String>,
     backoff: Backoff,
+    /// A `scheduled` fraise's job and the record of its executions.
+    job: ScheduledJob,
 }
 
 // === impl ServiceShared ===
@@ -217,6 +220,7 @@ impl ServiceRuntime {
                 (record.id, instance)
             })
             .collect();
+        let job = ScheduledJob::load(agent.dir.schedule_file(&shared.fraise, &shared.environment));
         ServiceRuntime {
             key: shared.key(),
             agent,
@@ -230,6 +234,7 @@ impl ServiceRuntime {
             releases_generation: None,
             pruned_with_running: BTreeSet::new(),
             backoff: Backoff::default(),
+            job,
         }
     }
 
@@ -247,6 +252,7 @@ impl ServiceRuntime {
             }
         }
         self.notice_exits(now);
+        let job_wait = self.drive_job(target.as_ref()).await;
 
         let slots = self.slots();
         let plan = plan::plan(target.as_ref().map(|d| d.instances.as_slice()), &slots, now);
@@ -270,8 +276,12 @@ impl ServiceRuntime {
         // The versions in use are recorded before pruning, which must spare them (those of
         // every environment of the fraise), and pruning happens before publishing, so that
         // the published releases are the ones kept.
-        let running: BTreeSet<String> =
-            self.instances.values().map(|i| i.version.clone()).collect();
+        let running: BTreeSet<String> = self
+            .instances
+            .values()
+            .map(|i| i.version.clone())
+            .chain(self.job.running_version().map(str::to_string))
+            .collect();
         *lock(&self.shared.in_use) = running.clone();
         if let Some(d) = &target {
             if self.releases_generation != Some(d.generation) || running != self.pruned_with_running
@@ -283,14 +293,39 @@ impl ServiceRuntime {
         }
         self.publish(&health, target.as_ref());
 
-        if target.is_none() && self.instances.is_empty() {
+        if target.is_none() && self.instances.is_empty() && !self.job.is_running() {
             return None;
         }
         let mut after = plan.requeue_after;
+        if let Some(wait) = job_wait {
+            after = after.min(wait);
+        }
         if let Some(at) = self.retry_bind_at {
             after = after.min(at.saturating_duration_since(now));
         }
         Some(after)
+    }
+
+    /// Records a finished execution, follows the desired schedule, and starts an execution
+    /// when it is due. Returns how long until the next fire.
+    async fn drive_job(&mut self, target: Option<&DesiredService>) -> Option<Duration> {
+        self.job.collect().await;
+        let now = chrono::Utc::now();
+        self.job
+            .set_spec(target.and_then(|d| d.schedule.as_ref()), now);
+        let d = target?;
+        let version = self.job.scheduled_version()?.to_string();
+        self.job.fire_if_due(
+            now,
+            Launcher {
+                fraise: &self.shared.fraise,
+                environment: &self.shared.environment,
+                release: d.releases.get(&version),
+                release_dir: self.agent.releases.dir(&self.shared.fraise, &version),
+                commands: &self.agent.commands,
+                wake: &self.shared.wake,
+            },
+        )
     }
 
     /// Binds (or moves) the router to `port`; a taken port is reported and retried.
@@ -728,6 +763,7 @@ impl ServiceRuntime {
                 .map(|r| r.router.metrics())
                 .unwrap_or_default(),
             releases: self.agent.releases.installed(&self.shared.fraise),
+            schedule: self.job.observed(),
         };
         *lock(&self.shared.observed) = observed;
     }

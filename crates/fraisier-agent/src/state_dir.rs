@@ -102,6 +102,13 @@ impl StateDir {
             .join(format!("{fraise}@{environment}.json"))
     }
 
+    /// The record of a scheduled job's executions.
+    pub fn schedule_file(&self, fraise: &str, environment: &str) -> PathBuf {
+        self.root
+            .join("schedules")
+            .join(format!("{fraise}@{environment}.json"))
+    }
+
     pub fn releases_dir(&self) -> PathBuf {
         self.root.join("releases")
     }

@@ -164,6 +164,7 @@ impl Fixture {
                 .collect(),
             drain_timeout_ms: 2000,
             stop_grace_ms: 2000,
+            schedule: None,
         }
     }
 }

@@ -39,8 +39,6 @@ pub enum EngineError {
         version: Option<String>,
         message: String,
     },
-    #[error("{0}")]
-    Unsupported(String),
     #[error("deployment {0} has already finished")]
     AlreadyFinished(String),
     #[error(transparent)]
@@ -66,7 +64,6 @@ impl EngineError {
             EngineError::InProgress { .. } => "DEPLOYMENT_IN_PROGRESS",
             EngineError::DependencyFailed { .. } => "DEPENDENCY_FAILED",
             EngineError::BackupNotFound { .. } => "BACKUP_NOT_FOUND",
-            EngineError::Unsupported(_) => "NOT_SUPPORTED",
             EngineError::AlreadyFinished(_) => "DEPLOYMENT_FINISHED",
             EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
             EngineError::Store(_) => "INTERNAL_ERROR",

@@ -13,7 +13,7 @@ use fraisier_model::metrics::VersionMetrics;
 use fraisier_model::plan::{self, Gate, Phase, Target};
 use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState, StepStatus};
 use fraisier_model::service::{
-    DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec,
+    DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec, ScheduleSpec,
 };
 use fraisier_model::{FraiseType, Millis, StrategyConfig};
 use fraisier_store::{run_id_string, Run};
@@ -281,11 +281,19 @@ impl RunCtx<'_> {
     fn units(&self) -> Vec<Unit> {
         let mut units = vec![Unit::Dependencies, Unit::Backup];
         match (self.fraise.kind, self.run.kind) {
-            (FraiseType::Etl, RunKind::Rollback) => units.push(Unit::Install),
-            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Deploy) => {
+            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Rollback) => {
+                units.push(Unit::Install)
+            }
+            (FraiseType::Etl, RunKind::Deploy) => {
                 units.push(Unit::PreHooks);
                 units.push(Unit::Install);
                 units.push(Unit::Job);
+                units.push(Unit::PostHooks);
+            }
+            // Installing a scheduled fraise's release also hands the agent its schedule.
+            (FraiseType::Scheduled, RunKind::Deploy) => {
+                units.push(Unit::PreHooks);
+                units.push(Unit::Install);
                 units.push(Unit::PostHooks);
             }
             (_, kind) => {
@@ -361,6 +369,9 @@ impl RunCtx<'_> {
             Unit::Install => {
                 let desired = self.desired_with(Vec::new()).await?;
                 self.apply(&desired).await?;
+                if desired.schedule.is_some() {
+                    return self.scheduled(&desired).await;
+                }
                 Ok(Some(format!("release {} installed", self.run.version)))
             }
             Unit::Job => self.job().await,
@@ -414,7 +425,7 @@ impl RunCtx<'_> {
             .await
             .map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
         let generation = record.desired.as_ref().map_or(0, |d| d.generation) + 1;
-        Ok(request::desired(
+        let mut desired = request::desired(
             &self.run.fraise,
             &self.run.environment,
             &self.fraise,
@@ -422,7 +433,16 @@ impl RunCtx<'_> {
             generation,
             instances,
             releases,
-        ))
+        );
+        if self.fraise.kind == FraiseType::Scheduled {
+            desired.schedule = self.fraise.schedule.as_ref().map(|cron| ScheduleSpec {
+                cron: cron.clone(),
+                timezone: self.fraise.timezone.clone(),
+                version: self.run.version.clone(),
+                timeout_ms: self.fraise.schedule_timeout.0,
+            });
+        }
+        Ok(desired)
     }
 
     /// Records the desired state (so a crash cannot lose it), then hands it to the provider.
@@ -501,6 +521,53 @@ impl RunCtx<'_> {
                 .await;
         }
         Ok(Some(phase.name.clone()))
+    }
+
+    /// Waits until the agent has installed the scheduled release and times its schedule.
+    async fn scheduled(&mut self, desired: &DesiredService) -> Result<Option<String>, Failure> {
+        let until = Instant::now() + Duration::from_secs(60);
+        let version = &self.run.version.clone();
+        loop {
+            self.interrupted()?;
+            let o = self.observed().await;
+            let schedule = o
+                .as_ref()
+                .filter(|o| o.generation >= desired.generation)
+                .and_then(|o| o.schedule.as_ref().map(|s| (o, s)));
+            if let Some((o, s)) = schedule {
+                if let Some(error) = &s.error {
+                    return Err(failure(
+                        "INVALID_DEPLOYMENT_SPEC",
+                        format!("the agent cannot run the schedule: {error}"),
+                        json!({ "field": "schedule" }),
+                    ));
+                }
+                if &s.version == version && o.releases.iter().any(|r| &r.version == version) {
+                    let next = s
+                        .next_run_at
+                        .map_or_else(|| "never".to_string(), |t| t.to_rfc3339());
+                    self.engine
+                        .event(
+                            &self.run,
+                            "schedule.updated",
+                            json!({ "cron": s.cron, "timezone": s.timezone, "version": version, "next_run_at": s.next_run_at }),
+                        )
+                        .await;
+                    return Ok(Some(format!(
+                        "release {version} installed and scheduled: {} ({}), next run {next}",
+                        s.cron, s.timezone
+                    )));
+                }
+            }
+            if Instant::now() >= until {
+                return Err(failure(
+                    "PROVIDER_ERROR",
+                    format!("the agent did not install release {version} and take its schedule within 60 s"),
+                    json!({}),
+                ));
+            }
+            self.sleep(Duration::from_millis(100)).await?;
+        }
     }
 
     /// Waits until the provider runs exactly `desired`, every instance healthy.

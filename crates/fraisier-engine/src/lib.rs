@@ -121,13 +121,6 @@ impl Engine {
     pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
         let config = &self.inner.config;
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
-        if f.kind == FraiseType::Scheduled {
-            return Err(EngineError::Unsupported(format!(
-                "{} is a scheduled fraise: scheduled execution is not available yet (the agent has no cron \
-                 scheduler); declare it as type etl to run it once per deploy",
-                req.fraise
-            )));
-        }
         let version = request::resolve_version(f, &req.fraise, req.version.as_deref())?;
         let (strategy, strategy_config) =
             request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref())?;

@@ -252,6 +252,7 @@ pub(crate) fn desired(
         instances,
         drain_timeout_ms: f.drain_timeout.0,
         stop_grace_ms: f.stop_grace.0,
+        schedule: None,
     }
 }
 

@@ -106,10 +106,15 @@ pub struct FraiseConfig {
     pub post_deploy_hooks: Vec<String>,
     #[serde(default)]
     pub dependencies: Vec<String>,
+    /// `scheduled` fraises: a cron expression (five fields, or `@hourly`, `@daily` …).
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The zone `schedule` is read in: `UTC` (default), an offset or a tz database name.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// How long one scheduled execution may run before it is killed.
+    #[serde(default = "default_schedule_timeout")]
+    pub schedule_timeout: Millis,
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Millis,
     #[serde(default = "default_stop_grace")]
@@ -202,6 +207,9 @@ fn default_keep_releases() -> usize {
 }
 fn default_drain_timeout() -> Millis {
     Millis::from_secs(30)
+}
+fn default_schedule_timeout() -> Millis {
+    Millis::from_secs(3600)
 }
 fn default_stop_grace() -> Millis {
     Millis::from_secs(10)
@@ -342,10 +350,36 @@ impl Config {
                     "a command to run is required (run with sh -c)".into(),
                 );
             }
-            if f.kind == FraiseType::Scheduled && f.schedule.is_none() {
-                bad(
+            match (&f.schedule, f.kind) {
+                (None, FraiseType::Scheduled) => bad(
                     format!("{at}.schedule"),
-                    "a scheduled fraise needs a cron schedule".into(),
+                    "a scheduled fraise needs a cron schedule, e.g. \"0 3 * * *\" or \"@hourly\""
+                        .into(),
+                ),
+                (Some(_), FraiseType::Api | FraiseType::Etl) => bad(
+                    format!("{at}.schedule"),
+                    "only fraises of type scheduled run on a schedule".into(),
+                ),
+                (Some(expr), FraiseType::Scheduled) => {
+                    if let Err(e) = crate::cron::CronSchedule::parse(expr) {
+                        bad(
+                            format!("{at}.schedule"),
+                            format!("invalid cron expression {expr:?}: {e}"),
+                        );
+                    }
+                }
+                (None, _) => {}
+            }
+            if let Some(zone) = &f.timezone {
+                if let Err(e) = crate::cron::ScheduleZone::parse(zone, &crate::cron::zoneinfo_dir())
+                {
+                    bad(format!("{at}.timezone"), e);
+                }
+            }
+            if f.schedule_timeout.0 == 0 {
+                bad(
+                    format!("{at}.schedule_timeout"),
+                    "must be more than 0".into(),
                 );
             }
             if let Some(hc) = &f.health_check {
@@ -567,6 +601,44 @@ fraises:
             keys.contains(&"fraises.my_api.environments.staging.strategy_config.bogus"),
             "{keys:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    fn problems(fraise: &str) -> Vec<(String, String)> {
+        let text = format!(
+            "environments:\n  production: {{}}\nfraises:\n  nightly:\n{fraise}    command: ./run.sh\n    environments:\n      production: {{}}\n"
+        );
+        match Config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|p| (p.key, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn scheduled_fraises_need_a_valid_schedule_and_zone() {
+        assert_eq!(
+            problems(
+                "    type: scheduled\n    schedule: \"0 3 * * *\"\n    timezone: \"+02:00\"\n"
+            ),
+            vec![]
+        );
+        let p = problems("    type: scheduled\n");
+        assert_eq!(p[0].0, "fraises.nightly.schedule", "{p:?}");
+        let p = problems("    type: scheduled\n    schedule: \"0 27 * * *\"\n");
+        assert_eq!(p[0].0, "fraises.nightly.schedule");
+        assert!(p[0].1.contains("hour: 27 is out of range"), "{p:?}");
+        let p = problems(
+            "    type: scheduled\n    schedule: \"@daily\"\n    timezone: Nowhere/Atlantis\n",
+        );
+        assert_eq!(p[0].0, "fraises.nightly.timezone");
+        assert!(p[0].1.contains("unknown time zone"), "{p:?}");
+        let p = problems("    type: api\n    schedule: \"@daily\"\n");
+        assert_eq!(p[0].0, "fraises.nightly.schedule");
+        assert!(p[0].1.contains("only fraises of type scheduled"), "{p:?}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Cron schedules of `scheduled` fraises: the five-field expressions of cron(8) (minute, hour,
-//! day of month, month, day of week) and their `@hourly`-style shorthands, parsed once at
-//! config load, and the next time a schedule fires after a given instant.
+//! day of month, month, day of week), with an optional leading seconds field as in Quartz and
+//! most cron libraries, and the `@hourly`-style shorthands; parsed once at config load, and
+//! the next time a schedule fires after a given instant.
 //!
 //! Times are matched in the schedule's time zone: UTC, a fixed offset (`+02:00`) or an IANA
 //! name (`Europe/Paris`) read from the system's tz database. A local time that does not exist
@@ -8,7 +9,7 @@
 //! the first time only — as in most crons.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{
     DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, Offset, Timelike, Utc,
@@ -22,6 +23,8 @@ const HORIZON_DAYS: i64 = 4 * 366 + 1;
 #[derive(Clone, PartialEq, Eq)]
 pub struct CronSchedule {
     source: String,
+    /// `{0}` for five-field expressions.
+    seconds: u64,
     minutes: u64,
     hours: u64,
     days_of_month: u64,
@@ -40,6 +43,12 @@ struct Field {
     names: &'static [&'static str],
 }
 
+const SECOND: Field = Field {
+    name: "second",
+    min: 0,
+    max: 59,
+    names: &[],
+};
 const MINUTE: Field = Field {
     name: "minute",
     min: 0,
@@ -92,19 +101,23 @@ impl CronSchedule {
             }
             _ => trimmed.to_string(),
         };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), got {}",
-                fields.len()
-            ));
-        }
+        let mut fields: Vec<&str> = expanded.split_whitespace().collect();
+        let seconds = match fields.len() {
+            5 => 1,
+            6 => parse_field(fields.remove(0), &SECOND)?,
+            n => {
+                return Err(format!(
+                    "expected 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; got {n}"
+                ))
+            }
+        };
         let mut days_of_week = parse_field(fields[4], &DAY_OF_WEEK)?;
         if days_of_week & (1 << 7) != 0 {
             days_of_week = (days_of_week & !(1 << 7)) | 1;
         }
         Ok(CronSchedule {
             source: trimmed.to_string(),
+            seconds,
             minutes: parse_field(fields[0], &MINUTE)?,
             hours: parse_field(fields[1], &HOUR)?,
             days_of_month: parse_field(fields[2], &DAY_OF_MONTH)?,
@@ -122,11 +135,10 @@ impl CronSchedule {
     /// The first time strictly after `after` at which the schedule fires in `zone`.
     pub fn next_after(&self, after: DateTime<Utc>, zone: &ScheduleZone) -> Option<DateTime<Utc>> {
         let local = zone.to_local(after);
-        // The next whole minute after `after`, in local wall-clock time.
+        // The next whole second after `after`, in local wall-clock time.
         let mut t = local
-            .with_second(0)
-            .and_then(|t| t.with_nanosecond(0))?
-            .checked_add_signed(Duration::minutes(1))?;
+            .with_nanosecond(0)?
+            .checked_add_signed(Duration::seconds(1))?;
         let horizon = local.checked_add_signed(Duration::days(HORIZON_DAYS))?;
         while t <= horizon {
             if !self.day_matches(t.date()) {
@@ -138,15 +150,17 @@ impl CronSchedule {
                 continue;
             }
             if !bit(self.minutes, t.minute()) {
-                t += Duration::minutes(1);
+                t = t.date().and_hms_opt(t.hour(), t.minute(), 0)? + Duration::minutes(1);
                 continue;
             }
-            if let Some(utc) = zone.to_utc(t) {
-                if utc > after {
-                    return Some(utc);
+            if bit(self.seconds, t.second()) {
+                if let Some(utc) = zone.to_utc(t) {
+                    if utc > after {
+                        return Some(utc);
+                    }
                 }
             }
-            t += Duration::minutes(1);
+            t += Duration::seconds(1);
         }
         None
     }
@@ -243,6 +257,13 @@ fn value(text: &str, field: &Field) -> Result<u32, String> {
     Ok(v)
 }
 
+/// Where tz database files are: `$TZDIR`, else `/usr/share/zoneinfo`.
+pub fn zoneinfo_dir() -> PathBuf {
+    std::env::var_os("TZDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/zoneinfo"))
+}
+
 /// The time zone a schedule is read in.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ScheduleZone {
@@ -297,6 +318,15 @@ impl ScheduleZone {
             initial_offset,
             transitions,
         })
+    }
+
+    /// `UTC`, `+02:00` or the zone's name, for display.
+    pub fn name(&self) -> String {
+        match self {
+            ScheduleZone::Fixed(o) if o.local_minus_utc() == 0 => "UTC".into(),
+            ScheduleZone::Fixed(o) => o.to_string(),
+            ScheduleZone::Named { name, .. } => name.clone(),
+        }
     }
 
     /// The offset in force at `utc_secs`.
@@ -478,6 +508,18 @@ mod tests {
     }
 
     #[test]
+    fn an_optional_seconds_field() {
+        assert_eq!(
+            next("*/2 * * * * *", "2026-01-01T10:00:00.5Z", &z()),
+            "2026-01-01T10:00:02+00:00"
+        );
+        assert_eq!(
+            next("30 0 9 * * *", "2026-01-01T09:00:30Z", &z()),
+            "2026-01-02T09:00:30+00:00"
+        );
+    }
+
+    #[test]
     fn shorthands() {
         assert_eq!(
             next("@hourly", "2026-01-01T10:00:00Z", &z()),
@@ -528,6 +570,8 @@ mod tests {
     fn errors_name_the_field() {
         for (expr, want) in [
             ("* * * *", "expected 5 fields"),
+            ("* * * * * * *", "got 7"),
+            ("60 * * * * *", "second: 60 is out of range"),
             ("60 * * * *", "minute: 60 is out of range"),
             ("* 24 * * *", "hour: 24 is out of range"),
             ("* * 0 * *", "day of month: 0 is out of range"),

@@ -73,6 +73,70 @@ pub struct DesiredService {
     pub drain_timeout_ms: u64,
     /// Between SIGTERM and SIGKILL.
     pub stop_grace_ms: u64,
+    /// For `scheduled` fraises: what to run and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// A `scheduled` fraise's job: the release `version` (one of `releases`) runs its command on
+/// the `cron` schedule, read in `timezone`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub cron: String,
+    /// `UTC` when absent; an offset (`+02:00`) or a tz database name.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    pub version: String,
+    /// An execution still running after this long is killed (its whole process group).
+    pub timeout_ms: u64,
+}
+
+/// How one execution of a scheduled job ended, or that it is still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Running,
+    /// Exit code 0.
+    Succeeded,
+    /// A non-zero exit code, or the command could not start.
+    Failed,
+    TimedOut,
+    /// The agent stopped while it ran; how it ended is unknown.
+    Interrupted,
+}
+
+/// One execution of a scheduled job, as the agent records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledExecution {
+    /// Counts up per fraise × environment, from 1.
+    pub id: u64,
+    pub version: String,
+    /// The schedule's time this execution is for.
+    pub scheduled_for: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub status: ExecutionStatus,
+    pub exit_code: Option<i32>,
+    /// The last lines of its combined stdout and stderr.
+    #[serde(default)]
+    pub output: Vec<String>,
+}
+
+/// What the agent reports of a scheduled job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObservedSchedule {
+    pub cron: String,
+    pub timezone: String,
+    /// The release the next execution will run.
+    pub version: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// Newest first; the one running, if any, is first.
+    pub executions: Vec<ScheduledExecution>,
+    /// Fires skipped because the previous execution was still running.
+    pub skipped: u64,
+    /// Why the desired schedule cannot run, if it cannot.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +193,8 @@ pub struct ObservedService {
     /// Router counters per version since the agent started.
     pub metrics: BTreeMap<String, VersionMetrics>,
     pub releases: Vec<InstalledRelease>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ObservedSchedule>,
 }
 
 /// A command run once to completion by the agent: a hook, a smoke test or an `etl` job.

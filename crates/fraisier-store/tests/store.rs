@@ -1120,6 +1120,7 @@ fn desired() -> DesiredService {
         ],
         drain_timeout_ms: 30_000,
         stop_grace_ms: 10_000,
+        schedule: None,
     }
 }
 

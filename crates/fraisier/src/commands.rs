@@ -285,6 +285,7 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<ExitCode> {
     };
     let mut all = Vec::new();
     let mut rows = Vec::new();
+    let mut jobs = Vec::new();
     for name in names {
         let q: Vec<(&str, String)> = a
             .environment
@@ -294,6 +295,24 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<ExitCode> {
         let st = c.get(&format!("/fraises/{name}/status"), &q).await?;
         if let Some(envs) = st["environments"].as_object() {
             for (env, e) in envs {
+                let schedule = &e["schedule"];
+                if schedule.is_object() {
+                    // A job: when it runs next and how its last execution ended.
+                    let last = schedule["executions"]
+                        .as_array()
+                        .and_then(|l| l.iter().find(|x| x["status"] != "running"))
+                        .unwrap_or(&Value::Null);
+                    jobs.push(vec![
+                        name.clone(),
+                        env.clone(),
+                        s(&e["current_version"]),
+                        s(&e["status"]),
+                        s(&schedule["cron"]),
+                        s(&schedule["next_run_at"]),
+                        format!("{} ({})", s(&last["status"]), s(&last["exit_code"])),
+                    ]);
+                    continue;
+                }
                 rows.push(vec![
                     name.clone(),
                     env.clone(),
@@ -325,6 +344,24 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<ExitCode> {
                 &rows
             )
         );
+        if !jobs.is_empty() {
+            println!();
+            print!(
+                "{}",
+                render(
+                    &[
+                        "fraise",
+                        "environment",
+                        "version",
+                        "status",
+                        "schedule",
+                        "next run",
+                        "last finished (exit)"
+                    ],
+                    &jobs
+                )
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

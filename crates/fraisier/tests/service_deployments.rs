@@ -18,6 +18,13 @@ const EXTRA: &str = r#"
     artifact_path: "RELEASES/{version}"
     environments:
       production: {}
+  nightly:
+    type: scheduled
+    schedule: "* * * * * *"
+    command: "echo tick $FRAISIER_EXECUTION_ID on $FRAISIER_VERSION; if grep -q HEALTHY=false demo.env; then exit 4; fi"
+    artifact_path: "RELEASES/{version}"
+    environments:
+      production: {}
   frontend:
     type: api
     command: "exec DEMO"
@@ -280,6 +287,128 @@ async fn websocket_progress_follows_a_run() {
     // Without an upgrade it is a precise refusal, not a hang.
     let (status, v) = s.get("/deployments/app@production/progress").await;
     assert_eq!(status, 400, "{v}");
+}
+
+/// Polls the fraise's status until `done` holds for its schedule in production.
+async fn wait_schedule(s: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = s.get("/fraises/nightly/status").await;
+        assert_eq!(status, 200, "{v}");
+        let env = v["environments"]["production"].clone();
+        if done(&env) {
+            return env;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {env:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn executions_of<'a>(env: &'a Value, version: &str) -> Vec<&'a Value> {
+    env["schedule"]["executions"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["version"] == version).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn scheduled_jobs_run_on_their_schedule_and_record_every_execution() {
+    let (ws, s, _port) = server().await;
+    let id = s
+        .deploy("nightly", "production", json!({"version": "1.0.0"}))
+        .await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    let (_, events) = s.get(&format!("/deployments/{id}/events")).await;
+    assert!(
+        events.to_string().contains("schedule.updated"),
+        "{events:#}"
+    );
+
+    // Every second, on the deployed release; each execution recorded with its output.
+    let env = wait_schedule(&s, "two executions of 1.0.0", |env| {
+        executions_of(env, "1.0.0")
+            .iter()
+            .filter(|e| e["status"] == "succeeded")
+            .count()
+            >= 2
+    })
+    .await;
+    assert_eq!(env["schedule"]["cron"], "* * * * * *");
+    assert_eq!(env["schedule"]["timezone"], "UTC");
+    assert!(env["schedule"]["next_run_at"].is_string(), "{env:#}");
+    let done = executions_of(&env, "1.0.0")
+        .into_iter()
+        .find(|e| e["status"] == "succeeded")
+        .unwrap()
+        .clone();
+    assert_eq!(done["exit_code"], 0);
+    assert_eq!(
+        done["output"][0],
+        format!("tick {} on 1.0.0", done["id"]),
+        "{done:#}"
+    );
+    assert!(done["ended_at"].is_string());
+    assert_eq!(env["status"], "healthy");
+    let out = Command::new(fraisier_bin())
+        .args(["status", "nightly", "--config"])
+        .arg(ws.config_path())
+        .arg("--server")
+        .arg(&s.url)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("next run")
+            && table.contains("* * * * * *")
+            && table.contains("succeeded (0)"),
+        "{table}"
+    );
+
+    // A release whose job fails: recorded with its exit code, and the fraise is unhealthy.
+    let id = s
+        .deploy("nightly", "production", json!({"version": "3.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let env = wait_schedule(&s, "a failed execution of 3.0.0", |env| {
+        executions_of(env, "3.0.0")
+            .iter()
+            .any(|e| e["status"] == "failed")
+    })
+    .await;
+    let failed = executions_of(&env, "3.0.0")
+        .into_iter()
+        .find(|e| e["status"] == "failed")
+        .unwrap()
+        .clone();
+    assert_eq!(failed["exit_code"], 4, "{failed:#}");
+    assert_eq!(env["status"], "unhealthy", "{env:#}");
+
+    // Rolling back schedules the previous release again.
+    let (status, rb) = s
+        .post("/deployments/nightly/production/rollback", json!({}))
+        .await;
+    assert_eq!(status, 202, "{rb}");
+    assert_eq!(rb["to_version"], "1.0.0", "{rb}");
+    let rb_id = rb["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.wait_run(&rb_id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let env = wait_schedule(&s, "1.0.0 scheduled again", |env| {
+        env["schedule"]["version"] == "1.0.0"
+            && env["schedule"]["executions"][0]["version"] == "1.0.0"
+            && env["schedule"]["executions"][0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(env["status"], "healthy", "{env:#}");
 }
 
 #[tokio::test]

@@ -148,7 +148,6 @@ impl From<EngineError> for ApiError {
             EngineError::BackupNotFound { version, .. } => {
                 (StatusCode::BAD_REQUEST, json!({ "version": version }))
             }
-            EngineError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
             EngineError::AlreadyFinished(id) => {
                 (StatusCode::CONFLICT, json!({ "deployment_id": id }))
             }

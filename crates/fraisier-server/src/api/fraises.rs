@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use fraisier_model::metrics::VersionMetrics;
 use fraisier_model::run::{Health, RunStatus};
-use fraisier_model::service::ObservedService;
+use fraisier_model::service::{ExecutionStatus, ObservedSchedule, ObservedService};
 use fraisier_model::{FraiseConfig, FraiseType};
 use fraisier_store::{run_id_string, RunFilter, RunSort, RunSortField};
 use serde::Serialize;
@@ -82,8 +82,17 @@ pub async fn env_state(
     {
         "unknown"
     } else if kind != FraiseType::Api {
+        let last_execution_failed = observed
+            .as_ref()
+            .and_then(|o| o.schedule.as_ref())
+            .and_then(|s| {
+                s.executions
+                    .iter()
+                    .find(|e| e.status != ExecutionStatus::Running)
+            })
+            .is_some_and(|e| e.status != ExecutionStatus::Succeeded);
         match record.as_ref().map(|r| r.state) {
-            Some(fraisier_model::run::ServiceState::Healthy) => "healthy",
+            Some(fraisier_model::run::ServiceState::Healthy) if !last_execution_failed => "healthy",
             _ => "unhealthy",
         }
     } else {
@@ -104,6 +113,34 @@ pub async fn env_state(
             timestamp: views::ts(r.completed_at.unwrap_or(r.created_at)),
             status: r.status,
         }),
+    })
+}
+
+/// Executions shown in a status, and output lines shown per execution.
+const STATUS_EXECUTIONS: usize = 10;
+const STATUS_OUTPUT_LINES: usize = 20;
+
+/// A scheduled fraise's schedule and its latest executions, as the agent reports them.
+fn schedule_view(s: &ObservedSchedule) -> Value {
+    let executions: Vec<Value> = s
+        .executions
+        .iter()
+        .take(STATUS_EXECUTIONS)
+        .map(|e| {
+            let skip = e.output.len().saturating_sub(STATUS_OUTPUT_LINES);
+            json!({
+                "id": e.id, "version": e.version, "status": e.status,
+                "scheduled_for": views::ts(e.scheduled_for), "started_at": views::ts(e.started_at),
+                "ended_at": views::ts_opt(e.ended_at), "exit_code": e.exit_code,
+                "duration_ms": e.ended_at.map(|end| (end - e.started_at).num_milliseconds()),
+                "output": e.output.iter().skip(skip).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "cron": s.cron, "timezone": s.timezone, "version": s.version,
+        "next_run_at": views::ts_opt(s.next_run_at), "skipped": s.skipped, "error": s.error,
+        "executions": executions,
     })
 }
 
@@ -244,6 +281,7 @@ pub async fn get(
                 "current_version": s.current_version, "previous_version": s.previous_version, "status": s.status,
                 "deployment_strategy": fe.strategy, "port": fe.port, "instances": fe.instances,
                 "last_deployment": s.last,
+                "schedule": s.observed.as_ref().and_then(|o| o.schedule.as_ref()).map(schedule_view),
             }),
         );
     }
@@ -300,6 +338,7 @@ pub async fn status(
                 "instances": live,
                 "instances_healthy": healthy,
                 "router": { "port": o.port, "listening": o.listening, "error": o.router_error },
+                "schedule": o.schedule.as_ref().map(schedule_view),
             }),
         );
     }
