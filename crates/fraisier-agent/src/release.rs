@@ -27,6 +27,9 @@ pub struct ReleaseStore {
     /// One lock per fraise: installs and prunes of a fraise's releases never interleave, even
     /// when two of its environments reconcile at once.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `installed()` per fraise, read from disk once and forgotten by every install and
+    /// prune: every reconciler pass of every service publishes it.
+    listed: Mutex<HashMap<String, Vec<InstalledRelease>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,36 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
+fn lock_listed(
+    m: &Mutex<HashMap<String, Vec<InstalledRelease>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Vec<InstalledRelease>>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets the listing of `fraise` now and again when dropped, so that a listing read while
+/// the disk changes is not kept.
+fn forget_listing<'a>(
+    m: &'a Mutex<HashMap<String, Vec<InstalledRelease>>>,
+    fraise: &str,
+) -> ForgetListing<'a> {
+    lock_listed(m).remove(fraise);
+    ForgetListing {
+        listed: m,
+        fraise: fraise.to_string(),
+    }
+}
+
+struct ForgetListing<'a> {
+    listed: &'a Mutex<HashMap<String, Vec<InstalledRelease>>>,
+    fraise: String,
+}
+
+impl Drop for ForgetListing<'_> {
+    fn drop(&mut self) {
+        lock_listed(self.listed).remove(&self.fraise);
+    }
+}
+
 // === impl ReleaseStore ===
 
 impl ReleaseStore {
@@ -59,6 +92,7 @@ impl ReleaseStore {
         ReleaseStore {
             root: root.into(),
             locks: Mutex::default(),
+            listed: Mutex::default(),
         }
     }
 
@@ -79,17 +113,29 @@ impl ReleaseStore {
         let fraise_dir = self.root.join(fraise);
         let version = version.to_string();
         let source = spec.source.clone();
-        tokio::task::spawn_blocking(move || install(&fraise_dir, &version, source.as_deref()))
-            .await
-            .map_err(|e| ReleaseError::Io {
-                action: "install",
-                path: PathBuf::new(),
-                source: io::Error::other(e),
-            })?
+        let forget = forget_listing(&self.listed, fraise);
+        let installed =
+            tokio::task::spawn_blocking(move || install(&fraise_dir, &version, source.as_deref()))
+                .await;
+        drop(forget);
+        installed.map_err(|e| ReleaseError::Io {
+            action: "install",
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })?
     }
 
     /// The releases of `fraise` on disk, oldest first.
     pub fn installed(&self, fraise: &str) -> Vec<InstalledRelease> {
+        if let Some(listed) = lock_listed(&self.listed).get(fraise) {
+            return listed.clone();
+        }
+        let out = self.read_installed(fraise);
+        lock_listed(&self.listed).insert(fraise.to_string(), out.clone());
+        out
+    }
+
+    fn read_installed(&self, fraise: &str) -> Vec<InstalledRelease> {
         let mut out: Vec<InstalledRelease> = list_versions(&self.root.join(fraise))
             .into_iter()
             .filter_map(|v| {
@@ -117,7 +163,8 @@ impl ReleaseStore {
         let lock = self.lock(fraise);
         let _held = lock.lock().await;
         let fraise_dir = self.root.join(fraise);
-        let installed = self.installed(fraise);
+        let installed = self.read_installed(fraise);
+        let _forget = forget_listing(&self.listed, fraise);
         let mut others: Vec<&InstalledRelease> = installed
             .iter()
             .filter(|r| !keep.contains(&r.version))
@@ -459,8 +506,10 @@ mod tests {
             env: Default::default(),
         };
         let mut digests = Vec::new();
-        for v in ["1.0.0", "1.1.0", "1.2.0", "2.0.0"] {
+        for (i, v) in ["1.0.0", "1.1.0", "1.2.0", "2.0.0"].into_iter().enumerate() {
             digests.push(store.ensure("api", v, &spec).await.unwrap().digest);
+            // The listing is remembered between installs, and never stale after one.
+            assert_eq!(store.installed("api").len(), i + 1);
         }
         // Same content, same digest; a second install of an existing version is a no-op.
         assert!(digests.windows(2).all(|w| w[0] == w[1]));
