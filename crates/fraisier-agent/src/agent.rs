@@ -25,9 +25,14 @@ use crate::process::InstanceProcess;
 use crate::reconcile::{run_service, Adopted, ServiceShared, DEFAULT_STOP_GRACE};
 use crate::release::ReleaseStore;
 use crate::state_dir::{
-    read_json, write_json_atomic, InstanceBook, InstanceRecord, StateDir, PRIVATE_FILE_MODE,
+    cap_logs, read_json, write_json_atomic, InstanceBook, InstanceRecord, StateDir,
+    PRIVATE_FILE_MODE,
 };
 use crate::{control, AgentOptions};
+
+/// Logs larger than this are copied aside once and emptied (see `state_dir::cap_logs`).
+const LOG_CAP_BYTES: u64 = 32 * 1024 * 1024;
+const LOG_CAP_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a previous agent gets to answer before it is considered gone.
 const PROBE_PREVIOUS: Duration = Duration::from_secs(2);
@@ -210,6 +215,15 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     });
 
     start_services(&agent, desired, adopted).await;
+    let logs_of = agent.dir.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(LOG_CAP_EVERY);
+        loop {
+            every.tick().await;
+            let dir = logs_of.clone();
+            let _ = tokio::task::spawn_blocking(move || cap_logs(&dir, LOG_CAP_BYTES)).await;
+        }
+    });
     write_json_atomic(&agent.dir.agent_info(), &info, PRIVATE_FILE_MODE).map_err(|source| {
         AgentError::StateDir {
             path: agent.dir.agent_info(),

@@ -121,6 +121,45 @@ impl StateDir {
     }
 }
 
+/// Caps every log in the state directory (`agent.log`, instances' logs) at `max_bytes`: a
+/// larger one is copied to `<name>.1` (replacing the previous copy) and emptied in place.
+/// Writers hold these files open in append mode, so they carry on at the new end; a line
+/// written between the copy and the truncation is lost, as with logrotate's copytruncate.
+pub fn cap_logs(dir: &StateDir, max_bytes: u64) {
+    let mut logs = vec![dir.root().join("agent.log")];
+    if let Ok(services) = fs::read_dir(dir.root().join("logs")) {
+        for service in services.flatten() {
+            if let Ok(files) = fs::read_dir(service.path()) {
+                logs.extend(
+                    files
+                        .flatten()
+                        .map(|f| f.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "log")),
+                );
+            }
+        }
+    }
+    for log in logs {
+        if let Err(e) = cap_log(&log, max_bytes) {
+            tracing::warn!(path = %log.display(), error = %e, "cannot cap the log");
+        }
+    }
+}
+
+fn cap_log(path: &Path, max_bytes: u64) -> io::Result<bool> {
+    match fs::metadata(path) {
+        Ok(m) if m.len() > max_bytes => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    fs::copy(path, &old)?;
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
 // === impl InstanceBook ===
 
 impl InstanceBook {
@@ -217,6 +256,33 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_log_is_kept_once_and_emptied_while_its_writer_goes_on() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        let log = dir.log_file("api", "production", "i1");
+        fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let mut writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        writer.write_all(&[b'x'; 2000]).unwrap();
+        fs::write(dir.root().join("agent.log"), b"small").unwrap();
+
+        cap_logs(&dir, 1000);
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+        assert_eq!(
+            fs::metadata(log.with_extension("log.1")).unwrap().len(),
+            2000
+        );
+        assert_eq!(fs::read(dir.root().join("agent.log")).unwrap(), b"small");
+        // Append mode: the writer continues at the start of the emptied file, no hole.
+        writer.write_all(b"after").unwrap();
+        assert_eq!(fs::read(&log).unwrap(), b"after");
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {
