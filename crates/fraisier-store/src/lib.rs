@@ -17,6 +17,7 @@ mod stats;
 mod steps;
 mod store;
 mod totals;
+mod turns;
 mod users;
 
 pub use store::Store;

@@ -8,6 +8,7 @@ use sqlx::Row;
 use crate::sql::{
     self, contains_pattern, json, json_text, millis, now, ts, ts_opt, wire, Args, ACTIVE_STATUSES,
 };
+use crate::turns::Priority;
 use crate::{run_id_string, NewRun, Result, Run, RunFilter, RunSortField, Store, StoreError};
 
 /// Every column of `runs`, in the order `import_runs` inserts them.
@@ -196,6 +197,7 @@ impl Store {
     /// Writes every field the engine may change and sets `updated_at` to now. Making a final
     /// run active again while another is active is `ActiveRunExists`.
     pub async fn save_run(&self, run: &Run) -> Result<()> {
+        let _turn = self.turn(Priority::Background).await;
         let result = sqlx::query(
             "UPDATE runs SET status = $3, version = $4, previous_version = $5, started_at = $6, \
              completed_at = $7, health_check_status = $8, health_details = $9, metrics = $10, \
@@ -243,6 +245,7 @@ impl Store {
     /// Records who asked to cancel a run that has not finished (the first asker wins); the
     /// engine acts on it at its next safe point. Returns the run as it now is.
     pub async fn request_cancel(&self, tenant: &str, id: i64, by: &str) -> Result<Run> {
+        let turn = self.turn(Priority::Interactive).await;
         sqlx::query(&format!(
             "UPDATE runs SET cancel_requested_by = $3, updated_at = $4 \
              WHERE tenant_id = $1 AND id = $2 AND status IN {ACTIVE_STATUSES} \
@@ -254,10 +257,12 @@ impl Store {
         .bind(millis(now()))
         .execute(&self.writer)
         .await?;
+        drop(turn);
         self.run(tenant, id).await
     }
 
     async fn insert_run(&self, new: &NewRun) -> Result<Run> {
+        let _turn = self.turn(Priority::Interactive).await;
         let now = millis(now());
         let row = sqlx::query(&format!(
             "INSERT INTO runs (tenant_id, fraise, environment, kind, status, version, \

@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::sql::{json_opt, json_text, millis, ts, wire};
+use crate::turns::Priority;
 use crate::{Result, ServiceRecord, Store};
 
 const SERVICE_COLUMNS: &str = "tenant_id, fraise, environment, current_version, previous_version, \
@@ -34,6 +35,7 @@ impl Store {
     /// Inserts or replaces the record of `rec`'s tenant × fraise × environment, keeping the
     /// `updated_at` it carries.
     pub async fn put_service(&self, rec: &ServiceRecord) -> Result<()> {
+        let _turn = self.turn(Priority::Background).await;
         sqlx::query(
             "INSERT INTO services (tenant_id, fraise, environment, current_version, \
              previous_version, state, desired, last_run_id, updated_at) \

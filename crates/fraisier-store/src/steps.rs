@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::sql::{millis, now, ts, ts_opt, wire};
+use crate::turns::Priority;
 use crate::{Result, Step, Store, StoreError};
 
 const STEP_COLUMNS: &str = "id, run_id, seq, name, status, message, error, started_at, ended_at";
@@ -49,6 +50,7 @@ impl Store {
         message: Option<&str>,
         error: Option<&str>,
     ) -> Result<Step> {
+        let _turn = self.turn(Priority::Background).await;
         let row = sqlx::query(&format!(
             "UPDATE steps SET status = $2, message = $3, error = $4, ended_at = $5 \
              WHERE id = $1 RETURNING {STEP_COLUMNS}"

@@ -12,6 +12,7 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 
 use crate::sql::Args;
 use crate::totals::ListTotals;
+use crate::turns::{Priority, Turn, WriteTurns};
 use crate::{migrate, Result, StoreError};
 
 /// Connections for reads; WAL lets them run beside the one writer.
@@ -24,12 +25,11 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 pub struct Store {
     /// Reads (and, on PostgreSQL, writes too).
     pub(crate) pool: AnyPool,
-    /// Every write. On SQLite a pool of one connection, whose fair queue orders writers in
-    /// the order they asked: SQLite has one writer at a time anyway, and when writers race
-    /// for its lock the losers nap in its busy handler (1, 2, 5 … 100 ms) while later
-    /// arrivals overtake them — tens of milliseconds of tail latency for a sub-millisecond
-    /// insert. On PostgreSQL the same pool as reads.
+    /// Every write. On SQLite one connection, used in turns (see `turns`); on PostgreSQL the
+    /// same pool as reads.
     pub(crate) writer: AnyPool,
+    /// SQLite only: the line of writers.
+    turns: Option<Arc<WriteTurns>>,
     pub(crate) backend: Backend,
     /// Totals of run listings (SQLite only; see `totals`).
     pub(crate) list_totals: Option<Arc<ListTotals>>,
@@ -97,14 +97,29 @@ impl Store {
         self.writer.close().await;
     }
 
-    /// A transaction that will write. On SQLite it takes the write lock up front: a deferred
-    /// transaction that reads and then writes can fail with `SQLITE_BUSY` at once, without
-    /// waiting for the busy timeout, when another writer got in between.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(match self.backend {
+    /// The right to use `writer` (SQLite); held until the write is done.
+    pub(crate) async fn turn(&self, priority: Priority) -> Option<Turn> {
+        match &self.turns {
+            Some(turns) => Some(turns.take(priority).await),
+            None => None,
+        }
+    }
+
+    /// A transaction for the engine's background writes.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx> {
+        self.begin_write_as(Priority::Background).await
+    }
+
+    /// A transaction that will write, in its turn. On SQLite it takes the write lock up
+    /// front: a deferred transaction that reads and then writes can fail with `SQLITE_BUSY`
+    /// at once, without waiting for the busy timeout, when another process wrote in between.
+    pub(crate) async fn begin_write_as(&self, priority: Priority) -> Result<WriteTx> {
+        let turn = self.turn(priority).await;
+        let tx = match self.backend {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// After a committed write to `runs`: remembered listing totals are stale.
@@ -131,6 +146,7 @@ impl Store {
                 writer: pool.clone(),
                 pool,
                 backend: Backend::Sqlite,
+                turns: Some(Arc::default()),
                 list_totals: Some(Arc::default()),
                 redacted_url,
             });
@@ -146,6 +162,7 @@ impl Store {
             pool,
             writer,
             backend: Backend::Sqlite,
+            turns: Some(Arc::default()),
             list_totals: Some(Arc::default()),
             redacted_url,
         })
@@ -161,9 +178,37 @@ impl Store {
             writer: pool.clone(),
             pool,
             backend: Backend::Postgres,
+            turns: None,
             list_totals: None,
             redacted_url,
         })
+    }
+}
+
+/// A write transaction and the turn it holds; rolled back if dropped without `commit`.
+pub(crate) struct WriteTx {
+    // Dropped before the turn: the next writer never finds the transaction still open.
+    tx: Transaction<'static, Any>,
+    _turn: Option<Turn>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
     }
 }
 

@@ -4,6 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::sql::{self, json, json_text, millis, now, ts};
+use crate::turns::Priority;
 use crate::{Result, Store, StoreError, User};
 
 const USER_COLUMNS: &str = "id, tenant_id, username, password_hash, roles, created_at";
@@ -19,6 +20,7 @@ impl Store {
         password_hash: &str,
         roles: &[String],
     ) -> Result<User> {
+        let _turn = self.turn(Priority::Interactive).await;
         let row = sqlx::query(&format!(
             "INSERT INTO users (tenant_id, username, password_hash, roles, created_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
@@ -57,6 +59,7 @@ impl Store {
         username: &str,
         password_hash: &str,
     ) -> Result<()> {
+        let _turn = self.turn(Priority::Interactive).await;
         let done = sqlx::query(
             "UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND username = $2",
         )
