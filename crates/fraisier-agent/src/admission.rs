@@ -74,21 +74,7 @@ pub fn check_desired(fraise: &str, environment: &str, d: &DesiredService) -> Res
         }
         // Every key of `releases` was checked above, so an instance whose version has an
         // entry has a valid one.
-        match d.releases.get(&inst.version) {
-            None => {
-                return Err(refuse(
-                    format!("{at}.version"),
-                    format!("version {:?} has no entry in `releases`", inst.version),
-                ))
-            }
-            Some(spec) if spec.command.trim().is_empty() => {
-                return Err(refuse(
-                    format!("releases.{}.command", inst.version),
-                    "an instance needs a command to run",
-                ))
-            }
-            Some(_) => {}
-        }
+        check_runnable(d, &inst.version, &format!("{at}.version"), "an instance")?;
     }
     if let Some(hc) = &d.health_check {
         check_health(hc)?;
@@ -106,26 +92,32 @@ pub fn check_desired(fraise: &str, environment: &str, d: &DesiredService) -> Res
             fraisier_model::cron::ScheduleZone::parse(zone, &fraisier_model::cron::zoneinfo_dir())
                 .map_err(|e| refuse("schedule.timezone", e))?;
         }
-        match d.releases.get(&s.version) {
-            None => {
-                return Err(refuse(
-                    "schedule.version",
-                    format!("version {:?} has no entry in `releases`", s.version),
-                ))
-            }
-            Some(spec) if spec.command.trim().is_empty() => {
-                return Err(refuse(
-                    format!("releases.{}.command", s.version),
-                    "a scheduled job needs a command to run",
-                ))
-            }
-            Some(_) => {}
-        }
+        check_runnable(d, &s.version, "schedule.version", "a scheduled job")?;
         if s.timeout_ms == 0 {
             return Err(refuse("schedule.timeout_ms", "must be more than 0"));
         }
     }
     Ok(())
+}
+
+/// `version` (named at `field`) has a release in `d` with a command for `what` to run.
+fn check_runnable(
+    d: &DesiredService,
+    version: &str,
+    field: &str,
+    what: &str,
+) -> Result<(), Refusal> {
+    match d.releases.get(version) {
+        None => Err(refuse(
+            field,
+            format!("version {version:?} has no entry in `releases`"),
+        )),
+        Some(spec) if spec.command.trim().is_empty() => Err(refuse(
+            format!("releases.{version}.command"),
+            format!("{what} needs a command to run"),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Checks a `POST /v1/exec` body.
