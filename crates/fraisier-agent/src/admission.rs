@@ -11,6 +11,8 @@ use fraisier_model::service::{
 /// Upper bounds that keep a typo from meaning "wait for a year".
 const MAX_INSTANCES: usize = 256;
 const MAX_WAIT_MS: u64 = 3_600_000;
+/// The longest a scheduled execution may run (a week): `fraisier_model::config` says the same.
+const MAX_JOB_MS: u64 = fraisier_model::config::MAX_SCHEDULE_TIMEOUT_MS;
 const MAX_EXEC_TIMEOUT_MS: u64 = 24 * 3_600_000;
 
 /// Why a request is refused: the field at fault and what is wrong with it.
@@ -93,8 +95,11 @@ pub fn check_desired(fraise: &str, environment: &str, d: &DesiredService) -> Res
                 .map_err(|e| refuse("schedule.timezone", e))?;
         }
         check_runnable(d, &s.version, "schedule.version", "a scheduled job")?;
-        if s.timeout_ms == 0 {
-            return Err(refuse("schedule.timeout_ms", "must be more than 0"));
+        if s.timeout_ms == 0 || s.timeout_ms > MAX_JOB_MS {
+            return Err(refuse(
+                "schedule.timeout_ms",
+                format!("must be from 1 to {MAX_JOB_MS}"),
+            ));
         }
     }
     Ok(())

@@ -34,7 +34,15 @@ pub struct CommandSpec {
 /// Process groups of commands still running, so that shutdown can kill them.
 #[derive(Debug, Default)]
 pub struct RunningCommands {
-    groups: Mutex<BTreeSet<u32>>,
+    groups: Mutex<Groups>,
+}
+
+#[derive(Debug, Default)]
+struct Groups {
+    running: BTreeSet<u32>,
+    /// After `kill_all`: a command that starts anyway (it raced the shutdown) is killed at
+    /// once instead of being left to run.
+    closed: bool,
 }
 
 /// Kills the group when dropped: a cancelled request or an aborted probe leaves nothing.
@@ -46,25 +54,33 @@ struct GroupGuard<'a> {
 // === impl RunningCommands ===
 
 impl RunningCommands {
+    /// Kills every running command, and every one started from now on.
     pub fn kill_all(&self) {
-        let groups = std::mem::take(&mut *self.groups.lock().unwrap_or_else(|e| e.into_inner()));
-        for pgid in groups {
+        let running = {
+            let mut groups = self.lock();
+            groups.closed = true;
+            std::mem::take(&mut groups.running)
+        };
+        for pgid in running {
             let _ = signal_group(pgid, Signal::Kill);
         }
     }
 
     fn insert(&self, pgid: u32) {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pgid);
+        let mut groups = self.lock();
+        if groups.closed {
+            let _ = signal_group(pgid, Signal::Kill);
+        } else {
+            groups.running.insert(pgid);
+        }
     }
 
     fn remove(&self, pgid: u32) {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pgid);
+        self.lock().running.remove(&pgid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Groups> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

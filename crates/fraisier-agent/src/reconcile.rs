@@ -252,7 +252,7 @@ impl ServiceRuntime {
             }
         }
         self.notice_exits(now);
-        let job_wait = self.drive_job(target.as_ref()).await;
+        let job_wait = self.drive_job(target.as_ref());
 
         let slots = self.slots();
         let plan = plan::plan(target.as_ref().map(|d| d.instances.as_slice()), &slots, now);
@@ -308,14 +308,17 @@ impl ServiceRuntime {
 
     /// Records a finished execution, follows the desired schedule, and starts an execution
     /// when it is due. Returns how long until the next fire.
-    async fn drive_job(&mut self, target: Option<&DesiredService>) -> Option<Duration> {
-        self.job.collect().await;
+    fn drive_job(&mut self, target: Option<&DesiredService>) -> Option<Duration> {
+        self.job.collect();
         let now = chrono::Utc::now();
         self.job
             .set_spec(target.and_then(|d| d.schedule.as_ref()), now);
         let d = target?;
+        if self.agent.is_shutting_down() {
+            return None;
+        }
         let version = self.job.scheduled_version()?.to_string();
-        self.job.fire_if_due(
+        let wait = self.job.fire_if_due(
             now,
             Launcher {
                 fraise: &self.shared.fraise,
@@ -325,7 +328,12 @@ impl ServiceRuntime {
                 commands: &self.agent.commands,
                 wake: &self.shared.wake,
             },
-        )
+        );
+        // Protected from pruning at once, not only at the end of this pass.
+        if let Some(v) = self.job.running_version() {
+            lock(&self.shared.in_use).insert(v.to_string());
+        }
+        wait
     }
 
     /// Binds (or moves) the router to `port`; a taken port is reported and retried.

@@ -29,7 +29,7 @@ pub struct ReleaseStore {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `installed()` per fraise, read from disk once and forgotten by every install and
     /// prune: every reconciler pass of every service publishes it.
-    listed: Mutex<HashMap<String, Vec<InstalledRelease>>>,
+    listings: Arc<Listings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,33 +55,50 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-fn lock_listed(
-    m: &Mutex<HashMap<String, Vec<InstalledRelease>>>,
-) -> std::sync::MutexGuard<'_, HashMap<String, Vec<InstalledRelease>>> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Remembered listings, each with a generation that every change of the disk bumps: a
+/// listing read while the disk changed is not kept.
+#[derive(Default)]
+struct Listings {
+    by_fraise: Mutex<HashMap<String, Listing>>,
 }
 
-/// Forgets the listing of `fraise` now and again when dropped, so that a listing read while
-/// the disk changes is not kept.
-fn forget_listing<'a>(
-    m: &'a Mutex<HashMap<String, Vec<InstalledRelease>>>,
-    fraise: &str,
-) -> ForgetListing<'a> {
-    lock_listed(m).remove(fraise);
-    ForgetListing {
-        listed: m,
-        fraise: fraise.to_string(),
+#[derive(Default)]
+struct Listing {
+    generation: u64,
+    releases: Option<Vec<InstalledRelease>>,
+}
+
+impl Listings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Listing>> {
+        self.by_fraise.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-struct ForgetListing<'a> {
-    listed: &'a Mutex<HashMap<String, Vec<InstalledRelease>>>,
-    fraise: String,
-}
+    /// The remembered listing, or the generation to hand to `keep` after reading the disk.
+    fn get(&self, fraise: &str) -> Result<Vec<InstalledRelease>, u64> {
+        let map = self.lock();
+        match map.get(fraise) {
+            Some(Listing {
+                releases: Some(r), ..
+            }) => Ok(r.clone()),
+            Some(l) => Err(l.generation),
+            None => Err(0),
+        }
+    }
 
-impl Drop for ForgetListing<'_> {
-    fn drop(&mut self) {
-        lock_listed(self.listed).remove(&self.fraise);
+    fn keep(&self, fraise: &str, generation: u64, releases: &[InstalledRelease]) {
+        let mut map = self.lock();
+        let listing = map.entry(fraise.to_string()).or_default();
+        if listing.generation == generation {
+            listing.releases = Some(releases.to_vec());
+        }
+    }
+
+    /// Call after the disk changed.
+    fn forget(&self, fraise: &str) {
+        let mut map = self.lock();
+        let listing = map.entry(fraise.to_string()).or_default();
+        listing.generation += 1;
+        listing.releases = None;
     }
 }
 
@@ -92,7 +109,7 @@ impl ReleaseStore {
         ReleaseStore {
             root: root.into(),
             locks: Mutex::default(),
-            listed: Mutex::default(),
+            listings: Arc::default(),
         }
     }
 
@@ -113,12 +130,17 @@ impl ReleaseStore {
         let fraise_dir = self.root.join(fraise);
         let version = version.to_string();
         let source = spec.source.clone();
-        let forget = forget_listing(&self.listed, fraise);
-        let installed =
-            tokio::task::spawn_blocking(move || install(&fraise_dir, &version, source.as_deref()))
-                .await;
-        drop(forget);
-        installed.map_err(|e| ReleaseError::Io {
+        let listings = self.listings.clone();
+        let fraise_name = fraise.to_string();
+        // The blocking install runs on even if this future is dropped; it forgets the listing
+        // itself once the disk has changed.
+        tokio::task::spawn_blocking(move || {
+            let installed = install(&fraise_dir, &version, source.as_deref());
+            listings.forget(&fraise_name);
+            installed
+        })
+        .await
+        .map_err(|e| ReleaseError::Io {
             action: "install",
             path: PathBuf::new(),
             source: io::Error::other(e),
@@ -127,12 +149,14 @@ impl ReleaseStore {
 
     /// The releases of `fraise` on disk, oldest first.
     pub fn installed(&self, fraise: &str) -> Vec<InstalledRelease> {
-        if let Some(listed) = lock_listed(&self.listed).get(fraise) {
-            return listed.clone();
+        match self.listings.get(fraise) {
+            Ok(releases) => releases,
+            Err(generation) => {
+                let releases = self.read_installed(fraise);
+                self.listings.keep(fraise, generation, &releases);
+                releases
+            }
         }
-        let out = self.read_installed(fraise);
-        lock_listed(&self.listed).insert(fraise.to_string(), out.clone());
-        out
     }
 
     fn read_installed(&self, fraise: &str) -> Vec<InstalledRelease> {
@@ -164,7 +188,6 @@ impl ReleaseStore {
         let _held = lock.lock().await;
         let fraise_dir = self.root.join(fraise);
         let installed = self.read_installed(fraise);
-        let _forget = forget_listing(&self.listed, fraise);
         let mut others: Vec<&InstalledRelease> = installed
             .iter()
             .filter(|r| !keep.contains(&r.version))
@@ -190,6 +213,7 @@ impl ReleaseStore {
                 }
             }
         }
+        self.listings.forget(fraise);
         doomed
     }
 

@@ -15,11 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fraisier_model::cron::{zoneinfo_dir, CronSchedule, ScheduleZone};
 use fraisier_model::service::{
-    ExecutionStatus, ObservedSchedule, ReleaseSpec, ScheduleSpec, ScheduledExecution,
+    ExecResult, ExecutionStatus, ObservedSchedule, ReleaseSpec, ScheduleSpec, ScheduledExecution,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
 
 use crate::exec::{run_command, CommandSpec, RunningCommands};
 use crate::process::{self, Identity};
@@ -27,8 +26,12 @@ use crate::state_dir::{read_json, write_json_atomic, PRIVATE_FILE_MODE};
 
 /// Executions kept in the record, newest first.
 const KEEP_EXECUTIONS: usize = 50;
-/// Output lines kept per execution in the record.
-const KEEP_OUTPUT_LINES: usize = 200;
+/// Output lines kept per execution in the record, and bytes per line: the record is rewritten
+/// at every start and end of an execution, so it must stay small.
+const KEEP_OUTPUT_LINES: usize = 100;
+const KEEP_LINE_BYTES: usize = 1024;
+/// Executions reported in the observed state (polled several times a second).
+const REPORT_EXECUTIONS: usize = 20;
 
 /// What `schedules/<fraise>@<environment>.json` holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -49,7 +52,8 @@ struct Timer {
 
 struct Running {
     execution: ScheduledExecution,
-    task: JoinHandle<std::io::Result<fraisier_model::service::ExecResult>>,
+    /// The command's result and when it ended, sent before the reconciler is woken.
+    ended: oneshot::Receiver<(std::io::Result<ExecResult>, DateTime<Utc>)>,
 }
 
 /// Everything a service's reconciler needs to start an execution.
@@ -112,8 +116,16 @@ impl ScheduledJob {
             self.error = None;
             return;
         };
-        if self.timer.as_ref().is_some_and(|t| &t.spec == spec) {
-            return;
+        if let Some(timer) = self.timer.as_mut() {
+            if &timer.spec == spec {
+                return;
+            }
+            // A deploy changes the version, not when the job runs: a fire due in this very
+            // instant must not be lost to a re-timing.
+            if timer.spec.cron == spec.cron && timer.spec.timezone == spec.timezone {
+                timer.spec = spec.clone();
+                return;
+            }
         }
         let parsed = CronSchedule::parse(&spec.cron).and_then(|cron| {
             let zone =
@@ -153,40 +165,58 @@ impl ScheduledJob {
     }
 
     /// Records a finished execution. Call on every pass.
-    pub async fn collect(&mut self) {
-        if !self.running.as_ref().is_some_and(|r| r.task.is_finished()) {
-            return;
-        }
-        let Some(Running {
-            mut execution,
-            task,
-        }) = self.running.take()
-        else {
+    pub fn collect(&mut self) {
+        let Some(running) = self.running.as_mut() else {
             return;
         };
-        execution.ended_at = Some(Utc::now());
-        match task.await {
-            Ok(Ok(result)) => {
+        let (result, ended_at) = match running.ended.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Ok(ended) => ended,
+            Err(oneshot::error::TryRecvError::Closed) => (
+                Err(std::io::Error::other(
+                    "the execution's task ended without a result",
+                )),
+                Utc::now(),
+            ),
+        };
+        let Some(Running { mut execution, .. }) = self.running.take() else {
+            return;
+        };
+        execution.ended_at = Some(ended_at);
+        match result {
+            Ok(result) => {
                 execution.exit_code = result.exit_code;
                 execution.status = match (result.timed_out, result.exit_code) {
                     (true, _) => ExecutionStatus::TimedOut,
                     (false, Some(0)) => ExecutionStatus::Succeeded,
-                    _ => ExecutionStatus::Failed,
+                    (false, Some(_)) => ExecutionStatus::Failed,
+                    // Killed by a signal: the agent shutting down, or someone else.
+                    (false, None) => ExecutionStatus::Interrupted,
                 };
                 let skip = result.output.len().saturating_sub(KEEP_OUTPUT_LINES);
-                execution.output = result.output.into_iter().skip(skip).collect();
-            }
-            Ok(Err(e)) => {
-                execution.status = ExecutionStatus::Failed;
-                execution.output = vec![format!("the command could not start: {e}")];
+                execution.output = result
+                    .output
+                    .into_iter()
+                    .skip(skip)
+                    .map(|mut line| {
+                        if line.len() > KEEP_LINE_BYTES {
+                            let mut cut = KEEP_LINE_BYTES;
+                            while !line.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            line.truncate(cut);
+                        }
+                        line
+                    })
+                    .collect();
             }
             Err(e) => {
-                execution.status = ExecutionStatus::Interrupted;
-                execution.output = vec![format!("the execution was cut off: {e}")];
+                execution.status = ExecutionStatus::Failed;
+                execution.output = vec![format!("the command could not run: {e}")];
             }
         }
         tracing::info!(
-            fraise = %self.path.display(),
+            record = %self.path.display(),
             id = execution.id,
             status = ?execution.status,
             exit_code = ?execution.exit_code,
@@ -265,15 +295,18 @@ impl ScheduledJob {
             version = %spec.version,
             "scheduled execution started"
         );
-        let task = tokio::spawn(async move {
-            let result = run_command(&command, timeout, &commands).await;
-            wake.notify_one();
-            result
-        });
-        // Recorded as running before it can end: a crash now shows it interrupted.
+        // Recorded as running before it starts: after a crash the record shows it
+        // interrupted, and its id is never given again.
         self.replace(execution.clone());
         self.save();
-        self.running = Some(Running { execution, task });
+        let (tx, ended) = oneshot::channel();
+        tokio::spawn(async move {
+            let result = run_command(&command, timeout, &commands).await;
+            // The result goes first: the woken reconciler must find it.
+            let _ = tx.send((result, Utc::now()));
+            wake.notify_one();
+        });
+        self.running = Some(Running { execution, ended });
     }
 
     /// Puts `execution` in the record in place of its earlier state, newest first.
@@ -318,7 +351,13 @@ impl ScheduledJob {
                 .map(str::to_string)
                 .unwrap_or_default(),
             next_run_at: self.timer.as_ref().and_then(|t| t.next_at),
-            executions: self.record.executions.iter().cloned().collect(),
+            executions: self
+                .record
+                .executions
+                .iter()
+                .take(REPORT_EXECUTIONS)
+                .cloned()
+                .collect(),
             skipped: self.record.skipped,
             error: self.error.clone(),
         })
@@ -367,7 +406,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), wake.notified())
             .await
             .expect("the execution ends");
-        job.collect().await;
+        job.collect();
         assert!(!job.is_running());
     }
 
@@ -430,7 +469,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), wake.notified())
             .await
             .unwrap();
-        job.collect().await;
+        job.collect();
         let e = &job.observed().unwrap().executions[0];
         assert_eq!(
             (e.version.as_str(), e.status),

@@ -208,6 +208,9 @@ fn default_keep_releases() -> usize {
 fn default_drain_timeout() -> Millis {
     Millis::from_secs(30)
 }
+/// The longest `schedule_timeout` allowed: a week.
+pub const MAX_SCHEDULE_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
+
 fn default_schedule_timeout() -> Millis {
     Millis::from_secs(3600)
 }
@@ -376,10 +379,10 @@ impl Config {
                     bad(format!("{at}.timezone"), e);
                 }
             }
-            if f.schedule_timeout.0 == 0 {
+            if f.schedule_timeout.0 == 0 || f.schedule_timeout.0 > MAX_SCHEDULE_TIMEOUT_MS {
                 bad(
                     format!("{at}.schedule_timeout"),
-                    "must be more than 0".into(),
+                    "must be more than 0 and at most 7 days".into(),
                 );
             }
             if let Some(hc) = &f.health_check {

@@ -9,15 +9,15 @@
 //! the first time only — as in most crons.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 
-use chrono::{
-    DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, Offset, Timelike, Utc,
-};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 
-/// How far ahead `next_after` looks: every valid expression fires within four years (29 Feb);
-/// an expression like `0 0 30 2 *` never does and gets `None`.
-const HORIZON_DAYS: i64 = 4 * 366 + 1;
+pub use crate::tz::{zoneinfo_dir, ScheduleZone};
+
+/// How far ahead `next_after` looks: every satisfiable expression fires within eight years
+/// (29 February, across a century year that is not a leap year); one like `0 0 30 2 *` never
+/// does and gets `None`.
+const HORIZON_DAYS: i64 = 8 * 366 + 1;
 
 /// A parsed cron expression.
 #[derive(Clone, PartialEq, Eq)]
@@ -171,11 +171,12 @@ impl CronSchedule {
         }
         let dom = bit(self.days_of_month, date.day());
         let dow = bit(self.days_of_week, date.weekday().num_days_from_sunday());
-        match (self.dom_restricted, self.dow_restricted) {
-            (true, true) => dom || dow,
-            (true, false) => dom,
-            (false, true) => dow,
-            (false, false) => true,
+        // cron(8): a day field starting with `*` (even `*/2`) makes the two fields combine
+        // with AND; when both are restricted, either matching is enough.
+        if self.dom_restricted && self.dow_restricted {
+            dom || dow
+        } else {
+            dom && dow
         }
     }
 }
@@ -200,8 +201,13 @@ fn parse_field(text: &str, field: &Field) -> Result<u64, String> {
                 let step: u32 = s
                     .parse()
                     .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("{}: invalid step {s:?} in {part:?}", field.name))?;
+                    .filter(|s| *s > 0 && *s <= field.max)
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: invalid step {s:?} in {part:?} (expected 1 to {})",
+                            field.name, field.max
+                        )
+                    })?;
                 (r, Some(step))
             }
             None => (part, None),
@@ -257,202 +263,11 @@ fn value(text: &str, field: &Field) -> Result<u32, String> {
     Ok(v)
 }
 
-/// Where tz database files are: `$TZDIR`, else `/usr/share/zoneinfo`.
-pub fn zoneinfo_dir() -> PathBuf {
-    std::env::var_os("TZDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/zoneinfo"))
-}
-
-/// The time zone a schedule is read in.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ScheduleZone {
-    Fixed(FixedOffset),
-    /// Transitions from a TZif file: UTC instants at which the offset changes, and the
-    /// offset (seconds east of UTC) that applies from each.
-    Named {
-        name: String,
-        initial_offset: i32,
-        transitions: Vec<(i64, i32)>,
-    },
-}
-
-// === impl ScheduleZone ===
-
-impl ScheduleZone {
-    /// `UTC` (the default), `+02:00`/`-0530`, or an IANA name found under `zoneinfo_dir`
-    /// (normally `/usr/share/zoneinfo`).
-    pub fn parse(name: &str, zoneinfo_dir: &Path) -> Result<ScheduleZone, String> {
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("utc") || name == "Z" || name.eq_ignore_ascii_case("gmt") {
-            return Ok(ScheduleZone::Fixed(Utc.fix()));
-        }
-        if name.starts_with('+') || name.starts_with('-') {
-            return parse_offset(name)
-                .map(ScheduleZone::Fixed)
-                .ok_or_else(|| format!("invalid UTC offset {name:?} (expected e.g. +02:00)"));
-        }
-        let valid = !name.is_empty()
-            && !name.starts_with('/')
-            && name.split('/').all(|part| {
-                !part.is_empty()
-                    && part != ".."
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-+.".contains(c))
-            });
-        if !valid {
-            return Err(format!("{name:?} is not a time zone name"));
-        }
-        let path = zoneinfo_dir.join(name);
-        let data = std::fs::read(&path).map_err(|e| {
-            format!(
-                "unknown time zone {name:?}: {} ({e}); use UTC, an offset like +02:00, or a name from the tz database such as Europe/Paris",
-                path.display()
-            )
-        })?;
-        let (initial_offset, transitions) =
-            parse_tzif(&data).ok_or_else(|| format!("{} is not a TZif file", path.display()))?;
-        Ok(ScheduleZone::Named {
-            name: name.to_string(),
-            initial_offset,
-            transitions,
-        })
-    }
-
-    /// `UTC`, `+02:00` or the zone's name, for display.
-    pub fn name(&self) -> String {
-        match self {
-            ScheduleZone::Fixed(o) if o.local_minus_utc() == 0 => "UTC".into(),
-            ScheduleZone::Fixed(o) => o.to_string(),
-            ScheduleZone::Named { name, .. } => name.clone(),
-        }
-    }
-
-    /// The offset in force at `utc_secs`.
-    fn offset_at(&self, utc_secs: i64) -> i32 {
-        match self {
-            ScheduleZone::Fixed(o) => o.local_minus_utc(),
-            ScheduleZone::Named {
-                initial_offset,
-                transitions,
-                ..
-            } => {
-                let i = transitions.partition_point(|(at, _)| *at <= utc_secs);
-                if i == 0 {
-                    *initial_offset
-                } else {
-                    transitions[i - 1].1
-                }
-            }
-        }
-    }
-
-    fn to_local(&self, t: DateTime<Utc>) -> NaiveDateTime {
-        t.naive_utc() + Duration::seconds(i64::from(self.offset_at(t.timestamp())))
-    }
-
-    /// The first UTC instant whose local time is `local`; `None` inside a gap.
-    fn to_utc(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
-        let naive_secs = local.and_utc().timestamp();
-        // Try every offset in force around that time, earliest instant first.
-        let mut candidates: Vec<i64> = match self {
-            ScheduleZone::Fixed(o) => vec![naive_secs - i64::from(o.local_minus_utc())],
-            ScheduleZone::Named { .. } => {
-                let mut offsets = vec![
-                    self.offset_at(naive_secs - 86_400),
-                    self.offset_at(naive_secs),
-                    self.offset_at(naive_secs + 86_400),
-                ];
-                offsets.dedup();
-                offsets
-                    .into_iter()
-                    .map(|o| naive_secs - i64::from(o))
-                    .collect()
-            }
-        };
-        candidates.sort_unstable();
-        candidates
-            .into_iter()
-            .find(|utc| self.offset_at(*utc) == i32::try_from(naive_secs - utc).unwrap_or(i32::MAX))
-            .and_then(|utc| DateTime::from_timestamp(utc, 0))
-    }
-}
-
-fn parse_offset(s: &str) -> Option<FixedOffset> {
-    let sign = if s.starts_with('-') { -1 } else { 1 };
-    let digits: String = s[1..].chars().filter(|c| *c != ':').collect();
-    if digits.len() != 4 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let hours: i32 = digits[..2].parse().ok()?;
-    let minutes: i32 = digits[2..].parse().ok()?;
-    if hours > 23 || minutes > 59 {
-        return None;
-    }
-    FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
-}
-
-/// The offsets and transitions of a TZif file (RFC 8536), from its 64-bit section when it has
-/// one. Instants after the last transition use the last offset: the POSIX TZ footer that
-/// extends rules beyond the table is not read, and distributions' files list transitions
-/// up to 2037.
-fn parse_tzif(data: &[u8]) -> Option<(i32, Vec<(i64, i32)>)> {
-    let header = |at: usize| -> Option<(u8, [usize; 6])> {
-        if data.get(at..at + 4)? != b"TZif" {
-            return None;
-        }
-        let version = *data.get(at + 4)?;
-        let mut counts = [0usize; 6];
-        for (i, c) in counts.iter_mut().enumerate() {
-            let o = at + 20 + i * 4;
-            *c = u32::from_be_bytes(data.get(o..o + 4)?.try_into().ok()?) as usize;
-        }
-        Some((version, counts))
-    };
-    // counts: isutcnt, isstdcnt, leapcnt, timecnt, typecnt, charcnt
-    let (version, v1) = header(0)?;
-    let (start, counts, time_size) = if version >= b'2' {
-        let v1_len = v1[3] * 4 + v1[3] + v1[4] * 6 + v1[5] + v1[2] * 8 + v1[1] + v1[0];
-        let second = 44 + v1_len;
-        let (_, counts) = header(second)?;
-        (second + 44, counts, 8)
-    } else {
-        (44, v1, 4)
-    };
-    let [_, _, _, timecnt, typecnt, _] = counts;
-    if typecnt == 0 {
-        return None;
-    }
-    let times_at = start;
-    let indices_at = times_at + timecnt * time_size;
-    let types_at = indices_at + timecnt;
-    let offset_of = |ty: usize| -> Option<i32> {
-        let o = types_at + ty * 6;
-        Some(i32::from_be_bytes(data.get(o..o + 4)?.try_into().ok()?))
-    };
-    let mut transitions = Vec::with_capacity(timecnt);
-    for i in 0..timecnt {
-        let at = if time_size == 8 {
-            let o = times_at + i * 8;
-            i64::from_be_bytes(data.get(o..o + 8)?.try_into().ok()?)
-        } else {
-            let o = times_at + i * 4;
-            i64::from(i32::from_be_bytes(data.get(o..o + 4)?.try_into().ok()?))
-        };
-        let ty = usize::from(*data.get(indices_at + i)?);
-        if ty >= typecnt {
-            return None;
-        }
-        transitions.push((at, offset_of(ty)?));
-    }
-    // RFC 8536: before the first transition, local time type 0 applies.
-    Some((offset_of(0)?, transitions))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Offset;
+    use std::path::Path;
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -549,12 +364,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stepped_star_in_a_day_field_restricts_it() {
+        // Odd days of the month: after the 1st comes the 3rd.
+        assert_eq!(
+            next("0 0 */2 * *", "2026-01-01T00:00:00Z", &z()),
+            "2026-01-03T00:00:00+00:00"
+        );
+        // Days 1–10 that are also Sunday, Tuesday, Thursday or Saturday (AND, as `*` starts
+        // the day-of-week field): 2026-03-01 is a Sunday, the 2nd a Monday, the 3rd a Tuesday.
+        assert_eq!(
+            next("0 0 1-10 * */2", "2026-03-01T00:00:00Z", &z()),
+            "2026-03-03T00:00:00+00:00"
+        );
+    }
+
+    #[test]
     fn leap_days_and_impossible_dates() {
         assert_eq!(
             next("0 0 29 2 *", "2026-03-01T00:00:00Z", &z()),
             "2028-02-29T00:00:00+00:00"
         );
         assert_eq!(next("0 0 30 2 *", "2026-03-01T00:00:00Z", &z()), "never");
+        // 2100 is not a leap year: eight years from the last 29 February to the next.
+        assert_eq!(
+            next("0 0 29 2 *", "2096-03-01T00:00:00Z", &z()),
+            "2104-02-29T00:00:00+00:00"
+        );
     }
 
     #[test]
@@ -578,6 +413,7 @@ mod tests {
             ("* * * foo *", "month: \"foo\" is not a number"),
             ("* * * * 8", "day of week: 8 is out of range"),
             ("*/0 * * * *", "minute: invalid step"),
+            ("1/4294967295 * * * *", "minute: invalid step"),
             ("5-1 * * * *", "goes backwards"),
             ("@every5m", "unknown shorthand"),
         ] {

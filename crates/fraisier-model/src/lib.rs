@@ -11,6 +11,7 @@ pub mod plan;
 pub mod run;
 pub mod service;
 pub mod strategy;
+pub mod tz;
 pub mod version;
 
 pub use config::{Config, ConfigError, FraiseConfig, FraiseType};

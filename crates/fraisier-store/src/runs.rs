@@ -27,7 +27,17 @@ const CREATE_ATTEMPTS: usize = 5;
 impl Store {
     /// Creates a `pending` run, unless another run is pending or in progress for the same
     /// tenant × fraise × environment: then `ActiveRunExists` names that run.
+    ///
+    /// Runs to completion even when the caller goes away (a client hanging up on a POST):
+    /// a write abandoned half-way would commit without the listing totals hearing of it.
     pub async fn create_run(&self, new: &NewRun) -> Result<Run> {
+        let (store, new) = (self.clone(), new.clone());
+        tokio::spawn(async move { store.create_run_now(&new).await })
+            .await
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+    }
+
+    async fn create_run_now(&self, new: &NewRun) -> Result<Run> {
         let mut attempt = 1;
         loop {
             match self.insert_run(new).await {
@@ -197,7 +207,7 @@ impl Store {
     /// Writes every field the engine may change and sets `updated_at` to now. Making a final
     /// run active again while another is active is `ActiveRunExists`.
     pub async fn save_run(&self, run: &Run) -> Result<()> {
-        let _turn = self.turn(Priority::Background).await;
+        let turn = self.turn(Priority::Background).await;
         let result = sqlx::query(
             "UPDATE runs SET status = $3, version = $4, previous_version = $5, started_at = $6, \
              completed_at = $7, health_check_status = $8, health_details = $9, metrics = $10, \
@@ -225,6 +235,7 @@ impl Store {
         .execute(&self.writer)
         .await
         .map_err(StoreError::from);
+        drop(turn);
         self.runs_changed();
         match result {
             Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),

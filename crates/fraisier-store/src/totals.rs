@@ -50,7 +50,12 @@ impl ListTotals {
 
     pub(crate) fn remember(&self, generation: u64, key: String, total: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|e| e.generation == self.generation() && e.key != key);
+        let current = self.generation();
+        if generation != current {
+            // Counted before a write: worthless, and must not push out good entries.
+            return;
+        }
+        entries.retain(|e| e.generation == current && e.key != key);
         if entries.len() >= CAPACITY {
             entries.remove(0);
         }
