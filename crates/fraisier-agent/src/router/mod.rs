@@ -2,8 +2,8 @@
 //! instances the reconciler allows, by weight, and counts what it sees per version.
 //!
 //! Layout: `workers` (the router's threads), `conn` (a client connection), `proxy` (one
-//! exchange), `table` (weighted pick), `upstream` (a backend's pool and leases), `body` (bodies
-//! that hold leases), `metrics` (per-version counters). This file owns the API, the listener
+//! exchange), `h1` (HTTP/1.1 to an upstream), `table` (weighted pick), `upstream` (a backend's
+//! pool and leases), `body` (bodies that hold leases), `metrics` (per-version counters). This file owns the API, the listener
 //! and shutdown.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 mod body;
 mod conn;
+mod h1;
 mod metrics;
 mod proxy;
 mod table;

@@ -8,25 +8,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::SendRequest;
-use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
 
-use super::body::{ProxyBody, ReqBody};
+use super::body::ProxyBody;
 use super::conn::{ConnCtx, Exchange, Live};
-use super::upstream::{Conn, Lease, Upstream};
+use super::h1::{Conn, Forwarding};
+use super::upstream::{Lease, Upstream};
 use super::{until, Phase};
 
 /// One try plus at most two retries.
 const MAX_ATTEMPTS: usize = 3;
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -69,33 +65,16 @@ pub(super) enum ProxyError {
         id: String,
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: io::Error,
     },
 }
 
 /// What one attempt on one backend gave.
 enum Attempt {
-    Answered(Response<Incoming>, Sent),
-    /// `unsent` is the request when it never left, so that it can be sent elsewhere as is.
-    Failed {
-        error: ProxyError,
-        unsent: Option<Request<ReqBody>>,
-    },
-}
-
-/// The connection a request went out on.
-enum Sent {
-    /// Driven by the request; pooled again if the exchange ends cleanly.
-    Pooled(Conn),
-    /// Driven by its own task, so that it can become a tunnel.
-    Upgradable(SendRequest<ReqBody>),
-}
-
-/// Enough of a request without a body to send it again after it was lost on the wire.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    /// The response head, and the connection its body is read from (pooled again if the
+    /// exchange ends cleanly; a tunnel after a `101`).
+    Answered(Response<()>, Box<Conn>),
+    Failed(ProxyError),
 }
 
 /// Serves one request: the hyper service of a client connection.
@@ -110,22 +89,19 @@ pub(super) async fn proxy(
     let received = Instant::now();
     let exchange = ctx.begin();
     let ctx = exchange.ctx();
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let client_upgrade = if is_upgrade(&parts.headers) {
         parts.extensions.remove::<OnUpgrade>()
     } else {
         None
     };
-    let had_host = prepare_request(&mut parts, &ctx.client_ip, client_upgrade.is_some());
-    // Cloning the head costs two small allocations; it buys retrying an idempotent request
-    // whose keep-alive connection the upstream closed just as the request went out.
-    let replay = (client_upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream())
-        .then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        });
-    let mut req = Request::from_parts(parts, ReqBody::Client(body));
+    prepare_request(&mut parts, client_upgrade.is_some());
+    // Retrying needs no copy of the request: the head is only borrowed by an attempt, and a
+    // bodiless request's body is never polled. A request that reached an upstream is sent
+    // again only if it is idempotent, had no body, and the connection closed before any answer
+    // (the keep-alive race: the upstream closed it just as the request went out).
+    let replayable =
+        client_upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream();
 
     let mut tried = [0usize; MAX_ATTEMPTS];
     let mut last_error = ProxyError::NoBackend;
@@ -140,50 +116,46 @@ pub(super) async fn proxy(
         };
         let Some(upstream) = picked else { break };
         tried[attempt] = Arc::as_ptr(&upstream) as usize;
-        if !had_host {
-            // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
-            set_host(req.headers_mut(), upstream.addr);
-        }
         let mut lease = Lease::new(upstream);
-        match send(lease.upstream(), req, client_upgrade.is_some()).await {
-            Attempt::Answered(resp, sent) => {
+        let forwarding = Forwarding {
+            client_ip: &ctx.client_ip,
+            upstream: lease.upstream().addr,
+        };
+        let upgrade = client_upgrade.is_some();
+        match send(lease.upstream(), &parts, &forwarding, &mut body, upgrade).await {
+            Attempt::Answered(resp, mut conn) => {
                 let status = resp.status();
                 lease
                     .upstream()
                     .counters
                     .record_response(received.elapsed(), status.is_server_error());
-                return Ok(match (client_upgrade, sent) {
-                    (Some(client), Sent::Upgradable(sender))
-                        if status == StatusCode::SWITCHING_PROTOCOLS =>
-                    {
-                        upgraded(resp, client, lease, sender, exchange)
+                return Ok(match client_upgrade {
+                    Some(client) if status == StatusCode::SWITCHING_PROTOCOLS => {
+                        upgraded(resp, client, lease, conn, exchange)
                     }
-                    (_, sent) => {
-                        if let Sent::Pooled(conn) = sent {
-                            lease.hold(conn);
-                        }
-                        let (mut parts, body) = resp.into_parts();
+                    _ => {
+                        // The request's header map is done with: the next response head on
+                        // this connection is parsed into it.
+                        conn.recycle(std::mem::take(&mut parts.headers));
+                        lease.hold(conn);
+                        let (mut parts, ()) = resp.into_parts();
                         parts.version = Version::HTTP_11;
                         strip_hop_by_hop(&mut parts.headers);
-                        Response::from_parts(parts, ProxyBody::upstream(body, lease, exchange))
+                        Response::from_parts(parts, ProxyBody::upstream(lease, exchange))
                     }
                 });
             }
-            Attempt::Failed { error, unsent } => {
+            Attempt::Failed(error) => {
                 lease.upstream().counters.record_undelivered();
                 drop(lease);
-                let retry = match (unsent, &replay) {
-                    (Some(unsent), _) => Some(unsent),
-                    (None, Some(replay)) if error.closed_before_response() => {
-                        Some(replay.request())
-                    }
-                    _ => None,
+                let retry = match &error {
+                    ProxyError::Connect { .. } => true,
+                    error => replayable && error.closed_before_response(),
                 };
-                tracing::debug!(error = %DisplayChain(&error), attempt, retry = retry.is_some(), "proxy attempt failed");
+                tracing::debug!(error = %DisplayChain(&error), attempt, retry, "proxy attempt failed");
                 last_error = error;
-                match retry {
-                    Some(again) => req = again,
-                    None => break,
+                if !retry {
+                    break;
                 }
             }
         }
@@ -191,42 +163,37 @@ pub(super) async fn proxy(
     Ok(last_error.into_response(exchange))
 }
 
-/// Gets a connection to `upstream` and sends `req` on it, up to the response head.
-async fn send(upstream: &Upstream, req: Request<ReqBody>, upgrade: bool) -> Attempt {
-    let connect_failed = |source, req| Attempt::Failed {
-        error: ProxyError::Connect {
+/// Gets a connection to `upstream` and sends the request on it, up to the response head. An
+/// upgrade gets a connection of its own, since after a `101` it becomes a tunnel.
+async fn send(
+    upstream: &Upstream,
+    head: &request::Parts,
+    forwarding: &Forwarding<'_>,
+    body: &mut Incoming,
+    upgrade: bool,
+) -> Attempt {
+    let conn = if upgrade {
+        upstream.connect().await
+    } else {
+        upstream.checkout().await
+    };
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(source) => {
+            return Attempt::Failed(ProxyError::Connect {
+                id: upstream.id.clone(),
+                addr: upstream.addr,
+                source,
+            })
+        }
+    };
+    match conn.send(head, forwarding, body).await {
+        Ok(resp) => Attempt::Answered(resp, conn),
+        Err(source) => Attempt::Failed(ProxyError::Upstream {
             id: upstream.id.clone(),
             addr: upstream.addr,
             source,
-        },
-        unsent: Some(req),
-    };
-    let send_failed = |mut e: TrySendError<Request<ReqBody>>| Attempt::Failed {
-        unsent: e.take_message(),
-        error: ProxyError::Upstream {
-            id: upstream.id.clone(),
-            addr: upstream.addr,
-            source: e.into_error(),
-        },
-    };
-    if upgrade {
-        let mut sender = match upstream.connect_upgradable().await {
-            Ok(sender) => sender,
-            Err(source) => return connect_failed(source, req),
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Attempt::Answered(resp, Sent::Upgradable(sender)),
-            Err(e) => send_failed(e),
-        }
-    } else {
-        let mut conn = match upstream.checkout().await {
-            Ok(conn) => conn,
-            Err(source) => return connect_failed(source, req),
-        };
-        match conn.send(req).await {
-            Ok(resp) => Attempt::Answered(resp, Sent::Pooled(conn)),
-            Err(e) => send_failed(e),
-        }
+        }),
     }
 }
 
@@ -234,21 +201,20 @@ async fn send(upstream: &Upstream, req: Request<ReqBody>, upgrade: bool) -> Atte
 /// task that holds the lease, so a WebSocket counts as in flight (and delays draining) until it
 /// closes or the router stops.
 fn upgraded(
-    mut resp: Response<Incoming>,
+    resp: Response<()>,
     client: OnUpgrade,
     lease: Lease,
-    conn: SendRequest<ReqBody>,
+    conn: Box<Conn>,
     exchange: Exchange,
 ) -> Response<ProxyBody> {
-    let upstream = hyper::upgrade::on(&mut resp);
     let ctx = exchange.ctx();
     let (mut phase, live) = (ctx.phase_rx.clone(), Live::new(&ctx.shared));
     tokio::spawn(async move {
         let splice = async {
-            let (client, upstream) = tokio::try_join!(client, upstream)?;
-            // The upstream connection is the tunnel now; its sender has nothing left to send.
-            drop(conn);
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            let mut client = TokioIo::new(client.await?);
+            let (mut upstream, early) = conn.into_tunnel();
+            // What the upstream sent right behind its 101 goes first.
+            client.write_all(&early).await?;
             tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         };
@@ -260,7 +226,7 @@ fn upgraded(
         }
         drop((lease, live));
     });
-    let (mut parts, _) = resp.into_parts();
+    let (mut parts, ()) = resp.into_parts();
     let upgrade = parts.headers.remove(header::UPGRADE);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(upgrade) = upgrade {
@@ -273,9 +239,9 @@ fn upgraded(
 }
 
 /// Turns the request head into the one sent upstream: origin-form URI, HTTP/1.1, hop-by-hop
-/// headers dropped (but an upgrade's own), `X-Forwarded-*` added. Returns whether the client
-/// sent a `Host`.
-fn prepare_request(parts: &mut request::Parts, client_ip: &HeaderValue, upgrade: bool) -> bool {
+/// headers dropped (but an upgrade's own). The `X-Forwarded-*` headers are written on the way
+/// out (`h1`).
+fn prepare_request(parts: &mut request::Parts, upgrade: bool) {
     if parts.uri.authority().is_some() {
         // Absolute-form (proxy-style) request target: upstreams expect origin-form.
         parts.uri = parts
@@ -296,34 +262,6 @@ fn prepare_request(parts: &mut request::Parts, client_ip: &HeaderValue, upgrade:
     } else {
         strip_hop_by_hop(headers);
     }
-
-    // Appended to any client-supplied list, as nginx's $proxy_add_x_forwarded_for does, in
-    // one line because many frameworks read only the first.
-    match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(entry) => {
-            entry.insert(client_ip.clone());
-        }
-        Entry::Occupied(mut entry) => {
-            let mut list = Vec::with_capacity(64);
-            for value in entry.iter() {
-                list.extend_from_slice(value.as_bytes());
-                list.extend_from_slice(b", ");
-            }
-            list.extend_from_slice(client_ip.as_bytes());
-            if let Ok(list) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
-                entry.insert(list);
-            }
-        }
-    }
-    if let Entry::Vacant(entry) = headers.entry(&X_FORWARDED_PROTO) {
-        entry.insert(HeaderValue::from_static("http"));
-    }
-    let host = headers.get(header::HOST).cloned();
-    let had_host = host.is_some();
-    if let (Some(host), Entry::Vacant(entry)) = (host, headers.entry(&X_FORWARDED_HOST)) {
-        entry.insert(host);
-    }
-    had_host
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
@@ -382,12 +320,6 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn set_host(headers: &mut HeaderMap, addr: SocketAddr) {
-    if let Ok(host) = HeaderValue::from_maybe_shared(Bytes::from(addr.to_string())) {
-        headers.insert(header::HOST, host);
-    }
-}
-
 fn json_response(
     status: StatusCode,
     body: &'static [u8],
@@ -405,41 +337,22 @@ fn json_response(
 /// Shows an error with its sources, for logs.
 struct DisplayChain<'a>(&'a dyn std::error::Error);
 
-// === impl Replay ===
-
-impl Replay {
-    fn request(&self) -> Request<ReqBody> {
-        let mut req = Request::new(ReqBody::Empty);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
 // === impl ProxyError ===
 
 impl ProxyError {
     /// The connection broke after the request went out but before any response byte.
     fn closed_before_response(&self) -> bool {
-        let ProxyError::Upstream { source, .. } = self else {
-            return matches!(self, ProxyError::Connect { .. });
-        };
-        if source.is_canceled() || source.is_incomplete_message() {
-            return true;
-        }
-        let io_kind = std::error::Error::source(source)
-            .and_then(|e| e.downcast_ref::<io::Error>())
-            .map(io::Error::kind);
-        matches!(
-            io_kind,
-            Some(
+        match self {
+            ProxyError::NoBackend => false,
+            ProxyError::Connect { .. } => true,
+            ProxyError::Upstream { source, .. } => matches!(
+                source.kind(),
                 io::ErrorKind::ConnectionReset
                     | io::ErrorKind::ConnectionAborted
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::UnexpectedEof
-            )
-        )
+            ),
+        }
     }
 
     /// The one place a proxy failure becomes HTTP; the client sees a code, never the cause.
@@ -485,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn request_head_loses_hop_by_hop_and_gains_forwarded() {
+    fn request_head_loses_hop_by_hop() {
         let mut parts = head(&[
             ("host", "app.example"),
             ("connection", "keep-alive, x-secret"),
@@ -495,7 +408,7 @@ mod tests {
             ("proxy-authorization", "basic x"),
             ("accept", "*/*"),
         ]);
-        prepare_request(&mut parts, &HeaderValue::from_static("10.0.0.7"), false);
+        prepare_request(&mut parts, false);
         let h = &parts.headers;
         for gone in [
             "connection",
@@ -509,26 +422,7 @@ mod tests {
         assert_eq!(parts.uri, "/a?b=1");
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(h["accept"], "*/*");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "app.example");
-    }
-
-    #[test]
-    fn forwarded_headers_from_a_previous_proxy_are_kept() {
-        let mut parts = head(&[
-            ("x-forwarded-for", "1.1.1.1"),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "public.example"),
-            ("host", "internal"),
-        ]);
-        prepare_request(&mut parts, &HeaderValue::from_static("10.0.0.7"), false);
-        let h = &parts.headers;
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(h["host"], "app.example");
     }
 
     #[test]
@@ -554,7 +448,7 @@ mod tests {
             ("keep-alive", "1"),
         ]);
         assert!(is_upgrade(&parts.headers));
-        prepare_request(&mut parts, &HeaderValue::from_static("::1"), true);
+        prepare_request(&mut parts, true);
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");
         assert!(!parts.headers.contains_key("keep-alive"));

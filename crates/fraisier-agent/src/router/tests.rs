@@ -663,3 +663,250 @@ async fn router_splices_upgraded_connections() {
     wait_until("the tunnel closes", || router.in_flight("e") == 0).await;
     router.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An upstream that speaks raw bytes: for each request (head, then a `Content-Length` body) it
+/// writes what `answer` returns for the request line, and closes after it if told to.
+async fn raw_upstream(
+    answer: fn(&str) -> (&'static [u8], bool),
+) -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let (response, close) = answer(head.lines().next().unwrap_or(""));
+                    if stream.write_all(response).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_reads_every_response_framing() {
+    let (addr, accepted, task) = raw_upstream(|line| match line.split(' ').nth(1) {
+        Some("/chunked") => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            false,
+        ),
+        Some("/hints") => (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
+        Some("/empty") => (b"HTTP/1.1 204 No Content\r\nX-Seen: 1\r\n\r\n", false),
+        Some("/head") => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", false),
+        Some("/close") => (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+            true,
+        ),
+        Some("/http10") => (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nv1.0", false),
+        Some("/garbled") => (b"HTTP/1.1 2x0 Hmm\r\n\r\n", true),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain", false),
+    })
+    .await;
+    let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    router.set_backends(vec![Backend {
+        id: "raw".into(),
+        version: "v1".into(),
+        addr,
+        weight: 1,
+    }]);
+    let client = client();
+    let reused_before = |client: &TestClient| {
+        let client = client.clone();
+        let url = url(&router, "/");
+        async move { get(&client, &url).await }
+    };
+
+    // Framings after which the connection is reused.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client, &url(&router, "/chunked")).await,
+            (StatusCode::OK, "hello world".into())
+        );
+        assert_eq!(
+            get(&client, &url(&router, "/hints")).await,
+            (StatusCode::OK, "ok".into())
+        );
+        let (status, body) = get(&client, &url(&router, "/empty")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::NO_CONTENT, ""));
+        let (status, body) = send(&client, "HEAD", &url(&router, "/head"), "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+        assert_eq!(
+            reused_before(&client).await,
+            (StatusCode::OK, "plain".into())
+        );
+    }
+    let workers = Workers::get().unwrap().count() as u64;
+    assert!(
+        accepted.load(SeqCst) <= workers,
+        "{} upstream connections for keep-alive framings",
+        accepted.load(SeqCst)
+    );
+
+    // Framings that end the connection: each costs one (but the first on each worker, which
+    // may take a connection pooled above), and the next request still works.
+    let before = accepted.load(SeqCst);
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client, &url(&router, "/close")).await,
+            (StatusCode::OK, "until the end".into())
+        );
+        assert_eq!(
+            get(&client, &url(&router, "/http10")).await,
+            (StatusCode::OK, "v1.0".into())
+        );
+    }
+    let opened = accepted.load(SeqCst) - before;
+    assert!(
+        opened >= 6 - workers,
+        "closing framings were pooled: {opened} new connections"
+    );
+
+    // A response that is not HTTP is the upstream's failure, not retried as a lost request.
+    let (status, body) = get(&client, &url(&router, "/garbled")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("UPSTREAM_UNAVAILABLE"), "{body}");
+    assert_eq!(router.in_flight("raw"), 0);
+    router.shutdown(Duration::from_secs(1)).await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_passes_on_an_early_answer_and_streams_chunked_uploads() {
+    // Answers 413 as soon as it has a head, without reading the body, then closes politely.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let early = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+                    .await;
+                let _ = stream.shutdown().await;
+                // Drain until the router hangs up, so our close sends no reset.
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    router.set_backends(vec![Backend {
+        id: "early".into(),
+        version: "v1".into(),
+        addr,
+        weight: 1,
+    }]);
+    // 32 MiB: more than the socket buffers take, so the answer comes mid-body.
+    let mut client = TcpStream::connect(router.local_addr()).await.unwrap();
+    let size = 32 * 1024 * 1024;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+    client.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = client.into_split();
+    let writer = tokio::spawn(async move {
+        let block = vec![b'x'; 64 * 1024];
+        for _ in 0..size / block.len() {
+            if wr.write_all(&block).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&response).contains("\r\n\r\nbig") {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => response.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no answer: {other:?}, got {:?}",
+                String::from_utf8_lossy(&response)
+            ),
+        }
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&response)
+    );
+    writer.abort();
+    drop(rd);
+    wait_until("the early exchange ends", || router.in_flight("early") == 0).await;
+    early.abort();
+
+    // A chunked upload (no Content-Length) is streamed on upstream chunked, and echoed whole.
+    let echo = TestUpstream::start_with(Arc::new(|req| {
+        Box::pin(async move {
+            let chunked = req.headers().get("transfer-encoding").cloned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let text = format!("{:?}:{}", chunked, String::from_utf8_lossy(&body));
+            Response::new(Full::new(Bytes::from(text)))
+        })
+    }))
+    .await;
+    router.set_backends(vec![echo.backend("e", "v1", 1)]);
+    let mut stream = TcpStream::connect(router.local_addr()).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream.write_all(b"2\r\nde\r\n0\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    while !String::from_utf8_lossy(&response).contains("abcde") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("echo answered")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.contains("Some(\"chunked\"):abcde"), "{text}");
+    router.shutdown(Duration::from_secs(1)).await;
+}
