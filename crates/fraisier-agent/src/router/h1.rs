@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -110,10 +110,20 @@ impl Conn {
     }
 
     /// Whether an idle connection can still carry a request: the upstream has not closed it
-    /// (or sent anything unasked). Costs no syscall unless the socket turned readable.
+    /// (or sent anything unasked). No syscall unless the socket saw an event since its last
+    /// read, which ended short (see [`Conn::poll_fill`]).
     pub(super) fn is_open(&self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        match self
+            .stream
+            .poll_read_ready(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
     }
 
     /// Sends the request `head` (with the router's [`Forwarding`] headers) and `body`, and reads
@@ -411,18 +421,14 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has into the buffer; `Ok(0)` at end of stream.
+    /// Reads what the socket has into the buffer; `Ok(0)` at end of stream. Through
+    /// `AsyncRead`, whose short reads clear the socket's readiness: the next read waits for
+    /// epoll instead of costing an `EAGAIN` syscall first.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
             self.read.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.read) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
     }
 
     /// The response body has been read to its end.

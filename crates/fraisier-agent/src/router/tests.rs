@@ -734,6 +734,8 @@ async fn router_reads_every_response_framing() {
         ),
         Some("/http10") => (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nv1.0", false),
         Some("/garbled") => (b"HTTP/1.1 2x0 Hmm\r\n\r\n", true),
+        // Keep-alive by its head, closed right after: what an upstream's idle timeout does.
+        Some("/drop") => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndrop", true),
         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain", false),
     })
     .await;
@@ -795,6 +797,20 @@ async fn router_reads_every_response_framing() {
         opened >= 6 - workers,
         "closing framings were pooled: {opened} new connections"
     );
+
+    // A pooled connection the upstream closed while it idled is noticed before use: a POST,
+    // which is never replayed, still goes through.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client, &url(&router, "/drop")).await,
+            (StatusCode::OK, "drop".into())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            send(&client, "POST", &url(&router, "/"), "payload").await,
+            (StatusCode::OK, "plain".into())
+        );
+    }
 
     // A response that is not HTTP is the upstream's failure, not retried as a lost request.
     let (status, body) = get(&client, &url(&router, "/garbled")).await;
