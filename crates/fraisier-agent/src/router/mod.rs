@@ -34,7 +34,7 @@ use self::conn::{Conns, Live};
 use self::metrics::VersionCounters;
 use self::table::Table;
 use self::upstream::Upstream;
-use self::workers::Workers;
+use self::workers::{Sharded, Workers};
 
 /// Longest pause of the accept loop after an error such as EMFILE.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -80,7 +80,9 @@ struct Handle {
 #[derive(Debug)]
 struct Shared {
     workers: Arc<Workers>,
-    table: RwLock<Table>,
+    /// The current table, one slot per worker so that a pick read-locks a lock no other core
+    /// touches; [`Router::set_backends`] swaps the same table into every slot.
+    tables: Sharded<RwLock<Arc<Table>>>,
     registry: Mutex<Registry>,
     server: http1::Builder,
     conns: Conns,
@@ -130,7 +132,10 @@ impl Router {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             workers: Arc::clone(&workers),
-            table: RwLock::new(Table::empty()),
+            tables: {
+                let empty = Arc::new(Table::empty());
+                Sharded::new(workers.count(), || RwLock::new(Arc::clone(&empty)))
+            },
             registry: Mutex::default(),
             // No hyper timer: idle and stalled connections are closed by `conn` instead.
             server: http1::Builder::new(),
@@ -166,11 +171,7 @@ impl Router {
                 (upstream, b.weight)
             })
             .collect();
-        let table = Table::new(entries);
-        let old = std::mem::replace(
-            &mut *shared.table.write().unwrap_or_else(PoisonError::into_inner),
-            table,
-        );
+        let old = shared.swap_table(Table::new(entries));
         registry.prune();
         drop(registry);
         // Outside the locks: this may close the idle connections of departed backends.
@@ -216,11 +217,11 @@ impl Router {
             shared.conns.signal_all(Phase::Stopped);
             shared.ended_within(STOP_WAIT).await;
         }
-        let table = std::mem::replace(
-            &mut *shared.table.write().unwrap_or_else(PoisonError::into_inner),
-            Table::empty(),
-        );
-        table.upstreams().iter().for_each(|u| u.close_idle());
+        // Every slot held the same table.
+        let old = shared.swap_table(Table::empty());
+        if let Some(table) = old.first() {
+            table.upstreams().iter().for_each(|u| u.close_idle());
+        }
     }
 }
 
@@ -248,9 +249,25 @@ impl Shared {
     }
 
     /// A read of the current table; hold it only to pick, never across an await.
-    fn table(&self) -> RwLockReadGuard<'_, Table> {
+    fn table(&self) -> RwLockReadGuard<'_, Arc<Table>> {
         // Nothing panics while holding these locks, so poison carries no broken invariant.
-        self.table.read().unwrap_or_else(PoisonError::into_inner)
+        self.tables
+            .local()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `table` in every worker's slot; returns the tables replaced, to be dropped outside
+    /// the locks (that may close the idle connections of departed backends).
+    fn swap_table(&self, table: Table) -> Vec<Arc<Table>> {
+        let table = Arc::new(table);
+        self.tables
+            .iter()
+            .map(|slot| {
+                let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);
+                std::mem::replace(&mut *slot, Arc::clone(&table))
+            })
+            .collect()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -281,7 +298,7 @@ impl Registry {
         let counters = Arc::clone(
             self.versions
                 .entry(version.clone())
-                .or_insert_with(|| Arc::new(VersionCounters::new())),
+                .or_insert_with(|| Arc::new(VersionCounters::new(workers))),
         );
         let upstream = Arc::new(Upstream::new(id, version, addr, counters, workers));
         known.push(Arc::downgrade(&upstream));

@@ -14,7 +14,8 @@ const MAX_SCHEDULE: u64 = 4096;
 /// Weighted selection is smooth weighted round-robin, precomputed into `schedule` and walked by
 /// a shared cursor: any window of `schedule.len()` consecutive picks realizes the weights
 /// exactly, which is what canary analysis needs from a few hundred requests, and a pick costs
-/// no RNG and no search.
+/// no RNG and no search. (The cursor is the one counter the workers share per request: one
+/// cursor per worker would make the split exact per worker only.)
 #[derive(Debug)]
 pub(super) struct Table {
     /// Every backend of the call, weight 0 included, so that their idle connections stay warm

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::h1::Conn;
 use super::metrics::VersionCounters;
-use super::workers;
+use super::workers::Sharded;
 
 /// How long a TCP connect may take before the attempt counts as failed (and is retried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,12 +24,13 @@ pub(super) struct Upstream {
     pub(super) version: String,
     pub(super) addr: SocketAddr,
     pub(super) counters: Arc<VersionCounters>,
-    in_flight: AtomicU64,
+    /// Per worker; a lease takes and gives back on the same shard, so each stays ≥ 0.
+    in_flight: Sharded<AtomicU64>,
     /// One pool per router worker: a connection is driven by the thread that uses it, and
     /// staying on one thread is the point. LIFO, so the hottest connections are reused and the
     /// rest may idle out upstream.
     #[expect(clippy::vec_box, reason = "a connection moves in and out per request")]
-    idle: Box<[Mutex<Vec<Box<Conn>>>]>,
+    idle: Sharded<Mutex<Vec<Box<Conn>>>>,
 }
 
 /// A request's hold on its backend, from the pick until the response body ends (or the request
@@ -39,6 +40,8 @@ pub(super) struct Upstream {
 #[derive(Debug)]
 pub(super) struct Lease {
     upstream: Arc<Upstream>,
+    /// The `in_flight` shard this lease counts in.
+    shard: usize,
     conn: Option<Box<Conn>>,
 }
 
@@ -57,13 +60,16 @@ impl Upstream {
             version,
             addr,
             counters,
-            in_flight: AtomicU64::new(0),
-            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            in_flight: Sharded::new(workers, || AtomicU64::new(0)),
+            idle: Sharded::new(workers, Mutex::default),
         }
     }
 
     pub(super) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight
+            .iter()
+            .map(|n| n.load(Ordering::Acquire))
+            .sum()
     }
 
     /// A ready connection from this worker's pool, or a new one.
@@ -96,7 +102,7 @@ impl Upstream {
 
     /// Closes every idle connection (router shutdown).
     pub(super) fn close_idle(&self) {
-        for pool in &self.idle {
+        for pool in self.idle.iter() {
             pool.lock().unwrap_or_else(PoisonError::into_inner).clear();
         }
     }
@@ -111,7 +117,7 @@ impl Upstream {
     /// This worker's pool (uncontended: only this thread takes it, but for shutdown).
     #[expect(clippy::vec_box, reason = "a connection moves in and out per request")]
     fn idle_conns(&self) -> std::sync::MutexGuard<'_, Vec<Box<Conn>>> {
-        let pool = &self.idle[workers::current().unwrap_or(0) % self.idle.len()];
+        let pool = self.idle.local();
         // Nothing panics while holding this lock; a poisoned pool is still a valid pool.
         pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -121,9 +127,11 @@ impl Upstream {
 
 impl Lease {
     pub(super) fn new(upstream: Arc<Upstream>) -> Lease {
-        upstream.in_flight.fetch_add(1, Ordering::AcqRel);
+        let shard = upstream.in_flight.local_index();
+        upstream.in_flight.get(shard).fetch_add(1, Ordering::AcqRel);
         Lease {
             upstream,
+            shard,
             conn: None,
         }
     }
@@ -162,6 +170,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // A connection still held here saw an unfinished exchange: dropping it closes it.
-        self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let shard = self.upstream.in_flight.get(self.shard);
+        shard.fetch_sub(1, Ordering::AcqRel);
     }
 }
