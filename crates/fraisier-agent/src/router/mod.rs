@@ -138,7 +138,12 @@ impl Router {
             },
             registry: Mutex::default(),
             // No hyper timer: idle and stalled connections are closed by `conn` instead.
-            server: http1::Builder::new(),
+            // Flattened writes: a response's head and (small) body go out as one buffer.
+            server: {
+                let mut server = http1::Builder::new();
+                server.writev(false);
+                server
+            },
             conns: Conns::default(),
             live: AtomicUsize::new(0),
         });
