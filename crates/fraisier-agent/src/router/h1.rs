@@ -61,6 +61,23 @@ pub(super) struct Forwarding<'a> {
     pub(super) upstream: SocketAddr,
 }
 
+/// Why an exchange got no response head.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SendError {
+    #[error(transparent)]
+    Upstream(#[from] io::Error),
+    /// The client's request body broke off (the client went away mid-upload): nothing the
+    /// upstream did, so it must not count against its version.
+    #[error("the client's request body broke off")]
+    ClientBody(#[source] hyper::Error),
+}
+
+/// What stopped a request from going out.
+enum WriteFailure {
+    Socket(io::Error),
+    ClientBody(hyper::Error),
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -136,7 +153,7 @@ impl Conn {
         head: &request::Parts,
         forwarding: &Forwarding<'_>,
         body: &mut Incoming,
-    ) -> io::Result<Response<()>> {
+    ) -> Result<Response<()>, SendError> {
         let head_only = head.method == Method::HEAD;
         let mut body_done = body.is_end_stream();
         let chunked = !body_done && !head.headers.contains_key(header::CONTENT_LENGTH);
@@ -148,12 +165,14 @@ impl Conn {
         let mut write_error: Option<io::Error> = None;
         poll_fn(|cx| {
             if write_error.is_none() {
-                if let Err(e) =
-                    self.poll_write_request(cx, body, chunked, &mut written, &mut body_done)
-                {
+                match self.poll_write_request(cx, body, chunked, &mut written, &mut body_done) {
+                    Ok(()) => {}
                     // The upstream may have answered and closed (an early 413): look for the
                     // answer before reporting this.
-                    write_error = Some(e);
+                    Err(WriteFailure::Socket(e)) => write_error = Some(e),
+                    Err(WriteFailure::ClientBody(e)) => {
+                        return Poll::Ready(Err(SendError::ClientBody(e)));
+                    }
                 }
             }
             loop {
@@ -165,14 +184,16 @@ impl Conn {
                     return Poll::Ready(Ok(resp));
                 }
                 if ready!(self.poll_fill(cx))? == 0 {
-                    return Poll::Ready(Err(write_error.take().unwrap_or_else(|| {
-                        let what = if self.read.is_empty() {
-                            "upstream closed the connection before responding"
-                        } else {
-                            "upstream closed the connection mid-head"
-                        };
-                        io::Error::new(io::ErrorKind::UnexpectedEof, what)
-                    })));
+                    return Poll::Ready(Err(SendError::Upstream(
+                        write_error.take().unwrap_or_else(|| {
+                            let what = if self.read.is_empty() {
+                                "upstream closed the connection before responding"
+                            } else {
+                                "upstream closed the connection mid-head"
+                            };
+                            io::Error::new(io::ErrorKind::UnexpectedEof, what)
+                        }),
+                    )));
                 }
             }
         })
@@ -188,13 +209,15 @@ impl Conn {
         chunked: bool,
         written: &mut usize,
         body_done: &mut bool,
-    ) -> io::Result<()> {
+    ) -> Result<(), WriteFailure> {
         loop {
             if *written < self.write.len() {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.write[*written..]) {
-                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(0)) => {
+                        return Err(WriteFailure::Socket(io::ErrorKind::WriteZero.into()))
+                    }
                     Poll::Ready(Ok(n)) => *written += n,
-                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Ready(Err(e)) => return Err(WriteFailure::Socket(e)),
                     Poll::Pending => return Ok(()),
                 }
                 continue;
@@ -223,9 +246,7 @@ impl Conn {
                             self.write.extend_from_slice(&data);
                         }
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e));
-                    }
+                    Poll::Ready(Some(Err(e))) => return Err(WriteFailure::ClientBody(e)),
                     Poll::Ready(None) => {
                         if chunked {
                             self.write.extend_from_slice(b"0\r\n\r\n");

@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::body::ProxyBody;
 use super::conn::{ConnCtx, Exchange, Live};
-use super::h1::{Conn, Forwarding};
+use super::h1::{Conn, Forwarding, SendError};
 use super::upstream::{Lease, Upstream};
 use super::{until, Phase};
 
@@ -42,6 +42,7 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 const NO_HEALTHY_INSTANCE: &[u8] = br#"{"error":{"code":"NO_HEALTHY_INSTANCE","message":"no healthy instance can take this request"}}"#;
+const REQUEST_BODY_INCOMPLETE: &[u8] = br#"{"error":{"code":"REQUEST_BODY_INCOMPLETE","message":"the request body ended before its announced end"}}"#;
 const UPSTREAM_UNAVAILABLE: &[u8] = br#"{"error":{"code":"UPSTREAM_UNAVAILABLE","message":"the upstream instance could not be reached"}}"#;
 
 /// Why a request got no upstream response. Each variant says which side failed and whether
@@ -57,6 +58,13 @@ pub(super) enum ProxyError {
         addr: SocketAddr,
         #[source]
         source: io::Error,
+    },
+    /// The client's request body broke off before a response head: not the upstream's fault,
+    /// not counted against its version, never retried.
+    #[error("the client's request body broke off")]
+    ClientBody {
+        #[source]
+        source: hyper::Error,
     },
     /// The exchange broke before a response head; only a replayable request may be retried,
     /// and only if the connection closed (a garbled response is not the network's fault).
@@ -146,10 +154,13 @@ pub(super) async fn proxy(
                 });
             }
             Attempt::Failed(error) => {
-                lease.upstream().counters.record_undelivered();
+                if !matches!(error, ProxyError::ClientBody { .. }) {
+                    lease.upstream().counters.record_undelivered();
+                }
                 drop(lease);
                 let retry = match &error {
                     ProxyError::Connect { .. } => true,
+                    ProxyError::ClientBody { .. } => false,
                     error => replayable && error.closed_before_response(),
                 };
                 tracing::debug!(error = %DisplayChain(&error), attempt, retry, "proxy attempt failed");
@@ -189,11 +200,12 @@ async fn send(
     };
     match conn.send(head, forwarding, body).await {
         Ok(resp) => Attempt::Answered(resp, conn),
-        Err(source) => Attempt::Failed(ProxyError::Upstream {
+        Err(SendError::Upstream(source)) => Attempt::Failed(ProxyError::Upstream {
             id: upstream.id.clone(),
             addr: upstream.addr,
             source,
         }),
+        Err(SendError::ClientBody(source)) => Attempt::Failed(ProxyError::ClientBody { source }),
     }
 }
 
@@ -343,7 +355,7 @@ impl ProxyError {
     /// The connection broke after the request went out but before any response byte.
     fn closed_before_response(&self) -> bool {
         match self {
-            ProxyError::NoBackend => false,
+            ProxyError::NoBackend | ProxyError::ClientBody { .. } => false,
             ProxyError::Connect { .. } => true,
             ProxyError::Upstream { source, .. } => matches!(
                 source.kind(),
@@ -363,6 +375,10 @@ impl ProxyError {
                 NO_HEALTHY_INSTANCE,
                 exchange,
             ),
+            ProxyError::ClientBody { source } => {
+                tracing::debug!(error = %source, "client request body broke off");
+                json_response(StatusCode::BAD_REQUEST, REQUEST_BODY_INCOMPLETE, exchange)
+            }
             error => {
                 tracing::warn!(error = %DisplayChain(&error), "upstream unavailable");
                 json_response(StatusCode::BAD_GATEWAY, UPSTREAM_UNAVAILABLE, exchange)

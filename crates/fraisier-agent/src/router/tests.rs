@@ -926,3 +926,37 @@ async fn router_passes_on_an_early_answer_and_streams_chunked_uploads() {
     assert!(text.contains("Some(\"chunked\"):abcde"), "{text}");
     router.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_breaks_off_its_upload_is_not_the_versions_error() {
+    let echo = TestUpstream::start_with(Arc::new(|req| {
+        Box::pin(async move {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            Response::new(Full::new(body.unwrap_or_default()))
+        })
+    }))
+    .await;
+    let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    router.set_backends(vec![echo.backend("e", "v1", 1)]);
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(router.local_addr()).await.unwrap();
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly this")
+            .await
+            .unwrap();
+        wait_until("the upload reaches the upstream", || {
+            router.in_flight("e") == 1
+        })
+        .await;
+        drop(stream);
+        wait_until("the exchange ends", || router.in_flight("e") == 0).await;
+    }
+    let v1 = &router.metrics()["v1"];
+    assert_eq!((v1.requests, v1.errors), (0, 0), "{v1:?}");
+    // The upstream is fine for everyone else.
+    assert_eq!(
+        send(&client(), "POST", &url(&router, "/"), "whole").await,
+        (StatusCode::OK, "whole".into())
+    );
+    router.shutdown(Duration::from_secs(1)).await;
+}
