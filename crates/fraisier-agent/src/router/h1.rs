@@ -93,6 +93,16 @@ enum Framing {
     UntilClose,
 }
 
+/// How a response's `Content-Length` must change on its way to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    /// Sent along with `Transfer-Encoding`, which wins (and is redone by our server side): a
+    /// proxy must remove it.
+    Drop,
+    /// Repeated (`7, 7`, or two fields): one value.
+    One(u64),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     Size,
@@ -308,7 +318,15 @@ impl Conn {
                 map.append(name, value);
             }
             self.keep_alive = version == Version::HTTP_11 && !has_token(&map, "close");
-            self.body = framing(status, head_only, &map)?;
+            let (body, length) = framing(status, head_only, &map)?;
+            if let Some(length) = length {
+                // RFC 9112 §6.3: what the client is told must match what it gets.
+                match length {
+                    Length::Drop => map.remove(header::CONTENT_LENGTH),
+                    Length::One(n) => map.insert(header::CONTENT_LENGTH, HeaderValue::from(n)),
+                };
+            }
+            self.body = body;
             if self.body == Framing::UntilClose {
                 self.keep_alive = false;
             }
@@ -538,14 +556,19 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// How the body of a response with this status and these headers is delimited.
-fn framing(status: StatusCode, head_only: bool, headers: &HeaderMap) -> io::Result<Framing> {
+/// How the body of a response with this status and these headers is delimited, and whether its
+/// `Content-Length` must be tidied before the response goes on.
+fn framing(
+    status: StatusCode,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> io::Result<(Framing, Option<Length>)> {
     if head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing::Done);
+        return Ok((Framing::Done, None));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let last = headers
@@ -555,14 +578,19 @@ fn framing(status: StatusCode, head_only: bool, headers: &HeaderMap) -> io::Resu
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .rfind(|t| !t.is_empty());
-        return Ok(match last {
+        let framing = match last {
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::UntilClose,
-        });
+        };
+        let tidy = headers
+            .contains_key(header::CONTENT_LENGTH)
+            .then_some(Length::Drop);
+        return Ok((framing, tidy));
     }
-    let mut length = None;
+    let (mut length, mut values) = (None, 0);
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|b| *b == b',') {
+            values += 1;
             let n = std::str::from_utf8(part)
                 .ok()
                 .map(str::trim)
@@ -575,10 +603,11 @@ fn framing(status: StatusCode, head_only: bool, headers: &HeaderMap) -> io::Resu
             length = Some(n);
         }
     }
+    let tidy = length.filter(|_| values > 1).map(Length::One);
     Ok(match length {
-        Some(0) => Framing::Done,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
+        Some(0) => (Framing::Done, tidy),
+        Some(n) => (Framing::Length(n), tidy),
+        None => (Framing::UntilClose, None),
     })
 }
 
@@ -632,51 +661,57 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let ok = StatusCode::OK;
+        let f = |status, head_only, pairs: &[(&str, &str)]| {
+            framing(status, head_only, &headers(pairs)).unwrap()
+        };
+        let cl5 = [("content-length", "5")];
+        assert_eq!(f(ok, true, &cl5), (Framing::Done, None));
+        assert_eq!(f(StatusCode::NO_CONTENT, false, &[]), (Framing::Done, None));
         assert_eq!(
-            framing(ok, true, &headers(&[("content-length", "5")])).unwrap(),
-            Framing::Done
+            f(StatusCode::NOT_MODIFIED, false, &cl5),
+            (Framing::Done, None)
         );
         assert_eq!(
-            framing(StatusCode::NO_CONTENT, false, &HeaderMap::new()).unwrap(),
-            Framing::Done
-        );
-        assert_eq!(
-            framing(StatusCode::NOT_MODIFIED, false, &HeaderMap::new()).unwrap(),
-            Framing::Done
-        );
-        assert_eq!(
-            framing(
+            f(
                 ok,
                 false,
-                &headers(&[
+                &[
                     ("transfer-encoding", "gzip, chunked"),
                     ("content-length", "3")
-                ])
-            )
-            .unwrap(),
-            Framing::Chunked(Chunk::Size)
+                ]
+            ),
+            (Framing::Chunked(Chunk::Size), Some(Length::Drop))
         );
         assert_eq!(
-            framing(ok, false, &headers(&[("transfer-encoding", "gzip")])).unwrap(),
-            Framing::UntilClose
+            f(ok, false, &[("transfer-encoding", "chunked")]),
+            (Framing::Chunked(Chunk::Size), None)
         );
         assert_eq!(
-            framing(ok, false, &headers(&[("content-length", "7")])).unwrap(),
-            Framing::Length(7)
+            f(ok, false, &[("transfer-encoding", "gzip")]),
+            (Framing::UntilClose, None)
         );
         assert_eq!(
-            framing(ok, false, &headers(&[("content-length", "7, 7")])).unwrap(),
-            Framing::Length(7)
+            f(ok, false, &[("content-length", "7")]),
+            (Framing::Length(7), None)
         );
         assert_eq!(
-            framing(ok, false, &headers(&[("content-length", "0")])).unwrap(),
-            Framing::Done
+            f(ok, false, &[("content-length", "7, 7")]),
+            (Framing::Length(7), Some(Length::One(7)))
         );
         assert_eq!(
-            framing(ok, false, &HeaderMap::new()).unwrap(),
-            Framing::UntilClose
+            f(
+                ok,
+                false,
+                &[("content-length", "7"), ("content-length", "7")]
+            ),
+            (Framing::Length(7), Some(Length::One(7)))
         );
-        for bad in ["7, 8", "-1", "+7", "", "0x10"] {
+        assert_eq!(
+            f(ok, false, &[("content-length", "0")]),
+            (Framing::Done, None)
+        );
+        assert_eq!(f(ok, false, &[]), (Framing::UntilClose, None));
+        for bad in ["7, 8", "-1", "+7", "", "0x10", "99999999999999999999999"] {
             assert!(
                 framing(ok, false, &headers(&[("content-length", bad)])).is_err(),
                 "{bad}"

@@ -722,6 +722,15 @@ async fn router_reads_every_response_framing() {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
             false,
         ),
+        // Both framings: chunked wins, and the client must not be told 3 bytes.
+        Some("/both") => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            false,
+        ),
+        Some("/twice") => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
         Some("/hints") => (
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             false,
@@ -758,6 +767,14 @@ async fn router_reads_every_response_framing() {
         assert_eq!(
             get(&client, &url(&router, "/chunked")).await,
             (StatusCode::OK, "hello world".into())
+        );
+        assert_eq!(
+            get(&client, &url(&router, "/both")).await,
+            (StatusCode::OK, "hello".into())
+        );
+        assert_eq!(
+            get(&client, &url(&router, "/twice")).await,
+            (StatusCode::OK, "ok".into())
         );
         assert_eq!(
             get(&client, &url(&router, "/hints")).await,
