@@ -49,6 +49,20 @@ pub(super) struct Conn {
     /// An emptied header map (a request's, once it went out) that the next response head is
     /// parsed into, so that no exchange allocates one.
     spare: HeaderMap,
+    /// How much of `write` is out.
+    written: usize,
+    /// A request body still going out while the response comes back: a full-duplex upstream
+    /// (an echo, a stream processor) answers before it has read all of it.
+    upload: Option<Upload>,
+}
+
+#[derive(Debug)]
+struct Upload {
+    body: Incoming,
+    /// Re-chunked on the way out (the client sent no `Content-Length`).
+    chunked: bool,
+    /// Every frame of `body` is in `write` (or out).
+    done: bool,
 }
 
 /// What the router adds to a request head on its way upstream.
@@ -125,6 +139,8 @@ impl Conn {
             keep_alive: true,
             scratch: Vec::new(),
             spare: HeaderMap::new(),
+            written: 0,
+            upload: None,
         }
     }
 
@@ -155,27 +171,33 @@ impl Conn {
 
     /// Sends the request `head` (with the router's [`Forwarding`] headers) and `body`, and reads
     /// up to the end of the response head; the body is then read with [`Conn::poll_body`]. The
-    /// request body streams while the head is awaited, so an upstream may answer early (a 413,
-    /// say), which ends the request body there. The head is borrowed: after a failure the
-    /// caller still has it, to send again elsewhere when that is safe.
+    /// request body streams while the head is awaited and, if the upstream answers before it
+    /// is out, while the response is read. The head is borrowed, and the body comes back with
+    /// an error: the caller can send them again elsewhere when that is safe.
     pub(super) async fn send(
         &mut self,
         head: &request::Parts,
         forwarding: &Forwarding<'_>,
-        body: &mut Incoming,
-    ) -> Result<Response<()>, SendError> {
+        body: Incoming,
+    ) -> Result<Response<()>, (SendError, Incoming)> {
         let head_only = head.method == Method::HEAD;
-        let mut body_done = body.is_end_stream();
-        let chunked = !body_done && !head.headers.contains_key(header::CONTENT_LENGTH);
+        let upgrading = head.headers.contains_key(header::UPGRADE);
+        let done = body.is_end_stream();
+        let chunked = !done && !head.headers.contains_key(header::CONTENT_LENGTH);
         self.write.clear();
         encode_head(head, forwarding, chunked, &mut self.write);
+        self.written = 0;
         self.keep_alive = true;
         self.body = Framing::Done;
-        let mut written = 0;
+        let mut upload = Upload {
+            body,
+            chunked,
+            done,
+        };
         let mut write_error: Option<io::Error> = None;
-        poll_fn(|cx| {
+        let result = poll_fn(|cx| {
             if write_error.is_none() {
-                match self.poll_write_request(cx, body, chunked, &mut written, &mut body_done) {
+                match self.poll_upload(cx, &mut upload) {
                     Ok(()) => {}
                     // The upstream may have answered and closed (an early 413): look for the
                     // answer before reporting this.
@@ -186,11 +208,7 @@ impl Conn {
                 }
             }
             loop {
-                if let Some(resp) = self.parse_head(head_only)? {
-                    if !body_done || write_error.is_some() {
-                        // The rest of the request is still owed on the wire: unusable.
-                        self.keep_alive = false;
-                    }
+                if let Some(resp) = self.parse_head(head_only, upgrading)? {
                     return Poll::Ready(Ok(resp));
                 }
                 if ready!(self.poll_fill(cx))? == 0 {
@@ -207,39 +225,48 @@ impl Conn {
                 }
             }
         })
-        .await
+        .await;
+        match result {
+            Ok(resp) => {
+                if write_error.is_some() {
+                    // The upstream stopped reading the request: the connection is done.
+                    self.keep_alive = false;
+                } else if !upload.done || self.written < self.write.len() {
+                    self.upload = Some(upload);
+                }
+                Ok(resp)
+            }
+            Err(e) => Err((e, upload.body)),
+        }
     }
 
     /// Writes what is buffered and refills from the request body, until the socket or the body
     /// would block or the request is out.
-    fn poll_write_request(
+    fn poll_upload(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut Incoming,
-        chunked: bool,
-        written: &mut usize,
-        body_done: &mut bool,
+        upload: &mut Upload,
     ) -> Result<(), WriteFailure> {
         loop {
-            if *written < self.write.len() {
-                match Pin::new(&mut self.stream).poll_write(cx, &self.write[*written..]) {
+            if self.written < self.write.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.write[self.written..]) {
                     Poll::Ready(Ok(0)) => {
                         return Err(WriteFailure::Socket(io::ErrorKind::WriteZero.into()))
                     }
-                    Poll::Ready(Ok(n)) => *written += n,
+                    Poll::Ready(Ok(n)) => self.written += n,
                     Poll::Ready(Err(e)) => return Err(WriteFailure::Socket(e)),
                     Poll::Pending => return Ok(()),
                 }
                 continue;
             }
-            if *body_done {
+            if upload.done {
                 return Ok(());
             }
             self.write.clear();
-            *written = 0;
+            self.written = 0;
             // Gather what the client body has ready into one write.
             while self.write.len() < WRITE_CHUNK {
-                match Pin::new(&mut *body).poll_frame(cx) {
+                match Pin::new(&mut upload.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         let Ok(data) = frame.into_data() else {
                             continue; // request trailers are not forwarded
@@ -247,7 +274,7 @@ impl Conn {
                         if data.is_empty() {
                             continue;
                         }
-                        if chunked {
+                        if upload.chunked {
                             self.write
                                 .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                             self.write.extend_from_slice(&data);
@@ -258,10 +285,10 @@ impl Conn {
                     }
                     Poll::Ready(Some(Err(e))) => return Err(WriteFailure::ClientBody(e)),
                     Poll::Ready(None) => {
-                        if chunked {
+                        if upload.chunked {
                             self.write.extend_from_slice(b"0\r\n\r\n");
                         }
-                        *body_done = true;
+                        upload.done = true;
                         break;
                     }
                     Poll::Pending => break,
@@ -273,9 +300,23 @@ impl Conn {
         }
     }
 
+    /// Moves a request body that is still going out (see [`Conn::send`]) along.
+    fn poll_pending_upload(&mut self, cx: &mut Context<'_>) {
+        let Some(mut upload) = self.upload.take() else {
+            return;
+        };
+        match self.poll_upload(cx, &mut upload) {
+            Ok(()) if upload.done && self.written == self.write.len() => {}
+            Ok(()) => self.upload = Some(upload),
+            // The upstream stopped reading it, or the client's body broke off: the response
+            // may still end, but the connection is not reused.
+            Err(_) => self.keep_alive = false,
+        }
+    }
+
     /// Parses a complete response head out of the read buffer, skipping interim (1xx)
     /// responses but `101`; `None` while more bytes are needed.
-    fn parse_head(&mut self, head_only: bool) -> io::Result<Option<Response<()>>> {
+    fn parse_head(&mut self, head_only: bool, upgrading: bool) -> io::Result<Option<Response<()>>> {
         loop {
             if self.read.is_empty() {
                 return Ok(None);
@@ -294,6 +335,11 @@ impl Conn {
             if (100..200).contains(&code) && code != 101 {
                 self.read.advance(len);
                 continue;
+            }
+            if code == 101 && !upgrading {
+                return Err(invalid(
+                    "101 Switching Protocols to a request that asked no upgrade",
+                ));
             }
             let status = StatusCode::from_u16(code).map_err(|_| invalid("bad status code"))?;
             let version = if parsed.version == Some(0) {
@@ -317,7 +363,9 @@ impl Conn {
                     .map_err(|_| invalid("bad header value"))?;
                 map.append(name, value);
             }
-            self.keep_alive = version == Version::HTTP_11 && !has_token(&map, "close");
+            // After a 101 the connection is the upgrade's tunnel.
+            self.keep_alive =
+                version == Version::HTTP_11 && code != 101 && !has_token(&map, "close");
             let (body, length) = framing(status, head_only, &map)?;
             if let Some(length) = length {
                 // RFC 9112 §6.3: what the client is told must match what it gets.
@@ -340,6 +388,7 @@ impl Conn {
 
     /// The next piece of the response body, `None` at its end.
     pub(super) fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        self.poll_pending_upload(cx);
         loop {
             match self.body {
                 Framing::Done => return Poll::Ready(None),
@@ -485,7 +534,10 @@ impl Conn {
 
     /// Whether the exchange ended cleanly and the connection may carry another request.
     pub(super) fn reusable(&self) -> bool {
-        self.keep_alive && self.body == Framing::Done && self.read.is_empty()
+        self.keep_alive
+            && self.body == Framing::Done
+            && self.read.is_empty()
+            && self.upload.is_none()
     }
 
     /// The connection after a `101`: the socket, and what the upstream already sent past the
@@ -578,9 +630,11 @@ fn framing(
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .rfind(|t| !t.is_empty());
+        // Another final coding (gzip alone, say) would reach the client undecoded and
+        // unlabelled once `Transfer-Encoding` is stripped as hop-by-hop: refused.
         let framing = match last {
             Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::UntilClose,
+            _ => return Err(invalid("unsupported transfer coding")),
         };
         let tidy = headers
             .contains_key(header::CONTENT_LENGTH)
@@ -620,21 +674,27 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 }
 
 fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
-    // Chunk extensions (`;name=value`) are allowed and ignored.
+    // Hex digits, then optional whitespace, then nothing or chunk extensions (`;name=value`,
+    // ignored).
     let end = line
         .iter()
-        .position(|b| *b == b';' || *b == b' ' || *b == b'\t')
+        .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    let digits = &line[..end];
-    if digits.is_empty() || digits.len() > 15 {
+    let (digits, rest) = line.split_at(end);
+    let rest = rest.trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
         return Err(invalid("bad chunk size"));
     }
-    digits.iter().try_fold(0u64, |acc, b| {
-        let d = (*b as char)
-            .to_digit(16)
-            .ok_or_else(|| invalid("bad chunk size"))?;
-        Ok(acc * 16 + u64::from(d))
-    })
+    let significant = &digits[digits
+        .iter()
+        .position(|b| *b != b'0')
+        .unwrap_or(digits.len())..];
+    if digits.is_empty() || significant.len() > 15 {
+        return Err(invalid("bad chunk size"));
+    }
+    Ok(significant.iter().fold(0u64, |acc, b| {
+        acc * 16 + u64::from((*b as char).to_digit(16).unwrap_or(0))
+    }))
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -686,10 +746,7 @@ mod tests {
             f(ok, false, &[("transfer-encoding", "chunked")]),
             (Framing::Chunked(Chunk::Size), None)
         );
-        assert_eq!(
-            f(ok, false, &[("transfer-encoding", "gzip")]),
-            (Framing::UntilClose, None)
-        );
+        assert!(framing(ok, false, &headers(&[("transfer-encoding", "gzip")])).is_err());
         assert_eq!(
             f(ok, false, &[("content-length", "7")]),
             (Framing::Length(7), None)
@@ -724,8 +781,17 @@ mod tests {
         assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
         assert_eq!(parse_chunk_size(b"FF;name=value").unwrap(), 255);
         assert_eq!(parse_chunk_size(b"0").unwrap(), 0);
-        for bad in [&b""[..], b"g", b";x", b"1234567890abcdef0"] {
-            assert!(parse_chunk_size(bad).is_err());
+        assert_eq!(parse_chunk_size(b"a \t;x").unwrap(), 10);
+        assert_eq!(parse_chunk_size(b"00000000000000000001").unwrap(), 1);
+        for bad in [
+            &b""[..],
+            b"g",
+            b";x",
+            b"1234567890abcdef0",
+            b"5 junk",
+            b"5x",
+        ] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -82,7 +82,8 @@ enum Attempt {
     /// The response head, and the connection its body is read from (pooled again if the
     /// exchange ends cleanly; a tunnel after a `101`).
     Answered(Response<()>, Box<Conn>),
-    Failed(ProxyError),
+    /// The request body comes back, unread unless the error says otherwise.
+    Failed(ProxyError, Incoming),
 }
 
 /// Serves one request: the hyper service of a client connection.
@@ -130,7 +131,7 @@ pub(super) async fn proxy(
             upstream: lease.upstream().addr,
         };
         let upgrade = client_upgrade.is_some();
-        match send(lease.upstream(), &parts, &forwarding, &mut body, upgrade).await {
+        match send(lease.upstream(), &parts, &forwarding, body, upgrade).await {
             Attempt::Answered(resp, mut conn) => {
                 let status = resp.status();
                 lease
@@ -153,7 +154,8 @@ pub(super) async fn proxy(
                     }
                 });
             }
-            Attempt::Failed(error) => {
+            Attempt::Failed(error, returned) => {
+                body = returned;
                 if !matches!(error, ProxyError::ClientBody { .. }) {
                     lease.upstream().counters.record_undelivered();
                 }
@@ -180,7 +182,7 @@ async fn send(
     upstream: &Upstream,
     head: &request::Parts,
     forwarding: &Forwarding<'_>,
-    body: &mut Incoming,
+    body: Incoming,
     upgrade: bool,
 ) -> Attempt {
     let conn = if upgrade {
@@ -191,21 +193,27 @@ async fn send(
     let mut conn = match conn {
         Ok(conn) => conn,
         Err(source) => {
-            return Attempt::Failed(ProxyError::Connect {
+            let error = ProxyError::Connect {
                 id: upstream.id.clone(),
                 addr: upstream.addr,
                 source,
-            })
+            };
+            return Attempt::Failed(error, body);
         }
     };
     match conn.send(head, forwarding, body).await {
         Ok(resp) => Attempt::Answered(resp, conn),
-        Err(SendError::Upstream(source)) => Attempt::Failed(ProxyError::Upstream {
-            id: upstream.id.clone(),
-            addr: upstream.addr,
-            source,
-        }),
-        Err(SendError::ClientBody(source)) => Attempt::Failed(ProxyError::ClientBody { source }),
+        Err((SendError::Upstream(source), body)) => {
+            let error = ProxyError::Upstream {
+                id: upstream.id.clone(),
+                addr: upstream.addr,
+                source,
+            };
+            Attempt::Failed(error, body)
+        }
+        Err((SendError::ClientBody(source), body)) => {
+            Attempt::Failed(ProxyError::ClientBody { source }, body)
+        }
     }
 }
 

@@ -977,3 +977,63 @@ async fn a_client_that_breaks_off_its_upload_is_not_the_versions_error() {
     );
     router.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_keeps_uploading_while_a_full_duplex_upstream_answers() {
+    // Answers at once with the request body itself as the response body, streamed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(req.into_body()))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    router.set_backends(vec![Backend {
+        id: "duplex".into(),
+        version: "v1".into(),
+        addr,
+        weight: 1,
+    }]);
+    let mut stream = TcpStream::connect(router.local_addr()).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, "hello").await;
+    // The head and the first half came back before the second half was sent.
+    stream.write_all(b"world").await.unwrap();
+    read_until(&mut stream, &mut seen, "helloworld").await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    wait_until("the exchange ends", || router.in_flight("duplex") == 0).await;
+    router.shutdown(Duration::from_secs(1)).await;
+    echo.abort();
+}
+
+/// Reads from `stream` into `seen` until it contains `what` (10 s at most).
+async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, what: &str) {
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(seen).contains(what) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {what:?} in {:?}", String::from_utf8_lossy(seen)))
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
