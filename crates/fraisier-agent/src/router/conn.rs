@@ -20,9 +20,10 @@ use super::{proxy, Phase, Shared};
 
 /// A connection with no request in progress and none started or ended for a whole period is
 /// closed at the next check: idle keep-alive connections and stalled request heads (slowloris)
-/// go after 30–60 s. One timer per connection per period, where hyper's header-read timeout
-/// would allocate and arm one per request.
-const IDLE_CHECK: Duration = Duration::from_secs(30);
+/// go after 30–60 s. Each check is also a tick of the connection's clock, which the upstream
+/// timeout counts in (`proxy`). One timer per connection per period, where hyper's header-read
+/// timeout would allocate and arm one per request.
+pub(super) const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 /// What a connection's requests share, and how the router reaches the connection.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(super) struct ConnCtx {
     /// A request ever arrived: draining drops a connection that never sent one at once
     /// (hyper's graceful shutdown would wait for its first request).
     used: AtomicBool,
+    /// Idle checks so far: a coarse clock that costs no clock read per request.
+    ticks: AtomicU32,
     /// The router's phase as pushed to this connection (never decreases), and the task to wake
     /// when it changes: per-connection atomics, so that the task's many wake-ups poll no
     /// shared lock.
@@ -94,6 +97,11 @@ impl ConnCtx {
         } else {
             Poll::Ready(now)
         }
+    }
+
+    /// The connection's coarse clock, in idle-check periods.
+    pub(super) fn tick(&self) -> u32 {
+        self.ticks.load(Ordering::Relaxed)
     }
 
     /// Whether an idle check finds nothing going on (and starts a new period).
@@ -176,6 +184,7 @@ pub(super) async fn serve(
         outstanding: AtomicU32::new(0),
         active: AtomicBool::new(false),
         used: AtomicBool::new(false),
+        ticks: AtomicU32::new(0),
         phase: AtomicU8::new(Phase::Running as u8),
         waker: AtomicWaker::new(),
         phase_rx,
@@ -193,7 +202,8 @@ pub(super) async fn serve(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    let idle_check = tokio::time::sleep(IDLE_CHECK);
+    let period = shared.idle_check;
+    let idle_check = tokio::time::sleep(period);
     tokio::pin!(idle_check);
     let (mut seen, mut draining) = (Phase::Running, false);
     loop {
@@ -219,11 +229,14 @@ pub(super) async fn serve(
                 }
             }
             () = idle_check.as_mut() => {
+                // The next turn of the loop polls the connection, and so any request waiting
+                // for its upstream, which then sees the new tick.
+                ctx.ticks.fetch_add(1, Ordering::Relaxed);
                 if ctx.idle() {
                     tracing::debug!(%peer, "closing idle client connection");
                     return;
                 }
-                idle_check.as_mut().reset(Instant::now() + IDLE_CHECK);
+                idle_check.as_mut().reset(Instant::now() + period);
             }
         }
     }

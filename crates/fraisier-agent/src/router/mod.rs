@@ -86,6 +86,8 @@ struct Shared {
     registry: Mutex<Registry>,
     server: http1::Builder,
     conns: Conns,
+    /// The period of each connection's idle check and coarse clock ([`conn::IDLE_CHECK`]).
+    idle_check: Duration,
     /// Tasks alive (accept loop, connections, tunnels); see [`Live`].
     live: AtomicUsize,
 }
@@ -115,6 +117,11 @@ impl Router {
     /// Binds `addr` (e.g. 127.0.0.1:18080) and starts serving in background tasks. With no
     /// backends yet, every request gets 503 `NO_HEALTHY_INSTANCE`.
     pub async fn bind(addr: SocketAddr) -> io::Result<Router> {
+        Router::bind_with(addr, conn::IDLE_CHECK).await
+    }
+
+    /// [`Router::bind`] with another idle-check period (tests make time pass faster).
+    async fn bind_with(addr: SocketAddr, idle_check: Duration) -> io::Result<Router> {
         let workers = Workers::get()?;
         let (_, home) = workers.next();
         let listener = {
@@ -145,6 +152,7 @@ impl Router {
                 server
             },
             conns: Conns::default(),
+            idle_check,
             live: AtomicUsize::new(0),
         });
         let (phase, phase_rx) = watch::channel(Phase::Running);

@@ -2,9 +2,11 @@
 //! turn what failed into the router's error responses.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future as _};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,6 +25,11 @@ use super::{until, Phase};
 
 /// One try plus at most two retries.
 const MAX_ATTEMPTS: usize = 3;
+/// Idle-check periods an upstream has to answer a request with a response head: with the
+/// 30 s period, a request that got no answer for 60–90 s is answered 504. Counted on the
+/// connection's coarse clock, so it costs no timer per request. The body is not timed: a
+/// stream (server-sent events, say) may stay quiet for long.
+const HEAD_TIMEOUT_TICKS: u32 = 3;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -43,6 +50,7 @@ const HOP_BY_HOP: [&str; 9] = [
 
 const NO_HEALTHY_INSTANCE: &[u8] = br#"{"error":{"code":"NO_HEALTHY_INSTANCE","message":"no healthy instance can take this request"}}"#;
 const REQUEST_BODY_INCOMPLETE: &[u8] = br#"{"error":{"code":"REQUEST_BODY_INCOMPLETE","message":"the request body ended before its announced end"}}"#;
+const UPSTREAM_TIMEOUT: &[u8] = br#"{"error":{"code":"UPSTREAM_TIMEOUT","message":"the upstream instance did not answer in time"}}"#;
 const UPSTREAM_UNAVAILABLE: &[u8] = br#"{"error":{"code":"UPSTREAM_UNAVAILABLE","message":"the upstream instance could not be reached"}}"#;
 
 /// Why a request got no upstream response. Each variant says which side failed and whether
@@ -66,6 +74,10 @@ pub(super) enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// No response head within the head timeout; never retried (the upstream may be acting on
+    /// the request).
+    #[error("backend {id} at {addr} did not answer in time")]
+    Timeout { id: String, addr: SocketAddr },
     /// The exchange broke before a response head; only a replayable request may be retried,
     /// and only if the connection closed (a garbled response is not the network's fault).
     #[error("backend {id} at {addr} failed before responding")]
@@ -82,8 +94,9 @@ enum Attempt {
     /// The response head, and the connection its body is read from (pooled again if the
     /// exchange ends cleanly; a tunnel after a `101`).
     Answered(Response<()>, Box<Conn>),
-    /// The request body comes back, unread unless the error says otherwise.
-    Failed(ProxyError, Incoming),
+    /// The request body comes back (unread unless the error says otherwise), except after a
+    /// timeout.
+    Failed(ProxyError, Option<Incoming>),
 }
 
 /// Serves one request: the hyper service of a client connection.
@@ -131,7 +144,7 @@ pub(super) async fn proxy(
             upstream: lease.upstream().addr,
         };
         let upgrade = client_upgrade.is_some();
-        match send(lease.upstream(), &parts, &forwarding, body, upgrade).await {
+        match send(ctx, lease.upstream(), &parts, &forwarding, body, upgrade).await {
             Attempt::Answered(resp, mut conn) => {
                 let status = resp.status();
                 lease
@@ -155,7 +168,6 @@ pub(super) async fn proxy(
                 });
             }
             Attempt::Failed(error, returned) => {
-                body = returned;
                 if !matches!(error, ProxyError::ClientBody { .. }) {
                     lease.upstream().counters.record_undelivered();
                 }
@@ -167,8 +179,9 @@ pub(super) async fn proxy(
                 };
                 tracing::debug!(error = %DisplayChain(&error), attempt, retry, "proxy attempt failed");
                 last_error = error;
-                if !retry {
-                    break;
+                match returned {
+                    Some(returned) if retry => body = returned,
+                    _ => break,
                 }
             }
         }
@@ -179,12 +192,14 @@ pub(super) async fn proxy(
 /// Gets a connection to `upstream` and sends the request on it, up to the response head. An
 /// upgrade gets a connection of its own, since after a `101` it becomes a tunnel.
 async fn send(
+    ctx: &ConnCtx,
     upstream: &Upstream,
     head: &request::Parts,
     forwarding: &Forwarding<'_>,
     body: Incoming,
     upgrade: bool,
 ) -> Attempt {
+    let start = ctx.tick();
     let conn = if upgrade {
         upstream.connect().await
     } else {
@@ -198,22 +213,40 @@ async fn send(
                 addr: upstream.addr,
                 source,
             };
-            return Attempt::Failed(error, body);
+            return Attempt::Failed(error, Some(body));
         }
     };
-    match conn.send(head, forwarding, body).await {
-        Ok(resp) => Attempt::Answered(resp, conn),
-        Err((SendError::Upstream(source), body)) => {
+    let sent = {
+        let mut sending = std::pin::pin!(conn.send(head, forwarding, body));
+        poll_fn(|cx| {
+            if ctx.tick().wrapping_sub(start) >= HEAD_TIMEOUT_TICKS {
+                return Poll::Ready(None);
+            }
+            sending.as_mut().poll(cx).map(Some)
+        })
+        .await
+    };
+    match sent {
+        Some(Ok(resp)) => Attempt::Answered(resp, conn),
+        Some(Err((SendError::Upstream(source), body))) => {
             let error = ProxyError::Upstream {
                 id: upstream.id.clone(),
                 addr: upstream.addr,
                 source,
             };
-            Attempt::Failed(error, body)
+            Attempt::Failed(error, Some(body))
         }
-        Err((SendError::ClientBody(source), body)) => {
-            Attempt::Failed(ProxyError::ClientBody { source }, body)
+        Some(Err((SendError::ClientBody(source), body))) => {
+            Attempt::Failed(ProxyError::ClientBody { source }, Some(body))
         }
+        // Dropping the connection closes it: the upstream may still answer, to no one.
+        None => Attempt::Failed(
+            ProxyError::Timeout {
+                id: upstream.id.clone(),
+                addr: upstream.addr,
+            },
+            None,
+        ),
     }
 }
 
@@ -363,7 +396,9 @@ impl ProxyError {
     /// The connection broke after the request went out but before any response byte.
     fn closed_before_response(&self) -> bool {
         match self {
-            ProxyError::NoBackend | ProxyError::ClientBody { .. } => false,
+            ProxyError::NoBackend | ProxyError::ClientBody { .. } | ProxyError::Timeout { .. } => {
+                false
+            }
             ProxyError::Connect { .. } => true,
             ProxyError::Upstream { source, .. } => matches!(
                 source.kind(),
@@ -386,6 +421,10 @@ impl ProxyError {
             ProxyError::ClientBody { source } => {
                 tracing::debug!(error = %source, "client request body broke off");
                 json_response(StatusCode::BAD_REQUEST, REQUEST_BODY_INCOMPLETE, exchange)
+            }
+            error @ ProxyError::Timeout { .. } => {
+                tracing::warn!(%error, "upstream timed out");
+                json_response(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT, exchange)
             }
             error => {
                 tracing::warn!(error = %DisplayChain(&error), "upstream unavailable");

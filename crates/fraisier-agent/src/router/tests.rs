@@ -1037,3 +1037,68 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, what: &str) {
         seen.extend_from_slice(&buf[..n]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_gets_504_but_a_slow_body_does_not() {
+    // Reads the request; answers `/slow-body` with a head at once and the body later, and
+    // anything else never.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if seen.starts_with(b"GET /slow-body ") {
+                    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    let _ = stream.write_all(head).await;
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    let _ = stream.write_all(b"4\r\nlate\r\n0\r\n\r\n").await;
+                }
+                // Hold the connection open without answering.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    // Idle checks every 50 ms: the head timeout is 150–200 ms.
+    let router = Router::bind_with("127.0.0.1:0".parse().unwrap(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    router.set_backends(vec![Backend {
+        id: "mute".into(),
+        version: "v1".into(),
+        addr,
+        weight: 1,
+    }]);
+    let client = client();
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(5), get(&client, &url(&router, "/")))
+            .await
+            .expect("the router answered for the mute upstream");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("UPSTREAM_TIMEOUT"), "{body}");
+    let v1 = &router.metrics()["v1"];
+    assert_eq!(
+        (v1.requests, v1.errors),
+        (1, 1),
+        "a mute instance is its version's error"
+    );
+    wait_until("the lease ends", || router.in_flight("mute") == 0).await;
+
+    // The body is not timed: a stream may stay quiet longer than the head timeout.
+    assert_eq!(
+        get(&client, &url(&router, "/slow-body")).await,
+        (StatusCode::OK, "late".into())
+    );
+    router.shutdown(Duration::from_secs(1)).await;
+    upstream.abort();
+}
