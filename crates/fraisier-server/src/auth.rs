@@ -182,8 +182,9 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_tampering_fails() {
-        let dir = tempdir();
-        let keys = Keys::load_or_create(&dir, 3600).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let keys = Keys::load_or_create(dir, 3600).unwrap();
         let (token, ttl) = keys.mint("admin", "default", &["admin".into()]);
         assert_eq!(ttl, 3600);
         let claims = keys.verify(&token).unwrap();
@@ -191,15 +192,17 @@ mod tests {
         let mut bad = token.clone();
         bad.pop();
         assert!(keys.verify(&bad).is_err());
-        let other = Keys::load_or_create(&tempdir(), 3600).unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Keys::load_or_create(other_dir.path(), 3600).unwrap();
         assert!(other.verify(&token).is_err());
         // The same key is read back from the data dir.
-        assert!(Keys::load(&dir, 3600).unwrap().verify(&token).is_ok());
+        assert!(Keys::load(dir, 3600).unwrap().verify(&token).is_ok());
     }
 
     #[test]
     fn expired_tokens_are_refused_but_refreshable() {
-        let keys = Keys::load_or_create(&tempdir(), -120).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(dir.path(), -120).unwrap();
         let (token, _) = keys.mint("admin", "default", &[]);
         assert!(keys.verify(&token).is_err());
         assert!(keys.verify_for_refresh(&token).is_ok());
@@ -211,13 +214,5 @@ mod tests {
         assert!(h.starts_with("$argon2id$"));
         assert!(verify_password("s3cret", &h));
         assert!(!verify_password("wrong", &h));
-    }
-
-    fn tempdir() -> PathBuf {
-        let mut b = [0u8; 8];
-        getrandom::getrandom(&mut b).unwrap();
-        let d = std::env::temp_dir().join(format!("fraisier-auth-{}", hex::encode(b)));
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 }
