@@ -139,6 +139,38 @@ async fn dead_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// A raw TCP upstream: for each connection, reads one request head and hands the stream and
+/// what it read to `on_head`. Abort the handle to stop it.
+async fn raw_head_upstream<F, Fut>(on_head: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let on_head = Arc::new(on_head);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let on_head = Arc::clone(&on_head);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                on_head(stream, seen).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -348,25 +380,7 @@ async fn router_retries_a_dead_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_replays_only_idempotent_bodiless_requests_after_a_reset() {
     // Reads a request head, then hangs up without answering.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let closer_addr = listener.local_addr().unwrap();
-    let closer = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
+    let (closer_addr, closer) = raw_head_upstream(|_stream, _head| async {}).await;
     let live = TestUpstream::start("live", Duration::ZERO).await;
     let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let closer_backend = Backend {
@@ -841,35 +855,20 @@ async fn router_reads_every_response_framing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_passes_on_an_early_answer_and_streams_chunked_uploads() {
     // Answers 413 as soon as it has a head, without reading the body, then closes politely.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let early = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
-                    .await;
-                let _ = stream.shutdown().await;
-                // Drain until the router hangs up, so our close sends no reset.
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
+    let (addr, early) = raw_head_upstream(|mut stream, _head| async move {
+        let answer =
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig";
+        let _ = stream.write_all(answer).await;
+        let _ = stream.shutdown().await;
+        // Drain until the router hangs up, so our close sends no reset.
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
         }
-    });
+    })
+    .await;
     let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     router.set_backends(vec![Backend {
         id: "early".into(),
@@ -1040,35 +1039,18 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_never_answers_gets_504_but_a_slow_body_does_not() {
-    // Reads the request; answers `/slow-body` with a head at once and the body later, and
-    // anything else never.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let upstream = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                if seen.starts_with(b"GET /slow-body ") {
-                    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-                    let _ = stream.write_all(head).await;
-                    tokio::time::sleep(Duration::from_millis(600)).await;
-                    let _ = stream.write_all(b"4\r\nlate\r\n0\r\n\r\n").await;
-                }
-                // Hold the connection open without answering.
-                let _ = stream.read(&mut buf).await;
-            });
+    // Answers `/slow-body` with a head at once and the body later, and anything else never.
+    let (addr, upstream) = raw_head_upstream(|mut stream, head| async move {
+        if head.starts_with(b"GET /slow-body ") {
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let _ = stream.write_all(head).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let _ = stream.write_all(b"4\r\nlate\r\n0\r\n\r\n").await;
         }
-    });
+        // Hold the connection open without answering.
+        let _ = stream.read(&mut [0u8; 64]).await;
+    })
+    .await;
     // Idle checks every 50 ms: the head timeout is 150–200 ms.
     let router = Router::bind_with("127.0.0.1:0".parse().unwrap(), Duration::from_millis(50))
         .await
