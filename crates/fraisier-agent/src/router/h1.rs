@@ -144,12 +144,10 @@ impl Conn {
         }
     }
 
-    /// Keeps `headers`, emptied, for the next response head.
+    /// Keeps `headers`, emptied, for the next response head (the last one took the spare).
     pub(super) fn recycle(&mut self, mut headers: HeaderMap) {
-        if headers.capacity() > self.spare.capacity() {
-            headers.clear();
-            self.spare = headers;
-        }
+        headers.clear();
+        self.spare = headers;
     }
 
     /// Whether an idle connection can still carry a request: the upstream has not closed it
@@ -231,7 +229,7 @@ impl Conn {
                 if write_error.is_some() {
                     // The upstream stopped reading the request: the connection is done.
                     self.keep_alive = false;
-                } else if !upload.done || self.written < self.write.len() {
+                } else if !self.all_out(&upload) {
                     self.upload = Some(upload);
                 }
                 Ok(resp)
@@ -300,13 +298,18 @@ impl Conn {
         }
     }
 
+    /// Every byte of the request is on the wire.
+    fn all_out(&self, upload: &Upload) -> bool {
+        upload.done && self.written == self.write.len()
+    }
+
     /// Moves a request body that is still going out (see [`Conn::send`]) along.
     fn poll_pending_upload(&mut self, cx: &mut Context<'_>) {
         let Some(mut upload) = self.upload.take() else {
             return;
         };
         match self.poll_upload(cx, &mut upload) {
-            Ok(()) if upload.done && self.written == self.write.len() => {}
+            Ok(()) if self.all_out(&upload) => {}
             Ok(()) => self.upload = Some(upload),
             // The upstream stopped reading it, or the client's body broke off: the response
             // may still end, but the connection is not reused.
@@ -666,7 +669,7 @@ fn framing(
 }
 
 /// Whether a `Connection` header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(super) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))

@@ -3,8 +3,8 @@
 //!
 //! Layout: `workers` (the router's threads), `conn` (a client connection), `proxy` (one
 //! exchange), `h1` (HTTP/1.1 to an upstream), `table` (weighted pick), `upstream` (a backend's
-//! pool and leases), `body` (bodies that hold leases), `metrics` (per-version counters). This file owns the API, the listener
-//! and shutdown.
+//! pool and leases), `body` (bodies that hold leases), `metrics` (per-version counters). This
+//! file owns the API, the listener and shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::body::ProxyBody;
 use super::conn::{ConnCtx, Exchange, Live};
-use super::h1::{Conn, Forwarding, SendError};
+use super::h1::{self, Conn, Forwarding, SendError};
 use super::upstream::{Lease, Upstream};
 use super::{until, Phase};
 
@@ -172,11 +172,10 @@ pub(super) async fn proxy(
                     lease.upstream().counters.record_undelivered();
                 }
                 drop(lease);
-                let retry = match &error {
-                    ProxyError::Connect { .. } => true,
-                    ProxyError::ClientBody { .. } => false,
-                    error => replayable && error.closed_before_response(),
-                };
+                // Nothing reached the upstream after a failed connect: any request may go
+                // elsewhere.
+                let retry = matches!(error, ProxyError::Connect { .. })
+                    || (replayable && error.closed_before_response());
                 tracing::debug!(error = %DisplayChain(&error), attempt, retry, "proxy attempt failed");
                 last_error = error;
                 match returned {
@@ -357,13 +356,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket and kin).
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+    headers.contains_key(header::UPGRADE) && h1::has_token(headers, "upgrade")
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -396,10 +389,10 @@ impl ProxyError {
     /// The connection broke after the request went out but before any response byte.
     fn closed_before_response(&self) -> bool {
         match self {
-            ProxyError::NoBackend | ProxyError::ClientBody { .. } | ProxyError::Timeout { .. } => {
-                false
-            }
-            ProxyError::Connect { .. } => true,
+            ProxyError::NoBackend
+            | ProxyError::Connect { .. }
+            | ProxyError::ClientBody { .. }
+            | ProxyError::Timeout { .. } => false,
             ProxyError::Upstream { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::ConnectionReset

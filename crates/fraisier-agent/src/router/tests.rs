@@ -1051,7 +1051,7 @@ async fn an_upstream_that_never_answers_gets_504_but_a_slow_body_does_not() {
         let _ = stream.read(&mut [0u8; 64]).await;
     })
     .await;
-    // Idle checks every 50 ms: the head timeout is 150–200 ms.
+    // Idle checks every 50 ms: the head timeout is 100–150 ms.
     let router = Router::bind_with("127.0.0.1:0".parse().unwrap(), Duration::from_millis(50))
         .await
         .unwrap();

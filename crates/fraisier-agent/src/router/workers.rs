@@ -77,8 +77,8 @@ fn start(index: usize) -> io::Result<Handle> {
 }
 
 /// One `T` per router worker, each on cache lines of its own: what a worker touches on every
-/// request (counters, cursors, pools) stays in its core's cache instead of bouncing between
-/// cores, which on 2 cores cost more than the rest of the bookkeeping together.
+/// request (counters, pools, its table slot) stays in its core's cache instead of bouncing
+/// between cores.
 #[derive(Debug)]
 pub(super) struct Sharded<T> {
     shards: Box<[Padded<T>]>,
