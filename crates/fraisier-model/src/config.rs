@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{default_required_roles, EnvironmentRules, RoleConfig, Roles};
 use crate::duration::Millis;
 use crate::names::{name_problem, version_problem};
+use crate::rate::RateLimits;
 use crate::service::{HealthCheckSpec, ProbeKind};
 use crate::strategy::{Strategy, StrategyConfig};
 
@@ -18,6 +20,9 @@ use crate::strategy::{Strategy, StrategyConfig};
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    /// Custom roles beside the built-in ones (seed 003's seven and `admin`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
     #[serde(default)]
     pub environments: BTreeMap<String, EnvironmentConfig>,
     #[serde(default)]
@@ -39,9 +44,23 @@ pub struct ServerConfig {
     /// Releases kept per fraise × environment beyond the running ones, for rollback.
     #[serde(default = "default_keep_releases")]
     pub keep_releases: usize,
+    /// The one algorithm tokens are signed and accepted with.
+    #[serde(default)]
+    pub token_algorithm: TokenAlgorithm,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// HMAC-SHA2 JWT algorithms; only the configured one is accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TokenAlgorithm {
+    #[default]
+    HS256,
+    HS384,
+    HS512,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentConfig {
     #[serde(default)]
@@ -50,7 +69,24 @@ pub struct EnvironmentConfig {
     pub description: Option<String>,
     #[serde(default)]
     pub provider: Provider,
+    /// Roles one of which is needed to deploy, roll back, cancel, approve or change secrets
+    /// here. Default: seed 003's `environmentRestrictions` for `production`, `staging` and
+    /// `development`, none elsewhere. `[]` lifts the restriction.
+    #[serde(default)]
+    pub required_roles: Option<Vec<String>>,
+    /// Approvals a run here needs from other people before it starts.
+    #[serde(default)]
+    pub required_approvals: u32,
+    /// Separation of duties: whoever asked for a run cannot approve it.
+    #[serde(default = "yes")]
+    pub require_sod: bool,
+    /// How long a run waits for its approvals before it expires.
+    #[serde(default = "default_approval_timeout")]
+    pub approval_timeout: Millis,
 }
+
+/// The most approvals an environment may require.
+pub const MAX_REQUIRED_APPROVALS: u32 = 10;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -205,6 +241,12 @@ fn default_token_ttl() -> Millis {
 fn default_keep_releases() -> usize {
     3
 }
+fn yes() -> bool {
+    true
+}
+fn default_approval_timeout() -> Millis {
+    Millis::from_secs(24 * 3600)
+}
 fn default_drain_timeout() -> Millis {
     Millis::from_secs(30)
 }
@@ -253,6 +295,34 @@ impl Default for ServerConfig {
             database_url: None,
             token_ttl: default_token_ttl(),
             keep_releases: default_keep_releases(),
+            token_algorithm: TokenAlgorithm::default(),
+            rate_limits: RateLimits::default(),
+        }
+    }
+}
+
+// === impl EnvironmentConfig ===
+
+impl Default for EnvironmentConfig {
+    fn default() -> Self {
+        EnvironmentConfig {
+            display_name: None,
+            description: None,
+            provider: Provider::default(),
+            required_roles: None,
+            required_approvals: 0,
+            require_sod: true,
+            approval_timeout: default_approval_timeout(),
+        }
+    }
+}
+
+impl EnvironmentConfig {
+    /// What this environment asks of whoever changes it; `name` is its key.
+    pub fn rules<'a>(&'a self, name: &'a str) -> EnvironmentRules<'a> {
+        EnvironmentRules {
+            name,
+            required_roles: self.required_roles.as_deref().unwrap_or(&[]),
         }
     }
 }
@@ -313,6 +383,17 @@ impl Config {
                 message,
             }]
         })?;
+        let mut config = config;
+        for (name, e) in config.environments.iter_mut() {
+            if e.required_roles.is_none() {
+                e.required_roles = Some(
+                    default_required_roles(name)
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect(),
+                );
+            }
+        }
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
@@ -325,11 +406,53 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |key: String, message: String| out.push(Problem { key, message });
-        for name in self.environments.keys() {
+        let roles = match Roles::new(&self.roles) {
+            Ok(r) => r,
+            Err(problems) => {
+                for (key, message) in problems {
+                    bad(format!("roles.{key}"), message);
+                }
+                Roles::builtin()
+            }
+        };
+        for (name, e) in &self.environments {
             if let Some(p) = name_problem(name) {
                 bad(
                     format!("environments.{name}"),
                     format!("invalid environment name: {p}"),
+                );
+            }
+            for (i, r) in e.required_roles.iter().flatten().enumerate() {
+                if !roles.contains(r) && !self.roles.contains_key(r) {
+                    bad(
+                        format!("environments.{name}.required_roles[{i}]"),
+                        format!(
+                            "unknown role {r:?} (built-in roles: {}; add others under `roles`)",
+                            roles
+                                .iter()
+                                .map(|r| r.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+            }
+            if e.required_approvals > 0 {
+                bad(
+                    format!("environments.{name}.required_approvals"),
+                    "approvals are not available yet in this version".into(),
+                );
+            }
+            if e.required_approvals > MAX_REQUIRED_APPROVALS {
+                bad(
+                    format!("environments.{name}.required_approvals"),
+                    format!("must be at most {MAX_REQUIRED_APPROVALS}"),
+                );
+            }
+            if e.approval_timeout.0 < 60_000 || e.approval_timeout.0 > 30 * 24 * 3_600_000 {
+                bad(
+                    format!("environments.{name}.approval_timeout"),
+                    "must be between 1m and 30 days".into(),
                 );
             }
         }

@@ -1,6 +1,7 @@
 //! Fraisier's domain: configuration, names, strategies and their pure planners, and the
 //! desired/observed state exchanged between the control plane and the agents. No I/O here.
 
+pub mod access;
 pub mod analysis;
 pub mod config;
 pub mod cron;
@@ -8,6 +9,7 @@ pub mod duration;
 pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod rate;
 pub mod run;
 pub mod service;
 pub mod strategy;
