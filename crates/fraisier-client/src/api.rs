@@ -30,6 +30,8 @@ pub enum ApiClientError {
 pub struct ApiClient {
     base: String,
     token: Option<String>,
+    /// Sent as `X-API-Key` instead of a bearer token.
+    api_key: Option<String>,
     http: reqwest::Client,
 }
 
@@ -48,7 +50,30 @@ impl ApiClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("a plain reqwest client builds");
-        ApiClient { base, token, http }
+        ApiClient {
+            base,
+            token,
+            api_key: None,
+            http,
+        }
+    }
+
+    /// A client that authenticates with an API key.
+    pub fn with_api_key(server: &str, key: String) -> ApiClient {
+        ApiClient {
+            api_key: Some(key),
+            ..ApiClient::new(server, None)
+        }
+    }
+
+    fn authorize(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = &self.api_key {
+            req = req.header("x-api-key", k);
+        }
+        req
     }
 
     pub fn base(&self) -> &str {
@@ -57,6 +82,10 @@ impl ApiClient {
 
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     /// Sends a request; `Ok((status, body))` for 2xx, the API's error otherwise.
@@ -68,10 +97,7 @@ impl ApiClient {
         body: Option<&B>,
     ) -> Result<(StatusCode, Value), ApiClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url).query(query);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.authorize(self.http.request(method, &url).query(query));
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -121,6 +147,14 @@ impl ApiClient {
         self.send(Method::POST, path, &[], Some(body)).await
     }
 
+    pub async fn put<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(StatusCode, Value), ApiClientError> {
+        self.send(Method::PUT, path, &[], Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(StatusCode, Value), ApiClientError> {
         self.send::<Value>(Method::DELETE, path, &[], None).await
     }
@@ -132,11 +166,8 @@ impl ApiClient {
         query: &[(&str, String)],
     ) -> Result<reqwest::Response, ApiClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.get(&url).query(query);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        req.send()
+        self.authorize(self.http.get(&url).query(query))
+            .send()
             .await
             .map_err(|source| ApiClientError::Unreachable { url, source })
     }

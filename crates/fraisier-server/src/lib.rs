@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod limits;
 pub mod local_agent;
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fraisier_engine::{Engine, EngineSettings};
+use fraisier_model::access::Roles;
 use fraisier_model::config::Config;
 use fraisier_store::{Store, StoreError, DEFAULT_TENANT};
 
@@ -40,6 +42,8 @@ pub enum ServerError {
     },
     #[error("engine: {0}")]
     Engine(#[from] fraisier_engine::EngineError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -67,7 +71,7 @@ pub async fn open_store(config: &Config) -> Result<Store, ServerError> {
 /// Creates the admin user on first start, with `FRAISIER_ADMIN_PASSWORD` or a generated
 /// password written next to the database (0600).
 async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<(), ServerError> {
-    if store.count_users(DEFAULT_TENANT).await? > 0 {
+    if store.count_users().await? > 0 {
         return Ok(());
     }
     let (password, generated) = match std::env::var("FRAISIER_ADMIN_PASSWORD") {
@@ -77,9 +81,9 @@ async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<(), ServerErr
     let hash = auth::hash_password(&password)?;
     store
         .create_user(
-            DEFAULT_TENANT,
             auth::ADMIN_USER,
             &hash,
+            DEFAULT_TENANT,
             &["admin".to_string()],
         )
         .await?;
@@ -114,7 +118,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     make_private_dir(&data_dir)?;
     let store = open_store(&config).await?;
     bootstrap_admin(&store, &data_dir).await?;
-    let keys = auth::Keys::load_or_create(&data_dir, (config.server.token_ttl.0 / 1000) as i64)?;
+    let keys = auth::Keys::load_or_create(
+        &data_dir,
+        config.server.token_algorithm,
+        (config.server.token_ttl.0 / 1000) as i64,
+    )?;
+    // The config was validated at load, roles included.
+    let roles =
+        Arc::new(Roles::new(&config.roles).map_err(|p| ServerError::Config(format!("{p:?}")))?);
     let agent = Arc::new(LocalAgent::new(AgentLauncher {
         program: opts.agent_program,
         state_dir: agent_dir(&data_dir),
@@ -133,10 +144,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
             source,
         })?;
     let addr = listener.local_addr()?;
+    spawn_housekeeping(engine.store().clone());
     let state = api::AppState {
         engine,
         keys,
         config: config.clone(),
+        roles,
+        limiter: Arc::new(limits::Limiter::new(config.server.rate_limits)),
         started_at: chrono::Utc::now(),
     };
     // Scripts and tests read this line to learn the port when listening on :0.
@@ -145,11 +159,27 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         data_dir.display()
     );
     tracing::info!(%addr, "listening");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     tracing::info!("stopped; the agent keeps serving traffic");
     Ok(())
+}
+
+/// Forgets token revocations once the tokens have expired anyway, hourly.
+fn spawn_housekeeping(store: Store) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.prune_revoked_tokens().await {
+                tracing::warn!(error = %e, "cannot prune revoked tokens");
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -1,4 +1,4 @@
-//! Persistence of runs, steps, events, logs, service deployments and users, on SQLite (the
+//! Persistence of runs, steps, events, logs, service deployments, users and API keys, on SQLite (the
 //! embedded default) or PostgreSQL, behind one API with the same behaviour on both.
 
 use chrono::{DateTime, Utc};
@@ -6,6 +6,8 @@ use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState,
 use fraisier_model::service::DesiredService;
 use serde_json::Value;
 
+mod api_keys;
+mod audit;
 mod events;
 mod import;
 mod logs;
@@ -20,7 +22,12 @@ mod totals;
 mod turns;
 mod users;
 
+pub use api_keys::{ApiKey, KeyHolder, NewApiKey};
+pub use audit::{
+    genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
+};
 pub use store::Store;
+pub use users::TokenSubject;
 
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -61,14 +68,23 @@ pub fn parse_run_id(s: &str) -> Option<i64> {
     digits.parse().ok()
 }
 
+/// A person who signs in; usernames are unique across workspaces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct User {
     pub id: i64,
-    pub tenant_id: String,
     pub username: String,
     pub password_hash: String,
-    pub roles: Vec<String>,
+    pub disabled: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user in one workspace, with the roles they hold there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub user: User,
+    pub workspace: String,
+    pub roles: Vec<String>,
 }
 
 /// What a caller supplies to create a run; the store assigns id, status `pending`, timestamps.

@@ -20,11 +20,12 @@ const PG_MIGRATION_LOCK: i64 = 0x6672_6169_7369_6572; // "fraisier"
 
 /// The schema, for both backends: `{ID}` stands for the auto-increment primary key, the one
 /// column type they spell differently.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    statements: &[
-        "CREATE TABLE users (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        statements: &[
+            "CREATE TABLE users (
             id {ID},
             tenant_id TEXT NOT NULL,
             username TEXT NOT NULL,
@@ -32,8 +33,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             roles TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
-        "CREATE TABLE runs (
+            "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
+            "CREATE TABLE runs (
             id {ID},
             tenant_id TEXT NOT NULL,
             fraise TEXT NOT NULL,
@@ -63,15 +64,15 @@ const MIGRATIONS: &[Migration] = &[Migration {
             events_count BIGINT NOT NULL DEFAULT 0,
             log_lines BIGINT NOT NULL DEFAULT 0
         )",
-        "CREATE UNIQUE INDEX runs_one_active ON runs (tenant_id, fraise, environment)
+            "CREATE UNIQUE INDEX runs_one_active ON runs (tenant_id, fraise, environment)
             WHERE status IN ('pending', 'in_progress')",
-        "CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, id)",
-        "CREATE INDEX runs_tenant_updated ON runs (tenant_id, updated_at, id)",
-        "CREATE INDEX runs_tenant_status ON runs (tenant_id, status, id)",
-        "CREATE INDEX runs_tenant_service ON runs (tenant_id, fraise, environment, id)",
-        "CREATE INDEX runs_tenant_environment ON runs (tenant_id, environment, id)",
-        "CREATE INDEX runs_status_environment ON runs (status, environment, tenant_id)",
-        "CREATE TABLE steps (
+            "CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, id)",
+            "CREATE INDEX runs_tenant_updated ON runs (tenant_id, updated_at, id)",
+            "CREATE INDEX runs_tenant_status ON runs (tenant_id, status, id)",
+            "CREATE INDEX runs_tenant_service ON runs (tenant_id, fraise, environment, id)",
+            "CREATE INDEX runs_tenant_environment ON runs (tenant_id, environment, id)",
+            "CREATE INDEX runs_status_environment ON runs (status, environment, tenant_id)",
+            "CREATE TABLE steps (
             id {ID},
             tenant_id TEXT NOT NULL,
             run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
@@ -83,8 +84,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             started_at BIGINT NOT NULL,
             ended_at BIGINT
         )",
-        "CREATE UNIQUE INDEX steps_run_seq ON steps (run_id, seq)",
-        "CREATE TABLE events (
+            "CREATE UNIQUE INDEX steps_run_seq ON steps (run_id, seq)",
+            "CREATE TABLE events (
             id {ID},
             tenant_id TEXT NOT NULL,
             run_id BIGINT REFERENCES runs (id) ON DELETE CASCADE,
@@ -94,9 +95,9 @@ const MIGRATIONS: &[Migration] = &[Migration {
             data TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE INDEX events_run ON events (run_id, id)",
-        "CREATE INDEX events_service ON events (tenant_id, fraise, environment, id)",
-        "CREATE TABLE logs (
+            "CREATE INDEX events_run ON events (run_id, id)",
+            "CREATE INDEX events_service ON events (tenant_id, fraise, environment, id)",
+            "CREATE TABLE logs (
             id {ID},
             tenant_id TEXT NOT NULL,
             run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
@@ -106,8 +107,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
             details TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE INDEX logs_run ON logs (run_id, id)",
-        "CREATE TABLE services (
+            "CREATE INDEX logs_run ON logs (run_id, id)",
+            "CREATE TABLE services (
             tenant_id TEXT NOT NULL,
             fraise TEXT NOT NULL,
             environment TEXT NOT NULL,
@@ -119,8 +120,76 @@ const MIGRATIONS: &[Migration] = &[Migration {
             updated_at BIGINT NOT NULL,
             PRIMARY KEY (tenant_id, fraise, environment)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "access_users_in_workspaces_tokens_api_keys_audit",
+        statements: &[
+            // Usernames become global; roles move to a membership per workspace.
+            "DROP INDEX users_tenant_username",
+            "CREATE TABLE memberships (
+            user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            workspace TEXT NOT NULL,
+            roles TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (user_id, workspace)
+        )",
+            "CREATE INDEX memberships_workspace ON memberships (workspace, user_id)",
+            "INSERT INTO memberships (user_id, workspace, roles, created_at)
+            SELECT id, tenant_id, roles, created_at FROM users",
+            "ALTER TABLE users DROP COLUMN roles",
+            "ALTER TABLE users DROP COLUMN tenant_id",
+            "ALTER TABLE users ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE users ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0",
+            "UPDATE users SET updated_at = created_at",
+            "CREATE UNIQUE INDEX users_username ON users (username)",
+            "CREATE TABLE revoked_tokens (
+            jti TEXT PRIMARY KEY,
+            expires_at BIGINT NOT NULL,
+            revoked_at BIGINT NOT NULL
+        )",
+            "CREATE TABLE api_keys (
+            id {ID},
+            workspace TEXT NOT NULL,
+            user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            roles TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            last_used_at BIGINT,
+            revoked_at BIGINT
+        )",
+            "CREATE UNIQUE INDEX api_keys_hash ON api_keys (key_hash)",
+            "CREATE INDEX api_keys_workspace ON api_keys (workspace, user_id, id)",
+            "CREATE TABLE audit_log (
+            id {ID},
+            workspace TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            actor_kind TEXT NOT NULL,
+            credential TEXT,
+            action TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            service TEXT,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            outcome TEXT,
+            status BIGINT NOT NULL,
+            detail TEXT,
+            created_at BIGINT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )",
+            "CREATE INDEX audit_workspace ON audit_log (workspace, id)",
+            "CREATE INDEX audit_resource ON audit_log (workspace, resource, id)",
+            "CREATE INDEX audit_service ON audit_log (workspace, service, id)",
+        ],
+    },
+];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left
 /// half-migrated.

@@ -72,6 +72,8 @@ store_suite! {
     run_stats_buckets,
     import_then_create_continues_ids,
     users_create_lookup_and_duplicates,
+    api_keys_are_found_by_hash_and_scoped,
+    audit_records_chain_and_tampering_is_found,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
 }
@@ -215,6 +217,33 @@ async fn sqlite_creates_a_missing_file_in_wal_mode() {
         dir.path().join("fresh.db-wal").exists(),
         "journal_mode is WAL"
     );
+    store.close().await;
+}
+
+/// A database written by the first schema (users with one tenant and their roles on the row)
+/// keeps its users, now members of that workspace with the same roles.
+#[tokio::test]
+async fn upgrading_keeps_the_users_of_the_first_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("old.db").display());
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for st in [
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        "INSERT INTO schema_migrations VALUES (1, 'initial', 0)",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, username TEXT NOT NULL, password_hash TEXT NOT NULL, roles TEXT NOT NULL, created_at BIGINT NOT NULL)",
+        "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
+        "INSERT INTO users (tenant_id, username, password_hash, roles, created_at) VALUES ('default', 'admin', '$argon2id$x', '[\"admin\"]', 1700000000000)",
+    ] {
+        sqlx::query(st).execute(&mut raw).await.unwrap();
+    }
+    raw.close().await.unwrap();
+    let store = Store::open(&url).await.unwrap();
+    let admin = store.member(DEFAULT_TENANT, "admin").await.unwrap();
+    assert_eq!(admin.roles, vec!["admin".to_string()]);
+    assert_eq!(admin.user.password_hash, "$argon2id$x");
+    assert!(!admin.user.disabled);
+    assert_eq!(admin.user.updated_at, admin.user.created_at);
     store.close().await;
 }
 
@@ -1273,60 +1302,337 @@ async fn import_then_create_continues_ids(db: &TestDb) {
 
 async fn users_create_lookup_and_duplicates(db: &TestDb) {
     let s = &db.store;
-    assert_eq!(s.count_users(DEFAULT_TENANT).await.unwrap(), 0);
+    assert_eq!(s.count_users().await.unwrap(), 0);
     let roles = vec!["admin".to_string(), "deployer".to_string()];
     let alice = s
-        .create_user(DEFAULT_TENANT, "alice", "$argon2id$hash1", &roles)
+        .create_user("alice", "$argon2id$hash1", DEFAULT_TENANT, &roles)
         .await
         .unwrap();
     assert_eq!(
-        (alice.username.as_str(), alice.roles.clone()),
-        ("alice", roles.clone())
+        (
+            alice.user.username.as_str(),
+            alice.roles.clone(),
+            alice.workspace.as_str()
+        ),
+        ("alice", roles.clone(), DEFAULT_TENANT)
     );
+    // Usernames are global: the same name in another workspace is taken too.
+    for ws in [DEFAULT_TENANT, "other"] {
+        assert!(matches!(
+            s.create_user("alice", "$argon2id$other", ws, &[]).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+    }
+    assert_eq!(s.user_by_name("alice").await.unwrap(), alice.user);
+    assert_eq!(s.member(DEFAULT_TENANT, "alice").await.unwrap(), alice);
     assert!(matches!(
-        s.create_user(DEFAULT_TENANT, "alice", "$argon2id$other", &[])
-            .await,
-        Err(StoreError::AlreadyExists(_))
-    ));
-    s.create_user("other", "alice", "$argon2id$hash2", &[])
-        .await
-        .unwrap();
-
-    assert_eq!(
-        s.user_by_name(DEFAULT_TENANT, "alice").await.unwrap(),
-        alice
-    );
-    assert!(matches!(
-        s.user_by_name(DEFAULT_TENANT, "bob").await,
+        s.user_by_name("bob").await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        s.user_by_name("third", "alice").await,
+        s.member("other", "alice").await,
         Err(StoreError::NotFound)
     ));
 
-    s.set_password(DEFAULT_TENANT, "alice", "$argon2id$new")
-        .await
-        .unwrap();
+    // Roles per workspace: joining another workspace leaves the first as it was.
+    let viewer = vec!["viewer".to_string()];
+    let in_other = s.set_roles("other", "alice", &viewer).await.unwrap();
+    assert_eq!(in_other.roles, viewer);
     assert_eq!(
-        s.user_by_name(DEFAULT_TENANT, "alice")
-            .await
-            .unwrap()
-            .password_hash,
+        s.member(DEFAULT_TENANT, "alice").await.unwrap().roles,
+        roles
+    );
+    assert_eq!(
+        s.memberships(alice.user.id).await.unwrap(),
+        vec![
+            (DEFAULT_TENANT.to_string(), roles.clone()),
+            ("other".to_string(), viewer.clone())
+        ]
+    );
+    assert_eq!(s.members("other").await.unwrap().len(), 1);
+    assert!(matches!(
+        s.set_roles("other", "bob", &viewer).await,
+        Err(StoreError::NotFound)
+    ));
+
+    s.set_password("alice", "$argon2id$new").await.unwrap();
+    assert_eq!(
+        s.user_by_name("alice").await.unwrap().password_hash,
         "$argon2id$new"
     );
-    assert_eq!(
-        s.user_by_name("other", "alice")
-            .await
-            .unwrap()
-            .password_hash,
-        "$argon2id$hash2"
-    );
     assert!(matches!(
-        s.set_password(DEFAULT_TENANT, "bob", "x").await,
+        s.set_password("bob", "x").await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(s.count_users(DEFAULT_TENANT).await.unwrap(), 1);
+
+    // What a request with a token of alice's sees, as it changes.
+    let sub = s
+        .token_subject(alice.user.id, "other", "jti-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (sub.disabled, sub.revoked, sub.roles),
+        (false, false, Some(viewer.clone()))
+    );
+    s.set_disabled("alice", true).await.unwrap();
+    s.revoke_token("jti-1", Utc::now() + Duration::hours(1))
+        .await
+        .unwrap();
+    s.revoke_token("jti-1", Utc::now() + Duration::hours(1))
+        .await
+        .unwrap();
+    s.revoke_token("jti-old", Utc::now() - Duration::hours(1))
+        .await
+        .unwrap();
+    let sub = s
+        .token_subject(alice.user.id, "third", "jti-1")
+        .await
+        .unwrap();
+    assert_eq!((sub.disabled, sub.revoked, sub.roles), (true, true, None));
+    assert_eq!(s.prune_revoked_tokens().await.unwrap(), 1);
+    assert!(
+        s.token_subject(alice.user.id, "x", "jti-1")
+            .await
+            .unwrap()
+            .revoked
+    );
+
+    // Leaving the last workspace deletes the user, and their keys with them.
+    let key = s
+        .create_api_key(&fraisier_store::NewApiKey {
+            workspace: "other".into(),
+            user_id: alice.user.id,
+            name: "ci".into(),
+            prefix: "fsk_abcd".into(),
+            key_hash: "h1".into(),
+            roles: viewer.clone(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(key.username, "alice");
+    s.remove_member("other", "alice").await.unwrap();
+    assert!(matches!(
+        s.api_key_by_hash("h1").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.user_by_name("alice").await.is_ok());
+    assert!(matches!(
+        s.remove_member("other", "alice").await,
+        Err(StoreError::NotFound)
+    ));
+    s.remove_member(DEFAULT_TENANT, "alice").await.unwrap();
+    assert!(matches!(
+        s.user_by_name("alice").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.token_subject(alice.user.id, DEFAULT_TENANT, "j").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.count_users().await.unwrap(), 0);
+}
+
+async fn api_keys_are_found_by_hash_and_scoped(db: &TestDb) {
+    let s = &db.store;
+    let bob = s
+        .create_user(
+            "bob",
+            "$argon2id$h",
+            DEFAULT_TENANT,
+            &["developer".to_string()],
+        )
+        .await
+        .unwrap();
+    let new = |name: &str, hash: &str| fraisier_store::NewApiKey {
+        workspace: DEFAULT_TENANT.into(),
+        user_id: bob.user.id,
+        name: name.into(),
+        prefix: format!("fsk_{hash}"),
+        key_hash: hash.into(),
+        roles: vec!["developer".into()],
+        expires_at: Some(Utc::now() + Duration::days(1)),
+    };
+    let a = s.create_api_key(&new("ci", "ha")).await.unwrap();
+    let b = s.create_api_key(&new("bot", "hb")).await.unwrap();
+    assert!(s.create_api_key(&new("dup", "ha")).await.is_err());
+    let listed = s.api_keys(DEFAULT_TENANT, Some(bob.user.id)).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|k| k.id).collect::<Vec<_>>(),
+        [b.id, a.id]
+    );
+    assert_eq!(s.api_keys(DEFAULT_TENANT, None).await.unwrap().len(), 2);
+    assert!(s.api_keys("other", None).await.unwrap().is_empty());
+
+    let held = s.api_key_by_hash("ha").await.unwrap();
+    assert_eq!(held.key, a);
+    assert_eq!(held.user_roles, Some(vec!["developer".to_string()]));
+    assert!(!held.user_disabled);
+    let at = Utc::now();
+    s.touch_api_key(a.id, at).await.unwrap();
+    assert_eq!(
+        s.api_key(DEFAULT_TENANT, a.id)
+            .await
+            .unwrap()
+            .last_used_at
+            .map(|t| t.timestamp_millis()),
+        Some(at.timestamp_millis())
+    );
+    assert!(matches!(
+        s.revoke_api_key("other", a.id).await,
+        Err(StoreError::NotFound)
+    ));
+    let revoked = s.revoke_api_key(DEFAULT_TENANT, a.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(
+        s.revoke_api_key(DEFAULT_TENANT, a.id)
+            .await
+            .unwrap()
+            .revoked_at,
+        revoked.revoked_at,
+        "revoking twice keeps the first time"
+    );
+}
+
+async fn audit_records_chain_and_tampering_is_found(db: &TestDb) {
+    use fraisier_store::{AuditFilter, AuditOutcome, NewAuditRecord};
+    let s = &db.store;
+    assert_eq!(s.verify_audit().await.unwrap(), (0, None));
+    let record = |i: u16, ws: &str, outcome: AuditOutcome| NewAuditRecord {
+        workspace: ws.into(),
+        actor: if i % 2 == 0 {
+            "alice".into()
+        } else {
+            "bob".into()
+        },
+        actor_kind: "user".into(),
+        credential: None,
+        action: "deployment.create".into(),
+        resource: format!("dep_{i:05}"),
+        service: Some("api@production".into()),
+        method: "POST".into(),
+        path: "/api/v1/deployments/api/production".into(),
+        request_id: format!("req_{i}"),
+        source: "127.0.0.1".into(),
+        outcome: Some(outcome),
+        status: 202,
+        detail: None,
+    };
+    let first = s
+        .append_audit(&record(1, DEFAULT_TENANT, AuditOutcome::Success))
+        .await
+        .unwrap();
+    assert_eq!(first.prev_hash, fraisier_store::audit_genesis());
+    let mut last = first.clone();
+    for i in 2..=6 {
+        let outcome = if i == 4 {
+            AuditOutcome::Denied
+        } else {
+            AuditOutcome::Success
+        };
+        let ws = if i == 5 { "other" } else { DEFAULT_TENANT };
+        let r = s.append_audit(&record(i, ws, outcome)).await.unwrap();
+        assert_eq!(
+            r.prev_hash, last.hash,
+            "each record links to the one before"
+        );
+        last = r;
+    }
+    assert_eq!(s.verify_audit().await.unwrap(), (6, None));
+
+    let all = AuditFilter {
+        limit: 50,
+        ..AuditFilter::default()
+    };
+    let (page, total) = s.audit(DEFAULT_TENANT, &all).await.unwrap();
+    assert_eq!(total, 5, "another workspace's records are not listed");
+    assert_eq!(page[0].record.request_id, "req_6", "newest first");
+    let (denied, n) = s
+        .audit(
+            DEFAULT_TENANT,
+            &AuditFilter {
+                outcome: Some(AuditOutcome::Denied),
+                ..all.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((n, denied[0].record.resource.as_str()), (1, "dep_00004"));
+    let (_, n) = s
+        .audit(
+            DEFAULT_TENANT,
+            &AuditFilter {
+                actor: Some("bob".into()),
+                ..all.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let (_, n) = s
+        .audit(
+            DEFAULT_TENANT,
+            &AuditFilter {
+                resource: Some("dep_00003".into()),
+                ..all.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let (p2, n) = s
+        .audit(
+            DEFAULT_TENANT,
+            &AuditFilter {
+                limit: 2,
+                offset: 1,
+                ..all.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, p2.len(), p2[0].record.request_id.as_str()),
+        (5, 2, "req_4")
+    );
+    let (_, n) = s
+        .audit(
+            DEFAULT_TENANT,
+            &AuditFilter {
+                since: Some(Utc::now() + Duration::hours(1)),
+                ..all.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // Someone with database access edits a record: the chain breaks there.
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE id = 3")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let (checked, broken) = s.verify_audit().await.unwrap();
+    assert_eq!(checked, 2);
+    let broken = broken.unwrap();
+    assert_eq!(broken.id, 3);
+    assert!(broken.reason.contains("altered"), "{}", broken.reason);
+    sqlx::query("UPDATE audit_log SET actor = 'bob' WHERE id = 3")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(s.verify_audit().await.unwrap().1, None);
+    // ...or removes one: the next record no longer links.
+    sqlx::query("DELETE FROM audit_log WHERE id = 4")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let broken = s.verify_audit().await.unwrap().1.unwrap();
+    assert_eq!(broken.id, 5);
+    assert!(broken.reason.contains("removed"), "{}", broken.reason);
+    raw.close().await.unwrap();
 }
 
 async fn import_100k_runs_takes_seconds(db: &TestDb) {

@@ -104,12 +104,19 @@ pub struct ShowArgs {
     pub deployment_id: String,
 }
 
-async fn client(ctx: &Ctx) -> Result<ApiClient> {
+/// A client for the server, with `FRAISIER_API_KEY` or a token (see `credentials`).
+pub async fn client(ctx: &Ctx) -> Result<ApiClient> {
+    if let Some(key) = std::env::var("FRAISIER_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+    {
+        return Ok(ApiClient::with_api_key(&credentials::server_url(ctx), key));
+    }
     let token = credentials::token(ctx).await?;
     Ok(ApiClient::new(&credentials::server_url(ctx), Some(token)))
 }
 
-fn s(v: &Value) -> String {
+pub fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -117,7 +124,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn print_json(v: &Value) {
+pub fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -182,7 +189,9 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
 }
 
 /// Polls the run until it is final, then prints it; the exit code says whether it succeeded.
+/// Polls slow down to one every 2 s, so that waiting spends little of the rate limit.
 async fn finish(ctx: &Ctx, c: &ApiClient, id: &str) -> Result<ExitCode> {
+    let mut pause = Duration::from_millis(250);
     loop {
         let run = c.get(&format!("/deployments/{id}"), &[]).await?;
         let status = s(&run["status"]);
@@ -194,7 +203,8 @@ async fn finish(ctx: &Ctx, c: &ApiClient, id: &str) -> Result<ExitCode> {
             }
             return Ok(exit_for(&status));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -207,10 +217,13 @@ async fn watch_progress(c: &ApiClient, id: &str) -> Result<()> {
         c.base().replacen("http", "ws", 1)
     );
     let mut req = url.into_client_request()?;
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", c.token().unwrap_or_default()).parse()?,
-    );
+    if let Some(t) = c.token() {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    if let Some(k) = c.api_key() {
+        req.headers_mut().insert("x-api-key", k.parse()?);
+    }
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg? else { continue };

@@ -37,21 +37,52 @@ fn save(s: &Saved) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// A token minted from the local data dir, when this host runs the server.
-pub fn local_token(ctx: &Ctx) -> Option<String> {
-    let config = crate::config_path(ctx.config_path.as_deref())
-        .and_then(|p| fraisier_model::Config::load(&p).ok())?;
-    let keys = fraisier_server::auth::Keys::load(
+/// A token minted from the local data dir, when this host runs the server: for `user` (default
+/// `admin`) in `workspace` (default `default`), with their roles from the store.
+pub async fn local_token(
+    ctx: &Ctx,
+    user: Option<&str>,
+    workspace: Option<&str>,
+) -> Result<Option<String>> {
+    let Some(config) = crate::config_path(ctx.config_path.as_deref())
+        .and_then(|p| fraisier_model::Config::load(&p).ok())
+    else {
+        return Ok(None);
+    };
+    let Ok(keys) = fraisier_server::auth::Keys::load(
         &config.server.data_dir,
+        config.server.token_algorithm,
         (config.server.token_ttl.0 / 1000) as i64,
-    )
-    .ok()?;
+    ) else {
+        return Ok(None);
+    };
+    let user = user.unwrap_or(fraisier_server::auth::ADMIN_USER);
+    let workspace = workspace.unwrap_or(fraisier_store::DEFAULT_TENANT);
+    let store = fraisier_server::open_store(&config)
+        .await
+        .context("cannot open the server's store to mint a token")?;
+    let member = store.member(workspace, user).await;
+    store.close().await;
+    let member = match member {
+        Ok(m) => m,
+        Err(fraisier_store::StoreError::NotFound) => {
+            bail!("no user {user} in workspace {workspace} on this server; name one with --user/--workspace, or use `fraisier auth:login`")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if member.user.disabled {
+        bail!("user {user} is disabled");
+    }
+    let roles = fraisier_model::access::Roles::new(&config.roles)
+        .map_err(|p| anyhow!("roles in the configuration: {p:?}"))?;
     let (token, _) = keys.mint(
-        fraisier_server::auth::ADMIN_USER,
-        fraisier_store::DEFAULT_TENANT,
-        &["admin".to_string()],
+        member.user.id,
+        user,
+        workspace,
+        &member.roles,
+        roles.patterns_of(&member.roles),
     );
-    Some(token)
+    Ok(Some(token))
 }
 
 pub async fn token(ctx: &Ctx) -> Result<String> {
@@ -60,12 +91,31 @@ pub async fn token(ctx: &Ctx) -> Result<String> {
             return Ok(t);
         }
     }
-    if let Some(t) = local_token(ctx) {
+    // Who logged in here speaks for themselves, even on the server's own host.
+    if let Some(saved) = read_saved() {
+        if server_url(ctx) == saved.server {
+            return renew(ctx, saved).await;
+        }
+    }
+    if let Some(t) = local_token(ctx, None, None).await? {
         return Ok(t);
     }
-    let Some(mut saved) = read_saved() else {
-        bail!("no token: run this on the server's host (where its fraisier.yaml and data dir are), or log in with `fraisier auth:login --server URL`");
-    };
+    bail!("no token: run this on the server's host (where its fraisier.yaml and data dir are), or log in with `fraisier auth:login --server URL`")
+}
+
+/// `auth:token`: minted on the server's host (for `user`, default admin), else the saved login's.
+pub async fn print_token(ctx: &Ctx, user: Option<&str>, workspace: Option<&str>) -> Result<String> {
+    if let Some(t) = local_token(ctx, user, workspace).await? {
+        return Ok(t);
+    }
+    if user.is_some() || workspace.is_some() {
+        bail!("--user and --workspace mint a token from the server's data dir: run this on the server's host");
+    }
+    token(ctx).await
+}
+
+/// Renews the token `auth:login` saved, and saves the new one.
+async fn renew(ctx: &Ctx, mut saved: Saved) -> Result<String> {
     let client = ApiClient::new(
         ctx.server.as_deref().unwrap_or(&saved.server),
         Some(saved.token.clone()),
@@ -81,6 +131,21 @@ pub async fn token(ctx: &Ctx) -> Result<String> {
     saved.token = fresh.clone();
     save(&saved)?;
     Ok(fresh)
+}
+
+/// Forgets the saved token (after the server revoked it).
+pub fn forget() -> Result<bool> {
+    match saved_path() {
+        Some(p) if p.exists() => {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+pub fn saved_token() -> Option<String> {
+    read_saved().map(|s| s.token)
 }
 
 pub fn server_url(ctx: &Ctx) -> String {
@@ -99,6 +164,7 @@ pub async fn login(
     ctx: &Ctx,
     username: Option<String>,
     password: Option<String>,
+    workspace: Option<String>,
 ) -> Result<ExitCode> {
     let server = server_url(ctx);
     let username = username.unwrap_or_else(|| "admin".into());
@@ -115,7 +181,7 @@ pub async fn login(
     let (_, body) = client
         .post(
             "/auth/login",
-            &json!({ "username": username, "password": password }),
+            &json!({ "username": username, "password": password, "workspace": workspace }),
         )
         .await?;
     let token = body["access_token"]

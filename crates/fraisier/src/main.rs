@@ -1,5 +1,6 @@
 //! `fraisier`: one binary that is the server (`serve`), the agent (`agent`) and the CLI.
 
+mod admin;
 mod commands;
 mod credentials;
 mod table;
@@ -41,10 +42,28 @@ enum Command {
     Agent(AgentArgs),
     /// Print an access token (admin, minted from the data dir on the server's host; elsewhere renewed from `auth:login`)
     #[command(name = "auth:token")]
-    AuthToken,
+    AuthToken(TokenArgs),
     /// Log in to a server and save a token for later commands
     #[command(name = "auth:login")]
     AuthLogin(LoginArgs),
+    /// Revoke the saved token and forget it
+    #[command(name = "auth:logout")]
+    AuthLogout,
+    /// Who the CLI speaks as: user, workspace, roles
+    #[command(name = "auth:whoami")]
+    AuthWhoami,
+    /// Sign new tokens with a new key (tokens of the old one keep working until they expire)
+    #[command(name = "auth:rotate-key")]
+    AuthRotateKey,
+    /// Users of your workspace and their roles
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// API keys (sent as X-API-Key, or set FRAISIER_API_KEY for the CLI)
+    #[command(subcommand, name = "api-key")]
+    ApiKey(admin::ApiKeyCommand),
+    /// The audit trail: list it, or verify its chain in the store
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
     /// Deploy a fraise to an environment
     #[command(disable_version_flag = true)]
     Deploy(commands::DeployArgs),
@@ -99,9 +118,22 @@ enum AgentAction {
 }
 
 #[derive(Args)]
+struct TokenArgs {
+    /// Mint for this user (default admin)
+    #[arg(long)]
+    user: Option<String>,
+    /// Mint for this workspace (default `default`)
+    #[arg(long)]
+    workspace: Option<String>,
+}
+
+#[derive(Args)]
 struct LoginArgs {
     #[arg(long, short)]
     username: Option<String>,
+    /// Default: `default`, or your only workspace
+    #[arg(long)]
+    workspace: Option<String>,
     /// Read from stdin if not given (never put passwords in shell history)
     #[arg(long)]
     password: Option<String>,
@@ -210,11 +242,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::AuthToken => {
-            println!("{}", credentials::token(&ctx).await?);
+        Command::AuthToken(a) => {
+            let token =
+                credentials::print_token(&ctx, a.user.as_deref(), a.workspace.as_deref()).await?;
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::AuthLogin(args) => credentials::login(&ctx, args.username, args.password).await,
+        Command::AuthLogin(args) => {
+            credentials::login(&ctx, args.username, args.password, args.workspace).await
+        }
+        Command::AuthLogout => admin::logout(&ctx).await,
+        Command::AuthWhoami => admin::whoami(&ctx).await,
+        Command::AuthRotateKey => admin::rotate_key(&ctx).await,
+        Command::User(c) => admin::user(&ctx, c).await,
+        Command::ApiKey(c) => admin::api_key(&ctx, c).await,
+        Command::Audit(c) => admin::audit(&ctx, c).await,
         Command::Deploy(a) => commands::deploy(&ctx, a).await,
         Command::Status(a) => commands::status(&ctx, a).await,
         Command::List(a) => commands::list(&ctx, a).await,

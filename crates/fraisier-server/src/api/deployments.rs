@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use fraisier_engine::{BusMessage, DeployRequest, RollbackRequest};
 use fraisier_model::run::{Component, LogLevel, RunStatus};
 use fraisier_model::Strategy;
@@ -23,9 +23,11 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap};
+use super::gate::Caller;
+use super::gate::{authorize, AuditNote};
 use super::views::{self, Pagination, RunDetails, RunSummary};
 use super::{services, AppState, Params};
-use crate::auth::Identity;
+use fraisier_model::access::Permission;
 
 #[derive(Serialize, ToSchema)]
 pub struct RunList {
@@ -167,7 +169,7 @@ async fn rollback_flags(
     responses((status = 200, body = RunList), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
     if q.get("state").is_some() || q.get("view") == Some("services") {
@@ -187,8 +189,12 @@ pub async fn list(
         limit,
         offset,
     };
-    let (runs, total) = state.engine.store().list_runs(&who.tenant, &filter).await?;
-    let flags = rollback_flags(&state, &who.tenant, &runs).await?;
+    let (runs, total) = state
+        .engine
+        .store()
+        .list_runs(&who.workspace, &filter)
+        .await?;
+    let flags = rollback_flags(&state, &who.workspace, &runs).await?;
     let deployments = runs
         .iter()
         .zip(flags)
@@ -245,7 +251,7 @@ pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDet
     responses((status = 200, body = RunDetails), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(id): Params<String>,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
@@ -254,8 +260,8 @@ pub async fn get(
             .await
             .map(IntoResponse::into_response);
     }
-    let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
-    Ok(Json(details(&state, &who.tenant, &run).await?).into_response())
+    let run = state.engine.run(&who.workspace, run_id(&id)?).await?;
+    Ok(Json(details(&state, &who.workspace, &run).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}", tag = "deployments",
@@ -266,15 +272,16 @@ pub async fn get(
               (status = 409, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params((fraise, environment)): Params<(String, String)>,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
+    authorize(&state, &who, Permission::DeploymentCreate, &environment)?;
     let wait_secs = body
         .timeout
         .unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
     let req = DeployRequest {
-        tenant: who.tenant.clone(),
+        tenant: who.workspace.clone(),
         fraise,
         environment,
         version: body.version,
@@ -293,16 +300,30 @@ pub async fn create(
     if body.wait {
         let run = state
             .engine
-            .wait(&who.tenant, run.id, Duration::from_secs(wait_secs))
+            .wait(&who.workspace, run.id, Duration::from_secs(wait_secs))
             .await?;
         let status = if run.status.is_final() {
             StatusCode::OK
         } else {
             StatusCode::ACCEPTED
         };
-        return Ok((status, Json(details(&state, &who.tenant, &run).await?)).into_response());
+        let r = (status, Json(details(&state, &who.workspace, &run).await?)).into_response();
+        return Ok(noted(r, &run));
     }
-    Ok((StatusCode::ACCEPTED, Json(created(&run))).into_response())
+    Ok(noted(
+        (StatusCode::ACCEPTED, Json(created(&run))).into_response(),
+        &run,
+    ))
+}
+
+/// Tells the audit trail which run a request created or acted on.
+pub fn noted(mut r: Response, run: &Run) -> Response {
+    r.extensions_mut().insert(AuditNote {
+        resource: Some(run_id_string(run.id)),
+        service: Some(format!("{}@{}", run.fraise, run.environment)),
+        ..AuditNote::default()
+    });
+    r
 }
 
 pub fn created(run: &Run) -> Created {
@@ -327,17 +348,22 @@ pub fn created(run: &Run) -> Created {
     responses((status = 202, body = Cancelled), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(id): Params<String>,
-) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
+) -> Result<Response, ApiError> {
     let id = run_id(&id)?;
-    state.engine.cancel(&who.tenant, id, &who.username).await?;
+    let run = state.engine.run(&who.workspace, id).await?;
+    authorize(&state, &who, Permission::DeploymentUpdate, &run.environment)?;
+    state
+        .engine
+        .cancel(&who.workspace, id, &who.username)
+        .await?;
     // Cancelling restores the previous version; give it a moment so the answer is final.
     let run = state
         .engine
-        .wait(&who.tenant, id, Duration::from_secs(15))
+        .wait(&who.workspace, id, Duration::from_secs(15))
         .await?;
-    Ok((
+    let r = (
         StatusCode::ACCEPTED,
         Json(Cancelled {
             id: run_id_string(run.id),
@@ -345,7 +371,9 @@ pub async fn cancel(
             cancelled_at: views::ts_opt(run.cancelled_at),
             cancelled_by: run.cancel_requested_by.clone(),
         }),
-    ))
+    )
+        .into_response();
+    Ok(noted(r, &run))
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}/rollback", tag = "deployments",
@@ -354,14 +382,15 @@ pub async fn cancel(
     responses((status = 202, body = RollbackAccepted), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params((fraise, environment)): Params<(String, String)>,
     JsonBody(body): JsonBody<RollbackBody>,
-) -> Result<(StatusCode, Json<RollbackAccepted>), ApiError> {
+) -> Result<Response, ApiError> {
+    authorize(&state, &who, Permission::RollbackCreate, &environment)?;
     let run = state
         .engine
         .rollback(RollbackRequest {
-            tenant: who.tenant.clone(),
+            tenant: who.workspace.clone(),
             fraise,
             environment,
             to_version: body.to_version,
@@ -370,7 +399,7 @@ pub async fn rollback(
             trigger_type: "api".into(),
         })
         .await?;
-    Ok((
+    let r = (
         StatusCode::ACCEPTED,
         Json(RollbackAccepted {
             id: run_id_string(run.id),
@@ -382,7 +411,9 @@ pub async fn rollback(
             to_version: run.version.clone(),
             created_at: views::ts(run.created_at),
         }),
-    ))
+    )
+        .into_response();
+    Ok(noted(r, &run))
 }
 
 fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
@@ -401,11 +432,11 @@ fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
     responses((status = 200, body = LogsResponse, description = "JSON, or an SSE stream of `log` events with follow=true"), (status = 404, body = super::error::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(id): Params<String>,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
+    let run = state.engine.run(&who.workspace, run_id(&id)?).await?;
     let filter = log_filter(&q)?;
     let follow = q.bool("follow")?;
     let store = state.engine.store();
@@ -448,11 +479,11 @@ pub async fn logs(
     responses((status = 200, body = EventsResponse), (status = 404, body = super::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(id): Params<String>,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    let run = state.engine.run(&who.tenant, run_id(&id)?).await?;
+    let run = state.engine.run(&who.workspace, run_id(&id)?).await?;
     let follow = q.bool("follow")?;
     let rx = follow.then(|| state.engine.bus().subscribe());
     let events = state.engine.store().events(run.id, None).await?;

@@ -1,13 +1,13 @@
 //! Environments (seed 000): the configured stages and the state of what runs in them.
 
 use axum::extract::State;
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::fraises::env_state;
+use super::gate::Caller;
 use super::{AppState, Params};
-use crate::auth::Identity;
 
 struct Counts {
     total: u64,
@@ -69,13 +69,10 @@ fn lookup<'a>(
 }
 
 #[utoipa::path(get, path = "/api/v1/environments", tag = "environments", responses((status = 200, body = Object)))]
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(state): State<AppState>, who: Caller) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for (name, e) in &state.config.environments {
-        let c = counts(&state, &who.tenant, name).await?;
+        let c = counts(&state, &who.workspace, name).await?;
         out.push(json!({
             "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
             "provider": e.provider, "fraises_deployed": c.deployed, "fraises_total": c.total, "status": status_word(&c),
@@ -88,11 +85,11 @@ pub async fn list(
     params(("environment_name" = String, Path)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
     let e = lookup(&state, &name)?;
-    let c = counts(&state, &who.tenant, &name).await?;
+    let c = counts(&state, &who.workspace, &name).await?;
     let fraises: Vec<&String> = state
         .config
         .fraises
@@ -110,11 +107,11 @@ pub async fn get(
     params(("environment_name" = String, Path)), responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
     let e = lookup(&state, &name)?;
-    let c = counts(&state, &who.tenant, &name).await?;
+    let c = counts(&state, &who.workspace, &name).await?;
     let store = state.engine.store();
     let db = store.ping().await;
     let (in_use, max) = store.pool_size();

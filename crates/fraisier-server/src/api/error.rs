@@ -18,7 +18,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Value,
+    /// Seconds, for 429 (seed 000 puts `retry_after` beside the code).
+    pub retry_after: Option<i64>,
 }
+
+/// The error code of an error response, kept in its extensions for the audit trail.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -34,6 +40,9 @@ pub struct ErrorDetail {
     pub details: Value,
     pub request_id: String,
     pub timestamp: String,
+    /// Seconds to wait before trying again (429 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<i64>,
 }
 
 // === impl ApiError ===
@@ -45,6 +54,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: json!({}),
+            retry_after: None,
         }
     }
 
@@ -61,6 +71,42 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    /// 403 `PERMISSION_DENIED`, naming the permission and, when it refused, the environment.
+    pub fn denied(d: &fraisier_model::access::Denial) -> ApiError {
+        use fraisier_model::access::Denial;
+        let details = match d {
+            Denial::Permission { permission } => json!({ "permission": permission.as_str() }),
+            Denial::Environment {
+                permission,
+                environment,
+                reason,
+            } => {
+                json!({ "permission": permission.as_str(), "environment": environment, "reason": reason })
+            }
+        };
+        ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.to_string())
+            .with_details(details)
+    }
+
+    /// 429 `RATE_LIMIT_EXCEEDED` with seed 000's `retry_after`.
+    pub fn rate_limited(
+        v: &fraisier_model::rate::Verdict,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ApiError {
+        let retry_after = super::gate::retry_after(v, now);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMIT_EXCEEDED",
+            format!(
+                "Rate limit exceeded: {} requests allowed per window; {} remaining. Retry in {retry_after} s.",
+                v.limit, v.remaining
+            ),
+        )
+        .with_details(json!({ "limit": v.limit, "remaining": v.remaining, "retry_after": retry_after }));
+        e.retry_after = Some(retry_after);
+        e
     }
 
     pub fn run_not_found(id: &str) -> ApiError {
@@ -163,6 +209,7 @@ impl From<EngineError> for ApiError {
             code,
             message,
             details,
+            retry_after: None,
         }
     }
 }
@@ -183,12 +230,19 @@ impl IntoResponse for ApiError {
                 details: self.details,
                 request_id: request_id.clone(),
                 timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                retry_after: self.retry_after,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(s));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }

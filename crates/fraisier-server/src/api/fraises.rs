@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::{Extension, Json};
+use axum::Json;
 use fraisier_model::metrics::VersionMetrics;
 use fraisier_model::run::{Health, RunStatus};
 use fraisier_model::service::{ExecutionStatus, ObservedSchedule, ObservedService};
@@ -15,9 +15,9 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::QueryMap;
+use super::gate::Caller;
 use super::views::{self, LastDeployment, Pagination};
 use super::{AppState, Params};
-use crate::auth::Identity;
 
 #[derive(Serialize, ToSchema)]
 pub struct FraiseSummary {
@@ -189,7 +189,7 @@ fn env_filter<'a>(
     responses((status = 200, body = FraiseList), (status = 400, body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     q: QueryMap,
 ) -> Result<Json<FraiseList>, ApiError> {
     let (limit, offset) = q.pagination(50)?;
@@ -229,7 +229,7 @@ pub async fn list(
         let mut current_versions = BTreeMap::new();
         let mut last: Option<LastDeployment> = None;
         for e in f.environments.keys() {
-            let s = env_state(&state, &who.tenant, name, e).await?;
+            let s = env_state(&state, &who.workspace, name, e).await?;
             statuses.push(s.status);
             current_versions.insert(e.clone(), s.current_version);
             if let Some(l) = s.last {
@@ -262,7 +262,7 @@ pub async fn list(
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
     let f = lookup(&state, &name)?;
@@ -270,9 +270,14 @@ pub async fn get(
     let mut statuses = Vec::new();
     let mut updated = state.started_at;
     for (e, fe) in &f.environments {
-        let s = env_state(&state, &who.tenant, &name, e).await?;
+        let s = env_state(&state, &who.workspace, &name, e).await?;
         statuses.push(s.status);
-        if let Some(r) = state.engine.store().service(&who.tenant, &name, e).await? {
+        if let Some(r) = state
+            .engine
+            .store()
+            .service(&who.workspace, &name, e)
+            .await?
+        {
             updated = updated.max(r.updated_at);
         }
         envs.insert(
@@ -302,7 +307,7 @@ pub async fn get(
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -310,7 +315,7 @@ pub async fn status(
     let mut envs = serde_json::Map::new();
     let mut statuses = Vec::new();
     for e in env_filter(&state, f, &q)? {
-        let s = env_state(&state, &who.tenant, &name, e).await?;
+        let s = env_state(&state, &who.workspace, &name, e).await?;
         statuses.push(s.status);
         let o = s.observed.unwrap_or_default();
         let (live, healthy) = o.live_counts();
@@ -352,7 +357,7 @@ pub async fn status(
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn history(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -379,7 +384,11 @@ pub async fn history(
         offset,
         ..RunFilter::default()
     };
-    let (runs, total) = state.engine.store().list_runs(&who.tenant, &filter).await?;
+    let (runs, total) = state
+        .engine
+        .store()
+        .list_runs(&who.workspace, &filter)
+        .await?;
     let history: Vec<Value> = runs
         .iter()
         .map(|r| {

@@ -1,19 +1,24 @@
 //! The HTTP API: routes, the request-id and authentication layers, and shared state.
 
+pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod deployments;
 pub mod environments;
 pub mod error;
 pub mod extract;
 pub mod fraises;
+pub mod gate;
 pub mod openapi;
+pub mod routes;
 pub mod services;
 pub mod system;
+pub mod users;
 pub mod views;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -22,10 +27,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use fraisier_engine::Engine;
+use fraisier_model::access::Roles;
 use fraisier_model::config::Config;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{Identity, Keys};
+use crate::auth::Keys;
+use crate::limits::Limiter;
 use error::{ApiError, REQUEST_ID};
 
 #[derive(Clone)]
@@ -33,11 +40,15 @@ pub struct AppState {
     pub engine: Engine,
     pub keys: Keys,
     pub config: Arc<Config>,
+    pub roles: Arc<Roles>,
+    pub limiter: Arc<Limiter>,
     pub started_at: DateTime<Utc>,
 }
 
+/// The API's routes; what each needs of its caller is declared in `routes::ROUTES`, which the
+/// gate in front of all of them reads.
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
+    let api = Router::new()
         .route(
             "/deployments",
             get(deployments::list).post(services::create),
@@ -49,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/deployments/{id}/logs", get(deployments::logs))
         .route("/deployments/{id}/events", get(deployments::events))
+        .route("/deployments/{id}/audit", get(audit::of_deployment))
         .route("/deployments/{id}/health", get(services::health))
         .route("/deployments/{id}/progress", get(services::progress))
         .route("/deployments/{id}/rollback", post(services::rollback))
@@ -65,15 +77,25 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}", get(environments::get))
         .route("/environments/{name}/status", get(environments::status))
         .route("/metrics", get(system::metrics))
+        .route("/users", get(users::list).post(users::create))
+        .route(
+            "/users/{username}",
+            get(users::get).put(users::update).delete(users::delete),
+        )
+        .route("/users/{username}/password", post(users::set_password))
+        .route("/roles", get(users::roles))
+        .route("/api-keys", get(api_keys::list).post(api_keys::create))
+        .route("/api-keys/{id}", axum::routing::delete(api_keys::revoke))
+        .route("/audit", get(audit::list))
         .route("/openapi.json", get(openapi::document))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let public = Router::new()
         .route("/health", get(system::health))
         .route("/auth/token", post(auth::token))
         .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh));
-    let api = protected
-        .merge(public)
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/me", get(auth::me))
+        .route("/auth/keys/rotate", post(auth::rotate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), gate::gate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
@@ -103,31 +125,6 @@ async fn request_id(req: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", v);
     }
     response
-}
-
-async fn authenticate(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = match header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) {
-        Some(t) => t.trim(),
-        None => return Err(ApiError::unauthorized("missing bearer token: send Authorization: Bearer <token> (get one with `fraisier auth:token` or POST /api/v1/auth/token)")),
-    };
-    let claims = state
-        .keys
-        .verify(token)
-        .map_err(|_| ApiError::unauthorized("invalid or expired token"))?;
-    req.extensions_mut().insert(Identity {
-        username: claims.sub,
-        tenant: claims.tenant_id,
-        roles: claims.roles,
-    });
-    Ok(next.run(req).await)
 }
 
 async fn not_found() -> ApiError {

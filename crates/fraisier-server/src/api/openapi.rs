@@ -1,10 +1,12 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, deployments, environments, error, fraises, services, system};
+use super::{
+    api_keys, audit, auth, deployments, environments, error, fraises, services, system, users,
+};
 
 struct BearerAuth;
 
@@ -20,6 +22,10 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
     }
 }
 
@@ -27,7 +33,10 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Fraisier REST API", version = "0.1.0", description = "Deploy fraises to environments with zero downtime. Base path /api/v1; bearer tokens from /auth/token or `fraisier auth:token`."),
     paths(
-        auth::token, auth::login, auth::refresh,
+        auth::token, auth::login, auth::refresh, auth::logout, auth::me, auth::rotate,
+        users::list, users::create, users::get, users::update, users::delete, users::set_password, users::roles,
+        api_keys::create, api_keys::list, api_keys::revoke,
+        audit::list, audit::of_deployment,
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,
         services::create, services::validate, services::health, services::rollback, services::progress,
         fraises::list, fraises::get, fraises::status, fraises::history,
@@ -36,12 +45,12 @@ impl Modify for BearerAuth {
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
     tags((name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),
 )]
 pub struct ApiDoc;
 
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses((status = 200, description = "this document", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", security(()), responses((status = 200, description = "this document", body = Object)))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

@@ -8,7 +8,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use chrono::Utc;
 use fraisier_engine::{BusMessage, DeployRequest, Engine, RollbackRequest};
 use fraisier_model::run::{to_wire, Health, RunStatus, ServiceState};
@@ -21,9 +21,11 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{parse_json, JsonBody, QueryMap};
+use super::gate::authorize;
+use super::gate::Caller;
 use super::views::{self, StepView};
 use super::{deployments, AppState, Params};
-use crate::auth::Identity;
+use fraisier_model::access::Permission;
 
 /// Seed 001's deployment spec. Commands, paths and hooks are fixed by `fraisier.yaml` (written
 /// by admins); a spec may repeat them but not change them.
@@ -152,7 +154,7 @@ fn spec_error(field: &str, message: String) -> ApiError {
 
 /// The environment a seed-001 name refers to: `fraise@env`, `?environment=`, the body's, or
 /// the fraise's only environment.
-fn resolve(
+pub fn resolve(
     state: &AppState,
     name: &str,
     environment: Option<&str>,
@@ -234,7 +236,7 @@ fn check_fixed(spec: &DeploySpec, f: &fraisier_model::FraiseConfig) -> Result<()
 
 fn deploy_request(
     state: &AppState,
-    who: &Identity,
+    who: &Caller,
     spec: DeploySpec,
 ) -> Result<DeployRequest, ApiError> {
     let (fraise, environment) = resolve(state, &spec.name, spec.environment.as_deref())?;
@@ -248,7 +250,7 @@ fn deploy_request(
         metadata["service_name"] = json!(s);
     }
     Ok(DeployRequest {
-        tenant: who.tenant.clone(),
+        tenant: who.workspace.clone(),
         fraise,
         environment,
         version: spec.version,
@@ -315,7 +317,7 @@ async fn result_of(engine: &Engine, run: &Run) -> Result<DeployResult, ApiError>
               (status = 500, body = super::error::ErrorBody, description = "the deployment failed; details.result holds the steps")))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     JsonBody(spec): JsonBody<DeploySpec>,
 ) -> Result<Response, ApiError> {
     let wait = spec.wait.unwrap_or(true);
@@ -323,20 +325,25 @@ pub async fn create(
         .timeout
         .unwrap_or(fraisier_engine::DEFAULT_TIMEOUT_SECS);
     let req = deploy_request(&state, &who, spec)?;
+    authorize(&state, &who, Permission::DeploymentCreate, &req.environment)?;
     let run = state.engine.submit(req).await?;
     if !wait {
-        return Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response());
+        return Ok(deployments::noted(
+            (StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response(),
+            &run,
+        ));
     }
     let run = state
         .engine
-        .wait(&who.tenant, run.id, Duration::from_secs(timeout))
+        .wait(&who.workspace, run.id, Duration::from_secs(timeout))
         .await?;
     let result = result_of(&state.engine, &run).await?;
+    let noted = |r: Response| deployments::noted(r, &run);
     match run.status {
-        RunStatus::Success => Ok((StatusCode::CREATED, Json(result)).into_response()),
-        RunStatus::Pending | RunStatus::InProgress => {
-            Ok((StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response())
-        }
+        RunStatus::Success => Ok(noted((StatusCode::CREATED, Json(result)).into_response())),
+        RunStatus::Pending | RunStatus::InProgress => Ok(noted(
+            (StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response(),
+        )),
         _ => {
             let code = match run.error_code.as_deref() {
                 Some("HEALTH_CHECK_FAILED") => "HEALTH_CHECK_FAILED",
@@ -345,10 +352,11 @@ pub async fn create(
                 Some("DEPLOYMENT_CANCELLED") => "DEPLOYMENT_CANCELLED",
                 _ => "DEPLOYMENT_FAILED",
             };
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, result.message.clone()).with_details(json!({
+            let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, result.message.clone()).with_details(json!({
                 "deployment": run.fraise, "operation": "deploy", "cause": run.error_message, "deployment_id": run_id_string(run.id),
                 "result": result,
-            })))
+            }));
+            Ok(noted(e.into_response()))
         }
     }
 }
@@ -358,7 +366,7 @@ pub async fn create(
     responses((status = 200, body = ValidationResult), (status = 400, body = ValidationResult)))]
 pub async fn validate(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     body: axum::body::Bytes,
 ) -> Response {
     let invalid = |field: String, message: String| {
@@ -398,7 +406,14 @@ pub async fn validate(
             )
         }
     };
-    let v = state.engine.validate(&req).await;
+    let mut v = state.engine.validate(&req).await;
+    if let Err(e) = authorize(&state, &who, Permission::DeploymentCreate, &req.environment) {
+        v.issues.push(fraisier_engine::ValidationIssue {
+            field: "environment".into(),
+            message: e.message,
+            severity: Some("error".into()),
+        });
+    }
     let valid = v.issues.is_empty();
     let body = ValidationResult {
         valid,
@@ -447,12 +462,12 @@ async fn current_state(
 
 pub async fn get(
     state: &AppState,
-    who: &Identity,
+    who: &Caller,
     name: &str,
     q: &QueryMap,
 ) -> Result<Json<ServiceView>, ApiError> {
     let (fraise, env) = resolve(state, name, q.get("environment"))?;
-    let (service_state, record) = current_state(state, &who.tenant, &fraise, &env).await?;
+    let (service_state, record) = current_state(state, &who.workspace, &fraise, &env).await?;
     let observed = state
         .engine
         .provider()
@@ -493,7 +508,7 @@ pub async fn get(
     let events = state
         .engine
         .store()
-        .service_events(&who.tenant, &fraise, &env, 20)
+        .service_events(&who.workspace, &fraise, &env, 20)
         .await?;
     Ok(Json(ServiceView {
         name: fraise.clone(),
@@ -531,7 +546,7 @@ pub async fn get(
 
 pub async fn list(
     state: &AppState,
-    who: &Identity,
+    who: &Caller,
     q: &QueryMap,
 ) -> Result<Json<ServiceList>, ApiError> {
     let (limit, offset) = q.pagination(50)?;
@@ -546,7 +561,7 @@ pub async fn list(
             if env_filter.as_deref().is_some_and(|e| e != env) {
                 continue;
             }
-            let (s, record) = current_state(state, &who.tenant, fraise, env).await?;
+            let (s, record) = current_state(state, &who.workspace, fraise, env).await?;
             if wanted.is_some_and(|w| w != s) {
                 continue;
             }
@@ -586,7 +601,7 @@ pub async fn list(
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn health(
     State(state): State<AppState>,
-    Extension(_who): Extension<Identity>,
+    _who: Caller,
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -648,20 +663,21 @@ pub async fn health(
               (status = 409, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
     q: QueryMap,
     JsonBody(spec): JsonBody<RollbackSpec>,
-) -> Result<Json<RollbackDone>, ApiError> {
+) -> Result<Response, ApiError> {
     let (fraise, environment) = resolve(
         &state,
         &name,
         spec.environment.as_deref().or(q.get("environment")),
     )?;
+    authorize(&state, &who, Permission::RollbackCreate, &environment)?;
     let run = state
         .engine
         .rollback(RollbackRequest {
-            tenant: who.tenant.clone(),
+            tenant: who.workspace.clone(),
             fraise,
             environment,
             to_version: spec.version,
@@ -672,18 +688,21 @@ pub async fn rollback(
         .await?;
     let run = state
         .engine
-        .wait(&who.tenant, run.id, Duration::from_secs(900))
+        .wait(&who.workspace, run.id, Duration::from_secs(900))
         .await?;
     if run.status != RunStatus::Success {
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ROLLBACK_FAILED", run.error_message.clone().unwrap_or_else(|| "rollback did not complete".into()))
-            .with_details(json!({ "deployment": run.fraise, "operation": "rollback", "cause": run.error_message, "deployment_id": run_id_string(run.id) })));
+        let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ROLLBACK_FAILED", run.error_message.clone().unwrap_or_else(|| "rollback did not complete".into()))
+            .with_details(json!({ "deployment": run.fraise, "operation": "rollback", "cause": run.error_message, "deployment_id": run_id_string(run.id) }));
+        return Ok(deployments::noted(e.into_response(), &run));
     }
-    Ok(Json(RollbackDone {
+    let r = Json(RollbackDone {
         message: "Rollback completed successfully".into(),
         version: run.version.clone(),
         timestamp: views::ts(run.completed_at.unwrap_or_else(Utc::now)),
         id: run_id_string(run.id),
-    }))
+    })
+    .into_response();
+    Ok(deployments::noted(r, &run))
 }
 
 /// `ws://…/deployments/{name}/progress`: progress messages of a run (by id) or of the
@@ -693,21 +712,21 @@ pub async fn rollback(
     responses((status = 101, description = "WebSocket of progress messages {step, status, message, progress_pct, timestamp}"), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
 pub async fn progress(
     State(state): State<AppState>,
-    Extension(who): Extension<Identity>,
+    who: Caller,
     Params(name): Params<String>,
     q: QueryMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let target = if name.starts_with("dep_") {
         let id = parse_run_id(&name).ok_or_else(|| ApiError::run_not_found(&name))?;
-        let run = state.engine.run(&who.tenant, id).await?;
+        let run = state.engine.run(&who.workspace, id).await?;
         Target::Run(run)
     } else {
         let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
         let active = state
             .engine
             .store()
-            .active_run_for(&who.tenant, &fraise, &env)
+            .active_run_for(&who.workspace, &fraise, &env)
             .await?;
         Target::Service {
             fraise,

@@ -89,6 +89,7 @@ pub fn config_yaml(
 server:
   listen: "127.0.0.1:0"
   data_dir: "{data}"
+  rate_limits: off
 environments:
   production: {{ display_name: Production, description: Live environment, provider: local }}
   staging: {{ display_name: Staging, provider: local }}

@@ -1,0 +1,290 @@
+//! Every route of the API and what it needs of its caller, in one table: the gate reads it for
+//! each request, and a test checks it against the OpenAPI document, both ways.
+
+use axum::http::Method;
+use fraisier_model::access::Permission;
+
+/// What a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Anyone (health, sign-in, the API document).
+    Public,
+    /// Any valid credential; the handler decides what the caller may touch (their own keys,
+    /// their own password).
+    Authenticated,
+    Permission(Permission),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RouteAccess {
+    pub method: &'static str,
+    /// The pattern as the router declares it, under `/api/v1`.
+    pub path: &'static str,
+    pub need: Need,
+    /// The action the audit trail records (`deployment.create`).
+    pub action: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    need: Need,
+    action: &'static str,
+) -> RouteAccess {
+    RouteAccess {
+        method,
+        path,
+        need,
+        action,
+    }
+}
+
+use Need::{Authenticated, Public};
+use Permission as P;
+
+const fn may(p: Permission) -> Need {
+    Need::Permission(p)
+}
+
+pub const ROUTES: &[RouteAccess] = &[
+    route("GET", "/health", Public, "health.read"),
+    route("GET", "/openapi.json", Public, "openapi.read"),
+    route("POST", "/auth/token", Public, "auth.token"),
+    route("POST", "/auth/login", Public, "auth.login"),
+    route("POST", "/auth/refresh", Public, "auth.refresh"),
+    route("POST", "/auth/logout", Authenticated, "auth.logout"),
+    route("GET", "/auth/me", Authenticated, "auth.me"),
+    route(
+        "POST",
+        "/auth/keys/rotate",
+        may(P::AuthRotate),
+        "auth.rotate_key",
+    ),
+    route(
+        "GET",
+        "/deployments",
+        may(P::DeploymentRead),
+        "deployment.list",
+    ),
+    route(
+        "POST",
+        "/deployments",
+        may(P::DeploymentCreate),
+        "deployment.create",
+    ),
+    route(
+        "POST",
+        "/deployments/validate",
+        may(P::DeploymentRead),
+        "deployment.validate",
+    ),
+    route(
+        "GET",
+        "/deployments/{id}",
+        may(P::DeploymentRead),
+        "deployment.read",
+    ),
+    route(
+        "DELETE",
+        "/deployments/{id}",
+        may(P::DeploymentUpdate),
+        "deployment.cancel",
+    ),
+    route(
+        "GET",
+        "/deployments/{id}/logs",
+        may(P::LogsRead),
+        "deployment.logs",
+    ),
+    route(
+        "GET",
+        "/deployments/{id}/events",
+        may(P::DeploymentRead),
+        "deployment.events",
+    ),
+    route(
+        "GET",
+        "/deployments/{id}/audit",
+        may(P::AuditRead),
+        "deployment.audit",
+    ),
+    route(
+        "GET",
+        "/deployments/{id}/health",
+        may(P::DeploymentRead),
+        "deployment.health",
+    ),
+    route(
+        "GET",
+        "/deployments/{id}/progress",
+        may(P::DeploymentRead),
+        "deployment.progress",
+    ),
+    route(
+        "POST",
+        "/deployments/{id}/rollback",
+        may(P::RollbackCreate),
+        "deployment.rollback",
+    ),
+    route(
+        "POST",
+        "/deployments/{id}/{environment}",
+        may(P::DeploymentCreate),
+        "deployment.create",
+    ),
+    route(
+        "POST",
+        "/deployments/{id}/{environment}/rollback",
+        may(P::RollbackCreate),
+        "deployment.rollback",
+    ),
+    route("GET", "/fraises", may(P::DeploymentRead), "fraise.list"),
+    route(
+        "GET",
+        "/fraises/{name}",
+        may(P::DeploymentRead),
+        "fraise.read",
+    ),
+    route(
+        "GET",
+        "/fraises/{name}/status",
+        may(P::DeploymentRead),
+        "fraise.status",
+    ),
+    route(
+        "GET",
+        "/fraises/{name}/history",
+        may(P::DeploymentRead),
+        "fraise.history",
+    ),
+    route(
+        "GET",
+        "/environments",
+        may(P::EnvironmentRead),
+        "environment.list",
+    ),
+    route(
+        "GET",
+        "/environments/{name}",
+        may(P::EnvironmentRead),
+        "environment.read",
+    ),
+    route(
+        "GET",
+        "/environments/{name}/status",
+        may(P::EnvironmentRead),
+        "environment.status",
+    ),
+    route("GET", "/metrics", may(P::MetricsRead), "metrics.read"),
+    route("GET", "/users", may(P::UserRead), "user.list"),
+    route("POST", "/users", may(P::UserCreate), "user.create"),
+    route("GET", "/users/{username}", may(P::UserRead), "user.read"),
+    route(
+        "PUT",
+        "/users/{username}",
+        may(P::UserUpdate),
+        "user.update",
+    ),
+    route(
+        "DELETE",
+        "/users/{username}",
+        may(P::UserDelete),
+        "user.delete",
+    ),
+    route(
+        "POST",
+        "/users/{username}/password",
+        Authenticated,
+        "user.set_password",
+    ),
+    route("GET", "/roles", Authenticated, "role.list"),
+    route("GET", "/api-keys", Authenticated, "api_key.list"),
+    route("POST", "/api-keys", Authenticated, "api_key.create"),
+    route("DELETE", "/api-keys/{id}", Authenticated, "api_key.revoke"),
+    route("GET", "/audit", may(P::AuditRead), "audit.list"),
+];
+
+/// The table's entry for a request; HEAD is answered by GET routes.
+pub fn find(method: &Method, pattern: &str) -> Option<&'static RouteAccess> {
+    let path = pattern.strip_prefix("/api/v1").unwrap_or(pattern);
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTES.iter().find(|r| r.method == method && r.path == path)
+}
+
+/// Whether the table lists any method of this route pattern.
+pub fn declared(pattern: &str) -> bool {
+    let path = pattern.strip_prefix("/api/v1").unwrap_or(pattern);
+    ROUTES.iter().any(|r| r.path == path)
+}
+
+/// `/deployments/{id}/logs` and `/deployments/{deployment_id}/logs` are the same route.
+pub fn shape(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use utoipa::OpenApi;
+
+    use super::*;
+
+    #[test]
+    fn every_documented_operation_is_in_the_table_and_back() {
+        let doc = crate::api::openapi::ApiDoc::openapi();
+        let mut documented = BTreeSet::new();
+        for (path, item) in &doc.paths.paths {
+            let path = path
+                .strip_prefix("/api/v1")
+                .expect("paths are under /api/v1");
+            let item = serde_json::to_value(item).unwrap();
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if item.get(method).is_some() {
+                    documented.insert((method.to_uppercase(), shape(path)));
+                }
+            }
+        }
+        let table: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|r| (r.method.to_string(), shape(r.path)))
+            .collect();
+        assert_eq!(table.len(), ROUTES.len(), "a route is listed twice");
+        let undocumented: Vec<_> = table.difference(&documented).collect();
+        let undeclared: Vec<_> = documented.difference(&table).collect();
+        assert!(
+            undocumented.is_empty(),
+            "in the table, not in the OpenAPI document: {undocumented:?}"
+        );
+        assert!(
+            undeclared.is_empty(),
+            "documented, not in the table: {undeclared:?}"
+        );
+    }
+
+    #[test]
+    fn only_health_sign_in_and_the_document_are_public() {
+        let public: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.need == Need::Public)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(
+            public,
+            [
+                "/health",
+                "/openapi.json",
+                "/auth/token",
+                "/auth/login",
+                "/auth/refresh"
+            ]
+        );
+    }
+}
