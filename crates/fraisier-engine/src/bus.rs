@@ -30,6 +30,10 @@ pub enum BusMessage {
     Log(LogLine),
     Event(Event),
     Progress(Progress),
+    /// Someone decided on a run waiting for approval.
+    Decided {
+        run_id: i64,
+    },
     /// A run reached a final status.
     Finished {
         run_id: i64,
@@ -74,7 +78,7 @@ impl BusMessage {
             BusMessage::Log(l) => Some(l.run_id),
             BusMessage::Event(e) => e.run_id,
             BusMessage::Progress(p) => Some(p.run_id),
-            BusMessage::Finished { run_id, .. } => Some(*run_id),
+            BusMessage::Finished { run_id, .. } | BusMessage::Decided { run_id } => Some(*run_id),
         }
     }
 }

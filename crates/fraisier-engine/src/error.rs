@@ -41,6 +41,14 @@ pub enum EngineError {
     },
     #[error("deployment {0} has already finished")]
     AlreadyFinished(String),
+    /// The run does not wait for approval (never needed it, already granted, or over).
+    #[error("deployment {id} is not waiting for approval: {reason}")]
+    ApprovalNotPending { id: String, reason: String },
+    /// Separation of duties.
+    #[error("{user} asked for deployment {id} and cannot approve it (separation of duties)")]
+    SelfApproval { id: String, user: String },
+    #[error("{user} has already decided on deployment {id}")]
+    AlreadyDecided { id: String, user: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -65,6 +73,9 @@ impl EngineError {
             EngineError::DependencyFailed { .. } => "DEPENDENCY_FAILED",
             EngineError::BackupNotFound { .. } => "BACKUP_NOT_FOUND",
             EngineError::AlreadyFinished(_) => "DEPLOYMENT_FINISHED",
+            EngineError::ApprovalNotPending { .. } => "APPROVAL_NOT_PENDING",
+            EngineError::SelfApproval { .. } => "PERMISSION_DENIED",
+            EngineError::AlreadyDecided { .. } => "ALREADY_DECIDED",
             EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
             EngineError::Store(_) => "INTERNAL_ERROR",
             EngineError::Provider(_) => "PROVIDER_ERROR",

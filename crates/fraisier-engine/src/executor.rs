@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fraisier_model::analysis::{judge, Verdict};
+use fraisier_model::approval::{self, Requirement, Standing};
 use fraisier_model::config::{FraiseConfig, FraiseEnvironmentConfig};
 use fraisier_model::metrics::VersionMetrics;
 use fraisier_model::plan::{self, Gate, Phase, Target};
@@ -23,6 +24,10 @@ use tokio::time::Instant;
 
 use crate::request::{self, RunOptions};
 use crate::{BusMessage, Engine, ProviderError};
+
+/// How often a run waiting for approval looks at the store for votes cast through another
+/// server (votes through this one wake it at once).
+const APPROVAL_RECHECK: Duration = Duration::from_secs(5);
 
 /// Why a run stopped short.
 #[derive(Debug)]
@@ -128,6 +133,9 @@ impl RunCtx<'_> {
     async fn drive(&mut self) -> Result<(), fraisier_store::StoreError> {
         let store = self.engine.store().clone();
         let resumed = self.run.status == RunStatus::InProgress;
+        if !resumed && !self.await_approval().await? {
+            return Ok(());
+        }
         if !resumed {
             self.run.status = RunStatus::InProgress;
             self.run.started_at = Some(Utc::now());
@@ -971,6 +979,197 @@ impl RunCtx<'_> {
             )
             .await;
         Ok(Some(format!("{healthy}/{total} instances healthy")))
+    }
+
+    /// Holds a run in a guarded environment `pending` until enough people approved it; a
+    /// no, the window closing or a cancel ends it `cancelled` before anything moved. Returns
+    /// whether the run goes on. Votes are read from the store, so approvals given through
+    /// another server count too.
+    async fn await_approval(&mut self) -> Result<bool, fraisier_store::StoreError> {
+        let Some(mut policy) = self.opts.approval.clone().filter(|p| !p.granted) else {
+            return Ok(true);
+        };
+        let store = self.engine.store().clone();
+        if !policy.requested {
+            let data = json!({
+                "required": policy.required, "expires_at": policy.expires_at,
+                "requested_by": self.run.triggered_by, "require_sod": policy.require_sod,
+            });
+            self.engine
+                .event(&self.run, "approval.requested", data.clone())
+                .await;
+            self.engine
+                .log(
+                    &self.run,
+                    LogLevel::Info,
+                    Component::Deployment,
+                    &format!(
+                        "Waiting for {} approval(s) before deploying to {} (until {})",
+                        policy.required,
+                        self.run.environment,
+                        policy
+                            .expires_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    data,
+                )
+                .await;
+            policy.requested = true;
+            self.save_policy(&policy).await?;
+        }
+        let mut bus = self.engine.bus().subscribe();
+        let requirement = Requirement {
+            required: policy.required,
+            expires_at: policy.expires_at,
+        };
+        loop {
+            let votes = store.votes(self.run.id).await?;
+            match approval::judge(&requirement, &votes, Utc::now()) {
+                Standing::Granted => {
+                    let approvers: Vec<&str> = votes
+                        .iter()
+                        .filter(|v| v.decision == approval::Decision::Approve)
+                        .map(|v| v.user.as_str())
+                        .collect();
+                    self.engine
+                        .log(
+                            &self.run,
+                            LogLevel::Info,
+                            Component::Deployment,
+                            &format!("Approved by {}", approvers.join(", ")),
+                            json!({ "approvers": approvers }),
+                        )
+                        .await;
+                    policy.granted = true;
+                    self.save_policy(&policy).await?;
+                    // The run's own time starts now, not when it was asked for.
+                    self.deadline =
+                        Instant::now() + Duration::from_secs(self.opts.timeout_secs.max(1));
+                    return Ok(true);
+                }
+                Standing::Rejected { by, comment } => {
+                    let message = match comment {
+                        Some(c) => format!("rejected by {by}: {c}"),
+                        None => format!("rejected by {by}"),
+                    };
+                    self.end_unstarted("APPROVAL_REJECTED", &message, &by)
+                        .await?;
+                    return Ok(false);
+                }
+                Standing::Expired => {
+                    self.engine
+                        .event(
+                            &self.run,
+                            "approval.expired",
+                            json!({ "expires_at": policy.expires_at, "received": votes.len() }),
+                        )
+                        .await;
+                    let message = format!(
+                        "not approved in time: the approval window closed at {}",
+                        policy
+                            .expires_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    );
+                    self.end_unstarted("APPROVAL_EXPIRED", &message, "approval window")
+                        .await?;
+                    return Ok(false);
+                }
+                Standing::Waiting { received } => {
+                    self.engine.progress(
+                        &self.run,
+                        "approval",
+                        "waiting",
+                        &format!("{received}/{} approvals", policy.required),
+                        0,
+                    );
+                }
+            }
+            // Cancelled while waiting: through this server, or recorded by another.
+            let fresh = store.run(&self.run.tenant_id, self.run.id).await?;
+            let by = self
+                .cancel
+                .borrow()
+                .clone()
+                .or(fresh.cancel_requested_by.clone());
+            if let Some(by) = by {
+                self.end_unstarted(
+                    "DEPLOYMENT_CANCELLED",
+                    &format!("cancelled by {by} before it was approved"),
+                    &by,
+                )
+                .await?;
+                return Ok(false);
+            }
+            let until_expiry = (policy.expires_at - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            let nap = until_expiry.min(APPROVAL_RECHECK);
+            let mut cancel = self.cancel.clone();
+            let id = self.run.id;
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = cancel.changed() => {}
+                _ = async {
+                    loop {
+                        match bus.recv().await {
+                            Ok(m) if matches!(&*m, BusMessage::Decided { run_id } if *run_id == id) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                            _ => {}
+                        }
+                    }
+                } => {}
+            }
+        }
+    }
+
+    async fn save_policy(
+        &mut self,
+        policy: &crate::request::ApprovalPolicy,
+    ) -> Result<(), fraisier_store::StoreError> {
+        self.opts.approval = Some(policy.clone());
+        self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
+        self.engine.store().save_run(&self.run).await
+    }
+
+    /// Ends a run that never started (refused or withdrawn approval): `cancelled`, nothing to
+    /// restore.
+    async fn end_unstarted(
+        &mut self,
+        code: &str,
+        message: &str,
+        by: &str,
+    ) -> Result<(), fraisier_store::StoreError> {
+        let now = Utc::now();
+        self.run.status = RunStatus::Cancelled;
+        self.run.completed_at = Some(now);
+        self.run.cancelled_at = Some(now);
+        self.run.cancel_requested_by = Some(by.to_string());
+        self.run.error_code = Some(code.to_string());
+        self.run.error_message = Some(message.to_string());
+        self.engine.store().save_run(&self.run).await?;
+        self.engine
+            .log(
+                &self.run,
+                LogLevel::Warn,
+                Component::Deployment,
+                message,
+                json!({ "code": code }),
+            )
+            .await;
+        self.engine
+            .event(
+                &self.run,
+                "deployment.cancelled",
+                json!({ "status": "cancelled", "error": { "code": code, "message": message } }),
+            )
+            .await;
+        self.engine
+            .progress(&self.run, "finished", "failed", message, 100);
+        self.engine.bus().publish(BusMessage::Finished {
+            run_id: self.run.id,
+            status: RunStatus::Cancelled,
+        });
+        Ok(())
     }
 
     /// Cancellation and the run's own timeout, checked at every safe point.

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use fraisier_model::approval::{self, Decision, Requirement, Standing, Vote};
 use fraisier_model::config::Config;
-use fraisier_model::run::{Component, LogLevel, RunKind, ServiceState};
+use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState};
 use fraisier_model::{FraiseType, Strategy};
 use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreError};
 use serde_json::{json, Value};
@@ -23,7 +24,8 @@ pub use bus::{Bus, BusMessage, Progress};
 pub use error::EngineError;
 pub use provider::{Provider, ProviderError};
 pub use request::{
-    known_versions, DeployRequest, RollbackRequest, RunOptions, DEFAULT_TIMEOUT_SECS,
+    known_versions, ApprovalPolicy, DeployRequest, RollbackRequest, RunOptions,
+    DEFAULT_TIMEOUT_SECS,
 };
 
 /// Timing knobs; tests shorten them.
@@ -164,6 +166,7 @@ impl Engine {
             timeout_secs,
             rollback_on_failure: req.rollback_on_failure.unwrap_or(true),
             dependencies,
+            approval: request::approval_policy(config, &req.environment, Utc::now()),
             ..RunOptions::default()
         };
         Ok(NewRun {
@@ -300,6 +303,7 @@ impl Engine {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             rollback_on_failure: true,
             reason: req.reason.clone(),
+            approval: request::approval_policy(config, &req.environment, Utc::now()),
             ..RunOptions::default()
         };
         let new = NewRun {
@@ -361,6 +365,134 @@ impl Engine {
         Ok(run)
     }
 
+    /// Records `user`'s yes or no on a run waiting for approval and wakes the run. The caller
+    /// has checked that `user` may approve in the run's environment.
+    pub async fn decide(
+        &self,
+        tenant: &str,
+        id: i64,
+        user: &str,
+        decision: Decision,
+        comment: Option<&str>,
+    ) -> Result<Run, EngineError> {
+        let run = self.run(tenant, id).await?;
+        let name = run_id_string(id);
+        let not_pending = |reason: &str| EngineError::ApprovalNotPending {
+            id: name.clone(),
+            reason: reason.to_string(),
+        };
+        let policy = options_of(&run)
+            .approval
+            .ok_or_else(|| not_pending("its environment requires no approval"))?;
+        if run.status.is_final() {
+            return Err(not_pending(&format!(
+                "it is {}",
+                fraisier_model::run::to_wire(&run.status)
+            )));
+        }
+        if policy.granted || run.status != RunStatus::Pending {
+            return Err(not_pending("it was approved already"));
+        }
+        if Utc::now() >= policy.expires_at {
+            return Err(not_pending("its approval window has closed"));
+        }
+        if policy.require_sod && run.triggered_by == user {
+            return Err(EngineError::SelfApproval {
+                id: name,
+                user: user.to_string(),
+            });
+        }
+        let store = &self.inner.store;
+        let vote = store
+            .add_vote(tenant, id, user, decision, comment)
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(_) => EngineError::AlreadyDecided {
+                    id: name.clone(),
+                    user: user.to_string(),
+                },
+                StoreError::NotFound => EngineError::RunNotFound(name.clone()),
+                e => EngineError::Store(e),
+            })?;
+        let votes = store.votes(id).await?;
+        let received = votes
+            .iter()
+            .filter(|v| v.decision == Decision::Approve)
+            .count();
+        let (event, data) = match decision {
+            Decision::Approve => (
+                "approval.granted",
+                json!({ "approver": user, "comment": vote.comment, "received": received, "required": policy.required }),
+            ),
+            Decision::Reject => (
+                "approval.rejected",
+                json!({ "rejected_by": user, "comment": vote.comment }),
+            ),
+        };
+        self.event(&run, event, data).await;
+        self.inner.bus.publish(BusMessage::Decided { run_id: id });
+        Ok(run)
+    }
+
+    /// Where the approvals of `runs` stand, for views; runs that need none are left out.
+    pub async fn approvals_of(
+        &self,
+        runs: &[Run],
+    ) -> Result<HashMap<i64, ApprovalView>, EngineError> {
+        let guarded: Vec<(&Run, ApprovalPolicy)> = runs
+            .iter()
+            .filter_map(|r| options_of(r).approval.map(|p| (r, p)))
+            .collect();
+        let ids: Vec<i64> = guarded.iter().map(|(r, _)| r.id).collect();
+        let votes = self.inner.store.votes_for(&ids).await?;
+        let now = Utc::now();
+        Ok(guarded
+            .into_iter()
+            .map(|(r, p)| {
+                let mine = votes
+                    .iter()
+                    .filter(|(id, _)| *id == r.id)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (r.id, ApprovalView::of(r, &p, mine, now))
+            })
+            .collect())
+    }
+
+    /// Runs of `tenant` waiting for approval, with where each stands.
+    pub async fn awaiting_approval(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(Run, ApprovalView)>, EngineError> {
+        let runs: Vec<(Run, ApprovalPolicy)> = self
+            .inner
+            .store
+            .active_runs()
+            .await?
+            .into_iter()
+            .filter(|r| r.tenant_id == tenant && r.status == RunStatus::Pending)
+            .filter_map(|r| {
+                let p = options_of(&r).approval.filter(|p| !p.granted)?;
+                Some((r, p))
+            })
+            .collect();
+        let ids: Vec<i64> = runs.iter().map(|(r, _)| r.id).collect();
+        let votes = self.inner.store.votes_for(&ids).await?;
+        let now = Utc::now();
+        Ok(runs
+            .into_iter()
+            .map(|(r, p)| {
+                let mine = votes
+                    .iter()
+                    .filter(|(id, _)| *id == r.id)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                let view = ApprovalView::of(&r, &p, mine, now);
+                (r, view)
+            })
+            .collect())
+    }
+
     pub async fn run(&self, tenant: &str, id: i64) -> Result<Run, EngineError> {
         self.inner.store.run(tenant, id).await.map_err(|e| match e {
             StoreError::NotFound => EngineError::RunNotFound(run_id_string(id)),
@@ -418,15 +550,16 @@ impl Engine {
         };
         for s in services {
             let Some(desired) = &s.desired else { continue };
-            if self
+            // A run that is moving the service pushes its own states; one waiting (possibly
+            // a day) for approval has not started, and must not keep the service unrepaired.
+            let active = self
                 .inner
                 .store
                 .active_run_for(&s.tenant_id, &s.fraise, &s.environment)
                 .await
                 .ok()
-                .flatten()
-                .is_some()
-            {
+                .flatten();
+            if active.is_some_and(|r| !awaits_approval(&r)) {
                 continue;
             }
             match self.inner.provider.observe(&s.fraise, &s.environment).await {
@@ -559,6 +692,83 @@ impl Engine {
                 updated_at: Utc::now(),
             }))
     }
+}
+
+/// A run's approval as the API shows it: `{required, received, approvers, status, …}`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ApprovalView {
+    pub required: u32,
+    pub received: u32,
+    pub approvers: Vec<Approver>,
+    /// pending | granted | rejected | expired | withdrawn (the run ended otherwise first)
+    pub status: &'static str,
+    pub expires_at: DateTime<Utc>,
+    pub require_sod: bool,
+    pub requested_by: String,
+    pub rejected_by: Option<String>,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Approver {
+    pub user: String,
+    pub at: DateTime<Utc>,
+    pub comment: Option<String>,
+}
+
+impl ApprovalView {
+    fn of(run: &Run, policy: &ApprovalPolicy, votes: Vec<Vote>, now: DateTime<Utc>) -> Self {
+        let req = Requirement {
+            required: policy.required,
+            expires_at: policy.expires_at,
+        };
+        let standing = if policy.granted {
+            Standing::Granted
+        } else {
+            approval::judge(&req, &votes, now)
+        };
+        let (status, rejected_by, comment) = match standing {
+            Standing::Granted => ("granted", None, None),
+            Standing::Rejected { by, comment } => ("rejected", Some(by), comment),
+            Standing::Expired => ("expired", None, None),
+            Standing::Waiting { .. } if run.status.is_final() => ("withdrawn", None, None),
+            Standing::Waiting { .. } => ("pending", None, None),
+        };
+        let approvers: Vec<Approver> = votes
+            .into_iter()
+            .filter(|v| v.decision == Decision::Approve)
+            .map(|v| Approver {
+                user: v.user,
+                at: v.at,
+                comment: v.comment,
+            })
+            .collect();
+        ApprovalView {
+            required: policy.required,
+            received: approvers.len() as u32,
+            approvers,
+            status,
+            expires_at: policy.expires_at,
+            require_sod: policy.require_sod,
+            requested_by: run.triggered_by.clone(),
+            rejected_by,
+            comment,
+        }
+    }
+}
+
+/// The approval a run needs, if its environment required one when it was asked for.
+pub fn approval_policy_of(run: &Run) -> Option<ApprovalPolicy> {
+    options_of(run).approval
+}
+
+/// A pending run held for approvals it has not got yet.
+pub fn awaits_approval(run: &Run) -> bool {
+    run.status == RunStatus::Pending && options_of(run).approval.is_some_and(|p| !p.granted)
+}
+
+pub(crate) fn options_of(run: &Run) -> RunOptions {
+    serde_json::from_value(run.options.clone()).unwrap_or_default()
 }
 
 fn in_progress(active: &Run) -> EngineError {

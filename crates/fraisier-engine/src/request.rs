@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
 use fraisier_model::config::{Config, FraiseConfig, FraiseEnvironmentConfig};
 use fraisier_model::names::{is_valid_name, version_problem};
 use fraisier_model::service::{DesiredInstance, DesiredService, ReleaseSpec};
@@ -63,6 +64,39 @@ pub struct RunOptions {
     /// Whether `snapshot` has been taken (it may legitimately be `None`).
     #[serde(default)]
     pub snapshot_taken: bool,
+    #[serde(default)]
+    pub approval: Option<ApprovalPolicy>,
+}
+
+/// What a run in a guarded environment needs before it starts, fixed when it is asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalPolicy {
+    pub required: u32,
+    pub expires_at: DateTime<Utc>,
+    /// Separation of duties: whoever asked cannot approve.
+    pub require_sod: bool,
+    /// `approval.requested` has been announced.
+    #[serde(default)]
+    pub requested: bool,
+    /// Enough people said yes; the run went on (a resumed run does not ask again).
+    #[serde(default)]
+    pub granted: bool,
+}
+
+/// The approval policy of an environment, for a run asked for now.
+pub(crate) fn approval_policy(
+    config: &Config,
+    environment: &str,
+    now: DateTime<Utc>,
+) -> Option<ApprovalPolicy> {
+    let e = config.environments.get(environment)?;
+    (e.required_approvals > 0).then(|| ApprovalPolicy {
+        required: e.required_approvals,
+        expires_at: now + chrono::Duration::milliseconds(e.approval_timeout.0 as i64),
+        require_sod: e.require_sod,
+        requested: false,
+        granted: false,
+    })
 }
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;

@@ -437,22 +437,16 @@ impl Config {
                     );
                 }
             }
-            if e.required_approvals > 0 {
-                bad(
-                    format!("environments.{name}.required_approvals"),
-                    "approvals are not available yet in this version".into(),
-                );
-            }
             if e.required_approvals > MAX_REQUIRED_APPROVALS {
                 bad(
                     format!("environments.{name}.required_approvals"),
                     format!("must be at most {MAX_REQUIRED_APPROVALS}"),
                 );
             }
-            if e.approval_timeout.0 < 60_000 || e.approval_timeout.0 > 30 * 24 * 3_600_000 {
+            if e.approval_timeout.0 < 1000 || e.approval_timeout.0 > 30 * 24 * 3_600_000 {
                 bad(
                     format!("environments.{name}.approval_timeout"),
-                    "must be between 1m and 30 days".into(),
+                    "must be between 1s and 30 days".into(),
                 );
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod analysis;
+pub mod approval;
 pub mod config;
 pub mod cron;
 pub mod duration;

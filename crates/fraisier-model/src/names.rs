@@ -4,7 +4,7 @@
 pub const RESERVED: &[&str] = &[
     "rollback", "validate", "health", "logs", "events", "start", "stop", "restart", "scale",
     "promote", "versions", "config", "secrets", "env", "history", "audit", "timeline", "progress",
-    "direct", "helm", "github", "sources", "status",
+    "direct", "helm", "github", "sources", "status", "approve", "reject",
 ];
 
 /// Why a name is refused, or `None` when it is a valid fraise or environment name.

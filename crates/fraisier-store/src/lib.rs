@@ -7,6 +7,7 @@ use fraisier_model::service::DesiredService;
 use serde_json::Value;
 
 mod api_keys;
+mod approvals;
 mod audit;
 mod events;
 mod import;

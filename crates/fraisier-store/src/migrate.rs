@@ -189,6 +189,22 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX audit_service ON audit_log (workspace, service, id)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "approvals",
+        statements: &[
+            "CREATE TABLE approvals (
+            id {ID},
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            username TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            comment TEXT,
+            created_at BIGINT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX approvals_run_user ON approvals (run_id, username)",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

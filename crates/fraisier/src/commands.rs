@@ -1,4 +1,5 @@
-//! The CLI's client commands: deploy, status, list, history, logs, rollback, cancel, show.
+//! The CLI's client commands: deploy, status, list, history, logs, rollback, cancel, show,
+//! approve, reject, approvals.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,13 @@ pub struct ShowArgs {
     pub deployment_id: String,
 }
 
+#[derive(Args)]
+pub struct DecisionArgs {
+    pub deployment_id: String,
+    #[arg(long, short)]
+    pub comment: Option<String>,
+}
+
 /// A client for the server, with `FRAISIER_API_KEY` or a token (see `credentials`).
 pub async fn client(ctx: &Ctx) -> Result<ApiClient> {
     if let Some(key) = std::env::var("FRAISIER_API_KEY")
@@ -159,6 +167,13 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
         )
         .await?;
     let id = s(&created["id"]);
+    if created["approval"].is_object() && !ctx.json {
+        eprintln!(
+            "{id} waits for {} approval(s) before it starts (until {}): `fraisier approve {id}` by someone else",
+            s(&created["approval"]["required"]),
+            s(&created["approval"]["expires_at"])
+        );
+    }
     if !a.wait {
         if ctx.json {
             print_json(&created);
@@ -592,5 +607,74 @@ pub async fn cancel(ctx: &Ctx, a: CancelArgs) -> Result<ExitCode> {
             s(&r["cancelled_by"])
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fraisier approve` / `fraisier reject`.
+pub async fn decide(ctx: &Ctx, a: DecisionArgs, approve: bool) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    let verb = if approve { "approve" } else { "reject" };
+    let (_, run) = c
+        .post(
+            &format!("/deployments/{}/{verb}", a.deployment_id),
+            &json!({ "comment": a.comment }),
+        )
+        .await?;
+    if ctx.json {
+        print_json(&run);
+    } else {
+        let ap = &run["approval"];
+        println!(
+            "{} {}: {}/{} approvals, {} ({})",
+            s(&run["id"]),
+            if approve { "approved" } else { "rejected" },
+            s(&ap["received"]),
+            s(&ap["required"]),
+            s(&ap["status"]),
+            s(&run["status"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fraisier approvals`: runs waiting for you.
+pub async fn approvals(ctx: &Ctx) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    let v = c.get("/my/pending-approvals", &[]).await?;
+    if ctx.json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = v["approvals"]
+        .as_array()
+        .map_or(&[][..], |a| a)
+        .iter()
+        .map(|a| {
+            vec![
+                s(&a["deployment_id"]),
+                s(&a["fraise"]),
+                s(&a["environment"]),
+                s(&a["version"]),
+                s(&a["requested_by"]),
+                format!("{}/{}", s(&a["received"]), s(&a["required"])),
+                s(&a["expires_at"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &[
+                "id",
+                "fraise",
+                "environment",
+                "version",
+                "asked by",
+                "approvals",
+                "until"
+            ],
+            &rows
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -81,6 +81,12 @@ enum Command {
     Cancel(commands::CancelArgs),
     /// Show one deployment run
     Show(commands::ShowArgs),
+    /// Approve a run waiting in a guarded environment
+    Approve(commands::DecisionArgs),
+    /// Reject a run waiting for approval (it ends cancelled)
+    Reject(commands::DecisionArgs),
+    /// Runs waiting for your approval
+    Approvals,
 }
 
 #[derive(Args)]
@@ -265,6 +271,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback(a) => commands::rollback(&ctx, a).await,
         Command::Cancel(a) => commands::cancel(&ctx, a).await,
         Command::Show(a) => commands::show(&ctx, a).await,
+        Command::Approve(a) => commands::decide(&ctx, a, true).await,
+        Command::Reject(a) => commands::decide(&ctx, a, false).await,
+        Command::Approvals => commands::approvals(&ctx).await,
     }
 }
 

@@ -888,3 +888,212 @@ async fn rate_limits_are_exact_under_concurrency() {
         "{audit}"
     );
 }
+
+/// Approvals (seed 003 `approvalRequired`): a run in a guarded environment waits `pending`
+/// until someone else with a role allowed there approves; a no cancels it; so does the window
+/// closing; a restart of the server loses nothing.
+#[tokio::test]
+async fn approvals_hold_runs_until_someone_else_says_yes() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    ws.release("2.0.0", &[]);
+    let yaml = access_yaml(&ws, "  rate_limits: off", "")
+        .replace(
+            "  production: {}",
+            "  production: { required_approvals: 1 }",
+        )
+        .replace(
+            "  staging: {}",
+            "  staging: { required_approvals: 1, approval_timeout: 2s }",
+        );
+    let mut s = Server::start(&ws, &yaml).await;
+    let rel = add_user(&s, "rel", &["release_manager"]).await;
+    let rel2 = add_user(&s, "rel2", &["release_manager"]).await;
+    let dev = add_user(&s, "dev", &["developer"]).await;
+
+    let (status, created, _) = call(
+        &s,
+        "POST",
+        "/deployments/app/production",
+        Auth::Token(&rel),
+        Some(json!({"version": "1.0.0", "wait": true})),
+    )
+    .await;
+    assert_eq!(
+        status, 202,
+        "a run waiting for approval answers at once: {created}"
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["approval"]["required"], 1);
+    assert_eq!(created["approval"]["status"], "pending");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, run) = s.get(&format!("/deployments/{id}")).await;
+    assert_eq!(run["status"], "pending", "{run:#}");
+    assert_eq!(run["approval"]["received"], 0);
+    assert!(
+        run["steps"].as_array().unwrap().is_empty(),
+        "nothing ran: {run:#}"
+    );
+    // The one slot is taken while it waits.
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/deployments/app/production",
+        Auth::Token(&rel2),
+        Some(json!({"version": "2.0.0"})),
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // Who may not approve: the one who asked, a role not allowed in production.
+    let (status, v, _) = call(
+        &s,
+        "POST",
+        &format!("/deployments/{id}/approve"),
+        Auth::Token(&rel),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"]["details"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("separation of duties"));
+    let (status, v, _) = call(
+        &s,
+        "POST",
+        &format!("/deployments/{id}/approve"),
+        Auth::Token(&dev),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["details"]["permission"], "deployment:approve");
+    let (_, mine, _) = call(&s, "GET", "/my/pending-approvals", Auth::Token(&rel), None).await;
+    assert_eq!(mine["total"], 0, "not one's own: {mine}");
+    let (_, mine, _) = call(&s, "GET", "/my/pending-approvals", Auth::Token(&rel2), None).await;
+    assert_eq!(mine["approvals"][0]["deployment_id"], id.as_str(), "{mine}");
+    assert_eq!(mine["approvals"][0]["requested_by"], "rel");
+
+    // The server goes down while the run waits; the wait is durable.
+    s.kill9();
+    s.restart().await;
+    let out = ok(&cli(
+        &s,
+        &rel2,
+        &["approve", &id, "--comment", "looks good"],
+    ));
+    assert!(out.contains("approved"), "{out}");
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["approval"]["status"], "granted");
+    assert_eq!(run["approval"]["approvers"][0]["user"], "rel2");
+    assert_eq!(run["approval"]["approvers"][0]["comment"], "looks good");
+    let (_, events) = s.get(&format!("/deployments/{id}/events")).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    let requested = kinds
+        .iter()
+        .position(|k| *k == "approval.requested")
+        .unwrap();
+    let granted = kinds.iter().position(|k| *k == "approval.granted").unwrap();
+    let started = kinds
+        .iter()
+        .position(|k| *k == "deployment.started")
+        .unwrap();
+    assert!(requested < granted && granted < started, "{kinds:?}");
+    let (status, v, _) = call(
+        &s,
+        "POST",
+        &format!("/deployments/{id}/approve"),
+        Auth::Token(&s.token),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (409, json!("APPROVAL_NOT_PENDING"))
+    );
+
+    // A no ends it cancelled, nothing changed.
+    let (_, second, _) = call(
+        &s,
+        "POST",
+        "/deployments/app/production",
+        Auth::Token(&rel),
+        Some(json!({"version": "2.0.0"})),
+    )
+    .await;
+    let second = second["id"].as_str().unwrap().to_string();
+    let (status, v, _) = call(
+        &s,
+        "POST",
+        &format!("/deployments/{second}/reject"),
+        Auth::Token(&rel2),
+        Some(json!({"comment": "not on a Friday"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let run = s.wait_run(&second, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(run["error"]["code"], "APPROVAL_REJECTED");
+    assert_eq!(run["approval"]["rejected_by"], "rel2");
+    assert_eq!(run["approval"]["comment"], "not on a Friday");
+    let (_, events) = s.get(&format!("/deployments/{second}/events")).await;
+    assert!(events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event_type"] == "approval.rejected"));
+    let (_, f) = s.get("/fraises/app").await;
+    assert_eq!(f["environments"]["production"]["current_version"], "1.0.0");
+
+    // The window closes: the run expires, cancelled.
+    let expiring = s
+        .deploy("app", "staging", json!({"version": "1.0.0"}))
+        .await;
+    let run = s.wait_run(&expiring, Duration::from_secs(15)).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    assert_eq!(run["error"]["code"], "APPROVAL_EXPIRED");
+    assert_eq!(run["approval"]["status"], "expired");
+    let (_, events) = s.get(&format!("/deployments/{expiring}/events")).await;
+    assert!(events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event_type"] == "approval.expired"));
+
+    // A waiting run can be cancelled.
+    let (_, third, _) = call(
+        &s,
+        "POST",
+        "/deployments/app/production",
+        Auth::Token(&rel),
+        Some(json!({"version": "2.0.0"})),
+    )
+    .await;
+    let third = third["id"].as_str().unwrap().to_string();
+    let (status, v, _) = call(
+        &s,
+        "DELETE",
+        &format!("/deployments/{third}"),
+        Auth::Token(&rel),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["status"], "cancelled", "{v}");
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        &format!("/deployments/{third}/approve"),
+        Auth::Token(&rel2),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 409);
+}

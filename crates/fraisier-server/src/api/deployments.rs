@@ -61,6 +61,10 @@ pub struct CreateBody {
 #[derive(Serialize, ToSchema)]
 pub struct Created {
     pub id: String,
+    /// Present when the environment requires approvals: the run waits `pending` for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub approval: Option<Value>,
     pub fraise: String,
     pub environment: String,
     pub status: RunStatus,
@@ -195,10 +199,11 @@ pub async fn list(
         .list_runs(&who.workspace, &filter)
         .await?;
     let flags = rollback_flags(&state, &who.workspace, &runs).await?;
+    let approvals = state.engine.approvals_of(&runs).await?;
     let deployments = runs
         .iter()
         .zip(flags)
-        .map(|(r, f)| views::summary(r, f))
+        .map(|(r, f)| views::summary(r, f, approvals.get(&r.id)))
         .collect();
     Ok(Json(RunList {
         deployments,
@@ -212,9 +217,10 @@ pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDet
     let flags = rollback_flags(state, tenant, std::slice::from_ref(run)).await?;
     let events = store.events(run.id, None).await?;
     let steps = store.steps(run.id).await?;
+    let approvals = state.engine.approvals_of(std::slice::from_ref(run)).await?;
     let id = run_id_string(run.id);
     Ok(RunDetails {
-        summary: views::summary(run, flags[0]),
+        summary: views::summary(run, flags[0], approvals.get(&run.id)),
         trigger_type: run.trigger_type.clone(),
         provider: state.engine.provider().kind().to_string(),
         strategy_config: run.strategy_config.clone(),
@@ -297,7 +303,8 @@ pub async fn create(
         trigger_type: "api".into(),
     };
     let run = state.engine.submit(req).await?;
-    if body.wait {
+    // A run waiting for approval may wait a day: answer now.
+    if body.wait && !fraisier_engine::awaits_approval(&run) {
         let run = state
             .engine
             .wait(&who.workspace, run.id, Duration::from_secs(wait_secs))
@@ -328,7 +335,12 @@ pub fn noted(mut r: Response, run: &Run) -> Response {
 
 pub fn created(run: &Run) -> Created {
     let id = run_id_string(run.id);
+    let approval = fraisier_engine::approval_policy_of(run).map(|p| {
+        json!({ "required": p.required, "received": 0, "approvers": [], "status": "pending",
+                "expires_at": views::ts(p.expires_at), "require_sod": p.require_sod, "requested_by": run.triggered_by })
+    });
     Created {
+        approval,
         status_url: format!("/api/v1/deployments/{id}"),
         events_url: format!("/api/v1/deployments/{id}/events"),
         id,

@@ -197,6 +197,18 @@ impl From<EngineError> for ApiError {
             EngineError::AlreadyFinished(id) => {
                 (StatusCode::CONFLICT, json!({ "deployment_id": id }))
             }
+            EngineError::ApprovalNotPending { id, reason } => (
+                StatusCode::CONFLICT,
+                json!({ "deployment_id": id, "reason": reason }),
+            ),
+            EngineError::SelfApproval { id, user } => (
+                StatusCode::FORBIDDEN,
+                json!({ "deployment_id": id, "user": user, "permission": "deployment:approve", "reason": "separation of duties: whoever asked for a run cannot approve it" }),
+            ),
+            EngineError::AlreadyDecided { id, user } => (
+                StatusCode::CONFLICT,
+                json!({ "deployment_id": id, "user": user }),
+            ),
             EngineError::Provider(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "provider": "local" }),

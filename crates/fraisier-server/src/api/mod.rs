@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the request-id and authentication layers, and shared state.
 
 pub mod api_keys;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod deployments;
@@ -64,6 +65,9 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/health", get(services::health))
         .route("/deployments/{id}/progress", get(services::progress))
         .route("/deployments/{id}/rollback", post(services::rollback))
+        .route("/deployments/{id}/approve", post(approvals::approve))
+        .route("/deployments/{id}/reject", post(approvals::reject))
+        .route("/my/pending-approvals", get(approvals::mine))
         .route("/deployments/{id}/{environment}", post(deployments::create))
         .route(
             "/deployments/{id}/{environment}/rollback",

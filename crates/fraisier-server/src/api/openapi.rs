@@ -5,7 +5,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    api_keys, audit, auth, deployments, environments, error, fraises, services, system, users,
+    api_keys, approvals, audit, auth, deployments, environments, error, fraises, services, system,
+    users,
 };
 
 struct BearerAuth;
@@ -37,6 +38,7 @@ impl Modify for BearerAuth {
         users::list, users::create, users::get, users::update, users::delete, users::set_password, users::roles,
         api_keys::create, api_keys::list, api_keys::revoke,
         audit::list, audit::of_deployment,
+        approvals::approve, approvals::reject, approvals::mine,
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,
         services::create, services::validate, services::health, services::rollback, services::progress,
         fraises::list, fraises::get, fraises::status, fraises::history,

@@ -327,7 +327,7 @@ pub async fn create(
     let req = deploy_request(&state, &who, spec)?;
     authorize(&state, &who, Permission::DeploymentCreate, &req.environment)?;
     let run = state.engine.submit(req).await?;
-    if !wait {
+    if !wait || fraisier_engine::awaits_approval(&run) {
         return Ok(deployments::noted(
             (StatusCode::ACCEPTED, Json(deployments::created(&run))).into_response(),
             &run,

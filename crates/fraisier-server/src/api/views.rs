@@ -47,6 +47,11 @@ pub struct RunSummary {
     #[schema(value_type = Object)]
     pub metrics: Value,
     pub error: Option<RunErrorView>,
+    /// For a run in an environment that requires approvals: `{required, received,
+    /// approvers, status, expires_at, …}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub approval: Option<Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -147,7 +152,11 @@ pub fn duration_seconds(run: &Run) -> Option<f64> {
     Some(((end - start).num_milliseconds() as f64 / 1000.0 * 10.0).round() / 10.0)
 }
 
-pub fn summary(run: &Run, rollback_available: bool) -> RunSummary {
+pub fn summary(
+    run: &Run,
+    rollback_available: bool,
+    approval: Option<&fraisier_engine::ApprovalView>,
+) -> RunSummary {
     RunSummary {
         id: run_id_string(run.id),
         fraise: run.fraise.clone(),
@@ -175,7 +184,17 @@ pub fn summary(run: &Run, rollback_available: bool) -> RunSummary {
             code: code.clone(),
             message: run.error_message.clone().unwrap_or_default(),
         }),
+        approval: approval.map(approval_json),
     }
+}
+
+pub fn approval_json(a: &fraisier_engine::ApprovalView) -> Value {
+    json!({
+        "required": a.required, "received": a.received, "status": a.status,
+        "approvers": a.approvers.iter().map(|x| json!({ "user": x.user, "at": ts(x.at), "comment": x.comment })).collect::<Vec<_>>(),
+        "expires_at": ts(a.expires_at), "require_sod": a.require_sod, "requested_by": a.requested_by,
+        "rejected_by": a.rejected_by, "comment": a.comment,
+    })
 }
 
 pub fn step(s: &Step) -> StepView {
