@@ -551,7 +551,7 @@ async fn users_keys_logout_and_key_rotation() {
         .await;
     assert_eq!(
         (status, v["error"]["details"]["field"].clone()),
-        (400, json!("roles[0]"))
+        (422, json!("roles[0]"))
     );
     let (status, v) = s
         .post(

@@ -144,8 +144,8 @@ async fn seed_001_deploy_validate_state_health_rollback() {
     let (status, e) = s.get("/deployments/app").await;
     assert_eq!(
         (status, e["error"]["details"]["field"].clone()),
-        (400, json!("environment")),
-        "{e}"
+        (409, json!("environment")),
+        "an ambiguous name conflicts with the several deployments it names: {e}"
     );
     let (status, e) = s.get("/deployments/ghost").await;
     assert_eq!(

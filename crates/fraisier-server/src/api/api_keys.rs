@@ -22,10 +22,16 @@ use crate::auth::new_api_key;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+    )]
     pub name: String,
     /// Default: the caller's roles. Never more than the caller holds.
     pub roles: Option<Vec<String>>,
-    /// RFC 3339; default: never.
+    /// RFC 3339, in the future; default: never.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -107,7 +113,8 @@ fn manages_all(state: &AppState, who: &Caller) -> bool {
     responses((status = 201, body = CreatedKey, headers(("Location" = String)),
                   links(("RevokeKey" = (operation_id = "revoke_api_key", parameters(("id" = "$response.body#/id")))))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody, description = "roles beyond the caller's"), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 403, body = ErrorBody, description = "roles beyond the caller's"), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "UNKNOWN_ROLE, or expires_at in the past"), (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     who: Caller,
@@ -121,14 +128,7 @@ pub async fn create(
         ));
     }
     let roles = body.roles.unwrap_or_else(|| who.roles.clone());
-    for (i, r) in roles.iter().enumerate() {
-        if !state.roles.contains(r) {
-            return Err(ApiError::invalid(
-                format!("roles[{i}]"),
-                format!("unknown role {r:?}"),
-            ));
-        }
-    }
+    super::users::check_roles(&state, &roles)?;
     if !state.roles.within(&roles, &who.roles) {
         return Err(ApiError::denied(&Denial::Permission {
             permission: Permission::UserUpdate,
@@ -147,10 +147,12 @@ pub async fn create(
                 })?
                 .with_timezone(&Utc);
             if t <= Utc::now() {
-                return Err(ApiError::invalid(
-                    "expires_at",
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "INVALID_PARAMETERS",
                     "expires_at must be in the future",
-                ));
+                )
+                .with_details(json!({ "field": "expires_at" })));
             }
             Some(t)
         }

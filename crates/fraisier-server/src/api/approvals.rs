@@ -20,6 +20,7 @@ use super::{AppState, Params};
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionBody {
+    #[schema(max_length = 2000)]
     pub comment: Option<String>,
 }
 
@@ -102,7 +103,7 @@ async fn decide(
 
 /// Approves a run waiting in a guarded environment; once enough people have, it starts.
 #[utoipa::path(post, path = "/api/v1/deployments/{deployment_id}/approve", tag = "approvals",
-    params(("deployment_id" = String, Path)), request_body = DecisionBody,
+    params(("deployment_id" = String, Path)), request_body = Option<DecisionBody>,
     responses((status = 200, body = RunDetails, description = "the run, with its approval"), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody, description = "no approver role in that environment, or the caller asked for the run"),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not waiting for approval, or already decided by the caller"),
@@ -118,7 +119,7 @@ pub async fn approve(
 
 /// Rejects a run waiting for approval: it ends `cancelled` without having changed anything.
 #[utoipa::path(post, path = "/api/v1/deployments/{deployment_id}/reject", tag = "approvals",
-    params(("deployment_id" = String, Path)), request_body = DecisionBody,
+    params(("deployment_id" = String, Path)), request_body = Option<DecisionBody>,
     responses((status = 200, body = RunDetails), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::extract::QueryMap;
 use super::gate::Caller;
+use super::params::AuditOutcomeName;
 use super::views::{ts, Pagination};
 use super::{services, AppState, Params};
 
@@ -32,8 +33,7 @@ pub struct AuditView {
     pub path: String,
     pub request_id: String,
     pub source: String,
-    /// success | failure | unauthenticated | denied | rate_limited
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<AuditOutcomeName>)]
     pub outcome: Option<AuditOutcome>,
     pub status: u16,
     /// The error code, for refusals and failures.
@@ -100,8 +100,8 @@ async fn page(state: &AppState, who: &Caller, f: AuditFilter) -> Result<Json<Aud
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
     params(("user" = Option<String>, Query), ("action" = Option<String>, Query, description = "e.g. deployment.create"),
            ("resource" = Option<String>, Query, description = "e.g. dep_00012 or user:alice"),
-           ("outcome" = Option<String>, Query, description = "success | failure | unauthenticated | denied | rate_limited"),
-           ("since" = Option<String>, Query), ("until" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+           ("outcome" = Option<AuditOutcomeName>, Query),
+           ("since" = Option<String>, Query, format = DateTime), ("until" = Option<String>, Query, format = DateTime), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -114,10 +114,10 @@ pub async fn list(
 /// Seed 003's `/deployments/{id}/audit`: a run's records (`dep_…`), or a service deployment's.
 #[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/audit", tag = "audit",
     params(("deployment_id" = String, Path, description = "a run id, fraise or fraise@environment"), ("environment" = Option<String>, Query),
-           ("user" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<String>, Query),
-           ("since" = Option<String>, Query), ("until" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+           ("user" = Option<String>, Query), ("action" = Option<String>, Query), ("outcome" = Option<AuditOutcomeName>, Query),
+           ("since" = Option<String>, Query, format = DateTime), ("until" = Option<String>, Query, format = DateTime), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = AuditList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "DEPLOYMENT_AMBIGUOUS"), (status = 429, body = ErrorBody)))]
 pub async fn of_deployment(
     State(state): State<AppState>,
     who: Caller,

@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fraisier_engine::{BusMessage, DeployRequest, RollbackRequest};
-use fraisier_model::run::{Component, LogLevel, RunStatus};
+use fraisier_model::run::{Component, LogLevel, RunStatus, ServiceState};
 use fraisier_model::Strategy;
 use fraisier_store::{
     parse_run_id, run_id_string, LogFilter, Run, RunFilter, RunSort, RunSortField,
@@ -25,9 +25,19 @@ use super::error::ApiError;
 use super::extract::{JsonBody, QueryMap};
 use super::gate::Caller;
 use super::gate::{authorize, AuditNote};
+use super::params::{RunSortKey, SseFrame, StrategyName, Version};
 use super::views::{self, Pagination, RunDetails, RunSummary};
 use super::{services, AppState, Params};
 use fraisier_model::access::Permission;
+
+/// `GET /deployments`: runs (seed 000), or service deployments with `state` (seed 001).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum DeploymentsPage {
+    Runs(RunList),
+    Services(services::ServiceList),
+}
 
 #[derive(Serialize, ToSchema)]
 pub struct RunList {
@@ -39,9 +49,10 @@ pub struct RunList {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    #[schema(value_type = Option<Version>)]
     pub version: Option<String>,
     /// rolling | blue_green (blue-green) | canary | recreate
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<StrategyName>)]
     pub strategy: Option<Strategy>,
     #[schema(value_type = Option<Object>)]
     pub strategy_config: Option<Map<String, Value>>,
@@ -52,6 +63,7 @@ pub struct CreateBody {
     #[serde(default)]
     pub wait: bool,
     /// Seconds (default 3600).
+    #[schema(minimum = 1, maximum = 604800)]
     pub timeout: Option<u64>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -81,6 +93,7 @@ pub struct Created {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
+    #[schema(value_type = Option<Version>)]
     pub to_version: Option<String>,
     pub reason: Option<String>,
 }
@@ -166,21 +179,17 @@ async fn rollback_flags(
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments",
-    params(("environment" = Option<String>, Query), ("status" = Option<String>, Query), ("fraise" = Option<String>, Query),
-           ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query), ("sort" = Option<String>, Query), ("q" = Option<String>, Query),
-           ("created_after" = Option<String>, Query), ("created_before" = Option<String>, Query),
-           ("state" = Option<String>, Query, description = "seed 001: list service deployments by state instead of runs")),
-    responses((status = 200, body = RunList), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+    params(("environment" = Option<String>, Query), ("status" = Option<RunStatus>, Query), ("fraise" = Option<String>, Query),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query), ("sort" = Option<RunSortKey>, Query), ("q" = Option<String>, Query),
+           ("created_after" = Option<String>, Query, format = DateTime), ("created_before" = Option<String>, Query, format = DateTime),
+           ("state" = Option<ServiceState>, Query, description = "seed 001: list service deployments (in that state) instead of runs")),
+    responses((status = 200, body = DeploymentsPage, description = "runs; with `state`, service deployments"), (status = 400, body = super::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     who: Caller,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    if q.get("state").is_some() || q.get("view") == Some("services") {
-        return services::list(&state, &who, &q)
-            .await
-            .map(IntoResponse::into_response);
-    }
+    // Every value is checked, whichever listing is asked for.
     let (limit, offset) = q.pagination(50)?;
     let filter = RunFilter {
         fraise: q.text("fraise"),
@@ -193,6 +202,15 @@ pub async fn list(
         limit,
         offset,
     };
+    let state_filter: Option<ServiceState> = q.one_of(
+        "state",
+        "unknown, deploying, healthy, unhealthy, failed, rolling_back",
+    )?;
+    if state_filter.is_some() || q.get("view") == Some("services") {
+        return services::list(&state, &who, &q)
+            .await
+            .map(IntoResponse::into_response);
+    }
     let (runs, total) = state
         .engine
         .store()
@@ -251,10 +269,10 @@ pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDet
 }
 
 /// `GET /deployments/{ref}`: a run (`dep_…`) or, for any other ref, a service deployment (seed 001).
-#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}", tag = "deployments",
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}", tag = "deployments", operation_id = "get_deployment",
     params(("deployment_id" = String, Path, description = "a run id (dep_00001), or a fraise / fraise@environment for seed 001's service view"),
            ("environment" = Option<String>, Query)),
-    responses((status = 200, body = RunDetails), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = RunDetails, description = "a run; for a fraise, seed 001's service view"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "DEPLOYMENT_AMBIGUOUS: the fraise runs in several environments; name one")))]
 pub async fn get(
     State(state): State<AppState>,
     who: Caller,
@@ -272,8 +290,8 @@ pub async fn get(
 
 #[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}", tag = "deployments",
     params(("fraise" = String, Path), ("environment" = String, Path)),
-    request_body = CreateBody,
-    responses((status = 202, body = Created), (status = 200, body = RunDetails, description = "with wait=true, once the run finished"),
+    request_body = Option<CreateBody>,
+    responses((status = 202, body = Created, headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))), (status = 200, body = RunDetails, description = "with wait=true, once the run finished"),
               (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
 pub async fn create(
@@ -323,8 +341,17 @@ pub async fn create(
     ))
 }
 
-/// Tells the audit trail which run a request created or acted on.
+/// Tells the audit trail which run a request created or acted on; an answer that accepted or
+/// created a run says where it is (`Location`).
 pub fn noted(mut r: Response, run: &Run) -> Response {
+    if matches!(r.status().as_u16(), 201 | 202) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!(
+            "/api/v1/deployments/{}",
+            run_id_string(run.id)
+        )) {
+            r.headers_mut().insert(axum::http::header::LOCATION, v);
+        }
+    }
     r.extensions_mut().insert(AuditNote {
         resource: Some(run_id_string(run.id)),
         service: Some(format!("{}@{}", run.fraise, run.environment)),
@@ -390,8 +417,8 @@ pub async fn cancel(
 
 #[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}/rollback", tag = "deployments",
     params(("fraise" = String, Path), ("environment" = String, Path)),
-    request_body = RollbackBody,
-    responses((status = 202, body = RollbackAccepted), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+    request_body = Option<RollbackBody>,
+    responses((status = 202, body = RollbackAccepted, headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
     who: Caller,
@@ -439,9 +466,11 @@ fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/logs", tag = "deployments",
-    params(("deployment_id" = String, Path), ("lines" = Option<u32>, Query), ("follow" = Option<bool>, Query),
-           ("level" = Option<String>, Query), ("component" = Option<String>, Query)),
-    responses((status = 200, body = LogsResponse, description = "JSON, or an SSE stream of `log` events with follow=true"), (status = 404, body = super::error::ErrorBody)))]
+    params(("deployment_id" = String, Path), ("lines" = Option<u32>, Query, minimum = 1, maximum = 1000), ("follow" = Option<bool>, Query),
+           ("level" = Option<LogLevel>, Query), ("component" = Option<Component>, Query)),
+    responses((status = 200, description = "JSON, or with follow=true an SSE stream of `log` events ending with `end`",
+                  content((LogsResponse = "application/json"), (SseFrame = "text/event-stream"))),
+              (status = 404, body = super::error::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     who: Caller,
@@ -486,9 +515,11 @@ pub async fn logs(
     .into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/events", tag = "deployments",
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/events", tag = "deployments", operation_id = "get_deployment_events",
     params(("deployment_id" = String, Path), ("follow" = Option<bool>, Query)),
-    responses((status = 200, body = EventsResponse), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, description = "JSON, or with follow=true an SSE stream of `event` events ending with `end`",
+                  content((EventsResponse = "application/json"), (SseFrame = "text/event-stream"))),
+              (status = 404, body = super::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     who: Caller,

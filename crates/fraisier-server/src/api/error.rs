@@ -228,7 +228,15 @@ impl From<EngineError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::internal(e)
+        match e {
+            // A row that went away between a check and a write (another request deleted it).
+            StoreError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "the resource no longer exists",
+            ),
+            e => ApiError::internal(e),
+        }
     }
 }
 

@@ -52,6 +52,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         serde_json::from_str(text)
             .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
     };
+    // `null` says what an empty body says: nothing.
+    if value.is_null() {
+        value = Value::Object(Map::new());
+    }
     if !value.is_object() {
         return Err(ApiError::invalid(
             "body",
@@ -59,6 +63,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     normalize_keys(&mut value);
+    integral_numbers(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -92,6 +97,29 @@ pub fn normalize_keys(v: &mut Value) {
         }
     } else if let Value::Array(items) = v {
         items.iter_mut().for_each(normalize_keys);
+    }
+}
+
+/// `5.0` is the integer 5 (JSON does not tell them apart; JSON Schema's `integer` accepts
+/// both), except inside maps whose values belong to the user.
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| !n.is_i64() && !n.is_u64()) {
+                if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if !matches!(k.as_str(), "metadata" | "env" | "configuration") {
+                    integral_numbers(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        _ => {}
     }
 }
 
@@ -144,7 +172,7 @@ impl QueryMap {
 
     pub fn int(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
         match self.get(key) {
-            None | Some("") => Ok(default),
+            None => Ok(default),
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n >= min as i64 && n <= max as i64 => Ok(n as u64),
                 _ => Err(ApiError::invalid(
@@ -157,7 +185,7 @@ impl QueryMap {
 
     pub fn bool(&self, key: &str) -> Result<bool, ApiError> {
         match self.get(key) {
-            None | Some("") => Ok(false),
+            None => Ok(false),
             Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
             Some(v) => Err(ApiError::invalid(
@@ -169,7 +197,7 @@ impl QueryMap {
 
     pub fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         match self.get(key) {
-            None | Some("") => Ok(None),
+            None => Ok(None),
             Some(v) => DateTime::parse_from_rfc3339(v)
                 .map(|t| Some(t.with_timezone(&Utc)))
                 .map_err(|_| ApiError::invalid(key, format!("{key} must be an RFC 3339 timestamp such as 2024-01-22T10:00:00Z, got {v:?}"))),
@@ -183,7 +211,7 @@ impl QueryMap {
         allowed: &str,
     ) -> Result<Option<T>, ApiError> {
         match self.get(key) {
-            None | Some("") => Ok(None),
+            None => Ok(None),
             Some(v) => fraisier_model::run::from_wire(v).map(Some).ok_or_else(|| {
                 ApiError::invalid(key, format!("{key} must be one of {allowed}, got {v:?}"))
             }),
@@ -240,6 +268,17 @@ mod tests {
         let e = parse_json::<Body>(b"{\"a\": \"\xff\"}").unwrap_err();
         assert!(e.message.contains("UTF-8"));
         assert!(parse_json::<Body>(b"").is_ok());
+        #[derive(serde::Deserialize)]
+        struct Timeout {
+            timeout: u64,
+        }
+        assert_eq!(
+            parse_json::<Timeout>(br#"{"timeout": 60.0}"#)
+                .unwrap()
+                .timeout,
+            60
+        );
+        assert!(parse_json::<Timeout>(br#"{"timeout": 60.5}"#).is_err());
         assert!(parse_json::<Body>(b"[1]").is_err());
     }
 }

@@ -185,8 +185,8 @@ fn env_filter<'a>(
 }
 
 #[utoipa::path(get, path = "/api/v1/fraises", tag = "fraises",
-    params(("environment" = Option<String>, Query), ("type" = Option<String>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
-    responses((status = 200, body = FraiseList), (status = 400, body = super::error::ErrorBody)))]
+    params(("environment" = Option<String>, Query), ("type" = Option<FraiseType>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = FraiseList), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody, description = "no such environment")))]
 pub async fn list(
     State(state): State<AppState>,
     who: Caller,
@@ -353,7 +353,7 @@ pub async fn status(
 }
 
 #[utoipa::path(get, path = "/api/v1/fraises/{fraise_name}/history", tag = "fraises",
-    params(("fraise_name" = String, Path), ("environment" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query), ("status" = Option<String>, Query)),
+    params(("fraise_name" = String, Path), ("environment" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query), ("status" = Option<RunStatus>, Query)),
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
 pub async fn history(
     State(state): State<AppState>,

@@ -278,11 +278,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Who sent the request: a bearer token or an `X-API-Key`, each checked against the store.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    // Either credential is enough (the document lists them as alternatives); with both, the
+    // token speaks and the key is ignored.
     match (bearer(headers), key) {
-        (Some(_), Some(_)) => Err(ApiError::unauthorized(
-            "send one credential: Authorization: Bearer <token> or X-API-Key, not both",
-        )),
-        (Some(token), None) => by_token(state, token).await,
+        (Some(token), _) => by_token(state, token).await,
         (None, Some(key)) => by_api_key(state, key.trim()).await,
         (None, None) => Err(ApiError::unauthorized(
             "missing credentials: send Authorization: Bearer <token> (get one with `fraisier auth:token` or POST /api/v1/auth/token) or X-API-Key: <key>",

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod fraises;
 pub mod gate;
 pub mod openapi;
+pub mod params;
 pub mod routes;
 pub mod services;
 pub mod system;

@@ -1,12 +1,16 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
+use std::sync::OnceLock;
+
 use axum::Json;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::routes::{self, Need};
 use super::{
-    api_keys, approvals, audit, auth, deployments, environments, error, fraises, services, system,
-    users,
+    api_keys, approvals, audit, auth, deployments, environments, error, fraises, params, services,
+    system, users,
 };
 
 struct BearerAuth;
@@ -45,7 +49,9 @@ impl Modify for BearerAuth {
         environments::list, environments::get, environments::status,
         system::health, system::metrics, document,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName,
+        fraisier_model::run::LogLevel, fraisier_model::run::Component, fraisier_model::run::RunStatus,
+        fraisier_model::run::ServiceState, fraisier_model::FraiseType)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
     tags((name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),
@@ -53,6 +59,98 @@ impl Modify for BearerAuth {
 pub struct ApiDoc;
 
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", security(()), responses((status = 200, description = "this document", body = Object)))]
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document() -> Json<Value> {
+    Json(document_json().clone())
+}
+
+/// The served document: the handlers' annotations, completed with what the gate adds to every
+/// route — 401 and 429 on every route that needs a credential, 403 where a permission is
+/// needed, 400 and 413 wherever a body is read — so that no status goes undocumented.
+pub fn document_json() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+        complete(&mut doc);
+        doc
+    })
+}
+
+fn complete(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let shape = routes::shape(path.strip_prefix("/api/v1").unwrap_or(path));
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let Some(route) = routes::ROUTES
+                .iter()
+                .find(|r| r.method.eq_ignore_ascii_case(method) && routes::shape(r.path) == shape)
+            else {
+                continue;
+            };
+            let has_body = op.get("requestBody").is_some();
+            let has_query = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let mut add = |status: &str, description: &str| {
+                responses.entry(status.to_string()).or_insert_with(|| {
+                    json!({
+                        "description": description,
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } }
+                    })
+                });
+            };
+            if has_body || has_query {
+                add("400", "INVALID_PARAMETERS: malformed JSON or query, a wrong type or value, or an unknown field (details.field names it)");
+            }
+            if has_body {
+                add("413", "INVALID_PARAMETERS: the body is larger than 1 MiB");
+            }
+            match route.need {
+                Need::Public => {}
+                Need::Authenticated => {
+                    add(
+                        "401",
+                        "UNAUTHORIZED: no credential, or a forged, expired or revoked one",
+                    );
+                    add("429", "RATE_LIMIT_EXCEEDED: see Retry-After");
+                }
+                Need::Permission(_) => {
+                    add(
+                        "401",
+                        "UNAUTHORIZED: no credential, or a forged, expired or revoked one",
+                    );
+                    add("403", "PERMISSION_DENIED: the credential lacks the permission (details.permission), or may not act in that environment");
+                    add("429", "RATE_LIMIT_EXCEEDED: see Retry-After");
+                }
+            }
+            // utoipa writes a link's fields in snake_case; OpenAPI spells them in camelCase.
+            for response in responses.values_mut() {
+                let Some(links) = response.get_mut("links").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                for link in links.values_mut() {
+                    let Some(link) = link.as_object_mut() else {
+                        continue;
+                    };
+                    for (from, to) in [
+                        ("operation_id", "operationId"),
+                        ("operation_ref", "operationRef"),
+                        ("request_body", "requestBody"),
+                    ] {
+                        if let Some(v) = link.remove(from) {
+                            link.insert(to.to_string(), v);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

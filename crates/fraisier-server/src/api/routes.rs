@@ -122,19 +122,16 @@ pub fn shape(path: &str) -> String {
 mod tests {
     use std::collections::BTreeSet;
 
-    use utoipa::OpenApi;
-
     use super::*;
 
     #[test]
     fn every_documented_operation_is_in_the_table_and_back() {
-        let doc = crate::api::openapi::ApiDoc::openapi();
+        let doc = crate::api::openapi::document_json();
         let mut documented = BTreeSet::new();
-        for (path, item) in &doc.paths.paths {
+        for (path, item) in doc["paths"].as_object().unwrap() {
             let path = path
                 .strip_prefix("/api/v1")
                 .expect("paths are under /api/v1");
-            let item = serde_json::to_value(item).unwrap();
             for method in ["get", "post", "put", "delete", "patch"] {
                 if item.get(method).is_some() {
                     documented.insert((method.to_uppercase(), shape(path)));

@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::extract::{parse_json, JsonBody, QueryMap};
 use super::gate::authorize;
 use super::gate::Caller;
+use super::params::{ServiceName, StrategyName, Version};
 use super::views::{self, StepView};
 use super::{deployments, AppState, Params};
 use fraisier_model::access::Permission;
@@ -32,10 +33,13 @@ use fraisier_model::access::Permission;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySpec {
+    /// A fraise, or fraise@environment.
+    #[schema(value_type = ServiceName)]
     pub name: String,
+    #[schema(value_type = Option<Version>)]
     pub version: Option<String>,
     pub environment: Option<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<StrategyName>)]
     pub strategy: Option<Strategy>,
     #[schema(value_type = Option<Object>)]
     pub strategy_config: Option<Map<String, Value>>,
@@ -50,6 +54,7 @@ pub struct DeploySpec {
     pub post_deploy_hooks: Option<Vec<String>>,
     /// Default true: answer when the run is done (201). false: answer at once (202).
     pub wait: Option<bool>,
+    #[schema(minimum = 1, maximum = 604800)]
     pub timeout: Option<u64>,
     #[serde(default)]
     pub skip_health_check: bool,
@@ -84,6 +89,7 @@ pub struct ValidationResult {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackSpec {
+    #[schema(value_type = Option<Version>)]
     pub version: Option<String>,
     pub environment: Option<String>,
     pub reason: Option<String>,
@@ -178,12 +184,17 @@ pub fn resolve(
         })?;
     let env = match env {
         Some(e) => e.to_string(),
-        None if f.environments.len() == 1 => f.environments.keys().next().cloned().unwrap_or_default(),
+        None if f.environments.len() == 1 => {
+            f.environments.keys().next().cloned().unwrap_or_default()
+        }
         None => {
-            return Err(ApiError::invalid(
-                "environment",
-                format!("{fraise} runs in several environments ({}): name one with ?environment=, \"environment\" or {fraise}@<environment>", f.environments.keys().cloned().collect::<Vec<_>>().join(", ")),
-            ))
+            let envs: Vec<&String> = f.environments.keys().collect();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "DEPLOYMENT_AMBIGUOUS",
+                format!("{fraise} runs in several environments ({}): name one with ?environment=, \"environment\" or {fraise}@<environment>", envs.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")),
+            )
+            .with_details(json!({ "field": "environment", "deployment": fraise, "environments": envs })));
         }
     };
     if !f.environments.contains_key(&env) {
@@ -312,7 +323,7 @@ async fn result_of(engine: &Engine, run: &Run) -> Result<DeployResult, ApiError>
 
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "service deployments",
     request_body = DeploySpec,
-    responses((status = 201, body = DeployResult), (status = 202, body = deployments::Created, description = "with wait=false"),
+    responses((status = 201, body = DeployResult, headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))), (status = 202, body = deployments::Created, description = "with wait=false, or when the run waits for approval", headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))),
               (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
               (status = 500, body = super::error::ErrorBody, description = "the deployment failed; details.result holds the steps")))]
 pub async fn create(
@@ -598,7 +609,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/deployments/{name}/health", tag = "service deployments",
     params(("name" = String, Path, description = "fraise or fraise@environment"), ("environment" = Option<String>, Query)),
-    responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "DEPLOYMENT_AMBIGUOUS: the fraise runs in several environments; name one")))]
 pub async fn health(
     State(state): State<AppState>,
     _who: Caller,
@@ -658,7 +669,7 @@ pub async fn health(
 
 #[utoipa::path(post, path = "/api/v1/deployments/{name}/rollback", tag = "service deployments",
     params(("name" = String, Path, description = "fraise or fraise@environment")),
-    request_body = RollbackSpec,
+    request_body = Option<RollbackSpec>,
     responses((status = 200, body = RollbackDone), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody)))]
 pub async fn rollback(

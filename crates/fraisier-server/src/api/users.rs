@@ -36,7 +36,9 @@ pub struct UserList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub username: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
     #[serde(default)]
     pub roles: Vec<String>,
@@ -58,6 +60,7 @@ pub struct UserChange {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
     /// Needed when changing one's own password without `user:update`.
     pub current_password: Option<String>,
@@ -118,7 +121,8 @@ fn username_problem(name: &str) -> Option<&'static str> {
 }
 
 fn check_password(field: &str, p: &str) -> Result<(), ApiError> {
-    if p.chars().count() < MIN_PASSWORD || p.len() > MAX_PASSWORD {
+    let n = p.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
         return Err(ApiError::invalid(
             field,
             format!("{field} must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"),
@@ -127,14 +131,18 @@ fn check_password(field: &str, p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_roles(state: &AppState, roles: &[String]) -> Result<(), ApiError> {
+/// Every role must exist: 422 `UNKNOWN_ROLE` naming the first that does not (a schema cannot
+/// list the roles, which configuration may add to).
+pub fn check_roles(state: &AppState, roles: &[String]) -> Result<(), ApiError> {
     for (i, r) in roles.iter().enumerate() {
         if !state.roles.contains(r) {
             let known: Vec<&str> = state.roles.iter().map(|r| r.name.as_str()).collect();
-            return Err(ApiError::invalid(
-                format!("roles[{i}]"),
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UNKNOWN_ROLE",
                 format!("unknown role {r:?}; roles are {}", known.join(", ")),
-            ));
+            )
+            .with_details(json!({ "field": format!("roles[{i}]"), "role": r })));
         }
     }
     Ok(())
@@ -151,10 +159,12 @@ fn target_workspace(who: &Caller, asked: Option<String>) -> Result<String, ApiEr
                 && who.roles.iter().any(|r| r == "admin")
             {
                 if fraisier_model::names::name_problem(&w).is_some() {
-                    return Err(ApiError::invalid(
-                        "workspace",
-                        format!("invalid workspace name {w:?}"),
-                    ));
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "WORKSPACE_NOT_FOUND",
+                        format!("Workspace {w} not found"),
+                    )
+                    .with_details(json!({ "workspace": w })));
                 }
                 Ok(w)
             } else {
@@ -206,7 +216,7 @@ async fn keep_an_admin(
 }
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "users",
-    params(("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = UserList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -231,7 +241,9 @@ pub async fn list(
     responses((status = 201, body = UserView, headers(("Location" = String, description = "the new user")),
                   links(("GetUser" = (operation_id = "get_user", parameters(("username" = "$response.body#/username")))))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "the username is taken"), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 404, body = ErrorBody, description = "WORKSPACE_NOT_FOUND"),
+              (status = 409, body = ErrorBody, description = "the username is taken"), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "UNKNOWN_ROLE"), (status = 429, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     who: Caller,
@@ -289,11 +301,11 @@ async fn member_of(state: &AppState, workspace: &str, username: &str) -> Result<
     }
 }
 
-#[utoipa::path(put, path = "/api/v1/users/{username}", tag = "users", request_body = UserChange,
+#[utoipa::path(put, path = "/api/v1/users/{username}", tag = "users", request_body = Option<UserChange>,
     params(("username" = String, Path)),
     responses((status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the last admin cannot lose the role or be disabled"),
-              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the last admin cannot lose the role or be disabled; nobody disables themselves"),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody, description = "UNKNOWN_ROLE"), (status = 429, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     who: Caller,
@@ -320,7 +332,12 @@ pub async fn update(
         check_roles(&state, roles)?;
     }
     if body.disabled == Some(true) && username == who.username {
-        return Err(ApiError::invalid("disabled", "you cannot disable yourself"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CANNOT_CHANGE_SELF",
+            "you cannot disable yourself",
+        )
+        .with_details(json!({ "field": "disabled" })));
     }
     if existing.is_some() {
         let still_admin = body
@@ -351,7 +368,12 @@ pub async fn delete(
     Params(username): Params<String>,
 ) -> Result<Response, ApiError> {
     if username == who.username {
-        return Err(ApiError::invalid("username", "you cannot delete yourself"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CANNOT_CHANGE_SELF",
+            "you cannot delete yourself",
+        )
+        .with_details(json!({ "username": username })));
     }
     member_of(&state, &who.workspace, &username).await?;
     keep_an_admin(&state, &who.workspace, &username, false).await?;
@@ -400,7 +422,11 @@ pub async fn set_password(
         }
     }
     let hash = hash_password(&body.password).map_err(ApiError::internal)?;
-    state.engine.store().set_password(&username, &hash).await?;
+    match state.engine.store().set_password(&username, &hash).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound) => return Err(user_not_found(&username)),
+        Err(e) => return Err(e.into()),
+    }
     Ok(noted(StatusCode::NO_CONTENT.into_response(), &username))
 }
 
