@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// The one algorithm tokens are signed and accepted with.
     #[serde(default)]
     pub token_algorithm: TokenAlgorithm,
+    /// Hosts besides the instances' own (loopback) that a request's `health_check_url` may
+    /// name (seed 001); anything else is refused, so a request cannot point the server at
+    /// its own network.
+    #[serde(default)]
+    pub allowed_health_hosts: Vec<String>,
     #[serde(default)]
     pub rate_limits: RateLimits,
 }
@@ -296,6 +301,7 @@ impl Default for ServerConfig {
             token_ttl: default_token_ttl(),
             keep_releases: default_keep_releases(),
             token_algorithm: TokenAlgorithm::default(),
+            allowed_health_hosts: Vec::new(),
             rate_limits: RateLimits::default(),
         }
     }

@@ -109,12 +109,23 @@ async fn seed_001_deploy_validate_state_health_rollback() {
             json!({"name": "app", "environment": "production", "pre_deploy_hooks": ["rm -rf /"]}),
             "pre_deploy_hooks",
         ),
+        // No request points the server at another host (SSRF): only the configured probe.
+        (
+            json!({"name": "app", "environment": "production", "health_check_url": "http://169.254.169.254/health"}),
+            "health_check_url",
+        ),
     ] {
         let (status, v) = s.post("/deployments/validate", body.clone()).await;
         assert_eq!(status, 400, "{body}: {v}");
         assert_eq!(v["valid"], false);
         assert_eq!(v["issues"][0]["field"], field, "{body}: {v}");
     }
+    let (status, v) = s.post("/deployments/validate", json!({"name": "app", "version": "2.0.0", "environment": "production", "health_check_url": "http://localhost:8080/health"})).await;
+    assert_eq!(
+        (status, v["valid"].clone()),
+        (200, json!(true)),
+        "the instance's own probe: {v}"
+    );
     // Hooks come from the configuration only.
     let (status, v) = s
         .post(

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::framing::FramingGuard;
 use super::{proxy, Phase, Shared};
 
 /// A connection with no request in progress and none started or ended for a whole period is
@@ -197,9 +198,10 @@ pub(super) async fn serve(
         let ctx = Arc::clone(&ctx);
         service_fn(move |req| proxy::proxy(Arc::clone(&ctx), req))
     };
+    // Every byte goes through the framing guard before hyper parses it.
     let conn = shared
         .server
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(FramingGuard::new(stream)), service)
         .with_upgrades();
     tokio::pin!(conn);
     let period = shared.idle_check;

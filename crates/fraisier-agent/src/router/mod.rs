@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 mod body;
 mod conn;
+mod framing;
 mod h1;
 mod metrics;
 mod proxy;
@@ -27,6 +28,8 @@ mod table;
 mod upstream;
 mod workers;
 
+#[cfg(test)]
+mod corpus_tests;
 #[cfg(test)]
 mod tests;
 

@@ -155,7 +155,7 @@ pub(super) async fn proxy(
                     Some(client) if status == StatusCode::SWITCHING_PROTOCOLS => {
                         upgraded(resp, client, lease, conn, exchange)
                     }
-                    _ => {
+                    refused_upgrade => {
                         // The request's header map is done with: the next response head on
                         // this connection is parsed into it.
                         conn.recycle(std::mem::take(&mut parts.headers));
@@ -163,6 +163,13 @@ pub(super) async fn proxy(
                         let (mut parts, ()) = resp.into_parts();
                         parts.version = Version::HTTP_11;
                         strip_hop_by_hop(&mut parts.headers);
+                        // The framing guard stopped reading requests at the upgrade: the
+                        // connection ends with this answer.
+                        if refused_upgrade.is_some() {
+                            parts
+                                .headers
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
                         Response::from_parts(parts, ProxyBody::upstream(lease, exchange))
                     }
                 });

@@ -27,7 +27,7 @@ type Handler = Arc<
 >;
 
 /// A hyper server on an ephemeral port; dropping it aborts its accept loop and connections.
-struct TestUpstream {
+pub(super) struct TestUpstream {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
     accepted: Arc<AtomicU64>,
@@ -52,7 +52,7 @@ impl TestUpstream {
         .await
     }
 
-    async fn start_with(handler: Handler) -> TestUpstream {
+    pub(super) async fn start_with(handler: Handler) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -87,7 +87,7 @@ impl TestUpstream {
         }
     }
 
-    fn backend(&self, id: &str, version: &str, weight: u32) -> Backend {
+    pub(super) fn backend(&self, id: &str, version: &str, weight: u32) -> Backend {
         Backend {
             id: id.into(),
             version: version.into(),

@@ -208,7 +208,11 @@ pub fn resolve(
     Ok((fraise.to_string(), env))
 }
 
-fn check_fixed(spec: &DeploySpec, f: &fraisier_model::FraiseConfig) -> Result<(), ApiError> {
+fn check_fixed(
+    spec: &DeploySpec,
+    f: &fraisier_model::FraiseConfig,
+    allowed_hosts: &[String],
+) -> Result<(), ApiError> {
     let differs = |field: &str| {
         spec_error(field, format!("{field} is set by administrators in fraisier.yaml (fraises.{}.{field}) and cannot be changed by a request", spec.name))
     };
@@ -234,15 +238,56 @@ fn check_fixed(spec: &DeploySpec, f: &fraisier_model::FraiseConfig) -> Result<()
     }
     if let Some(url) = &spec.health_check_url {
         let path = f.health_check.as_ref().map(|h| h.path.as_str());
-        let matches = path.is_some_and(|p| url == p || url.ends_with(p));
-        if !matches {
-            return Err(spec_error(
-                "health_check_url",
-                format!("health_check_url must match the configured health check path ({}); probes are configured in fraisier.yaml", path.unwrap_or("none")),
-            ));
+        if let Some(problem) = health_url_problem(url, path, allowed_hosts) {
+            return Err(spec_error("health_check_url", problem));
         }
     }
     Ok(())
+}
+
+/// A request's `health_check_url` only names the probe configured in fraisier.yaml (which is
+/// what runs): the configured path, alone or on the instance's own host (loopback) or a host
+/// of `server.allowed_health_hosts`. Anything else is refused rather than ignored, so that no
+/// request can look like it points the server at another host (no SSRF).
+fn health_url_problem(url: &str, path: Option<&str>, allowed_hosts: &[String]) -> Option<String> {
+    let Some(path) = path else {
+        return Some("this fraise has no HTTP health check configured; probes are configured in fraisier.yaml".into());
+    };
+    let (host, url_path) = match url.split_once("://") {
+        None => (None, url),
+        Some((scheme, rest)) => {
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Some(format!(
+                    "health_check_url must be http or https, got {scheme}://"
+                ));
+            }
+            let (authority, p) = rest
+                .find('/')
+                .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+            if authority.contains('@') {
+                return Some("health_check_url must not carry credentials".into());
+            }
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            };
+            (Some(host.to_ascii_lowercase()), p)
+        }
+    };
+    let url_path = url_path.split(['?', '#']).next().unwrap_or("");
+    if url_path != path {
+        return Some(format!(
+            "health_check_url must name the configured health check path ({path}); probes are configured in fraisier.yaml"
+        ));
+    }
+    match host {
+        None => None,
+        Some(h) if matches!(h.as_str(), "localhost" | "127.0.0.1" | "::1") => None,
+        Some(h) if allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(&h)) => None,
+        Some(h) => Some(format!(
+            "health_check_url may name only the fraise's own instances (localhost) or a host of server.allowed_health_hosts, not {h}"
+        )),
+    }
 }
 
 fn deploy_request(
@@ -251,7 +296,11 @@ fn deploy_request(
     spec: DeploySpec,
 ) -> Result<DeployRequest, ApiError> {
     let (fraise, environment) = resolve(state, &spec.name, spec.environment.as_deref())?;
-    check_fixed(&spec, &state.config.fraises[&fraise])?;
+    check_fixed(
+        &spec,
+        &state.config.fraises[&fraise],
+        &state.config.server.allowed_health_hosts,
+    )?;
     let mut metadata = if spec.metadata.is_object() {
         spec.metadata
     } else {
@@ -832,6 +881,34 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) 
 #[cfg(test)]
 mod tests {
     use super::go_duration;
+
+    #[test]
+    fn health_urls_name_only_the_configured_probe_on_allowed_hosts() {
+        use super::health_url_problem as problem;
+        let allowed = vec!["probe.internal".to_string()];
+        for ok in [
+            "/health",
+            "http://localhost:8080/health",
+            "http://127.0.0.1/health?x=1",
+            "https://[::1]:9/health",
+            "http://PROBE.internal/health",
+        ] {
+            assert_eq!(problem(ok, Some("/health"), &allowed), None, "{ok}");
+        }
+        for bad in [
+            "http://169.254.169.254/health",
+            "http://10.0.0.1/health",
+            "http://metadata.google.internal/health",
+            "http://localhost@evil.example/health",
+            "file:///etc/passwd",
+            "gopher://localhost/health",
+            "/admin",
+            "http://localhost/admin/health",
+        ] {
+            assert!(problem(bad, Some("/health"), &allowed).is_some(), "{bad}");
+        }
+        assert!(problem("/health", None, &allowed).is_some());
+    }
 
     #[test]
     fn durations_read_like_go() {
