@@ -39,10 +39,16 @@ fraises:
     health_check: { type: http, path: /health, interval: 100ms, timeout: 1s }
     drain_timeout: 1s
     stop_grace: 1s
+    # Short pauses: a request with "wait": true answers when its run is over.
     environments:
-      development: { port: $(free_port) }
-      staging: { port: $(free_port) }
-      production: { port: $(free_port), instances: 2 }
+      development:
+        port: $(free_port)
+        strategy_defaults: &quick
+          blue_green: { scale_down_delay: 1s, health_check_timeout: 10s }
+          canary: { steps: [{ weight: 50, pause: 1s }], health_check_timeout: 10s }
+          recreate: { health_check_timeout: 10s }
+      staging: { port: $(free_port), strategy_defaults: *quick }
+      production: { port: $(free_port), instances: 2, strategy_defaults: *quick }
 YAML
 
 FRAISIER_ADMIN_PASSWORD=fuzz-admin-password FRAISIER_LOG=warn \

@@ -65,9 +65,10 @@ pub struct CreateBody {
     /// Seconds (default 3600).
     #[schema(minimum = 1, maximum = 604800)]
     pub timeout: Option<u64>,
+    /// Free-form, kept with the run (an object).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub metadata: Value,
+    pub metadata: Option<Map<String, Value>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -316,7 +317,7 @@ pub async fn create(
         timeout_secs: body.timeout,
         rollback_on_failure: None,
         extra_dependencies: Vec::new(),
-        metadata: body.metadata,
+        metadata: Value::Object(body.metadata.unwrap_or_default()),
         triggered_by: who.username.clone(),
         trigger_type: "api".into(),
     };

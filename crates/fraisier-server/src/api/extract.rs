@@ -46,7 +46,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ),
         )
     })?;
-    let mut value: Value = if text.trim().is_empty() {
+    // Only JSON's own whitespace makes an empty body (not a form feed, which Rust's trim takes).
+    let mut value: Value = if text
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         Value::Object(Map::new())
     } else {
         serde_json::from_str(text)

@@ -60,9 +60,10 @@ pub struct DeploySpec {
     pub skip_health_check: bool,
     #[serde(default)]
     pub skip_backup: bool,
+    /// Free-form, kept with the run (an object).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub metadata: Value,
+    pub metadata: Option<Map<String, Value>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -301,8 +302,8 @@ fn deploy_request(
         &state.config.fraises[&fraise],
         &state.config.server.allowed_health_hosts,
     )?;
-    let mut metadata = if spec.metadata.is_object() {
-        spec.metadata
+    let mut metadata = if let Some(m) = spec.metadata {
+        Value::Object(m)
     } else {
         json!({})
     };
