@@ -72,5 +72,6 @@ status=0
 if ((status != 0)); then
   echo "--- the server's log (errors and warnings) ---" >&2
   tail -n 50 "$work/serve.err" >&2
+  echo "--- the fuzzer's token now: $(curl -s -H "Authorization: Bearer $token" "$base/api/v1/auth/me")" >&2
 fi
 exit "$status"

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use fraisier_model::names::{name_problem, version_problem};
+use fraisier_model::names::{agent_name_problem, name_problem, version_problem};
 use fraisier_model::service::{
     DesiredService, ExecRequest, HealthCheckSpec, ProbeKind, ReleaseSpec,
 };
@@ -160,7 +160,8 @@ pub fn instance_id_problem(id: &str) -> Option<String> {
 }
 
 fn check_names(fraise: &str, environment: &str) -> Result<(), Refusal> {
-    if let Some(p) = name_problem(fraise) {
+    // `workspace.fraise` outside the default workspace (names::agent_name).
+    if let Some(p) = agent_name_problem(fraise) {
         return Err(refuse(
             "fraise",
             format!("invalid fraise name {fraise:?}: {p}"),

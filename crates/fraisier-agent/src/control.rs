@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use fraisier_model::names::is_valid_name;
+use fraisier_model::names::{agent_name_problem, is_valid_name};
 use fraisier_model::service::{
     service_key, DesiredService, ExecRequest, ExecResult, ObservedService,
 };
@@ -254,7 +254,7 @@ async fn delete_service(
     State(agent): State<Arc<Agent>>,
     Path((fraise, environment)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<ObservedService>), ApiError> {
-    if !is_valid_name(&fraise) || !is_valid_name(&environment) {
+    if agent_name_problem(&fraise).is_some() || !is_valid_name(&environment) {
         return Err(ApiError::not_found(&fraise, &environment));
     }
     let registry = agent.services.lock().await;

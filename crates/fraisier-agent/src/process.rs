@@ -188,13 +188,16 @@ pub fn instance_env(
     if let Some(port) = port {
         env.push(("PORT".into(), port.to_string()));
     }
+    // The agent knows `workspace.fraise`; the instance is told both parts apart.
+    let (workspace, fraise) = fraisier_model::names::split_agent_name(who.fraise);
     env.extend([
         (
             "FRAISIER_RELEASE_DIR".into(),
             release_dir.to_string_lossy().into_owned(),
         ),
         ("FRAISIER_VERSION".into(), who.version.into()),
-        ("FRAISIER_FRAISE".into(), who.fraise.into()),
+        ("FRAISIER_WORKSPACE".into(), workspace.into()),
+        ("FRAISIER_FRAISE".into(), fraise.into()),
         ("FRAISIER_ENVIRONMENT".into(), who.environment.into()),
         ("FRAISIER_INSTANCE".into(), who.instance.into()),
     ]);

@@ -75,7 +75,8 @@ fn failure(code: &'static str, message: impl Into<String>, details: Value) -> Fa
 
 pub(crate) async fn execute(engine: &Engine, run: Run, cancel: watch::Receiver<Option<String>>) {
     let id = run.id;
-    let (fraise, env) = match request::lookup(engine.config(), &run.fraise, &run.environment) {
+    let scope = engine.config().scope(&run.tenant_id);
+    let (fraise, env) = match request::lookup(scope, &run.fraise, &run.environment) {
         Ok((f, e)) => (f.clone(), e.clone()),
         Err(e) => {
             // The configuration changed under a resumed run: nothing sensible to resume.
@@ -273,10 +274,15 @@ impl RunCtx<'_> {
     async fn observed(&self) -> Option<ObservedService> {
         let provider = self.engine.provider();
         provider
-            .observe(&self.run.fraise, &self.run.environment)
+            .observe(&self.agent_name(), &self.run.environment)
             .await
             .ok()
             .flatten()
+    }
+
+    /// The fraise's name on the agent (qualified by its workspace outside `default`).
+    fn agent_name(&self) -> String {
+        fraisier_model::names::agent_name(&self.run.tenant_id, &self.run.fraise)
     }
 
     fn kind_word(&self) -> &'static str {
@@ -434,7 +440,7 @@ impl RunCtx<'_> {
             .map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
         let generation = record.desired.as_ref().map_or(0, |d| d.generation) + 1;
         let mut desired = request::desired(
-            &self.run.fraise,
+            &self.agent_name(),
             &self.run.environment,
             &self.fraise,
             &self.env,
@@ -877,7 +883,7 @@ impl RunCtx<'_> {
             env.insert("FRAISIER_PREVIOUS_VERSION".into(), prev.clone());
         }
         let req = ExecRequest {
-            fraise: self.run.fraise.clone(),
+            fraise: self.agent_name(),
             environment: self.run.environment.clone(),
             version: self.run.version.clone(),
             release: self.release_for(&self.run.version),

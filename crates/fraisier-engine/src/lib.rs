@@ -6,6 +6,7 @@ pub mod error;
 mod executor;
 pub mod provider;
 pub mod request;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fraisier_model::approval::{self, Decision, Requirement, Standing, Vote};
 use fraisier_model::config::Config;
+use fraisier_model::names::agent_name;
 use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState};
 use fraisier_model::{FraiseType, Strategy};
 use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreError};
@@ -27,6 +29,7 @@ pub use request::{
     known_versions, ApprovalPolicy, DeployRequest, RollbackRequest, RunOptions,
     DEFAULT_TIMEOUT_SECS,
 };
+pub use status::ServiceStatus;
 
 /// Timing knobs; tests shorten them.
 #[derive(Clone, Debug)]
@@ -121,7 +124,7 @@ impl Engine {
 
     /// Everything `submit` checks, without recording anything.
     pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
-        let config = &self.inner.config;
+        let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         let version = request::resolve_version(f, &req.fraise, req.version.as_deref())?;
         let (strategy, strategy_config) =
@@ -214,7 +217,11 @@ impl Engine {
             });
             return v;
         }
-        if let Ok((f, fe)) = request::lookup(&self.inner.config, &req.fraise, &req.environment) {
+        if let Ok((f, fe)) = request::lookup(
+            self.inner.config.scope(&req.tenant),
+            &req.fraise,
+            &req.environment,
+        ) {
             if f.health_check.is_none() && f.kind == FraiseType::Api {
                 v.warnings.push(ValidationIssue {
                     field: "health_check".into(),
@@ -235,7 +242,7 @@ impl Engine {
 
     /// Records a rollback run to `to_version` (default: the previous version).
     pub async fn rollback(&self, req: RollbackRequest) -> Result<Run, EngineError> {
-        let config = &self.inner.config;
+        let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         let store = &self.inner.store;
         if let Some(active) = store
@@ -276,7 +283,7 @@ impl Engine {
             let kept = match self
                 .inner
                 .provider
-                .observe(&req.fraise, &req.environment)
+                .observe(&agent_name(&req.tenant, &req.fraise), &req.environment)
                 .await
             {
                 Ok(Some(o)) => o.releases.iter().any(|r| r.version == target),
@@ -562,7 +569,12 @@ impl Engine {
             if active.is_some_and(|r| !awaits_approval(&r)) {
                 continue;
             }
-            match self.inner.provider.observe(&s.fraise, &s.environment).await {
+            match self
+                .inner
+                .provider
+                .observe(&agent_name(&s.tenant_id, &s.fraise), &s.environment)
+                .await
+            {
                 Ok(Some(o)) if o.generation >= desired.generation => {}
                 Ok(_) => {
                     if let Err(e) = self.inner.provider.apply(desired).await {
@@ -583,36 +595,14 @@ impl Engine {
         deps: &[String],
     ) -> Result<(), EngineError> {
         for d in deps {
-            let fail = |reason: String| EngineError::DependencyFailed {
-                dependency: d.clone(),
-                environment: environment.to_string(),
-                reason,
-            };
-            let service = self.inner.store.service(tenant, d, environment).await?;
-            let Some(service) = service.filter(|s| s.current_version.is_some()) else {
-                return Err(fail("it has never been deployed there".into()));
-            };
-            let kind = self
-                .inner
-                .config
-                .fraises
-                .get(d)
-                .map(|f| f.kind)
-                .unwrap_or_default();
-            if kind != FraiseType::Api {
-                if service.state != ServiceState::Healthy {
-                    return Err(fail(format!(
-                        "its state is {}",
-                        fraisier_model::run::to_wire(&service.state)
-                    )));
-                }
-                continue;
-            }
-            match self.inner.provider.observe(d, environment).await {
-                Ok(Some(o)) if o.healthy_count() > 0 => {}
-                Ok(_) => return Err(fail("no instance is healthy".into())),
-                Err(e) => return Err(fail(format!("cannot observe it: {e}"))),
-            }
+            let status = self.service_status(tenant, d, environment).await?;
+            status
+                .serves()
+                .map_err(|reason| EngineError::DependencyFailed {
+                    dependency: d.clone(),
+                    environment: environment.to_string(),
+                    reason,
+                })?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use fraisier_model::config::{Config, FraiseConfig, FraiseEnvironmentConfig};
+use fraisier_model::config::{FraiseConfig, FraiseEnvironmentConfig, WorkspaceConfig};
 use fraisier_model::names::{is_valid_name, version_problem};
 use fraisier_model::service::{DesiredInstance, DesiredService, ReleaseSpec};
 use fraisier_model::{version, FraiseType, Strategy, StrategyConfig};
@@ -85,7 +85,7 @@ pub struct ApprovalPolicy {
 
 /// The approval policy of an environment, for a run asked for now.
 pub(crate) fn approval_policy(
-    config: &Config,
+    config: &WorkspaceConfig,
     environment: &str,
     now: DateTime<Utc>,
 ) -> Option<ApprovalPolicy> {
@@ -102,7 +102,7 @@ pub(crate) fn approval_policy(
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 
 pub(crate) fn lookup<'a>(
-    config: &'a Config,
+    config: &'a WorkspaceConfig,
     fraise: &str,
     environment: &str,
 ) -> Result<(&'a FraiseConfig, &'a FraiseEnvironmentConfig), EngineError> {

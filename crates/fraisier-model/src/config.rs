@@ -23,6 +23,28 @@ pub struct Config {
     /// Custom roles beside the built-in ones (seed 003's seven and `admin`).
     #[serde(default)]
     pub roles: BTreeMap<String, RoleConfig>,
+    /// The `default` workspace's environments, as written at the top level; moved into
+    /// `workspaces` when parsed (read them through [`Config::scope`]).
+    #[serde(default, rename = "environments", skip_serializing)]
+    default_environments: BTreeMap<String, EnvironmentConfig>,
+    #[serde(default, rename = "fraises", skip_serializing)]
+    default_fraises: BTreeMap<String, FraiseConfig>,
+    /// Every workspace, `default` included once parsed.
+    #[serde(default)]
+    pub workspaces: BTreeMap<String, WorkspaceConfig>,
+}
+
+/// The workspace the top-level `environments` and `fraises` belong to.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// A workspace (seed 003; a tenant in seed 002): its environments and fraises.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
     #[serde(default)]
     pub environments: BTreeMap<String, EnvironmentConfig>,
     #[serde(default)]
@@ -122,6 +144,9 @@ pub struct FraiseConfig {
     pub kind: FraiseType,
     #[serde(default)]
     pub description: Option<String>,
+    /// The project (seed 003) the fraise belongs to in its workspace: a label lists filter by.
+    #[serde(default)]
+    pub project: Option<String>,
     #[serde(default)]
     pub git_provider: Option<String>,
     #[serde(default)]
@@ -358,7 +383,11 @@ impl Config {
             if config.server.data_dir.is_relative() {
                 config.server.data_dir = base.join(&config.server.data_dir);
             }
-            for f in config.fraises.values_mut() {
+            for f in config
+                .workspaces
+                .values_mut()
+                .flat_map(|w| w.fraises.values_mut())
+            {
                 if let Some(wd) = f.working_directory.as_mut().filter(|wd| wd.is_relative()) {
                     *wd = base.join(&*wd);
                 }
@@ -390,7 +419,28 @@ impl Config {
             }]
         })?;
         let mut config = config;
-        for (name, e) in config.environments.iter_mut() {
+        let top_level =
+            !config.default_environments.is_empty() || !config.default_fraises.is_empty();
+        let declared = config.workspaces.contains_key(DEFAULT_WORKSPACE);
+        if top_level && declared {
+            return Err(vec![Problem {
+                key: format!("workspaces.{DEFAULT_WORKSPACE}"),
+                message: "the default workspace's environments and fraises are written at the top level or under workspaces.default, not both".into(),
+            }]);
+        }
+        let default = config
+            .workspaces
+            .entry(DEFAULT_WORKSPACE.to_string())
+            .or_default();
+        if top_level {
+            default.environments = std::mem::take(&mut config.default_environments);
+            default.fraises = std::mem::take(&mut config.default_fraises);
+        }
+        for (name, e) in config
+            .workspaces
+            .values_mut()
+            .flat_map(|w| w.environments.iter_mut())
+        {
             if e.required_roles.is_none() {
                 e.required_roles = Some(
                     default_required_roles(name)
@@ -421,183 +471,225 @@ impl Config {
                 Roles::builtin()
             }
         };
-        for (name, e) in &self.environments {
-            if let Some(p) = name_problem(name) {
-                bad(
-                    format!("environments.{name}"),
-                    format!("invalid environment name: {p}"),
-                );
-            }
-            for (i, r) in e.required_roles.iter().flatten().enumerate() {
-                if !roles.contains(r) && !self.roles.contains_key(r) {
-                    bad(
-                        format!("environments.{name}.required_roles[{i}]"),
-                        format!(
-                            "unknown role {r:?} (built-in roles: {}; add others under `roles`)",
-                            roles
-                                .iter()
-                                .map(|r| r.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
-                }
-            }
-            if e.required_approvals > MAX_REQUIRED_APPROVALS {
-                bad(
-                    format!("environments.{name}.required_approvals"),
-                    format!("must be at most {MAX_REQUIRED_APPROVALS}"),
-                );
-            }
-            if e.approval_timeout.0 < 1000 || e.approval_timeout.0 > 30 * 24 * 3_600_000 {
-                bad(
-                    format!("environments.{name}.approval_timeout"),
-                    "must be between 1s and 30 days".into(),
-                );
-            }
-        }
         let mut ports: BTreeMap<u16, String> = BTreeMap::new();
-        for (name, f) in &self.fraises {
-            let at = format!("fraises.{name}");
-            if let Some(p) = name_problem(name) {
-                bad(at.clone(), format!("invalid fraise name: {p}"));
-            }
-            for (i, v) in f.versions.iter().enumerate() {
-                if let Some(p) = version_problem(v) {
+        for (ws_name, ws) in &self.workspaces {
+            let prefix = if ws_name == DEFAULT_WORKSPACE {
+                String::new()
+            } else {
+                if let Some(p) = name_problem(ws_name) {
                     bad(
-                        format!("{at}.versions[{i}]"),
-                        format!("invalid version {v:?}: {p}"),
+                        format!("workspaces.{ws_name}"),
+                        format!("invalid workspace name: {p}"),
                     );
                 }
-            }
-            if f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
-                bad(
-                    format!("{at}.command"),
-                    "a command to run is required (run with sh -c)".into(),
-                );
-            }
-            match (&f.schedule, f.kind) {
-                (None, FraiseType::Scheduled) => bad(
-                    format!("{at}.schedule"),
-                    "a scheduled fraise needs a cron schedule, e.g. \"0 3 * * *\" or \"@hourly\""
-                        .into(),
-                ),
-                (Some(_), FraiseType::Api | FraiseType::Etl) => bad(
-                    format!("{at}.schedule"),
-                    "only fraises of type scheduled run on a schedule".into(),
-                ),
-                (Some(expr), FraiseType::Scheduled) => {
-                    if let Err(e) = crate::cron::CronSchedule::parse(expr) {
-                        bad(
-                            format!("{at}.schedule"),
-                            format!("invalid cron expression {expr:?}: {e}"),
-                        );
-                    }
-                }
-                (None, _) => {}
-            }
-            if let Some(zone) = &f.timezone {
-                if let Err(e) = crate::cron::ScheduleZone::parse(zone, &crate::cron::zoneinfo_dir())
-                {
-                    bad(format!("{at}.timezone"), e);
-                }
-            }
-            if f.schedule_timeout.0 == 0 || f.schedule_timeout.0 > MAX_SCHEDULE_TIMEOUT_MS {
-                bad(
-                    format!("{at}.schedule_timeout"),
-                    "must be more than 0 and at most 7 days".into(),
-                );
-            }
-            if let Some(hc) = &f.health_check {
-                if hc.kind == ProbeType::Command && hc.command.is_none() {
-                    bad(
-                        format!("{at}.health_check.command"),
-                        "a command health check needs `command`".into(),
-                    );
-                }
-                if hc.kind == ProbeType::Http && !hc.path.starts_with('/') {
-                    bad(
-                        format!("{at}.health_check.path"),
-                        "must start with '/'".into(),
-                    );
-                }
-                if hc.interval.0 == 0 || hc.timeout.0 == 0 {
-                    bad(
-                        format!("{at}.health_check"),
-                        "interval and timeout must be above 0".into(),
-                    );
-                }
-                if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                    bad(
-                        format!("{at}.health_check"),
-                        "thresholds must be at least 1".into(),
-                    );
-                }
-            }
-            for (i, d) in f.dependencies.iter().enumerate() {
-                if d == name {
-                    bad(
-                        format!("{at}.dependencies[{i}]"),
-                        "a fraise cannot depend on itself".into(),
-                    );
-                } else if !self.fraises.contains_key(d) {
-                    bad(
-                        format!("{at}.dependencies[{i}]"),
-                        format!("unknown fraise {d:?}"),
-                    );
-                }
-            }
-            if f.environments.is_empty() {
-                bad(
-                    format!("{at}.environments"),
-                    "declare at least one environment for this fraise".into(),
-                );
-            }
-            for (env, fe) in &f.environments {
-                let at = format!("{at}.environments.{env}");
-                if !self.environments.contains_key(env) {
-                    bad(
-                        at.clone(),
-                        format!("unknown environment {env:?} (declare it under `environments`)"),
-                    );
-                }
-                if fe.instances == 0 || fe.instances > 64 {
-                    bad(format!("{at}.instances"), "must be between 1 and 64".into());
-                }
-                if f.kind == FraiseType::Api {
-                    match fe.port {
-                        None | Some(0) => bad(
-                            format!("{at}.port"),
-                            "an api fraise needs the router's port (1-65535)".into(),
-                        ),
-                        Some(p) => {
-                            if let Some(other) = ports.insert(p, format!("{name}@{env}")) {
-                                bad(
-                                    format!("{at}.port"),
-                                    format!("port {p} is already used by {other}"),
-                                );
-                            }
-                        }
-                    }
-                }
-                if let Err(e) = StrategyConfig::parse(fe.strategy, &fe.strategy_config) {
-                    bad(format!("{at}.strategy_config.{}", e.field), e.message);
-                }
-                for (strategy, map) in &fe.strategy_defaults {
-                    if let Err(e) = StrategyConfig::parse(*strategy, map) {
-                        bad(
-                            format!("{at}.strategy_defaults.{strategy}.{}", e.field),
-                            e.message,
-                        );
-                    }
-                }
-            }
+                format!("workspaces.{ws_name}.")
+            };
+            validate_workspace(&prefix, ws, &roles, &self.roles, &mut ports, &mut bad);
         }
         out
     }
 
+    /// A workspace's environments and fraises; a workspace the file does not declare (one
+    /// made through the API) has none.
+    pub fn scope(&self, workspace: &str) -> &WorkspaceConfig {
+        static EMPTY: std::sync::OnceLock<WorkspaceConfig> = std::sync::OnceLock::new();
+        self.workspaces
+            .get(workspace)
+            .unwrap_or_else(|| EMPTY.get_or_init(WorkspaceConfig::default))
+    }
+
+    /// A fraise of the default workspace.
     pub fn fraise(&self, name: &str) -> Option<&FraiseConfig> {
-        self.fraises.get(name)
+        self.scope(DEFAULT_WORKSPACE).fraises.get(name)
+    }
+}
+
+/// The rules of one workspace's environments and fraises; keys are prefixed with `prefix`
+/// (empty for `default`, written at the top level). Router ports are the agent's, so they are
+/// checked across workspaces.
+fn validate_workspace(
+    prefix: &str,
+    ws: &WorkspaceConfig,
+    roles: &Roles,
+    custom_roles: &BTreeMap<String, RoleConfig>,
+    ports: &mut BTreeMap<u16, String>,
+    bad: &mut impl FnMut(String, String),
+) {
+    for (name, e) in &ws.environments {
+        if let Some(p) = name_problem(name) {
+            bad(
+                format!("{prefix}environments.{name}"),
+                format!("invalid environment name: {p}"),
+            );
+        }
+        for (i, r) in e.required_roles.iter().flatten().enumerate() {
+            if !roles.contains(r) && !custom_roles.contains_key(r) {
+                bad(
+                    format!("{prefix}environments.{name}.required_roles[{i}]"),
+                    format!(
+                        "unknown role {r:?} (built-in roles: {}; add others under `roles`)",
+                        roles
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        if e.required_approvals > MAX_REQUIRED_APPROVALS {
+            bad(
+                format!("{prefix}environments.{name}.required_approvals"),
+                format!("must be at most {MAX_REQUIRED_APPROVALS}"),
+            );
+        }
+        if e.approval_timeout.0 < 1000 || e.approval_timeout.0 > 30 * 24 * 3_600_000 {
+            bad(
+                format!("{prefix}environments.{name}.approval_timeout"),
+                "must be between 1s and 30 days".into(),
+            );
+        }
+    }
+    for (name, f) in &ws.fraises {
+        let at = format!("{prefix}fraises.{name}");
+        if let Some(p) = name_problem(name) {
+            bad(at.clone(), format!("invalid fraise name: {p}"));
+        }
+        if let Some(p) = f.project.as_deref().and_then(name_problem) {
+            bad(
+                format!("{at}.project"),
+                format!("invalid project name: {p}"),
+            );
+        }
+        for (i, v) in f.versions.iter().enumerate() {
+            if let Some(p) = version_problem(v) {
+                bad(
+                    format!("{at}.versions[{i}]"),
+                    format!("invalid version {v:?}: {p}"),
+                );
+            }
+        }
+        if f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+            bad(
+                format!("{at}.command"),
+                "a command to run is required (run with sh -c)".into(),
+            );
+        }
+        match (&f.schedule, f.kind) {
+            (None, FraiseType::Scheduled) => bad(
+                format!("{at}.schedule"),
+                "a scheduled fraise needs a cron schedule, e.g. \"0 3 * * *\" or \"@hourly\""
+                    .into(),
+            ),
+            (Some(_), FraiseType::Api | FraiseType::Etl) => bad(
+                format!("{at}.schedule"),
+                "only fraises of type scheduled run on a schedule".into(),
+            ),
+            (Some(expr), FraiseType::Scheduled) => {
+                if let Err(e) = crate::cron::CronSchedule::parse(expr) {
+                    bad(
+                        format!("{at}.schedule"),
+                        format!("invalid cron expression {expr:?}: {e}"),
+                    );
+                }
+            }
+            (None, _) => {}
+        }
+        if let Some(zone) = &f.timezone {
+            if let Err(e) = crate::cron::ScheduleZone::parse(zone, &crate::cron::zoneinfo_dir()) {
+                bad(format!("{at}.timezone"), e);
+            }
+        }
+        if f.schedule_timeout.0 == 0 || f.schedule_timeout.0 > MAX_SCHEDULE_TIMEOUT_MS {
+            bad(
+                format!("{at}.schedule_timeout"),
+                "must be more than 0 and at most 7 days".into(),
+            );
+        }
+        if let Some(hc) = &f.health_check {
+            if hc.kind == ProbeType::Command && hc.command.is_none() {
+                bad(
+                    format!("{at}.health_check.command"),
+                    "a command health check needs `command`".into(),
+                );
+            }
+            if hc.kind == ProbeType::Http && !hc.path.starts_with('/') {
+                bad(
+                    format!("{at}.health_check.path"),
+                    "must start with '/'".into(),
+                );
+            }
+            if hc.interval.0 == 0 || hc.timeout.0 == 0 {
+                bad(
+                    format!("{at}.health_check"),
+                    "interval and timeout must be above 0".into(),
+                );
+            }
+            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                bad(
+                    format!("{at}.health_check"),
+                    "thresholds must be at least 1".into(),
+                );
+            }
+        }
+        for (i, d) in f.dependencies.iter().enumerate() {
+            if d == name {
+                bad(
+                    format!("{at}.dependencies[{i}]"),
+                    "a fraise cannot depend on itself".into(),
+                );
+            } else if !ws.fraises.contains_key(d) {
+                bad(
+                    format!("{at}.dependencies[{i}]"),
+                    format!("unknown fraise {d:?}"),
+                );
+            }
+        }
+        if f.environments.is_empty() {
+            bad(
+                format!("{at}.environments"),
+                "declare at least one environment for this fraise".into(),
+            );
+        }
+        for (env, fe) in &f.environments {
+            let at = format!("{at}.environments.{env}");
+            if !ws.environments.contains_key(env) {
+                bad(
+                    at.clone(),
+                    format!("unknown environment {env:?} (declare it under `environments`)"),
+                );
+            }
+            if fe.instances == 0 || fe.instances > 64 {
+                bad(format!("{at}.instances"), "must be between 1 and 64".into());
+            }
+            if f.kind == FraiseType::Api {
+                match fe.port {
+                    None | Some(0) => bad(
+                        format!("{at}.port"),
+                        "an api fraise needs the router's port (1-65535)".into(),
+                    ),
+                    Some(p) => {
+                        if let Some(other) = ports.insert(p, format!("{prefix}{name}@{env}")) {
+                            bad(
+                                format!("{at}.port"),
+                                format!("port {p} is already used by {other}"),
+                            );
+                        }
+                    }
+                }
+            }
+            if let Err(e) = StrategyConfig::parse(fe.strategy, &fe.strategy_config) {
+                bad(format!("{at}.strategy_config.{}", e.field), e.message);
+            }
+            for (strategy, map) in &fe.strategy_defaults {
+                if let Err(e) = StrategyConfig::parse(*strategy, map) {
+                    bad(
+                        format!("{at}.strategy_defaults.{strategy}.{}", e.field),
+                        e.message,
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -727,6 +819,65 @@ fraises:
             keys.contains(&"fraises.my_api.environments.staging.strategy_config.bogus"),
             "{keys:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod workspace_tests {
+    use super::*;
+
+    const TWO: &str = r#"
+environments:
+  production: {}
+fraises:
+  api:
+    command: "exec true"
+    environments:
+      production: { port: 18080 }
+workspaces:
+  team-a:
+    display_name: Team A
+    environments:
+      staging: { required_approvals: 1 }
+    fraises:
+      api:
+        command: "exec true"
+        environments:
+          staging: { port: 18081 }
+"#;
+
+    #[test]
+    fn the_top_level_is_the_default_workspace() {
+        let c = Config::parse(TWO).unwrap();
+        assert_eq!(c.workspaces.len(), 2);
+        assert!(c.scope("default").fraises.contains_key("api"));
+        assert!(c.scope("default").environments.contains_key("production"));
+        let a = c.scope("team-a");
+        assert_eq!(a.display_name.as_deref(), Some("Team A"));
+        assert_eq!(a.environments["staging"].required_approvals, 1);
+        assert!(c.scope("nobody").fraises.is_empty());
+    }
+
+    #[test]
+    fn workspaces_are_validated_with_their_keys() {
+        let p = Config::parse(&TWO.replace("port: 18081", "port: 18080")).unwrap_err();
+        assert_eq!(
+            p[0].key, "workspaces.team-a.fraises.api.environments.staging.port",
+            "{p:?}"
+        );
+        assert!(
+            p[0].message.contains("already used by api@production"),
+            "{p:?}"
+        );
+        let p = Config::parse(&TWO.replace("staging: { port", "production: { port")).unwrap_err();
+        assert_eq!(
+            p[0].key, "workspaces.team-a.fraises.api.environments.production",
+            "{p:?}"
+        );
+        let p = Config::parse(&TWO.replace("team-a:", "team a:")).unwrap_err();
+        assert_eq!(p[0].key, "workspaces.team a", "{p:?}");
+        let p = Config::parse(&format!("{TWO}  default:\n    fraises: {{}}\n")).unwrap_err();
+        assert_eq!(p[0].key, "workspaces.default", "{p:?}");
     }
 }
 

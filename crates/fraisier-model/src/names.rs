@@ -37,6 +37,31 @@ pub fn is_valid_name(name: &str) -> bool {
     name_problem(name).is_none()
 }
 
+/// The name a fraise has on an agent: the fraise's own in the `default` workspace,
+/// `workspace.fraise` in any other — so that two workspaces' fraises of one name never meet
+/// on a host (names cannot contain `.`).
+pub fn agent_name(workspace: &str, fraise: &str) -> String {
+    if workspace == crate::config::DEFAULT_WORKSPACE {
+        fraise.to_string()
+    } else {
+        format!("{workspace}.{fraise}")
+    }
+}
+
+/// (workspace, fraise) of an agent-side name.
+pub fn split_agent_name(name: &str) -> (&str, &str) {
+    name.split_once('.')
+        .unwrap_or((crate::config::DEFAULT_WORKSPACE, name))
+}
+
+/// Why an agent-side name is refused: a fraise name, or `workspace.fraise` of two.
+pub fn agent_name_problem(name: &str) -> Option<String> {
+    let (workspace, fraise) = split_agent_name(name);
+    name_problem(workspace)
+        .map(|p| format!("workspace {workspace:?}: {p}"))
+        .or_else(|| name_problem(fraise))
+}
+
 /// Versions end up in directory names: refuse anything that could escape one.
 pub fn version_problem(version: &str) -> Option<String> {
     if version.is_empty() || version.len() > 128 {
@@ -80,6 +105,14 @@ mod tests {
             assert!(!is_valid_name(bad), "{bad:?} should be refused");
         }
         assert!(version_problem("../1").is_some());
+        assert_eq!(agent_name("default", "api"), "api");
+        assert_eq!(agent_name("team-a", "api"), "team-a.api");
+        assert_eq!(split_agent_name("team-a.api"), ("team-a", "api"));
+        assert_eq!(split_agent_name("api"), ("default", "api"));
+        assert!(agent_name_problem("team-a.api").is_none());
+        for bad in ["a.b.c", ".api", "team.", "../x", "a./b"] {
+            assert!(agent_name_problem(bad).is_some(), "{bad}");
+        }
         assert!(version_problem("2.0.0+build.1").is_none());
     }
 }

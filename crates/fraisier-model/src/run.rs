@@ -52,6 +52,36 @@ pub enum Health {
     Degraded,
 }
 
+/// Status of a fraise in an environment, or over its environments (seed 000's `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FraiseStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    Deploying,
+    Unknown,
+}
+
+impl FraiseStatus {
+    /// A fraise over its environments: deploying if any is, healthy if every deployed one is,
+    /// degraded if some serve, unhealthy if none does.
+    pub fn overall(statuses: &[FraiseStatus]) -> FraiseStatus {
+        use FraiseStatus::*;
+        if statuses.iter().all(|s| *s == Unknown) {
+            Unknown
+        } else if statuses.contains(&Deploying) {
+            Deploying
+        } else if statuses.iter().all(|s| matches!(s, Healthy | Unknown)) {
+            Healthy
+        } else if statuses.iter().any(|s| matches!(s, Healthy | Degraded)) {
+            Degraded
+        } else {
+            Unhealthy
+        }
+    }
+}
+
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
 )]
@@ -130,6 +160,18 @@ impl Component {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fraise_over_its_environments() {
+        use FraiseStatus::*;
+        assert_eq!(FraiseStatus::overall(&[]), Unknown);
+        assert_eq!(FraiseStatus::overall(&[Unknown, Unknown]), Unknown);
+        assert_eq!(FraiseStatus::overall(&[Healthy, Unknown]), Healthy);
+        assert_eq!(FraiseStatus::overall(&[Healthy, Deploying]), Deploying);
+        assert_eq!(FraiseStatus::overall(&[Healthy, Unhealthy]), Degraded);
+        assert_eq!(FraiseStatus::overall(&[Degraded]), Degraded);
+        assert_eq!(FraiseStatus::overall(&[Unhealthy, Unknown]), Unhealthy);
+    }
 
     #[test]
     fn wire_spellings_round_trip() {

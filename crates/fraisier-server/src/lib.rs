@@ -68,6 +68,39 @@ pub async fn open_store(config: &Config) -> Result<Store, ServerError> {
     }
 }
 
+/// Keeps the store's workspaces and projects in step with fraisier.yaml: every workspace it
+/// declares (`default` always), and every project its fraises name.
+async fn declare_workspaces(store: &Store, config: &Config) -> Result<(), ServerError> {
+    let declared: Vec<fraisier_store::GroupFields> = config
+        .workspaces
+        .iter()
+        .map(|(name, w)| fraisier_store::GroupFields {
+            name: name.clone(),
+            display_name: w.display_name.clone(),
+            description: w.description.clone(),
+        })
+        .collect();
+    store.declare_workspaces(&declared).await?;
+    for (name, w) in &config.workspaces {
+        let mut projects: Vec<&str> = w
+            .fraises
+            .values()
+            .filter_map(|f| f.project.as_deref())
+            .collect();
+        projects.sort_unstable();
+        projects.dedup();
+        let projects: Vec<fraisier_store::GroupFields> = projects
+            .into_iter()
+            .map(|p| fraisier_store::GroupFields {
+                name: p.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        store.declare_projects(name, &projects).await?;
+    }
+    Ok(())
+}
+
 /// Creates the admin user on first start, with `FRAISIER_ADMIN_PASSWORD` or a generated
 /// password written next to the database (0600).
 async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<(), ServerError> {
@@ -117,6 +150,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     let data_dir = config.server.data_dir.clone();
     make_private_dir(&data_dir)?;
     let store = open_store(&config).await?;
+    declare_workspaces(&store, &config).await?;
     bootstrap_admin(&store, &data_dir).await?;
     let keys = auth::Keys::load_or_create(
         &data_dir,

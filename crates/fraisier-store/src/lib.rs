@@ -10,6 +10,7 @@ mod api_keys;
 mod approvals;
 mod audit;
 mod events;
+mod groups;
 mod import;
 mod logs;
 mod migrate;
@@ -27,6 +28,7 @@ pub use api_keys::{ApiKey, KeyHolder, NewApiKey};
 pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };
+pub use groups::{Group, GroupFields};
 pub use store::Store;
 pub use users::TokenSubject;
 
@@ -148,6 +150,8 @@ pub struct Run {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunFilter {
     pub fraise: Option<String>,
+    /// Runs of any of these fraises (a project's); an empty list matches nothing.
+    pub fraises: Option<Vec<String>>,
     pub environment: Option<String>,
     pub status: Option<RunStatus>,
     /// Free text matched (case-insensitively, substring) against fraise, environment,

@@ -205,6 +205,31 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX approvals_run_user ON approvals (run_id, username)",
         ],
     },
+    Migration {
+        version: 4,
+        name: "workspaces_and_projects",
+        statements: &[
+            // `declared`: written in fraisier.yaml (1), or made through the API (0).
+            "CREATE TABLE workspaces (
+            name TEXT PRIMARY KEY,
+            display_name TEXT,
+            description TEXT,
+            declared BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            "CREATE TABLE projects (
+            workspace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            display_name TEXT,
+            description TEXT,
+            declared BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (workspace, name)
+        )",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -79,6 +79,14 @@ impl Store {
         if let Some(fraise) = &f.fraise {
             clauses.push(format!("fraise = {}", args.push(fraise.as_str())));
         }
+        if let Some(fraises) = &f.fraises {
+            if fraises.is_empty() {
+                clauses.push("1 = 0".into());
+            } else {
+                let list: Vec<String> = fraises.iter().map(|x| args.push(x.as_str())).collect();
+                clauses.push(format!("fraise IN ({})", list.join(", ")));
+            }
+        }
         if let Some(environment) = &f.environment {
             clauses.push(format!("environment = {}", args.push(environment.as_str())));
         }

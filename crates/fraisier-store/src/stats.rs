@@ -1,5 +1,6 @@
-//! Run figures for `/metrics` (totals per final status, active runs per environment, the
-//! histogram of run durations), computed by SQL aggregates so they cost the same at any size.
+//! Run figures of a workspace for `/metrics` (totals per final status, active runs per
+//! environment, the histogram of run durations), computed by SQL aggregates so they cost the
+//! same at any size.
 
 use fraisier_model::run::RunStatus;
 use sqlx::Row;
@@ -14,10 +15,11 @@ const FINAL: [RunStatus; 3] = [RunStatus::Success, RunStatus::Failed, RunStatus:
 impl Store {
     /// `duration_bounds_secs` are the histogram's upper bounds, ascending; a duration equal to
     /// a bound falls in that bound's bucket (Prometheus `le`).
-    pub async fn run_stats(&self, duration_bounds_secs: &[f64]) -> Result<RunStats> {
+    pub async fn run_stats(&self, tenant: &str, duration_bounds_secs: &[f64]) -> Result<RunStats> {
         let rows = sqlx::query(&format!(
-            "SELECT status, COUNT(*) AS n FROM runs WHERE status IN {FINAL_STATUSES} GROUP BY status"
+            "SELECT status, COUNT(*) AS n FROM runs WHERE tenant_id = $1 AND status IN {FINAL_STATUSES} GROUP BY status"
         ))
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         let mut totals: Vec<(RunStatus, u64)> = FINAL.iter().map(|s| (*s, 0)).collect();
@@ -30,9 +32,10 @@ impl Store {
         }
 
         let rows = sqlx::query(&format!(
-            "SELECT environment, COUNT(*) AS n FROM runs WHERE status IN {ACTIVE_STATUSES} \
+            "SELECT environment, COUNT(*) AS n FROM runs WHERE tenant_id = $1 AND status IN {ACTIVE_STATUSES} \
              GROUP BY environment ORDER BY environment"
         ))
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         let active = rows
@@ -42,6 +45,7 @@ impl Store {
 
         // Cumulative counts per bound come out of one scan; the buckets are their differences.
         let mut args = Args::default();
+        let tenant_arg = args.push(tenant);
         let mut columns = vec![
             "COUNT(*) AS n".to_string(),
             "CAST(COALESCE(SUM(d), 0) AS BIGINT) AS sum_ms".to_string(),
@@ -54,7 +58,7 @@ impl Store {
         }
         let query = format!(
             "SELECT {} FROM (SELECT completed_at - COALESCE(started_at, created_at) AS d FROM runs \
-             WHERE status IN {FINAL_STATUSES} AND completed_at IS NOT NULL) finished",
+             WHERE tenant_id = {tenant_arg} AND status IN {FINAL_STATUSES} AND completed_at IS NOT NULL) finished",
             columns.join(", ")
         );
         let row = args.bind(sqlx::query(&query)).fetch_one(&self.pool).await?;

@@ -74,6 +74,7 @@ store_suite! {
     users_create_lookup_and_duplicates,
     api_keys_are_found_by_hash_and_scoped,
     audit_records_chain_and_tampering_is_found,
+    workspaces_and_projects_are_declared_made_and_scoped,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
 }
@@ -645,6 +646,16 @@ async fn list_runs_filters(db: &TestDb) {
         ..f()
     };
     assert_eq!(list(s, fraise).await, (vec![6, 4, 2, 1], 4));
+    let project = RunFilter {
+        fraises: Some(vec!["api".into(), "nothing".into()]),
+        ..f()
+    };
+    assert_eq!(list(s, project).await, (vec![6, 4, 2, 1], 4));
+    let empty_project = RunFilter {
+        fraises: Some(vec![]),
+        ..f()
+    };
+    assert_eq!(list(s, empty_project).await, (vec![], 0));
     let environment = RunFilter {
         environment: Some("production".into()),
         ..f()
@@ -1193,7 +1204,7 @@ async fn service_records_round_trip(db: &TestDb) {
 
 async fn run_stats_buckets(db: &TestDb) {
     let s = &db.store;
-    let empty = s.run_stats(&[1.0, 10.0]).await.unwrap();
+    let empty = s.run_stats(DEFAULT_TENANT, &[1.0, 10.0]).await.unwrap();
     assert_eq!(empty.duration_buckets, vec![0, 0, 0]);
     assert_eq!((empty.duration_count, empty.duration_sum), (0, 0.0));
 
@@ -1218,7 +1229,10 @@ async fn run_stats_buckets(db: &TestDb) {
     runs.push(never_started);
     s.import_runs(&runs).await.unwrap();
 
-    let stats = s.run_stats(&[1.0, 10.0, 60.0]).await.unwrap();
+    let stats = s
+        .run_stats(DEFAULT_TENANT, &[1.0, 10.0, 60.0])
+        .await
+        .unwrap();
     assert_eq!(
         stats.totals,
         vec![
@@ -1238,7 +1252,16 @@ async fn run_stats_buckets(db: &TestDb) {
         "{}",
         stats.duration_sum
     );
-    assert_eq!(s.run_stats(&[]).await.unwrap().duration_buckets, vec![6]);
+    assert_eq!(
+        s.run_stats(DEFAULT_TENANT, &[])
+            .await
+            .unwrap()
+            .duration_buckets,
+        vec![6]
+    );
+    // Another workspace's figures are its own.
+    let other = s.run_stats("other", &[1.0]).await.unwrap();
+    assert_eq!((other.duration_count, other.active.len()), (0, 0));
 }
 
 async fn import_then_create_continues_ids(db: &TestDb) {
@@ -1635,6 +1658,104 @@ async fn audit_records_chain_and_tampering_is_found(db: &TestDb) {
     raw.close().await.unwrap();
 }
 
+async fn workspaces_and_projects_are_declared_made_and_scoped(db: &TestDb) {
+    use fraisier_store::GroupFields;
+    let s = &db.store;
+    let fields = |name: &str, display: Option<&str>| GroupFields {
+        name: name.into(),
+        display_name: display.map(str::to_string),
+        description: None,
+    };
+    s.declare_workspaces(&[fields("default", None), fields("team-a", Some("Team A"))])
+        .await
+        .unwrap();
+    let made = s
+        .create_workspace(&fields("team-b", Some("B")))
+        .await
+        .unwrap();
+    assert!(!made.declared);
+    assert!(matches!(
+        s.create_workspace(&fields("team-a", None)).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let all = s.workspaces().await.unwrap();
+    let names: Vec<(&str, bool)> = all.iter().map(|w| (w.name.as_str(), w.declared)).collect();
+    assert_eq!(
+        names,
+        [("default", true), ("team-a", true), ("team-b", false)]
+    );
+    // A workspace no longer declared stays, as if made through the API; the file's words win.
+    s.declare_workspaces(&[fields("default", None), fields("team-b", Some("Team B"))])
+        .await
+        .unwrap();
+    assert!(!s.workspace("team-a").await.unwrap().declared);
+    let b = s.workspace("team-b").await.unwrap();
+    assert_eq!(
+        (b.declared, b.display_name.as_deref()),
+        (true, Some("Team B"))
+    );
+    let a = s
+        .update_workspace(&GroupFields {
+            name: "team-a".into(),
+            display_name: Some("A".into()),
+            description: Some("the first team".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.description.as_deref(), Some("the first team"));
+    s.delete_workspace("team-a").await.unwrap();
+    assert!(matches!(
+        s.workspace("team-a").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete_workspace("team-a").await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Projects live inside a workspace.
+    s.declare_projects("default", &[fields("payments", None)])
+        .await
+        .unwrap();
+    s.create_project("default", &fields("search", Some("Search")))
+        .await
+        .unwrap();
+    s.create_project("team-b", &fields("search", None))
+        .await
+        .unwrap();
+    let p: Vec<String> = s
+        .projects("default")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(p, ["payments", "search"]);
+    assert_eq!(s.projects("team-b").await.unwrap().len(), 1);
+    assert_eq!(
+        s.project("team-b", "search")
+            .await
+            .unwrap()
+            .workspace
+            .as_deref(),
+        Some("team-b")
+    );
+    assert!(matches!(
+        s.project("team-b", "payments").await,
+        Err(StoreError::NotFound)
+    ));
+    let updated = s
+        .update_project("default", &fields("search", Some("Find")))
+        .await
+        .unwrap();
+    assert_eq!(updated.display_name.as_deref(), Some("Find"));
+    s.delete_project("team-b", "search").await.unwrap();
+    assert!(
+        s.project("default", "search").await.is_ok(),
+        "another workspace's is untouched"
+    );
+}
+
 async fn import_100k_runs_takes_seconds(db: &TestDb) {
     let s = &db.store;
     let statuses = [RunStatus::Success, RunStatus::Failed, RunStatus::Cancelled];
@@ -1689,7 +1810,10 @@ async fn import_100k_runs_takes_seconds(db: &TestDb) {
     let searched_in = started.elapsed();
     assert!(failed_staging > 0 && found > 0);
     let started = Instant::now();
-    let stats = s.run_stats(&[1.0, 10.0, 60.0]).await.unwrap();
+    let stats = s
+        .run_stats(DEFAULT_TENANT, &[1.0, 10.0, 60.0])
+        .await
+        .unwrap();
     let stats_in = started.elapsed();
     assert_eq!(stats.duration_count, 100_000);
     println!(

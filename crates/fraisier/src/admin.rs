@@ -71,6 +71,23 @@ pub enum ApiKeyCommand {
     },
 }
 
+/// Workspaces (made and deleted by the admins of `default`) and the projects of yours.
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// List them
+    List,
+    /// Make one
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete one (a workspace must have no members and no runs; a project no fraise naming it)
+    Delete { name: String },
+}
+
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Records of your workspace, newest first
@@ -471,5 +488,64 @@ pub async fn rotate_key(ctx: &Ctx) -> Result<ExitCode> {
                 .unwrap_or(0)
         ) + " older key(s)"
     });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fraisier workspace …` (`collection` = "workspaces") and `fraisier project …` ("projects").
+pub async fn group(ctx: &Ctx, collection: &str, cmd: GroupCommand) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    match cmd {
+        GroupCommand::List => {
+            let v = c.get(&format!("/{collection}"), &[]).await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v[collection]
+                    .as_array()
+                    .map_or(&[][..], |l| l)
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            s(&g["name"]),
+                            s(&g["display_name"]),
+                            if g["declared"] == true {
+                                "fraisier.yaml"
+                            } else {
+                                "api"
+                            }
+                            .to_string(),
+                            g["fraises"]
+                                .as_array()
+                                .map(|f| f.iter().map(s).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render(&["name", "display name", "from", "fraises"], &rows)
+                );
+            }
+        }
+        GroupCommand::Create {
+            name,
+            display_name,
+            description,
+        } => {
+            let (_, v) = c
+                .post(
+                    &format!("/{collection}"),
+                    &json!({ "name": name, "display_name": display_name, "description": description }),
+                )
+                .await?;
+            show(ctx, &v, |v| format!("created {}", s(&v["name"])));
+        }
+        GroupCommand::Delete { name } => {
+            c.delete(&format!("/{collection}/{name}")).await?;
+            if !ctx.json {
+                println!("deleted {name}");
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

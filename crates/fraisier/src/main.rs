@@ -64,6 +64,12 @@ enum Command {
     /// The audit trail: list it, or verify its chain in the store
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// Workspaces (tenants): yours, or all for the admins of `default`
+    #[command(subcommand)]
+    Workspace(admin::GroupCommand),
+    /// Projects of your workspace (the `project:` of fraises)
+    #[command(subcommand)]
+    Project(admin::GroupCommand),
     /// Deploy a fraise to an environment
     #[command(disable_version_flag = true)]
     Deploy(commands::DeployArgs),
@@ -263,6 +269,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(c) => admin::user(&ctx, c).await,
         Command::ApiKey(c) => admin::api_key(&ctx, c).await,
         Command::Audit(c) => admin::audit(&ctx, c).await,
+        Command::Workspace(c) => admin::group(&ctx, "workspaces", c).await,
+        Command::Project(c) => admin::group(&ctx, "projects", c).await,
         Command::Deploy(a) => commands::deploy(&ctx, a).await,
         Command::Status(a) => commands::status(&ctx, a).await,
         Command::List(a) => commands::list(&ctx, a).await,

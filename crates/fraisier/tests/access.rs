@@ -1097,3 +1097,264 @@ async fn approvals_hold_runs_until_someone_else_says_yes() {
     .await;
     assert_eq!(status, 409);
 }
+
+/// Workspaces (seed 003; tenants in seed 002): each sees its own fraises, runs, audit and
+/// metrics; another's answer 404; two workspaces' fraises of one name run side by side on the
+/// one agent.
+#[tokio::test]
+async fn workspaces_keep_to_themselves() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    ws.release("2.0.0", &[]);
+    let (p_default, p_team) = (free_port(), free_port());
+    // Both workspaces have a fraise called app, each on its own port.
+    let fraise = |project: &str, env: &str, port: u16| {
+        format!(
+            r#"      app:
+        project: {project}
+        command: "exec {demo}"
+        artifact_path: "{releases}/{{version}}"
+        health_check: {{ type: http, path: /health, interval: 100ms, timeout: 1s }}
+        drain_timeout: 1s
+        stop_grace: 1s
+        environments:
+          {env}: {{ port: {port} }}
+"#,
+            demo = demo_bin().display(),
+            releases = ws.path().join("releases").display(),
+        )
+    };
+    let yaml = format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  data_dir: "{data}"
+  rate_limits: off
+workspaces:
+  default:
+    environments:
+      staging: {{}}
+      production: {{}}
+    fraises:
+{default_app}  team-a:
+    display_name: Team A
+    environments:
+      staging: {{}}
+    fraises:
+{team_app}"#,
+        data = ws.data_dir().display(),
+        default_app = fraise("payments", "staging", p_default),
+        team_app = fraise("checkout", "staging", p_team),
+    );
+    let s = Server::start(&ws, &yaml).await;
+
+    // A user of team-a, made by the server's admin, signs in to team-a.
+    let (status, v) = s
+        .post(
+            "/users",
+            json!({"username": "alice", "password": "alice-password", "roles": ["deployment_admin"], "workspace": "team-a"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["workspace"], "team-a");
+    let (status, v) = s
+        .post(
+            "/users",
+            json!({"username": "bob", "password": "bob-password", "workspace": "nowhere"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (404, json!("WORKSPACE_NOT_FOUND"))
+    );
+    let (status, t, _) = call(
+        &s,
+        "POST",
+        "/auth/token",
+        Auth::None,
+        Some(json!({"username": "alice", "password": "alice-password"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["workspace"], "team-a", "alice's only workspace");
+    let alice = t["access_token"].as_str().unwrap().to_string();
+
+    // Each deploys its own app; both run on the one agent, each behind its own router.
+    let (status, mine, _) = call(
+        &s,
+        "POST",
+        "/deployments/app/staging",
+        Auth::Token(&alice),
+        Some(json!({"version": "2.0.0"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{mine}");
+    let mine = mine["id"].as_str().unwrap().to_string();
+    let theirs = s
+        .deploy("app", "staging", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&theirs, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let run = loop {
+        let (_, r, _) = call(
+            &s,
+            "GET",
+            &format!("/deployments/{mine}"),
+            Auth::Token(&alice),
+            None,
+        )
+        .await;
+        if matches!(
+            r["status"].as_str(),
+            Some("success" | "failed" | "cancelled")
+        ) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(router_version(p_team).await.as_deref(), Some("2.0.0"));
+    assert_eq!(router_version(p_default).await.as_deref(), Some("1.0.0"));
+
+    // Another workspace's objects answer 404, exactly as if they did not exist.
+    let (status, v) = s.get(&format!("/deployments/{mine}")).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (404, json!("DEPLOYMENT_NOT_FOUND"))
+    );
+    let (status, _, _) = call(
+        &s,
+        "GET",
+        &format!("/deployments/{theirs}"),
+        Auth::Token(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = call(
+        &s,
+        "GET",
+        "/environments/production",
+        Auth::Token(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "production is default's");
+    let (_, list, _) = call(&s, "GET", "/deployments", Auth::Token(&alice), None).await;
+    assert_eq!(list["pagination"]["total"], 1, "{list}");
+    let (_, fraises, _) = call(&s, "GET", "/fraises/app", Auth::Token(&alice), None).await;
+    assert_eq!(
+        fraises["environments"]["staging"]["current_version"],
+        "2.0.0"
+    );
+    assert_eq!(fraises["project"], "checkout");
+    let (_, audit, _) = call(&s, "GET", "/audit", Auth::Token(&alice), None).await;
+    assert!(
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["workspace"] == "team-a"),
+        "{audit}"
+    );
+    let (_, metrics, _) = call(&s, "GET", "/metrics", Auth::Token(&alice), None).await;
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains("fraisier_deployments_total{status=\"success\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("environment=\"production\""), "{text}");
+
+    // Workspaces: the server's admin sees and makes them; a workspace's admin sees its own.
+    let (_, all) = s.get("/workspaces").await;
+    let names: Vec<&str> = all["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "team-a"]);
+    let (_, own, _) = call(&s, "GET", "/workspaces", Auth::Token(&alice), None).await;
+    assert_eq!(own["workspaces"].as_array().unwrap().len(), 1);
+    assert_eq!(own["workspaces"][0]["fraises"], json!(["app"]));
+    let (status, _, _) = call(&s, "GET", "/workspaces/default", Auth::Token(&alice), None).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = call(
+        &s,
+        "POST",
+        "/workspaces",
+        Auth::Token(&alice),
+        Some(json!({"name": "mine"})),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "deployment_admin administers deployments, not workspaces"
+    );
+    let (status, v) = s
+        .post(
+            "/workspaces",
+            json!({"name": "team-b", "display_name": "Team B"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v, _) = call(
+        &s,
+        "DELETE",
+        "/workspaces/team-a",
+        Auth::Token(&s.token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (409, json!("WORKSPACE_DECLARED"))
+    );
+    let (status, _, _) = call(
+        &s,
+        "DELETE",
+        "/workspaces/team-b",
+        Auth::Token(&s.token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    // Projects: the fraises' labels, filters on lists, and ones made here.
+    let (_, projects) = s.get("/projects").await;
+    assert_eq!(projects["projects"][0]["name"], "payments");
+    assert_eq!(projects["projects"][0]["fraises"], json!(["app"]));
+    let (_, filtered) = s.get("/deployments?project=payments").await;
+    assert_eq!(filtered["pagination"]["total"], 1);
+    let (status, _) = s.post("/projects", json!({"name": "search"})).await;
+    assert_eq!(status, 201);
+    let (_, none) = s.get("/deployments?project=search").await;
+    assert_eq!(none["pagination"]["total"], 0);
+    let (_, none) = s.get("/fraises?project=search").await;
+    assert_eq!(none["pagination"]["total"], 0);
+    let (status, _) = s.get("/deployments?project=nope").await;
+    assert_eq!(status, 404);
+    let (status, v) = s.delete("/projects/payments").await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (409, json!("PROJECT_IN_USE"))
+    );
+    let (status, _) = s.delete("/projects/search").await;
+    assert_eq!(status, 204);
+    // The same through the CLI.
+    let out = ok(&cli(&s, &s.token, &["workspace", "list"]));
+    assert!(
+        out.contains("team-a") && out.contains("fraisier.yaml"),
+        "{out}"
+    );
+    ok(&cli(
+        &s,
+        &s.token,
+        &["project", "create", "docs", "--display-name", "Docs"],
+    ));
+    let out = ok(&cli(&s, &s.token, &["project", "list"]));
+    assert!(out.contains("docs") && out.contains("payments"), "{out}");
+    ok(&cli(&s, &s.token, &["project", "delete", "docs"]));
+}

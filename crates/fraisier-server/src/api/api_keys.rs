@@ -121,7 +121,10 @@ pub async fn create(
     JsonBody(body): JsonBody<NewKey>,
 ) -> Result<Response, ApiError> {
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.chars().count() > 64
+        || name.chars().any(|c| c < ' ' || c == '\u{7f}')
+    {
         return Err(ApiError::invalid(
             "name",
             "name must be 1 to 64 printable characters",

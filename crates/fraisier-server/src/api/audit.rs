@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use fraisier_store::{parse_run_id, run_id_string, AuditFilter, AuditOutcome, AuditRecord};
+use fraisier_store::{run_id_string, AuditFilter, AuditOutcome, AuditRecord};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -11,8 +11,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::QueryMap;
 use super::gate::Caller;
 use super::params::AuditOutcomeName;
+use super::reference::DeploymentRef;
 use super::views::{ts, Pagination};
-use super::{services, AppState, Params};
+use super::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct AuditView {
@@ -121,18 +122,19 @@ pub async fn list(
 pub async fn of_deployment(
     State(state): State<AppState>,
     who: Caller,
-    Params(id): Params<String>,
+    target: DeploymentRef,
     q: QueryMap,
 ) -> Result<Json<AuditList>, ApiError> {
     let mut f = filter(&q)?;
-    if id.starts_with("dep_") {
-        let n = parse_run_id(&id).ok_or_else(|| ApiError::run_not_found(&id))?;
-        let run = state.engine.run(&who.workspace, n).await?;
-        f.resource = Some(run_id_string(run.id));
-    } else {
-        let (fraise, env) = services::resolve(&state, &id, q.get("environment"))?;
-        f.resource = None;
-        f.service = Some(format!("{fraise}@{env}"));
+    match target {
+        DeploymentRef::Run(run) => f.resource = Some(run_id_string(run.id)),
+        DeploymentRef::Service {
+            fraise,
+            environment,
+        } => {
+            f.resource = None;
+            f.service = Some(format!("{fraise}@{environment}"));
+        }
     }
     page(&state, &who, f).await
 }

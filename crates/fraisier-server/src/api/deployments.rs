@@ -26,6 +26,7 @@ use super::extract::{JsonBody, QueryMap};
 use super::gate::Caller;
 use super::gate::{authorize, AuditNote};
 use super::params::{RunSortKey, SseFrame, StrategyName, Version};
+use super::reference::DeploymentRef;
 use super::views::{self, Pagination, RunDetails, RunSummary};
 use super::{services, AppState, Params};
 use fraisier_model::access::Permission;
@@ -154,6 +155,29 @@ fn parse_sort(q: &QueryMap) -> Result<RunSort, ApiError> {
     Ok(RunSort { field, descending })
 }
 
+/// `?project=`: the fraises of that project in the caller's workspace; a project that does
+/// not exist there is 404.
+pub async fn project_fraises(
+    state: &AppState,
+    who: &Caller,
+    q: &QueryMap,
+) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(project) = q.text("project") else {
+        return Ok(None);
+    };
+    super::projects::find(state, who, &project).await?;
+    Ok(Some(
+        state
+            .config
+            .scope(&who.workspace)
+            .fraises
+            .iter()
+            .filter(|(_, f)| f.project.as_deref() == Some(project.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect(),
+    ))
+}
+
 /// Whether each run is the one a rollback of its service would undo.
 async fn rollback_flags(
     state: &AppState,
@@ -194,6 +218,7 @@ pub async fn list(
     let (limit, offset) = q.pagination(50)?;
     let filter = RunFilter {
         fraise: q.text("fraise"),
+        fraises: project_fraises(&state, &who, &q).await?,
         environment: q.text("environment"),
         status: q.one_of("status", "pending, in_progress, success, failed, cancelled")?,
         q: q.text("q"),
@@ -277,16 +302,19 @@ pub async fn details(state: &AppState, tenant: &str, run: &Run) -> Result<RunDet
 pub async fn get(
     State(state): State<AppState>,
     who: Caller,
-    Params(id): Params<String>,
-    q: QueryMap,
+    target: DeploymentRef,
 ) -> Result<Response, ApiError> {
-    if !id.starts_with("dep_") {
-        return services::get(&state, &who, &id, &q)
+    match target {
+        DeploymentRef::Run(run) => {
+            Ok(Json(details(&state, &who.workspace, &run).await?).into_response())
+        }
+        DeploymentRef::Service {
+            fraise,
+            environment,
+        } => services::get(&state, &who, &fraise, &environment)
             .await
-            .map(IntoResponse::into_response);
+            .map(IntoResponse::into_response),
     }
-    let run = state.engine.run(&who.workspace, run_id(&id)?).await?;
-    Ok(Json(details(&state, &who.workspace, &run).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}", tag = "deployments",

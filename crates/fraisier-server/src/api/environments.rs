@@ -5,10 +5,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::fraises::env_state;
 use super::gate::Caller;
 use super::{AppState, Params};
+use fraisier_model::run::FraiseStatus;
 
+/// How the fraises of an environment stand, counted from their one derived status.
 struct Counts {
     total: u64,
     deployed: u64,
@@ -17,7 +18,7 @@ struct Counts {
     unhealthy: u64,
 }
 
-async fn counts(state: &AppState, tenant: &str, env: &str) -> Result<Counts, ApiError> {
+async fn counts(state: &AppState, who: &Caller, env: &str) -> Result<Counts, ApiError> {
     let mut c = Counts {
         total: 0,
         deployed: 0,
@@ -25,20 +26,23 @@ async fn counts(state: &AppState, tenant: &str, env: &str) -> Result<Counts, Api
         degraded: 0,
         unhealthy: 0,
     };
-    for (name, f) in &state.config.fraises {
+    for (name, f) in &state.config.scope(&who.workspace).fraises {
         if !f.environments.contains_key(env) {
             continue;
         }
         c.total += 1;
-        let s = env_state(state, tenant, name, env).await?;
-        if s.current_version.is_some() {
+        let s = state
+            .engine
+            .service_status(&who.workspace, name, env)
+            .await?;
+        if s.current_version().is_some() {
             c.deployed += 1;
         }
-        match s.status {
-            "healthy" => c.healthy += 1,
-            "degraded" | "deploying" => c.degraded += 1,
-            "unhealthy" => c.unhealthy += 1,
-            _ => {}
+        match s.status() {
+            FraiseStatus::Healthy => c.healthy += 1,
+            FraiseStatus::Degraded | FraiseStatus::Deploying => c.degraded += 1,
+            FraiseStatus::Unhealthy => c.unhealthy += 1,
+            FraiseStatus::Unknown => {}
         }
     }
     Ok(c)
@@ -56,12 +60,15 @@ fn status_word(c: &Counts) -> &'static str {
     }
 }
 
+/// An environment of the caller's workspace; another workspace's answers 404.
 fn lookup<'a>(
     state: &'a AppState,
+    who: &Caller,
     name: &str,
 ) -> Result<&'a fraisier_model::config::EnvironmentConfig, ApiError> {
     state
         .config
+        .scope(&who.workspace)
         .environments
         .get(name)
         .filter(|_| fraisier_model::names::is_valid_name(name))
@@ -71,8 +78,8 @@ fn lookup<'a>(
 #[utoipa::path(get, path = "/api/v1/environments", tag = "environments", responses((status = 200, body = Object)))]
 pub async fn list(State(state): State<AppState>, who: Caller) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
-    for (name, e) in &state.config.environments {
-        let c = counts(&state, &who.workspace, name).await?;
+    for (name, e) in &state.config.scope(&who.workspace).environments {
+        let c = counts(&state, &who, name).await?;
         out.push(json!({
             "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
             "provider": e.provider, "fraises_deployed": c.deployed, "fraises_total": c.total, "status": status_word(&c),
@@ -88,10 +95,11 @@ pub async fn get(
     who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let e = lookup(&state, &name)?;
-    let c = counts(&state, &who.workspace, &name).await?;
+    let e = lookup(&state, &who, &name)?;
+    let c = counts(&state, &who, &name).await?;
     let fraises: Vec<&String> = state
         .config
+        .scope(&who.workspace)
         .fraises
         .iter()
         .filter(|(_, f)| f.environments.contains_key(&name))
@@ -110,8 +118,8 @@ pub async fn status(
     who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let e = lookup(&state, &name)?;
-    let c = counts(&state, &who.workspace, &name).await?;
+    let e = lookup(&state, &who, &name)?;
+    let c = counts(&state, &who, &name).await?;
     let store = state.engine.store();
     let db = store.ping().await;
     let (in_use, max) = store.pool_size();

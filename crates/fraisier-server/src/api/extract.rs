@@ -145,6 +145,17 @@ fn to_snake(s: &str) -> String {
     out
 }
 
+/// A free text field of at most `max` characters (a display name, a description).
+pub fn check_text(field: &str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
+    match v {
+        Some(t) if t.chars().count() > max => Err(ApiError::invalid(
+            field,
+            format!("{field}: at most {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The query string as key/value pairs, with typed accessors that name the key at fault.
 pub struct QueryMap(pub Vec<(String, String)>);
 

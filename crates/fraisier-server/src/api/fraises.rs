@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
+use fraisier_engine::ServiceStatus;
 use fraisier_model::metrics::VersionMetrics;
-use fraisier_model::run::{Health, RunStatus};
-use fraisier_model::service::{ExecutionStatus, ObservedSchedule, ObservedService};
+use fraisier_model::run::{FraiseStatus, RunStatus};
+use fraisier_model::service::ObservedSchedule;
 use fraisier_model::{FraiseConfig, FraiseType};
 use fraisier_store::{run_id_string, RunFilter, RunSort, RunSortField};
 use serde::Serialize;
@@ -25,11 +26,11 @@ pub struct FraiseSummary {
     #[serde(rename = "type")]
     pub kind: FraiseType,
     pub description: Option<String>,
+    pub project: Option<String>,
     pub git_provider: Option<String>,
     pub git_repo: Option<String>,
     pub git_branch: Option<String>,
-    /// healthy | degraded | unhealthy | deploying | unknown
-    pub status: String,
+    pub status: FraiseStatus,
     pub environments: Vec<String>,
     pub current_versions: BTreeMap<String, Option<String>>,
     pub last_deployment: Option<LastDeployment>,
@@ -41,78 +42,12 @@ pub struct FraiseList {
     pub pagination: Pagination,
 }
 
-/// A fraise in one environment, as the status and details endpoints show it.
-pub struct EnvState {
-    pub status: &'static str,
-    pub current_version: Option<String>,
-    pub previous_version: Option<String>,
-    pub observed: Option<ObservedService>,
-    pub last: Option<LastDeployment>,
-}
-
-pub async fn env_state(
-    state: &AppState,
-    tenant: &str,
-    fraise: &str,
-    env: &str,
-) -> Result<EnvState, ApiError> {
-    let store = state.engine.store();
-    let record = store.service(tenant, fraise, env).await?;
-    let active = store.active_run_for(tenant, fraise, env).await?;
-    let last = store.last_run_for(tenant, fraise, env).await?;
-    let observed = state
-        .engine
-        .provider()
-        .observe(fraise, env)
-        .await
-        .ok()
-        .flatten();
-    let kind = state
-        .config
-        .fraises
-        .get(fraise)
-        .map(|f| f.kind)
-        .unwrap_or_default();
-    let status = if active.is_some() {
-        "deploying"
-    } else if record
-        .as_ref()
-        .and_then(|r| r.current_version.as_ref())
-        .is_none()
-    {
-        "unknown"
-    } else if kind != FraiseType::Api {
-        let last_execution_failed = observed
-            .as_ref()
-            .and_then(|o| o.schedule.as_ref())
-            .and_then(|s| {
-                s.executions
-                    .iter()
-                    .find(|e| e.status != ExecutionStatus::Running)
-            })
-            .is_some_and(|e| e.status != ExecutionStatus::Succeeded);
-        match record.as_ref().map(|r| r.state) {
-            Some(fraisier_model::run::ServiceState::Healthy) if !last_execution_failed => "healthy",
-            _ => "unhealthy",
-        }
-    } else {
-        match observed.as_ref().map(ObservedService::health) {
-            None => "unknown",
-            Some(Health::Healthy) => "healthy",
-            Some(Health::Degraded) => "degraded",
-            Some(_) => "unhealthy",
-        }
-    };
-    Ok(EnvState {
-        status,
-        current_version: record.as_ref().and_then(|r| r.current_version.clone()),
-        previous_version: record.as_ref().and_then(|r| r.previous_version.clone()),
-        observed,
-        last: last.map(|r| LastDeployment {
-            id: run_id_string(r.id),
-            timestamp: views::ts(r.completed_at.unwrap_or(r.created_at)),
-            status: r.status,
-        }),
+/// The last run of a fraise in an environment, as listings show it.
+pub fn last_deployment(status: &ServiceStatus) -> Option<LastDeployment> {
+    status.last.as_ref().map(|r| LastDeployment {
+        id: run_id_string(r.id),
+        timestamp: views::ts(r.completed_at.unwrap_or(r.created_at)),
+        status: r.status,
     })
 }
 
@@ -144,48 +79,53 @@ fn schedule_view(s: &ObservedSchedule) -> Value {
     })
 }
 
-fn overall(statuses: &[&str]) -> &'static str {
-    let all = |s: &str| statuses.iter().all(|x| *x == s);
-    if statuses.is_empty() || all("unknown") {
-        "unknown"
-    } else if statuses.contains(&"deploying") {
-        "deploying"
-    } else if statuses.iter().all(|s| *s == "healthy" || *s == "unknown") {
-        "healthy"
-    } else if statuses.contains(&"healthy") || statuses.contains(&"degraded") {
-        "degraded"
-    } else {
-        "unhealthy"
-    }
-}
-
-fn lookup<'a>(state: &'a AppState, name: &str) -> Result<&'a FraiseConfig, ApiError> {
+/// A fraise of the caller's workspace; another workspace's answers 404 like one that does not
+/// exist.
+fn lookup<'a>(state: &'a AppState, who: &Caller, name: &str) -> Result<&'a FraiseConfig, ApiError> {
     state
         .config
+        .scope(&who.workspace)
         .fraises
         .get(name)
         .filter(|_| fraisier_model::names::is_valid_name(name))
         .ok_or_else(|| ApiError::fraise_not_found(name))
 }
 
-fn env_filter<'a>(
+/// `?environment=`: an environment of the caller's workspace, or 404.
+pub fn environment_filter(
     state: &AppState,
-    f: &'a FraiseConfig,
+    who: &Caller,
     q: &QueryMap,
-) -> Result<Vec<&'a String>, ApiError> {
+) -> Result<Option<String>, ApiError> {
     match q.text("environment") {
-        None => Ok(f.environments.keys().collect()),
-        Some(e) => {
-            if !state.config.environments.contains_key(&e) {
-                return Err(ApiError::environment_not_found(&e));
-            }
-            Ok(f.environments.keys().filter(|k| **k == e).collect())
+        Some(e)
+            if !state
+                .config
+                .scope(&who.workspace)
+                .environments
+                .contains_key(&e) =>
+        {
+            Err(ApiError::environment_not_found(&e))
         }
+        e => Ok(e),
     }
 }
 
+fn env_filter<'a>(
+    state: &AppState,
+    who: &Caller,
+    f: &'a FraiseConfig,
+    q: &QueryMap,
+) -> Result<Vec<&'a String>, ApiError> {
+    let only = environment_filter(state, who, q)?;
+    Ok(f.environments
+        .keys()
+        .filter(|k| only.as_ref().is_none_or(|e| e == *k))
+        .collect())
+}
+
 #[utoipa::path(get, path = "/api/v1/fraises", tag = "fraises",
-    params(("environment" = Option<String>, Query), ("type" = Option<FraiseType>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
+    params(("environment" = Option<String>, Query), ("type" = Option<FraiseType>, Query), ("project" = Option<String>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = FraiseList), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody, description = "no such environment")))]
 pub async fn list(
     State(state): State<AppState>,
@@ -194,19 +134,17 @@ pub async fn list(
 ) -> Result<Json<FraiseList>, ApiError> {
     let (limit, offset) = q.pagination(50)?;
     let kind: Option<FraiseType> = q.one_of("type", "api, etl, scheduled")?;
-    let env = q.text("environment");
-    if let Some(e) = &env {
-        if !state.config.environments.contains_key(e) {
-            return Err(ApiError::environment_not_found(e));
-        }
-    }
+    let env = environment_filter(&state, &who, &q)?;
+    let project = q.text("project");
     let text = q.text("q").map(|t| t.to_lowercase());
     let matching: Vec<(&String, &FraiseConfig)> = state
         .config
+        .scope(&who.workspace)
         .fraises
         .iter()
         .filter(|(_, f)| kind.is_none_or(|k| f.kind == k))
         .filter(|(_, f)| env.as_ref().is_none_or(|e| f.environments.contains_key(e)))
+        .filter(|(_, f)| project.is_none() || f.project == project)
         .filter(|(n, f)| {
             text.as_ref().is_none_or(|t| {
                 n.to_lowercase().contains(t)
@@ -229,10 +167,10 @@ pub async fn list(
         let mut current_versions = BTreeMap::new();
         let mut last: Option<LastDeployment> = None;
         for e in f.environments.keys() {
-            let s = env_state(&state, &who.workspace, name, e).await?;
-            statuses.push(s.status);
-            current_versions.insert(e.clone(), s.current_version);
-            if let Some(l) = s.last {
+            let s = state.engine.service_status(&who.workspace, name, e).await?;
+            statuses.push(s.status());
+            current_versions.insert(e.clone(), s.current_version().map(str::to_string));
+            if let Some(l) = last_deployment(&s) {
                 if last.as_ref().is_none_or(|x| x.id < l.id) {
                     last = Some(l);
                 }
@@ -242,10 +180,11 @@ pub async fn list(
             name: name.clone(),
             kind: f.kind,
             description: f.description.clone(),
+            project: f.project.clone(),
             git_provider: f.git_provider.clone(),
             git_repo: f.git_repo.clone(),
             git_branch: f.git_branch.clone(),
-            status: overall(&statuses).into(),
+            status: FraiseStatus::overall(&statuses),
             environments: f.environments.keys().cloned().collect(),
             current_versions,
             last_deployment: last,
@@ -265,35 +204,33 @@ pub async fn get(
     who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let f = lookup(&state, &name)?;
+    let f = lookup(&state, &who, &name)?;
     let mut envs = serde_json::Map::new();
     let mut statuses = Vec::new();
     let mut updated = state.started_at;
     for (e, fe) in &f.environments {
-        let s = env_state(&state, &who.workspace, &name, e).await?;
-        statuses.push(s.status);
-        if let Some(r) = state
+        let s = state
             .engine
-            .store()
-            .service(&who.workspace, &name, e)
-            .await?
-        {
+            .service_status(&who.workspace, &name, e)
+            .await?;
+        statuses.push(s.status());
+        if let Some(r) = &s.record {
             updated = updated.max(r.updated_at);
         }
         envs.insert(
             e.clone(),
             json!({
-                "current_version": s.current_version, "previous_version": s.previous_version, "status": s.status,
+                "current_version": s.current_version(), "previous_version": s.previous_version(), "status": s.status(),
                 "deployment_strategy": fe.strategy, "port": fe.port, "instances": fe.instances,
-                "last_deployment": s.last,
+                "last_deployment": last_deployment(&s),
                 "schedule": s.observed.as_ref().and_then(|o| o.schedule.as_ref()).map(schedule_view),
             }),
         );
     }
     Ok(Json(json!({
-        "name": name, "type": f.kind, "description": f.description,
+        "name": name, "type": f.kind, "description": f.description, "project": f.project,
         "git_provider": f.git_provider, "git_repo": f.git_repo, "git_branch": f.git_branch,
-        "status": overall(&statuses),
+        "status": FraiseStatus::overall(&statuses),
         "created_at": views::ts(state.started_at), "updated_at": views::ts(updated),
         "versions": fraisier_engine::known_versions(f),
         "dependencies": f.dependencies,
@@ -311,13 +248,16 @@ pub async fn status(
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    let f = lookup(&state, &name)?;
+    let f = lookup(&state, &who, &name)?;
     let mut envs = serde_json::Map::new();
     let mut statuses = Vec::new();
-    for e in env_filter(&state, f, &q)? {
-        let s = env_state(&state, &who.workspace, &name, e).await?;
-        statuses.push(s.status);
-        let o = s.observed.unwrap_or_default();
+    for e in env_filter(&state, &who, f, &q)? {
+        let s = state
+            .engine
+            .service_status(&who.workspace, &name, e)
+            .await?;
+        statuses.push(s.status());
+        let o = s.observed.clone().unwrap_or_default();
         let (live, healthy) = o.live_counts();
         let mut all = VersionMetrics::empty();
         for m in o.metrics.values() {
@@ -328,8 +268,8 @@ pub async fn status(
         envs.insert(
             e.clone(),
             json!({
-                "status": s.status,
-                "current_version": s.current_version,
+                "status": s.status(),
+                "current_version": s.current_version(),
                 "health_checks": {
                     "status": if live == 0 { "unknown" } else if healthy == live { "passing" } else { "failing" },
                     "checks_passed": healthy, "checks_total": live, "last_check": last_check.map(views::ts),
@@ -348,7 +288,7 @@ pub async fn status(
         );
     }
     Ok(Json(
-        json!({ "fraise": name, "overall_status": overall(&statuses), "environments": envs }),
+        json!({ "fraise": name, "overall_status": FraiseStatus::overall(&statuses), "environments": envs }),
     ))
 }
 
@@ -361,13 +301,8 @@ pub async fn history(
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    lookup(&state, &name)?;
-    let environment = q.text("environment");
-    if let Some(e) = &environment {
-        if !state.config.environments.contains_key(e) {
-            return Err(ApiError::environment_not_found(e));
-        }
-    }
+    lookup(&state, &who, &name)?;
+    let environment = environment_filter(&state, &who, &q)?;
     let limit = q.int("limit", 20, 1, 500)? as u32;
     let offset = q.int("offset", 0, 0, i64::MAX as u64)?;
     let status: Option<RunStatus> =

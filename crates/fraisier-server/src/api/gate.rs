@@ -403,7 +403,12 @@ pub fn authorize(
     permission: Permission,
     environment: &str,
 ) -> Result<(), ApiError> {
-    let Some(env) = state.config.environments.get(environment) else {
+    let Some(env) = state
+        .config
+        .scope(&caller.workspace)
+        .environments
+        .get(environment)
+    else {
         return Ok(());
     };
     state

@@ -12,11 +12,14 @@ pub mod fraises;
 pub mod gate;
 pub mod openapi;
 pub mod params;
+pub mod projects;
+pub mod reference;
 pub mod routes;
 pub mod services;
 pub mod system;
 pub mod users;
 pub mod views;
+pub mod workspaces;
 
 use std::sync::Arc;
 
@@ -92,6 +95,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api-keys", get(api_keys::list).post(api_keys::create))
         .route("/api-keys/{id}", axum::routing::delete(api_keys::revoke))
         .route("/audit", get(audit::list))
+        .route(
+            "/workspaces",
+            get(workspaces::list).post(workspaces::create),
+        )
+        .route(
+            "/workspaces/{name}",
+            get(workspaces::get)
+                .put(workspaces::update)
+                .delete(workspaces::delete),
+        )
+        .route("/projects", get(projects::list).post(projects::create))
+        .route(
+            "/projects/{name}",
+            get(projects::get)
+                .put(projects::update)
+                .delete(projects::delete),
+        )
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(system::health))
         .route("/auth/token", post(auth::token))

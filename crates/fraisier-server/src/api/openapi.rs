@@ -9,8 +9,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{self, Need};
 use super::{
-    api_keys, approvals, audit, auth, deployments, environments, error, fraises, params, services,
-    system, users,
+    api_keys, approvals, audit, auth, deployments, environments, error, fraises, params, projects,
+    services, system, users, workspaces,
 };
 
 struct BearerAuth;
@@ -43,13 +43,15 @@ impl Modify for BearerAuth {
         api_keys::create, api_keys::list, api_keys::revoke,
         audit::list, audit::of_deployment,
         approvals::approve, approvals::reject, approvals::mine,
+        workspaces::list, workspaces::create, workspaces::get, workspaces::update, workspaces::delete,
+        projects::list, projects::create, projects::get, projects::update, projects::delete,
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,
         services::create, services::validate, services::health, services::rollback, services::progress,
         fraises::list, fraises::get, fraises::status, fraises::history,
         environments::list, environments::get, environments::status,
         system::health, system::metrics, document,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName,
+    components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName, params::Name,
         fraisier_model::run::LogLevel, fraisier_model::run::Component, fraisier_model::run::RunStatus,
         fraisier_model::run::ServiceState, fraisier_model::FraiseType)),
     modifiers(&BearerAuth),

@@ -75,3 +75,35 @@ pub struct SseFrame {
     id: Option<String>,
     data: String,
 }
+
+/// A name of a fraise, environment, workspace or project: a letter, then letters, digits,
+/// `_` and `-`; not `dep_…`, not a word the API uses (names::RESERVED, which a test keeps in
+/// step with this pattern).
+#[derive(ToSchema)]
+#[schema(
+    value_type = String,
+    pattern = r"^(?!dep_)(?!(rollback|validate|health|logs|events|start|stop|restart|scale|promote|versions|config|secrets|env|history|audit|timeline|progress|direct|helm|github|sources|status|approve|reject)$)[A-Za-z][A-Za-z0-9_-]{0,62}$"
+)]
+#[allow(dead_code)]
+pub struct Name(String);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_name_pattern_lists_every_reserved_word() {
+        let doc = super::super::openapi::document_json();
+        let pattern = doc["components"]["schemas"]["Name"]["pattern"]
+            .as_str()
+            .expect("Name has a pattern");
+        let words = pattern
+            .split("(?!(")
+            .nth(1)
+            .and_then(|s| s.split(")$)").next())
+            .unwrap();
+        let mut listed: Vec<&str> = words.split('|').collect();
+        let mut reserved = fraisier_model::names::RESERVED.to_vec();
+        listed.sort();
+        reserved.sort();
+        assert_eq!(listed, reserved);
+    }
+}

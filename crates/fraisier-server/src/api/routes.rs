@@ -91,6 +91,16 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/api-keys", Authenticated, "api_key.create"),
     route("DELETE", "/api-keys/{id}", Authenticated, "api_key.revoke"),
     route("GET", "/audit", may(P::AuditRead), "audit.list"),
+    route("GET", "/workspaces", Authenticated, "workspace.list"),
+    route("POST", "/workspaces", may(P::WorkspaceCreate), "workspace.create"),
+    route("GET", "/workspaces/{name}", Authenticated, "workspace.read"),
+    route("PUT", "/workspaces/{name}", may(P::WorkspaceUpdate), "workspace.update"),
+    route("DELETE", "/workspaces/{name}", may(P::WorkspaceDelete), "workspace.delete"),
+    route("GET", "/projects", may(P::ProjectRead), "project.list"),
+    route("POST", "/projects", may(P::ProjectCreate), "project.create"),
+    route("GET", "/projects/{name}", may(P::ProjectRead), "project.read"),
+    route("PUT", "/projects/{name}", may(P::ProjectUpdate), "project.update"),
+    route("DELETE", "/projects/{name}", may(P::ProjectDelete), "project.delete"),
 ];
 
 /// The table's entry for a request; HEAD is answered by GET routes.

@@ -12,9 +12,9 @@ use axum::Json;
 use chrono::Utc;
 use fraisier_engine::{BusMessage, DeployRequest, Engine, RollbackRequest};
 use fraisier_model::run::{to_wire, Health, RunStatus, ServiceState};
-use fraisier_model::service::{InstanceState, ObservedService};
+use fraisier_model::service::InstanceState;
 use fraisier_model::Strategy;
-use fraisier_store::{parse_run_id, run_id_string, Run};
+use fraisier_store::{run_id_string, Run};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -24,6 +24,7 @@ use super::extract::{parse_json, JsonBody, QueryMap};
 use super::gate::authorize;
 use super::gate::Caller;
 use super::params::{ServiceName, StrategyName, Version};
+use super::reference::DeploymentRef;
 use super::views::{self, StepView};
 use super::{deployments, AppState, Params};
 use fraisier_model::access::Permission;
@@ -163,6 +164,7 @@ fn spec_error(field: &str, message: String) -> ApiError {
 /// the fraise's only environment.
 pub fn resolve(
     state: &AppState,
+    who: &Caller,
     name: &str,
     environment: Option<&str>,
 ) -> Result<(String, String), ApiError> {
@@ -172,6 +174,7 @@ pub fn resolve(
     };
     let f = state
         .config
+        .scope(&who.workspace)
         .fraises
         .get(fraise)
         .filter(|_| fraisier_model::names::is_valid_name(fraise))
@@ -296,10 +299,10 @@ fn deploy_request(
     who: &Caller,
     spec: DeploySpec,
 ) -> Result<DeployRequest, ApiError> {
-    let (fraise, environment) = resolve(state, &spec.name, spec.environment.as_deref())?;
+    let (fraise, environment) = resolve(state, who, &spec.name, spec.environment.as_deref())?;
     check_fixed(
         &spec,
-        &state.config.fraises[&fraise],
+        &state.config.scope(&who.workspace).fraises[&fraise],
         &state.config.server.allowed_health_hosts,
     )?;
     let mut metadata = if let Some(m) = spec.metadata {
@@ -496,50 +499,22 @@ pub async fn validate(
         .into_response()
 }
 
-fn health_of(o: Option<&ObservedService>) -> Health {
-    o.map_or(Health::Unknown, ObservedService::health)
-}
-
-/// The service's state, with an active run taking precedence over the recorded state.
-async fn current_state(
-    state: &AppState,
-    tenant: &str,
-    fraise: &str,
-    env: &str,
-) -> Result<(ServiceState, Option<fraisier_store::ServiceRecord>), ApiError> {
-    let store = state.engine.store();
-    let record = store.service(tenant, fraise, env).await?;
-    let active = store.active_run_for(tenant, fraise, env).await?;
-    let s = match (&active, &record) {
-        (Some(r), _) if r.kind == fraisier_model::run::RunKind::Rollback => {
-            ServiceState::RollingBack
-        }
-        (Some(_), _) => ServiceState::Deploying,
-        (None, Some(rec)) => rec.state,
-        (None, None) => ServiceState::Unknown,
-    };
-    Ok((s, record))
-}
-
+/// Seed 001's view of a service deployment, from its one derived status.
 pub async fn get(
     state: &AppState,
     who: &Caller,
-    name: &str,
-    q: &QueryMap,
+    fraise: &str,
+    env: &str,
 ) -> Result<Json<ServiceView>, ApiError> {
-    let (fraise, env) = resolve(state, name, q.get("environment"))?;
-    let (service_state, record) = current_state(state, &who.workspace, &fraise, &env).await?;
-    let observed = state
+    let s = state
         .engine
-        .provider()
-        .observe(&fraise, &env)
-        .await
-        .ok()
-        .flatten();
-    let f = &state.config.fraises[&fraise];
-    let fe = &f.environments[&env];
-    let current = record.as_ref().and_then(|r| r.current_version.clone());
-    let live = observed
+        .service_status(&who.workspace, fraise, env)
+        .await?;
+    let f = &state.config.scope(&who.workspace).fraises[fraise];
+    let fe = &f.environments[env];
+    let current = s.current_version().map(str::to_string);
+    let live = s
+        .observed
         .as_ref()
         .map(|o| {
             o.instances
@@ -549,7 +524,8 @@ pub async fn get(
         })
         .unwrap_or_default();
     let replicas = Replicas {
-        desired: record
+        desired: s
+            .record
             .as_ref()
             .and_then(|r| r.desired.as_ref())
             .map_or(0, |d| d.serving().count() as u32),
@@ -569,19 +545,20 @@ pub async fn get(
     let events = state
         .engine
         .store()
-        .service_events(&who.workspace, &fraise, &env, 20)
+        .service_events(&who.workspace, fraise, env, 20)
         .await?;
     Ok(Json(ServiceView {
-        name: fraise.clone(),
+        name: fraise.to_string(),
         version: current,
-        environment: env.clone(),
-        state: service_state,
-        health: health_of(observed.as_ref()),
-        last_updated: views::ts(record.as_ref().map_or(state.started_at, |r| r.updated_at)),
+        environment: env.to_string(),
+        state: s.state(),
+        health: s.health(),
+        last_updated: views::ts(s.record.as_ref().map_or(state.started_at, |r| r.updated_at)),
         replicas,
         configuration: json!({
             "type": f.kind, "strategy": fe.strategy, "strategy_config": fe.strategy_config, "port": fe.port,
             "instances": fe.instances, "health_check": f.health_check, "dependencies": f.dependencies,
+            "project": f.project,
         }),
         events: events
             .iter()
@@ -617,29 +594,25 @@ pub async fn list(
     )?;
     let env_filter = q.text("environment");
     let mut items = Vec::new();
-    for (fraise, f) in &state.config.fraises {
+    for (fraise, f) in &state.config.scope(&who.workspace).fraises {
         for env in f.environments.keys() {
             if env_filter.as_deref().is_some_and(|e| e != env) {
                 continue;
             }
-            let (s, record) = current_state(state, &who.workspace, fraise, env).await?;
-            if wanted.is_some_and(|w| w != s) {
+            let s = state
+                .engine
+                .service_status(&who.workspace, fraise, env)
+                .await?;
+            if wanted.is_some_and(|w| w != s.state()) {
                 continue;
             }
-            let observed = state
-                .engine
-                .provider()
-                .observe(fraise, env)
-                .await
-                .ok()
-                .flatten();
             items.push(ServiceListItem {
                 name: fraise.clone(),
-                version: record.as_ref().and_then(|r| r.current_version.clone()),
+                version: s.current_version().map(str::to_string),
                 environment: env.clone(),
-                state: s,
-                health: health_of(observed.as_ref()),
-                updated_at: views::ts(record.as_ref().map_or(state.started_at, |r| r.updated_at)),
+                state: s.state(),
+                health: s.health(),
+                updated_at: views::ts(s.record.as_ref().map_or(state.started_at, |r| r.updated_at)),
             });
         }
     }
@@ -662,17 +635,16 @@ pub async fn list(
     responses((status = 200, body = Object), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "DEPLOYMENT_AMBIGUOUS: the fraise runs in several environments; name one")))]
 pub async fn health(
     State(state): State<AppState>,
-    _who: Caller,
-    Params(name): Params<String>,
-    q: QueryMap,
+    who: Caller,
+    target: DeploymentRef,
 ) -> Result<Json<Value>, ApiError> {
-    let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
-    let observed = state.engine.provider().observe(&fraise, &env).await;
-    let (observed, agent_message) = match observed {
-        Ok(o) => (o, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let overall = health_of(observed.as_ref());
+    let (fraise, env) = target.service();
+    let s = state
+        .engine
+        .service_status(&who.workspace, fraise, env)
+        .await?;
+    let (observed, agent_message) = (s.observed.clone(), s.unobserved.clone());
+    let overall = s.health();
     let checks: Vec<Value> = observed
         .as_ref()
         .map(|o| {
@@ -731,6 +703,7 @@ pub async fn rollback(
 ) -> Result<Response, ApiError> {
     let (fraise, environment) = resolve(
         &state,
+        &who,
         &name,
         spec.environment.as_deref().or(q.get("environment")),
     )?;
@@ -774,25 +747,25 @@ pub async fn rollback(
 pub async fn progress(
     State(state): State<AppState>,
     who: Caller,
-    Params(name): Params<String>,
-    q: QueryMap,
+    target: DeploymentRef,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let target = if name.starts_with("dep_") {
-        let id = parse_run_id(&name).ok_or_else(|| ApiError::run_not_found(&name))?;
-        let run = state.engine.run(&who.workspace, id).await?;
-        Target::Run(run)
-    } else {
-        let (fraise, env) = resolve(&state, &name, q.get("environment"))?;
-        let active = state
-            .engine
-            .store()
-            .active_run_for(&who.workspace, &fraise, &env)
-            .await?;
-        Target::Service {
+    let target = match target {
+        DeploymentRef::Run(run) => Target::Run(*run),
+        DeploymentRef::Service {
             fraise,
-            env,
-            active,
+            environment: env,
+        } => {
+            let active = state
+                .engine
+                .store()
+                .active_run_for(&who.workspace, &fraise, &env)
+                .await?;
+            Target::Service {
+                fraise,
+                env,
+                active,
+            }
         }
     };
     let ws = ws.map_err(|e| {

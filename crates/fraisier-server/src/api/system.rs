@@ -10,6 +10,7 @@ use fraisier_model::metrics::LATENCY_BOUNDS_MS;
 use fraisier_model::run::RunStatus;
 use serde_json::json;
 
+use super::gate::Caller;
 use super::views;
 use super::AppState;
 
@@ -81,9 +82,10 @@ fn histogram(
 
 #[utoipa::path(get, path = "/api/v1/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, who: Caller) -> Response {
     let store = state.engine.store();
-    let stats = match store.run_stats(DURATION_BOUNDS).await {
+    let scope = state.config.scope(&who.workspace);
+    let stats = match store.run_stats(&who.workspace, DURATION_BOUNDS).await {
         Ok(s) => s,
         Err(e) => return super::error::ApiError::internal(e).into_response(),
     };
@@ -111,7 +113,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         stats.duration_sum,
     );
     out.push_str("# HELP fraisier_active_deployments Active deployments\n# TYPE fraisier_active_deployments gauge\n");
-    for env in state.config.environments.keys() {
+    for env in scope.environments.keys() {
         let n = stats
             .active
             .iter()
@@ -129,9 +131,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut latency = String::new();
     let mut instances = String::new();
     let bounds_s: Vec<f64> = LATENCY_BOUNDS_MS.iter().map(|b| b / 1000.0).collect();
-    for (fraise, f) in &state.config.fraises {
+    for (fraise, f) in &scope.fraises {
         for env in f.environments.keys() {
-            let Ok(Some(o)) = state.engine.provider().observe(fraise, env).await else {
+            let agent_name = fraisier_model::names::agent_name(&who.workspace, fraise);
+            let Ok(Some(o)) = state.engine.provider().observe(&agent_name, env).await else {
                 continue;
             };
             let healthy = o.healthy_count();

@@ -148,9 +148,25 @@ pub fn check_roles(state: &AppState, roles: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The workspace a request about users acts in: the caller's own, or another one for the
-/// administrators of `default` (the server's own workspace).
-fn target_workspace(who: &Caller, asked: Option<String>) -> Result<String, ApiError> {
+/// The workspace a request about users acts in: the caller's own, or another existing one for
+/// the administrators of `default` (the server's own workspace).
+async fn target_workspace(
+    state: &AppState,
+    who: &Caller,
+    asked: Option<String>,
+) -> Result<String, ApiError> {
+    let w = plain_target(who, asked)?;
+    if w != who.workspace {
+        match state.engine.store().workspace(&w).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => return Err(super::workspaces::not_found(&w)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(w)
+}
+
+fn plain_target(who: &Caller, asked: Option<String>) -> Result<String, ApiError> {
     match asked {
         None => Ok(who.workspace.clone()),
         Some(w) if w == who.workspace => Ok(w),
@@ -254,7 +270,7 @@ pub async fn create(
     }
     check_password("password", &body.password)?;
     check_roles(&state, &body.roles)?;
-    let workspace = target_workspace(&who, body.workspace)?;
+    let workspace = target_workspace(&state, &who, body.workspace).await?;
     let hash = hash_password(&body.password).map_err(ApiError::internal)?;
     let member = match state
         .engine
@@ -312,7 +328,7 @@ pub async fn update(
     Params(username): Params<String>,
     JsonBody(body): JsonBody<UserChange>,
 ) -> Result<Response, ApiError> {
-    let workspace = target_workspace(&who, body.workspace)?;
+    let workspace = target_workspace(&state, &who, body.workspace).await?;
     let store = state.engine.store();
     // Joining another workspace is for server admins; otherwise the user must be ours.
     let joining = workspace != who.workspace;
