@@ -188,7 +188,13 @@ fn check_release(at: &str, spec: &ReleaseSpec) -> Result<(), Refusal> {
             ));
         }
     }
-    check_env(&format!("{at}.env"), spec.env.iter())
+    check_env(&format!("{at}.env"), spec.env.iter())?;
+    // Sealed values are checked when they are opened; their names go into an environment.
+    let empty = String::new();
+    check_env(
+        &format!("{at}.secrets"),
+        spec.secrets.keys().map(|k| (k, &empty)),
+    )
 }
 
 fn check_env<'a>(
@@ -254,6 +260,7 @@ mod tests {
                     command: "run".into(),
                     working_directory: None,
                     env: Default::default(),
+                    secrets: Default::default(),
                 },
             )]
             .into(),

@@ -48,6 +48,7 @@ pub(crate) struct Agent {
     pub services: tokio::sync::Mutex<BTreeMap<String, Arc<ServiceShared>>>,
     pub book: InstanceBook,
     pub commands: Arc<RunningCommands>,
+    pub secrets: crate::secrets::AgentSecrets,
     shutting_down: AtomicBool,
     /// Held for the whole of a shutdown, so that a second caller returns only when it is done.
     shutdown_lock: tokio::sync::Mutex<()>,
@@ -199,6 +200,7 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: Utc::now(),
     };
+    let secrets = crate::secrets::AgentSecrets::load(opts.secret_keys.clone())?;
     let (stopped, mut stopped_rx) = watch::channel(false);
     let agent = Arc::new(Agent {
         releases,
@@ -207,6 +209,7 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         services: tokio::sync::Mutex::default(),
         book: InstanceBook::new(dir.instances_file(), adopted_records),
         commands: Arc::default(),
+        secrets,
         shutting_down: AtomicBool::new(false),
         shutdown_lock: tokio::sync::Mutex::default(),
         tasks: Mutex::default(),

@@ -293,14 +293,18 @@ async fn exec(
         version: &req.version,
         instance: "exec",
     };
-    let mut env = process::instance_env(&req.release, who, &release_dir, None);
+    let opened = agent
+        .secrets
+        .open(who, &req.release.secrets)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "SECRET_UNAVAILABLE", e))?;
+    let mut env = process::instance_env(&req.release, who, &release_dir, None, &opened);
     env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let spec = CommandSpec {
         command: req.command.clone(),
         cwd: process::working_dir(&req.release, &release_dir),
         env,
     };
-    let result = run_command(
+    let mut result = run_command(
         &spec,
         Duration::from_millis(req.timeout_ms),
         &agent.commands,
@@ -313,6 +317,13 @@ async fn exec(
             format!("cannot run the command in {}: {e}", spec.cwd.display()),
         )
     })?;
+    // The output goes to the server's run log: no secret's value leaves this host in it.
+    let redactor = opened.redactor();
+    if !redactor.is_empty() {
+        for line in &mut result.output {
+            *line = redactor.redact(line);
+        }
+    }
     Ok(Json(result))
 }
 

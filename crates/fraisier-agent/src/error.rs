@@ -30,6 +30,8 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("secret keys: {0}")]
+    SecretKeys(#[from] fraisier_model::secret::SecretError),
     #[error("the control API stopped")]
     Serve(#[source] io::Error),
 }

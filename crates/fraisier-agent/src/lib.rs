@@ -6,7 +6,8 @@
 //! HTTP control API), `admission` (request checks), `reconcile` (per-service loop), `plan` (its
 //! pure decisions), `restart` (backoff), `process` (instance processes), `health` (probes),
 //! `exec` (one-shot commands), `release` (releases on disk), `state_dir` (files and atomic
-//! writes), `router` (the reverse proxy), `signal` (the libc calls).
+//! writes), `router` (the reverse proxy), `secrets` (opening sealed values), `signal` (the
+//! libc calls).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub mod release;
 pub mod restart;
 pub mod router;
 mod schedule;
+pub mod secrets;
 pub mod signal;
 mod state_dir;
 
@@ -38,6 +40,8 @@ pub struct AgentOptions {
     pub listen: SocketAddr,
     /// Releases kept per fraise beyond those the desired states reference, for rollback.
     pub keep_releases: usize,
+    /// The key file secrets are opened with (`FRAISIER_SECRET_KEY` when unset and present).
+    pub secret_keys: Option<PathBuf>,
 }
 
 // === impl AgentOptions ===
@@ -49,6 +53,7 @@ impl AgentOptions {
             state_dir: state_dir.into(),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             keep_releases: 3,
+            secret_keys: None,
         }
     }
 }

@@ -172,19 +172,21 @@ pub struct Identity<'a> {
     pub instance: &'a str,
 }
 
-/// The environment of an instance: the release's own variables, then the agent's, which win.
-/// `port` is `None` for one-shot commands, which serve nothing.
+/// The environment of an instance: the release's own variables, its secrets (opened), then
+/// the agent's, which win. `port` is `None` for one-shot commands, which serve nothing.
 pub fn instance_env(
     release: &ReleaseSpec,
     who: Identity<'_>,
     release_dir: &Path,
     port: Option<u16>,
+    secrets: &crate::secrets::Opened,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = release
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    env.extend(secrets.values.iter().cloned());
     if let Some(port) = port {
         env.push(("PORT".into(), port.to_string()));
     }

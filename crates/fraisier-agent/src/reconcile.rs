@@ -325,6 +325,7 @@ impl ServiceRuntime {
                 environment: &self.shared.environment,
                 release: d.releases.get(&version),
                 release_dir: self.agent.releases.dir(&self.shared.fraise, &version),
+                secrets: &self.agent.secrets,
                 commands: &self.agent.commands,
                 wake: &self.shared.wake,
             },
@@ -466,8 +467,15 @@ impl ServiceRuntime {
             .settings
             .as_ref()
             .and_then(|d| d.releases.get(&inst.version));
-        match spec {
-            Some(spec) => ProbeTarget {
+        // A secret that does not open has kept the instance from starting already.
+        let opened = spec.and_then(|s| {
+            self.agent
+                .secrets
+                .open(self.identity(inst), &s.secrets)
+                .ok()
+        });
+        match spec.zip(opened) {
+            Some((spec, opened)) => ProbeTarget {
                 port: inst.port,
                 cwd: process::working_dir(spec, &release_dir),
                 env: process::instance_env(
@@ -475,6 +483,7 @@ impl ServiceRuntime {
                     self.identity(inst),
                     &release_dir,
                     Some(inst.port),
+                    &opened,
                 ),
             },
             None => ProbeTarget {
@@ -644,7 +653,17 @@ impl ServiceRuntime {
             .await
             .map_err(|e| format!("cannot install release {}: {e}", inst.version))?;
         let release_dir = self.agent.releases.dir(&d.fraise, &inst.version);
-        let env = process::instance_env(spec, self.identity(inst), &release_dir, Some(inst.port));
+        let opened = self
+            .agent
+            .secrets
+            .open(self.identity(inst), &spec.secrets)?;
+        let env = process::instance_env(
+            spec,
+            self.identity(inst),
+            &release_dir,
+            Some(inst.port),
+            &opened,
+        );
         let cwd = process::working_dir(spec, &release_dir);
         let log = self.agent.dir.log_file(&d.fraise, &d.environment, &inst.id);
         let launch = Launch {

@@ -528,6 +528,7 @@ mod tests {
             command: "true".into(),
             working_directory: None,
             env: Default::default(),
+            secrets: Default::default(),
         };
         let mut digests = Vec::new();
         for (i, v) in ["1.0.0", "1.1.0", "1.2.0", "2.0.0"].into_iter().enumerate() {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fraisier_model::cron::{zoneinfo_dir, CronSchedule, ScheduleZone};
+use fraisier_model::secret::Redactor;
 use fraisier_model::service::{
     ExecResult, ExecutionStatus, ObservedSchedule, ReleaseSpec, ScheduleSpec, ScheduledExecution,
 };
@@ -22,6 +23,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::exec::{run_command, CommandSpec, RunningCommands};
 use crate::process::{self, Identity};
+use crate::secrets::AgentSecrets;
 use crate::state_dir::{read_json, write_json_atomic, PRIVATE_FILE_MODE};
 
 /// Executions kept in the record, newest first.
@@ -54,6 +56,8 @@ struct Running {
     execution: ScheduledExecution,
     /// The command's result and when it ended, sent before the reconciler is woken.
     ended: oneshot::Receiver<(std::io::Result<ExecResult>, DateTime<Utc>)>,
+    /// Hides the execution's secrets in the output it keeps.
+    redactor: Redactor,
 }
 
 /// Everything a service's reconciler needs to start an execution.
@@ -62,6 +66,7 @@ pub(crate) struct Launcher<'a> {
     pub environment: &'a str,
     pub release: Option<&'a ReleaseSpec>,
     pub release_dir: PathBuf,
+    pub secrets: &'a AgentSecrets,
     pub commands: &'a Arc<RunningCommands>,
     /// Notified when an execution ends, so that the reconciler records it at once.
     pub wake: &'a Arc<Notify>,
@@ -179,7 +184,12 @@ impl ScheduledJob {
                 Utc::now(),
             ),
         };
-        let Some(Running { mut execution, .. }) = self.running.take() else {
+        let Some(Running {
+            mut execution,
+            redactor,
+            ..
+        }) = self.running.take()
+        else {
             return;
         };
         execution.ended_at = Some(ended_at);
@@ -198,6 +208,7 @@ impl ScheduledJob {
                     .output
                     .into_iter()
                     .skip(skip)
+                    .map(|line| redactor.redact(&line))
                     .map(|mut line| {
                         if line.len() > KEEP_LINE_BYTES {
                             let mut cut = KEEP_LINE_BYTES;
@@ -277,7 +288,19 @@ impl ScheduledJob {
             version: &spec.version,
             instance: "scheduled",
         };
-        let mut env = process::instance_env(release, who, &launcher.release_dir, None);
+        let opened = match launcher.secrets.open(who, &release.secrets) {
+            Ok(o) => o,
+            Err(e) => {
+                execution.ended_at = Some(execution.started_at);
+                execution.status = ExecutionStatus::Failed;
+                execution.output = vec![e];
+                self.replace(execution);
+                self.save();
+                return;
+            }
+        };
+        let redactor = opened.redactor();
+        let mut env = process::instance_env(release, who, &launcher.release_dir, None, &opened);
         env.push(("FRAISIER_EXECUTION_ID".into(), id.to_string()));
         env.push(("FRAISIER_SCHEDULED_FOR".into(), due.to_rfc3339()));
         let command = CommandSpec {
@@ -306,7 +329,11 @@ impl ScheduledJob {
             let _ = tx.send((result, Utc::now()));
             wake.notify_one();
         });
-        self.running = Some(Running { execution, ended });
+        self.running = Some(Running {
+            execution,
+            ended,
+            redactor,
+        });
     }
 
     /// Puts `execution` in the record in place of its earlier state, newest first.
@@ -383,21 +410,31 @@ mod tests {
             command: command.into(),
             working_directory: None,
             env: Default::default(),
+            secrets: Default::default(),
         }
     }
 
     async fn run_once(job: &mut ScheduledJob, dir: &std::path::Path, command: &str) {
+        run_release(job, dir, &release(command), &AgentSecrets::none()).await
+    }
+
+    async fn run_release(
+        job: &mut ScheduledJob,
+        dir: &std::path::Path,
+        release: &ReleaseSpec,
+        secrets: &AgentSecrets,
+    ) {
         let commands = Arc::new(RunningCommands::default());
         let wake = Arc::new(Notify::new());
-        let release = release(command);
         let due = job.timer.as_ref().unwrap().next_at.unwrap();
         job.fire_if_due(
             due,
             Launcher {
                 fraise: "nightly",
                 environment: "production",
-                release: Some(&release),
+                release: Some(release),
                 release_dir: dir.to_path_buf(),
+                secrets,
                 commands: &commands,
                 wake: &wake,
             },
@@ -408,6 +445,59 @@ mod tests {
             .expect("the execution ends");
         job.collect();
         assert!(!job.is_running());
+    }
+
+    #[tokio::test]
+    async fn secrets_reach_the_job_and_not_its_kept_output() {
+        use fraisier_model::secret::{slot, SecretKeys};
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = ScheduledJob::load(dir.path().join("job.json"));
+        job.set_spec(Some(&spec("* * * * *", "1.0.0")), Utc::now());
+        let keys = SecretKeys::new(vec![("k1".into(), [4; 32])]);
+        let mut r = release("echo token=$API_TOKEN; echo length=${#API_TOKEN}");
+        let sealed = keys
+            .seal(
+                &slot("nightly", "production", "API_TOKEN"),
+                "s3cr3t-token",
+                [1; 24],
+            )
+            .unwrap();
+        r.secrets.insert("API_TOKEN".into(), sealed.clone());
+        run_release(&mut job, dir.path(), &r, &AgentSecrets::with_keys(keys)).await;
+        let e = &job.observed().unwrap().executions[0];
+        assert_eq!(e.status, ExecutionStatus::Succeeded, "{:?}", e.output);
+        assert_eq!(e.output, vec!["token=[secret API_TOKEN]", "length=12"]);
+        assert!(!std::fs::read_to_string(dir.path().join("job.json"))
+            .unwrap()
+            .contains("s3cr3t"));
+
+        // Without the key the job does not start, and says why.
+        let (commands, wake, none) = (
+            Arc::new(RunningCommands::default()),
+            Arc::new(Notify::new()),
+            AgentSecrets::none(),
+        );
+        let due = job.timer.as_ref().unwrap().next_at.unwrap();
+        job.fire_if_due(
+            due,
+            Launcher {
+                fraise: "nightly",
+                environment: "production",
+                release: Some(&r),
+                release_dir: dir.path().to_path_buf(),
+                secrets: &none,
+                commands: &commands,
+                wake: &wake,
+            },
+        );
+        assert!(!job.is_running());
+        let e = &job.observed().unwrap().executions[0];
+        assert_eq!(e.status, ExecutionStatus::Failed);
+        assert!(
+            e.output[0].contains("cannot open secret API_TOKEN"),
+            "{:?}",
+            e.output
+        );
     }
 
     #[tokio::test]
@@ -446,6 +536,7 @@ mod tests {
         let mut job = ScheduledJob::load(dir.path().join("job.json"));
         job.set_spec(Some(&spec("* * * * *", "1.0.0")), Utc::now());
         let commands = Arc::new(RunningCommands::default());
+        let secrets = AgentSecrets::none();
         let wake = Arc::new(Notify::new());
         let slow = release("sleep 0.5; echo done");
         let launcher = |release| Launcher {
@@ -453,6 +544,7 @@ mod tests {
             environment: "production",
             release,
             release_dir: dir.path().to_path_buf(),
+            secrets: &secrets,
             commands: &commands,
             wake: &wake,
         };
@@ -485,6 +577,7 @@ mod tests {
         let mut job = ScheduledJob::load(path.clone());
         job.set_spec(Some(&spec("* * * * *", "1.0.0")), Utc::now());
         let commands = Arc::new(RunningCommands::default());
+        let secrets = AgentSecrets::none();
         let wake = Arc::new(Notify::new());
         let slow = release("sleep 30");
         let due = job.timer.as_ref().unwrap().next_at.unwrap();
@@ -495,6 +588,7 @@ mod tests {
                 environment: "production",
                 release: Some(&slow),
                 release_dir: dir.path().to_path_buf(),
+                secrets: &secrets,
                 commands: &commands,
                 wake: &wake,
             },

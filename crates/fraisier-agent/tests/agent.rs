@@ -133,6 +133,7 @@ impl Fixture {
                     command: "exec python3 -m http.server $PORT --bind 127.0.0.1".into(),
                     working_directory: None,
                     env: BTreeMap::from([("GREETING".to_string(), format!("v{v}"))]),
+                    secrets: Default::default(),
                 };
                 (v.to_string(), spec)
             })

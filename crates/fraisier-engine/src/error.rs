@@ -49,6 +49,11 @@ pub enum EngineError {
     SelfApproval { id: String, user: String },
     #[error("{user} has already decided on deployment {id}")]
     AlreadyDecided { id: String, user: String },
+    /// A variable's name is taken by one of the other kind (plain vs secret).
+    #[error("{name} is already {held_as}; unset it there first")]
+    VariableConflict { name: String, held_as: &'static str },
+    #[error("secrets: {0}")]
+    Secret(fraisier_model::secret::SecretError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -76,6 +81,8 @@ impl EngineError {
             EngineError::ApprovalNotPending { .. } => "APPROVAL_NOT_PENDING",
             EngineError::SelfApproval { .. } => "PERMISSION_DENIED",
             EngineError::AlreadyDecided { .. } => "ALREADY_DECIDED",
+            EngineError::VariableConflict { .. } => "VARIABLE_CONFLICT",
+            EngineError::Secret(_) => "INTERNAL_ERROR",
             EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
             EngineError::Store(_) => "INTERNAL_ERROR",
             EngineError::Provider(_) => "PROVIDER_ERROR",

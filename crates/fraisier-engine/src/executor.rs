@@ -151,10 +151,10 @@ impl RunCtx<'_> {
                 .await;
             let msg = format!(
                 "{} started: {} {} → {} in {} ({})",
-                if self.run.kind == RunKind::Rollback {
-                    "Rollback"
-                } else {
-                    "Deployment"
+                match self.run.kind {
+                    RunKind::Deploy => "Deployment",
+                    RunKind::Rollback => "Rollback",
+                    RunKind::Config => "Configuration change",
                 },
                 self.run.fraise,
                 self.run.previous_version.as_deref().unwrap_or("(none)"),
@@ -289,13 +289,16 @@ impl RunCtx<'_> {
         match self.run.kind {
             RunKind::Deploy => "deploy",
             RunKind::Rollback => "rollback",
+            RunKind::Config => "config",
         }
     }
 
     fn units(&self) -> Vec<Unit> {
         let mut units = vec![Unit::Dependencies, Unit::Backup];
         match (self.fraise.kind, self.run.kind) {
-            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Rollback) => {
+            // A job's new environment is for its next run; a configuration change runs no
+            // job and no hooks (they are for new code: migrations, cache warm-ups).
+            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Rollback | RunKind::Config) => {
                 units.push(Unit::Install)
             }
             (FraiseType::Etl, RunKind::Deploy) => {
@@ -364,6 +367,9 @@ impl RunCtx<'_> {
                     })?;
                 Ok(Some(format!("{} healthy", deps.join(", "))))
             }
+            Unit::Backup if self.run.kind == RunKind::Config => Ok(Some(
+                "the running instances stay until their replacements are healthy".to_string(),
+            )),
             Unit::Backup => Ok(Some(
                 match (&self.previous_version(), self.opts.skip_backup) {
                     (None, _) => "nothing to keep: first deploy".to_string(),
@@ -414,7 +420,7 @@ impl RunCtx<'_> {
             .as_ref()
             .and_then(|d| d.releases.get(version).cloned())
             .filter(|_| version != self.run.version || self.run.kind == RunKind::Rollback)
-            .unwrap_or_else(|| request::release_spec(&self.fraise, &self.env, version))
+            .unwrap_or_else(|| request::release_spec(&self.fraise, &self.env, version, &self.opts))
     }
 
     /// A desired state with `instances`, the releases they run, and the backup release.
@@ -1145,6 +1151,7 @@ impl RunCtx<'_> {
         message: &str,
         by: &str,
     ) -> Result<(), fraisier_store::StoreError> {
+        self.revert_variables().await;
         let now = Utc::now();
         self.run.status = RunStatus::Cancelled;
         self.run.completed_at = Some(now);
@@ -1263,6 +1270,7 @@ impl RunCtx<'_> {
             record.updated_at = Utc::now();
             store.put_service(&record).await?;
         }
+        self.revert_variables().await;
         self.run.status = if cancelled {
             RunStatus::Cancelled
         } else {
@@ -1294,6 +1302,49 @@ impl RunCtx<'_> {
             status: self.run.status,
         });
         Ok(())
+    }
+
+    /// A configuration change that was not released is not kept: its variables go back to
+    /// what they were, so what the API shows is what runs.
+    async fn revert_variables(&self) {
+        if self.run.kind != RunKind::Config || self.opts.revert.is_empty() {
+            return;
+        }
+        let prior: Vec<_> = self.opts.revert.clone().into_iter().collect();
+        let names: Vec<&String> = self.opts.revert.keys().collect();
+        match self
+            .engine
+            .store()
+            .restore_variables(
+                &self.run.tenant_id,
+                &self.run.fraise,
+                &self.run.environment,
+                &prior,
+            )
+            .await
+        {
+            Ok(()) => {
+                self.engine
+                    .log(
+                        &self.run,
+                        LogLevel::Warn,
+                        Component::Deployment,
+                        &format!(
+                            "The change was not released: variables put back as they were ({})",
+                            names
+                                .iter()
+                                .map(|n| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        json!({ "variables": names }),
+                    )
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(run = %run_id_string(self.run.id), error = %e, "cannot put variables back")
+            }
+        }
     }
 
     /// Puts the desired state back to what it was when the run started.

@@ -7,9 +7,10 @@ mod executor;
 pub mod provider;
 pub mod request;
 mod status;
+mod variables;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +31,7 @@ pub use request::{
     DEFAULT_TIMEOUT_SECS,
 };
 pub use status::ServiceStatus;
+pub use variables::{VariableChange, VariableKind, VariablesChanged};
 
 /// Timing knobs; tests shorten them.
 #[derive(Clone, Debug)]
@@ -62,6 +64,8 @@ struct Inner {
     settings: EngineSettings,
     /// Cancel signals of the runs this process is executing.
     cancels: Mutex<HashMap<i64, watch::Sender<Option<String>>>>,
+    /// What secrets are sealed with; replaced whole when the key is rotated.
+    secret_keys: RwLock<fraisier_model::secret::SecretKeys>,
 }
 
 /// What a validation found (seed 001's `POST /deployments/validate`).
@@ -86,6 +90,7 @@ impl Engine {
         store: Store,
         provider: Arc<dyn Provider>,
         config: Arc<Config>,
+        secret_keys: fraisier_model::secret::SecretKeys,
         settings: EngineSettings,
     ) -> Engine {
         Engine {
@@ -96,6 +101,7 @@ impl Engine {
                 bus: Bus::new(),
                 settings,
                 cancels: Mutex::new(HashMap::new()),
+                secret_keys: RwLock::new(secret_keys),
             }),
         }
     }
@@ -163,7 +169,12 @@ impl Engine {
                 message: "timeout must be between 1 and 604800 seconds".into(),
             });
         }
+        let released = self
+            .released(&req.tenant, &req.fraise, &req.environment)
+            .await?;
         let options = RunOptions {
+            env: released.env,
+            secrets: released.secrets,
             skip_health_check: req.skip_health_check,
             skip_backup: req.skip_backup,
             timeout_secs,
@@ -306,7 +317,12 @@ impl Engine {
             s => s,
         };
         let (strategy, strategy_config) = request::resolve_strategy(fe, Some(strategy), None)?;
+        let released = self
+            .released(&req.tenant, &req.fraise, &req.environment)
+            .await?;
         let options = RunOptions {
+            env: released.env,
+            secrets: released.secrets,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             rollback_on_failure: true,
             reason: req.reason.clone(),

@@ -66,6 +66,16 @@ pub struct RunOptions {
     pub snapshot_taken: bool,
     #[serde(default)]
     pub approval: Option<ApprovalPolicy>,
+    /// Variables set through the API when the run was asked for, over the configured ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secrets then, sealed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, fraisier_model::secret::Sealed>,
+    /// For a `config` run: the changed variables as they were before (`None`: absent), put
+    /// back if the run does not release them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revert: BTreeMap<String, Option<fraisier_store::Variable>>,
 }
 
 /// What a run in a guarded environment needs before it starts, fixed when it is asked for.
@@ -246,18 +256,26 @@ pub(crate) fn resolve_strategy(
     Ok((strategy, parsed))
 }
 
+/// A version's release as configured, with the variables and secrets set through the API
+/// (which win over the configured variables of the same name).
 pub(crate) fn release_spec(
     f: &FraiseConfig,
     fe: &FraiseEnvironmentConfig,
     version: &str,
+    opts: &RunOptions,
 ) -> ReleaseSpec {
     let mut env: BTreeMap<String, String> = f.env.clone();
     env.extend(fe.env.clone());
+    env.extend(opts.env.clone());
+    for name in opts.secrets.keys() {
+        env.remove(name);
+    }
     ReleaseSpec {
         source: f.artifact_for(version),
         command: f.command.clone().unwrap_or_default(),
         working_directory: f.working_directory.clone(),
         env,
+        secrets: opts.secrets.clone(),
     }
 }
 

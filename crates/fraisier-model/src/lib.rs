@@ -12,6 +12,7 @@ pub mod names;
 pub mod plan;
 pub mod rate;
 pub mod run;
+pub mod secret;
 pub mod service;
 pub mod strategy;
 pub mod tz;

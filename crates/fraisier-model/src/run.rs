@@ -19,6 +19,9 @@ pub enum RunStatus {
 pub enum RunKind {
     Deploy,
     Rollback,
+    /// A change of environment variables or secrets: the same version, rolled onto fresh
+    /// instances with the environment's strategy.
+    Config,
 }
 
 /// Status of one step of a run (seed 001).

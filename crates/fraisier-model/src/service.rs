@@ -45,6 +45,10 @@ pub struct ReleaseSpec {
     pub working_directory: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret variables, sealed (crate::secret) for `fraise/environment/NAME`: opened by the
+    /// agent only as it starts a process, never written out in clear.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, crate::secret::Sealed>,
 }
 
 /// One instance the agent must keep running. `weight` 0 means running but given no new

@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod limits;
 pub mod local_agent;
+pub mod secret_keys;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    SecretKeys(#[from] secret_keys::SecretKeyError),
     #[error("engine: {0}")]
     Engine(#[from] fraisier_engine::EngineError),
     #[error("configuration: {0}")]
@@ -157,6 +160,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         config.server.token_algorithm,
         (config.server.token_ttl.0 / 1000) as i64,
     )?;
+    let secrets = secret_keys::load_or_create(&data_dir)?;
     // The config was validated at load, roles included.
     let roles =
         Arc::new(Roles::new(&config.roles).map_err(|p| ServerError::Config(format!("{p:?}")))?);
@@ -164,11 +168,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         program: opts.agent_program,
         state_dir: agent_dir(&data_dir),
         keep_releases: config.server.keep_releases,
+        secret_keys: secret_keys::key_file(&data_dir),
     }));
     if let Err(e) = agent.ensure().await {
         tracing::error!(error = %e, "the local agent is not available; deployments will wait for it");
     }
-    let engine = Engine::new(store, agent, config.clone(), opts.settings);
+    let engine = Engine::new(store, agent, config.clone(), secrets, opts.settings);
     engine.start().await?;
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)

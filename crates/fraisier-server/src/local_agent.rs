@@ -19,6 +19,8 @@ pub struct AgentLauncher {
     pub program: PathBuf,
     pub state_dir: PathBuf,
     pub keep_releases: usize,
+    /// The key file the agent opens secrets with (FRAISIER_SECRET_KEY, inherited, wins).
+    pub secret_keys: PathBuf,
 }
 
 pub struct LocalAgent {
@@ -85,6 +87,8 @@ impl LocalAgent {
             .arg(dir)
             .arg("--keep-releases")
             .arg(self.launcher.keep_releases.to_string())
+            .arg("--secret-keys")
+            .arg(&self.launcher.secret_keys)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(unreachable)?)
             .stderr(log)

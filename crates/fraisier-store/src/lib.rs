@@ -23,6 +23,7 @@ mod store;
 mod totals;
 mod turns;
 mod users;
+mod variables;
 
 pub use api_keys::{ApiKey, KeyHolder, NewApiKey};
 pub use audit::{
@@ -31,6 +32,7 @@ pub use audit::{
 pub use groups::{Group, GroupFields};
 pub use store::Store;
 pub use users::TokenSubject;
+pub use variables::{SecretSlot, Variable};
 
 pub const DEFAULT_TENANT: &str = "default";
 

@@ -230,6 +230,25 @@ const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 5,
+        name: "variables",
+        statements: &[
+            // A service deployment's variables set through the API; `secret`: the value is a
+            // sealed value (JSON), never the plaintext.
+            "CREATE TABLE variables (
+            tenant_id TEXT NOT NULL,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            secret BIGINT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            updated_by TEXT NOT NULL,
+            PRIMARY KEY (tenant_id, fraise, environment, name)
+        )",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

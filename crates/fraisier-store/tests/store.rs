@@ -75,8 +75,113 @@ store_suite! {
     api_keys_are_found_by_hash_and_scoped,
     audit_records_chain_and_tampering_is_found,
     workspaces_and_projects_are_declared_made_and_scoped,
+    variables_change_all_or_nothing_and_restore,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
+}
+
+async fn variables_change_all_or_nothing_and_restore(db: &TestDb) {
+    let s = &db.store;
+    let set = |n: &str, v: Option<&str>| (n.to_string(), v.map(str::to_string));
+    let changed = s
+        .change_variables(
+            "t1",
+            "api",
+            "production",
+            false,
+            &[set("A", Some("1")), set("B", Some("2"))],
+            "ann",
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, ["A", "B"]);
+    // The same value is no change; removing an absent name neither.
+    let changed = s
+        .change_variables(
+            "t1",
+            "api",
+            "production",
+            false,
+            &[set("A", Some("1")), set("Z", None)],
+            "ann",
+        )
+        .await
+        .unwrap();
+    assert!(changed.is_empty());
+    let before = s.variables("t1", "api", "production").await.unwrap();
+    // A secret may not take a plain variable's name: nothing of the batch is written.
+    let err = s
+        .change_variables(
+            "t1",
+            "api",
+            "production",
+            true,
+            &[set("C", Some("{}")), set("A", Some("{}"))],
+            "bob",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists(ref n) if n == "A"),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.variables("t1", "api", "production").await.unwrap(),
+        before
+    );
+    // Scoped: another workspace, fraise or environment sees none of them.
+    assert!(s
+        .variables("t2", "api", "production")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .variables("t1", "api", "staging")
+        .await
+        .unwrap()
+        .is_empty());
+    s.change_variables(
+        "t1",
+        "api",
+        "production",
+        false,
+        &[set("A", Some("9")), set("B", None), set("N", Some("new"))],
+        "bob",
+    )
+    .await
+    .unwrap();
+    let prior: Vec<_> = ["A", "B", "N"]
+        .iter()
+        .map(|n| (n.to_string(), before.iter().find(|v| v.name == *n).cloned()))
+        .collect();
+    s.restore_variables("t1", "api", "production", &prior)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.variables("t1", "api", "production").await.unwrap(),
+        before
+    );
+    // Re-sealing touches secrets only.
+    s.change_variables(
+        "t1",
+        "api",
+        "production",
+        true,
+        &[set("S", Some("sealed-1"))],
+        "ann",
+    )
+    .await
+    .unwrap();
+    let mut slots = s.secret_slots().await.unwrap();
+    assert_eq!(slots.len(), 1);
+    slots[0].value = "sealed-2".into();
+    s.reseal(&slots).await.unwrap();
+    let now = s.variables("t1", "api", "production").await.unwrap();
+    assert_eq!(
+        now.iter().find(|v| v.name == "S").unwrap().value,
+        "sealed-2"
+    );
+    assert_eq!(now.iter().find(|v| v.name == "A").unwrap().value, "1");
 }
 
 /// A fresh database; dropping it removes it (a PostgreSQL database too, even after a panic).
@@ -1144,6 +1249,7 @@ fn desired() -> DesiredService {
                 command: "./server --port $PORT".to_string(),
                 working_directory: None,
                 env: BTreeMap::from([("RUST_LOG".to_string(), "info".to_string())]),
+                secrets: Default::default(),
             },
         )]),
         instances: vec![

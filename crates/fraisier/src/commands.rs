@@ -205,7 +205,7 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
 
 /// Polls the run until it is final, then prints it; the exit code says whether it succeeded.
 /// Polls slow down to one every 2 s, so that waiting spends little of the rate limit.
-async fn finish(ctx: &Ctx, c: &ApiClient, id: &str) -> Result<ExitCode> {
+pub async fn finish(ctx: &Ctx, c: &ApiClient, id: &str) -> Result<ExitCode> {
     let mut pause = Duration::from_millis(250);
     loop {
         let run = c.get(&format!("/deployments/{id}"), &[]).await?;

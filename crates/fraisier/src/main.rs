@@ -4,6 +4,7 @@ mod admin;
 mod commands;
 mod credentials;
 mod table;
+mod variables;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,12 @@ enum Command {
     Reject(commands::DecisionArgs),
     /// Runs waiting for your approval
     Approvals,
+    /// Secrets of a fraise in an environment: sealed at rest, injected into its instances
+    #[command(subcommand)]
+    Secret(variables::VariableCommand),
+    /// Environment variables of a fraise in an environment, set through the API
+    #[command(subcommand)]
+    Env(variables::VariableCommand),
 }
 
 #[derive(Args)]
@@ -121,6 +128,10 @@ struct AgentArgs {
     /// Releases kept per fraise for rollback beyond the running ones
     #[arg(long, default_value_t = 3)]
     keep_releases: usize,
+    /// The key file secrets are opened with (the server's <data_dir>/secret-keys.json);
+    /// FRAISIER_SECRET_KEY is used when this is not given
+    #[arg(long)]
+    secret_keys: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -248,6 +259,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         state_dir,
                         listen: args.listen,
                         keep_releases: args.keep_releases,
+                        secret_keys: args.secret_keys,
                     })
                     .await?;
                     Ok(ExitCode::SUCCESS)
@@ -280,6 +292,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cancel(a) => commands::cancel(&ctx, a).await,
         Command::Show(a) => commands::show(&ctx, a).await,
         Command::Approve(a) => commands::decide(&ctx, a, true).await,
+        Command::Secret(c) => variables::run(&ctx, "secrets", c).await,
+        Command::Env(c) => match c {
+            variables::VariableCommand::RotateKey => {
+                Err(anyhow!("rotate-key is `fraisier secret rotate-key`"))
+            }
+            c => variables::run(&ctx, "env", c).await,
+        },
         Command::Reject(a) => commands::decide(&ctx, a, false).await,
         Command::Approvals => commands::approvals(&ctx).await,
     }

@@ -18,6 +18,9 @@ pub const ERROR_RATE: &str = "DEMO_ERROR_RATE";
 pub const LATENCY_MS: &str = "DEMO_LATENCY_MS";
 pub const HEALTHY: &str = "DEMO_HEALTHY";
 pub const CRASH_AFTER: &str = "DEMO_CRASH_AFTER";
+/// Names of variables whose values every answer shows (comma-separated): how the tests see
+/// what environment an instance was started with.
+pub const SHOW: &str = "DEMO_SHOW";
 
 /// The file in the release directory whose lines override the environment.
 pub const ENV_FILE: &str = "demo.env";
@@ -37,6 +40,8 @@ pub struct Config {
     pub healthy: bool,
     /// Exit with status 1 after this long.
     pub crash_after: Option<Duration>,
+    /// The variables named by `DEMO_SHOW`, with their values (absent ones left out).
+    pub show: Vec<(String, String)>,
 }
 
 /// Every bad key, each with its value, so one run reports them all.
@@ -112,6 +117,13 @@ impl Config {
             latency: Duration::from_millis(value(LATENCY_MS, "0").parse().unwrap_or_default()),
             healthy: parse_bool(&value(HEALTHY, "true")).unwrap_or(true),
             crash_after: parse_duration(&crash_after).filter(|_| !crash_after.is_empty()),
+            show: get(SHOW)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .filter_map(|n| get(n).map(|v| (n.to_string(), v)))
+                .collect(),
         })
     }
 }

@@ -2,7 +2,8 @@
 //! serves its version, and misbehaves (slow start, errors, latency, crash) as configured.
 //!
 //! `GET /health` → 200 `{"status":"ok","version":…}` once ready, else 503; any other path →
-//! 200 `{"version":…,"instance":…,"pid":…}`, or 500 for `DEMO_ERROR_RATE` percent of them.
+//! 200 `{"version":…,"instance":…,"pid":…,"env":{…}}` (`env`: the variables `DEMO_SHOW`
+//! names), or 500 for `DEMO_ERROR_RATE` percent of them.
 //! SIGTERM (or SIGINT) stops accepting and exits once in-flight requests are answered.
 
 mod config;
@@ -51,6 +52,11 @@ impl App {
                 "version": version,
                 "instance": config.instance,
                 "pid": std::process::id(),
+                "env": config
+                    .show
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
             })),
             body_error: render(serde_json::json!({
                 "error": {"code": "INJECTED_FAILURE", "message": "DEMO_ERROR_RATE failure"},

@@ -209,6 +209,10 @@ impl From<EngineError> for ApiError {
                 StatusCode::CONFLICT,
                 json!({ "deployment_id": id, "user": user }),
             ),
+            EngineError::VariableConflict { name, .. } => {
+                (StatusCode::CONFLICT, json!({ "field": name }))
+            }
+            EngineError::Secret(_) => return ApiError::internal(e),
             EngineError::Provider(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "provider": "local" }),

@@ -20,23 +20,58 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "INVALID_PARAMETERS",
-                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-                )
-                .with_details(serde_json::json!({ "field": "body", "max_bytes": MAX_BODY_BYTES }))
-            } else {
-                ApiError::invalid("body", format!("cannot read the request body: {e}"))
-            }
-        })?;
-        parse_json(&bytes).map(JsonBody)
+        parse_json(&read_body(req, state).await?).map(JsonBody)
     }
 }
 
+/// A JSON object whose keys belong to the user (variable names): taken as sent, with no
+/// camelCase folding. An empty body reads as `{}`.
+pub struct UserMap(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for UserMap {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match parse_object(&read_body(req, state).await?)? {
+            Value::Object(map) => Ok(UserMap(map)),
+            _ => unreachable!("parse_object returns objects"),
+        }
+    }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "INVALID_PARAMETERS",
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+            .with_details(serde_json::json!({ "field": "body", "max_bytes": MAX_BODY_BYTES }))
+        } else {
+            ApiError::invalid("body", format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut value = parse_object(bytes)?;
+    normalize_keys(&mut value);
+    integral_numbers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let field = if path == "." {
+            unknown_field_name(&inner).unwrap_or_else(|| "body".into())
+        } else {
+            path
+        };
+        ApiError::invalid(field.clone(), format!("{field}: {inner}"))
+    })
+}
+
+/// The body as a JSON object (empty and `null` read as `{}`).
+fn parse_object(bytes: &[u8]) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::invalid(
             "body",
@@ -66,18 +101,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the request body must be a JSON object",
         ));
     }
-    normalize_keys(&mut value);
-    integral_numbers(&mut value);
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let field = if path == "." {
-            unknown_field_name(&inner).unwrap_or_else(|| "body".into())
-        } else {
-            path
-        };
-        ApiError::invalid(field.clone(), format!("{field}: {inner}"))
-    })
+    Ok(value)
 }
 
 fn unknown_field_name(message: &str) -> Option<String> {

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod services;
 pub mod system;
 pub mod users;
+pub mod variables;
 pub mod views;
 pub mod workspaces;
 
@@ -71,6 +72,15 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/rollback", post(services::rollback))
         .route("/deployments/{id}/approve", post(approvals::approve))
         .route("/deployments/{id}/reject", post(approvals::reject))
+        .route(
+            "/deployments/{id}/secrets",
+            get(variables::secrets).put(variables::set_secrets),
+        )
+        .route(
+            "/deployments/{id}/env",
+            get(variables::env).put(variables::set_env),
+        )
+        .route("/secrets/keys/rotate", post(variables::rotate_key))
         .route("/my/pending-approvals", get(approvals::mine))
         .route("/deployments/{id}/{environment}", post(deployments::create))
         .route(

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use super::routes::{self, Need};
 use super::{
     api_keys, approvals, audit, auth, deployments, environments, error, fraises, params, projects,
-    services, system, users, workspaces,
+    services, system, users, variables, workspaces,
 };
 
 struct BearerAuth;
@@ -43,6 +43,7 @@ impl Modify for BearerAuth {
         api_keys::create, api_keys::list, api_keys::revoke,
         audit::list, audit::of_deployment,
         approvals::approve, approvals::reject, approvals::mine,
+        variables::secrets, variables::set_secrets, variables::env, variables::set_env, variables::rotate_key,
         workspaces::list, workspaces::create, workspaces::get, workspaces::update, workspaces::delete,
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,

@@ -87,6 +87,33 @@ pub struct SseFrame {
 #[allow(dead_code)]
 pub struct Name(String);
 
+/// The body of `PUT …/secrets` and `PUT …/env`: variable names (as
+/// `secret::variable_name_problem` allows them) to a value, or `null` to remove one.
+#[allow(dead_code)]
+pub struct VariablesBody;
+
+impl utoipa::PartialSchema for VariablesBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let schema = serde_json::json!({
+            "type": "object",
+            "description": "NAME → value (merged with the variables already set), or NAME → null to remove it",
+            "maxProperties": super::variables::MAX_NAMES,
+            "propertyNames": { "type": "string", "pattern": VARIABLE_NAME_PATTERN },
+            "additionalProperties": {
+                "type": ["string", "null"],
+                "maxLength": super::variables::MAX_VALUE_BYTES / 4,
+                "pattern": "^[^\\u0000]*$"
+            }
+        });
+        utoipa::openapi::RefOr::T(serde_json::from_value(schema).expect("a valid schema"))
+    }
+}
+
+impl ToSchema for VariablesBody {}
+
+/// What `secret::variable_name_problem` accepts.
+pub const VARIABLE_NAME_PATTERN: &str = r"^(?!FRAISIER_)(?!PORT$)[A-Za-z_][A-Za-z0-9_]{0,127}$";
+
 #[cfg(test)]
 mod tests {
     #[test]

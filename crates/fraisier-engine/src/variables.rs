@@ -1,0 +1,312 @@
+//! Environment variables and secrets set through the API, and the runs that apply them: a
+//! change is recorded, then released like a version — a `config` run rolls the service's
+//! instances onto the new environment with the environment's strategy, and rolls back if they
+//! do not come up. Secrets are sealed here, before the store sees them.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use fraisier_model::names::agent_name;
+use fraisier_model::run::RunKind;
+use fraisier_model::secret::{self, Sealed, SecretKeys, NONCE_LEN};
+use fraisier_model::Strategy;
+use fraisier_store::{NewRun, Run, StoreError, Variable};
+use serde_json::{json, Value};
+
+use crate::request::{self, RunOptions, DEFAULT_TIMEOUT_SECS};
+use crate::{in_progress, Engine, EngineError};
+
+/// Plain variables or secrets: the two never share a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariableKind {
+    Plain,
+    Secret,
+}
+
+/// A change asked for through the API.
+#[derive(Clone, Debug)]
+pub struct VariableChange {
+    pub tenant: String,
+    pub fraise: String,
+    pub environment: String,
+    pub kind: VariableKind,
+    /// Name → new value, or `None` to remove it.
+    pub values: BTreeMap<String, Option<String>>,
+    pub triggered_by: String,
+    pub trigger_type: String,
+}
+
+/// What a change did.
+#[derive(Clone, Debug)]
+pub struct VariablesChanged {
+    /// Names whose value changed (set, replaced or removed).
+    pub changed: Vec<String>,
+    /// The `config` run releasing them; `None` when nothing changed or the fraise has never
+    /// been deployed there (its first deploy takes them).
+    pub run: Option<Run>,
+}
+
+/// The variables a run releases, fixed when it is asked for so a resumed run gets the same.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Released {
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Sealed>,
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// The variables of one kind of a fraise in an environment; secrets still sealed.
+    pub async fn variables(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+        kind: VariableKind,
+    ) -> Result<Vec<Variable>, EngineError> {
+        request::lookup(self.config().scope(tenant), fraise, environment)?;
+        let all = self.store().variables(tenant, fraise, environment).await?;
+        Ok(all
+            .into_iter()
+            .filter(|v| v.secret == (kind == VariableKind::Secret))
+            .collect())
+    }
+
+    /// The variables fraisier.yaml gives a fraise in an environment (the API's win over them).
+    pub fn configured_env(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<BTreeMap<String, String>, EngineError> {
+        let (f, fe) = request::lookup(self.config().scope(tenant), fraise, environment)?;
+        let mut env = f.env.clone();
+        env.extend(fe.env.clone());
+        Ok(env)
+    }
+
+    /// Records a change of variables, then releases it with a `config` run. Refused while a
+    /// run is active there: the change would either miss it or change it half-way.
+    pub async fn change_variables(
+        &self,
+        change: VariableChange,
+    ) -> Result<VariablesChanged, EngineError> {
+        let config = self.config().scope(&change.tenant);
+        request::lookup(config, &change.fraise, &change.environment)?;
+        for (name, value) in &change.values {
+            if let Some(p) = secret::variable_name_problem(name) {
+                return Err(EngineError::InvalidParameters {
+                    field: name.clone(),
+                    message: format!("variable name {name:?} {p}"),
+                });
+            }
+            if value.as_deref().is_some_and(|v| v.contains('\0')) {
+                return Err(EngineError::InvalidParameters {
+                    field: name.clone(),
+                    message: format!("the value of {name} contains a NUL character"),
+                });
+            }
+        }
+        let store = self.store();
+        if let Some(active) = store
+            .active_run_for(&change.tenant, &change.fraise, &change.environment)
+            .await?
+        {
+            return Err(in_progress(&active));
+        }
+        let secret = change.kind == VariableKind::Secret;
+        let slot_of = |name: &str| {
+            secret::slot(
+                &agent_name(&change.tenant, &change.fraise),
+                &change.environment,
+                name,
+            )
+        };
+        let existing: BTreeMap<String, Variable> = store
+            .variables(&change.tenant, &change.fraise, &change.environment)
+            .await?
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect();
+        let mut writes = Vec::new();
+        for (name, value) in &change.values {
+            let stored = match value {
+                None => None,
+                Some(v) if secret => {
+                    // A secret set again to the value it has is no change: no run for it.
+                    let same = existing
+                        .get(name)
+                        .filter(|e| e.secret)
+                        .and_then(|e| serde_json::from_str::<Sealed>(&e.value).ok())
+                        .and_then(|s| self.secret_keys().open(&slot_of(name), &s).ok())
+                        .is_some_and(|old| &old == v);
+                    if same {
+                        continue;
+                    }
+                    let sealed = self
+                        .secret_keys()
+                        .seal(&slot_of(name), v, nonce()?)
+                        .map_err(EngineError::Secret)?;
+                    Some(serde_json::to_string(&sealed).expect("plain data serializes"))
+                }
+                Some(v) => Some(v.clone()),
+            };
+            writes.push((name.clone(), stored));
+        }
+        let changed = store
+            .change_variables(
+                &change.tenant,
+                &change.fraise,
+                &change.environment,
+                secret,
+                &writes,
+                &change.triggered_by,
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(name) => EngineError::VariableConflict {
+                    name,
+                    held_as: if secret {
+                        "a plain variable (env)"
+                    } else {
+                        "a secret"
+                    },
+                },
+                e => EngineError::Store(e),
+            })?;
+        if changed.is_empty() {
+            return Ok(VariablesChanged { changed, run: None });
+        }
+        let prior = changed
+            .iter()
+            .map(|n| (n.clone(), existing.get(n).cloned()))
+            .collect();
+        let run = self.reconfigure(&change, &changed, prior).await?;
+        Ok(VariablesChanged { changed, run })
+    }
+
+    /// A `config` run of the version running now, or `None` when nothing runs there yet.
+    async fn reconfigure(
+        &self,
+        change: &VariableChange,
+        changed: &[String],
+        revert: BTreeMap<String, Option<Variable>>,
+    ) -> Result<Option<Run>, EngineError> {
+        let config = self.config().scope(&change.tenant);
+        let (_, fe) = request::lookup(config, &change.fraise, &change.environment)?;
+        let service = self
+            .store()
+            .service(&change.tenant, &change.fraise, &change.environment)
+            .await?;
+        let Some(version) = service.and_then(|s| s.current_version) else {
+            return Ok(None);
+        };
+        // The same version on both sides: a canary's analysis could not tell them apart.
+        let strategy = match fe.strategy {
+            Strategy::Canary => Strategy::Rolling,
+            s => s,
+        };
+        let (strategy, strategy_config) = request::resolve_strategy(fe, Some(strategy), None)?;
+        let released = self
+            .released(&change.tenant, &change.fraise, &change.environment)
+            .await?;
+        let options = RunOptions {
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            rollback_on_failure: true,
+            approval: request::approval_policy(config, &change.environment, Utc::now()),
+            env: released.env,
+            secrets: released.secrets,
+            revert,
+            ..RunOptions::default()
+        };
+        let what = match change.kind {
+            VariableKind::Plain => "env",
+            VariableKind::Secret => "secrets",
+        };
+        let new = NewRun {
+            tenant_id: change.tenant.clone(),
+            fraise: change.fraise.clone(),
+            environment: change.environment.clone(),
+            kind: RunKind::Config,
+            previous_version: Some(version.clone()),
+            version,
+            strategy: strategy.as_str().to_string(),
+            strategy_config: serde_json::to_value(&strategy_config).unwrap_or(Value::Null),
+            triggered_by: change.triggered_by.clone(),
+            trigger_type: change.trigger_type.clone(),
+            options: serde_json::to_value(&options).unwrap_or(Value::Null),
+            metadata: json!({ "changed": { what: changed } }),
+        };
+        match self.create_and_start(new).await {
+            Ok(run) => Ok(Some(run)),
+            Err(e) => {
+                // Another run got there first: the change is not released, so not kept.
+                let prior: Vec<_> = options.revert.into_iter().collect();
+                self.store()
+                    .restore_variables(&change.tenant, &change.fraise, &change.environment, &prior)
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// What a run asked for now releases: the API's plain variables and sealed secrets.
+    pub(crate) async fn released(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Released, EngineError> {
+        let mut released = Released::default();
+        for v in self.store().variables(tenant, fraise, environment).await? {
+            if v.secret {
+                let sealed: Sealed = serde_json::from_str(&v.value).map_err(|e| {
+                    EngineError::Store(StoreError::Corrupt(format!(
+                        "secret {} of {fraise} in {environment}: {e}",
+                        v.name
+                    )))
+                })?;
+                released.secrets.insert(v.name, sealed);
+            } else {
+                released.env.insert(v.name, v.value);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Re-seals every stored secret under the newest of `keys` (which must still hold the
+    /// old ones), then uses `keys` from now on. Returns how many values were re-sealed.
+    pub async fn rotate_secret_keys(&self, keys: SecretKeys) -> Result<usize, EngineError> {
+        let store = self.store();
+        let mut slots = store.secret_slots().await?;
+        for s in &mut slots {
+            let slot = secret::slot(
+                &agent_name(&s.tenant_id, &s.fraise),
+                &s.environment,
+                &s.name,
+            );
+            let sealed: Sealed = serde_json::from_str(&s.value)
+                .map_err(|e| EngineError::Store(StoreError::Corrupt(e.to_string())))?;
+            let plain = keys.open(&slot, &sealed).map_err(EngineError::Secret)?;
+            let again = keys
+                .seal(&slot, &plain, nonce()?)
+                .map_err(EngineError::Secret)?;
+            s.value = serde_json::to_string(&again).expect("plain data serializes");
+        }
+        store.reseal(&slots).await?;
+        *self.inner.secret_keys.write().unwrap() = keys;
+        Ok(slots.len())
+    }
+
+    /// The keys secrets are sealed with now.
+    pub fn secret_keys(&self) -> SecretKeys {
+        self.inner.secret_keys.read().unwrap().clone()
+    }
+}
+
+fn nonce() -> Result<[u8; NONCE_LEN], EngineError> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut n)
+        .map_err(|e| EngineError::Secret(secret::SecretError::Random(e.to_string())))?;
+    Ok(n)
+}

@@ -1,0 +1,284 @@
+//! `/deployments/{ref}/secrets` and `/deployments/{ref}/env` (seed 003): a service
+//! deployment's variables set through the API. Secrets are shown by name only; a change is
+//! released by a `config` run, whose id the answer gives.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fraisier_engine::{VariableChange, VariableKind, VariablesChanged};
+use fraisier_model::access::Permission;
+use fraisier_store::{run_id_string, Variable};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::deployments::{created, noted, Created};
+use super::error::ApiError;
+use super::extract::UserMap;
+use super::gate::{authorize, AuditNote, Caller};
+use super::reference::DeploymentRef;
+use super::views;
+use super::AppState;
+
+/// What a secret's value reads as.
+pub const MASK: &str = "********";
+
+/// Names per request, and bytes per value: environments are not a blob store.
+pub const MAX_NAMES: usize = 100;
+pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+
+#[derive(Serialize, ToSchema)]
+pub struct VariableView {
+    pub name: String,
+    /// The value; for a secret always `********`.
+    pub value: String,
+    pub updated_at: String,
+    pub updated_by: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SecretsView {
+    pub fraise: String,
+    pub environment: String,
+    pub secrets: Vec<VariableView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnvView {
+    pub fraise: String,
+    pub environment: String,
+    /// Set through the API; these win over `configured`.
+    pub env: Vec<VariableView>,
+    /// From fraisier.yaml (`fraises.<name>.env` and its environment's `env`), read-only here.
+    #[schema(value_type = Object)]
+    pub configured: BTreeMap<String, String>,
+}
+
+/// A change's outcome: the names that changed and, when the fraise runs there, the `config`
+/// run releasing them (202); otherwise 200 and they apply at the next deploy.
+#[derive(Serialize, ToSchema)]
+pub struct VariablesUpdated {
+    pub fraise: String,
+    pub environment: String,
+    pub changed: Vec<String>,
+    /// The run releasing the change; absent when none was needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Created>,
+    pub message: String,
+}
+
+fn view(v: &Variable) -> VariableView {
+    VariableView {
+        name: v.name.clone(),
+        value: if v.secret {
+            MASK.to_string()
+        } else {
+            v.value.clone()
+        },
+        updated_at: views::ts(v.updated_at),
+        updated_by: v.updated_by.clone(),
+    }
+}
+
+/// `{"NAME": "value" | null}`: each value a string, or null to remove the name.
+fn changes(
+    body: serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, Option<String>>, ApiError> {
+    if body.len() > MAX_NAMES {
+        return Err(ApiError::invalid(
+            "body",
+            format!("at most {MAX_NAMES} variables per request"),
+        ));
+    }
+    body.into_iter()
+        .map(|(name, v)| match v {
+            Value::Null => Ok((name, None)),
+            Value::String(s) if s.len() > MAX_VALUE_BYTES => Err(ApiError::invalid(
+                name.clone(),
+                format!("the value of {name} is over {MAX_VALUE_BYTES} bytes"),
+            )),
+            Value::String(s) => Ok((name, Some(s))),
+            _ => Err(ApiError::invalid(
+                name.clone(),
+                format!("the value of {name} must be a string, or null to remove it"),
+            )),
+        })
+        .collect()
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/secrets", tag = "deployments",
+    params(("deployment_id" = String, Path, description = "a fraise, fraise@environment, or a run id"), ("environment" = Option<String>, Query)),
+    responses((status = 200, body = SecretsView), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub async fn secrets(
+    State(state): State<AppState>,
+    who: Caller,
+    target: DeploymentRef,
+) -> Result<Json<SecretsView>, ApiError> {
+    let (fraise, environment) = target.service();
+    let list = state
+        .engine
+        .variables(&who.workspace, fraise, environment, VariableKind::Secret)
+        .await?;
+    Ok(Json(SecretsView {
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        secrets: list.iter().map(view).collect(),
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/deployments/{deployment_id}/secrets", tag = "deployments",
+    params(("deployment_id" = String, Path, description = "a fraise, fraise@environment, or a run id"), ("environment" = Option<String>, Query)),
+    request_body(content = super::params::VariablesBody),
+    responses((status = 202, body = VariablesUpdated, headers(("Location" = String, description = "the config run")), description = "changed; a config run releases it"),
+              (status = 200, body = VariablesUpdated, description = "nothing to release now (no change, or never deployed there)"),
+              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody, description = "a run is active there, the name is a plain variable, or the ref is ambiguous")))]
+pub async fn set_secrets(
+    State(state): State<AppState>,
+    who: Caller,
+    target: DeploymentRef,
+    UserMap(body): UserMap,
+) -> Result<Response, ApiError> {
+    change(
+        &state,
+        &who,
+        &target,
+        VariableKind::Secret,
+        Permission::SecretUpdate,
+        body,
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{deployment_id}/env", tag = "deployments",
+    params(("deployment_id" = String, Path, description = "a fraise, fraise@environment, or a run id"), ("environment" = Option<String>, Query)),
+    responses((status = 200, body = EnvView), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub async fn env(
+    State(state): State<AppState>,
+    who: Caller,
+    target: DeploymentRef,
+) -> Result<Json<EnvView>, ApiError> {
+    let (fraise, environment) = target.service();
+    let list = state
+        .engine
+        .variables(&who.workspace, fraise, environment, VariableKind::Plain)
+        .await?;
+    Ok(Json(EnvView {
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        env: list.iter().map(view).collect(),
+        configured: state
+            .engine
+            .configured_env(&who.workspace, fraise, environment)?,
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/deployments/{deployment_id}/env", tag = "deployments",
+    params(("deployment_id" = String, Path, description = "a fraise, fraise@environment, or a run id"), ("environment" = Option<String>, Query)),
+    request_body(content = super::params::VariablesBody),
+    responses((status = 202, body = VariablesUpdated, headers(("Location" = String, description = "the config run")), description = "changed; a config run releases it"),
+              (status = 200, body = VariablesUpdated, description = "nothing to release now (no change, or never deployed there)"),
+              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody, description = "a run is active there, the name is a secret, or the ref is ambiguous")))]
+pub async fn set_env(
+    State(state): State<AppState>,
+    who: Caller,
+    target: DeploymentRef,
+    UserMap(body): UserMap,
+) -> Result<Response, ApiError> {
+    change(
+        &state,
+        &who,
+        &target,
+        VariableKind::Plain,
+        Permission::DeploymentUpdate,
+        body,
+    )
+    .await
+}
+
+async fn change(
+    state: &AppState,
+    who: &Caller,
+    target: &DeploymentRef,
+    kind: VariableKind,
+    permission: Permission,
+    body: serde_json::Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let (fraise, environment) = target.service();
+    authorize(state, who, permission, environment)?;
+    let values = changes(body)?;
+    let VariablesChanged { changed, run } = state
+        .engine
+        .change_variables(VariableChange {
+            tenant: who.workspace.clone(),
+            fraise: fraise.to_string(),
+            environment: environment.to_string(),
+            kind,
+            values,
+            triggered_by: who.username.clone(),
+            trigger_type: "api".into(),
+        })
+        .await?;
+    let message = match (&run, changed.is_empty()) {
+        (Some(r), _) => format!(
+            "{} changed; {} rolls it out",
+            changed.join(", "),
+            run_id_string(r.id)
+        ),
+        (None, true) => "nothing changed".to_string(),
+        (None, false) => format!(
+            "{} changed; {fraise} does not run in {environment} yet, its first deploy takes it",
+            changed.join(", ")
+        ),
+    };
+    let body = VariablesUpdated {
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        changed,
+        deployment: run.as_ref().map(created),
+        message,
+    };
+    Ok(match run {
+        Some(r) => noted((StatusCode::ACCEPTED, Json(body)).into_response(), &r),
+        None => {
+            let mut resp = Json(body).into_response();
+            resp.extensions_mut().insert(AuditNote {
+                service: Some(format!("{fraise}@{environment}")),
+                ..AuditNote::default()
+            });
+            resp
+        }
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SecretKeyRotated {
+    /// The key that seals from now on.
+    pub key_id: String,
+    /// Every key that still opens values, oldest first.
+    pub key_ids: Vec<String>,
+    /// Stored secrets re-sealed with the new key.
+    pub resealed: usize,
+}
+
+#[utoipa::path(post, path = "/api/v1/secrets/keys/rotate", tag = "auth",
+    responses((status = 200, body = SecretKeyRotated), (status = 409, body = super::error::ErrorBody, description = "the key comes from FRAISIER_SECRET_KEY")))]
+pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<SecretKeyRotated>, ApiError> {
+    let (keys, resealed) = crate::secret_keys::rotate(&state.engine, &state.config.server.data_dir)
+        .await
+        .map_err(|e| match e {
+            crate::secret_keys::SecretKeyError::FromEnvironment => {
+                ApiError::new(StatusCode::CONFLICT, "SECRET_KEY_EXTERNAL", e.to_string())
+            }
+            e => ApiError::internal(e),
+        })?;
+    Ok(Json(SecretKeyRotated {
+        key_id: keys.current_kid().unwrap_or_default().to_string(),
+        key_ids: keys.kids(),
+        resealed,
+    }))
+}

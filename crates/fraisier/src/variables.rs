@@ -1,0 +1,155 @@
+//! `fraisier secret` and `fraisier env`: a fraise's variables in an environment, set through
+//! the API; a change is rolled out by a `config` run, which `--wait` follows.
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde_json::{Map, Value};
+
+use crate::commands::{client, finish, print_json, s, Ctx};
+use crate::table::render;
+
+#[derive(Subcommand)]
+pub enum VariableCommand {
+    /// Set variables: NAME=VALUE, or NAME alone to read its value from stdin (keeps secrets
+    /// out of shell history and the process list)
+    Set {
+        fraise: String,
+        environment: String,
+        #[arg(required = true)]
+        assignments: Vec<String>,
+        /// Wait for the config run that rolls the change out, and exit non-zero if it fails
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List them (secrets by name only)
+    List { fraise: String, environment: String },
+    /// Remove variables
+    Unset {
+        fraise: String,
+        environment: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Seal secrets with a new key (server admins; the old key keeps opening what it sealed)
+    #[command(name = "rotate-key")]
+    RotateKey,
+}
+
+/// `secrets` or `env`: the route under `/deployments/{fraise}@{environment}/`.
+pub async fn run(ctx: &Ctx, what: &str, cmd: VariableCommand) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    let path =
+        |fraise: &str, environment: &str| format!("/deployments/{fraise}@{environment}/{what}");
+    let (body, fraise, environment, wait) = match cmd {
+        VariableCommand::List {
+            fraise,
+            environment,
+        } => {
+            let v = c.get(&path(&fraise, &environment), &[]).await?;
+            if ctx.json {
+                print_json(&v);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list = v[what].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|x| {
+                    vec![
+                        s(&x["name"]),
+                        s(&x["value"]),
+                        s(&x["updated_at"]),
+                        s(&x["updated_by"]),
+                    ]
+                })
+                .collect();
+            print!("{}", render(&["NAME", "VALUE", "UPDATED", "BY"], &rows));
+            if let Some(configured) = v["configured"].as_object().filter(|m| !m.is_empty()) {
+                println!("\nfrom fraisier.yaml (the values above win):");
+                for (k, val) in configured {
+                    println!("  {k}={}", s(val));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        VariableCommand::RotateKey => {
+            let (_, v) = c
+                .post("/secrets/keys/rotate", &Value::Object(Map::new()))
+                .await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "secrets now sealed with key {} ({} value(s) re-sealed)",
+                    s(&v["key_id"]),
+                    s(&v["resealed"])
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        VariableCommand::Set {
+            fraise,
+            environment,
+            assignments,
+            wait,
+        } => (assignments_body(&assignments)?, fraise, environment, wait),
+        VariableCommand::Unset {
+            fraise,
+            environment,
+            names,
+            wait,
+        } => {
+            let body = names.into_iter().map(|n| (n, Value::Null)).collect();
+            (body, fraise, environment, wait)
+        }
+    };
+    let (_, v) = c
+        .put(&path(&fraise, &environment), &Value::Object(body))
+        .await?;
+    let run = v["deployment"]["id"].as_str().map(str::to_string);
+    if ctx.json && !(wait && run.is_some()) {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !ctx.json {
+        eprintln!("{}", s(&v["message"]));
+    }
+    match run {
+        Some(id) if wait => finish(ctx, &c, &id).await,
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `NAME=VALUE` pairs; one bare `NAME` takes its value from stdin.
+fn assignments_body(assignments: &[String]) -> Result<Map<String, Value>> {
+    let mut body = Map::new();
+    let bare: Vec<&String> = assignments.iter().filter(|a| !a.contains('=')).collect();
+    if bare.len() > 1 {
+        bail!("only one NAME may take its value from stdin; give the others as NAME=VALUE");
+    }
+    for a in assignments {
+        let (name, value) = match a.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => (a.clone(), read_value(a)?),
+        };
+        body.insert(name, Value::String(value));
+    }
+    Ok(body)
+}
+
+fn read_value(name: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("value of {name}: ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("cannot read the value of {name} from stdin"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
