@@ -303,8 +303,10 @@ async fn exec(
         command: req.command.clone(),
         cwd: process::working_dir(&req.release, &release_dir),
         env,
+        // The output goes to the server's run log: no secret's value leaves this host in it.
+        redact: opened.redactor(),
     };
-    let mut result = run_command(
+    let result = run_command(
         &spec,
         Duration::from_millis(req.timeout_ms),
         &agent.commands,
@@ -317,13 +319,6 @@ async fn exec(
             format!("cannot run the command in {}: {e}", spec.cwd.display()),
         )
     })?;
-    // The output goes to the server's run log: no secret's value leaves this host in it.
-    let redactor = opened.redactor();
-    if !redactor.is_empty() {
-        for line in &mut result.output {
-            *line = redactor.redact(line);
-        }
-    }
     Ok(Json(result))
 }
 

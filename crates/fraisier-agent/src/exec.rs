@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::process::inherited_env;
 use crate::signal::{signal_group, Signal};
+use fraisier_model::secret::Redactor;
 
 /// Lines of output kept: the end of a log says why it failed.
 pub const MAX_OUTPUT_LINES: usize = 1000;
@@ -23,12 +24,25 @@ const MAX_LINE_BYTES: usize = 16 * 1024;
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
 /// What to run and where.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CommandSpec {
     pub command: String,
     pub cwd: PathBuf,
     /// Added to the small inherited environment (see [`inherited_env`]).
     pub env: Vec<(String, String)>,
+    /// Hides the values of the secrets in `env` in every line of output kept.
+    pub redact: Redactor,
+}
+
+/// Names of variables only: values may be secrets.
+impl std::fmt::Debug for CommandSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSpec")
+            .field("command", &self.command)
+            .field("cwd", &self.cwd)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Process groups of commands still running, so that shutdown can kill them.
@@ -136,7 +150,7 @@ pub async fn run_command(
         tokio::select! {
             s = child.wait() => status = Some(s?),
             read = output.read_until(b'\n', &mut buf), if output_open => {
-                if read? == 0 { output_open = false } else { keep_line(&mut lines, &mut buf) }
+                if read? == 0 { output_open = false } else { keep_line(&mut lines, &mut buf, &spec.redact) }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 timed_out = true;
@@ -149,12 +163,12 @@ pub async fn run_command(
     let drain_until = tokio::time::Instant::now() + OUTPUT_DRAIN;
     while output_open {
         match tokio::time::timeout_at(drain_until, output.read_until(b'\n', &mut buf)).await {
-            Ok(Ok(n)) if n > 0 => keep_line(&mut lines, &mut buf),
+            Ok(Ok(n)) if n > 0 => keep_line(&mut lines, &mut buf, &spec.redact),
             _ => output_open = false,
         }
     }
     if !buf.is_empty() {
-        keep_line(&mut lines, &mut buf);
+        keep_line(&mut lines, &mut buf, &spec.redact);
     }
     let exit_code = if timed_out {
         None
@@ -169,12 +183,21 @@ pub async fn run_command(
     })
 }
 
-fn keep_line(lines: &mut VecDeque<String>, buf: &mut Vec<u8>) {
+/// Keeps a line: redacted whole first, so that cutting a long line cannot leave part of a
+/// secret behind.
+fn keep_line(lines: &mut VecDeque<String>, buf: &mut Vec<u8>, redact: &Redactor) {
     while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         buf.pop();
     }
-    buf.truncate(MAX_LINE_BYTES);
-    lines.push_back(String::from_utf8_lossy(buf).into_owned());
+    let mut line = redact.redact(&String::from_utf8_lossy(buf));
+    if line.len() > MAX_LINE_BYTES {
+        let mut cut = MAX_LINE_BYTES;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    lines.push_back(line);
     buf.clear();
     if lines.len() > MAX_OUTPUT_LINES {
         lines.pop_front();
@@ -190,6 +213,7 @@ mod tests {
             command: command.into(),
             cwd: std::env::temp_dir(),
             env: vec![("GREETING".into(), "bonjour".into())],
+            redact: Redactor::default(),
         }
     }
 

@@ -39,12 +39,14 @@ pub struct HealthTracker {
 }
 
 /// Everything a probe needs to reach one instance.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProbeTarget {
     pub port: u16,
     /// For command probes: the instance's directory and environment.
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// A failing probe's last line becomes `last_error`, which the API shows.
+    pub redact: fraisier_model::secret::Redactor,
 }
 
 /// The probe used when a service has no health check: can we connect to its port?
@@ -194,6 +196,7 @@ pub async fn probe_once(
                 command: command.clone(),
                 cwd: target.cwd.clone(),
                 env: target.env.clone(),
+                redact: target.redact.clone(),
             };
             let result = run_command(&spec, timeout, commands)
                 .await
@@ -333,6 +336,7 @@ mod tests {
             port: listener.local_addr().unwrap().port(),
             cwd: std::env::temp_dir(),
             env: Vec::new(),
+            redact: Default::default(),
         };
         let commands = RunningCommands::default();
         let timeout = Duration::from_millis(500);
@@ -354,5 +358,21 @@ mod tests {
             .await
             .is_ok());
         assert!(probe_once(&cmd, timeout, &target, &commands).await.is_err());
+        // A failing probe's output is shown by the API: a secret in it is hidden.
+        let leaky = ProbeKind::Command {
+            command: "echo \"cannot log in with $DB_PASSWORD\"; exit 1".into(),
+        };
+        let with_secret = ProbeTarget {
+            env: vec![("DB_PASSWORD".into(), "pa55word-xyz".into())],
+            redact: fraisier_model::secret::Redactor::new([("DB_PASSWORD", "pa55word-xyz")]),
+            ..target.clone()
+        };
+        let err = probe_once(&leaky, timeout, &with_secret, &commands)
+            .await
+            .unwrap_err();
+        assert!(
+            err.ends_with("cannot log in with [secret DB_PASSWORD]"),
+            "{err}"
+        );
     }
 }

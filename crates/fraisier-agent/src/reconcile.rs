@@ -485,11 +485,13 @@ impl ServiceRuntime {
                     Some(inst.port),
                     &opened,
                 ),
+                redact: opened.redactor(),
             },
             None => ProbeTarget {
                 port: inst.port,
                 cwd: release_dir,
                 env: Vec::new(),
+                redact: Default::default(),
             },
         }
     }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fraisier_model::cron::{zoneinfo_dir, CronSchedule, ScheduleZone};
-use fraisier_model::secret::Redactor;
 use fraisier_model::service::{
     ExecResult, ExecutionStatus, ObservedSchedule, ReleaseSpec, ScheduleSpec, ScheduledExecution,
 };
@@ -56,8 +55,6 @@ struct Running {
     execution: ScheduledExecution,
     /// The command's result and when it ended, sent before the reconciler is woken.
     ended: oneshot::Receiver<(std::io::Result<ExecResult>, DateTime<Utc>)>,
-    /// Hides the execution's secrets in the output it keeps.
-    redactor: Redactor,
 }
 
 /// Everything a service's reconciler needs to start an execution.
@@ -184,12 +181,7 @@ impl ScheduledJob {
                 Utc::now(),
             ),
         };
-        let Some(Running {
-            mut execution,
-            redactor,
-            ..
-        }) = self.running.take()
-        else {
+        let Some(Running { mut execution, .. }) = self.running.take() else {
             return;
         };
         execution.ended_at = Some(ended_at);
@@ -208,7 +200,6 @@ impl ScheduledJob {
                     .output
                     .into_iter()
                     .skip(skip)
-                    .map(|line| redactor.redact(&line))
                     .map(|mut line| {
                         if line.len() > KEEP_LINE_BYTES {
                             let mut cut = KEEP_LINE_BYTES;
@@ -307,6 +298,8 @@ impl ScheduledJob {
             command: release.command.clone(),
             cwd: process::working_dir(release, &launcher.release_dir),
             env,
+            // The output is kept, and shown by the API: no secret's value in it.
+            redact: redactor,
         };
         let timeout = Duration::from_millis(spec.timeout_ms);
         let commands = launcher.commands.clone();
@@ -329,11 +322,7 @@ impl ScheduledJob {
             let _ = tx.send((result, Utc::now()));
             wake.notify_one();
         });
-        self.running = Some(Running {
-            execution,
-            ended,
-            redactor,
-        });
+        self.running = Some(Running { execution, ended });
     }
 
     /// Puts `execution` in the record in place of its earlier state, newest first.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 
 use fraisier_model::secret::{self, Redactor, Sealed, SecretError, SecretKeys};
 
@@ -77,7 +77,12 @@ impl AgentSecrets {
     }
 
     fn open_one(&self, slot: &str, sealed: &Sealed) -> Result<String, SecretError> {
-        match self.keys.read().unwrap().as_ref() {
+        match self
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             Some(k) => k.open(slot, sealed),
             None => Err(SecretError::NoKey),
         }
@@ -88,7 +93,7 @@ impl AgentSecrets {
         let Some(path) = &self.path else { return false };
         match SecretKeys::load(path) {
             Ok(Some(k)) => {
-                *self.keys.write().unwrap() = Some(k);
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(k);
                 true
             }
             Ok(None) => false,

@@ -82,6 +82,9 @@ impl EngineError {
             EngineError::SelfApproval { .. } => "PERMISSION_DENIED",
             EngineError::AlreadyDecided { .. } => "ALREADY_DECIDED",
             EngineError::VariableConflict { .. } => "VARIABLE_CONFLICT",
+            EngineError::Secret(fraisier_model::secret::SecretError::External) => {
+                "SECRET_KEY_EXTERNAL"
+            }
             EngineError::Secret(_) => "INTERNAL_ERROR",
             EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
             EngineError::Store(_) => "INTERNAL_ERROR",

@@ -105,6 +105,8 @@ pub(crate) async fn execute(engine: &Engine, run: Run, cancel: watch::Receiver<O
 }
 
 async fn finish_without_steps(engine: &Engine, run: &mut Run, message: &str) {
+    let opts: RunOptions = serde_json::from_value(run.options.clone()).unwrap_or_default();
+    revert_variables(engine, run, &opts).await;
     run.status = RunStatus::Failed;
     run.error_code = Some("DEPLOYMENT_FAILED".into());
     run.error_message = Some(message.to_string());
@@ -126,6 +128,40 @@ async fn finish_without_steps(engine: &Engine, run: &mut Run, message: &str) {
         run_id: run.id,
         status: run.status,
     });
+}
+
+/// A configuration change that was not released is not kept: its variables go back to what
+/// they were, so what the API shows is what runs.
+async fn revert_variables(engine: &Engine, run: &Run, opts: &RunOptions) {
+    if run.kind != RunKind::Config || opts.revert.is_empty() {
+        return;
+    }
+    let prior: Vec<_> = opts.revert.clone().into_iter().collect();
+    let names: Vec<&str> = opts.revert.keys().map(String::as_str).collect();
+    match engine
+        .store()
+        .restore_variables(&run.tenant_id, &run.fraise, &run.environment, &prior)
+        .await
+    {
+        Ok(()) => {
+            let message = format!(
+                "The change was not released: variables put back as they were ({})",
+                names.join(", ")
+            );
+            engine
+                .log(
+                    run,
+                    LogLevel::Warn,
+                    Component::Deployment,
+                    &message,
+                    json!({ "variables": names }),
+                )
+                .await
+        }
+        Err(e) => {
+            tracing::error!(run = %run_id_string(run.id), error = %e, "cannot put variables back")
+        }
+    }
 }
 
 // === impl RunCtx ===
@@ -414,13 +450,27 @@ impl RunCtx<'_> {
     }
 
     fn release_for(&self, version: &str) -> ReleaseSpec {
-        // A version that ran before keeps the spec it ran with (command, env, source).
-        self.opts
+        let fresh = || request::release_spec(&self.fraise, &self.env, version, &self.opts);
+        // A version that ran before keeps the spec it ran with (source, command, env)...
+        let kept = self
+            .opts
             .snapshot
             .as_ref()
-            .and_then(|d| d.releases.get(version).cloned())
-            .filter(|_| version != self.run.version || self.run.kind == RunKind::Rollback)
-            .unwrap_or_else(|| request::release_spec(&self.fraise, &self.env, version, &self.opts))
+            .and_then(|d| d.releases.get(version).cloned());
+        match kept {
+            Some(spec) if version != self.run.version => spec,
+            // ...but a rollback takes today's variables and secrets: a password replaced since
+            // (perhaps because it leaked) must not come back with the old code.
+            Some(spec) if self.run.kind == RunKind::Rollback => {
+                let now = fresh();
+                ReleaseSpec {
+                    env: now.env,
+                    secrets: now.secrets,
+                    ..spec
+                }
+            }
+            _ => fresh(),
+        }
     }
 
     /// A desired state with `instances`, the releases they run, and the backup release.
@@ -430,6 +480,13 @@ impl RunCtx<'_> {
     ) -> Result<DesiredService, Failure> {
         let mut versions: BTreeSet<String> = instances.iter().map(|i| i.version.clone()).collect();
         versions.insert(self.run.version.clone());
+        // A config run's "previous version" is its own: the release kept for a later rollback
+        // stays as it was.
+        if self.run.kind == RunKind::Config {
+            if let Some(d) = &self.opts.snapshot {
+                versions.extend(d.releases.keys().cloned());
+            }
+        }
         if !self.opts.skip_backup {
             if let Some(prev) = self.previous_version() {
                 versions.insert(prev);
@@ -1304,47 +1361,8 @@ impl RunCtx<'_> {
         Ok(())
     }
 
-    /// A configuration change that was not released is not kept: its variables go back to
-    /// what they were, so what the API shows is what runs.
     async fn revert_variables(&self) {
-        if self.run.kind != RunKind::Config || self.opts.revert.is_empty() {
-            return;
-        }
-        let prior: Vec<_> = self.opts.revert.clone().into_iter().collect();
-        let names: Vec<&String> = self.opts.revert.keys().collect();
-        match self
-            .engine
-            .store()
-            .restore_variables(
-                &self.run.tenant_id,
-                &self.run.fraise,
-                &self.run.environment,
-                &prior,
-            )
-            .await
-        {
-            Ok(()) => {
-                self.engine
-                    .log(
-                        &self.run,
-                        LogLevel::Warn,
-                        Component::Deployment,
-                        &format!(
-                            "The change was not released: variables put back as they were ({})",
-                            names
-                                .iter()
-                                .map(|n| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        json!({ "variables": names }),
-                    )
-                    .await
-            }
-            Err(e) => {
-                tracing::error!(run = %run_id_string(self.run.id), error = %e, "cannot put variables back")
-            }
-        }
+        revert_variables(self.engine, &self.run, &self.opts).await
     }
 
     /// Puts the desired state back to what it was when the run started.

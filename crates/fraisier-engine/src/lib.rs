@@ -66,6 +66,10 @@ struct Inner {
     cancels: Mutex<HashMap<i64, watch::Sender<Option<String>>>>,
     /// What secrets are sealed with; replaced whole when the key is rotated.
     secret_keys: RwLock<fraisier_model::secret::SecretKeys>,
+    /// Held from "is a run active?" to "the run is recorded" by everything that starts runs or
+    /// changes what they would release (deploys, rollbacks, variables, key rotation), so that
+    /// a change of variables and the run releasing it cannot be split by another.
+    changes: tokio::sync::Mutex<()>,
 }
 
 /// What a validation found (seed 001's `POST /deployments/validate`).
@@ -102,6 +106,7 @@ impl Engine {
                 settings,
                 cancels: Mutex::new(HashMap::new()),
                 secret_keys: RwLock::new(secret_keys),
+                changes: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -124,6 +129,7 @@ impl Engine {
 
     /// Checks a deploy request and records it as a pending run, then starts executing it.
     pub async fn submit(&self, req: DeployRequest) -> Result<Run, EngineError> {
+        let _changing = self.inner.changes.lock().await;
         let new = self.prepare(&req).await?;
         self.create_and_start(new).await
     }
@@ -253,6 +259,7 @@ impl Engine {
 
     /// Records a rollback run to `to_version` (default: the previous version).
     pub async fn rollback(&self, req: RollbackRequest) -> Result<Run, EngineError> {
+        let _changing = self.inner.changes.lock().await;
         let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         let store = &self.inner.store;

@@ -4,6 +4,8 @@
 //! do not come up. Secrets are sealed here, before the store sees them.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::PoisonError;
 
 use chrono::Utc;
 use fraisier_model::names::agent_name;
@@ -24,7 +26,7 @@ pub enum VariableKind {
 }
 
 /// A change asked for through the API.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VariableChange {
     pub tenant: String,
     pub fraise: String,
@@ -34,6 +36,19 @@ pub struct VariableChange {
     pub values: BTreeMap<String, Option<String>>,
     pub triggered_by: String,
     pub trigger_type: String,
+}
+
+/// Names only: the values may be secrets.
+impl fmt::Debug for VariableChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VariableChange")
+            .field("tenant", &self.tenant)
+            .field("fraise", &self.fraise)
+            .field("environment", &self.environment)
+            .field("kind", &self.kind)
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a change did.
@@ -107,6 +122,7 @@ impl Engine {
                 });
             }
         }
+        let _changing = self.inner.changes.lock().await;
         let store = self.store();
         if let Some(active) = store
             .active_run_for(&change.tenant, &change.fraise, &change.environment)
@@ -177,12 +193,21 @@ impl Engine {
         if changed.is_empty() {
             return Ok(VariablesChanged { changed, run: None });
         }
-        let prior = changed
+        let prior: BTreeMap<String, Option<Variable>> = changed
             .iter()
             .map(|n| (n.clone(), existing.get(n).cloned()))
             .collect();
-        let run = self.reconfigure(&change, &changed, prior).await?;
-        Ok(VariablesChanged { changed, run })
+        match self.reconfigure(&change, &changed, prior.clone()).await {
+            Ok(run) => Ok(VariablesChanged { changed, run }),
+            Err(e) => {
+                // Not released, so not kept.
+                let prior: Vec<_> = prior.into_iter().collect();
+                store
+                    .restore_variables(&change.tenant, &change.fraise, &change.environment, &prior)
+                    .await?;
+                Err(e)
+            }
+        }
     }
 
     /// A `config` run of the version running now, or `None` when nothing runs there yet.
@@ -234,20 +259,11 @@ impl Engine {
             strategy_config: serde_json::to_value(&strategy_config).unwrap_or(Value::Null),
             triggered_by: change.triggered_by.clone(),
             trigger_type: change.trigger_type.clone(),
-            options: serde_json::to_value(&options).unwrap_or(Value::Null),
+            // `revert` must not be lost: a failed run could not put the variables back.
+            options: serde_json::to_value(&options).expect("plain data serializes"),
             metadata: json!({ "changed": { what: changed } }),
         };
-        match self.create_and_start(new).await {
-            Ok(run) => Ok(Some(run)),
-            Err(e) => {
-                // Another run got there first: the change is not released, so not kept.
-                let prior: Vec<_> = options.revert.into_iter().collect();
-                self.store()
-                    .restore_variables(&change.tenant, &change.fraise, &change.environment, &prior)
-                    .await?;
-                Err(e)
-            }
-        }
+        self.create_and_start(new).await.map(Some)
     }
 
     /// What a run asked for now releases: the API's plain variables and sealed secrets.
@@ -274,9 +290,17 @@ impl Engine {
         Ok(released)
     }
 
-    /// Re-seals every stored secret under the newest of `keys` (which must still hold the
-    /// old ones), then uses `keys` from now on. Returns how many values were re-sealed.
-    pub async fn rotate_secret_keys(&self, keys: SecretKeys) -> Result<usize, EngineError> {
+    /// Rotation: `add` makes (and keeps, in the key file) the keys with a new one last; every
+    /// stored secret is re-sealed with it, and it seals from then on. One at a time, and never
+    /// between a change of secrets and its run. Returns the keys and how many values were
+    /// re-sealed. (Values sealed in past runs' options and in desired states already handed
+    /// out keep their old key: after a leak, change the secrets themselves.)
+    pub async fn rotate_secret_keys(
+        &self,
+        add: impl FnOnce(&SecretKeys) -> Result<SecretKeys, secret::SecretError>,
+    ) -> Result<(SecretKeys, usize), EngineError> {
+        let _changing = self.inner.changes.lock().await;
+        let keys = add(&self.secret_keys()).map_err(EngineError::Secret)?;
         let store = self.store();
         let mut slots = store.secret_slots().await?;
         for s in &mut slots {
@@ -294,13 +318,21 @@ impl Engine {
             s.value = serde_json::to_string(&again).expect("plain data serializes");
         }
         store.reseal(&slots).await?;
-        *self.inner.secret_keys.write().unwrap() = keys;
-        Ok(slots.len())
+        *self
+            .inner
+            .secret_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = keys.clone();
+        Ok((keys, slots.len()))
     }
 
     /// The keys secrets are sealed with now.
     pub fn secret_keys(&self) -> SecretKeys {
-        self.inner.secret_keys.read().unwrap().clone()
+        self.inner
+            .secret_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -41,6 +41,9 @@ pub enum SecretError {
     KeyFile(String),
     #[error("no randomness for a nonce: {0}")]
     Random(String),
+    /// The key comes from `FRAISIER_SECRET_KEY`: the operator's to change, not ours.
+    #[error("the secret key comes from FRAISIER_SECRET_KEY; it cannot be rotated here. Unset it to use a key file in the data dir (existing secrets must then be set again)")]
+    External,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -221,18 +224,37 @@ pub const MIN_REDACTED_LEN: usize = 4;
 
 /// Replaces the values of secrets in output (hook, job, scheduled execution lines) with
 /// `[secret NAME]`, longest value first so that one secret containing another is hidden whole.
-#[derive(Clone, Debug, Default)]
+/// Output is redacted line by line, so each line of a multi-line value (a PEM key) is hidden
+/// on its own too.
+#[derive(Clone, Default)]
 pub struct Redactor {
     values: Vec<(String, String)>,
+}
+
+/// Names only.
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redactor")
+            .field(
+                "names",
+                &self.values.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Redactor {
     pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Redactor {
         let mut values: Vec<(String, String)> = secrets
             .into_iter()
+            .flat_map(|(n, v)| {
+                let lines = v.lines().filter(move |l| *l != v);
+                std::iter::once((n, v)).chain(lines.map(move |l| (n, l.trim_end_matches('\r'))))
+            })
             .filter(|(_, v)| v.len() >= MIN_REDACTED_LEN)
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
+        values.dedup();
         values.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         Redactor { values }
     }
@@ -326,6 +348,10 @@ mod tests {
             "pw=[secret B] and [secret A], no"
         );
         assert!(Redactor::new([("C", "abc")]).is_empty());
+        let pem = "-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n-----END KEY-----";
+        let r = Redactor::new([("TLS_KEY", pem)]);
+        assert_eq!(r.redact("MIIEvQIBADANBgkq"), "[secret TLS_KEY]");
+        assert!(!format!("{r:?}").contains("MIIE"));
     }
 
     #[test]

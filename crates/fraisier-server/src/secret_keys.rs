@@ -17,13 +17,8 @@ pub enum SecretKeyError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Engine(#[from] fraisier_engine::EngineError),
     #[error("no randomness for a new key: {0}")]
     Random(String),
-    /// Keys given through the environment are the operator's to change.
-    #[error("the secret key comes from FRAISIER_SECRET_KEY; it cannot be rotated here. Unset it to use a key file in the data dir (existing secrets must then be set again)")]
-    FromEnvironment,
 }
 
 pub fn key_file(data_dir: &Path) -> PathBuf {
@@ -47,26 +42,15 @@ pub fn load_or_create(data_dir: &Path) -> Result<SecretKeys, SecretKeyError> {
 /// `current` with a new key that seals from now on, written to the key file first so that
 /// the agent can open what is sealed with it. Old keys stay: values sealed with them (in
 /// desired states already handed out) keep opening.
-pub fn add_key(data_dir: &Path, current: &SecretKeys) -> Result<SecretKeys, SecretKeyError> {
+pub fn add_key(data_dir: &Path, current: &SecretKeys) -> Result<SecretKeys, SecretError> {
     if current.from_env() {
-        return Err(SecretKeyError::FromEnvironment);
+        return Err(SecretError::External);
     }
     let mut keys = current.clone();
-    let (kid, key) = new_key()?;
+    let (kid, key) = new_key().map_err(|e| SecretError::Random(e.to_string()))?;
     keys.push(kid, key);
-    save(&key_file(data_dir), &keys)?;
+    save(&key_file(data_dir), &keys).map_err(|e| SecretError::KeyFile(e.to_string()))?;
     Ok(keys)
-}
-
-/// Rotation: a new key in the key file, then every stored secret re-sealed with it.
-/// Returns the keys now in use and how many values were re-sealed.
-pub async fn rotate(
-    engine: &fraisier_engine::Engine,
-    data_dir: &Path,
-) -> Result<(SecretKeys, usize), SecretKeyError> {
-    let keys = add_key(data_dir, &engine.secret_keys())?;
-    let resealed = engine.rotate_secret_keys(keys.clone()).await?;
-    Ok((keys, resealed))
 }
 
 fn save(path: &Path, keys: &SecretKeys) -> Result<(), SecretKeyError> {

@@ -96,7 +96,7 @@ enum Command {
     Approvals,
     /// Secrets of a fraise in an environment: sealed at rest, injected into its instances
     #[command(subcommand)]
-    Secret(variables::VariableCommand),
+    Secret(variables::SecretCommand),
     /// Environment variables of a fraise in an environment, set through the API
     #[command(subcommand)]
     Env(variables::VariableCommand),
@@ -292,13 +292,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cancel(a) => commands::cancel(&ctx, a).await,
         Command::Show(a) => commands::show(&ctx, a).await,
         Command::Approve(a) => commands::decide(&ctx, a, true).await,
-        Command::Secret(c) => variables::run(&ctx, "secrets", c).await,
-        Command::Env(c) => match c {
-            variables::VariableCommand::RotateKey => {
-                Err(anyhow!("rotate-key is `fraisier secret rotate-key`"))
-            }
-            c => variables::run(&ctx, "env", c).await,
-        },
+        Command::Secret(c) => variables::secret(&ctx, c).await,
+        Command::Env(c) => variables::run(&ctx, "env", c).await,
         Command::Reject(a) => commands::decide(&ctx, a, false).await,
         Command::Approvals => commands::approvals(&ctx).await,
     }

@@ -35,9 +35,37 @@ pub enum VariableCommand {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    #[command(flatten)]
+    Variables(VariableCommand),
     /// Seal secrets with a new key (server admins; the old key keeps opening what it sealed)
     #[command(name = "rotate-key")]
     RotateKey,
+}
+
+pub async fn secret(ctx: &Ctx, cmd: SecretCommand) -> Result<ExitCode> {
+    match cmd {
+        SecretCommand::Variables(c) => run(ctx, "secrets", c).await,
+        SecretCommand::RotateKey => {
+            let c = client(ctx).await?;
+            let (_, v) = c
+                .post("/secrets/keys/rotate", &Value::Object(Map::new()))
+                .await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "secrets now sealed with key {} ({} value(s) re-sealed)",
+                    s(&v["key_id"]),
+                    s(&v["resealed"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `secrets` or `env`: the route under `/deployments/{fraise}@{environment}/`.
@@ -76,27 +104,17 @@ pub async fn run(ctx: &Ctx, what: &str, cmd: VariableCommand) -> Result<ExitCode
             }
             return Ok(ExitCode::SUCCESS);
         }
-        VariableCommand::RotateKey => {
-            let (_, v) = c
-                .post("/secrets/keys/rotate", &Value::Object(Map::new()))
-                .await?;
-            if ctx.json {
-                print_json(&v);
-            } else {
-                println!(
-                    "secrets now sealed with key {} ({} value(s) re-sealed)",
-                    s(&v["key_id"]),
-                    s(&v["resealed"])
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
         VariableCommand::Set {
             fraise,
             environment,
             assignments,
             wait,
-        } => (assignments_body(&assignments)?, fraise, environment, wait),
+        } => (
+            assignments_body(&assignments, what == "secrets")?,
+            fraise,
+            environment,
+            wait,
+        ),
         VariableCommand::Unset {
             fraise,
             environment,
@@ -125,7 +143,7 @@ pub async fn run(ctx: &Ctx, what: &str, cmd: VariableCommand) -> Result<ExitCode
 }
 
 /// `NAME=VALUE` pairs; one bare `NAME` takes its value from stdin.
-fn assignments_body(assignments: &[String]) -> Result<Map<String, Value>> {
+fn assignments_body(assignments: &[String], hide: bool) -> Result<Map<String, Value>> {
     let mut body = Map::new();
     let bare: Vec<&String> = assignments.iter().filter(|a| !a.contains('=')).collect();
     if bare.len() > 1 {
@@ -134,22 +152,38 @@ fn assignments_body(assignments: &[String]) -> Result<Map<String, Value>> {
     for a in assignments {
         let (name, value) = match a.split_once('=') {
             Some((n, v)) => (n.to_string(), v.to_string()),
-            None => (a.clone(), read_value(a)?),
+            None => (a.clone(), read_value(a, hide)?),
         };
         body.insert(name, Value::String(value));
     }
     Ok(body)
 }
 
-fn read_value(name: &str) -> Result<String> {
+/// One line of stdin; typed at a terminal, a secret is not echoed.
+fn read_value(name: &str, hide: bool) -> Result<String> {
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("value of {name}: ");
+    let typed = stdin.is_terminal();
+    let echo = |on: bool| {
+        let _ = std::process::Command::new("stty")
+            .arg(if on { "echo" } else { "-echo" })
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    if typed {
+        eprint!(
+            "value of {name}{}: ",
+            if hide { " (not shown)" } else { "" }
+        );
+        if hide {
+            echo(false);
+        }
     }
     let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .with_context(|| format!("cannot read the value of {name} from stdin"))?;
+    let read = stdin.lock().read_line(&mut line);
+    if typed && hide {
+        echo(true);
+        eprintln!();
+    }
+    read.with_context(|| format!("cannot read the value of {name} from stdin"))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }

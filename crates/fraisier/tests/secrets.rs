@@ -23,8 +23,11 @@ server:
   listen: "127.0.0.1:0"
   data_dir: "{data}"
   rate_limits: off
+roles:
+  keeper: {{ permissions: ["secret:*", "deployment:read"], environments: [staging] }}
 environments:
   production: {{}}
+  staging: {{}}
 fraises:
   app:
     command: "exec {demo}"
@@ -60,15 +63,19 @@ async fn put(s: &Server, path: &str, body: Value) -> (u16, Value, Option<String>
     (status, r.json().await.unwrap_or(Value::Null), location)
 }
 
-/// What the instances were started with, as the demo app shows it through the router.
-async fn shown(port: u16) -> Value {
-    let v: Value = reqwest::get(format!("http://127.0.0.1:{port}/"))
+/// What the demo app answers through the router.
+async fn served(port: u16) -> Value {
+    reqwest::get(format!("http://127.0.0.1:{port}/"))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    v["env"].clone()
+        .unwrap()
+}
+
+/// What the instances were started with, as the demo app shows it.
+async fn shown(port: u16) -> Value {
+    served(port).await["env"].clone()
 }
 
 /// The config run a change started: checked, then waited for.
@@ -253,8 +260,80 @@ async fn secrets_and_env_are_released_like_versions() {
     assert!(out.contains("SUCCESS"), "{out}");
     assert!(shown(port).await.get("API_TOKEN").is_none());
 
+    // A rollback takes today's secrets with the older code: a replaced password stays replaced.
+    ws.release("2.0.0", &[]);
+    let run = s
+        .deploy("app", "production", json!({"version": "2.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&run, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let (status, v, location) =
+        put(&s, secrets, json!({ "DB_PASSWORD": "rotated-after-leak" })).await;
+    assert_eq!(status, 202, "{v}");
+    let d = &v["deployment"];
+    assert_eq!(
+        (d["type"].as_str(), d["version"].as_str()),
+        (Some("config"), Some("2.0.0"))
+    );
+    assert_eq!(
+        location.as_deref(),
+        Some(&*format!(
+            "/api/v1/deployments/{}",
+            d["id"].as_str().unwrap()
+        ))
+    );
+    let done = s
+        .wait_run(d["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let (status, v) = s
+        .post(
+            "/deployments/app/production/rollback",
+            json!({ "to_version": "1.0.0" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let done = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let served = served(port).await;
+    assert_eq!(served["version"], "1.0.0");
+    assert_eq!(served["env"]["DB_PASSWORD"], "rotated-after-leak");
+
+    // Who may change secrets where: a role scoped to staging is refused in production.
+    let (status, v) = s
+        .post(
+            "/users",
+            json!({"username": "kim", "password": "kim-password-1", "roles": ["keeper"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (_, t) = s
+        .post(
+            "/auth/token",
+            json!({"username": "kim", "password": "kim-password-1"}),
+        )
+        .await;
+    let kim = t["access_token"].as_str().unwrap();
+    let r = s
+        .http
+        .put(format!("{}{secrets}", s.url))
+        .bearer_auth(kim)
+        .json(&json!({"DB_PASSWORD": "mine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "PERMISSION_DENIED");
+    assert_eq!(v["error"]["details"]["environment"], "production", "{v}");
+    assert_eq!(v["error"]["details"]["permission"], "secret:update", "{v}");
+
     // Nowhere on disk in clear: not the store, not the agent's desired states or records.
-    for needle in [SECRET, TOKEN] {
+    for needle in [SECRET, TOKEN, "rotated-after-leak"] {
         let found = files_containing(&s.data_dir, needle);
         assert!(found.is_empty(), "{needle} in clear in {found:?}");
     }

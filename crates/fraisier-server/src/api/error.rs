@@ -212,6 +212,9 @@ impl From<EngineError> for ApiError {
             EngineError::VariableConflict { name, .. } => {
                 (StatusCode::CONFLICT, json!({ "field": name }))
             }
+            EngineError::Secret(fraisier_model::secret::SecretError::External) => {
+                (StatusCode::CONFLICT, json!({}))
+            }
             EngineError::Secret(_) => return ApiError::internal(e),
             EngineError::Provider(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

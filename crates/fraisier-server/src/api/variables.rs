@@ -268,14 +268,11 @@ pub struct SecretKeyRotated {
 #[utoipa::path(post, path = "/api/v1/secrets/keys/rotate", tag = "auth",
     responses((status = 200, body = SecretKeyRotated), (status = 409, body = super::error::ErrorBody, description = "the key comes from FRAISIER_SECRET_KEY")))]
 pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<SecretKeyRotated>, ApiError> {
-    let (keys, resealed) = crate::secret_keys::rotate(&state.engine, &state.config.server.data_dir)
-        .await
-        .map_err(|e| match e {
-            crate::secret_keys::SecretKeyError::FromEnvironment => {
-                ApiError::new(StatusCode::CONFLICT, "SECRET_KEY_EXTERNAL", e.to_string())
-            }
-            e => ApiError::internal(e),
-        })?;
+    let data_dir = &state.config.server.data_dir;
+    let (keys, resealed) = state
+        .engine
+        .rotate_secret_keys(|current| crate::secret_keys::add_key(data_dir, current))
+        .await?;
     Ok(Json(SecretKeyRotated {
         key_id: keys.current_kid().unwrap_or_default().to_string(),
         key_ids: keys.kids(),
