@@ -144,7 +144,12 @@ fn concrete(path: &str, run: &str) -> String {
 
 #[tokio::test]
 async fn every_operation_refuses_who_may_not() {
-    let (_ws, s) = started("", "").await;
+    // Every permission, but only in development: the environment scope alone refuses.
+    let (_ws, s) = started(
+        "",
+        "roles:\n  dev_everything: { permissions: [\"*\"], environments: [development] }\n",
+    )
+    .await;
     let run = s
         .deploy("app", "staging", json!({"version": "1.0.0"}))
         .await;
@@ -153,6 +158,7 @@ async fn every_operation_refuses_who_may_not() {
         "success"
     );
     add_user(&s, "nobody", &[]).await;
+    add_user(&s, "devonly", &["dev_everything"]).await;
     let (_, me, _) = call(&s, "GET", "/auth/me", Auth::Token(&s.token), None).await;
     let admin_id = me["user_id"].as_i64().unwrap();
 
@@ -188,6 +194,7 @@ async fn every_operation_refuses_who_may_not() {
     let (status, doc, _) = call(&s, "GET", "/openapi.json", Auth::None, None).await;
     assert_eq!(status, 200);
     let mut checked = 0;
+    let mut scoped = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let method = method.to_uppercase();
@@ -215,7 +222,13 @@ async fn every_operation_refuses_who_may_not() {
                 continue;
             }
             let target = concrete(path, &run);
-            let body = (method != "GET" && method != "DELETE").then(|| json!({}));
+            let body = (method != "GET" && method != "DELETE").then(|| {
+                if path.ends_with("/deployments") {
+                    json!({"name": "app", "environment": "staging"})
+                } else {
+                    json!({})
+                }
+            });
             let what = format!("{method} {target}");
             for (label, auth) in [
                 ("no credential", Auth::None),
@@ -246,6 +259,21 @@ async fn every_operation_refuses_who_may_not() {
                 }
                 _ => assert_ne!(status, 401, "{what} by an authenticated user: {v}"),
             }
+            // An operation that changes what runs in an environment is refused to a role
+            // that may do it only elsewhere: no handler forgets the environment's scope.
+            if let Need::Permission(p) = route.need {
+                if p.is_restricted_by_environment() {
+                    let devonly = login(&s, "devonly", "devonly-password").await;
+                    let (status, v, _) =
+                        call(&s, &method, &target, Auth::Token(&devonly), body.clone()).await;
+                    assert_eq!(status, 403, "{what} out of the role's environments: {v}");
+                    assert_eq!(
+                        v["error"]["details"]["environment"], "staging",
+                        "{what}: {v}"
+                    );
+                    scoped += 1;
+                }
+            }
             // With the permission: never refused for want of it.
             let admin = login(&s, "admin", ADMIN_PASSWORD).await;
             let (status, v, _) =
@@ -258,6 +286,10 @@ async fn every_operation_refuses_who_may_not() {
         }
     }
     assert!(checked >= 35, "only {checked} operations were walked");
+    assert!(
+        scoped >= 9,
+        "only {scoped} environment-scoped operations were walked"
+    );
 }
 
 #[tokio::test]
