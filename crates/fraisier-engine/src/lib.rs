@@ -168,13 +168,7 @@ impl Engine {
         {
             return Err(in_progress(&active));
         }
-        let timeout_secs = req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if timeout_secs == 0 || timeout_secs > 7 * 24 * 3600 {
-            return Err(EngineError::InvalidParameters {
-                field: "timeout".into(),
-                message: "timeout must be between 1 and 604800 seconds".into(),
-            });
-        }
+        let timeout_secs = check_timeout(req.timeout_secs)?;
         let released = self
             .released(&req.tenant, &req.fraise, &req.environment)
             .await?;
@@ -209,50 +203,87 @@ impl Engine {
         })
     }
 
-    /// Seed 001's validation: every problem found, and warnings that do not block a deploy.
+    /// Seed 001's validation: every problem found at once, and warnings that do not block a
+    /// deploy. Only an unknown fraise or environment stops it: nothing else can be judged.
     pub async fn validate(&self, req: &DeployRequest) -> Validation {
         let mut v = Validation::default();
-        if let Err(e) = self.prepare(req).await {
-            let field = match &e {
-                EngineError::FraiseNotFound(_) => "name".to_string(),
-                EngineError::EnvironmentNotFound(_) | EngineError::NotInEnvironment { .. } => {
-                    "environment".into()
-                }
-                EngineError::InvalidParameters { field, .. }
-                | EngineError::InvalidSpec { field, .. } => field.clone(),
-                EngineError::ArtifactNotFound { .. } | EngineError::NoVersionKnown(_) => {
-                    "version".into()
-                }
-                EngineError::DependencyFailed { .. } => "dependencies".into(),
-                EngineError::InProgress { .. } => "name".into(),
-                _ => "name".into(),
-            };
+        let mut problem = |field: &str, e: &EngineError| {
             v.issues.push(ValidationIssue {
-                field,
+                field: match e {
+                    EngineError::InvalidParameters { field, .. }
+                    | EngineError::InvalidSpec { field, .. } => field.clone(),
+                    _ => field.to_string(),
+                },
                 message: e.to_string(),
                 severity: Some("error".into()),
-            });
-            return v;
+            })
+        };
+        let config = self.inner.config.scope(&req.tenant);
+        let (f, fe) = match request::lookup(config, &req.fraise, &req.environment) {
+            Ok(found) => found,
+            Err(e) => {
+                let field = match e {
+                    EngineError::FraiseNotFound(_) => "name",
+                    _ => "environment",
+                };
+                problem(field, &e);
+                return v;
+            }
+        };
+        if let Err(e) = request::resolve_version(f, &req.fraise, req.version.as_deref()) {
+            problem("version", &e);
         }
-        if let Ok((f, fe)) = request::lookup(
-            self.inner.config.scope(&req.tenant),
-            &req.fraise,
-            &req.environment,
-        ) {
-            if f.health_check.is_none() && f.kind == FraiseType::Api {
-                v.warnings.push(ValidationIssue {
-                    field: "health_check".into(),
-                    message: "no health check configured: instances count as healthy once their port accepts connections".into(),
-                    severity: None,
-                });
+        if let Err(e) = request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref()) {
+            problem("strategy_config", &e);
+        }
+        let mut dependencies = f.dependencies.clone();
+        for (i, d) in req.extra_dependencies.iter().enumerate() {
+            if !config.fraises.contains_key(d) {
+                problem(
+                    "dependencies",
+                    &EngineError::InvalidSpec {
+                        field: format!("dependencies[{i}]"),
+                        message: format!("dependency {d:?} is not a known fraise"),
+                    },
+                );
+            } else if !dependencies.contains(d) {
+                dependencies.push(d.clone());
             }
-            if req.strategy.unwrap_or(fe.strategy) == Strategy::Recreate {
-                v.warnings.push(ValidationIssue {
-                    field: "strategy".into(),
-                    message: "recreate stops every instance before starting the new ones: requests fail meanwhile".into(),
-                    severity: None,
-                });
+        }
+        for d in &dependencies {
+            if let Err(e) = self
+                .check_dependencies(&req.tenant, &req.environment, std::slice::from_ref(d))
+                .await
+            {
+                problem("dependencies", &e);
             }
+        }
+        if let Err(e) = check_timeout(req.timeout_secs) {
+            problem("timeout", &e);
+        }
+        match self
+            .inner
+            .store
+            .active_run_for(&req.tenant, &req.fraise, &req.environment)
+            .await
+        {
+            Ok(Some(active)) => problem("name", &in_progress(&active)),
+            Ok(None) => {}
+            Err(e) => problem("name", &EngineError::Store(e)),
+        }
+        if f.health_check.is_none() && f.kind == FraiseType::Api {
+            v.warnings.push(ValidationIssue {
+                field: "health_check".into(),
+                message: "no health check configured: instances count as healthy once their port accepts connections".into(),
+                severity: None,
+            });
+        }
+        if req.strategy.unwrap_or(fe.strategy) == Strategy::Recreate {
+            v.warnings.push(ValidationIssue {
+                field: "strategy".into(),
+                message: "recreate stops every instance before starting the new ones: requests fail meanwhile".into(),
+                severity: None,
+            });
         }
         v
     }
@@ -790,6 +821,18 @@ fn in_progress(active: &Run) -> EngineError {
         fraise: active.fraise.clone(),
         environment: active.environment.clone(),
     }
+}
+
+/// A run's time limit: the request's, within a week, or the default.
+fn check_timeout(requested: Option<u64>) -> Result<u64, EngineError> {
+    let secs = requested.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if secs == 0 || secs > 7 * 24 * 3600 {
+        return Err(EngineError::InvalidParameters {
+            field: "timeout".into(),
+            message: "timeout must be between 1 and 604800 seconds".into(),
+        });
+    }
+    Ok(secs)
 }
 
 fn version_problem_of(v: &str) -> Option<String> {

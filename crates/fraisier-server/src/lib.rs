@@ -164,6 +164,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     // The config was validated at load, roles included.
     let roles =
         Arc::new(Roles::new(&config.roles).map_err(|p| ServerError::Config(format!("{p:?}")))?);
+    // The port first: a server that cannot listen must not leave an agent behind it.
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: listen,
+            source,
+        })?;
     let agent = Arc::new(LocalAgent::new(AgentLauncher {
         program: opts.agent_program,
         state_dir: agent_dir(&data_dir),
@@ -175,13 +183,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     }
     let engine = Engine::new(store, agent, config.clone(), secrets, opts.settings);
     engine.start().await?;
-    let listen = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: listen,
-            source,
-        })?;
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());
     let state = api::AppState {

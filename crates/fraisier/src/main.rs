@@ -171,9 +171,11 @@ fn main() -> ExitCode {
         };
         tracing_subscriber::EnvFilter::new(default)
     });
+    // Colour only for a terminal: the server's and agent's logs usually go to files.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -188,10 +190,23 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: many messages already quote their cause.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 /// `--config`, then `$FRAISIER_CONFIG` (clap reads it into the same flag), then ./fraisier.yaml.
@@ -301,6 +316,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(fraisier_server::ServerError::Listen {
+            addr: "127.0.0.1:8000".parse().unwrap(),
+            source: io,
+        })
+        .context("cannot serve");
+        let text = report(&e);
+        assert_eq!(text.matches("Address already in use").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot serve: cannot listen on 127.0.0.1:8000"),
+            "{text}"
+        );
+    }
+
     use clap::CommandFactory;
 
     #[test]

@@ -138,6 +138,36 @@ async fn a_bad_configuration_stops_the_server_with_the_key_at_fault() {
 }
 
 #[tokio::test]
+async fn a_taken_port_stops_the_server_before_it_starts_an_agent() {
+    let ws = Workspace::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "")
+        .replace("listen: \"127.0.0.1:0\"", &format!("listen: \"{addr}\""));
+    std::fs::write(ws.config_path(), yaml).unwrap();
+    let out = Command::new(fraisier_bin())
+        .args(["serve", "--config"])
+        .arg(ws.config_path())
+        .env("FRAISIER_ADMIN_PASSWORD", "test-admin-password")
+        .env("FRAISIER_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    let cause = "Address already in use";
+    assert_eq!(err.matches(cause).count(), 1, "the cause once: {err}");
+    // Written to a pipe, the log has no terminal colours.
+    assert!(!err.contains('\u{1b}'), "colour codes in a log: {err:?}");
+    let agent = ws.data_dir().join("agent").join("agent.json");
+    assert!(
+        !agent.exists(),
+        "an agent was started for a server that could not listen"
+    );
+    drop(taken);
+}
+
+#[tokio::test]
 async fn the_agent_outlives_the_server_until_stopped() {
     let ws = Workspace::new();
     ws.release("1.0.0", &[]);

@@ -120,6 +120,27 @@ async fn seed_001_deploy_validate_state_health_rollback() {
         assert_eq!(v["valid"], false);
         assert_eq!(v["issues"][0]["field"], field, "{body}: {v}");
     }
+    // Every problem at once, each with its field.
+    let (status, v) = s
+        .post(
+            "/deployments/validate",
+            json!({"name": "app", "environment": "production", "version": "", "strategy": "yolo",
+                   "dependencies": ["nope"], "timeout": 0}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let mut fields: Vec<&str> = v["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["dependencies[0]", "strategy", "timeout", "version"],
+        "{v}"
+    );
     let (status, v) = s.post("/deployments/validate", json!({"name": "app", "version": "2.0.0", "environment": "production", "health_check_url": "http://localhost:8080/health"})).await;
     assert_eq!(
         (status, v["valid"].clone()),

@@ -58,6 +58,50 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut value = parse_object(bytes)?;
     normalize_keys(&mut value);
     integral_numbers(&mut value);
+    deserialize(value).map_err(|(field, message)| ApiError::invalid(field, message))
+}
+
+/// For validation, which reports every problem at once: each field that does not parse is
+/// reported and left out, and the rest parsed again. `None` when the body itself is unusable
+/// or a required field is at fault.
+pub fn parse_json_lenient<T: DeserializeOwned>(bytes: &[u8]) -> (Option<T>, Vec<(String, String)>) {
+    let mut value = match parse_object(bytes) {
+        Ok(v) => v,
+        Err(e) => return (None, vec![(field_of(&e), e.message)]),
+    };
+    normalize_keys(&mut value);
+    integral_numbers(&mut value);
+    let mut problems = Vec::new();
+    loop {
+        match deserialize(value.clone()) {
+            Ok(t) => return (Some(t), problems),
+            Err((field, message)) => {
+                // `strategy_config.steps[0]` → the top-level key `strategy_config`.
+                let key = field
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let removed = value.as_object_mut().and_then(|m| m.remove(&key)).is_some();
+                problems.push((field, message));
+                if !removed {
+                    return (None, problems);
+                }
+            }
+        }
+    }
+}
+
+fn field_of(e: &ApiError) -> String {
+    e.details
+        .get("field")
+        .and_then(Value::as_str)
+        .unwrap_or("body")
+        .to_string()
+}
+
+/// Typed, with the field at fault (`strategy_config.steps[0].weight`) and a message.
+fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -66,7 +110,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             path
         };
-        ApiError::invalid(field.clone(), format!("{field}: {inner}"))
+        let message = format!("{field}: {inner}");
+        (field, message)
     })
 }
 

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::extract::{parse_json, JsonBody, QueryMap};
+use super::extract::{parse_json_lenient, JsonBody, QueryMap};
 use super::gate::authorize;
 use super::gate::Caller;
 use super::params::{ServiceName, StrategyName, Version};
@@ -433,44 +433,44 @@ pub async fn validate(
     who: Caller,
     body: axum::body::Bytes,
 ) -> Response {
-    let invalid = |field: String, message: String| {
+    let issue = |field: String, message: String| fraisier_engine::ValidationIssue {
+        field,
+        message,
+        severity: Some("error".into()),
+    };
+    let invalid = |issues: Vec<fraisier_engine::ValidationIssue>| {
         (
             StatusCode::BAD_REQUEST,
             Json(ValidationResult {
                 valid: false,
-                issues: vec![json!({ "field": field, "message": message, "severity": "error" })],
+                issues: issues.iter().map(|i| json!(i)).collect(),
                 warnings: vec![],
             }),
         )
             .into_response()
     };
-    let spec: DeploySpec = match parse_json(&body) {
-        Ok(s) => s,
-        Err(e) => {
-            return invalid(
-                e.details
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .unwrap_or("body")
-                    .to_string(),
-                e.message,
-            )
-        }
+    // Every problem at once: fields that do not parse are reported and left out.
+    let (spec, problems) = parse_json_lenient::<DeploySpec>(&body);
+    let mut early: Vec<_> = problems.into_iter().map(|(f, m)| issue(f, m)).collect();
+    let Some(spec) = spec else {
+        return invalid(early);
     };
     let req = match deploy_request(&state, &who, spec) {
         Ok(r) => r,
         Err(e) => {
-            return invalid(
-                e.details
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .unwrap_or("name")
-                    .to_string(),
-                e.message,
-            )
+            let field = e
+                .details
+                .get("field")
+                .and_then(Value::as_str)
+                .unwrap_or("name")
+                .to_string();
+            early.push(issue(field, e.message));
+            return invalid(early);
         }
     };
     let mut v = state.engine.validate(&req).await;
+    early.append(&mut v.issues);
+    v.issues = early;
     if let Err(e) = authorize(&state, &who, Permission::DeploymentCreate, &req.environment) {
         v.issues.push(fraisier_engine::ValidationIssue {
             field: "environment".into(),
