@@ -101,6 +101,30 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.answer(req, url).await
+    }
+
+    /// POSTs raw bytes (an artifact: a file, streamed) with a content type.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: reqwest::Body,
+        content_type: &str,
+    ) -> Result<(StatusCode, Value), ApiClientError> {
+        let url = format!("{}{}", self.base, path);
+        let req = self
+            .authorize(self.http.post(&url).query(query))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.answer(req, url).await
+    }
+
+    async fn answer(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<(StatusCode, Value), ApiClientError> {
         let resp = req
             .send()
             .await

@@ -54,6 +54,22 @@ pub enum EngineError {
     VariableConflict { name: String, held_as: &'static str },
     #[error("secrets: {0}")]
     Secret(fraisier_model::secret::SecretError),
+    #[error("artifact {name}{} not found", version.as_ref().map(|v| format!(" version {v}")).unwrap_or_default())]
+    ArtifactMissing {
+        name: String,
+        version: Option<String>,
+    },
+    #[error("{0}")]
+    ArtifactConflict(String),
+    #[error("{0}")]
+    ArtifactInUse(String),
+    #[error(
+        "the artifact is larger than the server accepts ({limit} bytes; server.max_artifact_bytes)"
+    )]
+    ArtifactTooLarge { limit: u64 },
+    /// The blob store on disk failed.
+    #[error("artifact storage: {0}")]
+    Blob(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -86,6 +102,11 @@ impl EngineError {
                 "SECRET_KEY_EXTERNAL"
             }
             EngineError::Secret(_) => "INTERNAL_ERROR",
+            EngineError::ArtifactMissing { .. } => "ARTIFACT_NOT_FOUND",
+            EngineError::ArtifactConflict(_) => "ARTIFACT_CONFLICT",
+            EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
+            EngineError::ArtifactTooLarge { .. } => "ARTIFACT_TOO_LARGE",
+            EngineError::Blob(_) => "INTERNAL_ERROR",
             EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
             EngineError::Store(_) => "INTERNAL_ERROR",
             EngineError::Provider(_) => "PROVIDER_ERROR",

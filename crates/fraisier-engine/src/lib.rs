@@ -1,6 +1,7 @@
 //! Runs deployments: turns requests into durable runs, walks each strategy's plan through the
 //! provider, judges its gates, rolls back on failure, and resumes runs after a restart.
 
+mod artifacts;
 pub mod bus;
 pub mod error;
 mod executor;
@@ -23,6 +24,7 @@ use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreErro
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+pub use artifacts::{ArtifactPush, Pushed};
 pub use bus::{Bus, BusMessage, Progress};
 pub use error::EngineError;
 pub use provider::{Provider, ProviderError};
@@ -70,6 +72,8 @@ struct Inner {
     /// changes what they would release (deploys, rollbacks, variables, key rotation), so that
     /// a change of variables and the run releasing it cannot be split by another.
     changes: tokio::sync::Mutex<()>,
+    /// Artifacts' bytes, by digest.
+    blobs: fraisier_store::blobs::BlobStore,
 }
 
 /// What a validation found (seed 001's `POST /deployments/validate`).
@@ -95,6 +99,7 @@ impl Engine {
         provider: Arc<dyn Provider>,
         config: Arc<Config>,
         secret_keys: fraisier_model::secret::SecretKeys,
+        blobs: fraisier_store::blobs::BlobStore,
         settings: EngineSettings,
     ) -> Engine {
         Engine {
@@ -107,6 +112,7 @@ impl Engine {
                 cancels: Mutex::new(HashMap::new()),
                 secret_keys: RwLock::new(secret_keys),
                 changes: tokio::sync::Mutex::new(()),
+                blobs,
             }),
         }
     }

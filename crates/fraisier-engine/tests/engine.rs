@@ -149,6 +149,9 @@ async fn engine() -> (Engine, Arc<FakeProvider>) {
         provider.clone(),
         Arc::new(config),
         keys,
+        fraisier_store::blobs::BlobStore::new(
+            std::env::temp_dir().join("fraisier-engine-test-blobs"),
+        ),
         EngineSettings {
             poll_interval: Duration::from_millis(20),
             resync_interval: Duration::from_secs(5),

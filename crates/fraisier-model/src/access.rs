@@ -41,6 +41,10 @@ pub enum Permission {
     WorkspaceDelete,
     /// Rotate the token signing key.
     AuthRotate,
+    ArtifactRead,
+    /// Upload artifacts and versions.
+    ArtifactPush,
+    ArtifactDelete,
 }
 
 /// A role's grant: `resource:action`, either part `*`, or `*` alone for everything of the
@@ -214,6 +218,9 @@ impl Permission {
         Permission::WorkspaceUpdate,
         Permission::WorkspaceDelete,
         Permission::AuthRotate,
+        Permission::ArtifactRead,
+        Permission::ArtifactPush,
+        Permission::ArtifactDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -242,6 +249,9 @@ impl Permission {
             Permission::WorkspaceUpdate => "workspace:update",
             Permission::WorkspaceDelete => "workspace:delete",
             Permission::AuthRotate => "auth:rotate",
+            Permission::ArtifactRead => "artifact:read",
+            Permission::ArtifactPush => "artifact:push",
+            Permission::ArtifactDelete => "artifact:delete",
         }
     }
 

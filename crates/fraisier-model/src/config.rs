@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// Releases kept per fraise × environment beyond the running ones, for rollback.
     #[serde(default = "default_keep_releases")]
     pub keep_releases: usize,
+    /// The largest artifact an upload may carry, in bytes (default 2 GiB).
+    #[serde(default = "default_max_artifact_bytes")]
+    pub max_artifact_bytes: u64,
     /// The one algorithm tokens are signed and accepted with.
     #[serde(default)]
     pub token_algorithm: TokenAlgorithm,
@@ -271,6 +274,9 @@ fn default_token_ttl() -> Millis {
 fn default_keep_releases() -> usize {
     3
 }
+fn default_max_artifact_bytes() -> u64 {
+    2 << 30
+}
 fn yes() -> bool {
     true
 }
@@ -325,6 +331,7 @@ impl Default for ServerConfig {
             database_url: None,
             token_ttl: default_token_ttl(),
             keep_releases: default_keep_releases(),
+            max_artifact_bytes: default_max_artifact_bytes(),
             token_algorithm: TokenAlgorithm::default(),
             allowed_health_hosts: Vec::new(),
             rate_limits: RateLimits::default(),

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod analysis;
 pub mod approval;
+pub mod artifact;
 pub mod config;
 pub mod cron;
 pub mod duration;

@@ -181,7 +181,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     if let Err(e) = agent.ensure().await {
         tracing::error!(error = %e, "the local agent is not available; deployments will wait for it");
     }
-    let engine = Engine::new(store, agent, config.clone(), secrets, opts.settings);
+    let blobs = fraisier_store::blobs::BlobStore::new(data_dir.join("blobs"));
+    let engine = Engine::new(store, agent, config.clone(), secrets, blobs, opts.settings);
     engine.start().await?;
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 mod api_keys;
 mod approvals;
+mod artifacts;
 mod audit;
+pub mod blobs;
 mod events;
 mod groups;
 mod import;
@@ -26,6 +28,9 @@ mod users;
 mod variables;
 
 pub use api_keys::{ApiKey, KeyHolder, NewApiKey};
+pub use artifacts::{
+    Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, VersionConflict,
+};
 pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };

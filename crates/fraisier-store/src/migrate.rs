@@ -249,6 +249,40 @@ const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 6,
+        name: "artifacts",
+        statements: &[
+            // A named artifact of a workspace (seed 003's registry); its bytes are blobs in
+            // the data dir, named by digest.
+            "CREATE TABLE artifacts (
+            id {ID},
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            description TEXT,
+            tags TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX artifacts_name ON artifacts (tenant_id, name)",
+            // Versions are immutable: the same version always names the same bytes.
+            "CREATE TABLE artifact_versions (
+            id {ID},
+            artifact_id BIGINT NOT NULL REFERENCES artifacts (id) ON DELETE CASCADE,
+            version TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            format TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX artifact_versions_version ON artifact_versions (artifact_id, version)",
+            "CREATE INDEX artifact_versions_digest ON artifact_versions (digest)",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -76,6 +76,7 @@ store_suite! {
     audit_records_chain_and_tampering_is_found,
     workspaces_and_projects_are_declared_made_and_scoped,
     variables_change_all_or_nothing_and_restore,
+    artifact_versions_are_immutable_and_scoped,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
 }
@@ -182,6 +183,139 @@ async fn variables_change_all_or_nothing_and_restore(db: &TestDb) {
         "sealed-2"
     );
     assert_eq!(now.iter().find(|v| v.name == "A").unwrap().value, "1");
+}
+
+async fn artifact_versions_are_immutable_and_scoped(db: &TestDb) {
+    use fraisier_store::{ArtifactFilter, NewArtifactVersion, VersionConflict};
+    let s = &db.store;
+    let new =
+        |tenant: &str, name: &str, kind: &str, version: &str, digest: &str| NewArtifactVersion {
+            tenant_id: tenant.into(),
+            name: name.into(),
+            kind: kind.into(),
+            description: Some("the api".into()),
+            tags: vec!["web".into()],
+            version: version.into(),
+            digest: digest.into(),
+            size: 10,
+            format: "tar.gz".into(),
+            metadata: json!({"commit": "abc"}),
+            created_by: "ann".into(),
+        };
+    let (v, created) = s
+        .add_artifact_version(&new("t1", "api", "api", "1.0.0", "sha256:aa"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(created);
+    assert_eq!((v.version.as_str(), v.size), ("1.0.0", 10));
+    // Again with the same bytes: no change. Other bytes, or another type: refused.
+    let (_, created) = s
+        .add_artifact_version(&new("t1", "api", "api", "1.0.0", "sha256:aa"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!created);
+    assert_eq!(
+        s.add_artifact_version(&new("t1", "api", "api", "1.0.0", "sha256:bb"))
+            .await
+            .unwrap(),
+        Err(VersionConflict::Digest {
+            existing: "sha256:aa".into()
+        })
+    );
+    assert_eq!(
+        s.add_artifact_version(&new("t1", "api", "model", "2.0.0", "sha256:bb"))
+            .await
+            .unwrap(),
+        Err(VersionConflict::Kind {
+            existing: "api".into()
+        })
+    );
+    s.add_artifact_version(&new("t1", "api", "api", "1.1.0", "sha256:bb"))
+        .await
+        .unwrap()
+        .unwrap();
+    s.add_artifact_version(&new("t1", "churn", "model", "1", "sha256:aa"))
+        .await
+        .unwrap()
+        .unwrap();
+    s.add_artifact_version(&new("t2", "api", "api", "9.0.0", "sha256:cc"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let a = s.artifact("t1", "api").await.unwrap();
+    assert_eq!(
+        (a.versions, a.size, a.latest.as_deref()),
+        (2, 20, Some("1.1.0"))
+    );
+    assert_eq!(a.tags, ["web"]);
+    let (list, total) = s
+        .artifacts(
+            "t1",
+            &ArtifactFilter {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((list.len(), total), (2, 2));
+    let (models, _) = s
+        .artifacts(
+            "t1",
+            &ArtifactFilter {
+                kind: Some("model".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        models.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["churn"]
+    );
+    let (found, _) = s
+        .artifacts(
+            "t1",
+            &ArtifactFilter {
+                q: Some("CHU".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let versions = s.artifact_versions("t1", "api").await.unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| v.version.as_str())
+            .collect::<Vec<_>>(),
+        ["1.1.0", "1.0.0"]
+    );
+    assert!(matches!(
+        s.artifact("t2", "churn").await,
+        Err(StoreError::NotFound)
+    ));
+
+    s.delete_artifact_version("t1", "api", "1.0.0")
+        .await
+        .unwrap();
+    assert!(
+        s.blob_referenced("sha256:aa").await.unwrap(),
+        "churn still names it"
+    );
+    let gone = s.delete_artifact("t1", "churn").await.unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(!s.blob_referenced("sha256:aa").await.unwrap());
+    assert!(matches!(
+        s.artifact_version("t1", "api", "1.0.0").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// A fresh database; dropping it removes it (a PostgreSQL database too, even after a panic).

@@ -1,6 +1,7 @@
 //! `fraisier`: one binary that is the server (`serve`), the agent (`agent`) and the CLI.
 
 mod admin;
+mod artifacts;
 mod commands;
 mod credentials;
 mod table;
@@ -100,6 +101,9 @@ enum Command {
     /// Environment variables of a fraise in an environment, set through the API
     #[command(subcommand)]
     Env(variables::VariableCommand),
+    /// The artifact registry: push, list, download, delete versions
+    #[command(subcommand)]
+    Artifact(artifacts::ArtifactCommand),
 }
 
 #[derive(Args)]
@@ -309,6 +313,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Approve(a) => commands::decide(&ctx, a, true).await,
         Command::Secret(c) => variables::secret(&ctx, c).await,
         Command::Env(c) => variables::run(&ctx, "env", c).await,
+        Command::Artifact(c) => artifacts::run(&ctx, c).await,
         Command::Reject(a) => commands::decide(&ctx, a, false).await,
         Command::Approvals => commands::approvals(&ctx).await,
     }

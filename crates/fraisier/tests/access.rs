@@ -134,6 +134,8 @@ fn concrete(path: &str, run: &str) -> String {
             "{fraise}" | "{fraise_name}" | "{name}" => "app",
             "{environment}" | "{environment_name}" => "staging",
             "{username}" => "ghost",
+            "{version}" => "1.0.0",
+            "{type}" => "api",
             s if s.starts_with('{') => panic!("no value for {s} in {path} (segment {i})"),
             s => s,
         };

@@ -215,7 +215,18 @@ impl From<EngineError> for ApiError {
             EngineError::Secret(fraisier_model::secret::SecretError::External) => {
                 (StatusCode::CONFLICT, json!({}))
             }
-            EngineError::Secret(_) => return ApiError::internal(e),
+            EngineError::Secret(_) | EngineError::Blob(_) => return ApiError::internal(e),
+            EngineError::ArtifactMissing { name, version } => (
+                StatusCode::NOT_FOUND,
+                json!({ "artifact": name, "version": version }),
+            ),
+            EngineError::ArtifactConflict(_) | EngineError::ArtifactInUse(_) => {
+                (StatusCode::CONFLICT, json!({}))
+            }
+            EngineError::ArtifactTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "field": "body", "max_bytes": limit }),
+            ),
             EngineError::Provider(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "provider": "local" }),

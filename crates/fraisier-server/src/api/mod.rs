@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod approvals;
+pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod deployments;
@@ -81,6 +82,23 @@ pub fn router(state: AppState) -> Router {
             get(variables::env).put(variables::set_env),
         )
         .route("/secrets/keys/rotate", post(variables::rotate_key))
+        .route("/artifacts", get(artifacts::list).post(artifacts::push))
+        .route("/artifacts/types", get(artifacts::types))
+        .route("/artifacts/types/{type}", get(artifacts::type_get))
+        .route(
+            "/artifacts/types/{type}/artifacts",
+            get(artifacts::type_artifacts),
+        )
+        .route(
+            "/artifacts/{name}",
+            get(artifacts::get).delete(artifacts::delete),
+        )
+        .route("/artifacts/{name}/versions", get(artifacts::versions))
+        .route(
+            "/artifacts/{name}/versions/{version}",
+            get(artifacts::version).delete(artifacts::delete_version),
+        )
+        .route("/artifacts/{name}/download", get(artifacts::download))
         .route("/my/pending-approvals", get(approvals::mine))
         .route("/deployments/{id}/{environment}", post(deployments::create))
         .route(

@@ -9,8 +9,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{self, Need};
 use super::{
-    api_keys, approvals, audit, auth, deployments, environments, error, fraises, params, projects,
-    services, system, users, variables, workspaces,
+    api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises, params,
+    projects, services, system, users, variables, workspaces,
 };
 
 struct BearerAuth;
@@ -44,6 +44,8 @@ impl Modify for BearerAuth {
         audit::list, audit::of_deployment,
         approvals::approve, approvals::reject, approvals::mine,
         variables::secrets, variables::set_secrets, variables::env, variables::set_env, variables::rotate_key,
+        artifacts::push, artifacts::list, artifacts::get, artifacts::versions, artifacts::version, artifacts::delete_version,
+        artifacts::delete, artifacts::download, artifacts::types, artifacts::type_get, artifacts::type_artifacts,
         workspaces::list, workspaces::create, workspaces::get, workspaces::update, workspaces::delete,
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,
@@ -54,7 +56,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName, params::Name,
         fraisier_model::run::LogLevel, fraisier_model::run::Component, fraisier_model::run::RunStatus,
-        fraisier_model::run::ServiceState, fraisier_model::FraiseType)),
+        fraisier_model::run::ServiceState, fraisier_model::FraiseType, fraisier_model::artifact::ArtifactKind)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
     tags((name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),

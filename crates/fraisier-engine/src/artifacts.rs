@@ -1,0 +1,248 @@
+//! The artifact registry (seed 003): versions pushed as streams into the content-addressed
+//! blob store and recorded by digest; read back by name and version; never deleted while a
+//! service deployment of the workspace runs them.
+
+use fraisier_model::artifact::{artifact_name_problem, ArtifactFormat, ArtifactKind};
+use fraisier_model::names::version_problem;
+use fraisier_store::blobs::{BlobError, BlobStore};
+use fraisier_store::{
+    Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, StoreError, VersionConflict,
+};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::{Engine, EngineError};
+
+/// A version to push: what it is called and what it carries.
+#[derive(Clone, Debug)]
+pub struct ArtifactPush {
+    pub tenant: String,
+    pub name: String,
+    pub kind: ArtifactKind,
+    pub version: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: Value,
+    pub by: String,
+    /// Bytes accepted at most.
+    pub limit: u64,
+}
+
+/// A pushed version and whether it is new (the same bytes again are not).
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub version: ArtifactVersion,
+    pub created: bool,
+}
+
+// === impl Engine ===
+
+impl Engine {
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
+    }
+
+    /// Checks a push before its bytes are read.
+    pub fn check_push(&self, push: &ArtifactPush) -> Result<(), EngineError> {
+        if let Some(p) = artifact_name_problem(&push.name) {
+            return Err(EngineError::InvalidParameters {
+                field: "name".into(),
+                message: format!("artifact name {:?}: {p}", push.name),
+            });
+        }
+        if let Some(p) = version_problem(&push.version) {
+            return Err(EngineError::InvalidParameters {
+                field: "version".into(),
+                message: format!("version {:?}: {p}", push.version),
+            });
+        }
+        Ok(())
+    }
+
+    /// Streams a version's bytes into the blob store and records it.
+    pub async fn push_artifact(
+        &self,
+        push: &ArtifactPush,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<Pushed, EngineError> {
+        self.check_push(push)?;
+        let blob = self
+            .blobs()
+            .put(body, push.limit)
+            .await
+            .map_err(|e| match e {
+                BlobError::TooLarge { limit } => EngineError::ArtifactTooLarge { limit },
+                BlobError::Empty => EngineError::InvalidParameters {
+                    field: "body".into(),
+                    message: "the upload is empty: send the artifact's bytes as the body".into(),
+                },
+                e => EngineError::Blob(e.to_string()),
+            })?;
+        let format = self.format_of(&blob.digest).await?;
+        let recorded = self
+            .store()
+            .add_artifact_version(&NewArtifactVersion {
+                tenant_id: push.tenant.clone(),
+                name: push.name.clone(),
+                kind: push.kind.as_str().to_string(),
+                description: push.description.clone(),
+                tags: push.tags.clone(),
+                version: push.version.clone(),
+                digest: blob.digest.clone(),
+                size: blob.size,
+                format: format.as_str().to_string(),
+                metadata: push.metadata.clone(),
+                created_by: push.by.clone(),
+            })
+            .await?;
+        match recorded {
+            Ok((version, created)) => Ok(Pushed { version, created }),
+            Err(conflict) => {
+                // The bytes just stored may belong to nothing now.
+                self.forget_blob(&blob.digest).await;
+                Err(match conflict {
+                    VersionConflict::Kind { existing } => EngineError::ArtifactConflict(format!(
+                        "artifact {} is of type {existing}, not {}",
+                        push.name,
+                        push.kind.as_str()
+                    )),
+                    VersionConflict::Digest { existing } => EngineError::ArtifactConflict(format!(
+                        "version {} of {} exists with other bytes ({existing}); versions never change: push a new version",
+                        push.version, push.name
+                    )),
+                })
+            }
+        }
+    }
+
+    async fn format_of(&self, digest: &str) -> Result<ArtifactFormat, EngineError> {
+        let (mut f, _) = self
+            .blobs()
+            .open(digest)
+            .await
+            .map_err(|e| EngineError::Blob(e.to_string()))?
+            .ok_or_else(|| EngineError::Blob(format!("{digest} vanished after it was stored")))?;
+        let mut head = [0u8; 4];
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).await {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return Err(EngineError::Blob(e.to_string())),
+            }
+        }
+        Ok(ArtifactFormat::sniff(&head[..n]))
+    }
+
+    pub async fn artifacts(
+        &self,
+        tenant: &str,
+        filter: &ArtifactFilter,
+    ) -> Result<(Vec<Artifact>, u64), EngineError> {
+        Ok(self.store().artifacts(tenant, filter).await?)
+    }
+
+    pub async fn artifact(&self, tenant: &str, name: &str) -> Result<Artifact, EngineError> {
+        self.store()
+            .artifact(tenant, name)
+            .await
+            .map_err(|e| not_found(e, name, None))
+    }
+
+    pub async fn artifact_versions(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Vec<ArtifactVersion>, EngineError> {
+        self.artifact(tenant, name).await?;
+        Ok(self.store().artifact_versions(tenant, name).await?)
+    }
+
+    /// A version, or the newest when `version` is `None`.
+    pub async fn artifact_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<ArtifactVersion, EngineError> {
+        match version {
+            Some(v) => self
+                .store()
+                .artifact_version(tenant, name, v)
+                .await
+                .map_err(|e| not_found(e, name, Some(v))),
+            None => self
+                .artifact_versions(tenant, name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| EngineError::ArtifactMissing {
+                    name: name.to_string(),
+                    version: None,
+                }),
+        }
+    }
+
+    /// Removes a version (or, with `None`, the artifact and all its versions), unless a
+    /// service deployment of the workspace runs one of them; blobs no version names any more
+    /// are removed too.
+    pub async fn delete_artifact(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let doomed = match version {
+            Some(v) => vec![self.artifact_version(tenant, name, Some(v)).await?],
+            None => self.artifact_versions(tenant, name).await?,
+        };
+        for s in self.store().services(tenant).await? {
+            let running = s.fraise == name
+                && doomed
+                    .iter()
+                    .any(|d| s.current_version.as_deref() == Some(d.version.as_str()));
+            if running {
+                return Err(EngineError::ArtifactInUse(format!(
+                    "{name} {} runs in {}: deploy another version there first",
+                    s.current_version.unwrap_or_default(),
+                    s.environment
+                )));
+            }
+        }
+        let removed = match version {
+            Some(v) => vec![self
+                .store()
+                .delete_artifact_version(tenant, name, v)
+                .await
+                .map_err(|e| not_found(e, name, Some(v)))?],
+            None => self.store().delete_artifact(tenant, name).await?,
+        };
+        for v in removed {
+            self.forget_blob(&v.digest).await;
+        }
+        Ok(())
+    }
+
+    /// Removes a blob no version names; a failure only leaves a file for cleanup to find.
+    async fn forget_blob(&self, digest: &str) {
+        match self.store().blob_referenced(digest).await {
+            Ok(false) => {
+                if let Err(e) = self.blobs().remove(digest).await {
+                    tracing::warn!(%digest, error = %e, "cannot remove an unreferenced blob");
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(%digest, error = %e, "cannot tell whether a blob is used"),
+        }
+    }
+}
+
+fn not_found(e: StoreError, name: &str, version: Option<&str>) -> EngineError {
+    match e {
+        StoreError::NotFound => EngineError::ArtifactMissing {
+            name: name.to_string(),
+            version: version.map(str::to_string),
+        },
+        e => EngineError::Store(e),
+    }
+}

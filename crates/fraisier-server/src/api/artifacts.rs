@@ -1,0 +1,442 @@
+//! `/artifacts` (seed 003's registry): push a version as the raw body, list and read
+//! artifacts and their versions, download a version's bytes, delete what nothing runs, and the
+//! artifact types. Bytes are streamed in and out, never held whole.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fraisier_engine::ArtifactPush;
+use fraisier_model::artifact::ArtifactKind;
+use fraisier_store::{Artifact, ArtifactFilter, ArtifactVersion};
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio_util::io::{ReaderStream, StreamReader};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{check_text, QueryMap};
+use super::gate::{AuditNote, Caller};
+use super::views;
+use super::{AppState, Params};
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: String,
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    pub size: u64,
+    /// tar.gz | zip | file
+    pub format: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub created_at: String,
+    pub created_by: String,
+    pub download_url: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactView {
+    /// The artifact's name, which is also its id in paths.
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: &'static str,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub created: String,
+    pub updated: String,
+    pub creator: String,
+    pub versions: u64,
+    pub latest_version: Option<String>,
+    /// Bytes of all its versions.
+    pub size: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactDetails {
+    #[serde(flatten)]
+    pub artifact: ArtifactView,
+    pub version_list: Vec<VersionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactList {
+    pub artifacts: Vec<ArtifactView>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionList {
+    pub artifact: String,
+    pub versions: Vec<VersionView>,
+}
+
+/// A pushed version, with its artifact.
+#[derive(Serialize, ToSchema)]
+pub struct PushedView {
+    pub artifact: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub version: VersionView,
+    /// false when these bytes were already this version.
+    pub created: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TypeView {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub artifacts: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TypeList {
+    pub types: Vec<TypeView>,
+}
+
+fn artifact_view(a: &Artifact) -> ArtifactView {
+    ArtifactView {
+        id: a.name.clone(),
+        name: a.name.clone(),
+        kind: a.kind.clone(),
+        status: "active",
+        description: a.description.clone(),
+        tags: a.tags.clone(),
+        created: views::ts(a.created_at),
+        updated: views::ts(a.updated_at),
+        creator: a.created_by.clone(),
+        versions: a.versions,
+        latest_version: a.latest.clone(),
+        size: a.size,
+    }
+}
+
+fn version_view(name: &str, v: &ArtifactVersion) -> VersionView {
+    VersionView {
+        version: v.version.clone(),
+        digest: v.digest.clone(),
+        size: v.size,
+        format: v.format.clone(),
+        metadata: v.metadata.clone(),
+        created_at: views::ts(v.created_at),
+        created_by: v.created_by.clone(),
+        download_url: format!("/api/v1/artifacts/{name}/download?version={}", v.version),
+    }
+}
+
+fn noted(mut r: Response, name: &str) -> Response {
+    r.extensions_mut().insert(AuditNote {
+        resource: Some(format!("artifact:{name}")),
+        ..AuditNote::default()
+    });
+    r
+}
+
+#[utoipa::path(post, path = "/api/v1/artifacts", tag = "artifacts",
+    params(("name" = super::params::Name, Query, description = "the artifact (a fraise's artifact carries its name); not `types` or `storage`"),
+           ("version" = super::params::Version, Query), ("type" = Option<ArtifactKind>, Query, description = "default api"),
+           ("description" = Option<String>, Query), ("tag" = Option<String>, Query, description = "repeat for several")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bytes: a .tar.gz, a .zip, or one file"),
+    responses((status = 201, body = PushedView, headers(("Location" = String, description = "the version")),
+                  links(("GetArtifact" = (operation_id = "get_artifact", parameters(("name" = "$response.body#/artifact")))))),
+              (status = 200, body = PushedView, description = "these bytes were already this version"),
+              (status = 400, body = ErrorBody), (status = 409, body = ErrorBody, description = "the version exists with other bytes, or the artifact has another type"),
+              (status = 413, body = ErrorBody)))]
+pub async fn push(
+    State(state): State<AppState>,
+    who: Caller,
+    q: QueryMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = q
+        .text("name")
+        .ok_or_else(|| ApiError::invalid("name", "name is required (?name=…)"))?;
+    let version = q
+        .text("version")
+        .ok_or_else(|| ApiError::invalid("version", "version is required (?version=…)"))?;
+    let kind = q
+        .one_of::<ArtifactKind>("type", "api, model, client, server")?
+        .unwrap_or(ArtifactKind::Api);
+    let description = q.text("description");
+    check_text("description", &description, 2000)?;
+    let tags: Vec<String> =
+        q.0.iter()
+            .filter(|(k, v)| k == "tag" && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect();
+    let push = ArtifactPush {
+        tenant: who.workspace.clone(),
+        name,
+        kind,
+        version,
+        description,
+        tags,
+        metadata: json!({}),
+        by: who.username.clone(),
+        limit: state.config.server.max_artifact_bytes,
+    };
+    state.engine.check_push(&push)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let pushed = state
+        .engine
+        .push_artifact(&push, StreamReader::new(stream))
+        .await?;
+    let view = PushedView {
+        artifact: push.name.clone(),
+        kind: kind.as_str().to_string(),
+        version: version_view(&push.name, &pushed.version),
+        created: pushed.created,
+    };
+    let status = if pushed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut r = (status, Json(view)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "/api/v1/artifacts/{}/versions/{}",
+        push.name, push.version
+    )) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(noted(r, &push.name))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts", tag = "artifacts",
+    params(("type" = Option<ArtifactKind>, Query), ("q" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = ArtifactList), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    who: Caller,
+    q: QueryMap,
+) -> Result<Json<ArtifactList>, ApiError> {
+    let (limit, offset) = q.pagination(50)?;
+    let kind = q.one_of::<ArtifactKind>("type", "api, model, client, server")?;
+    let filter = ArtifactFilter {
+        kind: kind.map(|k| k.as_str().to_string()),
+        q: q.text("q"),
+        limit,
+        offset,
+    };
+    let (artifacts, total) = state.engine.artifacts(&who.workspace, &filter).await?;
+    Ok(Json(ArtifactList {
+        artifacts: artifacts.iter().map(artifact_view).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{name}", tag = "artifacts", operation_id = "get_artifact",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ArtifactDetails), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<ArtifactDetails>, ApiError> {
+    let a = state.engine.artifact(&who.workspace, &name).await?;
+    let versions = state
+        .engine
+        .artifact_versions(&who.workspace, &name)
+        .await?;
+    Ok(Json(ArtifactDetails {
+        artifact: artifact_view(&a),
+        version_list: versions.iter().map(|v| version_view(&name, v)).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{name}/versions", tag = "artifacts",
+    params(("name" = String, Path)),
+    responses((status = 200, body = VersionList), (status = 404, body = ErrorBody)))]
+pub async fn versions(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<VersionList>, ApiError> {
+    let versions = state
+        .engine
+        .artifact_versions(&who.workspace, &name)
+        .await?;
+    Ok(Json(VersionList {
+        versions: versions.iter().map(|v| version_view(&name, v)).collect(),
+        artifact: name,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{name}/versions/{version}", tag = "artifacts",
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = VersionView), (status = 404, body = ErrorBody)))]
+pub async fn version(
+    State(state): State<AppState>,
+    who: Caller,
+    Params((name, version)): Params<(String, String)>,
+) -> Result<Json<VersionView>, ApiError> {
+    let v = state
+        .engine
+        .artifact_version(&who.workspace, &name, Some(&version))
+        .await?;
+    Ok(Json(version_view(&name, &v)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/artifacts/{name}/versions/{version}", tag = "artifacts",
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "a service deployment runs it")))]
+pub async fn delete_version(
+    State(state): State<AppState>,
+    who: Caller,
+    Params((name, version)): Params<(String, String)>,
+) -> Result<Response, ApiError> {
+    state
+        .engine
+        .delete_artifact(&who.workspace, &name, Some(&version))
+        .await?;
+    Ok(noted(StatusCode::NO_CONTENT.into_response(), &name))
+}
+
+#[utoipa::path(delete, path = "/api/v1/artifacts/{name}", tag = "artifacts",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "deleted with all its versions"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "a service deployment runs one of its versions")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Response, ApiError> {
+    state
+        .engine
+        .delete_artifact(&who.workspace, &name, None)
+        .await?;
+    Ok(noted(StatusCode::NO_CONTENT.into_response(), &name))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{name}/download", tag = "artifacts",
+    params(("name" = String, Path), ("version" = Option<String>, Query, description = "default: the newest")),
+    responses((status = 200, description = "the bytes, with their digest in `X-Checksum-Sha256`", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 404, body = ErrorBody)))]
+pub async fn download(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
+    let version = q.text("version");
+    let v = state
+        .engine
+        .artifact_version(&who.workspace, &name, version.as_deref())
+        .await?;
+    let (file, size) = state
+        .engine
+        .blobs()
+        .open(&v.digest)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "the bytes of {name} {} ({}) are missing from the blob store",
+                v.version, v.digest
+            ))
+        })?;
+    let extension = match v.format.as_str() {
+        "tar.gz" => ".tar.gz",
+        "zip" => ".zip",
+        _ => "",
+    };
+    let mut r = Body::from_stream(ReaderStream::new(file)).into_response();
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Some(hex) = v.digest.strip_prefix("sha256:") {
+        if let Ok(h) = HeaderValue::from_str(hex) {
+            headers.insert("x-checksum-sha256", h);
+        }
+    }
+    if let Ok(h) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{name}-{}{extension}\"",
+        v.version
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, h);
+    }
+    Ok(r)
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/types", tag = "artifacts",
+    responses((status = 200, body = TypeList)))]
+pub async fn types(State(state): State<AppState>, who: Caller) -> Result<Json<TypeList>, ApiError> {
+    let mut types = Vec::new();
+    for k in ArtifactKind::ALL {
+        types.push(type_view(&state, &who, k).await?);
+    }
+    Ok(Json(TypeList { types }))
+}
+
+async fn type_view(state: &AppState, who: &Caller, k: ArtifactKind) -> Result<TypeView, ApiError> {
+    let filter = ArtifactFilter {
+        kind: Some(k.as_str().to_string()),
+        limit: 1,
+        ..ArtifactFilter::default()
+    };
+    let (_, n) = state.engine.artifacts(&who.workspace, &filter).await?;
+    Ok(TypeView {
+        name: k.as_str(),
+        description: k.description(),
+        artifacts: n,
+    })
+}
+
+fn kind_of(name: &str) -> Result<ArtifactKind, ApiError> {
+    ArtifactKind::parse(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no artifact type {name:?}: the types are api, model, client, server"),
+        )
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/types/{type}", tag = "artifacts",
+    params(("type" = ArtifactKind, Path)),
+    responses((status = 200, body = TypeView), (status = 404, body = ErrorBody)))]
+pub async fn type_get(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<TypeView>, ApiError> {
+    let k = kind_of(&name)?;
+    Ok(Json(type_view(&state, &who, k).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/types/{type}/artifacts", tag = "artifacts",
+    params(("type" = ArtifactKind, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = ArtifactList), (status = 404, body = ErrorBody)))]
+pub async fn type_artifacts(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<ArtifactList>, ApiError> {
+    let k = kind_of(&name)?;
+    let (limit, offset) = q.pagination(50)?;
+    let filter = ArtifactFilter {
+        kind: Some(k.as_str().to_string()),
+        limit,
+        offset,
+        ..ArtifactFilter::default()
+    };
+    let (artifacts, total) = state.engine.artifacts(&who.workspace, &filter).await?;
+    Ok(Json(ArtifactList {
+        artifacts: artifacts.iter().map(artifact_view).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}

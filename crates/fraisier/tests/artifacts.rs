@@ -1,0 +1,245 @@
+//! The artifact registry against the real binary: versions pushed as streams (a tarball, a
+//! 64 MiB file without the server's memory growing by as much), immutable, typed, listed,
+//! downloaded byte for byte, and not deleted while a service deployment runs them — from the
+//! API and the CLI.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn push(s: &Server, query: &str, body: Vec<u8>) -> (u16, Value, Option<String>) {
+    let r = s
+        .http
+        .post(format!("{}/artifacts?{query}", s.url))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, r.json().await.unwrap_or(Value::Null), location)
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// The server's peak resident memory, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn artifacts_are_pushed_streamed_and_kept_while_they_run() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "").replace(
+        "  rate_limits: off",
+        "  rate_limits: off\n  max_artifact_bytes: 100000000",
+    );
+    let s = Server::start(&ws, &yaml).await;
+    let pid = s.child.as_ref().unwrap().id();
+    let before = peak_rss_kib(pid);
+
+    // A tarball of a release directory.
+    let tarball = ws.path().join("app-2.0.0.tar.gz");
+    let st = Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(ws.path().join("releases/1.0.0"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = std::fs::read(&tarball).unwrap();
+    let (status, v, location) = push(&s, "name=app&version=2.0.0&tag=web", bytes.clone()).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["digest"], sha256(&tarball), "{v}");
+    assert_eq!(
+        (v["format"].as_str(), v["type"].as_str()),
+        (Some("tar.gz"), Some("api"))
+    );
+    assert_eq!(
+        location.as_deref(),
+        Some("/api/v1/artifacts/app/versions/2.0.0")
+    );
+    // The same bytes again: no change. Other bytes under that version, or another type: no.
+    let (status, v, _) = push(&s, "name=app&version=2.0.0", bytes.clone()).await;
+    assert_eq!((status, v["created"].clone()), (200, json!(false)), "{v}");
+    let (status, v, _) = push(&s, "name=app&version=2.0.0", b"other".to_vec()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("ARTIFACT_CONFLICT")),
+        "{v}"
+    );
+    let (status, v, _) = push(&s, "name=app&version=3.0.0&type=model", b"weights".to_vec()).await;
+    assert_eq!(status, 409, "{v}");
+
+    // Bad input names its field and stores nothing.
+    for (query, field) in [
+        ("version=1", "name"),
+        ("name=app", "version"),
+        ("name=types&version=1", "name"),
+        ("name=app&version=../x", "version"),
+        ("name=app&version=1&type=docker", "type"),
+    ] {
+        let (status, v, _) = push(&s, query, b"x".to_vec()).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert_eq!(v["error"]["details"]["field"], field, "{query}: {v}");
+    }
+    let (status, v, _) = push(&s, "name=app&version=4.0.0", Vec::new()).await;
+    assert_eq!(
+        (status, v["error"]["details"]["field"].as_str()),
+        (400, Some("body")),
+        "{v}"
+    );
+
+    // Too large: refused, and nothing is left half-written.
+    let (status, v, _) = push(&s, "name=big&version=1", vec![1u8; 100_000_001]).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("ARTIFACT_TOO_LARGE")),
+        "{v}"
+    );
+    let tmp = s.data_dir.join("blobs/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+
+    // 64 MiB streamed in (and 100 MB refused above): the server's peak memory does not grow
+    // by as much.
+    let big = ws.path().join("model.bin");
+    std::fs::write(&big, vec![42u8; 64 << 20]).unwrap();
+    let out = Command::new(fraisier_bin())
+        .args(["--server", &s.url, "artifact", "push"])
+        .arg(&big)
+        .args([
+            "--name",
+            "churn",
+            "--release-version",
+            "1",
+            "--type",
+            "model",
+        ])
+        .env("FRAISIER_TOKEN", &s.token)
+        .env("HOME", ws.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    println!(
+        "peak RSS at start {before} KiB, grew {grown} KiB through 100 MB refused and 64 MiB stored"
+    );
+    assert!(
+        grown < 24 << 10,
+        "the server held the upload in memory: +{grown} KiB"
+    );
+
+    // Listed, by type, read back byte for byte.
+    let (_, list) = s.get("/artifacts").await;
+    assert_eq!(list["total"], 2, "{list}");
+    let (_, models) = s.get("/artifacts?type=model").await;
+    assert_eq!(models["artifacts"][0]["name"], "churn");
+    let (_, types) = s.get("/artifacts/types").await;
+    let counts: Vec<(String, u64)> = types["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["artifacts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        counts.contains(&("api".into(), 1)) && counts.contains(&("model".into(), 1)),
+        "{types}"
+    );
+    let (status, _) = s.get("/artifacts/types/docker").await;
+    assert_eq!(status, 404);
+    let (_, a) = s.get("/artifacts/app").await;
+    assert_eq!(
+        (a["latest_version"].as_str(), a["tags"][0].as_str()),
+        (Some("2.0.0"), Some("web")),
+        "{a}"
+    );
+    let r = s
+        .http
+        .get(format!("{}/artifacts/app/download?version=2.0.0", s.url))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let checksum = r.headers()["x-checksum-sha256"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(format!("sha256:{checksum}"), sha256(&tarball));
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
+    let fetched = ws.path().join("fetched.bin");
+    let out = Command::new(fraisier_bin())
+        .args(["--server", &s.url, "artifact", "download", "churn", "-o"])
+        .arg(&fetched)
+        .env("FRAISIER_TOKEN", &s.token)
+        .env("HOME", ws.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256(&fetched), sha256(&big));
+
+    // A version a service deployment runs is kept; others go, with their bytes.
+    let run = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&run, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let (status, _, _) = push(&s, "name=app&version=1.0.0", b"the running one".to_vec()).await;
+    assert_eq!(status, 201);
+    let (status, v) = s.delete("/artifacts/app/versions/1.0.0").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("ARTIFACT_IN_USE")),
+        "{v}"
+    );
+    let (status, v) = s.delete("/artifacts/app").await;
+    assert_eq!(status, 409, "{v}");
+    let (status, _) = s.delete("/artifacts/app/versions/2.0.0").await;
+    assert_eq!(status, 204);
+    let (status, _) = s.get("/artifacts/app/versions/2.0.0").await;
+    assert_eq!(status, 404);
+    let hex = sha256(&tarball).trim_start_matches("sha256:").to_string();
+    assert!(!s
+        .data_dir
+        .join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
+        .exists());
+    let (status, _) = s.delete("/artifacts/churn").await;
+    assert_eq!(status, 204);
+}
