@@ -261,6 +261,7 @@ mod tests {
                     working_directory: None,
                     env: Default::default(),
                     secrets: Default::default(),
+                    artifact: None,
                 },
             )]
             .into(),

@@ -172,7 +172,10 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     })?;
     let _lock = claim(&dir).await?;
 
-    let releases = ReleaseStore::new(dir.releases_dir());
+    let releases = ReleaseStore::new(
+        dir.releases_dir(),
+        Arc::new(crate::fetch::Fetcher::load(dir.server_link())),
+    );
     releases.remove_debris();
     let desired = load_desired(&dir);
     let records: Vec<InstanceRecord> = read_json(&dir.instances_file())

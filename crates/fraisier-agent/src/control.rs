@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fraisier_model::names::{agent_name_problem, is_valid_name};
 use fraisier_model::service::{
-    service_key, DesiredService, ExecRequest, ExecResult, ObservedService,
+    service_key, DesiredService, ExecRequest, ExecResult, ObservedService, ServerLink,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -109,6 +109,14 @@ impl From<ReleaseError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "INVALID_ARTIFACT", e.to_string())
             }
             ReleaseError::Io { .. } => ApiError::internal("cannot install the release", e),
+            ReleaseError::Fetch(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "ARTIFACT_FETCH_FAILED",
+                e.to_string(),
+            ),
+            ReleaseError::ZipUnsupported => {
+                ApiError::new(StatusCode::BAD_REQUEST, "INVALID_ARTIFACT", e.to_string())
+            }
         }
     }
 }
@@ -123,6 +131,7 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
             put(put_service).get(get_service).delete(delete_service),
         )
         .route("/v1/exec", post(exec))
+        .route("/v1/server", put(link_server))
         .route("/v1/shutdown", post(shutdown))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -180,6 +189,34 @@ async fn health(State(agent): State<Arc<Agent>>) -> Json<Value> {
         "version": agent.info.version,
         "services": services,
     }))
+}
+
+/// Where to fetch artifacts from, and the credential to present there.
+async fn link_server(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let link: ServerLink = parse_body(body)?;
+    if !(link.url.starts_with("http://") || link.url.starts_with("https://")) {
+        return Err(ApiError::invalid(Refusal {
+            field: "url".into(),
+            message: "must be an http:// or https:// URL".into(),
+        }));
+    }
+    if link.token.is_empty() {
+        return Err(ApiError::invalid(Refusal {
+            field: "token".into(),
+            message: "must not be empty".into(),
+        }));
+    }
+    agent
+        .releases
+        .fetcher()
+        .link(link)
+        .map_err(|e| ApiError::internal("cannot keep the server link", e))?;
+    Ok(Json(
+        json!({ "linked_to": agent.releases.fetcher().linked_to() }),
+    ))
 }
 
 async fn list_services(State(agent): State<Arc<Agent>>) -> Json<Vec<ObservedService>> {

@@ -17,6 +17,7 @@ mod agent;
 mod control;
 mod error;
 mod exec;
+pub mod fetch;
 mod health;
 pub mod plan;
 pub mod process;

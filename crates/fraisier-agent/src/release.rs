@@ -13,13 +13,17 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
+use fraisier_model::artifact::ArtifactFormat;
 use fraisier_model::service::{InstalledRelease, ReleaseSpec};
 use sha2::{Digest, Sha256};
 
+use crate::fetch::Fetcher;
 use crate::state_dir::{read_json, write_json_atomic};
 
 /// Prefix of install directories not yet renamed into place; leftovers are crash debris.
 const TEMP_PREFIX: &str = ".install-";
+/// Where a fetched artifact waits to be unpacked (debris too, when a crash leaves it).
+const FETCH_PREFIX: &str = ".install-fetch-";
 
 /// The releases of every fraise on this agent.
 pub struct ReleaseStore {
@@ -30,6 +34,8 @@ pub struct ReleaseStore {
     /// `installed()` per fraise, read from disk once and forgotten by every install and
     /// prune: every reconciler pass of every service publishes it.
     listings: Arc<Listings>,
+    /// Brings artifacts from the server.
+    fetcher: Arc<Fetcher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,10 @@ pub enum ReleaseError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error("zip artifacts cannot be unpacked by the agent yet; push a .tar.gz")]
+    ZipUnsupported,
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReleaseError + 'a {
@@ -105,12 +115,17 @@ impl Listings {
 // === impl ReleaseStore ===
 
 impl ReleaseStore {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub fn new(root: impl Into<PathBuf>, fetcher: Arc<Fetcher>) -> Self {
         ReleaseStore {
             root: root.into(),
             locks: Mutex::default(),
             listings: Arc::default(),
+            fetcher,
         }
+    }
+
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     /// Where `version` of `fraise` is (or will be) unpacked.
@@ -129,13 +144,43 @@ impl ReleaseStore {
         let _held = lock.lock().await;
         let fraise_dir = self.root.join(fraise);
         let version = version.to_string();
-        let source = spec.source.clone();
+        let mut source = spec.source.clone();
+        // An artifact is fetched unless the release is there already; the fetched file is the
+        // source, and goes once it is unpacked.
+        let mut fetched_dir = None;
+        if let Some(a) = spec
+            .artifact
+            .as_ref()
+            .filter(|_| !fraise_dir.join(&version).is_dir())
+        {
+            let file = match a.format {
+                ArtifactFormat::TarGz => "artifact.tar.gz".to_string(),
+                ArtifactFormat::File => a.file_name.clone().unwrap_or_else(|| "artifact".into()),
+                ArtifactFormat::Zip => return Err(ReleaseError::ZipUnsupported),
+            };
+            let dir = fraise_dir.join(format!(
+                "{FETCH_PREFIX}{}",
+                a.digest.trim_start_matches("sha256:")
+            ));
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(io_err("create", &dir))?;
+            let path = dir.join(file);
+            if let Err(e) = self.fetcher.fetch(&a.digest, &path).await {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e.into());
+            }
+            source = Some(path);
+            fetched_dir = Some(dir);
+        }
+        let artifact = spec.artifact.as_ref().map(|a| a.digest.clone());
         let listings = self.listings.clone();
         let fraise_name = fraise.to_string();
         // The blocking install runs on even if this future is dropped; it forgets the listing
         // itself once the disk has changed.
-        tokio::task::spawn_blocking(move || {
-            let installed = install(&fraise_dir, &version, source.as_deref());
+        let installed = tokio::task::spawn_blocking(move || {
+            let installed = install(&fraise_dir, &version, source.as_deref(), artifact);
             listings.forget(&fraise_name);
             installed
         })
@@ -144,7 +189,11 @@ impl ReleaseStore {
             action: "install",
             path: PathBuf::new(),
             source: io::Error::other(e),
-        })?
+        })?;
+        if let Some(dir) = fetched_dir {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        installed
     }
 
     /// The releases of `fraise` on disk, oldest first.
@@ -261,6 +310,7 @@ fn install(
     fraise_dir: &Path,
     version: &str,
     source: Option<&Path>,
+    artifact: Option<String>,
 ) -> Result<InstalledRelease, ReleaseError> {
     let dest = fraise_dir.join(version);
     let record = record_path(fraise_dir, version);
@@ -269,7 +319,7 @@ fn install(
             return Ok(existing);
         }
         // Renamed into place but the record was not written: finish the job.
-        return write_record(&dest, &record, version);
+        return write_record(&dest, &record, version, artifact);
     }
     fs::create_dir_all(fraise_dir).map_err(io_err("create", fraise_dir))?;
     let temp = fraise_dir.join(format!("{TEMP_PREFIX}{version}-{}", std::process::id()));
@@ -280,17 +330,19 @@ fn install(
         return Err(e);
     }
     fs::rename(&temp, &dest).map_err(io_err("rename into place", &dest))?;
-    write_record(&dest, &record, version)
+    write_record(&dest, &record, version, artifact)
 }
 
 fn write_record(
     dest: &Path,
     record: &Path,
     version: &str,
+    artifact: Option<String>,
 ) -> Result<InstalledRelease, ReleaseError> {
     let installed = InstalledRelease {
         version: version.to_string(),
         digest: digest_tree(dest).map_err(io_err("digest", dest))?,
+        artifact,
         installed_at: Utc::now(),
     };
     write_json_atomic(record, &installed, 0o644).map_err(io_err("write", record))?;
@@ -522,13 +574,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         write(&src.join("index.html"), "v");
-        let store = ReleaseStore::new(dir.path().join("releases"));
+        let store = ReleaseStore::new(
+            dir.path().join("releases"),
+            Arc::new(Fetcher::load(dir.path().join("server.json"))),
+        );
         let spec = ReleaseSpec {
             source: Some(src.clone()),
             command: "true".into(),
             working_directory: None,
             env: Default::default(),
             secrets: Default::default(),
+            artifact: None,
         };
         let mut digests = Vec::new();
         for (i, v) in ["1.0.0", "1.1.0", "1.2.0", "2.0.0"].into_iter().enumerate() {

@@ -109,6 +109,11 @@ impl StateDir {
             .join(format!("{fraise}@{environment}.json"))
     }
 
+    /// The server this agent fetches artifacts from, and its credential there (0600).
+    pub fn server_link(&self) -> PathBuf {
+        self.root.join("server.json")
+    }
+
     pub fn releases_dir(&self) -> PathBuf {
         self.root.join("releases")
     }

@@ -134,6 +134,7 @@ impl Fixture {
                     working_directory: None,
                     env: BTreeMap::from([("GREETING".to_string(), format!("v{v}"))]),
                     secrets: Default::default(),
+                    artifact: None,
                 };
                 (v.to_string(), spec)
             })

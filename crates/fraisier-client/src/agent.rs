@@ -124,6 +124,13 @@ impl AgentClient {
         }
     }
 
+    /// Tells the agent where to fetch artifacts from, and with what credential.
+    pub async fn link_server(&self, link: &fraisier_model::service::ServerLink) -> Result<()> {
+        self.call::<serde_json::Value>(self.request(Method::PUT, "/v1/server").json(link))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn services(&self) -> Result<Vec<ObservedService>> {
         self.call(self.request(Method::GET, "/v1/services")).await
     }

@@ -3,7 +3,10 @@
 //! service deployment of the workspace runs them.
 
 use fraisier_model::artifact::{artifact_name_problem, ArtifactFormat, ArtifactKind};
+use fraisier_model::config::FraiseConfig;
 use fraisier_model::names::version_problem;
+use fraisier_model::service::ArtifactRef;
+use fraisier_model::FraiseType;
 use fraisier_store::blobs::{BlobError, BlobStore};
 use fraisier_store::{
     Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, StoreError, VersionConflict,
@@ -223,6 +226,86 @@ impl Engine {
         Ok(())
     }
 
+    /// The bytes a release of `version` runs, in the store: the registry's version when it has
+    /// one, else what `artifact_path` names — a directory packed, a `.tar.gz` or a file as
+    /// is — stored and recorded as that version. `None` for a fraise with neither (its
+    /// command needs no files).
+    pub(crate) async fn release_artifact(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        f: &FraiseConfig,
+        version: &str,
+    ) -> Result<Option<ArtifactRef>, EngineError> {
+        match self.store().artifact_version(tenant, fraise, version).await {
+            Ok(v) => return Ok(Some(artifact_ref(&v))),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let Some(path) = f.artifact_for(version).filter(|p| p.exists()) else {
+            return Ok(None);
+        };
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let (reader_path, packed) = if path.is_dir() {
+            let tmp = self.blobs().root().join("tmp");
+            std::fs::create_dir_all(&tmp).map_err(|e| EngineError::Blob(e.to_string()))?;
+            let packed = tmp.join(format!(
+                "pack-{fraise}-{version}-{}.tar.gz",
+                std::process::id()
+            ));
+            let (src, dest) = (path.clone(), packed.clone());
+            tokio::task::spawn_blocking(move || pack_dir(&src, &dest))
+                .await
+                .map_err(|e| EngineError::Blob(e.to_string()))?
+                .map_err(|e| EngineError::Blob(format!("cannot pack {}: {e}", path.display())))?;
+            (packed.clone(), Some(packed))
+        } else {
+            (path.clone(), None)
+        };
+        let file = tokio::fs::File::open(&reader_path)
+            .await
+            .map_err(|e| EngineError::Blob(format!("{}: {e}", reader_path.display())))?;
+        let kind = match f.kind {
+            FraiseType::Api => ArtifactKind::Api,
+            FraiseType::Etl | FraiseType::Scheduled => ArtifactKind::Server,
+        };
+        let push = ArtifactPush {
+            tenant: tenant.to_string(),
+            name: fraise.to_string(),
+            kind,
+            version: version.to_string(),
+            description: f.description.clone(),
+            tags: Vec::new(),
+            metadata: serde_json::json!({
+                "source": "artifact_path",
+                "path": path.display().to_string(),
+                "file_name": file_name,
+            }),
+            by: "fraisier".into(),
+            limit: u64::MAX,
+        };
+        let pushed = self.push_artifact(&push, file).await;
+        if let Some(p) = packed {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+        Ok(Some(artifact_ref(&pushed?.version)))
+    }
+
+    /// The versions the registry has of a fraise's artifact.
+    pub(crate) async fn registry_versions(
+        &self,
+        tenant: &str,
+        fraise: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .store()
+            .artifact_versions(tenant, fraise)
+            .await?
+            .into_iter()
+            .map(|v| v.version)
+            .collect())
+    }
+
     /// Removes a blob no version names; a failure only leaves a file for cleanup to find.
     async fn forget_blob(&self, digest: &str) {
         match self.store().blob_referenced(digest).await {
@@ -237,6 +320,23 @@ impl Engine {
     }
 }
 
+fn artifact_ref(v: &ArtifactVersion) -> ArtifactRef {
+    let format = match v.format.as_str() {
+        "tar.gz" => ArtifactFormat::TarGz,
+        "zip" => ArtifactFormat::Zip,
+        _ => ArtifactFormat::File,
+    };
+    ArtifactRef {
+        digest: v.digest.clone(),
+        format,
+        file_name: v
+            .metadata
+            .get("file_name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }
+}
+
 fn not_found(e: StoreError, name: &str, version: Option<&str>) -> EngineError {
     match e {
         StoreError::NotFound => EngineError::ArtifactMissing {
@@ -245,4 +345,38 @@ fn not_found(e: StoreError, name: &str, version: Option<&str>) -> EngineError {
         },
         e => EngineError::Store(e),
     }
+}
+
+/// Packs a directory into a gzipped tar at `dest`: entries sorted, owners and times zeroed, so
+/// that the same tree always packs to the same bytes (and the same digest).
+fn pack_dir(src: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(dest)?;
+    let gz = flate2::GzBuilder::new().write(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    append_sorted(&mut tar, src, std::path::Path::new(""))?;
+    let gz = tar.into_inner()?;
+    let file = gz.finish()?;
+    file.sync_all()
+}
+
+fn append_sorted<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    root: &std::path::Path,
+    rel: &std::path::Path,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = rel.join(e.file_name());
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            tar.append_dir(&name, e.path())?;
+            append_sorted(tar, root, &name)?;
+        } else {
+            tar.append_path_with_name(e.path(), &name)?;
+        }
+    }
+    Ok(())
 }

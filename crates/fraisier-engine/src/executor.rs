@@ -450,7 +450,12 @@ impl RunCtx<'_> {
     }
 
     fn release_for(&self, version: &str) -> ReleaseSpec {
-        let fresh = || request::release_spec(&self.fraise, &self.env, version, &self.opts);
+        let artifact = self
+            .opts
+            .artifact
+            .clone()
+            .filter(|_| version == self.run.version);
+        let fresh = || request::release_spec(&self.fraise, &self.env, &self.opts, artifact.clone());
         // A version that ran before keeps the spec it ran with (source, command, env)...
         let kept = self
             .opts

@@ -144,7 +144,8 @@ impl Engine {
     pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
         let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
-        let version = request::resolve_version(f, &req.fraise, req.version.as_deref())?;
+        let registry = self.registry_versions(&req.tenant, &req.fraise).await?;
+        let version = request::resolve_version(f, &req.fraise, req.version.as_deref(), &registry)?;
         let (strategy, strategy_config) =
             request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref())?;
         let mut dependencies = f.dependencies.clone();
@@ -178,9 +179,13 @@ impl Engine {
         let released = self
             .released(&req.tenant, &req.fraise, &req.environment)
             .await?;
+        let artifact = self
+            .release_artifact(&req.tenant, &req.fraise, f, &version)
+            .await?;
         let options = RunOptions {
             env: released.env,
             secrets: released.secrets,
+            artifact,
             skip_health_check: req.skip_health_check,
             skip_backup: req.skip_backup,
             timeout_secs,
@@ -236,7 +241,12 @@ impl Engine {
                 return v;
             }
         };
-        if let Err(e) = request::resolve_version(f, &req.fraise, req.version.as_deref()) {
+        let registry = self
+            .registry_versions(&req.tenant, &req.fraise)
+            .await
+            .unwrap_or_default();
+        if let Err(e) = request::resolve_version(f, &req.fraise, req.version.as_deref(), &registry)
+        {
             problem("version", &e);
         }
         if let Err(e) = request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref()) {
@@ -334,7 +344,12 @@ impl Engine {
                 })
             }
         };
-        if f.kind == FraiseType::Api || f.kind == FraiseType::Etl {
+        // The target's bytes: in the artifact store (or at artifact_path, from where they are
+        // stored now), or at least still unpacked on the host.
+        let artifact = self
+            .release_artifact(&req.tenant, &req.fraise, f, &target)
+            .await?;
+        if artifact.is_none() && (f.kind == FraiseType::Api || f.kind == FraiseType::Etl) {
             let kept = match self
                 .inner
                 .provider
@@ -345,11 +360,17 @@ impl Engine {
                 Ok(None) => false,
                 Err(e) => return Err(EngineError::Provider(e)),
             };
-            if !kept {
+            let listed = f.versions.contains(&target) && f.artifact_path.is_none();
+            if !kept && !listed {
                 return Err(EngineError::BackupNotFound {
                     message: format!(
-                        "release {target} of {} is not kept on the host any more (it was pruned or never deployed), so it cannot be restored",
-                        req.fraise
+                        "release {target} of {} cannot be restored: the artifact store has no such version, \
+                         {}, and the host does not keep it",
+                        req.fraise,
+                        match f.artifact_for(&target) {
+                            Some(p) => format!("nothing is at {}", p.display()),
+                            None => "the fraise has no artifact_path".to_string(),
+                        }
                     ),
                     version: Some(target),
                 });
@@ -367,6 +388,7 @@ impl Engine {
         let options = RunOptions {
             env: released.env,
             secrets: released.secrets,
+            artifact,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             rollback_on_failure: true,
             reason: req.reason.clone(),

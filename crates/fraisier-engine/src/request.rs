@@ -76,6 +76,9 @@ pub struct RunOptions {
     /// back if the run does not release them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revert: BTreeMap<String, Option<fraisier_store::Variable>>,
+    /// The bytes the run's version runs, in the artifact store (fixed when it was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<fraisier_model::service::ArtifactRef>,
 }
 
 /// What a run in a guarded environment needs before it starts, fixed when it is asked for.
@@ -191,8 +194,16 @@ pub(crate) fn resolve_version(
     f: &FraiseConfig,
     fraise: &str,
     requested: Option<&str>,
+    registry: &[String],
 ) -> Result<String, EngineError> {
-    let known = known_versions(f);
+    let mut known = known_versions(f);
+    known.extend(
+        registry
+            .iter()
+            .filter(|v| !known.contains(v))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let version = match requested {
         Some(v) => {
             if let Some(p) = version_problem(v) {
@@ -208,10 +219,14 @@ pub(crate) fn resolve_version(
             .ok_or_else(|| {
                 EngineError::NoVersionKnown(format!(
                     "no version of {fraise} is known: pass \"version\" in the request, list versions under \
-                     fraises.{fraise}.versions in fraisier.yaml, or put releases at its artifact_path"
+                     fraises.{fraise}.versions in fraisier.yaml, put releases at its artifact_path, or push \
+                     one with `fraisier artifact push --name {fraise}`"
                 ))
             })?,
     };
+    if registry.contains(&version) {
+        return Ok(version);
+    }
     match f.artifact_for(&version) {
         Some(path) if !path.exists() => Err(EngineError::ArtifactNotFound {
             message: format!("artifact for {fraise} {version} not found at {}", path.display()),
@@ -256,13 +271,13 @@ pub(crate) fn resolve_strategy(
     Ok((strategy, parsed))
 }
 
-/// A version's release as configured, with the variables and secrets set through the API
-/// (which win over the configured variables of the same name).
+/// A release as configured, with the variables and secrets set through the API (which win
+/// over the configured variables of the same name), running `artifact`.
 pub(crate) fn release_spec(
     f: &FraiseConfig,
     fe: &FraiseEnvironmentConfig,
-    version: &str,
     opts: &RunOptions,
+    artifact: Option<fraisier_model::service::ArtifactRef>,
 ) -> ReleaseSpec {
     let mut env: BTreeMap<String, String> = f.env.clone();
     env.extend(fe.env.clone());
@@ -271,7 +286,9 @@ pub(crate) fn release_spec(
         env.remove(name);
     }
     ReleaseSpec {
-        source: f.artifact_for(version),
+        // Agents fetch releases from the store by digest; nothing is read from this host's disk.
+        source: None,
+        artifact,
         command: f.command.clone().unwrap_or_default(),
         working_directory: f.working_directory.clone(),
         env,

@@ -82,6 +82,7 @@ impl Provider for FakeProvider {
                 .map(|v| InstalledRelease {
                     version: v.clone(),
                     digest: "0".into(),
+                    artifact: None,
                     installed_at: Utc::now(),
                 })
                 .collect(),

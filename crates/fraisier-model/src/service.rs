@@ -39,8 +39,12 @@ pub struct HealthCheckSpec {
 /// How to run one version: where its release comes from and the process to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseSpec {
-    /// A directory, file or `.tar.gz` copied or unpacked into the release directory.
+    /// A directory, file or `.tar.gz` on the agent's host, copied or unpacked into the
+    /// release directory (the agent's own tests; the server hands out `artifact`s).
     pub source: Option<PathBuf>,
+    /// The release's bytes in the server's artifact store, which the agent fetches by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactRef>,
     pub command: String,
     pub working_directory: Option<PathBuf>,
     #[serde(default)]
@@ -49,6 +53,34 @@ pub struct ReleaseSpec {
     /// agent only as it starts a process, never written out in clear.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, crate::secret::Sealed>,
+}
+
+/// Bytes of the server's artifact store, as a release's source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// `sha256:<hex>`: what the agent fetches and checks.
+    pub digest: String,
+    pub format: crate::artifact::ArtifactFormat,
+    /// For a single file: the name it gets in the release directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// Where an agent fetches artifacts: the server's API base URL and the credential agents
+/// present there (`X-Agent-Token`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLink {
+    pub url: String,
+    pub token: String,
+}
+
+/// The token never prints.
+impl std::fmt::Debug for ServerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerLink")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One instance the agent must keep running. `weight` 0 means running but given no new
@@ -180,6 +212,9 @@ pub struct InstalledRelease {
     pub version: String,
     /// sha256 over the unpacked tree (paths and contents), hex.
     pub digest: String,
+    /// The artifact it was unpacked from (`sha256:<hex>`), when it came from the server's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
     pub installed_at: DateTime<Utc>,
 }
 

@@ -44,6 +44,14 @@ pub enum AuthError {
     InvalidToken,
     #[error("password hashing failed")]
     Hash,
+    #[error("cannot read or write {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no randomness: {0}")]
+    Random(String),
 }
 
 /// One signing key. A rotated-out key keeps verifying the tokens it signed until they can no
@@ -308,6 +316,34 @@ pub fn api_key_hash(key: &str) -> String {
 }
 
 /// Writes a file only its owner can read, atomically.
+/// Compares two secrets in time that depends only on their lengths.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The credential agents present to fetch artifacts, kept in the data dir (0600) so that an
+/// agent linked before a restart of the server keeps fetching.
+pub fn agent_token(data_dir: &Path) -> Result<String, AuthError> {
+    let path = data_dir.join(AGENT_TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    let token = format!("fat_{}", hex::encode(bytes));
+    write_private(&path, format!("{token}\n").as_bytes()).map_err(|source| AuthError::KeyFile {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(token)
+}
+
+/// Where [`agent_token`] keeps it.
+pub const AGENT_TOKEN_FILE: &str = "agent-token";
+
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

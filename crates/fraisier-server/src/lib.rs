@@ -172,11 +172,27 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
             addr: listen,
             source,
         })?;
+    let agent_token = auth::agent_token(&data_dir)?;
+    let bound = listener.local_addr()?;
+    // The agent runs on this host: an unspecified address is reached on loopback.
+    let reach = match bound.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], bound.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port()))
+        }
+        _ => bound,
+    };
     let agent = Arc::new(LocalAgent::new(AgentLauncher {
         program: opts.agent_program,
         state_dir: agent_dir(&data_dir),
         keep_releases: config.server.keep_releases,
         secret_keys: secret_keys::key_file(&data_dir),
+        server: fraisier_model::service::ServerLink {
+            url: format!("http://{reach}/api/v1"),
+            token: agent_token.clone(),
+        },
     }));
     if let Err(e) = agent.ensure().await {
         tracing::error!(error = %e, "the local agent is not available; deployments will wait for it");
@@ -192,6 +208,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         config: config.clone(),
         roles,
         limiter: Arc::new(limits::Limiter::new(config.server.rate_limits)),
+        agent_token: Arc::new(agent_token),
         started_at: chrono::Utc::now(),
     };
     // Scripts and tests read this line to learn the port when listening on :0.

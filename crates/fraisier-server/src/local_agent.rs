@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use fraisier_client::agent::{AgentClient, AgentClientError as AgentError};
 use fraisier_engine::{Provider, ProviderError};
 use fraisier_model::service::{
-    AgentInfo, DesiredService, ExecRequest, ExecResult, ObservedService,
+    AgentInfo, DesiredService, ExecRequest, ExecResult, ObservedService, ServerLink,
 };
 use tokio::sync::Mutex;
 
@@ -21,6 +21,8 @@ pub struct AgentLauncher {
     pub keep_releases: usize,
     /// The key file the agent opens secrets with (FRAISIER_SECRET_KEY, inherited, wins).
     pub secret_keys: PathBuf,
+    /// Where the agent fetches artifacts, told to every agent this provider starts or adopts.
+    pub server: ServerLink,
 }
 
 pub struct LocalAgent {
@@ -59,15 +61,36 @@ impl LocalAgent {
             return Ok(c.clone());
         }
         if let Ok(c) = AgentClient::from_state_dir(&self.launcher.state_dir) {
-            if c.health().await.is_ok() {
-                tracing::info!(state_dir = %self.launcher.state_dir.display(), "adopted the running agent");
-                *guard = Some(c.clone());
-                return Ok(c);
+            // A live agent that is slow to answer (a loaded host) is waited for: starting a
+            // second one would only find the state dir taken.
+            let alive = read_info(&self.launcher.state_dir)
+                .is_some_and(|i| std::path::Path::new(&format!("/proc/{}", i.pid)).exists());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if c.health().await.is_ok() {
+                    tracing::info!(state_dir = %self.launcher.state_dir.display(), "adopted the running agent");
+                    self.link(&c).await?;
+                    *guard = Some(c.clone());
+                    return Ok(c);
+                }
+                if !alive || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                tracing::warn!("the agent is alive but does not answer; waiting for it");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         let c = self.start().await?;
+        self.link(&c).await?;
         *guard = Some(c.clone());
         Ok(c)
+    }
+
+    /// This server's address may have changed since the agent last heard of it.
+    async fn link(&self, c: &AgentClient) -> Result<(), ProviderError> {
+        c.link_server(&self.launcher.server)
+            .await
+            .map_err(from_agent)
     }
 
     async fn start(&self) -> Result<AgentClient, ProviderError> {

@@ -291,6 +291,18 @@ impl Store {
         Ok(versions)
     }
 
+    /// Whether a version of this workspace names these bytes.
+    pub async fn blob_in_workspace(&self, tenant: &str, digest: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM artifact_versions v JOIN artifacts a ON a.id = v.artifact_id              WHERE a.tenant_id = $1 AND v.digest = $2",
+        )
+        .bind(tenant)
+        .bind(digest)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count(&row, "n")? > 0)
+    }
+
     /// Whether any version of any workspace still names these bytes.
     pub async fn blob_referenced(&self, digest: &str) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM artifact_versions WHERE digest = $1")

@@ -1384,6 +1384,7 @@ fn desired() -> DesiredService {
                 working_directory: None,
                 env: BTreeMap::from([("RUST_LOG".to_string(), "info".to_string())]),
                 secrets: Default::default(),
+                artifact: None,
             },
         )]),
         instances: vec![

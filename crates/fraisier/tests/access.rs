@@ -135,6 +135,7 @@ fn concrete(path: &str, run: &str) -> String {
             "{environment}" | "{environment_name}" => "staging",
             "{username}" => "ghost",
             "{version}" => "1.0.0",
+            "{digest}" => "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             "{type}" => "api",
             s if s.starts_with('{') => panic!("no value for {s} in {path} (segment {i})"),
             s => s,

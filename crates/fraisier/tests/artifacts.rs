@@ -50,7 +50,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn artifacts_are_pushed_streamed_and_kept_while_they_run() {
     let ws = Workspace::new();
     ws.release("1.0.0", &[]);
-    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "").replace(
+    let port = free_port();
+    let yaml = config_yaml(&ws, port, 1, "rolling", "").replace(
         "  rate_limits: off",
         "  rate_limits: off\n  max_artifact_bytes: 100000000",
     );
@@ -221,8 +222,14 @@ async fn artifacts_are_pushed_streamed_and_kept_while_they_run() {
         s.wait_run(&run, Duration::from_secs(60)).await["status"],
         "success"
     );
-    let (status, _, _) = push(&s, "name=app&version=1.0.0", b"the running one".to_vec()).await;
-    assert_eq!(status, 201);
+    // The release came from artifact_path, through the store: packed and recorded.
+    let (status, v) = s.get("/artifacts/app/versions/1.0.0").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["format"].as_str(), v["metadata"]["source"].as_str()),
+        (Some("tar.gz"), Some("artifact_path")),
+        "{v}"
+    );
     let (status, v) = s.delete("/artifacts/app/versions/1.0.0").await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
@@ -242,4 +249,76 @@ async fn artifacts_are_pushed_streamed_and_kept_while_they_run() {
         .exists());
     let (status, _) = s.delete("/artifacts/churn").await;
     assert_eq!(status, 204);
+
+    // A version only the registry has deploys like any other: the agent fetches it.
+    let dir = ws.path().join("pushed");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("demo.env"), "DEMO_VERSION=5.0.0\n").unwrap();
+    let five = ws.path().join("app-5.0.0.tar.gz");
+    assert!(Command::new("tar")
+        .arg("czf")
+        .arg(&five)
+        .arg("-C")
+        .arg(&dir)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let (status, pushed, _) =
+        push(&s, "name=app&version=5.0.0", std::fs::read(&five).unwrap()).await;
+    assert_eq!(status, 201, "{pushed}");
+    let run = s
+        .deploy("app", "production", json!({"version": "5.0.0"}))
+        .await;
+    let done = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some("5.0.0"));
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.agent_dir().join("releases/app/5.0.0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["artifact"], pushed["digest"]);
+
+    // The blobs route: agents with their token, users for their workspace's bytes only.
+    let digest = pushed["digest"].as_str().unwrap();
+    let token = std::fs::read_to_string(s.data_dir.join("agent-token")).unwrap();
+    let get = |path: String, header: (&'static str, String)| {
+        let req = s
+            .http
+            .get(format!("{}{path}", s.url))
+            .header(header.0, header.1);
+        async move { req.send().await.unwrap() }
+    };
+    let r = get(
+        format!("/blobs/{digest}"),
+        ("x-agent-token", token.trim().to_string()),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().to_vec(),
+        std::fs::read(&five).unwrap()
+    );
+    let r = get(
+        format!("/blobs/{digest}"),
+        ("x-agent-token", "fat_forged".into()),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let r = get(
+        "/deployments".into(),
+        ("x-agent-token", token.trim().to_string()),
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        403,
+        "an agent's token reads blobs, nothing else"
+    );
+    let (status, _) = s.get(&format!("/blobs/{digest}")).await;
+    assert_eq!(status, 200, "a user of the workspace that has it");
+    let (status, _) = s
+        .get("/blobs/sha256:1111111111111111111111111111111111111111111111111111111111111111")
+        .await;
+    assert_eq!(status, 404);
 }

@@ -45,13 +45,13 @@ async fn recreate_replaces_everything_at_once() {
 }
 
 #[tokio::test]
-async fn rollback_needs_a_kept_release() {
+async fn rollback_reaches_any_version_the_store_has() {
     let ws = Workspace::new();
     for v in ["1.0.0", "2.0.0", "3.0.0", "4.0.0"] {
         ws.release(v, &[]);
     }
     let port = free_port();
-    // Keep one release beyond those the desired state pins (current and previous).
+    // Keep no release beyond those the desired state pins (current and previous).
     let yaml = config_yaml(&ws, port, 1, "rolling", "")
         .replace("  data_dir:", "  keep_releases: 0\n  data_dir:");
     let s = Server::start(&ws, &yaml).await;
@@ -62,11 +62,50 @@ async fn rollback_needs_a_kept_release() {
             "success"
         );
     }
-    // 2.0.0 is pinned as the backup of 3.0.0; 1.0.0 was pruned.
+    let releases = s.agent_dir().join("releases/app");
+    assert!(
+        !releases.join("1.0.0").exists(),
+        "1.0.0 was pruned from the host"
+    );
+    // Pruned from the host, kept in the artifact store: the agent fetches it again.
     let (status, v) = s
         .post(
             "/deployments/app/production/rollback",
             json!({"to_version": "1.0.0"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let done = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some("1.0.0"));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(releases.join("1.0.0.json")).unwrap())
+            .unwrap();
+    let (_, stored) = s.get("/artifacts/app/versions/1.0.0").await;
+    assert_eq!(
+        record["artifact"], stored["digest"],
+        "the release records its artifact"
+    );
+    // Never deployed, but at artifact_path: stored now, and reached.
+    let (status, v) = s
+        .post(
+            "/deployments/app/production/rollback",
+            json!({"to_version": "4.0.0"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let done = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some("4.0.0"));
+    // Nowhere at all: refused, saying where it looked.
+    let (status, v) = s
+        .post(
+            "/deployments/app/production/rollback",
+            json!({"to_version": "9.9.9"}),
         )
         .await;
     assert_eq!(
@@ -74,31 +113,14 @@ async fn rollback_needs_a_kept_release() {
         (400, Some("BACKUP_NOT_FOUND")),
         "{v}"
     );
-    // A deploy that skips the backup leaves nothing to roll back to.
-    let id = s
-        .deploy(
-            "app",
-            "production",
-            json!({"version": "4.0.0", "skip_backup": true}),
-        )
-        .await;
-    assert_eq!(
-        s.wait_run(&id, Duration::from_secs(60)).await["status"],
-        "success"
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("artifact store") && message.contains("releases/9.9.9"),
+        "{message}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, v) = s
-        .post("/deployments/app/production/rollback", json!({}))
-        .await;
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (400, Some("BACKUP_NOT_FOUND")),
-        "3.0.0 was not kept: {v}"
-    );
-    // Nothing was started by the refusals.
+    // Nothing was started by the refusal.
     let (_, list) = s.get("/deployments?type=rollback").await;
-    assert_eq!(list["pagination"]["total"], 4);
-    assert_eq!(router_version(port).await.as_deref(), Some("4.0.0"));
+    assert_eq!(list["pagination"]["total"], 5);
 }
 
 #[tokio::test]

@@ -369,6 +369,53 @@ pub async fn download(
     Ok(r)
 }
 
+#[utoipa::path(get, path = "/api/v1/blobs/{digest}", tag = "artifacts",
+    security(("bearer" = []), ("api_key" = []), ("agent" = [])),
+    params(("digest" = String, Path, description = "sha256:<64 hex digits>")),
+    responses((status = 200, description = "the bytes; agents fetch releases here (X-Agent-Token), users the blobs of their workspace", content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 404, body = ErrorBody)))]
+pub async fn blob(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(digest): Params<String>,
+) -> Result<Response, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ARTIFACT_NOT_FOUND",
+            format!("no blob {digest}"),
+        )
+        .with_details(json!({ "digest": digest }))
+    };
+    // Agents serve every workspace; a user sees the bytes of their workspace's versions only.
+    let agent = matches!(who.credential, super::gate::Credential::Agent);
+    if fraisier_store::blobs::digest_hex(&digest).is_none()
+        || (!agent
+            && !state
+                .engine
+                .store()
+                .blob_in_workspace(&who.workspace, &digest)
+                .await?)
+    {
+        return Err(missing());
+    }
+    let (file, size) = state
+        .engine
+        .blobs()
+        .open(&digest)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(missing)?;
+    let mut r = Body::from_stream(ReaderStream::new(file)).into_response();
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    Ok(r)
+}
+
 #[utoipa::path(get, path = "/api/v1/artifacts/types", tag = "artifacts",
     responses((status = 200, body = TypeList)))]
 pub async fn types(State(state): State<AppState>, who: Caller) -> Result<Json<TypeList>, ApiError> {

@@ -286,6 +286,8 @@ pub async fn me(State(state): State<AppState>, who: Caller) -> Json<Me> {
     let (credential, expires_at) = match &who.credential {
         Credential::Token { expires_at, .. } => ("token", Some(super::views::ts(*expires_at))),
         Credential::ApiKey { .. } => ("api_key", None),
+        // The gate lets an agent's credential reach only the blobs.
+        Credential::Agent => ("agent", None),
     };
     Json(Me {
         username: who.username.clone(),

@@ -43,7 +43,12 @@ pub enum Credential {
         id: i64,
         name: String,
     },
+    /// An agent fetching artifacts (`X-Agent-Token`): it may read blobs, nothing else.
+    Agent,
 }
+
+/// What an agent's credential allows.
+const AGENT_PERMISSIONS: &[Permission] = &[Permission::ArtifactRead];
 
 /// What a handler tells the audit trail about its request: what it acted on, and who, for the
 /// public sign-in routes where the gate knows no caller.
@@ -66,6 +71,7 @@ impl Caller {
         match &self.credential {
             Credential::Token { .. } => format!("user:{}", self.user_id),
             Credential::ApiKey { id, .. } => format!("key:{id}"),
+            Credential::Agent => "agent".into(),
         }
     }
 
@@ -73,13 +79,14 @@ impl Caller {
         match self.credential {
             Credential::Token { .. } => "user",
             Credential::ApiKey { .. } => "api_key",
+            Credential::Agent => "agent",
         }
     }
 
     fn key_name(&self) -> Option<String> {
         match &self.credential {
             Credential::ApiKey { name, .. } => Some(name.clone()),
-            Credential::Token { .. } => None,
+            Credential::Token { .. } | Credential::Agent => None,
         }
     }
 }
@@ -176,7 +183,21 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
         return response;
     }
 
-    if let Need::Permission(p) = route.need {
+    if matches!(caller.credential, Credential::Agent)
+        && !matches!(route.need, Need::Permission(p) if AGENT_PERMISSIONS.contains(&p))
+    {
+        let response = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "an agent's credential fetches artifacts and nothing else",
+        )
+        .into_response();
+        record(&state, audit, None, &response).await;
+        return response;
+    }
+    if let (Need::Permission(p), false) =
+        (route.need, matches!(caller.credential, Credential::Agent))
+    {
         if let Err(denial) = state.roles.judge(&caller.roles, p, None) {
             let response = ApiError::denied(&denial).into_response();
             record(&state, audit, None, &response).await;
@@ -277,6 +298,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Who sent the request: a bearer token or an `X-API-Key`, each checked against the store.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if let Some(presented) = headers.get("x-agent-token") {
+        return if crate::auth::same_secret(presented.as_bytes(), state.agent_token.as_bytes()) {
+            Ok(Caller {
+                user_id: 0,
+                username: "agent".into(),
+                workspace: fraisier_store::DEFAULT_TENANT.into(),
+                roles: Vec::new(),
+                credential: Credential::Agent,
+            })
+        } else {
+            Err(ApiError::unauthorized("invalid agent token"))
+        };
+    }
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     // Either credential is enough (the document lists them as alternatives); with both, the
     // token speaks and the key is ignored.

@@ -49,6 +49,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub roles: Arc<Roles>,
     pub limiter: Arc<Limiter>,
+    /// What agents present (`X-Agent-Token`) to fetch artifacts.
+    pub agent_token: Arc<String>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
             get(artifacts::version).delete(artifacts::delete_version),
         )
         .route("/artifacts/{name}/download", get(artifacts::download))
+        .route("/blobs/{digest}", get(artifacts::blob))
         .route("/my/pending-approvals", get(approvals::mine))
         .route("/deployments/{id}/{environment}", post(deployments::create))
         .route(

@@ -88,6 +88,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/artifacts/{name}/versions/{version}", may(P::ArtifactRead), "artifact.version"),
     route("DELETE", "/artifacts/{name}/versions/{version}", may(P::ArtifactDelete), "artifact.delete_version"),
     route("GET", "/artifacts/{name}/download", may(P::ArtifactRead), "artifact.download"),
+    route("GET", "/blobs/{digest}", may(P::ArtifactRead), "blob.read"),
     route("GET", "/fraises", may(P::DeploymentRead), "fraise.list"),
     route("GET", "/fraises/{name}", may(P::DeploymentRead), "fraise.read"),
     route("GET", "/fraises/{name}/status", may(P::DeploymentRead), "fraise.status"),
