@@ -320,7 +320,7 @@ impl Engine {
     }
 }
 
-fn artifact_ref(v: &ArtifactVersion) -> ArtifactRef {
+pub(crate) fn artifact_ref(v: &ArtifactVersion) -> ArtifactRef {
     let format = match v.format.as_str() {
         "tar.gz" => ArtifactFormat::TarGz,
         "zip" => ArtifactFormat::Zip,
@@ -349,7 +349,7 @@ fn not_found(e: StoreError, name: &str, version: Option<&str>) -> EngineError {
 
 /// Packs a directory into a gzipped tar at `dest`: entries sorted, owners and times zeroed, so
 /// that the same tree always packs to the same bytes (and the same digest).
-fn pack_dir(src: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn pack_dir(src: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
     let file = std::fs::File::create(dest)?;
     let gz = flate2::GzBuilder::new().write(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);

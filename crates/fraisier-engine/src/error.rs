@@ -67,6 +67,9 @@ pub enum EngineError {
         "the artifact is larger than the server accepts ({limit} bytes; server.max_artifact_bytes)"
     )]
     ArtifactTooLarge { limit: u64 },
+    /// The git repository cannot be fetched or read.
+    #[error("source: {0}")]
+    SourceUnavailable(String),
     /// The blob store on disk failed.
     #[error("artifact storage: {0}")]
     Blob(String),
@@ -107,6 +110,7 @@ impl EngineError {
             EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
             EngineError::ArtifactTooLarge { .. } => "ARTIFACT_TOO_LARGE",
             EngineError::Blob(_) => "INTERNAL_ERROR",
+            EngineError::SourceUnavailable(_) => "SOURCE_UNAVAILABLE",
             EngineError::Store(StoreError::NotFound) => "NOT_FOUND",
             EngineError::Store(_) => "INTERNAL_ERROR",
             EngineError::Provider(_) => "PROVIDER_ERROR",

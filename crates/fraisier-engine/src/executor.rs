@@ -40,6 +40,9 @@ struct Failure {
 }
 
 enum Unit {
+    /// The commit already runs there: the run ends at once.
+    AlreadyDeployed,
+    Build,
     Dependencies,
     Backup,
     PreHooks,
@@ -170,7 +173,7 @@ impl RunCtx<'_> {
     async fn drive(&mut self) -> Result<(), fraisier_store::StoreError> {
         let store = self.engine.store().clone();
         let resumed = self.run.status == RunStatus::InProgress;
-        if !resumed && !self.await_approval().await? {
+        if !resumed && !self.opts.already_deployed && !self.await_approval().await? {
             return Ok(());
         }
         if !resumed {
@@ -275,7 +278,7 @@ impl RunCtx<'_> {
                 .await;
             match self.perform(&unit).await {
                 Ok(message) => {
-                    let status = if message.as_deref() == Some("skipped") {
+                    let status = if message.as_deref().is_some_and(|m| m.starts_with("skipped")) {
                         StepStatus::Skipped
                     } else {
                         StepStatus::Completed
@@ -330,7 +333,15 @@ impl RunCtx<'_> {
     }
 
     fn units(&self) -> Vec<Unit> {
-        let mut units = vec![Unit::Dependencies, Unit::Backup];
+        if self.opts.already_deployed {
+            return vec![Unit::AlreadyDeployed];
+        }
+        // Built first: a build that fails has moved nothing.
+        let mut units = Vec::new();
+        if self.opts.build.is_some() {
+            units.push(Unit::Build);
+        }
+        units.extend([Unit::Dependencies, Unit::Backup]);
         match (self.fraise.kind, self.run.kind) {
             // A job's new environment is for its next run; a configuration change runs no
             // job and no hooks (they are for new code: migrations, cache warm-ups).
@@ -386,6 +397,11 @@ impl RunCtx<'_> {
 
     async fn perform(&mut self, unit: &Unit) -> Result<Option<String>, Failure> {
         match unit {
+            Unit::AlreadyDeployed => Ok(Some(format!(
+                "skipped: already deployed ({} runs in {}; ask with force to deploy it again)",
+                self.run.version, self.run.environment
+            ))),
+            Unit::Build => self.build().await,
             Unit::Dependencies => {
                 let deps = self.opts.dependencies.clone();
                 if deps.is_empty() {
@@ -916,6 +932,68 @@ impl RunCtx<'_> {
             .await?;
         }
         Ok(Some(format!("{} {which} hook(s) succeeded", hooks.len())))
+    }
+
+    /// Builds the run's commit into the store, unless the run's version is there already.
+    async fn build(&mut self) -> Result<Option<String>, Failure> {
+        if let Some(a) = &self.opts.artifact {
+            return Ok(Some(format!(
+                "skipped: release {} is in the store ({})",
+                self.run.version, a.digest
+            )));
+        }
+        let Some(plan) = self.opts.build.clone() else {
+            return Ok(Some("skipped: nothing to build".into()));
+        };
+        let built = self
+            .engine
+            .build_release(
+                &self.run,
+                &self.fraise,
+                &plan,
+                self.cancel.clone(),
+                self.deadline,
+            )
+            .await;
+        let built = match built {
+            Ok(b) => b,
+            Err(crate::build::BuildError::Interrupted) => {
+                self.interrupted()?;
+                return Err(failure("BUILD_FAILED", "the build was stopped", json!({})));
+            }
+            Err(e) => {
+                return Err(failure(
+                    "BUILD_FAILED",
+                    e.to_string(),
+                    json!({ "commit": plan.commit, "ref": plan.reference }),
+                ))
+            }
+        };
+        let digest = built.artifact.digest.clone();
+        if let Some(m) = self.run.metadata.as_object_mut() {
+            m.insert("artifact_digest".into(), json!(digest));
+        }
+        self.opts.artifact = Some(built.artifact);
+        self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
+        self.engine.store().save_run(&self.run).await.map_err(|e| {
+            failure(
+                "DEPLOYMENT_FAILED",
+                format!("cannot record the build: {e}"),
+                json!({}),
+            )
+        })?;
+        Ok(Some(if built.reused {
+            format!(
+                "release {} was in the store already ({digest})",
+                self.run.version
+            )
+        } else {
+            format!(
+                "built {} from {} ({digest})",
+                self.run.version,
+                &plan.commit[..plan.commit.len().min(12)]
+            )
+        }))
     }
 
     async fn job(&mut self) -> Result<Option<String>, Failure> {
@@ -1541,6 +1619,8 @@ fn strategy_config_of(run: &Run) -> Option<StrategyConfig> {
 
 fn unit_name(unit: &Unit, skip_health: bool) -> String {
     match unit {
+        Unit::AlreadyDeployed => "already deployed".into(),
+        Unit::Build => "build release".into(),
         Unit::Dependencies => "check dependencies".into(),
         Unit::Backup => "keep previous release".into(),
         Unit::PreHooks => "pre-deploy hooks".into(),

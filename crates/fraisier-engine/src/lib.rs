@@ -2,11 +2,14 @@
 //! provider, judges its gates, rolls back on failure, and resumes runs after a restart.
 
 mod artifacts;
+mod build;
 pub mod bus;
 pub mod error;
 mod executor;
+pub mod git;
 pub mod provider;
 pub mod request;
+mod source;
 mod status;
 mod variables;
 
@@ -29,7 +32,7 @@ pub use bus::{Bus, BusMessage, Progress};
 pub use error::EngineError;
 pub use provider::{Provider, ProviderError};
 pub use request::{
-    known_versions, ApprovalPolicy, DeployRequest, RollbackRequest, RunOptions,
+    known_versions, ApprovalPolicy, BuildPlan, DeployRequest, RollbackRequest, RunOptions,
     DEFAULT_TIMEOUT_SECS,
 };
 pub use status::ServiceStatus;
@@ -42,6 +45,8 @@ pub struct EngineSettings {
     pub poll_interval: Duration,
     /// How often desired states are re-pushed to the provider when nothing runs.
     pub resync_interval: Duration,
+    /// Where git mirrors and builds live (the server's data dir).
+    pub work_dir: std::path::PathBuf,
 }
 
 impl Default for EngineSettings {
@@ -49,6 +54,7 @@ impl Default for EngineSettings {
         EngineSettings {
             poll_interval: Duration::from_millis(100),
             resync_interval: Duration::from_secs(5),
+            work_dir: std::env::temp_dir().join("fraisier-work"),
         }
     }
 }
@@ -74,6 +80,7 @@ struct Inner {
     changes: tokio::sync::Mutex<()>,
     /// Artifacts' bytes, by digest.
     blobs: fraisier_store::blobs::BlobStore,
+    mirrors: git::Mirrors,
 }
 
 /// What a validation found (seed 001's `POST /deployments/validate`).
@@ -108,11 +115,12 @@ impl Engine {
                 provider,
                 config,
                 bus: Bus::new(),
-                settings,
                 cancels: Mutex::new(HashMap::new()),
                 secret_keys: RwLock::new(secret_keys),
                 changes: tokio::sync::Mutex::new(()),
                 blobs,
+                mirrors: git::Mirrors::new(settings.work_dir.join("git")),
+                settings,
             }),
         }
     }
@@ -144,8 +152,14 @@ impl Engine {
     pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
         let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
-        let registry = self.registry_versions(&req.tenant, &req.fraise).await?;
-        let version = request::resolve_version(f, &req.fraise, req.version.as_deref(), &registry)?;
+        let source = self.resolve_source(req, f).await?;
+        let version = match &source {
+            Some(s) => s.version.clone(),
+            None => {
+                let registry = self.registry_versions(&req.tenant, &req.fraise).await?;
+                request::resolve_version(f, &req.fraise, req.version.as_deref(), &registry)?
+            }
+        };
         let (strategy, strategy_config) =
             request::resolve_strategy(fe, req.strategy, req.strategy_config.as_ref())?;
         let mut dependencies = f.dependencies.clone();
@@ -182,10 +196,32 @@ impl Engine {
         let artifact = self
             .release_artifact(&req.tenant, &req.fraise, f, &version)
             .await?;
+        let current = service.as_ref().and_then(|s| s.current_version.clone());
+        let mut metadata = match &req.metadata {
+            Value::Object(_) => req.metadata.clone(),
+            _ => json!({}),
+        };
+        if let Some(a) = &artifact {
+            metadata["artifact_digest"] = json!(a.digest);
+        }
+        let (build, already_deployed) = match &source {
+            Some(s) => {
+                metadata["commit"] = json!(s.plan.commit);
+                metadata["ref"] = json!(s.plan.reference);
+                metadata["repository"] = json!(s.plan.url);
+                (
+                    artifact.is_none().then(|| s.plan.clone()),
+                    !req.force && current.as_deref() == Some(version.as_str()),
+                )
+            }
+            None => (None, false),
+        };
         let options = RunOptions {
             env: released.env,
             secrets: released.secrets,
             artifact,
+            build,
+            already_deployed,
             skip_health_check: req.skip_health_check,
             skip_backup: req.skip_backup,
             timeout_secs,
@@ -200,17 +236,13 @@ impl Engine {
             environment: req.environment.clone(),
             kind: RunKind::Deploy,
             version,
-            previous_version: service.and_then(|s| s.current_version),
+            previous_version: current,
             strategy: strategy.as_str().to_string(),
             strategy_config: serde_json::to_value(&strategy_config).unwrap_or(Value::Null),
             triggered_by: req.triggered_by.clone(),
             trigger_type: req.trigger_type.clone(),
             options: serde_json::to_value(&options).unwrap_or(Value::Null),
-            metadata: if req.metadata.is_null() {
-                json!({})
-            } else {
-                req.metadata.clone()
-            },
+            metadata,
         })
     }
 

@@ -34,6 +34,10 @@ pub struct DeployRequest {
     pub metadata: Value,
     pub triggered_by: String,
     pub trigger_type: String,
+    /// For a fraise built from git: a branch or tag to deploy, resolved now.
+    pub git_ref: Option<String>,
+    /// Deploy even when the commit already runs there.
+    pub force: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -76,9 +80,24 @@ pub struct RunOptions {
     /// back if the run does not release them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revert: BTreeMap<String, Option<fraisier_store::Variable>>,
-    /// The bytes the run's version runs, in the artifact store (fixed when it was asked for).
+    /// The bytes the run's version runs, in the artifact store (fixed when it was asked for,
+    /// or by the run's build step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<fraisier_model::service::ArtifactRef>,
+    /// A commit to build into the run's version first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildPlan>,
+    /// The commit already runs there: the run ends at once (`skipped: already deployed`).
+    #[serde(default)]
+    pub already_deployed: bool,
+}
+
+/// What a run builds: a commit of a repository, named by the ref it was asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildPlan {
+    pub url: String,
+    pub commit: String,
+    pub reference: String,
 }
 
 /// What a run in a guarded environment needs before it starts, fixed when it is asked for.

@@ -156,6 +156,7 @@ async fn engine() -> (Engine, Arc<FakeProvider>) {
         EngineSettings {
             poll_interval: Duration::from_millis(20),
             resync_interval: Duration::from_secs(5),
+            ..EngineSettings::default()
         },
     );
     (engine, provider)

@@ -163,6 +163,18 @@ pub struct FraiseConfig {
     /// Where releases come from; `{version}` is replaced by the version.
     #[serde(default)]
     pub artifact_path: Option<String>,
+    /// Releases built from a git repository instead (exclusive with `artifact_path`).
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
+    /// Run in a clean checkout of the commit to deploy (`sh -c`); its output goes to the
+    /// run's log.
+    #[serde(default)]
+    pub build: Option<String>,
+    #[serde(default = "default_build_timeout")]
+    pub build_timeout: Millis,
+    /// What of the built tree becomes the release (default: all of it).
+    #[serde(default)]
+    pub artifact: Option<ArtifactConfig>,
     #[serde(default)]
     pub versions: Vec<String>,
     #[serde(default)]
@@ -190,6 +202,32 @@ pub struct FraiseConfig {
     pub stop_grace: Millis,
     #[serde(default)]
     pub environments: BTreeMap<String, FraiseEnvironmentConfig>,
+}
+
+/// Where a fraise's releases are built from.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub git: GitSourceConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSourceConfig {
+    /// `https://…`, `ssh://…`, `git@host:path` or `file:///…`; default: the `git_provider`'s
+    /// URL for `git_repo`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Deployed when a request names no version or ref (default `git_branch`, else `main`).
+    #[serde(default)]
+    pub branch: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactConfig {
+    /// A directory of the built tree, relative to its root (`dist/`).
+    pub path: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -273,6 +311,26 @@ fn default_token_ttl() -> Millis {
 }
 fn default_keep_releases() -> usize {
     3
+}
+/// Why a repository URL is refused: only schemes git fetches without a shell, and no
+/// option-like or control characters (the URL reaches `git` as an argument).
+pub fn git_url_problem(url: &str) -> Option<String> {
+    if url.starts_with('-') || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Some("must not start with '-' or contain spaces or control characters".into());
+    }
+    let scp_like = url.contains('@') && url.contains(':') && !url.contains("://");
+    if !(scp_like
+        || ["https://", "http://", "ssh://", "git://", "file://"]
+            .iter()
+            .any(|s| url.starts_with(s)))
+    {
+        return Some("must be an https://, ssh://, git://, file:// URL or user@host:path".into());
+    }
+    None
+}
+
+fn default_build_timeout() -> Millis {
+    Millis::from_secs(30 * 60)
 }
 fn default_max_artifact_bytes() -> u64 {
     2 << 30
@@ -576,6 +634,51 @@ fn validate_workspace(
                 );
             }
         }
+        if f.source.is_some() {
+            if f.artifact_path.is_some() {
+                bad(
+                    format!("{at}.source"),
+                    "a fraise takes its releases from source or from artifact_path, not both"
+                        .into(),
+                );
+            }
+            match f.git_url() {
+                None => bad(
+                    format!("{at}.source.git.url"),
+                    "give the repository's url, or git_repo (with git_provider)".into(),
+                ),
+                Some(url) => {
+                    if let Some(p) = git_url_problem(&url) {
+                        bad(format!("{at}.source.git.url"), p);
+                    }
+                }
+            }
+        }
+        if (f.build.is_some() || f.artifact.is_some()) && f.source.is_none() {
+            bad(
+                format!("{at}.build"),
+                "build and artifact apply to releases built from a source: add source.git".into(),
+            );
+        }
+        if let Some(a) = &f.artifact {
+            let p = Path::new(&a.path);
+            if a.path.is_empty()
+                || p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                bad(
+                    format!("{at}.artifact.path"),
+                    "a directory inside the built tree, e.g. dist/".into(),
+                );
+            }
+        }
+        if f.build_timeout.0 == 0 || f.build_timeout.0 > 24 * 3_600_000 {
+            bad(
+                format!("{at}.build_timeout"),
+                "must be more than 0 and at most 24h".into(),
+            );
+        }
         if f.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
             bad(
                 format!("{at}.command"),
@@ -722,6 +825,32 @@ impl FraiseConfig {
             healthy_threshold: hc.healthy_threshold,
             unhealthy_threshold: hc.unhealthy_threshold,
         })
+    }
+
+    /// The git repository releases are built from, if any: `source.git.url`, else the
+    /// provider's URL for `git_repo`.
+    pub fn git_url(&self) -> Option<String> {
+        let git = &self.source.as_ref()?.git;
+        if let Some(url) = &git.url {
+            return Some(url.clone());
+        }
+        let repo = self.git_repo.as_deref()?;
+        let host = match self.git_provider.as_deref().unwrap_or("github") {
+            "gitlab" => "gitlab.com",
+            "bitbucket" => "bitbucket.org",
+            "codeberg" | "forgejo" => "codeberg.org",
+            _ => "github.com",
+        };
+        Some(format!("https://{host}/{repo}.git"))
+    }
+
+    /// The branch deployed when a request names nothing.
+    pub fn git_default_branch(&self) -> String {
+        self.source
+            .as_ref()
+            .and_then(|s| s.git.branch.clone())
+            .or_else(|| self.git_branch.clone())
+            .unwrap_or_else(|| "main".into())
     }
 
     /// The artifact path for `version`, if the fraise has one.

@@ -103,6 +103,8 @@ pub enum Component {
     HealthCheck,
     Provider,
     Hook,
+    /// Fetching the source and running the fraise's `build`.
+    Build,
 }
 
 /// The wire spelling of any of these enums, and back; unknown spellings are `None`.
@@ -156,6 +158,7 @@ impl Component {
             Component::HealthCheck => "health_check",
             Component::Provider => "provider",
             Component::Hook => "hook",
+            Component::Build => "build",
         }
     }
 }

@@ -198,7 +198,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         tracing::error!(error = %e, "the local agent is not available; deployments will wait for it");
     }
     let blobs = fraisier_store::blobs::BlobStore::new(data_dir.join("blobs"));
-    let engine = Engine::new(store, agent, config.clone(), secrets, blobs, opts.settings);
+    let settings = EngineSettings {
+        work_dir: data_dir.join("work"),
+        ..opts.settings
+    };
+    let engine = Engine::new(store, agent, config.clone(), secrets, blobs, settings);
     engine.start().await?;
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());

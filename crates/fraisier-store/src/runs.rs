@@ -220,7 +220,7 @@ impl Store {
             "UPDATE runs SET status = $3, version = $4, previous_version = $5, started_at = $6, \
              completed_at = $7, health_check_status = $8, health_details = $9, metrics = $10, \
              error_code = $11, error_message = $12, cancel_requested_by = $13, cancelled_at = $14, \
-             progress = $15, options = $16, updated_at = $17 \
+             progress = $15, options = $16, updated_at = $17, metadata = $18 \
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(&run.tenant_id)
@@ -240,6 +240,7 @@ impl Store {
         .bind(run.progress)
         .bind(json_text(&run.options))
         .bind(millis(now()))
+        .bind(json_text(&run.metadata))
         .execute(&self.writer)
         .await
         .map_err(StoreError::from);

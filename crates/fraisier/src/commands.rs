@@ -24,9 +24,16 @@ pub struct Ctx {
 pub struct DeployArgs {
     pub fraise: String,
     pub environment: String,
-    /// Default: the latest known version
+    /// Default: the latest known version, or for a fraise built from git the head of its
+    /// branch. From git: a tag or a commit.
     #[arg(long = "version", short = 'v', id = "release_version")]
     pub release_version: Option<String>,
+    /// For a fraise built from git: a branch or tag, resolved to its commit now
+    #[arg(long = "ref", id = "git_ref", conflicts_with = "release_version")]
+    pub git_ref: Option<String>,
+    /// Deploy even when that commit already runs there
+    #[arg(long)]
+    pub force: bool,
     /// rolling | blue_green | canary | recreate (default: the environment's)
     #[arg(long, short)]
     pub strategy: Option<String>,
@@ -149,6 +156,12 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
     let mut body = json!({});
     if let Some(v) = a.release_version {
         body["version"] = json!(v);
+    }
+    if let Some(r) = a.git_ref {
+        body["ref"] = json!(r);
+    }
+    if a.force {
+        body["force"] = json!(true);
     }
     if let Some(st) = a.strategy {
         body["strategy"] = json!(st);

@@ -70,6 +70,14 @@ pub struct CreateBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// For a fraise built from git: a branch or tag, resolved now (`version` names a tag or a
+    /// commit instead).
+    #[serde(default, rename = "ref")]
+    #[schema(max_length = 255)]
+    pub git_ref: Option<String>,
+    /// Deploy even if the commit already runs in the environment.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -348,6 +356,8 @@ pub async fn create(
         metadata: Value::Object(body.metadata.unwrap_or_default()),
         triggered_by: who.username.clone(),
         trigger_type: "api".into(),
+        git_ref: body.git_ref,
+        force: body.force,
     };
     let run = state.engine.submit(req).await?;
     // A run waiting for approval may wait a day: answer now.
@@ -488,8 +498,10 @@ fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
     Ok(LogFilter {
         lines: q.int("lines", 100, 1, 1000)? as u32,
         level: q.one_of::<LogLevel>("level", "debug, info, warn, error")?,
-        component: q
-            .one_of::<Component>("component", "deployment, health_check, provider, hook")?,
+        component: q.one_of::<Component>(
+            "component",
+            "deployment, health_check, provider, hook, build",
+        )?,
         after_id: None,
     })
 }

@@ -223,6 +223,7 @@ impl From<EngineError> for ApiError {
             EngineError::ArtifactConflict(_) | EngineError::ArtifactInUse(_) => {
                 (StatusCode::CONFLICT, json!({}))
             }
+            EngineError::SourceUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({})),
             EngineError::ArtifactTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "field": "body", "max_bytes": limit }),

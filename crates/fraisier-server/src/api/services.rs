@@ -328,6 +328,8 @@ fn deploy_request(
         metadata,
         triggered_by: who.username.clone(),
         trigger_type: "api".into(),
+        git_ref: None,
+        force: false,
     })
 }
 

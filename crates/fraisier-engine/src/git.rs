@@ -1,0 +1,289 @@
+//! Git sources: a bare mirror per repository on the server (fetched, never re-cloned), refs
+//! resolved to commits, a commit's version (its tag, else its short id), and a clean tree of
+//! a commit to build in. Runs the `git` program with no terminal and no shell: request values
+//! reach it only as single arguments, after `--` where git allows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::process::Command;
+
+/// A fetch or clone that takes longer than this is abandoned.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git {what} failed: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("{reference:?} is neither a branch, a tag nor a commit of {url}")]
+    UnknownRef { url: String, reference: String },
+    #[error("git {0} timed out")]
+    TimedOut(String),
+}
+
+/// The server's mirrors, one lock per repository so fetches of one never interleave.
+#[derive(Clone)]
+pub struct Mirrors {
+    root: PathBuf,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A ref resolved in a mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub commit: String,
+    /// The tag the commit carries (the highest, if several), or its 12-character short id.
+    pub version: String,
+}
+
+// === impl Mirrors ===
+
+impl Mirrors {
+    pub fn new(root: impl Into<PathBuf>) -> Mirrors {
+        Mirrors {
+            root: root.into(),
+            locks: Arc::default(),
+        }
+    }
+
+    fn dir(&self, url: &str) -> PathBuf {
+        let id = hex::encode(&Sha256::digest(url.as_bytes())[..10]);
+        self.root.join(format!("{id}.git"))
+    }
+
+    /// The mirror of `url`, brought up to date.
+    pub async fn fetch(&self, url: &str) -> Result<PathBuf, GitError> {
+        let lock = self
+            .locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(url.to_string())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        let dir = self.dir(url);
+        if dir.join("HEAD").exists() {
+            git(
+                &dir,
+                &["fetch", "--prune", "--tags", "--quiet", "origin"],
+                FETCH_TIMEOUT,
+            )
+            .await?;
+            return Ok(dir);
+        }
+        std::fs::create_dir_all(&self.root).map_err(|e| GitError::Failed {
+            what: "clone".into(),
+            detail: format!("{}: {e}", self.root.display()),
+        })?;
+        let tmp = self.root.join(format!(
+            ".clone-{}-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp_arg = tmp.to_string_lossy().into_owned();
+        let cloned = run(
+            Command::new("git").args(["clone", "--mirror", "--quiet", "--", url, &tmp_arg]),
+            "clone",
+            FETCH_TIMEOUT,
+        )
+        .await;
+        if let Err(e) = cloned {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| GitError::Failed {
+            what: "clone".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(dir)
+    }
+
+    /// A branch, a tag or a commit (full or abbreviated) of the mirror, with its version.
+    pub async fn resolve(
+        &self,
+        mirror: &Path,
+        url: &str,
+        reference: &str,
+    ) -> Result<Resolved, GitError> {
+        let unknown = || GitError::UnknownRef {
+            url: url.to_string(),
+            reference: reference.to_string(),
+        };
+        if reference.is_empty() || reference.starts_with('-') || reference.contains("..") {
+            return Err(unknown());
+        }
+        let mut commit = None;
+        for candidate in [
+            format!("refs/heads/{reference}^{{commit}}"),
+            format!("refs/tags/{reference}^{{commit}}"),
+            format!("{reference}^{{commit}}"),
+        ] {
+            if let Ok(c) = git(
+                mirror,
+                &["rev-parse", "--verify", "--quiet", &candidate],
+                Duration::from_secs(30),
+            )
+            .await
+            {
+                commit = Some(c.trim().to_string());
+                break;
+            }
+        }
+        let commit = commit.ok_or_else(unknown)?;
+        let tags = git(
+            mirror,
+            &["tag", "--points-at", &commit],
+            Duration::from_secs(30),
+        )
+        .await?;
+        let tags: Vec<&str> = tags
+            .lines()
+            .map(str::trim)
+            .filter(|t| fraisier_model::names::version_problem(t).is_none())
+            .collect();
+        let version = match fraisier_model::version::latest(tags.iter().copied()) {
+            Some(tag) => tag.to_string(),
+            None => commit.chars().take(12).collect(),
+        };
+        Ok(Resolved { commit, version })
+    }
+
+    /// Writes the tree of `commit` (no `.git`) into `dest`, which must not exist.
+    pub async fn export(&self, mirror: &Path, commit: &str, dest: &Path) -> Result<(), GitError> {
+        let failed = |detail: String| GitError::Failed {
+            what: "archive".into(),
+            detail,
+        };
+        std::fs::create_dir_all(dest).map_err(|e| failed(e.to_string()))?;
+        let archive = dest.with_extension("tar");
+        let archive_arg = archive.to_string_lossy().into_owned();
+        git(
+            mirror,
+            &["archive", "--format=tar", "-o", &archive_arg, commit],
+            FETCH_TIMEOUT,
+        )
+        .await?;
+        let (from, to) = (archive.clone(), dest.to_path_buf());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&from)?;
+            let mut tar = tar::Archive::new(file);
+            tar.set_preserve_permissions(true);
+            tar.unpack(&to)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+        let _ = std::fs::remove_file(&archive);
+        unpacked.map_err(|e| failed(e.to_string()))
+    }
+}
+
+/// `git --git-dir DIR ARGS…`: its standard output, or why it failed.
+async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Result<String, GitError> {
+    let what = args.first().copied().unwrap_or("git").to_string();
+    run(
+        Command::new("git").arg("--git-dir").arg(dir).args(args),
+        &what,
+        timeout,
+    )
+    .await
+}
+
+async fn run(cmd: &mut Command, what: &str, timeout: Duration) -> Result<String, GitError> {
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| GitError::TimedOut(what.to_string()))?
+        .map_err(|e| GitError::Failed {
+            what: what.to_string(),
+            detail: format!("cannot run git: {e}"),
+        })?;
+    if !out.status.success() {
+        let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(GitError::Failed {
+            what: what.to_string(),
+            detail: if detail.is_empty() {
+                format!("exited with {}", out.status)
+            } else {
+                detail
+            },
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    }
+
+    #[tokio::test]
+    async fn mirrors_resolve_branches_tags_and_commits_and_export_clean_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        sh(
+            &work,
+            "git init -q -b main && echo one > a.txt && git add a.txt && git commit -qm one",
+        );
+        let url = format!("file://{}", work.display());
+        let mirrors = Mirrors::new(dir.path().join("mirrors"));
+        let m = mirrors.fetch(&url).await.unwrap();
+        let first = mirrors.resolve(&m, &url, "main").await.unwrap();
+        assert_eq!(first.version.len(), 12);
+        assert!(first.commit.starts_with(&first.version));
+
+        sh(
+            &work,
+            "echo two > a.txt && git commit -qam two && git tag v2.0.0",
+        );
+        let m = mirrors.fetch(&url).await.unwrap();
+        let tagged = mirrors.resolve(&m, &url, "main").await.unwrap();
+        assert_eq!(tagged.version, "v2.0.0");
+        assert_eq!(mirrors.resolve(&m, &url, "v2.0.0").await.unwrap(), tagged);
+        assert_eq!(
+            mirrors.resolve(&m, &url, &first.version).await.unwrap(),
+            first
+        );
+        for bad in ["nope", "--upload-pack=x", "main..v2.0.0", ""] {
+            assert!(
+                matches!(
+                    mirrors.resolve(&m, &url, bad).await,
+                    Err(GitError::UnknownRef { .. })
+                ),
+                "{bad}"
+            );
+        }
+
+        let tree = dir.path().join("tree");
+        mirrors.export(&m, &first.commit, &tree).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            "one\n"
+        );
+        assert!(!tree.join(".git").exists());
+
+        let err = mirrors.fetch("file:///nowhere/at/all").await.unwrap_err();
+        assert!(matches!(err, GitError::Failed { .. }), "{err}");
+    }
+}

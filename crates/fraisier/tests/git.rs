@@ -1,0 +1,272 @@
+//! Releases built from git against the real binary and a real repository: a branch deploys
+//! its head (versioned by its short commit id, or its tag), the build's output lands in the
+//! run's log, the commit already running is skipped unless forced, a failing build moves
+//! nothing, and what was built stays in the artifact store for rollbacks.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Commits `build.sh` (the fraise's build runs it) and returns the new commit.
+fn commit(repo: &Path, build_sh: &str, message: &str) -> String {
+    std::fs::write(repo.join("build.sh"), build_sh).unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A build that writes the release the demo app reads, saying which commit it built.
+const GOOD_BUILD: &str = "set -e\necho \"building $FRAISIER_COMMIT ($FRAISIER_REF)\"\n\
+mkdir -p dist\necho \"DEMO_VERSION=$FRAISIER_VERSION\" > dist/demo.env\necho warning: on stderr >&2\n";
+
+fn git_yaml(ws: &Workspace, repo: &Path, port: u16) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  data_dir: "{data}"
+  rate_limits: off
+environments:
+  production: {{ provider: local }}
+fraises:
+  app:
+    type: api
+    command: "exec {demo}"
+    source: {{ git: {{ url: "file://{repo}", branch: main }} }}
+    build: "sh build.sh"
+    build_timeout: 20s
+    artifact: {{ path: dist }}
+    health_check: {{ type: http, path: /health, interval: 100ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2 }}
+    drain_timeout: 2s
+    stop_grace: 2s
+    environments:
+      production: {{ port: {port}, instances: 1, strategy: rolling }}
+"#,
+        data = ws.data_dir().display(),
+        demo = demo_bin().display(),
+        repo = repo.display(),
+    )
+}
+
+fn steps(run: &Value) -> Vec<(String, String)> {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn branches_and_tags_are_built_deployed_skipped_and_kept() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, GOOD_BUILD, "first");
+    let short = &first[..12];
+    let port = free_port();
+    let s = Server::start(&ws, &git_yaml(&ws, &repo, port)).await;
+
+    // No version: the configured branch's head, versioned by its short commit id.
+    let id = s.deploy("app", "production", json!({})).await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["version"], short);
+    assert_eq!(run["metadata"]["commit"], first.as_str());
+    assert_eq!(run["metadata"]["ref"], "main");
+    let digest = run["metadata"]["artifact_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(digest.starts_with("sha256:"), "{run:#}");
+    assert_eq!(steps(&run)[0], ("build release".into(), "completed".into()));
+    assert_eq!(router_version(port).await.as_deref(), Some(short));
+    // The build's output, stdout and stderr, is in the run's log under `build`.
+    let (_, logs) = s
+        .get(&format!("/deployments/{id}/logs?component=build&lines=100"))
+        .await;
+    let lines: Vec<&str> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert!(
+        lines.contains(&format!("building {first} (main)").as_str()),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"warning: on stderr"), "{lines:?}");
+    // What was built is an artifact version like any other.
+    let (status, v) = s.get(&format!("/artifacts/app/versions/{short}")).await;
+    assert_eq!(
+        (status, v["digest"].as_str()),
+        (200, Some(digest.as_str())),
+        "{v}"
+    );
+    assert_eq!(v["metadata"]["commit"], first.as_str(), "{v}");
+
+    // The same commit again: skipped, unless forced (then built no more: the store has it).
+    let id = s.deploy("app", "production", json!({"ref": "main"})).await;
+    let run = s.wait_run(&id, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(
+        steps(&run),
+        vec![("already deployed".to_string(), "skipped".to_string())]
+    );
+    let id = s
+        .deploy(
+            "app",
+            "production",
+            json!({"version": short, "force": true}),
+        )
+        .await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert!(steps(&run).len() > 3, "{run:#}");
+    assert!(!steps(&run).iter().any(|(n, _)| n == "build release"));
+
+    // A tagged commit is released as its tag.
+    let second = commit(&repo, &format!("{GOOD_BUILD}# two\n"), "second");
+    git(&repo, &["tag", "1.1.0"]);
+    let id = s.deploy("app", "production", json!({"ref": "main"})).await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["version"], "1.1.0");
+    assert_eq!(run["metadata"]["commit"], second.as_str());
+    assert_eq!(router_version(port).await.as_deref(), Some("1.1.0"));
+
+    // A failing build moves nothing and stores nothing.
+    let third = commit(
+        &repo,
+        "echo compiling\necho 'error: it broke' >&2\nexit 3\n",
+        "broken",
+    );
+    let id = s.deploy("app", "production", json!({})).await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert_eq!(run["error"]["code"], "BUILD_FAILED", "{run:#}");
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with 3"),
+        "{run:#}"
+    );
+    assert_eq!(router_version(port).await.as_deref(), Some("1.1.0"));
+    let (status, _) = s
+        .get(&format!("/artifacts/app/versions/{}", &third[..12]))
+        .await;
+    assert_eq!(status, 404);
+    let (_, logs) = s
+        .get(&format!("/deployments/{id}/logs?component=build&lines=100"))
+        .await;
+    assert!(logs.to_string().contains("error: it broke"), "{logs}");
+
+    // Bad requests name their field and create nothing.
+    for (body, field) in [
+        (json!({"ref": "no-such-branch"}), "ref"),
+        (json!({"version": "deadbeef0000"}), "version"),
+        (json!({"version": "1.1.0", "ref": "main"}), "ref"),
+    ] {
+        let (status, v) = s.post("/deployments/app/production", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["details"]["field"], field, "{body}: {v}");
+    }
+
+    // Rollback reaches the first build, from the store.
+    let (status, v) = s
+        .post(
+            "/deployments/app/production/rollback",
+            json!({"to_version": short}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let run = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some(short));
+
+    // Cancelling a run stops its build, and whatever the build started goes with it.
+    commit(&repo, "echo started\nsleep 31.25 &\nsleep 31.5\n", "slow");
+    let id = s.deploy("app", "production", json!({})).await;
+    for _ in 0..100 {
+        if pgrep("sleep 31.5") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pgrep("sleep 31.5"), "the build never started");
+    let (status, v) = s.delete(&format!("/deployments/{id}")).await;
+    assert_eq!(status, 202, "{v}");
+    let run = s.wait_run(&id, Duration::from_secs(10)).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pgrep("sleep 31.5") && !pgrep("sleep 31.25"),
+        "the build outlived its run"
+    );
+    assert_eq!(router_version(port).await.as_deref(), Some(short));
+
+    // The CLI names a ref the same way.
+    let out = Command::new(fraisier_bin())
+        .args([
+            "--server",
+            &s.url,
+            "deploy",
+            "app",
+            "production",
+            "--ref",
+            "1.1.0",
+            "--wait",
+        ])
+        .env("FRAISIER_TOKEN", &s.token)
+        .env_remove("FRAISIER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(router_version(port).await.as_deref(), Some("1.1.0"));
+}
+
+fn pgrep(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
+        .status()
+        .unwrap()
+        .success()
+}
