@@ -12,6 +12,7 @@ pub mod request;
 mod source;
 mod status;
 mod variables;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,6 +38,7 @@ pub use request::{
 };
 pub use status::ServiceStatus;
 pub use variables::{VariableChange, VariableKind, VariablesChanged};
+pub use webhooks::{PushTarget, TargetError};
 
 /// Timing knobs; tests shorten them.
 #[derive(Clone, Debug)]

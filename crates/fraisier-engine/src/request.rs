@@ -38,6 +38,9 @@ pub struct DeployRequest {
     pub git_ref: Option<String>,
     /// Deploy even when the commit already runs there.
     pub force: bool,
+    /// With `git_ref`: the commit the ref named when the host reported the push (a webhook),
+    /// deployed even if the ref has moved on since.
+    pub commit: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]

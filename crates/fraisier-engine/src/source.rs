@@ -54,10 +54,11 @@ impl Engine {
             .fetch(&url)
             .await
             .map_err(|e| EngineError::SourceUnavailable(e.to_string()))?;
+        let target = req.commit.as_deref().unwrap_or(&reference);
         let resolved = self
             .inner
             .mirrors
-            .resolve(&mirror, &url, &reference)
+            .resolve(&mirror, &url, target)
             .await
             .map_err(|e| match e {
                 GitError::UnknownRef { .. } => EngineError::InvalidParameters {

@@ -45,6 +45,8 @@ pub enum Permission {
     /// Upload artifacts and versions.
     ArtifactPush,
     ArtifactDelete,
+    /// The record of git hosts' webhook deliveries.
+    WebhookRead,
 }
 
 /// A role's grant: `resource:action`, either part `*`, or `*` alone for everything of the
@@ -221,6 +223,7 @@ impl Permission {
         Permission::ArtifactRead,
         Permission::ArtifactPush,
         Permission::ArtifactDelete,
+        Permission::WebhookRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -252,6 +255,7 @@ impl Permission {
             Permission::ArtifactRead => "artifact:read",
             Permission::ArtifactPush => "artifact:push",
             Permission::ArtifactDelete => "artifact:delete",
+            Permission::WebhookRead => "webhook:read",
         }
     }
 

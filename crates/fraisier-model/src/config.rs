@@ -32,6 +32,130 @@ pub struct Config {
     /// Every workspace, `default` included once parsed.
     #[serde(default)]
     pub workspaces: BTreeMap<String, WorkspaceConfig>,
+    /// What git hosts sign their webhook deliveries with.
+    #[serde(default, skip_serializing)]
+    pub webhooks: WebhooksConfig,
+}
+
+/// The secrets each git host's deliveries are checked with (`POST /webhooks/{provider}`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    #[serde(default)]
+    pub github: Option<HostSecrets>,
+    #[serde(default)]
+    pub gitlab: Option<HostSecrets>,
+    /// Gitea, Forgejo and Gogs.
+    #[serde(default)]
+    pub gitea: Option<HostSecrets>,
+    #[serde(default)]
+    pub bitbucket: Option<HostSecrets>,
+}
+
+/// One host's secrets: `secret` (GitLab: `token`) and, while one is being rotated, more in
+/// `secrets`; any of them is accepted. Each value may be `${ENV_VAR}`, read at load.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSecrets {
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// GitLab's word for it (`X-Gitlab-Token`).
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// GitLab's signing token (`whsec_…`), for its Standard-Webhooks signature.
+    #[serde(default)]
+    pub signing_token: Option<String>,
+}
+
+impl std::fmt::Debug for HostSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSecrets")
+            .field("secrets", &self.all().len())
+            .field("signing_token", &self.signing_token.is_some())
+            .finish()
+    }
+}
+
+impl HostSecrets {
+    /// Every accepted secret.
+    pub fn all(&self) -> Vec<&str> {
+        self.secret
+            .iter()
+            .chain(&self.token)
+            .chain(&self.secrets)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+impl WebhooksConfig {
+    pub fn host(&self, host: crate::webhook::GitHost) -> Option<&HostSecrets> {
+        use crate::webhook::GitHost;
+        match host {
+            GitHost::Github => self.github.as_ref(),
+            GitHost::Gitlab => self.gitlab.as_ref(),
+            GitHost::Gitea => self.gitea.as_ref(),
+            GitHost::Bitbucket => self.bitbucket.as_ref(),
+        }
+    }
+
+    /// Replaces each `${NAME}` value with that environment variable; problems name the key.
+    fn resolve_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (host, secrets) in [
+            ("github", &mut self.github),
+            ("gitlab", &mut self.gitlab),
+            ("gitea", &mut self.gitea),
+            ("bitbucket", &mut self.bitbucket),
+        ] {
+            let Some(s) = secrets else { continue };
+            let mut values: Vec<(String, &mut String)> = Vec::new();
+            if let Some(v) = s.secret.as_mut() {
+                values.push((format!("webhooks.{host}.secret"), v));
+            }
+            if let Some(v) = s.token.as_mut() {
+                values.push((format!("webhooks.{host}.token"), v));
+            }
+            if let Some(v) = s.signing_token.as_mut() {
+                values.push((format!("webhooks.{host}.signing_token"), v));
+            }
+            for (i, v) in s.secrets.iter_mut().enumerate() {
+                values.push((format!("webhooks.{host}.secrets[{i}]"), v));
+            }
+            let mut any = false;
+            for (key, v) in values {
+                if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                    match lookup(name) {
+                        Some(value) if !value.is_empty() => *v = value,
+                        _ => problems.push(Problem {
+                            key: key.clone(),
+                            message: format!("the environment variable {name} is not set"),
+                        }),
+                    }
+                }
+                if key.ends_with("signing_token") {
+                    continue;
+                }
+                if v.len() < 8 {
+                    problems.push(Problem {
+                        key,
+                        message: "a webhook secret needs at least 8 characters".into(),
+                    });
+                }
+                any = true;
+            }
+            if !any {
+                problems.push(Problem {
+                    key: format!("webhooks.{host}"),
+                    message: "give a secret (GitLab: token), or secrets: [...]".into(),
+                });
+            }
+        }
+        problems
+    }
 }
 
 /// The workspace the top-level `environments` and `fraises` belong to.
@@ -246,6 +370,13 @@ pub struct FraiseEnvironmentConfig {
     pub strategy_defaults: BTreeMap<Strategy, serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A push to this branch deploys here (for a fraise built from git); absent: webhooks
+    /// never deploy here.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// A pushed tag deploys here.
+    #[serde(default)]
+    pub tags: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -515,7 +646,8 @@ impl Config {
                 );
             }
         }
-        let problems = config.validate();
+        let mut problems = config.webhooks.resolve_env(|name| std::env::var(name).ok());
+        problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -651,6 +783,22 @@ fn validate_workspace(
                     if let Some(p) = git_url_problem(&url) {
                         bad(format!("{at}.source.git.url"), p);
                     }
+                }
+            }
+        }
+        for (env_name, fe) in &f.environments {
+            if (fe.branch.is_some() || fe.tags) && f.source.is_none() {
+                bad(
+                    format!("{at}.environments.{env_name}.branch"),
+                    "webhooks deploy fraises built from git: add source.git".into(),
+                );
+            }
+            if let Some(b) = &fe.branch {
+                if b.is_empty() || b.starts_with('-') || b.contains("..") || b.contains(' ') {
+                    bad(
+                        format!("{at}.environments.{env_name}.branch"),
+                        format!("{b:?} is not a branch name"),
+                    );
                 }
             }
         }

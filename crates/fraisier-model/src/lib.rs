@@ -18,6 +18,7 @@ pub mod service;
 pub mod strategy;
 pub mod tz;
 pub mod version;
+pub mod webhook;
 
 pub use config::{Config, ConfigError, FraiseConfig, FraiseType};
 pub use duration::Millis;

@@ -26,6 +26,7 @@ mod totals;
 mod turns;
 mod users;
 mod variables;
+mod webhooks;
 
 pub use api_keys::{ApiKey, KeyHolder, NewApiKey};
 pub use artifacts::{
@@ -38,6 +39,7 @@ pub use groups::{Group, GroupFields};
 pub use store::Store;
 pub use users::TokenSubject;
 pub use variables::{SecretSlot, Variable};
+pub use webhooks::{Delivery, DeliveryFilter, DeliveryTarget, NewDelivery};
 
 pub const DEFAULT_TENANT: &str = "default";
 

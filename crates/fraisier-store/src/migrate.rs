@@ -283,6 +283,44 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX artifact_versions_digest ON artifact_versions (digest)",
         ],
     },
+    Migration {
+        version: 7,
+        name: "webhook deliveries",
+        statements: &[
+            // Every delivery a git host made, accepted or not. `dedup_key` (host and delivery
+            // id) is set on accepted deliveries only, so a replay is caught by the index and a
+            // forged delivery cannot block the real one.
+            "CREATE TABLE webhook_deliveries (
+            id {ID},
+            provider TEXT NOT NULL,
+            event TEXT NOT NULL,
+            delivery_id TEXT,
+            dedup_key TEXT,
+            repository TEXT NOT NULL,
+            ref TEXT,
+            commit_sha TEXT,
+            outcome TEXT NOT NULL,
+            message TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at BIGINT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX webhook_deliveries_dedup ON webhook_deliveries (dedup_key)",
+            // The environments a delivery concerned, each in its workspace.
+            "CREATE TABLE webhook_targets (
+            delivery BIGINT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+            workspace TEXT NOT NULL,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            deployment_id TEXT,
+            error_code TEXT,
+            error_message TEXT
+        )",
+            "CREATE INDEX webhook_targets_delivery ON webhook_targets (delivery)",
+            "CREATE INDEX webhook_targets_workspace ON webhook_targets (workspace, delivery)",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -6,6 +6,7 @@ mod commands;
 mod credentials;
 mod table;
 mod variables;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ enum Command {
     /// The audit trail: list it, or verify its chain in the store
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// Deliveries of git hosts' webhooks: what each deployed, or why not
+    Webhooks(webhooks::WebhooksArgs),
     /// Workspaces (tenants): yours, or all for the admins of `default`
     #[command(subcommand)]
     Workspace(admin::GroupCommand),
@@ -300,6 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(c) => admin::user(&ctx, c).await,
         Command::ApiKey(c) => admin::api_key(&ctx, c).await,
         Command::Audit(c) => admin::audit(&ctx, c).await,
+        Command::Webhooks(a) => webhooks::webhooks(&ctx, a).await,
         Command::Workspace(c) => admin::group(&ctx, "workspaces", c).await,
         Command::Project(c) => admin::group(&ctx, "projects", c).await,
         Command::Deploy(a) => commands::deploy(&ctx, a).await,

@@ -358,6 +358,7 @@ pub async fn create(
         trigger_type: "api".into(),
         git_ref: body.git_ref,
         force: body.force,
+        commit: None,
     };
     let run = state.engine.submit(req).await?;
     // A run waiting for approval may wait a day: answer now.

@@ -142,7 +142,7 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
     };
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
 
-    if route.need == Need::Public {
+    if matches!(route.need, Need::Public | Need::Signed) {
         req.extensions_mut().insert(SourceAddress(source));
         let response = next.run(req).await;
         if mutating {

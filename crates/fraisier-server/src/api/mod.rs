@@ -21,6 +21,7 @@ pub mod system;
 pub mod users;
 pub mod variables;
 pub mod views;
+pub mod webhooks;
 pub mod workspaces;
 
 use std::sync::Arc;
@@ -102,6 +103,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/artifacts/{name}/download", get(artifacts::download))
         .route("/blobs/{digest}", get(artifacts::blob))
+        .route(
+            "/webhook",
+            post(webhooks::receive_any).layer(DefaultBodyLimit::max(webhooks::MAX_WEBHOOK_BYTES)),
+        )
+        .route("/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{provider}",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::MAX_WEBHOOK_BYTES)),
+        )
         .route("/my/pending-approvals", get(approvals::mine))
         .route("/deployments/{id}/{environment}", post(deployments::create))
         .route(

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use super::routes::{self, Need};
 use super::{
     api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises, params,
-    projects, services, system, users, variables, workspaces,
+    projects, services, system, users, variables, webhooks, workspaces,
 };
 
 struct BearerAuth;
@@ -56,6 +56,7 @@ impl Modify for BearerAuth {
         services::create, services::validate, services::health, services::rollback, services::progress,
         fraises::list, fraises::get, fraises::status, fraises::history,
         environments::list, environments::get, environments::status,
+        webhooks::receive, webhooks::receive_any, webhooks::deliveries,
         system::health, system::metrics, document,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName, params::Name,
@@ -124,6 +125,10 @@ fn complete(doc: &mut Value) {
             }
             match route.need {
                 Need::Public => {}
+                Need::Signed => add(
+                    "401",
+                    "UNAUTHORIZED: no valid signature of the git host over the body",
+                ),
                 Need::Authenticated => {
                     add(
                         "401",

@@ -9,6 +9,9 @@ use fraisier_model::access::Permission;
 pub enum Need {
     /// Anyone (health, sign-in, the API document).
     Public,
+    /// A git host's webhook: no credential; the handler checks the host's signature over the
+    /// body against the secrets in `fraisier.yaml`.
+    Signed,
     /// Any valid credential; the handler decides what the caller may touch (their own keys,
     /// their own password).
     Authenticated,
@@ -39,7 +42,7 @@ const fn route(
     }
 }
 
-use Need::{Authenticated, Public};
+use Need::{Authenticated, Public, Signed};
 use Permission as P;
 
 const fn may(p: Permission) -> Need {
@@ -78,6 +81,9 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/secrets/keys/rotate", may(P::AuthRotate), "secret.rotate_key"),
     route("GET", "/my/pending-approvals", Authenticated, "approval.list"),
     route("GET", "/artifacts", may(P::ArtifactRead), "artifact.list"),
+    route("POST", "/webhook", Signed, "webhook.receive"),
+    route("POST", "/webhooks/{provider}", Signed, "webhook.receive"),
+    route("GET", "/webhooks/deliveries", may(P::WebhookRead), "webhook.deliveries"),
     route("POST", "/artifacts", may(P::ArtifactPush), "artifact.push"),
     route("GET", "/artifacts/types", may(P::ArtifactRead), "artifact.types"),
     route("GET", "/artifacts/types/{type}", may(P::ArtifactRead), "artifact.type"),

@@ -330,6 +330,7 @@ fn deploy_request(
         trigger_type: "api".into(),
         git_ref: None,
         force: false,
+        commit: None,
     })
 }
 

@@ -1,0 +1,237 @@
+//! Webhook deliveries as received: who sent what, whether it was accepted, and the runs it
+//! started in each workspace. A delivery id accepted once is never acted on again.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::sql::{self, count, millis, now, ts, Args};
+use crate::turns::Priority;
+use crate::{Result, Store, DEFAULT_TENANT};
+
+/// A delivery as it arrived; `outcome` and `message` are what became of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NewDelivery {
+    pub provider: String,
+    pub event: String,
+    /// The host's id for it (the same on a redelivery).
+    pub delivery_id: Option<String>,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub commit: Option<String>,
+    pub outcome: String,
+    pub message: String,
+    /// The sender's address.
+    pub source: String,
+}
+
+/// An environment a delivery concerned.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DeliveryTarget {
+    pub workspace: String,
+    pub fraise: String,
+    pub environment: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub commit: String,
+    pub deployment_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Delivery {
+    pub id: i64,
+    #[serde(flatten)]
+    pub delivery: NewDelivery,
+    pub received_at: DateTime<Utc>,
+    pub targets: Vec<DeliveryTarget>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub provider: Option<String>,
+    pub outcome: Option<String>,
+    pub repository: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+const COLUMNS: &str = "id, provider, event, delivery_id, repository, ref, commit_sha, outcome, \
+    message, source, received_at";
+
+// === impl Store ===
+
+impl Store {
+    /// Records a delivery. With `dedup` (an accepted delivery carrying an id), a delivery
+    /// already accepted under that id makes this return `None` and record nothing.
+    pub async fn record_delivery(&self, d: &NewDelivery, dedup: bool) -> Result<Option<i64>> {
+        let key = d
+            .delivery_id
+            .as_ref()
+            .filter(|_| dedup)
+            .map(|id| format!("{}:{id}", d.provider));
+        let turn = self.turn(Priority::Interactive).await;
+        let result = sqlx::query(
+            "INSERT INTO webhook_deliveries (provider, event, delivery_id, dedup_key, repository, ref, \
+             commit_sha, outcome, message, source, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(&d.provider)
+        .bind(&d.event)
+        .bind(&d.delivery_id)
+        .bind(key)
+        .bind(&d.repository)
+        .bind(&d.reference)
+        .bind(&d.commit)
+        .bind(&d.outcome)
+        .bind(&d.message)
+        .bind(&d.source)
+        .bind(millis(now()))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(crate::StoreError::from);
+        drop(turn);
+        match result {
+            Ok(row) => Ok(Some(row.try_get("id")?)),
+            Err(e) if sql::is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What became of a recorded delivery, and the environments it concerned.
+    pub async fn finish_delivery(
+        &self,
+        id: i64,
+        outcome: &str,
+        message: &str,
+        targets: &[DeliveryTarget],
+    ) -> Result<()> {
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        sqlx::query("UPDATE webhook_deliveries SET outcome = $2, message = $3 WHERE id = $1")
+            .bind(id)
+            .bind(outcome)
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
+        for t in targets {
+            sqlx::query(
+                "INSERT INTO webhook_targets (delivery, workspace, fraise, environment, ref, commit_sha, \
+                 deployment_id, error_code, error_message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(id)
+            .bind(&t.workspace)
+            .bind(&t.fraise)
+            .bind(&t.environment)
+            .bind(&t.reference)
+            .bind(&t.commit)
+            .bind(&t.deployment_id)
+            .bind(&t.error_code)
+            .bind(&t.error_message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of deliveries, newest first, and how many match. The default workspace sees
+    /// every delivery; another sees those that concerned it, and only its own targets.
+    pub async fn deliveries(
+        &self,
+        workspace: &str,
+        f: &DeliveryFilter,
+    ) -> Result<(Vec<Delivery>, u64)> {
+        let mut args = Args::default();
+        let mut clauses = vec!["1 = 1".to_string()];
+        let scoped = workspace != DEFAULT_TENANT;
+        if scoped {
+            clauses.push(format!(
+                "id IN (SELECT delivery FROM webhook_targets WHERE workspace = {})",
+                args.push(workspace)
+            ));
+        }
+        if let Some(p) = &f.provider {
+            clauses.push(format!("provider = {}", args.push(p.as_str())));
+        }
+        if let Some(o) = &f.outcome {
+            clauses.push(format!("outcome = {}", args.push(o.as_str())));
+        }
+        if let Some(r) = &f.repository {
+            clauses.push(format!("repository = {}", args.push(r.as_str())));
+        }
+        let filter = clauses.join(" AND ");
+        let total_row = args
+            .clone()
+            .bind(sqlx::query(&format!(
+                "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE {filter}"
+            )))
+            .fetch_one(&self.pool)
+            .await?;
+        let total = count(&total_row, "n")?;
+        let limit = if f.limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(f.limit)
+        };
+        let page = format!(
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE {filter} ORDER BY id DESC LIMIT {} OFFSET {}",
+            args.push(limit),
+            args.push(i64::try_from(f.offset).unwrap_or(i64::MAX))
+        );
+        let rows = args.bind(sqlx::query(&page)).fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut d = delivery_from_row(row)?;
+            let targets = sqlx::query(
+                "SELECT workspace, fraise, environment, ref, commit_sha, deployment_id, error_code, \
+                 error_message FROM webhook_targets WHERE delivery = $1 ORDER BY workspace, fraise, environment",
+            )
+            .bind(d.id)
+            .fetch_all(&self.pool)
+            .await?;
+            for t in &targets {
+                let t = target_from_row(t)?;
+                if !scoped || t.workspace == workspace {
+                    d.targets.push(t);
+                }
+            }
+            out.push(d);
+        }
+        Ok((out, total))
+    }
+}
+
+fn delivery_from_row(row: &AnyRow) -> Result<Delivery> {
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        delivery: NewDelivery {
+            provider: row.try_get("provider")?,
+            event: row.try_get("event")?,
+            delivery_id: row.try_get("delivery_id")?,
+            repository: row.try_get("repository")?,
+            reference: row.try_get("ref")?,
+            commit: row.try_get("commit_sha")?,
+            outcome: row.try_get("outcome")?,
+            message: row.try_get("message")?,
+            source: row.try_get("source")?,
+        },
+        received_at: ts(row, "received_at")?,
+        targets: Vec::new(),
+    })
+}
+
+fn target_from_row(row: &AnyRow) -> Result<DeliveryTarget> {
+    Ok(DeliveryTarget {
+        workspace: row.try_get("workspace")?,
+        fraise: row.try_get("fraise")?,
+        environment: row.try_get("environment")?,
+        reference: row.try_get("ref")?,
+        commit: row.try_get("commit_sha")?,
+        deployment_id: row.try_get("deployment_id")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+    })
+}
