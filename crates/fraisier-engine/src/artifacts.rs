@@ -291,6 +291,69 @@ impl Engine {
         Ok(Some(artifact_ref(&pushed?.version)))
     }
 
+    /// Makes `version` of artifact `from` also that version of the fraise's own artifact (the
+    /// same bytes, no copy), so that the fraise can deploy it. Nothing to do when the fraise's
+    /// artifact has it already.
+    pub async fn adopt_artifact(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        from: &str,
+        version: &str,
+        by: &str,
+    ) -> Result<(), EngineError> {
+        let config = self.inner.config.scope(tenant);
+        let f = config
+            .fraises
+            .get(fraise)
+            .ok_or_else(|| EngineError::FraiseNotFound(fraise.to_string()))?;
+        let source = self
+            .store()
+            .artifact_version(tenant, from, version)
+            .await
+            .map_err(|e| not_found(e, from, Some(version)))?;
+        if from == fraise {
+            return Ok(());
+        }
+        let kind = match f.kind {
+            FraiseType::Api => ArtifactKind::Api,
+            FraiseType::Etl | FraiseType::Scheduled => ArtifactKind::Server,
+        };
+        let mut metadata = source.metadata.clone();
+        if let Some(m) = metadata.as_object_mut() {
+            m.insert(
+                "adopted_from".into(),
+                serde_json::json!(format!("{from}@{version}")),
+            );
+        }
+        let recorded = self
+            .store()
+            .add_artifact_version(&NewArtifactVersion {
+                tenant_id: tenant.to_string(),
+                name: fraise.to_string(),
+                kind: kind.as_str().to_string(),
+                description: f.description.clone(),
+                tags: Vec::new(),
+                version: version.to_string(),
+                digest: source.digest.clone(),
+                size: source.size,
+                format: source.format.clone(),
+                metadata,
+                created_by: by.to_string(),
+            })
+            .await?;
+        match recorded {
+            Ok(_) => Ok(()),
+            Err(VersionConflict::Digest { existing }) => Err(EngineError::ArtifactConflict(
+                format!("{fraise} has a version {version} already, with other bytes ({existing})"),
+            )),
+            Err(VersionConflict::Kind { existing }) => Err(EngineError::ArtifactConflict(format!(
+                "artifact {fraise} is of type {existing}, not {}",
+                kind.as_str()
+            ))),
+        }
+    }
+
     /// The versions the registry has of a fraise's artifact.
     pub(crate) async fn registry_versions(
         &self,

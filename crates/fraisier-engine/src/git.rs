@@ -181,6 +181,27 @@ impl Mirrors {
     }
 }
 
+/// The branches and tags a repository has, with the commit each names, without fetching it
+/// (`git ls-remote`): `(commit, refs/heads/… or refs/tags/…)`.
+pub async fn ls_remote(url: &str) -> Result<Vec<(String, String)>, GitError> {
+    let out = run(
+        Command::new("git").args(["ls-remote", "--heads", "--tags", "--", url]),
+        "ls-remote",
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(c, r)| {
+            (
+                c.trim().to_string(),
+                r.trim().trim_end_matches("^{}").to_string(),
+            )
+        })
+        .collect())
+}
+
 /// `git --git-dir DIR ARGS…`: its standard output, or why it failed.
 async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Result<String, GitError> {
     let what = args.first().copied().unwrap_or("git").to_string();

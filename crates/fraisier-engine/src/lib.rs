@@ -36,6 +36,7 @@ pub use request::{
     known_versions, ApprovalPolicy, BuildPlan, DeployRequest, RollbackRequest, RunOptions,
     DEFAULT_TIMEOUT_SECS,
 };
+pub use source::{Follow, SourceCheck, SourceCheckLine, SourceInfo, SourceReport};
 pub use status::ServiceStatus;
 pub use variables::{VariableChange, VariableKind, VariablesChanged};
 pub use webhooks::{PushTarget, TargetError};

@@ -41,6 +41,9 @@ pub struct DeployRequest {
     /// With `git_ref`: the commit the ref named when the host reported the push (a webhook),
     /// deployed even if the ref has moved on since.
     pub commit: Option<String>,
+    /// `version` is a version of the artifact store, deployed as it is even for a fraise
+    /// built from git (an upload, an adopted artifact).
+    pub from_store: bool,
 }
 
 #[derive(Clone, Debug, Default)]

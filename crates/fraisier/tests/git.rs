@@ -266,7 +266,158 @@ async fn branches_and_tags_are_built_deployed_skipped_and_kept() {
 fn pgrep(pattern: &str) -> bool {
     Command::new("pgrep")
         .args(["-f", pattern])
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap()
         .success()
+}
+
+#[tokio::test]
+async fn seed_003_sources_are_listed_checked_and_deployed() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let head = commit(&repo, GOOD_BUILD, "first");
+    let port = free_port();
+    let s = Server::start(&ws, &git_yaml(&ws, &repo, port)).await;
+
+    let (status, v) = s.get("/deployments/sources").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["sources"][0]["fraise"], "app");
+    assert_eq!(v["sources"][0]["type"], "git");
+    assert_eq!(v["sources"][0]["branch"], "main");
+    assert_eq!(v["sources"][0]["url"], format!("file://{}", repo.display()));
+
+    // Checks: a ref that resolves, one that does not, an artifact the store lacks.
+    let (status, v) = s
+        .post("/deployments/sources/validate", json!({"fraise": "app"}))
+        .await;
+    assert_eq!((status, v["valid"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(v["commit"], head.as_str());
+    assert_eq!(v["version"], &head[..12]);
+    let (_, v) = s
+        .post(
+            "/deployments/sources/validate",
+            json!({"fraise": "app", "ref": "nope"}),
+        )
+        .await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["checks"][1]["check"], "ref", "{v}");
+    assert_eq!(v["checks"][1]["ok"], false, "{v}");
+    let (_, v) = s
+        .post(
+            "/deployments/sources/validate",
+            json!({"artifact": "app", "version": "9.9.9"}),
+        )
+        .await;
+    assert_eq!(v["valid"], false, "{v}");
+    for (body, status, field) in [
+        (json!({}), 400, Some("fraise")),
+        (json!({"url": "file:///etc"}), 400, Some("url")),
+        (json!({"url": "-oProxyCommand=x"}), 400, Some("url")),
+        (json!({"fraise": "ghost"}), 404, None),
+    ] {
+        let (st, v) = s.post("/deployments/sources/validate", body.clone()).await;
+        assert_eq!(st, status, "{body}: {v}");
+        assert_eq!(
+            v["error"]["details"]["field"].as_str(),
+            field,
+            "{body}: {v}"
+        );
+    }
+
+    // From git, by repository and ref.
+    let (status, v) = s
+        .post(
+            "/deployments/github",
+            json!({"fraise": "app", "environment": "production", "ref": "main"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let run = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some(&head[..12]));
+    let (status, v) = s
+        .post(
+            "/deployments/github",
+            json!({"fraise": "app", "environment": "production", "repository": "someone/else"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["details"]["field"].as_str()),
+        (400, Some("repository")),
+        "{v}"
+    );
+
+    // An upload, stored as the fraise's version and deployed as it is.
+    let release = ws.path().join("upload");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("demo.env"), "DEMO_VERSION=3.0.0\n").unwrap();
+    let tarball = ws.path().join("upload.tar.gz");
+    assert!(Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&release)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let r = s
+        .http
+        .post(format!(
+            "{}/deployments/direct?fraise=app&environment=production&version=3.0.0",
+            s.url
+        ))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/octet-stream")
+        .body(std::fs::read(&tarball).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v: Value = r.json().await.unwrap();
+    let run = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some("3.0.0"));
+    let (status, _) = s.get("/artifacts/app/versions/3.0.0").await;
+    assert_eq!(status, 200);
+
+    // A version the store has, by JSON; one it lacks.
+    let (status, v) = s
+        .post(
+            "/deployments/direct",
+            json!({"fraise": "app", "environment": "production", "version": &head[..12]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let run = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some(&head[..12]));
+    let (status, v) = s
+        .post(
+            "/deployments/direct",
+            json!({"fraise": "app", "environment": "production", "version": "7.0.0"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("ARTIFACT_NOT_FOUND")),
+        "{v}"
+    );
+
+    // Helm needs Kubernetes, which is not here.
+    let (status, v) = s.post("/deployments/helm", json!({"chart": "x"})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("PROVIDER_UNSUPPORTED")),
+        "{v}"
+    );
 }

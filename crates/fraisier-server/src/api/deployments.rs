@@ -359,6 +359,7 @@ pub async fn create(
         git_ref: body.git_ref,
         force: body.force,
         commit: None,
+        from_store: false,
     };
     let run = state.engine.submit(req).await?;
     // A run waiting for approval may wait a day: answer now.

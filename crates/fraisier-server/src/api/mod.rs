@@ -17,6 +17,7 @@ pub mod projects;
 pub mod reference;
 pub mod routes;
 pub mod services;
+pub mod sources;
 pub mod system;
 pub mod users;
 pub mod variables;
@@ -64,6 +65,11 @@ pub fn router(state: AppState) -> Router {
             get(deployments::list).post(services::create),
         )
         .route("/deployments/validate", post(services::validate))
+        .route("/deployments/sources", get(sources::list))
+        .route("/deployments/sources/validate", post(sources::validate))
+        .route("/deployments/github", post(sources::github))
+        .route("/deployments/direct", post(sources::direct))
+        .route("/deployments/helm", post(sources::helm))
         .route(
             "/deployments/{id}",
             get(deployments::get).delete(deployments::cancel),

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use super::routes::{self, Need};
 use super::{
     api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises, params,
-    projects, services, system, users, variables, webhooks, workspaces,
+    projects, services, sources, system, users, variables, webhooks, workspaces,
 };
 
 struct BearerAuth;
@@ -57,11 +57,13 @@ impl Modify for BearerAuth {
         fraises::list, fraises::get, fraises::status, fraises::history,
         environments::list, environments::get, environments::status,
         webhooks::receive, webhooks::receive_any, webhooks::deliveries,
+        sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName, params::Name,
         fraisier_model::run::LogLevel, fraisier_model::run::Component, fraisier_model::run::RunStatus,
-        fraisier_model::run::ServiceState, fraisier_model::FraiseType, fraisier_model::artifact::ArtifactKind)),
+        fraisier_model::run::ServiceState, fraisier_model::FraiseType, fraisier_model::artifact::ArtifactKind,
+        fraisier_model::webhook::GitHost, webhooks::DeliveryOutcome)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
     tags((name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),

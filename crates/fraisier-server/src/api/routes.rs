@@ -62,6 +62,12 @@ pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/deployments", may(P::DeploymentRead), "deployment.list"),
     route("POST", "/deployments", may(P::DeploymentCreate), "deployment.create"),
     route("POST", "/deployments/validate", may(P::DeploymentRead), "deployment.validate"),
+    route("GET", "/deployments/sources", may(P::DeploymentRead), "source.list"),
+    route("POST", "/deployments/sources/validate", may(P::DeploymentRead), "source.validate"),
+    route("POST", "/deployments/github", may(P::DeploymentCreate), "deployment.create"),
+    route("POST", "/deployments/direct", may(P::DeploymentCreate), "deployment.create"),
+    // The same refusal for every caller: nothing is deployed, nothing is read.
+    route("POST", "/deployments/helm", Authenticated, "deployment.helm"),
     route("GET", "/deployments/{id}", may(P::DeploymentRead), "deployment.read"),
     route("DELETE", "/deployments/{id}", may(P::DeploymentUpdate), "deployment.cancel"),
     route("GET", "/deployments/{id}/logs", may(P::LogsRead), "deployment.logs"),

@@ -331,6 +331,7 @@ fn deploy_request(
         git_ref: None,
         force: false,
         commit: None,
+        from_store: false,
     })
 }
 

@@ -161,7 +161,7 @@ pub async fn receive_any(
 }
 
 #[utoipa::path(get, path = "/api/v1/webhooks/deliveries", tag = "webhooks",
-    params(("provider" = Option<String>, Query), ("outcome" = Option<DeliveryOutcome>, Query), ("repository" = Option<String>, Query),
+    params(("provider" = Option<GitHost>, Query), ("outcome" = Option<DeliveryOutcome>, Query), ("repository" = Option<String>, Query),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
