@@ -354,6 +354,34 @@ impl Engine {
         }
     }
 
+    /// A stored version reused for a commit must have been built from that commit of that
+    /// repository: a version name alone (a moved tag, an upload named like a commit id) does
+    /// not say what the bytes are.
+    pub(crate) async fn check_provenance(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        version: &str,
+        plan: &crate::request::BuildPlan,
+    ) -> Result<(), EngineError> {
+        let v = self
+            .store()
+            .artifact_version(tenant, fraise, version)
+            .await?;
+        let m = &v.metadata;
+        let built = m.get("source").and_then(Value::as_str) == Some("git")
+            && m.get("commit").and_then(Value::as_str) == Some(plan.commit.as_str())
+            && m.get("repository").and_then(Value::as_str) == Some(plan.url.as_str());
+        if built {
+            return Ok(());
+        }
+        Err(EngineError::ArtifactConflict(format!(
+            "version {version} of {fraise} in the store was not built from commit {} of {}: \
+             delete it (fraisier artifact delete) or deploy it as it is (POST /deployments/direct)",
+            plan.commit, plan.url
+        )))
+    }
+
     /// The versions the registry has of a fraise's artifact.
     pub(crate) async fn registry_versions(
         &self,

@@ -25,6 +25,38 @@ use crate::{ArtifactPush, Engine, EngineError};
 /// A logged line of build output is cut at this many bytes.
 const MAX_LINE_BYTES: usize = 4096;
 
+/// What of the server's environment a build sees: where tools are and how they talk, never
+/// the server's settings or credentials (a build runs the repository's code).
+const BUILD_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "GOPATH",
+    "GOCACHE",
+    "GOMODCACHE",
+    "NPM_CONFIG_CACHE",
+    "PIP_CACHE_DIR",
+];
+
+/// How long output is still read after the build's shell exited (a background process it
+/// left may hold the pipe open).
+const DRAIN: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BuildError {
     #[error("cannot check out {commit}: {source}")]
@@ -136,10 +168,19 @@ impl Engine {
             .await;
         }
         let what = f.artifact.as_ref().map_or("", |a| a.path.as_str());
-        let dir = tree.join(what);
-        if !dir.is_dir() {
-            return Err(BuildError::NothingBuilt(format!("directory {what:?}")));
-        }
+        // Resolved, so that a symlink committed as `dist` cannot pack what lies outside.
+        let inside = match (
+            std::fs::canonicalize(tree.join(what)),
+            std::fs::canonicalize(tree),
+        ) {
+            (Ok(dir), Ok(root)) if dir.is_dir() && dir.starts_with(&root) => Some(dir),
+            _ => None,
+        };
+        let Some(dir) = inside else {
+            return Err(BuildError::NothingBuilt(format!(
+                "directory {what:?} inside the checkout"
+            )));
+        };
         self.store_build(run, f, plan, &dir).await
     }
 
@@ -165,8 +206,7 @@ impl Engine {
             json!({}),
         )
         .await;
-        // The server's environment, less its own settings (a secret key may be among them).
-        let inherited = std::env::vars().filter(|(k, _)| !k.starts_with("FRAISIER_"));
+        let inherited = std::env::vars().filter(|(k, _)| BUILD_ENV.contains(&k.as_str()));
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(format!("exec 2>&1\n{command}"))
@@ -200,7 +240,7 @@ impl Engine {
                     Ok(0) | Err(_) => open = false,
                     Ok(_) => self.build_line(run, &mut buf).await,
                 },
-                status = child.wait(), if !open => break status,
+                status = child.wait() => break status,
                 changed = cancel.changed(), if cancel_open => match changed {
                     Ok(()) if cancel.borrow().is_some() => {
                         kill_group(group).await;
@@ -220,11 +260,18 @@ impl Engine {
                 }
             }
         };
+        // Whatever the build started in the background goes with it; what it wrote is read.
+        kill_group(group).await;
+        let drain_until = Instant::now() + DRAIN;
+        while open {
+            match tokio::time::timeout_at(drain_until, output.read_until(b'\n', &mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.build_line(run, &mut buf).await,
+                _ => open = false,
+            }
+        }
         if !buf.is_empty() {
             self.build_line(run, &mut buf).await;
         }
-        // Whatever the build started in the background goes with it.
-        kill_group(group).await;
         let status = status.map_err(|e| BuildError::Io(e.to_string()))?;
         if status.success() {
             return Ok(());

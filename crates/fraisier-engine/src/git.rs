@@ -31,6 +31,17 @@ pub struct Mirrors {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
+/// How a request names a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// A branch or a tag.
+    Ref,
+    /// A tag or a commit id.
+    Version,
+    /// A commit id only (a host's report of a push).
+    Commit,
+}
+
 /// A ref resolved in a mirror.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -102,12 +113,14 @@ impl Mirrors {
         Ok(dir)
     }
 
-    /// A branch, a tag or a commit (full or abbreviated) of the mirror, with its version.
+    /// What a request names, with its version: a `ref` is a branch or a tag; a `version` is a
+    /// tag or a commit (never a branch, which could shadow either).
     pub async fn resolve(
         &self,
         mirror: &Path,
         url: &str,
         reference: &str,
+        kind: Naming,
     ) -> Result<Resolved, GitError> {
         let unknown = || GitError::UnknownRef {
             url: url.to_string(),
@@ -117,11 +130,18 @@ impl Mirrors {
             return Err(unknown());
         }
         let mut commit = None;
-        for candidate in [
-            format!("refs/heads/{reference}^{{commit}}"),
-            format!("refs/tags/{reference}^{{commit}}"),
-            format!("{reference}^{{commit}}"),
-        ] {
+        let is_hex = reference.len() >= 7
+            && reference.len() <= 64
+            && reference.bytes().all(|b| b.is_ascii_hexdigit());
+        let candidates = match kind {
+            Naming::Ref => vec![
+                format!("refs/heads/{reference}^{{commit}}"),
+                format!("refs/tags/{reference}^{{commit}}"),
+            ],
+            Naming::Version => vec![format!("refs/tags/{reference}^{{commit}}")],
+            Naming::Commit => Vec::new(),
+        };
+        for candidate in candidates {
             if let Ok(c) = git(
                 mirror,
                 &["rev-parse", "--verify", "--quiet", &candidate],
@@ -132,6 +152,9 @@ impl Mirrors {
                 commit = Some(c.trim().to_string());
                 break;
             }
+        }
+        if commit.is_none() && is_hex && kind != Naming::Ref {
+            commit = commit_by_id(mirror, reference).await;
         }
         let commit = commit.ok_or_else(unknown)?;
         let tags = git(
@@ -150,6 +173,27 @@ impl Mirrors {
             None => commit.chars().take(12).collect(),
         };
         Ok(Resolved { commit, version })
+    }
+
+    /// Whether `commit` is what `reference` names now or was named before: on the branch's
+    /// history, or the tag's commit. A host's report of a push is believed only so far.
+    pub async fn belongs(&self, mirror: &Path, commit: &str, reference: &str) -> bool {
+        let branch = format!("refs/heads/{reference}");
+        if git(
+            mirror,
+            &["merge-base", "--is-ancestor", commit, &branch],
+            Duration::from_secs(30),
+        )
+        .await
+        .is_ok()
+        {
+            return true;
+        }
+        let tag = format!("refs/tags/{reference}^{{commit}}");
+        matches!(
+            git(mirror, &["rev-parse", "--verify", "--quiet", &tag], Duration::from_secs(30)).await,
+            Ok(c) if c.trim() == commit
+        )
     }
 
     /// Writes the tree of `commit` (no `.git`) into `dest`, which must not exist.
@@ -184,8 +228,22 @@ impl Mirrors {
 /// The branches and tags a repository has, with the commit each names, without fetching it
 /// (`git ls-remote`): `(commit, refs/heads/… or refs/tags/…)`.
 pub async fn ls_remote(url: &str) -> Result<Vec<(String, String)>, GitError> {
+    // A URL from a request: https only, no credential helpers, no redirects.
     let out = run(
-        Command::new("git").args(["ls-remote", "--heads", "--tags", "--", url]),
+        Command::new("git")
+            .args([
+                "-c",
+                "protocol.allow=never",
+                "-c",
+                "protocol.https.allow=always",
+                "-c",
+                "credential.helper=",
+                "-c",
+                "http.followRedirects=false",
+            ])
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["ls-remote", "--heads", "--tags", "--", url]),
         "ls-remote",
         Duration::from_secs(30),
     )
@@ -200,6 +258,26 @@ pub async fn ls_remote(url: &str) -> Result<Vec<(String, String)>, GitError> {
             )
         })
         .collect())
+}
+
+/// The one commit whose id starts with `prefix`, looked up among objects only: a branch or
+/// tag named like the id (which `rev-parse` would prefer) does not shadow it.
+async fn commit_by_id(mirror: &Path, prefix: &str) -> Option<String> {
+    let t = Duration::from_secs(30);
+    let objects = git(
+        mirror,
+        &["rev-parse", &format!("--disambiguate={prefix}")],
+        t,
+    )
+    .await
+    .ok()?;
+    let mut commits = Vec::new();
+    for oid in objects.lines().map(str::trim).filter(|o| !o.is_empty()) {
+        if git(mirror, &["cat-file", "-t", oid], t).await.ok()?.trim() == "commit" {
+            commits.push(oid.to_string());
+        }
+    }
+    (commits.len() == 1).then(|| commits.remove(0))
 }
 
 /// `git --git-dir DIR ARGS…`: its standard output, or why it failed.
@@ -270,7 +348,10 @@ mod tests {
         let url = format!("file://{}", work.display());
         let mirrors = Mirrors::new(dir.path().join("mirrors"));
         let m = mirrors.fetch(&url).await.unwrap();
-        let first = mirrors.resolve(&m, &url, "main").await.unwrap();
+        let first = mirrors
+            .resolve(&m, &url, "main", Naming::Ref)
+            .await
+            .unwrap();
         assert_eq!(first.version.len(), 12);
         assert!(first.commit.starts_with(&first.version));
 
@@ -279,21 +360,58 @@ mod tests {
             "echo two > a.txt && git commit -qam two && git tag v2.0.0",
         );
         let m = mirrors.fetch(&url).await.unwrap();
-        let tagged = mirrors.resolve(&m, &url, "main").await.unwrap();
+        let tagged = mirrors
+            .resolve(&m, &url, "main", Naming::Ref)
+            .await
+            .unwrap();
         assert_eq!(tagged.version, "v2.0.0");
-        assert_eq!(mirrors.resolve(&m, &url, "v2.0.0").await.unwrap(), tagged);
         assert_eq!(
-            mirrors.resolve(&m, &url, &first.version).await.unwrap(),
+            mirrors
+                .resolve(&m, &url, "v2.0.0", Naming::Version)
+                .await
+                .unwrap(),
+            tagged
+        );
+        assert_eq!(
+            mirrors
+                .resolve(&m, &url, &first.version, Naming::Version)
+                .await
+                .unwrap(),
             first
         );
+        // A branch named like a commit or a tag shadows neither; a version is never a branch.
+        let shadow = first.commit[..12].to_string();
+        sh(&work, &format!("git branch {shadow} && git branch v9 HEAD"));
+        let m = mirrors.fetch(&url).await.unwrap();
+        assert_eq!(
+            mirrors
+                .resolve(&m, &url, &shadow, Naming::Commit)
+                .await
+                .unwrap()
+                .commit,
+            first.commit
+        );
+        assert!(mirrors
+            .resolve(&m, &url, "v9", Naming::Version)
+            .await
+            .is_err());
+        assert!(mirrors
+            .resolve(&m, &url, "main", Naming::Commit)
+            .await
+            .is_err());
+        assert!(mirrors.belongs(&m, &first.commit, "main").await);
+        assert!(mirrors.belongs(&m, &tagged.commit, "v2.0.0").await);
+        assert!(!mirrors.belongs(&m, &first.commit, "v2.0.0").await);
         for bad in ["nope", "--upload-pack=x", "main..v2.0.0", ""] {
-            assert!(
-                matches!(
-                    mirrors.resolve(&m, &url, bad).await,
-                    Err(GitError::UnknownRef { .. })
-                ),
-                "{bad}"
-            );
+            for naming in [Naming::Ref, Naming::Version, Naming::Commit] {
+                assert!(
+                    matches!(
+                        mirrors.resolve(&m, &url, bad, naming).await,
+                        Err(GitError::UnknownRef { .. })
+                    ),
+                    "{bad}"
+                );
+            }
         }
 
         let tree = dir.path().join("tree");

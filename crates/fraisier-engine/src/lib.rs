@@ -207,6 +207,10 @@ impl Engine {
         if let Some(a) = &artifact {
             metadata["artifact_digest"] = json!(a.digest);
         }
+        if let (Some(s), Some(_)) = (&source, &artifact) {
+            self.check_provenance(&req.tenant, &req.fraise, &version, &s.plan)
+                .await?;
+        }
         let (build, already_deployed) = match &source {
             Some(s) => {
                 metadata["commit"] = json!(s.plan.commit);

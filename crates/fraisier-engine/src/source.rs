@@ -4,7 +4,7 @@
 
 use fraisier_model::config::FraiseConfig;
 
-use crate::git::GitError;
+use crate::git::{GitError, Naming};
 use crate::request::{BuildPlan, DeployRequest};
 use crate::{Engine, EngineError};
 
@@ -57,11 +57,15 @@ impl Engine {
             .fetch(&url)
             .await
             .map_err(|e| EngineError::SourceUnavailable(e.to_string()))?;
-        let target = req.commit.as_deref().unwrap_or(&reference);
+        let (target, naming) = match (&req.commit, field) {
+            (Some(c), _) => (c.as_str(), Naming::Commit),
+            (None, "version") => (reference.as_str(), Naming::Version),
+            (None, _) => (reference.as_str(), Naming::Ref),
+        };
         let resolved = self
             .inner
             .mirrors
-            .resolve(&mirror, &url, target)
+            .resolve(&mirror, &url, target, naming)
             .await
             .map_err(|e| match e {
                 GitError::UnknownRef { .. } => EngineError::InvalidParameters {
@@ -70,6 +74,19 @@ impl Engine {
                 },
                 e => EngineError::SourceUnavailable(e.to_string()),
             })?;
+        // A reported commit must be the ref's (not a fork's, fetched with a pull request).
+        if req.commit.is_some()
+            && !self
+                .inner
+                .mirrors
+                .belongs(&mirror, &resolved.commit, &reference)
+                .await
+        {
+            return Err(EngineError::InvalidParameters {
+                field: "commit".into(),
+                message: format!("commit {} is not on {reference}", resolved.commit),
+            });
+        }
         Ok(Some(SourceResolution {
             version: resolved.version,
             plan: BuildPlan {
@@ -287,10 +304,10 @@ impl Engine {
                     message: format!("url {p}"),
                 });
             }
-            if url.starts_with("file://") {
+            if !url.starts_with("https://") {
                 return Err(EngineError::InvalidParameters {
                     field: "url".into(),
-                    message: "a file:// repository is checked through the fraise that names it (give fraise)".into(),
+                    message: "a URL is checked over https only; another repository is checked through the fraise that names it (give fraise)".into(),
                 });
             }
             match crate::git::ls_remote(url).await {

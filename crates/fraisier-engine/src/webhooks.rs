@@ -43,11 +43,9 @@ impl Engine {
             };
             for (workspace, ws) in &self.inner.config.workspaces {
                 for (fraise, f) in &ws.fraises {
-                    if f.source.is_none()
-                        || !push
-                            .repository
-                            .is(f.git_url().as_deref(), f.git_repo.as_deref())
-                    {
+                    // By URL only: an `owner/name` alone would match the same name on
+                    // another host.
+                    if f.source.is_none() || !push.repository.is(f.git_url().as_deref(), None) {
                         continue;
                     }
                     for (environment, fe) in &f.environments {

@@ -446,7 +446,11 @@ fn default_keep_releases() -> usize {
 /// Why a repository URL is refused: only schemes git fetches without a shell, and no
 /// option-like or control characters (the URL reaches `git` as an argument).
 pub fn git_url_problem(url: &str) -> Option<String> {
-    if url.starts_with('-') || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // `transport::address` would reach any git-remote-<transport> helper installed.
+    if url.starts_with('-')
+        || url.contains("::")
+        || url.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Some("must not start with '-' or contain spaces or control characters".into());
     }
     let scp_like = url.contains('@') && url.contains(':') && !url.contains("://");

@@ -192,6 +192,22 @@ async fn branches_and_tags_are_built_deployed_skipped_and_kept() {
         .await;
     assert!(logs.to_string().contains("error: it broke"), "{logs}");
 
+    // A build that leaves a process holding its output open still ends when its shell does.
+    let started = std::time::Instant::now();
+    commit(&repo, &format!("{GOOD_BUILD}sleep 31.75 &\n"), "daemon");
+    let id = s.deploy("app", "production", json!({})).await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !pgrep("sleep 31.75"),
+        "the build's background process outlived it"
+    );
+
     // Bad requests name their field and create nothing.
     for (body, field) in [
         (json!({"ref": "no-such-branch"}), "ref"),
@@ -387,6 +403,16 @@ async fn seed_003_sources_are_listed_checked_and_deployed() {
     assert_eq!(router_version(port).await.as_deref(), Some("3.0.0"));
     let (status, _) = s.get("/artifacts/app/versions/3.0.0").await;
     assert_eq!(status, 200);
+    // A tag named like that upload does not pass the upload off as the tag's build.
+    git(&repo, &["tag", "3.0.0"]);
+    let (status, v) = s
+        .post("/deployments/app/production", json!({"ref": "3.0.0"}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("ARTIFACT_CONFLICT")),
+        "{v}"
+    );
 
     // A version the store has, by JSON; one it lacks.
     let (status, v) = s

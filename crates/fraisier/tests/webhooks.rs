@@ -127,7 +127,7 @@ fraises:
   app:
     type: api
     command: "exec {demo}"
-    git_repo: team_name/repo_name
+    git_repo: Codertocat/Hello-World
     source: {{ git: {{ url: "file://{origin}", branch: main }} }}
     build: "sh build.sh"
     artifact: {{ path: dist }}
@@ -340,9 +340,10 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     assert_eq!(status, 202, "{receipt:#}");
     deployed(&s, &receipt, &commit).await;
 
-    // Bitbucket Cloud: the repository named by its full name (the fraise's git_repo).
+    // Bitbucket Cloud: the repository named by its web address.
     let commit = push_commit(&work, 4);
     let mut bb = fixture("bitbucket-cloud-repo-push.json");
+    bb["repository"]["links"]["html"]["href"] = json!(origin_url);
     bb["push"]["changes"][0]["new"]["name"] = json!("main");
     bb["push"]["changes"][0]["new"]["target"]["hash"] = json!(commit);
     let (status, receipt) = deliver(
@@ -437,10 +438,9 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     );
     assert_eq!(router_version(staging).await.as_deref(), Some("2.0.0"));
 
-    // Another repository deploys nothing.
+    // Another repository deploys nothing, even one whose owner/name is the fraise's git_repo.
     let mut other = push.clone();
     other["repository"]["clone_url"] = json!("https://github.com/someone/else.git");
-    other["repository"]["full_name"] = json!("someone/else");
     let (status, v) = deliver(
         &s,
         "/webhook",

@@ -296,6 +296,13 @@ pub async fn direct(
             &body.environment,
         )?;
         let from = body.artifact.as_deref().unwrap_or(&body.fraise);
+        if from != body.fraise {
+            // It records a new version of the fraise's artifact.
+            state
+                .roles
+                .judge(&who.roles, Permission::ArtifactPush, None)
+                .map_err(|d| ApiError::denied(&d))?;
+        }
         state
             .engine
             .adopt_artifact(
