@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::request::{self, RunOptions};
+
+mod migrate;
 use crate::{BusMessage, Engine, ProviderError};
 
 /// How often a run waiting for approval looks at the store for votes cast through another
@@ -46,6 +48,10 @@ enum Unit {
     Dependencies,
     Backup,
     PreHooks,
+    /// The fraise's migrations `up`, in the new release, before traffic moves.
+    Migrate,
+    /// A rollback's `down` of what the deploy of the version it leaves applied.
+    MigrateBack,
     Phase(Phase),
     Job,
     Install,
@@ -342,14 +348,19 @@ impl RunCtx<'_> {
             units.push(Unit::Build);
         }
         units.extend([Unit::Dependencies, Unit::Backup]);
+        // Steps for migrations only where there are some.
+        let migrates = self.fraise.migrations.is_some();
         match (self.fraise.kind, self.run.kind) {
             // A job's new environment is for its next run; a configuration change runs no
             // job and no hooks (they are for new code: migrations, cache warm-ups).
-            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Rollback | RunKind::Config) => {
+            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Config) => units.push(Unit::Install),
+            (FraiseType::Etl | FraiseType::Scheduled, RunKind::Rollback) => {
+                units.extend(migrates.then_some(Unit::MigrateBack));
                 units.push(Unit::Install)
             }
             (FraiseType::Etl, RunKind::Deploy) => {
                 units.push(Unit::PreHooks);
+                units.extend(migrates.then_some(Unit::Migrate));
                 units.push(Unit::Install);
                 units.push(Unit::Job);
                 units.push(Unit::PostHooks);
@@ -357,12 +368,18 @@ impl RunCtx<'_> {
             // Installing a scheduled fraise's release also hands the agent its schedule.
             (FraiseType::Scheduled, RunKind::Deploy) => {
                 units.push(Unit::PreHooks);
+                units.extend(migrates.then_some(Unit::Migrate));
                 units.push(Unit::Install);
                 units.push(Unit::PostHooks);
             }
             (_, kind) => {
-                if kind == RunKind::Deploy {
-                    units.push(Unit::PreHooks);
+                match kind {
+                    RunKind::Deploy => {
+                        units.push(Unit::PreHooks);
+                        units.extend(migrates.then_some(Unit::Migrate));
+                    }
+                    RunKind::Rollback => units.extend(migrates.then_some(Unit::MigrateBack)),
+                    RunKind::Config => {}
                 }
                 units.extend(self.plan().into_iter().map(Unit::Phase));
                 if kind == RunKind::Deploy {
@@ -402,6 +419,8 @@ impl RunCtx<'_> {
                 self.run.version, self.run.environment
             ))),
             Unit::Build => self.build().await,
+            Unit::Migrate => self.migrate_up().await,
+            Unit::MigrateBack => self.migrate_back().await,
             Unit::Dependencies => {
                 let deps = self.opts.dependencies.clone();
                 if deps.is_empty() {
@@ -1380,7 +1399,38 @@ impl RunCtx<'_> {
         let mut state = ServiceState::Failed;
         let mut error_code = f.code.to_string();
         let mut message = f.message.clone();
-        if moved && (self.opts.rollback_on_failure || cancelled) {
+        // The schema goes back first, then the code: the previous version never runs on
+        // migrations it does not know. A `down` that fails leaves the new version, which
+        // matches the schema the database was left with.
+        let mut schema_stuck = false;
+        let undo = self.opts.rollback_on_failure || cancelled;
+        if let (RunKind::Deploy, true, Some(m)) =
+            (self.run.kind, undo, self.fraise.migrations.clone())
+        {
+            if self.opts.migration.as_ref().is_some_and(|r| !r.reverted) {
+                match self.revert(&m).await {
+                    Ok(done) => {
+                        self.engine
+                            .log(
+                                &self.run,
+                                LogLevel::Info,
+                                Component::Migration,
+                                &done,
+                                json!({}),
+                            )
+                            .await
+                    }
+                    Err(why) => {
+                        error_code = "ROLLBACK_FAILED".into();
+                        message = format!("{message}; then {why}");
+                        schema_stuck = true;
+                    }
+                }
+            }
+        }
+        if schema_stuck {
+            state = ServiceState::Unhealthy;
+        } else if moved && undo {
             match self.restore(snapshot).await {
                 Ok(()) => state = ServiceState::Healthy,
                 Err(e) => {
@@ -1621,6 +1671,8 @@ fn unit_name(unit: &Unit, skip_health: bool) -> String {
     match unit {
         Unit::AlreadyDeployed => "already deployed".into(),
         Unit::Build => "build release".into(),
+        Unit::Migrate => "migrations up".into(),
+        Unit::MigrateBack => "migrations down".into(),
         Unit::Dependencies => "check dependencies".into(),
         Unit::Backup => "keep previous release".into(),
         Unit::PreHooks => "pre-deploy hooks".into(),

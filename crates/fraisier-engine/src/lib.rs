@@ -233,6 +233,7 @@ impl Engine {
             skip_backup: req.skip_backup,
             timeout_secs,
             rollback_on_failure: req.rollback_on_failure.unwrap_or(true),
+            migrate: req.migrate.unwrap_or(true),
             dependencies,
             approval: request::approval_policy(config, &req.environment, Utc::now()),
             ..RunOptions::default()
@@ -432,6 +433,7 @@ impl Engine {
             rollback_on_failure: true,
             reason: req.reason.clone(),
             approval: request::approval_policy(config, &req.environment, Utc::now()),
+            migrate: req.migrate.unwrap_or(true),
             ..RunOptions::default()
         };
         let new = NewRun {

@@ -44,6 +44,8 @@ pub struct DeployRequest {
     /// `version` is a version of the artifact store, deployed as it is even for a fraise
     /// built from git (an upload, an adopted artifact).
     pub from_store: bool,
+    /// `false` skips the fraise's migrations (default: run them).
+    pub migrate: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -55,6 +57,8 @@ pub struct RollbackRequest {
     pub reason: Option<String>,
     pub triggered_by: String,
     pub trigger_type: String,
+    /// `false` leaves the database as it is (default: undo what the version's deploy applied).
+    pub migrate: Option<bool>,
 }
 
 /// Options a run keeps in the store so that a resumed run behaves as first asked.
@@ -96,6 +100,26 @@ pub struct RunOptions {
     /// The commit already runs there: the run ends at once (`skipped: already deployed`).
     #[serde(default)]
     pub already_deployed: bool,
+    /// Run the fraise's migrations (`up` on deploy, `down` on rollback).
+    #[serde(default)]
+    pub migrate: bool,
+    /// What this run's migrations did, kept as they run so that a failure undoes exactly that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationRecord>,
+}
+
+/// Migrations a run applied with `up` (or, for a rollback, undid with `down`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    /// The version whose release ran them.
+    pub version: String,
+    /// Applied migrations (as `status` counts them) before the command ran.
+    pub before: u64,
+    /// How many it applied (or undid); `None` until it ended, or when `status` could not say.
+    pub steps: Option<u64>,
+    /// They have been undone since.
+    #[serde(default)]
+    pub reverted: bool,
 }
 
 /// What a run builds: a commit of a repository, named by the ref it was asked for.

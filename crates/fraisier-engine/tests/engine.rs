@@ -1,5 +1,6 @@
 //! The engine's decisions against a fake provider: approvals (waiting, separation of duties,
-//! expiry) and configuration changes (released by a `config` run, put back when it fails).
+//! expiry), configuration changes (released by a `config` run, put back when it fails) and
+//! migrations (undone exactly, before the previous version takes traffic back).
 //! The provider converges at once, except that an instance whose release says
 //! `FAKE_HEALTHY=false` never turns healthy.
 //!
@@ -32,12 +33,33 @@ struct FakeProvider {
     services: Mutex<BTreeMap<(String, String), ObservedService>>,
     /// Every desired state applied, in order.
     applied: Mutex<Vec<DesiredService>>,
+    /// Versions whose instances never turn healthy.
+    unhealthy: Mutex<Vec<String>>,
+    /// A database's applied migrations, as the commands `status`, `up` and `down` see it:
+    /// release 1.0.0 has 1 migration, 2.0.0 has 3.
+    schema: Mutex<u64>,
+    /// Commands run (`up 2.0.0`) and desired states applied (`apply 1.0.0,2.0.0`: the
+    /// versions taking traffic), in order.
+    log: Mutex<Vec<String>>,
 }
 
 #[async_trait]
 impl Provider for FakeProvider {
     async fn apply(&self, d: &DesiredService) -> Result<ObservedService, ProviderError> {
         self.applied.lock().unwrap().push(d.clone());
+        let serving: Vec<&str> = d
+            .instances
+            .iter()
+            .filter(|i| i.weight > 0)
+            .map(|i| i.version.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("apply {}", serving.join(",")));
+        let unhealthy = self.unhealthy.lock().unwrap().clone();
         let instances = d
             .instances
             .iter()
@@ -45,7 +67,8 @@ impl Provider for FakeProvider {
                 let healthy = d.releases[&i.version]
                     .env
                     .get("FAKE_HEALTHY")
-                    .is_none_or(|v| v != "false");
+                    .is_none_or(|v| v != "false")
+                    && !unhealthy.contains(&i.version);
                 ObservedInstance {
                     id: i.id.clone(),
                     version: i.version.clone(),
@@ -108,12 +131,33 @@ impl Provider for FakeProvider {
             .cloned())
     }
 
-    async fn exec(&self, _: &ExecRequest) -> Result<ExecResult, ProviderError> {
+    async fn exec(&self, req: &ExecRequest) -> Result<ExecResult, ProviderError> {
+        let mut schema = self.schema.lock().unwrap();
+        let output = match req.command.as_str() {
+            "status" => vec![schema.to_string()],
+            "up" => {
+                let release: u64 = if req.version == "1.0.0" { 1 } else { 3 };
+                *schema = (*schema).max(release);
+                Vec::new()
+            }
+            "down" => {
+                let steps: u64 = req.env["FRAISIER_MIGRATION_STEPS"].parse().unwrap();
+                *schema -= steps;
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        if req.command != "status" {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", req.command, req.version));
+        }
         Ok(ExecResult {
             exit_code: Some(0),
             timed_out: false,
             duration_ms: 1,
-            output: Vec::new(),
+            output,
         })
     }
 
@@ -138,6 +182,12 @@ fraises:
     environments:
       staging: { port: 18001, instances: 2 }
       production: { port: 18002, instances: 2, strategy: canary, strategy_defaults: { rolling: { health_check_timeout: 1s } } }
+  db_api:
+    command: "run"
+    versions: ["1.0.0", "2.0.0"]
+    migrations: { up: up, down: down, status: status }
+    environments:
+      production: { port: 18003, instances: 2, strategy: rolling, strategy_config: { health_check_timeout: 1s } }
 "#;
 
 async fn engine() -> (Engine, Arc<FakeProvider>) {
@@ -329,4 +379,71 @@ async fn a_change_of_variables_is_a_release_and_is_put_back_when_it_fails() {
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn migrations_go_back_exactly_and_before_the_old_code_takes_traffic() {
+    let (engine, provider) = engine().await;
+    let ship = |version: &str| DeployRequest {
+        fraise: "db_api".into(),
+        ..deploy("production", version, "ann")
+    };
+    let run = engine.submit(ship("1.0.0")).await.unwrap();
+    let done = finished(&engine, &run).await;
+    assert_eq!(done.status, RunStatus::Success, "{:?}", done.error_message);
+    assert_eq!(*provider.schema.lock().unwrap(), 1);
+
+    // 2.0.0 applies two migrations, then never turns healthy: both go back, schema first.
+    provider.unhealthy.lock().unwrap().push("2.0.0".into());
+    provider.log.lock().unwrap().clear();
+    let run = engine.submit(ship("2.0.0")).await.unwrap();
+    let done = finished(&engine, &run).await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(*provider.schema.lock().unwrap(), 1);
+    let log = provider.log.lock().unwrap().clone();
+    let down = log
+        .iter()
+        .position(|e| e == "down 2.0.0")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert!(
+        log.iter().position(|e| e == "up 2.0.0").unwrap() < down,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("apply 1.0.0"),
+        "{log:?}"
+    );
+    assert!(down < log.len() - 1, "{log:?}");
+
+    // Healthy this time; then a rollback undoes exactly its two before 1.0.0 serves alone.
+    provider.unhealthy.lock().unwrap().clear();
+    let run = engine.submit(ship("2.0.0")).await.unwrap();
+    assert_eq!(finished(&engine, &run).await.status, RunStatus::Success);
+    assert_eq!(*provider.schema.lock().unwrap(), 3);
+    provider.log.lock().unwrap().clear();
+    let run = engine
+        .rollback(fraisier_engine::RollbackRequest {
+            tenant: DEFAULT_TENANT.into(),
+            fraise: "db_api".into(),
+            environment: "production".into(),
+            triggered_by: "ann".into(),
+            trigger_type: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = finished(&engine, &run).await;
+    assert_eq!(done.status, RunStatus::Success, "{:?}", done.error_message);
+    assert_eq!(*provider.schema.lock().unwrap(), 1);
+    let log = provider.log.lock().unwrap().clone();
+    let down = log
+        .iter()
+        .position(|e| e == "down 2.0.0")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    let old_serves = log
+        .iter()
+        .position(|e| e.starts_with("apply") && e.contains("1.0.0"))
+        .unwrap();
+    assert!(down < old_serves, "{log:?}");
 }

@@ -299,6 +299,9 @@ pub struct FraiseConfig {
     /// What of the built tree becomes the release (default: all of it).
     #[serde(default)]
     pub artifact: Option<ArtifactConfig>,
+    /// Database migrations run with each release, and undone exactly on rollback.
+    #[serde(default)]
+    pub migrations: Option<MigrationsConfig>,
     #[serde(default)]
     pub versions: Vec<String>,
     #[serde(default)]
@@ -345,6 +348,24 @@ pub struct GitSourceConfig {
     /// Deployed when a request names no version or ref (default `git_branch`, else `main`).
     #[serde(default)]
     pub branch: Option<String>,
+}
+
+/// Commands run (`sh -c`) in the release being deployed, with its variables and secrets.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsConfig {
+    /// Applies what is pending.
+    pub up: String,
+    /// Reverts `$FRAISIER_MIGRATION_STEPS` migrations, the latest first.
+    pub down: String,
+    /// Prints the number of applied migrations (its last line).
+    pub status: String,
+    #[serde(default = "default_migration_timeout")]
+    pub timeout: Millis,
+}
+
+fn default_migration_timeout() -> Millis {
+    Millis::from_secs(600)
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -804,6 +825,22 @@ fn validate_workspace(
                         format!("{b:?} is not a branch name"),
                     );
                 }
+            }
+        }
+        if let Some(m) = &f.migrations {
+            for (key, command) in [("up", &m.up), ("down", &m.down), ("status", &m.status)] {
+                if command.trim().is_empty() {
+                    bad(
+                        format!("{at}.migrations.{key}"),
+                        "must be a command (run with sh -c in the release)".into(),
+                    );
+                }
+            }
+            if m.timeout.0 == 0 || m.timeout.0 > 24 * 3_600_000 {
+                bad(
+                    format!("{at}.migrations.timeout"),
+                    "must be more than 0 and at most 24h".into(),
+                );
             }
         }
         if (f.build.is_some() || f.artifact.is_some()) && f.source.is_none() {

@@ -105,6 +105,8 @@ pub enum Component {
     Hook,
     /// Fetching the source and running the fraise's `build`.
     Build,
+    /// The fraise's database migrations, up and down.
+    Migration,
 }
 
 /// The wire spelling of any of these enums, and back; unknown spellings are `None`.
@@ -159,6 +161,7 @@ impl Component {
             Component::Provider => "provider",
             Component::Hook => "hook",
             Component::Build => "build",
+            Component::Migration => "migration",
         }
     }
 }

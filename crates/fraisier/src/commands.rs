@@ -34,6 +34,9 @@ pub struct DeployArgs {
     /// Deploy even when that commit already runs there
     #[arg(long)]
     pub force: bool,
+    /// Do not run the fraise's migrations
+    #[arg(long)]
+    pub no_migrate: bool,
     /// rolling | blue_green | canary | recreate (default: the environment's)
     #[arg(long, short)]
     pub strategy: Option<String>,
@@ -100,6 +103,9 @@ pub struct RollbackArgs {
     pub reason: Option<String>,
     #[arg(long, short)]
     pub wait: bool,
+    /// Leave the database as it is (do not undo the version's migrations)
+    #[arg(long)]
+    pub no_migrate: bool,
 }
 
 #[derive(Args)]
@@ -162,6 +168,9 @@ pub async fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<ExitCode> {
     }
     if a.force {
         body["force"] = json!(true);
+    }
+    if a.no_migrate {
+        body["migrate"] = json!(false);
     }
     if let Some(st) = a.strategy {
         body["strategy"] = json!(st);
@@ -582,7 +591,10 @@ pub async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
 
 pub async fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<ExitCode> {
     let c = client(ctx).await?;
-    let body = json!({ "to_version": a.to, "reason": a.reason });
+    let mut body = json!({ "to_version": a.to, "reason": a.reason });
+    if a.no_migrate {
+        body["migrate"] = json!(false);
+    }
     let (_, r) = c
         .post(
             &format!("/deployments/{}/{}/rollback", a.fraise, a.environment),

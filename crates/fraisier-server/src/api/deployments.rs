@@ -78,6 +78,8 @@ pub struct CreateBody {
     /// Deploy even if the commit already runs in the environment.
     #[serde(default)]
     pub force: bool,
+    /// `false` skips the fraise's migrations (default: run them).
+    pub migrate: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -106,6 +108,9 @@ pub struct RollbackBody {
     #[schema(value_type = Option<Version>)]
     pub to_version: Option<String>,
     pub reason: Option<String>,
+    /// `false` leaves the database as it is (default: `down` what the deploy of the version
+    /// left behind applied).
+    pub migrate: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -360,6 +365,7 @@ pub async fn create(
         force: body.force,
         commit: None,
         from_store: false,
+        migrate: body.migrate,
     };
     let run = state.engine.submit(req).await?;
     // A run waiting for approval may wait a day: answer now.
@@ -477,6 +483,7 @@ pub async fn rollback(
             reason: body.reason,
             triggered_by: who.username.clone(),
             trigger_type: "api".into(),
+            migrate: body.migrate,
         })
         .await?;
     let r = (
@@ -502,7 +509,7 @@ fn log_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
         level: q.one_of::<LogLevel>("level", "debug, info, warn, error")?,
         component: q.one_of::<Component>(
             "component",
-            "deployment, health_check, provider, hook, build",
+            "deployment, health_check, provider, hook, build, migration",
         )?,
         after_id: None,
     })

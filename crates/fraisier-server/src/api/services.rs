@@ -332,6 +332,7 @@ fn deploy_request(
         force: false,
         commit: None,
         from_store: false,
+        migrate: None,
     })
 }
 
@@ -722,6 +723,7 @@ pub async fn rollback(
             reason: spec.reason,
             triggered_by: who.username.clone(),
             trigger_type: "api".into(),
+            migrate: None,
         })
         .await?;
     let run = state
