@@ -4,6 +4,8 @@ mod admin;
 mod artifacts;
 mod commands;
 mod credentials;
+mod doctor;
+mod setup;
 mod table;
 mod variables;
 mod webhooks;
@@ -67,6 +69,12 @@ enum Command {
     /// The audit trail: list it, or verify its chain in the store
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// Check the configuration: every problem at once, with its file and key (exit 1 if any)
+    Validate,
+    /// Check this host: config, data dir and key modes, server port, agent, git sources, database (exit 0 ok, 1 warnings, 2 failures)
+    Doctor,
+    /// Write a commented starter fraisier.yaml for the repository in this directory
+    Init(setup::InitArgs),
     /// Deliveries of git hosts' webhooks: what each deployed, or why not
     Webhooks(webhooks::WebhooksArgs),
     /// Workspaces (tenants): yours, or all for the admins of `default`
@@ -304,6 +312,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ApiKey(c) => admin::api_key(&ctx, c).await,
         Command::Audit(c) => admin::audit(&ctx, c).await,
         Command::Webhooks(a) => webhooks::webhooks(&ctx, a).await,
+        Command::Validate => setup::validate(cli.config.as_deref(), ctx.json),
+        Command::Doctor => doctor::doctor(cli.config.as_deref(), ctx.json).await,
+        Command::Init(a) => setup::init(a),
         Command::Workspace(c) => admin::group(&ctx, "workspaces", c).await,
         Command::Project(c) => admin::group(&ctx, "projects", c).await,
         Command::Deploy(a) => commands::deploy(&ctx, a).await,
