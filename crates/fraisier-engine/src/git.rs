@@ -29,6 +29,8 @@ pub enum GitError {
 pub struct Mirrors {
     root: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// When each repository was last fetched.
+    fetched: Arc<Mutex<HashMap<String, std::time::Instant>>>,
 }
 
 /// How a request names a commit.
@@ -57,7 +59,30 @@ impl Mirrors {
         Mirrors {
             root: root.into(),
             locks: Arc::default(),
+            fetched: Arc::default(),
         }
+    }
+
+    /// The mirror of `url`, fetched unless it was within `age`.
+    pub async fn fetch_within(&self, url: &str, age: Duration) -> Result<PathBuf, GitError> {
+        let recent = self
+            .fetched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(url)
+            .is_some_and(|t| t.elapsed() < age);
+        let dir = self.dir(url);
+        if recent && dir.join("HEAD").exists() {
+            return Ok(dir);
+        }
+        self.fetch(url).await
+    }
+
+    fn mark_fetched(&self, url: &str) {
+        self.fetched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(url.to_string(), std::time::Instant::now());
     }
 
     fn dir(&self, url: &str) -> PathBuf {
@@ -83,6 +108,7 @@ impl Mirrors {
                 FETCH_TIMEOUT,
             )
             .await?;
+            self.mark_fetched(url);
             return Ok(dir);
         }
         std::fs::create_dir_all(&self.root).map_err(|e| GitError::Failed {
@@ -110,6 +136,7 @@ impl Mirrors {
             what: "clone".into(),
             detail: e.to_string(),
         })?;
+        self.mark_fetched(url);
         Ok(dir)
     }
 

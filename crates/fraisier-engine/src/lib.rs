@@ -39,7 +39,7 @@ pub use request::{
 pub use source::{Follow, SourceCheck, SourceCheckLine, SourceInfo, SourceReport};
 pub use status::ServiceStatus;
 pub use variables::{VariableChange, VariableKind, VariablesChanged};
-pub use webhooks::{PushTarget, TargetError};
+pub use webhooks::{PushTarget, TargetError, QUEUED};
 
 /// Timing knobs; tests shorten them.
 #[derive(Clone, Debug)]
@@ -146,6 +146,19 @@ impl Engine {
 
     /// Checks a deploy request and records it as a pending run, then starts executing it.
     pub async fn submit(&self, req: DeployRequest) -> Result<Run, EngineError> {
+        // The repository is fetched before the lock every deploy takes: a slow one must not
+        // hold up the others. (A failure is reported by `prepare`.)
+        if let Some(url) = self
+            .inner
+            .config
+            .scope(&req.tenant)
+            .fraises
+            .get(&req.fraise)
+            .and_then(|f| f.git_url())
+            .filter(|_| !req.from_store)
+        {
+            let _ = self.inner.mirrors.fetch(&url).await;
+        }
         let _changing = self.inner.changes.lock().await;
         let new = self.prepare(&req).await?;
         self.create_and_start(new).await
@@ -666,6 +679,20 @@ impl Engine {
             loop {
                 engine.resync().await;
                 tokio::time::sleep(engine.inner.settings.resync_interval).await;
+            }
+        });
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(
+                    engine
+                        .inner
+                        .settings
+                        .poll_interval
+                        .max(Duration::from_millis(500)),
+                )
+                .await;
+                engine.deploy_queued_pushes().await;
             }
         });
         Ok(())

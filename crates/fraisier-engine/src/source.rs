@@ -51,10 +51,11 @@ impl Engine {
             (None, Some(r)) => ("ref", r.clone()),
             (None, None) => ("ref", f.git_default_branch()),
         };
+        // `submit` fetched it just now, outside the engine's lock.
         let mirror = self
             .inner
             .mirrors
-            .fetch(&url)
+            .fetch_within(&url, std::time::Duration::from_secs(10))
             .await
             .map_err(|e| EngineError::SourceUnavailable(e.to_string()))?;
         let (target, naming) = match (&req.commit, field) {

@@ -39,7 +39,7 @@ pub use groups::{Group, GroupFields};
 pub use store::Store;
 pub use users::TokenSubject;
 pub use variables::{SecretSlot, Variable};
-pub use webhooks::{Delivery, DeliveryFilter, DeliveryTarget, NewDelivery};
+pub use webhooks::{Delivery, DeliveryFilter, DeliveryTarget, NewDelivery, QueuedTarget};
 
 pub const DEFAULT_TENANT: &str = "default";
 

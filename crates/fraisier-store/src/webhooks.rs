@@ -50,6 +50,17 @@ pub struct Delivery {
     pub targets: Vec<DeliveryTarget>,
 }
 
+/// An environment a delivery could not deploy yet (a run was active there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedTarget {
+    /// The delivery's row.
+    pub delivery: i64,
+    pub provider: String,
+    /// The host's id for the delivery.
+    pub delivery_id: Option<String>,
+    pub target: DeliveryTarget,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryFilter {
     pub provider: Option<String>,
@@ -96,9 +107,96 @@ impl Store {
         drop(turn);
         match result {
             Ok(row) => Ok(Some(row.try_get("id")?)),
-            Err(e) if sql::is_unique_violation(&e) => Ok(None),
+            Err(e) if sql::is_unique_violation(&e) => {
+                // A delivery that deployed nothing for want of a chance (every environment
+                // refused it) may be delivered again; one that was acted on may not.
+                let released = sqlx::query(
+                    "UPDATE webhook_deliveries SET dedup_key = NULL \
+                     WHERE dedup_key = $1 AND outcome = 'failed'",
+                )
+                .bind(format!(
+                    "{}:{}",
+                    d.provider,
+                    d.delivery_id.as_deref().unwrap_or_default()
+                ))
+                .execute(&self.writer)
+                .await?;
+                if released.rows_affected() > 0 {
+                    return Box::pin(self.record_delivery(d, dedup)).await;
+                }
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// Environments that wait for their active run to finish before a push deploys there,
+    /// the latest delivery first.
+    pub async fn queued_targets(&self) -> Result<Vec<QueuedTarget>> {
+        let rows = sqlx::query(
+            "SELECT t.delivery, t.workspace, t.fraise, t.environment, t.ref, t.commit_sha, \
+             t.deployment_id, t.error_code, t.error_message, d.provider, d.delivery_id \
+             FROM webhook_targets t JOIN webhook_deliveries d ON d.id = t.delivery \
+             WHERE t.error_code = 'QUEUED' ORDER BY t.delivery DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedTarget {
+                    delivery: r.try_get("delivery")?,
+                    provider: r.try_get("provider")?,
+                    delivery_id: r.try_get("delivery_id")?,
+                    target: target_from_row(r)?,
+                })
+            })
+            .collect()
+    }
+
+    /// What became of a queued environment; the delivery's outcome follows its targets.
+    pub async fn settle_target(&self, q: &QueuedTarget, settled: &DeliveryTarget) -> Result<()> {
+        let mut tx = self.begin_write_as(Priority::Background).await?;
+        sqlx::query(
+            "UPDATE webhook_targets SET deployment_id = $5, error_code = $6, error_message = $7 \
+             WHERE delivery = $1 AND workspace = $2 AND fraise = $3 AND environment = $4",
+        )
+        .bind(q.delivery)
+        .bind(&q.target.workspace)
+        .bind(&q.target.fraise)
+        .bind(&q.target.environment)
+        .bind(&settled.deployment_id)
+        .bind(&settled.error_code)
+        .bind(&settled.error_message)
+        .execute(&mut *tx)
+        .await?;
+        let codes: Vec<(Option<String>, Option<String>)> = sqlx::query(
+            "SELECT deployment_id, error_code FROM webhook_targets WHERE delivery = $1",
+        )
+        .bind(q.delivery)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("deployment_id")?, r.try_get("error_code")?)))
+        .collect::<Result<_>>()?;
+        let outcome = if codes.iter().any(|(d, _)| d.is_some()) {
+            "deployed"
+        } else if codes.iter().any(|(_, c)| c.as_deref() == Some("QUEUED")) {
+            "queued"
+        } else if codes
+            .iter()
+            .all(|(_, c)| c.as_deref() == Some("SUPERSEDED"))
+        {
+            "superseded"
+        } else {
+            "failed"
+        };
+        sqlx::query("UPDATE webhook_deliveries SET outcome = $2 WHERE id = $1")
+            .bind(q.delivery)
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// What became of a recorded delivery, and the environments it concerned.

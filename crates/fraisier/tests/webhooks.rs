@@ -390,7 +390,95 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     )
     .await;
     assert_eq!(status, 202, "{receipt:#}");
-    let version = deployed(&s, &receipt, &commit).await;
+    deployed(&s, &receipt, &commit).await;
+
+    // Three pushes in quick succession: the first deploys, the second waits and is then
+    // superseded, the third (the latest) is deployed once the first is over.
+    let mut receipts = Vec::new();
+    let mut commits = Vec::new();
+    for n in 6..9 {
+        let commit = push_commit(&work, n);
+        let mut p = push.clone();
+        p["after"] = json!(commit);
+        let (status, receipt) = deliver(
+            &s,
+            "/webhook",
+            &[
+                ("x-github-event", "push".to_string()),
+                ("x-github-delivery", format!("burst-{n}")),
+                (
+                    "x-hub-signature-256",
+                    format!("SIGN:sha256=|{GITHUB_SECRET}"),
+                ),
+            ],
+            &p,
+        )
+        .await;
+        assert_eq!(status, 202, "{receipt:#}");
+        receipts.push(receipt);
+        commits.push(commit);
+    }
+    assert_eq!(receipts[0]["outcome"], "deployed", "{:#}", receipts[0]);
+    assert_eq!(receipts[1]["outcome"], "queued", "{:#}", receipts[1]);
+    assert_eq!(receipts[2]["outcome"], "queued", "{:#}", receipts[2]);
+    let latest = commits[2][..12].to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while router_version(port).await.as_deref() != Some(latest.as_str()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the latest push never deployed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, v) = s.get("/webhooks/deliveries?limit=3").await;
+    let outcomes: Vec<&str> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["deployed", "superseded", "deployed"], "{v:#}");
+    let id = v["deliveries"][0]["deployments"][0]["deployment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let version = latest;
+
+    // A commit that is not on the pushed branch (a fork's, another branch's) is refused;
+    // such a delivery may be delivered again (it deployed nothing), unlike one that did.
+    git(&work, &["checkout", "-q", "-b", "side"]);
+    std::fs::write(work.join("side.txt"), "side").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "side"]);
+    git(&work, &["push", "-q", "origin", "HEAD:side"]);
+    let side = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "-q", "main"]);
+    let mut elsewhere = push.clone();
+    elsewhere["after"] = json!(side);
+    let headers = [
+        ("x-github-event", "push".to_string()),
+        ("x-github-delivery", "side-1".to_string()),
+        (
+            "x-hub-signature-256",
+            format!("SIGN:sha256=|{GITHUB_SECRET}"),
+        ),
+    ];
+    for _ in 0..2 {
+        let (status, v) = deliver(&s, "/webhook", &headers, &elsewhere).await;
+        assert_eq!(
+            (status, v["outcome"].as_str()),
+            (200, Some("failed")),
+            "{v:#}"
+        );
+        assert_eq!(
+            v["deployments"][0]["error"]["code"], "INVALID_PARAMETERS",
+            "{v:#}"
+        );
+    }
 
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report:?}");
@@ -405,7 +493,7 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
         .find(|p| p["ref"] == "refs/tags/simple-tag" && p["created"] == true)
         .unwrap();
     tag["ref"] = json!("refs/tags/2.0.0");
-    tag["after"] = json!(commit);
+    tag["after"] = json!(git(&work, &["rev-parse", "HEAD"]));
     tag["repository"]["clone_url"] = json!(origin_url);
     let (status, receipt) = deliver(
         &s,
@@ -476,9 +564,11 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
             count("deployed"),
             count("duplicate"),
             count("rejected"),
-            count("ignored")
+            count("ignored"),
+            count("superseded"),
+            count("failed")
         ),
-        (6, 1, 2, 3),
+        (8, 1, 2, 3, 1, 2),
         "{v:#}"
     );
     let (_, v) = s.get("/webhooks/deliveries?outcome=rejected").await;

@@ -36,6 +36,11 @@ const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 pub enum DeliveryOutcome {
     /// At least one run was started.
     Deployed,
+    /// Environments it concerned were busy with a run: once that run is over, the latest
+    /// push queued there is deployed.
+    Queued,
+    /// Every environment it queued for got a later push instead.
+    Superseded,
     /// Accepted; nothing follows what it announced (a ping, a deletion, another branch).
     Ignored,
     /// Accepted; every environment it concerned refused the deploy (see `deployments`).
@@ -54,6 +59,8 @@ impl DeliveryOutcome {
     fn as_str(self) -> &'static str {
         match self {
             DeliveryOutcome::Deployed => "deployed",
+            DeliveryOutcome::Queued => "queued",
+            DeliveryOutcome::Superseded => "superseded",
             DeliveryOutcome::Ignored => "ignored",
             DeliveryOutcome::Failed => "failed",
             DeliveryOutcome::Duplicate => "duplicate",
@@ -177,7 +184,7 @@ pub async fn deliveries(
     let outcome = q
         .one_of::<DeliveryOutcome>(
             "outcome",
-            "deployed, ignored, failed, duplicate, rejected, invalid, processing",
+            "deployed, queued, superseded, ignored, failed, duplicate, rejected, invalid, processing",
         )?
         .map(|o| o.as_str().to_string());
     let f = DeliveryFilter {
@@ -319,10 +326,19 @@ async fn handle(
         })
         .collect();
     let started = targets.iter().filter(|t| t.deployment_id.is_some()).count();
+    let queued = targets
+        .iter()
+        .filter(|t| t.error_code.as_deref() == Some(fraisier_engine::QUEUED))
+        .count();
     let (outcome, message) = if started > 0 {
         (
             DeliveryOutcome::Deployed,
-            format!("{started} deployment(s) started"),
+            format!("{started} deployment(s) started, {queued} queued"),
+        )
+    } else if queued > 0 {
+        (
+            DeliveryOutcome::Queued,
+            format!("{queued} environment(s) busy: deployed when their run is over"),
         )
     } else if !targets.is_empty() {
         (
@@ -335,7 +351,7 @@ async fn handle(
     store
         .finish_delivery(id, outcome.as_str(), &message, &targets)
         .await?;
-    let status = if started > 0 {
+    let status = if started + queued > 0 {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
