@@ -7,6 +7,7 @@ pub mod bus;
 pub mod error;
 mod executor;
 pub mod git;
+mod notify;
 pub mod provider;
 pub mod request;
 mod source;
@@ -794,6 +795,7 @@ impl Engine {
             Ok(e) => self.inner.bus.publish(BusMessage::Event(e)),
             Err(e) => tracing::error!(error = %e, "cannot record an event"),
         }
+        self.notify(run, event_type, &data).await;
     }
 
     pub(crate) fn progress(&self, run: &Run, step: &str, status: &str, message: &str, pct: u32) {

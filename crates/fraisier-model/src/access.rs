@@ -47,6 +47,8 @@ pub enum Permission {
     ArtifactDelete,
     /// The record of git hosts' webhook deliveries.
     WebhookRead,
+    /// The record of notifications sent about runs.
+    NotificationRead,
 }
 
 /// A role's grant: `resource:action`, either part `*`, or `*` alone for everything of the
@@ -224,6 +226,7 @@ impl Permission {
         Permission::ArtifactPush,
         Permission::ArtifactDelete,
         Permission::WebhookRead,
+        Permission::NotificationRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -256,6 +259,7 @@ impl Permission {
             Permission::ArtifactPush => "artifact:push",
             Permission::ArtifactDelete => "artifact:delete",
             Permission::WebhookRead => "webhook:read",
+            Permission::NotificationRead => "notification:read",
         }
     }
 

@@ -35,6 +35,145 @@ pub struct Config {
     /// What git hosts sign their webhook deliveries with.
     #[serde(default, skip_serializing)]
     pub webhooks: WebhooksConfig,
+    /// Told of every run's events (as well as the environment's and the fraise's own).
+    #[serde(default, skip_serializing)]
+    pub notifications: Vec<NotificationConfig>,
+}
+
+/// Somewhere a run's events are announced.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    #[serde(rename = "type")]
+    pub kind: NotificationKind,
+    /// Where the announcement is POSTed (an incoming-webhook URL); `${ENV}` is read at load.
+    pub url: String,
+    /// `webhook` only: the key of the `X-Fraisier-Signature` HMAC-SHA256 of the body.
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default = "every_notification_event")]
+    pub on: Vec<NotifyOn>,
+}
+
+impl std::fmt::Debug for NotificationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL of an incoming webhook is itself a credential.
+        f.debug_struct("NotificationConfig")
+            .field("kind", &self.kind)
+            .field("on", &self.on)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// JSON, signed.
+    Webhook,
+    Slack,
+    Discord,
+    /// A Microsoft Teams incoming webhook.
+    Teams,
+    /// Refused at load: not supported yet.
+    Email,
+}
+
+/// The run events a notification may be sent for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    Started,
+    Succeeded,
+    Failed,
+    RolledBack,
+    ApprovalRequested,
+}
+
+fn every_notification_event() -> Vec<NotifyOn> {
+    vec![
+        NotifyOn::Started,
+        NotifyOn::Succeeded,
+        NotifyOn::Failed,
+        NotifyOn::RolledBack,
+        NotifyOn::ApprovalRequested,
+    ]
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Webhook => "webhook",
+            NotificationKind::Slack => "slack",
+            NotificationKind::Discord => "discord",
+            NotificationKind::Teams => "teams",
+            NotificationKind::Email => "email",
+        }
+    }
+}
+
+impl NotifyOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Started => "started",
+            NotifyOn::Succeeded => "succeeded",
+            NotifyOn::Failed => "failed",
+            NotifyOn::RolledBack => "rolled_back",
+            NotifyOn::ApprovalRequested => "approval_requested",
+        }
+    }
+}
+
+/// Checks a list of notifications and reads their `${ENV}` values; problems name the key.
+fn resolve_notifications(
+    at: &str,
+    list: &mut [NotificationConfig],
+    lookup: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    for (i, n) in list.iter_mut().enumerate() {
+        let key = format!("{at}notifications[{i}]");
+        for (field, value) in [("url", Some(&mut n.url)), ("secret", n.secret.as_mut())] {
+            let Some(v) = value else { continue };
+            if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                match lookup(name) {
+                    Some(value) if !value.is_empty() => *v = value,
+                    _ => problems.push(Problem {
+                        key: format!("{key}.{field}"),
+                        message: format!("the environment variable {name} is not set"),
+                    }),
+                }
+            }
+        }
+        if n.kind == NotificationKind::Email {
+            problems.push(Problem {
+                key: format!("{key}.type"),
+                message: "email notifications are not supported yet: use webhook, slack, discord or teams".into(),
+            });
+        } else if !(n.url.starts_with("https://") || n.url.starts_with("http://")) {
+            problems.push(Problem {
+                key: format!("{key}.url"),
+                message: "must be an http:// or https:// URL".into(),
+            });
+        }
+        if n.secret.as_ref().is_some_and(|s| s.len() < 8) {
+            problems.push(Problem {
+                key: format!("{key}.secret"),
+                message: "needs at least 8 characters".into(),
+            });
+        }
+        if n.secret.is_some() && n.kind != NotificationKind::Webhook {
+            problems.push(Problem {
+                key: format!("{key}.secret"),
+                message: "only a webhook notification is signed".into(),
+            });
+        }
+        if n.on.is_empty() {
+            problems.push(Problem {
+                key: format!("{key}.on"),
+                message: "name at least one of started, succeeded, failed, rolled_back, approval_requested".into(),
+            });
+        }
+    }
 }
 
 /// The secrets each git host's deliveries are checked with (`POST /webhooks/{provider}`).
@@ -237,6 +376,9 @@ pub struct EnvironmentConfig {
     /// How long a run waits for its approvals before it expires.
     #[serde(default = "default_approval_timeout")]
     pub approval_timeout: Millis,
+    /// Told of every run here.
+    #[serde(default, skip_serializing)]
+    pub notifications: Vec<NotificationConfig>,
 }
 
 /// The most approvals an environment may require.
@@ -302,6 +444,9 @@ pub struct FraiseConfig {
     /// Database migrations run with each release, and undone exactly on rollback.
     #[serde(default)]
     pub migrations: Option<MigrationsConfig>,
+    /// Told of this fraise's runs.
+    #[serde(default, skip_serializing)]
+    pub notifications: Vec<NotificationConfig>,
     #[serde(default)]
     pub versions: Vec<String>,
     #[serde(default)]
@@ -474,6 +619,19 @@ pub fn git_url_problem(url: &str) -> Option<String> {
     {
         return Some("must not start with '-' or contain spaces or control characters".into());
     }
+    // A password or token in the URL would be shown wherever the URL is (logs, metadata,
+    // the sources list): credentials belong to git's credential helpers or ssh keys.
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority
+            .rsplit_once('@')
+            .is_some_and(|(user, _)| user.contains(':'))
+        {
+            return Some(
+                "must not carry a password or token (user:secret@): give git a credential helper or an ssh key".into(),
+            );
+        }
+    }
     let scp_like = url.contains('@') && url.contains(':') && !url.contains("://");
     if !(scp_like
         || ["https://", "http://", "ssh://", "git://", "file://"]
@@ -565,6 +723,7 @@ impl Default for EnvironmentConfig {
             required_approvals: 0,
             require_sod: true,
             approval_timeout: default_approval_timeout(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -671,7 +830,24 @@ impl Config {
                 );
             }
         }
-        let mut problems = config.webhooks.resolve_env(|name| std::env::var(name).ok());
+        let lookup = |name: &str| std::env::var(name).ok();
+        let mut problems = config.webhooks.resolve_env(lookup);
+        resolve_notifications("", &mut config.notifications, &lookup, &mut problems);
+        for (ws_name, ws) in config.workspaces.iter_mut() {
+            let prefix = if ws_name == DEFAULT_WORKSPACE {
+                String::new()
+            } else {
+                format!("workspaces.{ws_name}.")
+            };
+            for (name, e) in ws.environments.iter_mut() {
+                let at = format!("{prefix}environments.{name}.");
+                resolve_notifications(&at, &mut e.notifications, &lookup, &mut problems);
+            }
+            for (name, f) in ws.fraises.iter_mut() {
+                let at = format!("{prefix}fraises.{name}.");
+                resolve_notifications(&at, &mut f.notifications, &lookup, &mut problems);
+            }
+        }
         problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
@@ -1076,6 +1252,26 @@ impl std::str::FromStr for FraiseType {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn repository_urls_carry_no_secrets_or_helpers() {
+        for ok in [
+            "https://github.com/org/app.git",
+            "git@github.com:org/app.git",
+            "ssh://git@host:22/org/app",
+            "file:///srv/git/app.git",
+        ] {
+            assert_eq!(git_url_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "https://user:token@github.com/org/app.git",
+            "ext::sh -c touch% /tmp/x",
+            "-oProxyCommand=x",
+            "ftp://host/x",
+        ] {
+            assert!(git_url_problem(bad).is_some(), "{bad}");
+        }
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod limits;
 pub mod local_agent;
+mod notifier;
 pub mod secret_keys;
 
 use std::net::SocketAddr;
@@ -206,6 +207,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     engine.start().await?;
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());
+    notifier::spawn(engine.clone());
     let state = api::AppState {
         engine,
         keys,

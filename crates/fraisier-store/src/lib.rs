@@ -16,6 +16,7 @@ mod groups;
 mod import;
 mod logs;
 mod migrate;
+mod notifications;
 mod runs;
 mod services;
 mod sql;
@@ -36,6 +37,7 @@ pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };
 pub use groups::{Group, GroupFields};
+pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};
 pub use store::Store;
 pub use users::TokenSubject;
 pub use variables::{SecretSlot, Variable};

@@ -321,6 +321,44 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX webhook_targets_workspace ON webhook_targets (workspace, delivery)",
         ],
     },
+    Migration {
+        version: 8,
+        name: "notifications",
+        statements: &[
+            // An outbox: a run's event to announce somewhere, written with the event and sent
+            // off the run's path. The destination is named by where it is configured (scope
+            // and index), never by its URL, which may hold a credential.
+            "CREATE TABLE notifications (
+            id {ID},
+            tenant_id TEXT NOT NULL,
+            run_id BIGINT,
+            fraise TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            event TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            target TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts BIGINT NOT NULL,
+            next_attempt_at BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            "CREATE INDEX notifications_due ON notifications (status, next_attempt_at)",
+            "CREATE INDEX notifications_tenant ON notifications (tenant_id, id)",
+            "CREATE TABLE notification_attempts (
+            notification BIGINT NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+            attempt BIGINT NOT NULL,
+            at BIGINT NOT NULL,
+            status_code BIGINT,
+            error TEXT,
+            duration_ms BIGINT NOT NULL
+        )",
+            "CREATE INDEX notification_attempts_notification ON notification_attempts (notification)",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

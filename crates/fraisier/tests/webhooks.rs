@@ -549,6 +549,37 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
         "{v}"
     );
 
+    // GitHub's other content type: the JSON in a form's `payload`, signed as sent.
+    let ping_json = serde_json::to_string(&octokit("ping").remove(0)).unwrap();
+    let form: String = ping_json
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let form = format!("payload={form}");
+    let r = s
+        .http
+        .post(format!("{}/webhook", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "form-1")
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex(GITHUB_SECRET, form.as_bytes())),
+        )
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outcome"], "ignored", "{v}");
+
     // Every delivery is on record, forged ones included.
     let (status, v) = s.get("/webhooks/deliveries?limit=100").await;
     assert_eq!(status, 200, "{v}");
@@ -568,7 +599,7 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
             count("superseded"),
             count("failed")
         ),
-        (8, 1, 2, 3, 1, 2),
+        (8, 1, 2, 4, 1, 2),
         "{v:#}"
     );
     let (_, v) = s.get("/webhooks/deliveries?outcome=rejected").await;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod fraises;
 pub mod gate;
+pub mod notifications;
 pub mod openapi;
 pub mod params;
 pub mod projects;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::receive_any).layer(DefaultBodyLimit::max(webhooks::MAX_WEBHOOK_BYTES)),
         )
         .route("/webhooks/deliveries", get(webhooks::deliveries))
+        .route("/notifications/deliveries", get(notifications::deliveries))
         .route(
             "/webhooks/{provider}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::MAX_WEBHOOK_BYTES)),

@@ -9,8 +9,9 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{self, Need};
 use super::{
-    api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises, params,
-    projects, services, sources, system, users, variables, webhooks, workspaces,
+    api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises,
+    notifications, params, projects, services, sources, system, users, variables, webhooks,
+    workspaces,
 };
 
 struct BearerAuth;
@@ -56,14 +57,15 @@ impl Modify for BearerAuth {
         services::create, services::validate, services::health, services::rollback, services::progress,
         fraises::list, fraises::get, fraises::status, fraises::history,
         environments::list, environments::get, environments::status,
-        webhooks::receive, webhooks::receive_any, webhooks::deliveries,
+        webhooks::receive, webhooks::receive_any, webhooks::deliveries, notifications::deliveries,
         sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, params::RunSortKey, params::AuditOutcomeName, params::Name,
         fraisier_model::run::LogLevel, fraisier_model::run::Component, fraisier_model::run::RunStatus,
         fraisier_model::run::ServiceState, fraisier_model::FraiseType, fraisier_model::artifact::ArtifactKind,
-        fraisier_model::webhook::GitHost, webhooks::DeliveryOutcome)),
+        fraisier_model::webhook::GitHost, webhooks::DeliveryOutcome,
+        notifications::NotificationStatusName, notifications::NotifyEventName)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
     tags((name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),

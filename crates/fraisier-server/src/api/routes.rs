@@ -90,6 +90,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/webhook", Signed, "webhook.receive"),
     route("POST", "/webhooks/{provider}", Signed, "webhook.receive"),
     route("GET", "/webhooks/deliveries", may(P::WebhookRead), "webhook.deliveries"),
+    route("GET", "/notifications/deliveries", may(P::NotificationRead), "notification.deliveries"),
     route("POST", "/artifacts", may(P::ArtifactPush), "artifact.push"),
     route("GET", "/artifacts/types", may(P::ArtifactRead), "artifact.types"),
     route("GET", "/artifacts/types/{type}", may(P::ArtifactRead), "artifact.type"),

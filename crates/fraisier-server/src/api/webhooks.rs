@@ -247,8 +247,8 @@ async fn handle(
         store.record_delivery(&record, false).await?;
         return Err(ApiError::invalid("headers", "the delivery names no event"));
     }
-    let hook = serde_json::from_slice(body)
-        .map_err(|e| e.to_string())
+    let hook = payload(headers, body)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string()))
         .and_then(|v| host.parse(&event, &v).map_err(|e| e.to_string()));
     let hook = match hook {
         Ok(h) => h,
@@ -363,6 +363,25 @@ async fn handle(
         message,
         targets.iter().map(target_view).collect(),
     ))
+}
+
+/// The JSON a delivery carries: its body, or the `payload` field of a form-encoded one
+/// (GitHub's other content type). The signature was checked over the raw body before.
+fn payload(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, String> {
+    let form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Ok(body.to_vec());
+    }
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|e| format!("a form that cannot be read: {e}"))?;
+    fields
+        .into_iter()
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_bytes())
+        .ok_or_else(|| "a form without a payload field".to_string())
 }
 
 fn nothing_follows(push: &Push) -> String {
