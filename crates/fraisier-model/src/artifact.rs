@@ -78,7 +78,13 @@ impl ArtifactFormat {
 }
 
 /// Names the registry keeps for its own routes (`/artifacts/types`, `/artifacts/storage`).
-pub const RESERVED_ARTIFACT_NAMES: &[&str] = &["types", "storage"];
+pub const RESERVED_ARTIFACT_NAMES: &[&str] = &["types", "storage", "signing-key"];
+
+/// What the server signs for a version of an artifact: its name, version and digest, so
+/// that a signature cannot be moved to other bytes or another name.
+pub fn signed_statement(name: &str, version: &str, digest: &str) -> String {
+    format!("fraisier-artifact-signature-v1\nname={name}\nversion={version}\ndigest={digest}\n")
+}
 
 /// Why a name cannot name an artifact: the rules of fraise names, and not a route's word.
 pub fn artifact_name_problem(name: &str) -> Option<String> {

@@ -6,6 +6,7 @@ pub mod limits;
 pub mod local_agent;
 mod notifier;
 pub mod secret_keys;
+pub mod signing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Signing(#[from] signing::SigningError),
     #[error("cannot listen on {addr}: {source} (is another server running? set server.listen in fraisier.yaml)")]
     Listen {
         addr: SocketAddr,
@@ -215,6 +218,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         roles,
         limiter: Arc::new(limits::Limiter::new(config.server.rate_limits)),
         agent_token: Arc::new(agent_token),
+        signing: Arc::new(signing::SigningKey::load_or_create(&data_dir)?),
         started_at: chrono::Utc::now(),
     };
     // Scripts and tests read this line to learn the port when listening on :0.

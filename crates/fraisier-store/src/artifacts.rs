@@ -248,6 +248,32 @@ impl Store {
     }
 
     /// Removes one version; returns it (its blob may now be unreferenced).
+    /// Replaces a version's metadata (its bytes and digest never change).
+    pub async fn set_version_metadata(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        metadata: &Value,
+    ) -> Result<()> {
+        let turn = self.turn(Priority::Interactive).await;
+        let done = sqlx::query(
+            "UPDATE artifact_versions SET metadata = $4 WHERE version = $3 AND artifact_id = \
+             (SELECT id FROM artifacts WHERE tenant_id = $1 AND name = $2)",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(version)
+        .bind(json_text(metadata))
+        .execute(&self.writer)
+        .await;
+        drop(turn);
+        match done?.rows_affected() {
+            0 => Err(StoreError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn delete_artifact_version(
         &self,
         tenant: &str,

@@ -50,11 +50,67 @@ pub enum ArtifactCommand {
         #[arg(long = "release-version")]
         release_version: Option<String>,
     },
+    /// Sign a version (default: the newest) with the server's key; prints the signature
+    Sign {
+        name: String,
+        #[arg(long = "release-version")]
+        release_version: Option<String>,
+    },
+    /// Print a version's signature (JSON: what `verify` reads)
+    Signature {
+        name: String,
+        #[arg(long = "release-version")]
+        release_version: Option<String>,
+    },
+    /// Print the server's public signing key (what `verify --key` takes)
+    SigningKey,
+    /// Check offline that FILE is what SIG (from `signature`) signed, with the server's key
+    Verify {
+        file: PathBuf,
+        sig: PathBuf,
+        /// The server's public key, base64 (`fraisier artifact signing-key`)
+        #[arg(long)]
+        key: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: ArtifactCommand) -> Result<ExitCode> {
+    if let ArtifactCommand::Verify { file, sig, key } = &cmd {
+        return verify(file, sig, key);
+    }
     let c = client(ctx).await?;
     match cmd {
+        ArtifactCommand::Verify { .. } => unreachable!("handled above"),
+        ArtifactCommand::Sign {
+            name,
+            release_version,
+        } => {
+            let mut path = format!("/artifacts/{name}/sign");
+            if let Some(v) = release_version {
+                path.push_str(&format!("?version={v}"));
+            }
+            let (_, v) = c.post(&path, &serde_json::json!({})).await?;
+            print_json(&v);
+        }
+        ArtifactCommand::Signature {
+            name,
+            release_version,
+        } => {
+            let q: Vec<(&str, String)> = release_version
+                .map(|v| ("version", v))
+                .into_iter()
+                .collect();
+            let v = c.get(&format!("/artifacts/{name}/signature"), &q).await?;
+            print_json(&v);
+        }
+        ArtifactCommand::SigningKey => {
+            let v = c.get("/artifacts/signing-key", &[]).await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v["public_key"]));
+            }
+        }
         ArtifactCommand::Push {
             file,
             name,
@@ -196,4 +252,57 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks, with no server, that `file` has the digest `sig` names and that the statement of
+/// name, version and digest was signed by `key`. Exit 1 when it was not.
+fn verify(file: &std::path::Path, sig: &std::path::Path, key: &str) -> Result<ExitCode> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text =
+        std::fs::read_to_string(sig).with_context(|| format!("cannot read {}", sig.display()))?;
+    let s: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a signature (JSON from `fraisier artifact signature`)",
+            sig.display()
+        )
+    })?;
+    let field = |k: &str| -> Result<String> {
+        s[k].as_str()
+            .map(str::to_string)
+            .with_context(|| format!("{} has no {k}", sig.display()))
+    };
+    let (name, version, digest) = (field("artifact")?, field("version")?, field("digest")?);
+    let signature = b64
+        .decode(field("signature")?)
+        .context("the signature is not base64")?;
+    let public = b64.decode(key.trim()).context("--key is not base64")?;
+    let mut hasher = sha2::Sha256::new();
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    std::io::copy(&mut f, &mut hasher)?;
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != digest {
+        println!(
+            "FAILED: {} is {actual}, the signature is for {digest}",
+            file.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let statement = fraisier_model::artifact::signed_statement(&name, &version, &digest);
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public);
+    match key.verify(statement.as_bytes(), &signature) {
+        Ok(()) => {
+            println!(
+                "OK: {} is {name} {version} ({digest}), signed by that key",
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            println!("FAILED: the signature of {name} {version} was not made by that key");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -322,3 +322,94 @@ async fn artifacts_are_pushed_streamed_and_kept_while_they_run() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn versions_are_signed_and_verified_offline() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let port = free_port();
+    let s = Server::start(&ws, &config_yaml(&ws, port, 1, "rolling", "")).await;
+    let file = ws.path().join("model.bin");
+    std::fs::write(&file, b"weights, version one").unwrap();
+    let (status, v, _) = push(
+        &s,
+        "name=model&version=1.0.0&type=model",
+        std::fs::read(&file).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s.get("/artifacts/model/signature?version=1.0.0").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("SIGNATURE_NOT_FOUND")),
+        "{v}"
+    );
+
+    let cli = |args: &[&str]| {
+        Command::new(fraisier_bin())
+            .args(["--server", &s.url])
+            .args(args)
+            .env("FRAISIER_TOKEN", &s.token)
+            .env_remove("FRAISIER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["artifact", "sign", "model", "--release-version", "1.0.0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["artifact", "signature", "model"]);
+    assert!(out.status.success());
+    let sig = ws.path().join("model.sig");
+    std::fs::write(&sig, &out.stdout).unwrap();
+    let signed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(signed["algorithm"], "ed25519");
+    assert_eq!(signed["digest"], sha256(&file));
+    let key = String::from_utf8(cli(&["artifact", "signing-key"]).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(signed["public_key"], key.as_str());
+
+    // Offline: no server needed, and only the right bytes and the right key pass.
+    let verify = |file: &std::path::Path, key: &str| {
+        Command::new(fraisier_bin())
+            .args(["artifact", "verify"])
+            .arg(file)
+            .arg(&sig)
+            .args(["--key", key])
+            .env_remove("FRAISIER_CONFIG")
+            .env_remove("FRAISIER_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = verify(&file, &key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let tampered = ws.path().join("tampered.bin");
+    std::fs::write(&tampered, b"weights, version two").unwrap();
+    let out = verify(&tampered, &key);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+    let other_key = "1cnS8Rt7D2gQiGaCr9KnDdIFAuXkFxKRmoIb1vU7b0M=";
+    assert_eq!(verify(&file, other_key).status.code(), Some(1));
+
+    // The key is private, and kept across restarts: old signatures still verify.
+    let mode = std::fs::metadata(s.data_dir.join("artifact-signing-key.pk8"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let mut s = s;
+    s.kill9();
+    s.restart().await;
+    let (_, v) = s.get("/artifacts/signing-key").await;
+    assert_eq!(v["public_key"], key.as_str());
+}

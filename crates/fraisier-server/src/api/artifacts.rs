@@ -487,3 +487,118 @@ pub async fn type_artifacts(
         offset,
     }))
 }
+
+/// A version's signature by the server's key, as `fraisier artifact verify` reads it.
+#[derive(Serialize, serde::Deserialize, ToSchema)]
+pub struct SignatureView {
+    pub artifact: String,
+    pub version: String,
+    /// `sha256:<hex>` of the bytes.
+    pub digest: String,
+    /// ed25519
+    pub algorithm: String,
+    /// The signing key's public half, base64.
+    pub public_key: String,
+    /// Over `statement`, base64.
+    pub signature: String,
+    /// What was signed: name, version and digest, one per line.
+    pub statement: String,
+    pub signed_at: String,
+    pub signed_by: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SigningKeyView {
+    /// ed25519
+    pub algorithm: String,
+    /// base64
+    pub public_key: String,
+}
+
+/// `?version=`, when given, is a version name (an empty one too is refused).
+fn version_param(q: &QueryMap) -> Result<Option<String>, ApiError> {
+    match q.get("version") {
+        None => Ok(None),
+        Some(v) => match fraisier_model::names::version_problem(v) {
+            None => Ok(Some(v.to_string())),
+            Some(p) => Err(ApiError::invalid("version", format!("version {v:?}: {p}"))),
+        },
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/artifacts/{name}/sign", tag = "artifacts",
+    params(("name" = String, Path), ("version" = Option<super::params::Version>, Query, description = "default: the newest")),
+    responses((status = 200, body = SignatureView), (status = 404, body = ErrorBody)))]
+pub async fn sign(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
+    let version = version_param(&q)?;
+    let v = state
+        .engine
+        .artifact_version(&who.workspace, &name, version.as_deref())
+        .await?;
+    let statement = fraisier_model::artifact::signed_statement(&name, &v.version, &v.digest);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let view = SignatureView {
+        artifact: name.clone(),
+        version: v.version.clone(),
+        digest: v.digest.clone(),
+        algorithm: "ed25519".into(),
+        public_key: state.signing.public_key(),
+        signature: base64::Engine::encode(&b64, state.signing.sign(statement.as_bytes())),
+        statement,
+        signed_at: views::ts(chrono::Utc::now()),
+        signed_by: who.username.clone(),
+    };
+    let mut metadata = v.metadata.clone();
+    if !metadata.is_object() {
+        metadata = json!({});
+    }
+    metadata["signature"] = serde_json::to_value(&view).unwrap_or(Value::Null);
+    state
+        .engine
+        .store()
+        .set_version_metadata(&who.workspace, &name, &v.version, &metadata)
+        .await?;
+    Ok(noted(Json(view).into_response(), &name))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{name}/signature", tag = "artifacts",
+    params(("name" = String, Path), ("version" = Option<super::params::Version>, Query, description = "default: the newest")),
+    responses((status = 200, body = SignatureView), (status = 404, body = ErrorBody, description = "no such version, or SIGNATURE_NOT_FOUND: not signed")))]
+pub async fn signature(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<SignatureView>, ApiError> {
+    let version = version_param(&q)?;
+    let v = state
+        .engine
+        .artifact_version(&who.workspace, &name, version.as_deref())
+        .await?;
+    serde_json::from_value(v.metadata["signature"].clone())
+        .map(Json)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "SIGNATURE_NOT_FOUND",
+                format!(
+                    "version {} of {name} is not signed: POST /artifacts/{name}/sign?version={}",
+                    v.version, v.version
+                ),
+            )
+        })
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/signing-key", tag = "artifacts",
+    responses((status = 200, body = SigningKeyView)))]
+pub async fn signing_key(State(state): State<AppState>) -> Json<SigningKeyView> {
+    Json(SigningKeyView {
+        algorithm: "ed25519".into(),
+        public_key: state.signing.public_key(),
+    })
+}

@@ -54,6 +54,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// What agents present (`X-Agent-Token`) to fetch artifacts.
     pub agent_token: Arc<String>,
+    /// Signs artifact versions.
+    pub signing: Arc<crate::signing::SigningKey>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -94,6 +96,9 @@ pub fn router(state: AppState) -> Router {
         .route("/secrets/keys/rotate", post(variables::rotate_key))
         .route("/artifacts", get(artifacts::list).post(artifacts::push))
         .route("/artifacts/types", get(artifacts::types))
+        .route("/artifacts/signing-key", get(artifacts::signing_key))
+        .route("/artifacts/{name}/sign", post(artifacts::sign))
+        .route("/artifacts/{name}/signature", get(artifacts::signature))
         .route("/artifacts/types/{type}", get(artifacts::type_get))
         .route(
             "/artifacts/types/{type}/artifacts",

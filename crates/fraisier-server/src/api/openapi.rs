@@ -50,7 +50,7 @@ impl Modify for BearerAuth {
         approvals::approve, approvals::reject, approvals::mine,
         variables::secrets, variables::set_secrets, variables::env, variables::set_env, variables::rotate_key,
         artifacts::push, artifacts::list, artifacts::get, artifacts::versions, artifacts::version, artifacts::delete_version,
-        artifacts::delete, artifacts::download, artifacts::types, artifacts::type_get, artifacts::type_artifacts, artifacts::blob,
+        artifacts::delete, artifacts::download, artifacts::sign, artifacts::signature, artifacts::signing_key, artifacts::types, artifacts::type_get, artifacts::type_artifacts, artifacts::blob,
         workspaces::list, workspaces::create, workspaces::get, workspaces::update, workspaces::delete,
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,
