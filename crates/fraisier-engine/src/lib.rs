@@ -12,6 +12,7 @@ pub mod provider;
 pub mod request;
 mod source;
 mod status;
+mod storage;
 mod variables;
 mod webhooks;
 
@@ -39,6 +40,7 @@ pub use request::{
 };
 pub use source::{Follow, SourceCheck, SourceCheckLine, SourceInfo, SourceReport};
 pub use status::ServiceStatus;
+pub use storage::{CleanupItem, CleanupReport, StorageStats};
 pub use variables::{VariableChange, VariableKind, VariablesChanged};
 pub use webhooks::{PushTarget, TargetError, QUEUED};
 

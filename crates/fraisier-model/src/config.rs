@@ -332,6 +332,14 @@ pub struct ServerConfig {
     /// The largest artifact an upload may carry, in bytes (default 2 GiB).
     #[serde(default = "default_max_artifact_bytes")]
     pub max_artifact_bytes: u64,
+    /// Versions of each artifact a cleanup keeps, newest first (default 10).
+    #[serde(default = "default_artifact_retention")]
+    pub artifact_retention: u32,
+    /// What a GiB of artifact storage costs a month, for `/artifacts/storage/costs`.
+    #[serde(default)]
+    pub storage_cost_per_gib_month: Option<f64>,
+    #[serde(default = "default_currency")]
+    pub storage_currency: String,
     /// The one algorithm tokens are signed and accepted with.
     #[serde(default)]
     pub token_algorithm: TokenAlgorithm,
@@ -646,6 +654,12 @@ pub fn git_url_problem(url: &str) -> Option<String> {
 fn default_build_timeout() -> Millis {
     Millis::from_secs(30 * 60)
 }
+fn default_artifact_retention() -> u32 {
+    10
+}
+fn default_currency() -> String {
+    "USD".into()
+}
 fn default_max_artifact_bytes() -> u64 {
     2 << 30
 }
@@ -704,6 +718,9 @@ impl Default for ServerConfig {
             token_ttl: default_token_ttl(),
             keep_releases: default_keep_releases(),
             max_artifact_bytes: default_max_artifact_bytes(),
+            artifact_retention: default_artifact_retention(),
+            storage_cost_per_gib_month: None,
+            storage_currency: default_currency(),
             token_algorithm: TokenAlgorithm::default(),
             allowed_health_hosts: Vec::new(),
             rate_limits: RateLimits::default(),

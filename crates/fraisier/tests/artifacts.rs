@@ -413,3 +413,134 @@ async fn versions_are_signed_and_verified_offline() {
     let (_, v) = s.get("/artifacts/signing-key").await;
     assert_eq!(v["public_key"], key.as_str());
 }
+
+#[tokio::test]
+async fn cleanup_keeps_the_newest_and_everything_in_use() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    ws.release("2.0.0", &[]);
+    let port = free_port();
+    let s = Server::start(&ws, &config_yaml(&ws, port, 1, "rolling", "")).await;
+    for v in ["1.0.0", "2.0.0"] {
+        let id = s.deploy("app", "production", json!({ "version": v })).await;
+        assert_eq!(
+            s.wait_run(&id, Duration::from_secs(60)).await["status"],
+            "success"
+        );
+    }
+    for v in ["3.0.0", "4.0.0"] {
+        let (status, body, _) = push(
+            &s,
+            &format!("name=app&version={v}"),
+            format!("app {v}").into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for v in 1..=5 {
+        let (status, body, _) = push(
+            &s,
+            &format!("name=lib&version={v}.0&type=client"),
+            vec![v as u8; 1000],
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, before) = s.get("/artifacts/storage").await;
+    assert_eq!(
+        (before["artifacts"].as_u64(), before["versions"].as_u64()),
+        (Some(2), Some(9)),
+        "{before}"
+    );
+    let (_, usage) = s.get("/artifacts/storage/usage").await;
+    assert_eq!(
+        usage["usage"][0]["artifact"], "lib",
+        "largest first: {usage}"
+    );
+
+    // A dry run says what would go and removes nothing.
+    let (status, dry) = s
+        .post(
+            "/artifacts/storage/cleanup",
+            json!({"keep": 1, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let gone = |r: &Value| -> Vec<String> {
+        let mut v: Vec<String> = r["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}@{}",
+                    d["artifact"].as_str().unwrap(),
+                    d["version"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        gone(&dry),
+        ["app@3.0.0", "lib@1.0", "lib@2.0", "lib@3.0", "lib@4.0"],
+        "{dry:#}"
+    );
+    let protected: Vec<(String, String)> = dry["protected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["version"].as_str().unwrap().to_string(),
+                p["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        protected.contains(&("2.0.0".into(), "runs in production".into())),
+        "{protected:?}"
+    );
+    assert!(
+        protected.iter().any(|(v, _)| v == "1.0.0"),
+        "the rollback target: {protected:?}"
+    );
+    let (_, same) = s.get("/artifacts/storage").await;
+    assert_eq!(same["versions"], 9);
+
+    let (status, done) = s
+        .post("/artifacts/storage/cleanup", json!({"keep": 1}))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(gone(&done), gone(&dry));
+    assert!(done["freed_bytes"].as_u64().unwrap() >= 4000, "{done}");
+    let (_, after) = s.get("/artifacts/storage").await;
+    assert_eq!(after["versions"], 4, "{after}");
+    let (status, _) = s.get("/artifacts/lib/versions/1.0").await;
+    assert_eq!(status, 404);
+    // What runs still rolls back.
+    let (status, v) = s
+        .post("/deployments/app/production/rollback", json!({}))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let run = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(run["status"], "success", "{run:#}");
+
+    let (status, v) = s
+        .post("/artifacts/storage/cleanup", json!({"keep": 0}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["details"]["field"].as_str()),
+        (400, Some("keep")),
+        "{v}"
+    );
+    let (status, v) = s.get("/artifacts/storage/costs").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("COSTS_NOT_CONFIGURED")),
+        "{v}"
+    );
+}

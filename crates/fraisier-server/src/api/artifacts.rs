@@ -602,3 +602,160 @@ pub async fn signing_key(State(state): State<AppState>) -> Json<SigningKeyView> 
         public_key: state.signing.public_key(),
     })
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct StorageView {
+    pub artifacts: u64,
+    pub versions: u64,
+    /// Sum of the versions' sizes.
+    pub bytes: u64,
+    /// On disk (versions with the same bytes share them).
+    pub stored_bytes: u64,
+    /// Versions of each artifact a cleanup keeps by default.
+    pub retention: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageItem {
+    pub artifact: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub versions: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageView {
+    /// Largest first.
+    pub usage: Vec<UsageItem>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CostView {
+    pub stored_gib: f64,
+    pub rate_per_gib_month: f64,
+    pub currency: String,
+    pub monthly: f64,
+}
+
+/// Body of `POST /artifacts/storage/cleanup`.
+#[derive(serde::Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupBody {
+    /// Versions of each artifact to keep, newest first (default `server.artifact_retention`).
+    #[schema(minimum = 1, maximum = 100000)]
+    pub keep: Option<u32>,
+    /// Report what would go, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CleanupItemView {
+    pub artifact: String,
+    pub version: String,
+    pub size: u64,
+    /// Why it was kept.
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CleanupView {
+    pub dry_run: bool,
+    pub keep: u32,
+    pub deleted: Vec<CleanupItemView>,
+    pub protected: Vec<CleanupItemView>,
+    pub freed_bytes: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/storage", tag = "artifacts",
+    responses((status = 200, body = StorageView)))]
+pub async fn storage(
+    State(state): State<AppState>,
+    who: Caller,
+) -> Result<Json<StorageView>, ApiError> {
+    let s = state.engine.storage_stats(&who.workspace).await?;
+    Ok(Json(StorageView {
+        artifacts: s.artifacts,
+        versions: s.versions,
+        bytes: s.bytes,
+        stored_bytes: s.stored_bytes,
+        retention: state.config.server.artifact_retention,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/storage/usage", tag = "artifacts",
+    responses((status = 200, body = UsageView)))]
+pub async fn storage_usage(
+    State(state): State<AppState>,
+    who: Caller,
+) -> Result<Json<UsageView>, ApiError> {
+    let filter = ArtifactFilter {
+        limit: u32::MAX,
+        ..ArtifactFilter::default()
+    };
+    let (list, _) = state.engine.artifacts(&who.workspace, &filter).await?;
+    let mut usage: Vec<UsageItem> = list
+        .iter()
+        .map(|a| UsageItem {
+            artifact: a.name.clone(),
+            kind: a.kind.clone(),
+            versions: a.versions,
+            bytes: a.size,
+        })
+        .collect();
+    usage.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.artifact.cmp(&b.artifact)));
+    Ok(Json(UsageView { usage }))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/storage/costs", tag = "artifacts",
+    responses((status = 200, body = CostView), (status = 422, body = ErrorBody, description = "COSTS_NOT_CONFIGURED: no server.storage_cost_per_gib_month")))]
+pub async fn storage_costs(
+    State(state): State<AppState>,
+    who: Caller,
+) -> Result<Json<CostView>, ApiError> {
+    let Some(rate) = state.config.server.storage_cost_per_gib_month else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "COSTS_NOT_CONFIGURED",
+            "no storage rate is configured: set server.storage_cost_per_gib_month in fraisier.yaml",
+        ));
+    };
+    let s = state.engine.storage_stats(&who.workspace).await?;
+    let gib = s.stored_bytes as f64 / (1u64 << 30) as f64;
+    Ok(Json(CostView {
+        stored_gib: (gib * 1e6).round() / 1e6,
+        rate_per_gib_month: rate,
+        currency: state.config.server.storage_currency.clone(),
+        monthly: (gib * rate * 100.0).round() / 100.0,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/artifacts/storage/cleanup", tag = "artifacts",
+    request_body = Option<CleanupBody>,
+    responses((status = 200, body = CleanupView), (status = 400, body = ErrorBody)))]
+pub async fn storage_cleanup(
+    State(state): State<AppState>,
+    who: Caller,
+    super::extract::JsonBody(body): super::extract::JsonBody<CleanupBody>,
+) -> Result<Response, ApiError> {
+    let keep = body.keep.unwrap_or(state.config.server.artifact_retention);
+    let r = state
+        .engine
+        .cleanup_artifacts(&who.workspace, keep, body.dry_run)
+        .await?;
+    let item = |i: &fraisier_engine::CleanupItem| CleanupItemView {
+        artifact: i.artifact.clone(),
+        version: i.version.clone(),
+        size: i.size,
+        reason: i.reason.clone(),
+    };
+    let view = CleanupView {
+        dry_run: r.dry_run,
+        keep: r.keep,
+        deleted: r.deleted.iter().map(item).collect(),
+        protected: r.protected.iter().map(item).collect(),
+        freed_bytes: r.freed_bytes,
+    };
+    Ok(noted(Json(view).into_response(), "storage"))
+}

@@ -97,6 +97,13 @@ pub fn router(state: AppState) -> Router {
         .route("/artifacts", get(artifacts::list).post(artifacts::push))
         .route("/artifacts/types", get(artifacts::types))
         .route("/artifacts/signing-key", get(artifacts::signing_key))
+        .route("/artifacts/storage", get(artifacts::storage))
+        .route("/artifacts/storage/usage", get(artifacts::storage_usage))
+        .route("/artifacts/storage/costs", get(artifacts::storage_costs))
+        .route(
+            "/artifacts/storage/cleanup",
+            post(artifacts::storage_cleanup),
+        )
         .route("/artifacts/{name}/sign", post(artifacts::sign))
         .route("/artifacts/{name}/signature", get(artifacts::signature))
         .route("/artifacts/types/{type}", get(artifacts::type_get))
