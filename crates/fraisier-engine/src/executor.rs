@@ -1428,6 +1428,22 @@ impl RunCtx<'_> {
                 }
             }
         }
+        if self.run.kind == RunKind::Rollback
+            && self.opts.migration.as_ref().is_some_and(|r| r.reverted)
+        {
+            // The database is back where the target needs it; the version this rollback
+            // leaves would run on migrations it no longer has.
+            error_code = "ROLLBACK_FAILED".into();
+            message = format!(
+                "{message}; the database was migrated down for {}, so {} is not put back",
+                self.run.version,
+                self.run
+                    .previous_version
+                    .as_deref()
+                    .unwrap_or("the previous version")
+            );
+            schema_stuck = true;
+        }
         if schema_stuck {
             state = ServiceState::Unhealthy;
         } else if moved && undo {

@@ -432,6 +432,27 @@ impl Engine {
                 });
             }
         }
+        // Undoing migrations leads back to the version the deploy came from, and nowhere else.
+        if f.migrations.is_some() && req.migrate != Some(false) {
+            if let Some(leaving) = &current {
+                if let Some((_, r, from)) = self
+                    .applied_migrations(&req.tenant, &req.fraise, &req.environment, leaving)
+                    .await?
+                {
+                    if from.as_deref() != Some(target.as_str()) {
+                        return Err(EngineError::InvalidParameters {
+                            field: "to_version".into(),
+                            message: format!(
+                                "{leaving} applied {} migration(s) when it replaced {}: undoing them leads back to that version, not {target}; \
+                                 roll back to it, or pass migrate: false to leave the database as it is",
+                                r.steps.unwrap_or(0),
+                                from.as_deref().unwrap_or("nothing")
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         // Rollbacks go straight back: no canary analysis of a version that already ran.
         let strategy = match fe.strategy {
             Strategy::Canary => Strategy::Rolling,

@@ -49,7 +49,7 @@ impl Engine {
                     .map(|(i, n)| ("fraise", i, n)),
             );
         }
-        let payload = payload(run, on, data);
+        let payload = payload(run, on, event_type, data);
         for (scope, position, n) in targets.into_iter().filter(|(_, _, n)| n.on.contains(&on)) {
             let new = NewNotification {
                 tenant_id: run.tenant_id.clone(),
@@ -86,7 +86,7 @@ impl Engine {
 }
 
 /// What every kind says: the facts as JSON, and one line of text for chat.
-fn payload(run: &Run, on: NotifyOn, data: &Value) -> Value {
+fn payload(run: &Run, on: NotifyOn, event_type: &str, data: &Value) -> Value {
     let id = fraisier_store::run_id_string(run.id);
     let kind = match run.kind {
         RunKind::Deploy => "deploy",
@@ -117,7 +117,9 @@ fn payload(run: &Run, on: NotifyOn, data: &Value) -> Value {
             "↩️ {} in {} rolled back to {} ({id})",
             run.fraise,
             run.environment,
-            if run.kind == RunKind::Rollback {
+            // A rollback run that succeeded went to its version; a run put back after a
+            // failure (`rollback.completed`) returned to the one it started from.
+            if run.kind == RunKind::Rollback && event_type != "rollback.completed" {
                 run.version.as_str()
             } else {
                 run.previous_version

@@ -75,6 +75,8 @@ impl Engine {
                 message: "keep at least 1 version of each artifact".into(),
             });
         }
+        // No run may start (and pick a version) while what is in use is being worked out.
+        let _changing = self.inner.changes.lock().await;
         let mut used: BTreeSet<(String, String)> = BTreeSet::new();
         let mut why: Vec<((String, String), String)> = Vec::new();
         for s in self.store().services(tenant).await? {

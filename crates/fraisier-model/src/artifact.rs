@@ -80,10 +80,13 @@ impl ArtifactFormat {
 /// Names the registry keeps for its own routes (`/artifacts/types`, `/artifacts/storage`).
 pub const RESERVED_ARTIFACT_NAMES: &[&str] = &["types", "storage", "signing-key"];
 
-/// What the server signs for a version of an artifact: its name, version and digest, so
-/// that a signature cannot be moved to other bytes or another name.
-pub fn signed_statement(name: &str, version: &str, digest: &str) -> String {
-    format!("fraisier-artifact-signature-v1\nname={name}\nversion={version}\ndigest={digest}\n")
+/// What the server signs for a version of an artifact: its workspace, name, version and
+/// digest, so that a signature cannot be moved to other bytes, another name or another
+/// workspace's artifact of the same name.
+pub fn signed_statement(workspace: &str, name: &str, version: &str, digest: &str) -> String {
+    format!(
+        "fraisier-artifact-signature-v1\nworkspace={workspace}\nname={name}\nversion={version}\ndigest={digest}\n"
+    )
 }
 
 /// Why a name cannot name an artifact: the rules of fraise names, and not a route's word.

@@ -175,26 +175,28 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
-    /// The latest successful deploy that brought `version` to a fraise in an environment.
-    pub async fn last_deploy_of(
+    /// The latest successful deploys of `version` to a fraise in an environment, newest first.
+    pub async fn deploys_of(
         &self,
         tenant: &str,
         fraise: &str,
         environment: &str,
         version: &str,
-    ) -> Result<Option<Run>> {
-        let row = sqlx::query(&format!(
+        limit: i64,
+    ) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM runs \
              WHERE tenant_id = $1 AND fraise = $2 AND environment = $3 AND version = $4 \
-             AND kind = 'deploy' AND status = 'success' ORDER BY id DESC LIMIT 1"
+             AND kind = 'deploy' AND status = 'success' ORDER BY id DESC LIMIT $5"
         ))
         .bind(tenant)
         .bind(fraise)
         .bind(environment)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref().map(run_from_row).transpose()
+        rows.iter().map(run_from_row).collect()
     }
 
     pub async fn active_run_for(

@@ -130,6 +130,37 @@ impl Store {
         }
     }
 
+    /// Marks the pushes queued for an environment before delivery `newer` superseded: a
+    /// later push to it has started.
+    pub async fn supersede_queued(
+        &self,
+        workspace: &str,
+        fraise: &str,
+        environment: &str,
+        newer: i64,
+    ) -> Result<()> {
+        let queued: Vec<QueuedTarget> = self
+            .queued_targets()
+            .await?
+            .into_iter()
+            .filter(|q| {
+                q.delivery < newer
+                    && q.target.workspace == workspace
+                    && q.target.fraise == fraise
+                    && q.target.environment == environment
+            })
+            .collect();
+        for q in queued {
+            let settled = DeliveryTarget {
+                error_code: Some("SUPERSEDED".into()),
+                error_message: Some("a later push to this environment is deployed instead".into()),
+                ..q.target.clone()
+            };
+            self.settle_target(&q, &settled).await?;
+        }
+        Ok(())
+    }
+
     /// Environments that wait for their active run to finish before a push deploys there,
     /// the latest delivery first.
     pub async fn queued_targets(&self) -> Result<Vec<QueuedTarget>> {

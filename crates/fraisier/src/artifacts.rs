@@ -273,7 +273,12 @@ fn verify(file: &std::path::Path, sig: &std::path::Path, key: &str) -> Result<Ex
             .map(str::to_string)
             .with_context(|| format!("{} has no {k}", sig.display()))
     };
-    let (name, version, digest) = (field("artifact")?, field("version")?, field("digest")?);
+    let (workspace, name, version, digest) = (
+        field("workspace")?,
+        field("artifact")?,
+        field("version")?,
+        field("digest")?,
+    );
     let signature = b64
         .decode(field("signature")?)
         .context("the signature is not base64")?;
@@ -290,12 +295,13 @@ fn verify(file: &std::path::Path, sig: &std::path::Path, key: &str) -> Result<Ex
         );
         return Ok(ExitCode::FAILURE);
     }
-    let statement = fraisier_model::artifact::signed_statement(&name, &version, &digest);
+    let statement =
+        fraisier_model::artifact::signed_statement(&workspace, &name, &version, &digest);
     let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public);
     match key.verify(statement.as_bytes(), &signature) {
         Ok(()) => {
             println!(
-                "OK: {} is {name} {version} ({digest}), signed by that key",
+                "OK: {} is {name} {version} of workspace {workspace} ({digest}), signed by that key",
                 file.display()
             );
             Ok(ExitCode::SUCCESS)

@@ -159,7 +159,7 @@ async fn check(r: &mut Report, config: Option<&Path>) {
         None => r.say(Level::Ok, "database", "SQLite in the data dir", None),
         Some(url) => {
             let host_port = url
-                .split_once('@')
+                .rsplit_once('@')
                 .map_or(url.as_str(), |(_, rest)| rest)
                 .trim_start_matches("postgres://")
                 .trim_start_matches("postgresql://")
@@ -295,6 +295,7 @@ fn data_dir(r: &mut Report, dir: &Path) {
         fraisier_server::auth::KEY_FILE,
         fraisier_server::auth::ADMIN_PASSWORD_FILE,
         fraisier_server::auth::AGENT_TOKEN_FILE,
+        fraisier_server::signing::SIGNING_KEY_FILE,
     ] {
         let p = dir.join(name);
         if let Ok(m) = std::fs::metadata(&p) {

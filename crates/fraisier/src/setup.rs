@@ -80,7 +80,10 @@ pub fn init(a: InitArgs) -> Result<ExitCode> {
         let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
         (out.status.success() && !s.is_empty()).then_some(s)
     };
-    let url = git(&["config", "--get", "remote.origin.url"]);
+    // A remote git would not take as a source (a local path, one carrying a token) leaves
+    // the placeholder, with a word.
+    let url = git(&["config", "--get", "remote.origin.url"])
+        .filter(|u| fraisier_model::config::git_url_problem(u).is_none());
     let branch = git(&["symbolic-ref", "--short", "HEAD"]).unwrap_or_else(|| "main".into());
     let (build, artifact, command) = tooling(&here, &name);
     let text = starter(&name, url.as_deref(), &branch, build, artifact, &command);
@@ -197,12 +200,12 @@ environments:
 fraises:
   {name}:
     type: api
-    source: {{ git: {{ url: {url:?}, branch: {branch} }} }}
+    source: {{ git: {{ url: {url:?}, branch: {branch:?} }} }}
 {build}{artifact}    command: {command:?}   # sh -c in the release; $PORT is the instance's port
     health_check: {{ type: http, path: /health }}
     # migrations: {{ up: "./migrate up", down: "./migrate down $FRAISIER_MIGRATION_STEPS", status: "./migrate count" }}
     environments:
-      staging: {{ port: 18081, instances: 1, branch: {branch} }}   # a push to {branch} deploys here
+      staging: {{ port: 18081, instances: 1, branch: {branch:?} }}   # a push to {branch} deploys here
       production: {{ port: 18080, instances: 2, strategy: rolling }}
 "#
     )

@@ -12,25 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Commits `build.sh` (the fraise's build runs it) and returns the new commit.
 fn commit(repo: &Path, build_sh: &str, message: &str) -> String {
     std::fs::write(repo.join("build.sh"), build_sh).unwrap();

@@ -164,6 +164,18 @@ async fn scenario(ws: &Workspace, db_env: &str, schema: &dyn Fn() -> String) {
         v2.contains("orders.total") && v2.contains("users.email"),
         "{v2}"
     );
+    // Undoing 2.1.0's migrations leads back to 1.0.0 only, not to another version.
+    let (status, v) = s
+        .post(
+            "/deployments/app/production/rollback",
+            json!({"to_version": "2.0.0"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["details"]["field"].as_str()),
+        (400, Some("to_version")),
+        "{v}"
+    );
     let (status, v) = s
         .post(
             "/deployments/app/production/rollback",

@@ -28,20 +28,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .status()
-        .unwrap();
-    assert!(st.success(), "git {args:?}");
-}
-
 #[test]
 fn validate_reports_every_problem_with_its_key() {
     let ws = Workspace::new();
@@ -89,7 +75,7 @@ fn init_writes_a_starter_that_loads() {
     let yaml = std::fs::read_to_string(repo.join("fraisier.yaml")).unwrap();
     assert!(yaml.contains("git@github.com:org/shop.git"), "{yaml}");
     assert!(yaml.contains("npm ci && npm run build"), "{yaml}");
-    assert!(yaml.contains("branch: trunk"), "{yaml}");
+    assert!(yaml.contains("branch: \"trunk\""), "{yaml}");
     let o = fraisier(&repo, &["validate"]);
     assert!(o.status.success(), "{}", text(&o));
     // Never over a file that exists, unless asked.

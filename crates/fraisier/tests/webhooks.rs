@@ -20,25 +20,6 @@ const GITLAB_TOKEN: &str = "gitlab-token-1";
 const GITEA_SECRET: &str = "gitea-secret-1";
 const BITBUCKET_SECRET: &str = "bitbucket-secret-1";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A commit pushed to the bare repository's `main`; returns it.
 fn push_commit(work: &Path, n: u32) -> String {
     std::fs::write(
@@ -78,6 +59,18 @@ fn fixture(name: &str) -> Value {
         .join("../../../shared/fixtures/webhooks")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The headers of a GitHub push delivery, signed with the configured secret.
+fn github_push(delivery: &str) -> [(&'static str, String); 3] {
+    [
+        ("x-github-event", "push".to_string()),
+        ("x-github-delivery", delivery.to_string()),
+        (
+            "x-hub-signature-256",
+            format!("SIGN:sha256=|{GITHUB_SECRET}"),
+        ),
+    ]
 }
 
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
@@ -196,17 +189,7 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     push["ref"] = json!("refs/heads/main");
     push["after"] = json!(commit);
     push["repository"]["clone_url"] = json!(origin_url);
-    let gh_headers = [
-        ("x-github-event", "push".to_string()),
-        (
-            "x-github-delivery",
-            "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_string(),
-        ),
-        (
-            "x-hub-signature-256",
-            format!("SIGN:sha256=|{GITHUB_SECRET}"),
-        ),
-    ];
+    let gh_headers = github_push("72d3162e-cc78-11e3-81ab-4c9367dc0958");
     let (status, receipt) = deliver(&s, "/webhook", &gh_headers, &push).await;
     assert_eq!(status, 202, "{receipt:#}");
     assert_eq!(receipt["outcome"], "deployed");
@@ -400,20 +383,8 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
         let commit = push_commit(&work, n);
         let mut p = push.clone();
         p["after"] = json!(commit);
-        let (status, receipt) = deliver(
-            &s,
-            "/webhook",
-            &[
-                ("x-github-event", "push".to_string()),
-                ("x-github-delivery", format!("burst-{n}")),
-                (
-                    "x-hub-signature-256",
-                    format!("SIGN:sha256=|{GITHUB_SECRET}"),
-                ),
-            ],
-            &p,
-        )
-        .await;
+        let (status, receipt) =
+            deliver(&s, "/webhook", &github_push(&format!("burst-{n}")), &p).await;
         assert_eq!(status, 202, "{receipt:#}");
         receipts.push(receipt);
         commits.push(commit);
@@ -459,14 +430,7 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     git(&work, &["checkout", "-q", "main"]);
     let mut elsewhere = push.clone();
     elsewhere["after"] = json!(side);
-    let headers = [
-        ("x-github-event", "push".to_string()),
-        ("x-github-delivery", "side-1".to_string()),
-        (
-            "x-hub-signature-256",
-            format!("SIGN:sha256=|{GITHUB_SECRET}"),
-        ),
-    ];
+    let headers = github_push("side-1");
     for _ in 0..2 {
         let (status, v) = deliver(&s, "/webhook", &headers, &elsewhere).await;
         assert_eq!(
@@ -495,20 +459,7 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     tag["ref"] = json!("refs/tags/2.0.0");
     tag["after"] = json!(git(&work, &["rev-parse", "HEAD"]));
     tag["repository"]["clone_url"] = json!(origin_url);
-    let (status, receipt) = deliver(
-        &s,
-        "/webhook",
-        &[
-            ("x-github-event", "push".to_string()),
-            ("x-github-delivery", "tag-1".to_string()),
-            (
-                "x-hub-signature-256",
-                format!("SIGN:sha256=|{GITHUB_SECRET}"),
-            ),
-        ],
-        &tag,
-    )
-    .await;
+    let (status, receipt) = deliver(&s, "/webhook", &github_push("tag-1"), &tag).await;
     assert_eq!(status, 202, "{receipt:#}");
     let targets = receipt["deployments"].as_array().unwrap();
     assert_eq!(targets.len(), 1, "{receipt:#}");
@@ -529,20 +480,7 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
     // Another repository deploys nothing, even one whose owner/name is the fraise's git_repo.
     let mut other = push.clone();
     other["repository"]["clone_url"] = json!("https://github.com/someone/else.git");
-    let (status, v) = deliver(
-        &s,
-        "/webhook",
-        &[
-            ("x-github-event", "push".to_string()),
-            ("x-github-delivery", "other-1".to_string()),
-            (
-                "x-hub-signature-256",
-                format!("SIGN:sha256=|{GITHUB_SECRET}"),
-            ),
-        ],
-        &other,
-    )
-    .await;
+    let (status, v) = deliver(&s, "/webhook", &github_push("other-1"), &other).await;
     assert_eq!(
         (status, v["outcome"].as_str()),
         (200, Some("ignored")),

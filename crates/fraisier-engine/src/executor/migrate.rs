@@ -29,8 +29,9 @@ impl RunCtx<'_> {
         };
         self.interrupted()?;
         let version = self.run.version.clone();
+        // Resumed: the count from before `up` first ran stands.
         let before = match &self.opts.migration {
-            Some(r) if r.steps.is_none() => r.before,
+            Some(r) if r.version == version && !r.reverted => r.before,
             _ => {
                 let n = self.count(&m, &version).await?;
                 self.opts.migration = Some(MigrationRecord {
@@ -101,10 +102,9 @@ impl RunCtx<'_> {
                 done.steps.unwrap_or(0)
             )));
         }
-        let deploy = self
+        let applied = self
             .engine
-            .store()
-            .last_deploy_of(
+            .applied_migrations(
                 &self.run.tenant_id,
                 &self.run.fraise,
                 &self.run.environment,
@@ -112,22 +112,26 @@ impl RunCtx<'_> {
             )
             .await
             .map_err(|e| failure("DEPLOYMENT_FAILED", e.to_string(), json!({})))?;
-        let record = deploy
-            .and_then(|d| serde_json::from_value::<RunOptions>(d.options).ok())
-            .and_then(|o| o.migration)
-            .filter(|r| !r.reverted);
-        let Some(record) = record else {
+        let Some((deploy_id, record, _)) = applied else {
             return Ok(Some(format!(
                 "no migrations to undo: the deploy of {leaving} recorded none"
             )));
         };
-        self.opts.migration = Some(MigrationRecord {
-            reverted: false,
-            ..record.clone()
-        });
-        self.save_options().await?;
+        if self.opts.migration.is_none() {
+            self.opts.migration = Some(MigrationRecord {
+                reverted: false,
+                ..record.clone()
+            });
+            self.save_options().await?;
+        }
         match self.revert(&m).await {
-            Ok(message) => Ok(Some(message)),
+            Ok(message) => {
+                // The deploy's migrations are undone: no later rollback undoes them again.
+                self.engine
+                    .mark_reverted(&self.run.tenant_id, deploy_id)
+                    .await;
+                Ok(Some(message))
+            }
             Err(why) => Err(failure("ROLLBACK_FAILED", why, json!({}))),
         }
     }
@@ -139,7 +143,7 @@ impl RunCtx<'_> {
         let Some(record) = self.opts.migration.clone().filter(|r| !r.reverted) else {
             return Ok("no migrations to undo".into());
         };
-        let Some(steps) = record.steps else {
+        let Some(recorded) = record.steps else {
             let why = format!(
                 "cannot tell how many migrations {} applied (its status did not say): the database is left as it is",
                 record.version
@@ -147,8 +151,29 @@ impl RunCtx<'_> {
             self.down_failed(&record, None, &why).await;
             return Err(why);
         };
-        if steps == 0 {
+        if recorded == 0 {
             return Ok("no migrations to undo".into());
+        }
+        // Undo what is there now above the count before (a resumed run may have undone part
+        // already): never below it.
+        let now = match self.count(m, &record.version).await {
+            Ok(n) => n,
+            Err(f) => {
+                let why = format!("migrations down cannot start: {}", f.message);
+                self.down_failed(&record, None, &why).await;
+                return Err(why);
+            }
+        };
+        let steps = now.saturating_sub(record.before);
+        if steps == 0 {
+            if let Some(r) = self.opts.migration.as_mut() {
+                r.reverted = true;
+            }
+            let _ = self.save_options().await;
+            return Ok(format!(
+                "the database is back at {} migrations already",
+                record.before
+            ));
         }
         let env = BTreeMap::from([("FRAISIER_MIGRATION_STEPS".to_string(), steps.to_string())]);
         let down = self
@@ -333,6 +358,52 @@ fn ended(r: &ExecResult, timeout_ms: u64) -> String {
         match r.exit_code {
             Some(c) => format!("exited with {c}"),
             None => "was killed by a signal".into(),
+        }
+    }
+}
+
+// === impl Engine ===
+
+impl crate::Engine {
+    /// The migrations the deploy that brought `version` applied and nobody undid: that
+    /// deploy's id and record. Deploys that applied nothing (a redeploy of the same commit,
+    /// `migrate: false`) are passed over.
+    pub(crate) async fn applied_migrations(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+        version: &str,
+    ) -> Result<Option<(i64, MigrationRecord, Option<String>)>, fraisier_store::StoreError> {
+        for d in self
+            .store()
+            .deploys_of(tenant, fraise, environment, version, 20)
+            .await?
+        {
+            let record = serde_json::from_value::<RunOptions>(d.options.clone())
+                .ok()
+                .and_then(|o| o.migration);
+            if let Some(r) = record.filter(|r| !r.reverted && r.steps != Some(0)) {
+                return Ok(Some((d.id, r, d.previous_version.clone())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records on a deploy that its migrations were undone (by a rollback).
+    pub(crate) async fn mark_reverted(&self, tenant: &str, run_id: i64) {
+        let Ok(mut run) = self.store().run(tenant, run_id).await else {
+            return;
+        };
+        let Ok(mut opts) = serde_json::from_value::<RunOptions>(run.options.clone()) else {
+            return;
+        };
+        if let Some(r) = opts.migration.as_mut() {
+            r.reverted = true;
+        }
+        run.options = serde_json::to_value(&opts).unwrap_or(Value::Null);
+        if let Err(e) = self.store().save_run(&run).await {
+            tracing::warn!(error = %e, "cannot mark a deploy's migrations undone");
         }
     }
 }

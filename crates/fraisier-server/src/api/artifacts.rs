@@ -491,6 +491,7 @@ pub async fn type_artifacts(
 /// A version's signature by the server's key, as `fraisier artifact verify` reads it.
 #[derive(Serialize, serde::Deserialize, ToSchema)]
 pub struct SignatureView {
+    pub workspace: String,
     pub artifact: String,
     pub version: String,
     /// `sha256:<hex>` of the bytes.
@@ -540,9 +541,11 @@ pub async fn sign(
         .engine
         .artifact_version(&who.workspace, &name, version.as_deref())
         .await?;
-    let statement = fraisier_model::artifact::signed_statement(&name, &v.version, &v.digest);
+    let statement =
+        fraisier_model::artifact::signed_statement(&who.workspace, &name, &v.version, &v.digest);
     let b64 = base64::engine::general_purpose::STANDARD;
     let view = SignatureView {
+        workspace: who.workspace.clone(),
         artifact: name.clone(),
         version: v.version.clone(),
         digest: v.digest.clone(),

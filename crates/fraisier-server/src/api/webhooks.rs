@@ -351,6 +351,11 @@ async fn handle(
     store
         .finish_delivery(id, outcome.as_str(), &message, &targets)
         .await?;
+    for t in targets.iter().filter(|t| t.deployment_id.is_some()) {
+        store
+            .supersede_queued(&t.workspace, &t.fraise, &t.environment, id)
+            .await?;
+    }
     let status = if started + queued > 0 {
         StatusCode::ACCEPTED
     } else {
