@@ -63,6 +63,10 @@ pub enum EngineError {
     ArtifactConflict(String),
     #[error("{0}")]
     ArtifactInUse(String),
+    #[error("no scanner is configured: set server.artifact_scanner in fraisier.yaml (a command that prints its findings as JSON)")]
+    ScannerNotConfigured,
+    #[error("the scan failed: {0}")]
+    ScanFailed(String),
     #[error(
         "the artifact is larger than the server accepts ({limit} bytes; server.max_artifact_bytes)"
     )]
@@ -108,6 +112,8 @@ impl EngineError {
             EngineError::ArtifactMissing { .. } => "ARTIFACT_NOT_FOUND",
             EngineError::ArtifactConflict(_) => "ARTIFACT_CONFLICT",
             EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
+            EngineError::ScannerNotConfigured => "SCANNER_NOT_CONFIGURED",
+            EngineError::ScanFailed(_) => "SCAN_FAILED",
             EngineError::ArtifactTooLarge { .. } => "ARTIFACT_TOO_LARGE",
             EngineError::Blob(_) => "INTERNAL_ERROR",
             EngineError::SourceUnavailable(_) => "SOURCE_UNAVAILABLE",

@@ -10,6 +10,7 @@ pub mod git;
 mod notify;
 pub mod provider;
 pub mod request;
+mod scan;
 mod source;
 mod status;
 mod storage;

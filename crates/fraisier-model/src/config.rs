@@ -340,6 +340,10 @@ pub struct ServerConfig {
     pub storage_cost_per_gib_month: Option<f64>,
     #[serde(default = "default_currency")]
     pub storage_currency: String,
+    /// Scans an artifact version (`sh -c`, with `$FRAISIER_ARTIFACT_FILE`) and prints its
+    /// findings as JSON: an array, or `{"vulnerabilities": [...]}`.
+    #[serde(default)]
+    pub artifact_scanner: Option<String>,
     /// The one algorithm tokens are signed and accepted with.
     #[serde(default)]
     pub token_algorithm: TokenAlgorithm,
@@ -721,6 +725,7 @@ impl Default for ServerConfig {
             artifact_retention: default_artifact_retention(),
             storage_cost_per_gib_month: None,
             storage_currency: default_currency(),
+            artifact_scanner: None,
             token_algorithm: TokenAlgorithm::default(),
             allowed_health_hosts: Vec::new(),
             rate_limits: RateLimits::default(),

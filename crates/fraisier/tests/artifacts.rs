@@ -344,6 +344,13 @@ async fn versions_are_signed_and_verified_offline() {
         (404, Some("SIGNATURE_NOT_FOUND")),
         "{v}"
     );
+    // No scanner configured: a scan is refused, not faked.
+    let (status, v) = s.post("/artifacts/model/scan", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("SCANNER_NOT_CONFIGURED")),
+        "{v}"
+    );
 
     let cli = |args: &[&str]| {
         Command::new(fraisier_bin())
@@ -541,6 +548,69 @@ async fn cleanup_keeps_the_newest_and_everything_in_use() {
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (422, Some("COSTS_NOT_CONFIGURED")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn the_configured_scanner_finds_what_is_in_the_bytes() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let scanner = ws.path().join("scanner.sh");
+    std::fs::write(
+        &scanner,
+        "printf '{\"vulnerabilities\":['\nfirst=1\nfor id in $(grep -ao 'CVE-[0-9]*-[0-9]*' \"$FRAISIER_ARTIFACT_FILE\" | sort -u); do\n  [ $first = 1 ] || printf ','\n  printf '{\"id\":\"%s\",\"severity\":\"HIGH\"}' \"$id\"; first=0\ndone\nprintf ']}\\n'\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let yaml = config_yaml(&ws, port, 1, "rolling", "").replace(
+        "  rate_limits: off",
+        &format!(
+            "  rate_limits: off\n  artifact_scanner: \"sh {}\"",
+            scanner.display()
+        ),
+    );
+    let s = Server::start(&ws, &yaml).await;
+    let (status, v, _) = push(
+        &s,
+        "name=lib&version=1.0&type=client",
+        b"uses CVE-2024-1111 and CVE-2024-2222".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v, _) = push(
+        &s,
+        "name=lib&version=2.0&type=client",
+        b"all patched".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s.get("/artifacts/lib/vulnerabilities?version=1.0").await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("NOT_SCANNED")),
+        "{v}"
+    );
+
+    let (status, v) = s.post("/artifacts/lib/scan?version=1.0", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total"], 2, "{v}");
+    assert_eq!(v["by_severity"]["high"], 2, "{v}");
+    let (status, kept) = s.get("/artifacts/lib/vulnerabilities?version=1.0").await;
+    assert_eq!(status, 200);
+    assert_eq!(kept["vulnerabilities"], v["vulnerabilities"]);
+    let ids: Vec<&str> = kept["vulnerabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["CVE-2024-1111", "CVE-2024-2222"]);
+    // The newest version by default; clean bytes, no findings.
+    let (status, v) = s.post("/artifacts/lib/scan", json!({})).await;
+    assert_eq!(
+        (status, v["version"].as_str(), v["total"].as_u64()),
+        (200, Some("2.0"), Some(0)),
         "{v}"
     );
 }

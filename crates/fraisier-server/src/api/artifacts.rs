@@ -762,3 +762,50 @@ pub async fn storage_cleanup(
     };
     Ok(noted(Json(view).into_response(), "storage"))
 }
+
+#[utoipa::path(post, path = "/api/v1/artifacts/{name}/scan", tag = "artifacts",
+    params(("name" = String, Path), ("version" = Option<super::params::Version>, Query, description = "default: the newest")),
+    responses((status = 200, description = "the findings: {artifact, version, digest, scanned_at, total, by_severity, vulnerabilities}", body = Object),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "SCANNER_NOT_CONFIGURED"),
+              (status = 502, body = ErrorBody, description = "SCAN_FAILED: the scanner did not run or printed no JSON")))]
+pub async fn scan(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
+    let version = version_param(&q)?;
+    let record = state
+        .engine
+        .scan_artifact(&who.workspace, &name, version.as_deref(), &who.username)
+        .await?;
+    Ok(noted(Json(record).into_response(), &name))
+}
+
+#[utoipa::path(get, path = "/api/v1/artifacts/{name}/vulnerabilities", tag = "artifacts",
+    params(("name" = String, Path), ("version" = Option<super::params::Version>, Query, description = "default: the newest")),
+    responses((status = 200, description = "the last scan's findings", body = Object),
+              (status = 404, body = ErrorBody, description = "no such version, or NOT_SCANNED")))]
+pub async fn vulnerabilities(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<Value>, ApiError> {
+    let version = version_param(&q)?;
+    let v = state
+        .engine
+        .artifact_version(&who.workspace, &name, version.as_deref())
+        .await?;
+    match v.metadata.get("scan") {
+        Some(scan) if scan.is_object() => Ok(Json(scan.clone())),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_SCANNED",
+            format!(
+                "version {} of {name} was not scanned: POST /artifacts/{name}/scan?version={}",
+                v.version, v.version
+            ),
+        )),
+    }
+}

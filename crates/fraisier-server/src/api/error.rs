@@ -224,6 +224,8 @@ impl From<EngineError> for ApiError {
                 (StatusCode::CONFLICT, json!({}))
             }
             EngineError::SourceUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({})),
+            EngineError::ScannerNotConfigured => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
+            EngineError::ScanFailed(_) => (StatusCode::BAD_GATEWAY, json!({})),
             EngineError::ArtifactTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "field": "body", "max_bytes": limit }),

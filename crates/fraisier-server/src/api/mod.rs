@@ -106,6 +106,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/artifacts/{name}/sign", post(artifacts::sign))
         .route("/artifacts/{name}/signature", get(artifacts::signature))
+        .route("/artifacts/{name}/scan", post(artifacts::scan))
+        .route(
+            "/artifacts/{name}/vulnerabilities",
+            get(artifacts::vulnerabilities),
+        )
         .route("/artifacts/types/{type}", get(artifacts::type_get))
         .route(
             "/artifacts/types/{type}/artifacts",

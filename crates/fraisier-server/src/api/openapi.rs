@@ -50,7 +50,7 @@ impl Modify for BearerAuth {
         approvals::approve, approvals::reject, approvals::mine,
         variables::secrets, variables::set_secrets, variables::env, variables::set_env, variables::rotate_key,
         artifacts::push, artifacts::list, artifacts::get, artifacts::versions, artifacts::version, artifacts::delete_version,
-        artifacts::delete, artifacts::download, artifacts::sign, artifacts::signature, artifacts::signing_key,
+        artifacts::delete, artifacts::download, artifacts::sign, artifacts::signature, artifacts::signing_key, artifacts::scan, artifacts::vulnerabilities,
         artifacts::storage, artifacts::storage_usage, artifacts::storage_costs, artifacts::storage_cleanup, artifacts::types, artifacts::type_get, artifacts::type_artifacts, artifacts::blob,
         workspaces::list, workspaces::create, workspaces::get, workspaces::update, workspaces::delete,
         projects::list, projects::create, projects::get, projects::update, projects::delete,

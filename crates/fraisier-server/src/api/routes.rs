@@ -94,6 +94,8 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/artifacts/storage/cleanup", may(P::ArtifactDelete), "artifact.cleanup"),
     route("POST", "/artifacts/{name}/sign", may(P::ArtifactPush), "artifact.sign"),
     route("GET", "/artifacts/{name}/signature", may(P::ArtifactRead), "artifact.signature"),
+    route("POST", "/artifacts/{name}/scan", may(P::ArtifactPush), "artifact.scan"),
+    route("GET", "/artifacts/{name}/vulnerabilities", may(P::ArtifactRead), "artifact.vulnerabilities"),
     route("POST", "/webhook", Signed, "webhook.receive"),
     route("POST", "/webhooks/{provider}", Signed, "webhook.receive"),
     route("GET", "/webhooks/deliveries", may(P::WebhookRead), "webhook.deliveries"),
