@@ -77,6 +77,8 @@ enum Command {
     Init(setup::InitArgs),
     /// Deliveries of git hosts' webhooks: what each deployed, or why not
     Webhooks(webhooks::WebhooksArgs),
+    /// Notifications sent about runs: where, with what outcome, each attempt
+    Notifications(webhooks::NotificationsArgs),
     /// Workspaces (tenants): yours, or all for the admins of `default`
     #[command(subcommand)]
     Workspace(admin::GroupCommand),
@@ -312,6 +314,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ApiKey(c) => admin::api_key(&ctx, c).await,
         Command::Audit(c) => admin::audit(&ctx, c).await,
         Command::Webhooks(a) => webhooks::webhooks(&ctx, a).await,
+        Command::Notifications(a) => webhooks::notifications(&ctx, a).await,
         Command::Validate => setup::validate(cli.config.as_deref(), ctx.json),
         Command::Doctor => doctor::doctor(cli.config.as_deref(), ctx.json).await,
         Command::Init(a) => setup::init(a),

@@ -1,4 +1,5 @@
-//! `fraisier webhooks`: the deliveries git hosts made, what each deployed or why not.
+//! `fraisier webhooks` and `fraisier notifications`: what came in from git hosts and what
+//! went out about runs, each with what became of it.
 
 use std::process::ExitCode;
 
@@ -86,6 +87,72 @@ pub async fn webhooks(ctx: &Ctx, a: WebhooksArgs) -> Result<ExitCode> {
                 "outcome",
                 "deployments"
             ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct NotificationsArgs {
+    /// pending | sent | failed
+    #[arg(long)]
+    pub status: Option<String>,
+    /// started | succeeded | failed | rolled_back | approval_requested
+    #[arg(long)]
+    pub event: Option<String>,
+    #[arg(long)]
+    pub fraise: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+/// `fraisier notifications`: what was announced about runs, where, and each attempt.
+pub async fn notifications(ctx: &Ctx, a: NotificationsArgs) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
+    for (k, v) in [
+        ("status", a.status),
+        ("event", a.event),
+        ("fraise", a.fraise),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    let v = c.get("/notifications/deliveries", &q).await?;
+    if ctx.json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = v["deliveries"]
+        .as_array()
+        .map_or(&[][..], |r| r)
+        .iter()
+        .map(|n| {
+            let attempts = n["attempts"].as_array().map_or(0, Vec::len);
+            let last = n["attempts"]
+                .as_array()
+                .and_then(|a| a.last())
+                .map(|a| match a["error"].as_str() {
+                    Some(e) => e.to_string(),
+                    None => s(&a["status_code"]),
+                })
+                .unwrap_or_default();
+            vec![
+                s(&n["created_at"]),
+                s(&n["deployment_id"]),
+                s(&n["event"]),
+                format!("{} {}", s(&n["type"]), s(&n["target"])),
+                s(&n["status"]),
+                format!("{attempts} ({last})"),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &["time", "run", "event", "to", "status", "attempts (last)"],
             &rows
         )
     );

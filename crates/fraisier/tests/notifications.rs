@@ -263,6 +263,24 @@ async fn runs_are_announced_where_asked_and_retried_until_heard() {
         teams["attempts"][0]["error"], "the receiver answered 503 Service Unavailable",
         "{teams:#}"
     );
+    // The CLI shows the same record.
+    let out = std::process::Command::new(fraisier_bin())
+        .args(["--server", &s.url, "notifications", "--status", "sent"])
+        .env("FRAISIER_TOKEN", &s.token)
+        .env_remove("FRAISIER_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("discord") && text.contains("3 (200)"),
+        "{text}"
+    );
+    assert!(!text.contains("t0ps3cret"), "{text}");
     let (status, v) = s.get("/notifications/deliveries?status=maybe").await;
     assert_eq!(
         (status, v["error"]["details"]["field"].as_str()),
