@@ -6,7 +6,6 @@ use fraisier_model::artifact::{artifact_name_problem, ArtifactFormat, ArtifactKi
 use fraisier_model::config::FraiseConfig;
 use fraisier_model::names::version_problem;
 use fraisier_model::service::ArtifactRef;
-use fraisier_model::FraiseType;
 use fraisier_store::blobs::{BlobError, BlobStore};
 use fraisier_store::{
     Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, StoreError, VersionConflict,
@@ -265,10 +264,7 @@ impl Engine {
         let file = tokio::fs::File::open(&reader_path)
             .await
             .map_err(|e| EngineError::Blob(format!("{}: {e}", reader_path.display())))?;
-        let kind = match f.kind {
-            FraiseType::Api => ArtifactKind::Api,
-            FraiseType::Etl | FraiseType::Scheduled => ArtifactKind::Server,
-        };
+        let kind = ArtifactKind::of_fraise(f.kind);
         let push = ArtifactPush {
             tenant: tenant.to_string(),
             name: fraise.to_string(),
@@ -315,10 +311,7 @@ impl Engine {
         if from == fraise {
             return Ok(());
         }
-        let kind = match f.kind {
-            FraiseType::Api => ArtifactKind::Api,
-            FraiseType::Etl | FraiseType::Scheduled => ArtifactKind::Server,
-        };
+        let kind = ArtifactKind::of_fraise(f.kind);
         let mut metadata = source.metadata.clone();
         if let Some(m) = metadata.as_object_mut() {
             m.insert(

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fraisier_model::artifact::ArtifactKind;
-use fraisier_model::config::{FraiseConfig, FraiseType};
+use fraisier_model::config::FraiseConfig;
 use fraisier_model::run::{Component, LogLevel};
 use fraisier_model::service::ArtifactRef;
 use fraisier_store::Run;
@@ -332,10 +332,7 @@ impl Engine {
         let push = ArtifactPush {
             tenant: run.tenant_id.clone(),
             name: run.fraise.clone(),
-            kind: match f.kind {
-                FraiseType::Api => ArtifactKind::Api,
-                FraiseType::Etl | FraiseType::Scheduled => ArtifactKind::Server,
-            },
+            kind: ArtifactKind::of_fraise(f.kind),
             version: run.version.clone(),
             description: f.description.clone(),
             tags: Vec::new(),

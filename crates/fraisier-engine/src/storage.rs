@@ -2,7 +2,7 @@
 //! versions of each artifact and never removes one that runs anywhere, that a service would
 //! roll back to, or that a run in progress uses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -77,46 +77,46 @@ impl Engine {
         }
         // No run may start (and pick a version) while what is in use is being worked out.
         let _changing = self.inner.changes.lock().await;
-        let mut used: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut why: Vec<((String, String), String)> = Vec::new();
+        // Each version in use, with the first reason found.
+        let mut used: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut why = |key: (String, String), reason: String| {
+            used.entry(key).or_insert(reason);
+        };
         for s in self.store().services(tenant).await? {
             if let Some(v) = &s.current_version {
-                why.push((
+                why(
                     (s.fraise.clone(), v.clone()),
                     format!("runs in {}", s.environment),
-                ));
+                );
             }
             if let Some(v) = &s.previous_version {
-                why.push((
+                why(
                     (s.fraise.clone(), v.clone()),
                     format!("the rollback target in {}", s.environment),
-                ));
+                );
             }
             if let Some(d) = &s.desired {
                 for v in d.releases.keys() {
-                    why.push((
+                    why(
                         (s.fraise.clone(), v.clone()),
                         format!("kept on the host in {}", s.environment),
-                    ));
+                    );
                 }
             }
         }
         for r in self.store().active_runs().await? {
             if r.tenant_id == tenant {
-                why.push((
+                why(
                     (r.fraise.clone(), r.version.clone()),
                     format!("used by {}", fraisier_store::run_id_string(r.id)),
-                ));
+                );
                 if let Some(p) = &r.previous_version {
-                    why.push((
+                    why(
                         (r.fraise.clone(), p.clone()),
                         format!("used by {}", fraisier_store::run_id_string(r.id)),
-                    ));
+                    );
                 }
             }
-        }
-        for (k, _) in &why {
-            used.insert(k.clone());
         }
         let (artifacts, _) = self.store().artifacts(tenant, &every_artifact()).await?;
         let mut report = CleanupReport {
@@ -135,9 +135,8 @@ impl Engine {
                     size: v.size,
                     reason,
                 };
-                if used.contains(&key) {
-                    let reason = why.iter().find(|(k, _)| *k == key).map(|(_, w)| w.clone());
-                    report.protected.push(item(reason));
+                if let Some(reason) = used.get(&key) {
+                    report.protected.push(item(Some(reason.clone())));
                     continue;
                 }
                 if !dry_run {

@@ -126,6 +126,14 @@ impl Engine {
                     Some("SUPERSEDED"),
                     "a later push to this environment is deployed instead",
                 ))
+            } else if matches!(
+                self.store()
+                    .active_run_for(&t.workspace, &t.fraise, &t.environment)
+                    .await,
+                Ok(Some(_))
+            ) {
+                // Still busy: asked cheaply, before `submit` would fetch the repository.
+                None
             } else {
                 let delivery = q
                     .delivery_id

@@ -25,6 +25,14 @@ pub enum ArtifactFormat {
 }
 
 impl ArtifactKind {
+    /// The type of the artifact a fraise's releases are stored as.
+    pub fn of_fraise(kind: crate::FraiseType) -> ArtifactKind {
+        match kind {
+            crate::FraiseType::Api => ArtifactKind::Api,
+            crate::FraiseType::Etl | crate::FraiseType::Scheduled => ArtifactKind::Server,
+        }
+    }
+
     pub const ALL: [ArtifactKind; 4] = [
         ArtifactKind::Api,
         ArtifactKind::Model,

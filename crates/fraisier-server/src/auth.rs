@@ -315,7 +315,6 @@ pub fn api_key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// Writes a file only its owner can read, atomically.
 /// Compares two secrets in time that depends only on their lengths.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -344,6 +343,7 @@ pub fn agent_token(data_dir: &Path) -> Result<String, AuthError> {
 /// Where [`agent_token`] keeps it.
 pub const AGENT_TOKEN_FILE: &str = "agent-token";
 
+/// Writes a file only its owner can read, atomically.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -188,25 +188,9 @@ impl Store {
             clauses.push(format!("created_at < {}", args.push(millis(t))));
         }
         let filter = clauses.join(" AND ");
-        let total_row = args
-            .clone()
-            .bind(sqlx::query(&format!(
-                "SELECT COUNT(*) AS n FROM audit_log WHERE {filter}"
-            )))
-            .fetch_one(&self.pool)
+        let (rows, total) = self
+            .newest_page("audit_log", COLUMNS, &filter, args, f.limit, f.offset)
             .await?;
-        let total = sql::count(&total_row, "n")?;
-        let limit = if f.limit == 0 {
-            i64::MAX
-        } else {
-            i64::from(f.limit)
-        };
-        let page = format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE {filter} ORDER BY id DESC LIMIT {} OFFSET {}",
-            args.push(limit),
-            args.push(i64::try_from(f.offset).unwrap_or(i64::MAX))
-        );
-        let rows = args.bind(sqlx::query(&page)).fetch_all(&self.pool).await?;
         let records = rows.iter().map(record_from_row).collect::<Result<_>>()?;
         Ok((records, total))
     }

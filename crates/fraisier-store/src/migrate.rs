@@ -359,6 +359,14 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX notification_attempts_notification ON notification_attempts (notification)",
         ],
     },
+    Migration {
+        version: 9,
+        name: "queued pushes index",
+        statements: &[
+            // Polled twice a second: only the few queued targets, not every delivery's.
+            "CREATE INDEX webhook_targets_queued ON webhook_targets (delivery) WHERE error_code = 'QUEUED'",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -8,7 +8,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Row};
 
-use crate::{Result, StoreError};
+use crate::{Result, Store, StoreError};
 
 /// The statuses that hold the one-active-run slot; the partial unique index says the same.
 pub(crate) const ACTIVE_STATUSES: &str = "('pending', 'in_progress')";
@@ -173,6 +173,43 @@ pub(crate) fn contains_pattern(q: &str) -> String {
     }
     pattern.push('%');
     pattern
+}
+
+// === impl Store ===
+
+impl Store {
+    /// One page of `table`'s rows matching `filter` (placeholders bound by `args`), newest
+    /// (highest id) first, and how many match in all. `limit` 0 means no limit.
+    pub(crate) async fn newest_page(
+        &self,
+        table: &str,
+        columns: &str,
+        filter: &str,
+        mut args: Args,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<AnyRow>, u64)> {
+        let total_row = args
+            .clone()
+            .bind(sqlx::query(&format!(
+                "SELECT COUNT(*) AS n FROM {table} WHERE {filter}"
+            )))
+            .fetch_one(&self.pool)
+            .await?;
+        let total = count(&total_row, "n")?;
+        let limit = if limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(limit)
+        };
+        let page = format!(
+            "SELECT {columns} FROM {table} WHERE {filter} ORDER BY id DESC LIMIT {} OFFSET {}",
+            args.push(limit),
+            args.push(i64::try_from(offset).unwrap_or(i64::MAX))
+        );
+        let rows = args.bind(sqlx::query(&page)).fetch_all(&self.pool).await?;
+        Ok((rows, total))
+    }
 }
 
 #[cfg(test)]

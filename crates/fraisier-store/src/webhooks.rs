@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::sql::{self, count, millis, now, ts, Args};
+use crate::sql::{self, millis, now, ts, Args};
 use crate::turns::Priority;
 use crate::{Result, Store, DEFAULT_TENANT};
 
@@ -292,25 +292,16 @@ impl Store {
             clauses.push(format!("repository = {}", args.push(r.as_str())));
         }
         let filter = clauses.join(" AND ");
-        let total_row = args
-            .clone()
-            .bind(sqlx::query(&format!(
-                "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE {filter}"
-            )))
-            .fetch_one(&self.pool)
+        let (rows, total) = self
+            .newest_page(
+                "webhook_deliveries",
+                COLUMNS,
+                &filter,
+                args,
+                f.limit,
+                f.offset,
+            )
             .await?;
-        let total = count(&total_row, "n")?;
-        let limit = if f.limit == 0 {
-            i64::MAX
-        } else {
-            i64::from(f.limit)
-        };
-        let page = format!(
-            "SELECT {COLUMNS} FROM webhook_deliveries WHERE {filter} ORDER BY id DESC LIMIT {} OFFSET {}",
-            args.push(limit),
-            args.push(i64::try_from(f.offset).unwrap_or(i64::MAX))
-        );
-        let rows = args.bind(sqlx::query(&page)).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut d = delivery_from_row(row)?;

@@ -516,6 +516,21 @@ pub struct SigningKeyView {
     pub public_key: String,
 }
 
+/// The version `?version=` names (default: the newest) of an artifact of the caller's
+/// workspace.
+async fn requested_version(
+    state: &AppState,
+    who: &Caller,
+    name: &str,
+    q: &QueryMap,
+) -> Result<ArtifactVersion, ApiError> {
+    let version = version_param(q)?;
+    Ok(state
+        .engine
+        .artifact_version(&who.workspace, name, version.as_deref())
+        .await?)
+}
+
 /// `?version=`, when given, is a version name (an empty one too is refused).
 fn version_param(q: &QueryMap) -> Result<Option<String>, ApiError> {
     match q.get("version") {
@@ -536,11 +551,7 @@ pub async fn sign(
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    let version = version_param(&q)?;
-    let v = state
-        .engine
-        .artifact_version(&who.workspace, &name, version.as_deref())
-        .await?;
+    let v = requested_version(&state, &who, &name, &q).await?;
     let statement =
         fraisier_model::artifact::signed_statement(&who.workspace, &name, &v.version, &v.digest);
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -578,11 +589,7 @@ pub async fn signature(
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<SignatureView>, ApiError> {
-    let version = version_param(&q)?;
-    let v = state
-        .engine
-        .artifact_version(&who.workspace, &name, version.as_deref())
-        .await?;
+    let v = requested_version(&state, &who, &name, &q).await?;
     serde_json::from_value(v.metadata["signature"].clone())
         .map(Json)
         .map_err(|_| {
@@ -792,11 +799,7 @@ pub async fn vulnerabilities(
     Params(name): Params<String>,
     q: QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    let version = version_param(&q)?;
-    let v = state
-        .engine
-        .artifact_version(&who.workspace, &name, version.as_deref())
-        .await?;
+    let v = requested_version(&state, &who, &name, &q).await?;
     match v.metadata.get("scan") {
         Some(scan) if scan.is_object() => Ok(Json(scan.clone())),
         _ => Err(ApiError::new(

@@ -12,7 +12,7 @@ use fraisier_engine::{ArtifactPush, DeployRequest, SourceCheck};
 use fraisier_model::access::Permission;
 use fraisier_model::artifact::ArtifactKind;
 use fraisier_model::webhook::Repository;
-use fraisier_model::{FraiseType, Strategy};
+use fraisier_model::Strategy;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -344,10 +344,7 @@ pub async fn direct(
         let push = ArtifactPush {
             tenant: who.workspace.clone(),
             name: fraise.clone(),
-            kind: match f.kind {
-                FraiseType::Api => ArtifactKind::Api,
-                FraiseType::Etl | FraiseType::Scheduled => ArtifactKind::Server,
-            },
+            kind: ArtifactKind::of_fraise(f.kind),
             version: version.clone(),
             description: f.description.clone(),
             tags: Vec::new(),
