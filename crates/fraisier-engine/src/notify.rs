@@ -3,7 +3,7 @@
 //! to the store's outbox with the event, and sent off the run's path by the server.
 
 use chrono::Utc;
-use fraisier_model::config::{NotificationConfig, NotifyOn};
+use fraisier_model::config::{NotificationConfig, NotificationKind, NotifyOn};
 use fraisier_model::run::RunKind;
 use fraisier_store::{NewNotification, Notification, Run};
 use serde_json::{json, Value};
@@ -60,7 +60,11 @@ impl Engine {
                 kind: n.kind.as_str().to_string(),
                 scope: scope.to_string(),
                 position: position as i64,
-                target: shown(&n.url),
+                target: if n.kind == NotificationKind::Email {
+                    format!("mailto:{}", n.to.join(","))
+                } else {
+                    shown(&n.url)
+                },
                 payload: payload.clone(),
             };
             if let Err(e) = self.store().enqueue_notification(&new).await {

@@ -38,6 +38,62 @@ pub struct Config {
     /// Told of every run's events (as well as the environment's and the fraise's own).
     #[serde(default, skip_serializing)]
     pub notifications: Vec<NotificationConfig>,
+    /// The mail server `email` notifications are sent through.
+    #[serde(default, skip_serializing)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// The SMTP server that sends `email` notifications. `password` may be `${ENV}`, read at load.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// Default: 587 with `starttls`, 465 with `tls`, 25 with `none`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The sender, `Name <address>` or a bare address.
+    pub from: String,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port())
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmtpConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
+    }
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: allowed only to a server on this machine.
+    None,
 }
 
 /// Somewhere a run's events are announced.
@@ -47,7 +103,12 @@ pub struct NotificationConfig {
     #[serde(rename = "type")]
     pub kind: NotificationKind,
     /// Where the announcement is POSTed (an incoming-webhook URL); `${ENV}` is read at load.
+    /// Not for `email`.
+    #[serde(default)]
     pub url: String,
+    /// `email` only: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
     /// `webhook` only: the key of the `X-Fraisier-Signature` HMAC-SHA256 of the body.
     #[serde(default)]
     pub secret: Option<String>,
@@ -74,7 +135,7 @@ pub enum NotificationKind {
     Discord,
     /// A Microsoft Teams incoming webhook.
     Teams,
-    /// Refused at load: not supported yet.
+    /// Plain-text mail through the top-level `smtp` server.
     Email,
 }
 
@@ -127,6 +188,7 @@ impl NotifyOn {
 fn resolve_notifications(
     at: &str,
     list: &mut [NotificationConfig],
+    smtp: bool,
     lookup: &impl Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) {
@@ -145,9 +207,36 @@ fn resolve_notifications(
             }
         }
         if n.kind == NotificationKind::Email {
+            if !smtp {
+                problems.push(Problem {
+                    key: format!("{key}.type"),
+                    message: "email needs a mail server: add a top-level smtp: {host, from}".into(),
+                });
+            }
+            if n.to.is_empty() {
+                problems.push(Problem {
+                    key: format!("{key}.to"),
+                    message: "name at least one recipient".into(),
+                });
+            }
+            for (j, to) in n.to.iter().enumerate() {
+                if let Some(why) = mailbox_problem(to) {
+                    problems.push(Problem {
+                        key: format!("{key}.to[{j}]"),
+                        message: why,
+                    });
+                }
+            }
+            if !n.url.is_empty() {
+                problems.push(Problem {
+                    key: format!("{key}.url"),
+                    message: "an email notification has recipients (to), not a url".into(),
+                });
+            }
+        } else if !n.to.is_empty() {
             problems.push(Problem {
-                key: format!("{key}.type"),
-                message: "email notifications are not supported yet: use webhook, slack, discord or teams".into(),
+                key: format!("{key}.to"),
+                message: "only an email notification has recipients".into(),
             });
         } else if !(n.url.starts_with("https://") || n.url.starts_with("http://")) {
             problems.push(Problem {
@@ -171,6 +260,86 @@ fn resolve_notifications(
             problems.push(Problem {
                 key: format!("{key}.on"),
                 message: "name at least one of started, succeeded, failed, rolled_back, approval_requested".into(),
+            });
+        }
+    }
+}
+
+/// Why `text` is not a mail address (`local@domain`, or `Name <local@domain>`), if it is not.
+/// A first filter with a clear message; the mailer parses it fully when it sends.
+fn mailbox_problem(text: &str) -> Option<String> {
+    let address = match (text.find('<'), text.strip_suffix('>')) {
+        (Some(i), Some(rest)) => &rest[i + 1..],
+        _ => text,
+    };
+    let ok = address.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && !domain.is_empty() && !domain.starts_with('.')
+    }) && !address
+        .chars()
+        .any(|c| c.is_whitespace() || c == '<' || c == '>' || c == ',');
+    (!ok).then(|| {
+        format!("{text:?} is not a mail address (user@example.com or Name <user@example.com>)")
+    })
+}
+
+impl SmtpConfig {
+    /// Reads `${ENV}` values and checks the block; problems name the key.
+    fn resolve(&mut self, lookup: &impl Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+        for (field, value) in [
+            ("username", self.username.as_mut()),
+            ("password", self.password.as_mut()),
+        ] {
+            let Some(v) = value else { continue };
+            if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                match lookup(name) {
+                    Some(value) if !value.is_empty() => *v = value,
+                    _ => problems.push(Problem {
+                        key: format!("smtp.{field}"),
+                        message: format!("the environment variable {name} is not set"),
+                    }),
+                }
+            }
+        }
+        if self.host.trim().is_empty() || self.host.contains(['/', ' ', '@']) {
+            problems.push(Problem {
+                key: "smtp.host".into(),
+                message: "a host name or address, without scheme or port".into(),
+            });
+        }
+        if self.port == Some(0) {
+            problems.push(Problem {
+                key: "smtp.port".into(),
+                message: "must be between 1 and 65535".into(),
+            });
+        }
+        if self.username.is_some() != self.password.is_some() {
+            problems.push(Problem {
+                key: if self.username.is_some() {
+                    "smtp.password"
+                } else {
+                    "smtp.username"
+                }
+                .into(),
+                message: "username and password go together".into(),
+            });
+        }
+        let local = matches!(
+            self.host.as_str(),
+            "localhost" | "127.0.0.1" | "::1" | "[::1]"
+        );
+        if self.tls == SmtpTls::None && !local {
+            problems.push(Problem {
+                key: "smtp.tls".into(),
+                message: format!(
+                    "none sends mail (and any password) in clear: only to a server on this machine, not {}; use starttls or tls",
+                    self.host
+                ),
+            });
+        }
+        if let Some(why) = mailbox_problem(&self.from) {
+            problems.push(Problem {
+                key: "smtp.from".into(),
+                message: why,
             });
         }
     }
@@ -854,7 +1023,11 @@ impl Config {
         }
         let lookup = |name: &str| std::env::var(name).ok();
         let mut problems = config.webhooks.resolve_env(lookup);
-        resolve_notifications("", &mut config.notifications, &lookup, &mut problems);
+        if let Some(smtp) = config.smtp.as_mut() {
+            smtp.resolve(&lookup, &mut problems);
+        }
+        let smtp = config.smtp.is_some();
+        resolve_notifications("", &mut config.notifications, smtp, &lookup, &mut problems);
         for (ws_name, ws) in config.workspaces.iter_mut() {
             let prefix = if ws_name == DEFAULT_WORKSPACE {
                 String::new()
@@ -863,11 +1036,11 @@ impl Config {
             };
             for (name, e) in ws.environments.iter_mut() {
                 let at = format!("{prefix}environments.{name}.");
-                resolve_notifications(&at, &mut e.notifications, &lookup, &mut problems);
+                resolve_notifications(&at, &mut e.notifications, smtp, &lookup, &mut problems);
             }
             for (name, f) in ws.fraises.iter_mut() {
                 let at = format!("{prefix}fraises.{name}.");
-                resolve_notifications(&at, &mut f.notifications, &lookup, &mut problems);
+                resolve_notifications(&at, &mut f.notifications, smtp, &lookup, &mut problems);
             }
         }
         problems.extend(config.validate());

@@ -1,25 +1,62 @@
 //! Sends the notification outbox: each due announcement POSTed in its kind's format (JSON
 //! signed with HMAC-SHA256 for `webhook`; Slack's, Discord's and Teams' incoming-webhook
-//! bodies), every attempt recorded, failures retried with backoff (1, 2, 4, 8 s) and given up
-//! after 5 attempts. Off every run's path: a slow receiver delays nothing but itself.
+//! bodies) or mailed through the configured SMTP server (`email`), every attempt recorded,
+//! failures retried with backoff (1, 2, 4, 8 s) and given up after 5 attempts (at once when
+//! the mail server refuses for good). Off every run's path: a slow receiver delays nothing
+//! but itself.
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fraisier_engine::Engine;
-use fraisier_model::config::{NotificationConfig, NotificationKind};
+use fraisier_model::config::{NotificationConfig, NotificationKind, SmtpConfig, SmtpTls};
 use fraisier_store::{Attempt, Notification};
 use hmac::{Hmac, Mac};
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 
 /// Attempts before a notification is given up.
 const MAX_ATTEMPTS: i64 = 5;
 
+/// How long one attempt may take, whatever the kind.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one attempt came to.
+struct Outcome {
+    /// The HTTP status, or the SMTP server's last reply code.
+    status_code: Option<i64>,
+    /// Why it was not delivered; `None` when it was.
+    error: Option<String>,
+    /// Trying again cannot help (the destination is gone, or the mail server refused for good).
+    permanent: bool,
+}
+
+impl Outcome {
+    fn sent(status_code: i64) -> Outcome {
+        Outcome {
+            status_code: Some(status_code),
+            error: None,
+            permanent: false,
+        }
+    }
+
+    fn failed(status_code: Option<i64>, error: impl Into<String>) -> Outcome {
+        Outcome {
+            status_code,
+            error: Some(error.into()),
+            permanent: false,
+        }
+    }
+}
+
 pub fn spawn(engine: Engine) {
     tokio::spawn(async move {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(ATTEMPT_TIMEOUT)
             .build()
             .expect("a plain reqwest client builds");
         loop {
@@ -39,15 +76,30 @@ pub fn spawn(engine: Engine) {
 async fn send(engine: &Engine, http: &reqwest::Client, n: Notification) {
     let attempt = n.attempt_count + 1;
     let started = Instant::now();
-    let (status_code, error) = match engine.notification_target(&n) {
-        None => (None, Some("no longer configured".to_string())),
+    let outcome = match engine.notification_target(&n) {
+        None => Outcome {
+            permanent: true,
+            ..Outcome::failed(None, "no longer configured")
+        },
+        Some(target) if target.kind == NotificationKind::Email => {
+            match engine.config().smtp.as_ref() {
+                Some(smtp) => mail(smtp, &target, &n).await,
+                None => Outcome {
+                    permanent: true,
+                    ..Outcome::failed(None, "no smtp server is configured")
+                },
+            }
+        }
         Some(target) => post(http, &target, &n).await,
     };
-    let sent = status_code.is_some_and(|c| (200..300).contains(&c));
-    let gone = error.as_deref() == Some("no longer configured");
-    let status = if sent {
+    let Outcome {
+        status_code,
+        error,
+        permanent,
+    } = outcome;
+    let status = if error.is_none() {
         "sent"
-    } else if gone || attempt >= MAX_ATTEMPTS {
+    } else if permanent || attempt >= MAX_ATTEMPTS {
         "failed"
     } else {
         "pending"
@@ -69,18 +121,14 @@ async fn send(engine: &Engine, http: &reqwest::Client, n: Notification) {
     }
 }
 
-async fn post(
-    http: &reqwest::Client,
-    target: &NotificationConfig,
-    n: &Notification,
-) -> (Option<i64>, Option<String>) {
+async fn post(http: &reqwest::Client, target: &NotificationConfig, n: &Notification) -> Outcome {
     let text = n.new.payload["text"].as_str().unwrap_or_default();
     let body = match target.kind {
         NotificationKind::Webhook => n.new.payload.clone(),
         NotificationKind::Slack => json!({ "text": text }),
         NotificationKind::Discord => json!({ "content": text }),
         NotificationKind::Teams => json!({ "text": text }),
-        NotificationKind::Email => return (None, Some("email is not supported".into())),
+        NotificationKind::Email => unreachable!("mailed, not posted"),
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let mut req = http
@@ -98,14 +146,140 @@ async fn post(
         );
     }
     match req.body(bytes).send().await {
-        Ok(r) if r.status().is_success() => (Some(i64::from(r.status().as_u16())), None),
-        Ok(r) => (
+        Ok(r) if r.status().is_success() => Outcome::sent(i64::from(r.status().as_u16())),
+        Ok(r) => Outcome::failed(
             Some(i64::from(r.status().as_u16())),
-            Some(format!("the receiver answered {}", r.status())),
+            format!("the receiver answered {}", r.status()),
         ),
         // The error names the URL, which may carry a token: say what kind of failure only.
-        Err(e) if e.is_timeout() => (None, Some("timed out after 10 s".into())),
-        Err(e) if e.is_connect() => (None, Some("cannot connect".into())),
-        Err(_) => (None, Some("the request failed".into())),
+        Err(e) if e.is_timeout() => Outcome::failed(None, "timed out after 10 s"),
+        Err(e) if e.is_connect() => Outcome::failed(None, "cannot connect"),
+        Err(_) => Outcome::failed(None, "the request failed"),
     }
+}
+
+/// Mails the announcement: its line of text as the subject, the facts as a plain-text body.
+async fn mail(smtp: &SmtpConfig, target: &NotificationConfig, n: &Notification) -> Outcome {
+    let message = match message(smtp, target, n) {
+        Ok(m) => m,
+        Err(why) => {
+            return Outcome {
+                permanent: true,
+                ..Outcome::failed(None, why)
+            }
+        }
+    };
+    let transport = match transport(smtp) {
+        Ok(t) => t,
+        Err(why) => {
+            return Outcome {
+                permanent: true,
+                ..Outcome::failed(None, why)
+            }
+        }
+    };
+    match transport.send(message).await {
+        Ok(reply) => Outcome::sent(smtp_code(reply.code())),
+        Err(e) => {
+            let code = e.status().map(smtp_code);
+            let error = if let Some(code) = code {
+                // The server's own words for a refusal: no credential is in them.
+                format!(
+                    "the mail server answered {code}: {}",
+                    first_line(&e.to_string())
+                )
+            } else if e.is_timeout() {
+                "timed out after 10 s".into()
+            } else {
+                format!(
+                    "cannot reach the mail server: {}",
+                    first_line(&e.to_string())
+                )
+            };
+            Outcome {
+                status_code: code,
+                error: Some(error),
+                permanent: e.is_permanent(),
+            }
+        }
+    }
+}
+
+fn message(
+    smtp: &SmtpConfig,
+    target: &NotificationConfig,
+    n: &Notification,
+) -> Result<Message, String> {
+    let p = &n.new.payload;
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| format!("smtp.from {:?}: {e}", smtp.from))?;
+    let mut builder = Message::builder()
+        .from(from)
+        .subject(format!(
+            "[fraisier] {}",
+            p["text"].as_str().unwrap_or_default()
+        ))
+        .header(ContentType::TEXT_PLAIN);
+    for to in &target.to {
+        let to: Mailbox = to.parse().map_err(|e| format!("recipient {to:?}: {e}"))?;
+        builder = builder.to(to);
+    }
+    let mut body = format!("{}\n\n", p["text"].as_str().unwrap_or_default());
+    for key in [
+        "event",
+        "deployment_id",
+        "workspace",
+        "fraise",
+        "environment",
+        "version",
+        "previous_version",
+        "type",
+        "triggered_by",
+        "timestamp",
+    ] {
+        if let Some(v) = p[key].as_str() {
+            body.push_str(&format!("{key}: {v}\n"));
+        }
+    }
+    if let Some(e) = p["error"].as_object() {
+        for (k, v) in [("error", &e.get("code")), ("message", &e.get("message"))] {
+            if let Some(v) = v.and_then(|v| v.as_str()) {
+                body.push_str(&format!("{k}: {v}\n"));
+            }
+        }
+    }
+    builder
+        .body(body)
+        .map_err(|e| format!("cannot build the message: {e}"))
+}
+
+fn transport(smtp: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let tls = || {
+        TlsParameters::new(smtp.host.clone())
+            .map_err(|e| format!("cannot set up TLS to {}: {e}", smtp.host))
+    };
+    let security = match smtp.tls {
+        SmtpTls::Starttls => Tls::Required(tls()?),
+        SmtpTls::Tls => Tls::Wrapper(tls()?),
+        // Load refuses `none` to anything but this machine.
+        SmtpTls::None => Tls::None,
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
+        .port(smtp.port())
+        .tls(security)
+        .timeout(Some(ATTEMPT_TIMEOUT));
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(builder.build())
+}
+
+fn smtp_code(code: lettre::transport::smtp::response::Code) -> i64 {
+    code.to_string().parse().unwrap_or(0)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
 }

@@ -287,3 +287,206 @@ async fn runs_are_announced_where_asked_and_retried_until_heard() {
         (400, Some("status"))
     );
 }
+
+/// aiosmtpd's sink (`tests/support/smtp_sink.py`) on a free port; killed when dropped.
+struct SmtpSink {
+    port: u16,
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl SmtpSink {
+    fn start(user: &str, password: &str) -> SmtpSink {
+        let python = std::env::var("FRAISIER_SMTP_SINK_PYTHON").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/fraisier-fuzz-venv/bin/python",
+                std::env::var("HOME").unwrap()
+            )
+        });
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
+        let port = free_port();
+        let mut child = std::process::Command::new(&python)
+            .args([script, &port.to_string(), user, password])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{python}: {e}: the SMTP sink needs aiosmtpd in a venv; .ci/run installs it")
+            });
+        let stdout = child.stdout.take().unwrap();
+        let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    seen.lock().unwrap().push(v);
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !lines.lock().unwrap().iter().any(|l| l["ready"] == port) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the SMTP sink exited ({status}): is aiosmtpd installed for {python}?");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the SMTP sink never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpSink { port, child, lines }
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.get("body").is_some())
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn email_goes_through_the_smtp_server_with_its_login_and_bounces_are_not_retried() {
+    let sink = SmtpSink::start("fraisier", "smtp-pa55word");
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let port = free_port();
+    let yaml = config_yaml(&ws, port, 1, "rolling", "")
+        + &format!(
+            "smtp: {{ host: 127.0.0.1, port: {}, tls: none, username: fraisier, password: \"${{FRAISIER_TEST_SMTP_PASSWORD}}\", from: \"Fraisier <fraisier@example.com>\" }}\n\
+             notifications:\n  - {{ type: email, to: [\"Ops <ops@example.com>\", dev@example.com], on: [succeeded] }}\n  - {{ type: email, to: [nobody@bounce.example], on: [succeeded] }}\n",
+            sink.port
+        );
+    std::env::set_var("FRAISIER_TEST_SMTP_PASSWORD", "smtp-pa55word");
+    let s = Server::start(&ws, &yaml).await;
+
+    let id = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    until("the mail reaches the SMTP server", || {
+        !sink.messages().is_empty()
+    })
+    .await;
+    let mail = sink.messages()[0].clone();
+    assert_eq!(mail["login"], "fraisier", "{mail:#}");
+    assert_eq!(mail["from"], "fraisier@example.com", "{mail:#}");
+    assert_eq!(
+        mail["to"],
+        json!(["ops@example.com", "dev@example.com"]),
+        "{mail:#}"
+    );
+    assert_eq!(
+        mail["header_from"], "Fraisier <fraisier@example.com>",
+        "{mail:#}"
+    );
+    assert_eq!(mail["content_type"], "text/plain", "{mail:#}");
+    let subject = mail["subject"].as_str().unwrap();
+    assert!(
+        subject.starts_with("[fraisier] ") && subject.contains("app 1.0.0 is live in production"),
+        "{mail:#}"
+    );
+    let body = mail["body"].as_str().unwrap();
+    assert!(
+        body.contains(&format!("deployment_id: {id}")) && body.contains("version: 1.0.0"),
+        "{mail:#}"
+    );
+
+    // The record: the delivered one shows its SMTP reply and recipients; the bounced one
+    // failed on its first attempt, with the server's reason, and is not retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (sent, bounced) = loop {
+        let (_, v) = s.get("/notifications/deliveries?limit=100").await;
+        let of = |to: &str| {
+            v["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["type"] == "email" && d["target"].as_str().unwrap().contains(to))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let (sent, bounced) = (of("ops@example.com"), of("bounce.example"));
+        if sent["status"] == "sent" && bounced["status"] == "failed" {
+            break (sent, bounced);
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sent["attempts"][0]["status_code"], 250, "{sent:#}");
+    assert_eq!(
+        bounced["attempts"].as_array().unwrap().len(),
+        1,
+        "{bounced:#}"
+    );
+    assert_eq!(bounced["attempts"][0]["status_code"], 550, "{bounced:#}");
+    let error = bounced["attempts"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("550") && error.contains("no such mailbox"),
+        "{bounced:#}"
+    );
+    let (_, v) = s.get("/notifications/deliveries?limit=100").await;
+    assert!(!v.to_string().contains("smtp-pa55word"), "{v}");
+    assert!(sink
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("auth").is_some())
+        .all(|l| l["ok"] == true));
+}
+
+#[test]
+fn email_is_refused_at_load_without_a_server_or_with_bad_addresses() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "")
+        + "notifications:\n  - { type: email, to: [\"not an address\"], url: \"https://x.example\" }\n";
+    std::fs::write(ws.config_path(), &yaml).unwrap();
+    let out = std::process::Command::new(fraisier_bin())
+        .arg("--config")
+        .arg(ws.config_path())
+        .arg("validate")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for key in [
+        "notifications[0].type",
+        "notifications[0].to[0]",
+        "notifications[0].url",
+    ] {
+        assert!(text.contains(key), "{key} missing from: {text}");
+    }
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "")
+        + "smtp: { host: mail.example.com, tls: none, username: u, password: p, from: fraisier@example.com }\n";
+    std::fs::write(ws.config_path(), &yaml).unwrap();
+    let out = std::process::Command::new(fraisier_bin())
+        .arg("--config")
+        .arg(ws.config_path())
+        .arg("validate")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("smtp.tls"), "{text}");
+    assert!(!text.contains("password: p"), "{text}");
+}
