@@ -6,14 +6,14 @@ use fraisier_model::artifact::{artifact_name_problem, ArtifactFormat, ArtifactKi
 use fraisier_model::config::FraiseConfig;
 use fraisier_model::names::version_problem;
 use fraisier_model::service::ArtifactRef;
-use fraisier_store::blobs::{BlobError, BlobStore};
+use fraisier_store::blobs::{BlobError, BlobRef, BlobStore};
 use fraisier_store::{
-    Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, StoreError, VersionConflict,
+    Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, Run, StoreError, VersionConflict,
 };
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::{Engine, EngineError};
+use crate::{DeployRequest, Engine, EngineError};
 
 /// A version to push: what it is called and what it carries.
 #[derive(Clone, Debug)]
@@ -28,6 +28,20 @@ pub struct ArtifactPush {
     pub by: String,
     /// Bytes accepted at most.
     pub limit: u64,
+}
+
+/// A version of a fraise's artifact carried into an environment: deployed there from the
+/// store, as it is. With `from`, what runs in that environment (and, when `version` is named
+/// too, only if it is that version).
+#[derive(Clone, Debug)]
+pub struct Promotion {
+    pub tenant: String,
+    pub artifact: String,
+    pub version: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    pub strategy: Option<fraisier_model::Strategy>,
+    pub by: String,
 }
 
 /// A pushed version and whether it is new (the same bytes again are not).
@@ -68,18 +82,46 @@ impl Engine {
         body: impl AsyncRead + Unpin,
     ) -> Result<Pushed, EngineError> {
         self.check_push(push)?;
-        let blob = self
-            .blobs()
-            .put(body, push.limit)
-            .await
-            .map_err(|e| match e {
-                BlobError::TooLarge { limit } => EngineError::ArtifactTooLarge { limit },
-                BlobError::Empty => EngineError::InvalidParameters {
-                    field: "body".into(),
-                    message: "the upload is empty: send the artifact's bytes as the body".into(),
-                },
-                e => EngineError::Blob(e.to_string()),
-            })?;
+        let blob = self.put_upload(body, push.limit).await?;
+        self.record_push(push, &blob).await
+    }
+
+    /// Streams uploaded bytes into the blob store, before what they are is known (a form may
+    /// name it after its file); [`Engine::record_push`] or [`Engine::discard_upload`] follows.
+    pub async fn put_upload(
+        &self,
+        body: impl AsyncRead + Unpin,
+        limit: u64,
+    ) -> Result<BlobRef, EngineError> {
+        self.blobs().put(body, limit).await.map_err(|e| match e {
+            BlobError::TooLarge { limit } => EngineError::ArtifactTooLarge { limit },
+            BlobError::Empty => EngineError::InvalidParameters {
+                field: "body".into(),
+                message: "the upload is empty: send the artifact's bytes as the body".into(),
+            },
+            BlobError::Read(e) => EngineError::InvalidParameters {
+                field: "body".into(),
+                message: format!("the upload could not be read: {e}"),
+            },
+            e => EngineError::Blob(e.to_string()),
+        })
+    }
+
+    /// Drops stored upload bytes that no version names.
+    pub async fn discard_upload(&self, blob: &BlobRef) {
+        self.forget_blob(&blob.digest).await;
+    }
+
+    /// Records stored bytes as the version `push` names (or, refused, drops them).
+    pub async fn record_push(
+        &self,
+        push: &ArtifactPush,
+        blob: &BlobRef,
+    ) -> Result<Pushed, EngineError> {
+        if let Err(e) = self.check_push(push) {
+            self.forget_blob(&blob.digest).await;
+            return Err(e);
+        }
         let format = self.format_of(&blob.digest).await?;
         let recorded = self
             .store()
@@ -183,6 +225,118 @@ impl Engine {
                     version: None,
                 }),
         }
+    }
+
+    /// Changes an artifact's description and tags.
+    pub async fn update_artifact(
+        &self,
+        tenant: &str,
+        name: &str,
+        description: Option<Option<&str>>,
+        tags: Option<&[String]>,
+    ) -> Result<Artifact, EngineError> {
+        self.store()
+            .update_artifact(tenant, name, description, tags)
+            .await
+            .map_err(|e| not_found(e, name, None))
+    }
+
+    /// Starts the deploy a promotion asks for and records it on the version
+    /// (`metadata.promotions`).
+    pub async fn promote(&self, p: &Promotion) -> Result<Run, EngineError> {
+        self.artifact(&p.tenant, &p.artifact).await?;
+        let ws = self.inner.config.scope(&p.tenant);
+        if !ws.fraises.contains_key(&p.artifact) {
+            return Err(EngineError::NotPromotable(format!(
+                "no fraise is called {}: only a fraise's artifact is deployed, so only it can be promoted",
+                p.artifact
+            )));
+        }
+        let version = match (&p.from, &p.version) {
+            (Some(from), version) => {
+                if !ws.environments.contains_key(from) {
+                    return Err(EngineError::EnvironmentNotFound(from.clone()));
+                }
+                if *from == p.to {
+                    return Err(EngineError::InvalidParameters {
+                        field: "from".into(),
+                        message: "from and to name the same environment".into(),
+                    });
+                }
+                let running = self
+                    .store()
+                    .service(&p.tenant, &p.artifact, from)
+                    .await?
+                    .and_then(|s| s.current_version);
+                match (running, version) {
+                    (None, _) => {
+                        return Err(EngineError::NotPromotable(format!(
+                            "{} runs nothing in {from} to promote",
+                            p.artifact
+                        )))
+                    }
+                    (Some(r), Some(v)) if r != *v => {
+                        return Err(EngineError::NotPromotable(format!(
+                            "{} {v} is not what runs in {from} ({r}): promote what was proven there",
+                            p.artifact
+                        )))
+                    }
+                    (Some(r), _) => r,
+                }
+            }
+            (None, Some(v)) => v.clone(),
+            (None, None) => {
+                return Err(EngineError::InvalidParameters {
+                    field: "version".into(),
+                    message: "name the version to promote, or from: the environment whose running version to promote".into(),
+                })
+            }
+        };
+        let found = self
+            .artifact_version(&p.tenant, &p.artifact, Some(&version))
+            .await?;
+        let run = self
+            .submit(DeployRequest {
+                tenant: p.tenant.clone(),
+                fraise: p.artifact.clone(),
+                environment: p.to.clone(),
+                version: Some(version.clone()),
+                from_store: true,
+                strategy: p.strategy,
+                metadata: serde_json::json!({
+                    "promotion": { "from": p.from, "artifact_digest": found.digest },
+                }),
+                triggered_by: p.by.clone(),
+                trigger_type: "promotion".into(),
+                ..DeployRequest::default()
+            })
+            .await?;
+        let mut metadata = found.metadata;
+        if !metadata.is_object() {
+            metadata = serde_json::json!({});
+        }
+        let entry = serde_json::json!({
+            "environment": p.to,
+            "from": p.from,
+            "deployment_id": fraisier_store::run_id_string(run.id),
+            "by": p.by,
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        match metadata.get_mut("promotions").and_then(Value::as_array_mut) {
+            Some(list) => list.push(entry),
+            None => {
+                metadata["promotions"] = Value::Array(vec![entry]);
+            }
+        }
+        // The run is what counts; a lost note on the version is worth a warning, not a failure.
+        if let Err(e) = self
+            .store()
+            .set_version_metadata(&p.tenant, &p.artifact, &version, &metadata)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a promotion on its version");
+        }
+        Ok(run)
     }
 
     /// Removes a version (or, with `None`, the artifact and all its versions), unless a

@@ -63,6 +63,8 @@ pub enum EngineError {
     ArtifactConflict(String),
     #[error("{0}")]
     ArtifactInUse(String),
+    #[error("{0}")]
+    NotPromotable(String),
     #[error("no scanner is configured: set server.artifact_scanner in fraisier.yaml (a command that prints its findings as JSON)")]
     ScannerNotConfigured,
     #[error("the scan failed: {0}")]
@@ -112,6 +114,7 @@ impl EngineError {
             EngineError::ArtifactMissing { .. } => "ARTIFACT_NOT_FOUND",
             EngineError::ArtifactConflict(_) => "ARTIFACT_CONFLICT",
             EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
+            EngineError::NotPromotable(_) => "NOT_PROMOTABLE",
             EngineError::ScannerNotConfigured => "SCANNER_NOT_CONFIGURED",
             EngineError::ScanFailed(_) => "SCAN_FAILED",
             EngineError::ArtifactTooLarge { .. } => "ARTIFACT_TOO_LARGE",

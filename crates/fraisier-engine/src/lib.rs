@@ -31,7 +31,7 @@ use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreErro
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-pub use artifacts::{ArtifactPush, Pushed};
+pub use artifacts::{ArtifactPush, Promotion, Pushed};
 pub use bus::{Bus, BusMessage, Progress};
 pub use error::EngineError;
 pub use provider::{Provider, ProviderError};

@@ -247,7 +247,6 @@ impl Store {
         version_from_row(&row)
     }
 
-    /// Removes one version; returns it (its blob may now be unreferenced).
     /// Replaces a version's metadata (its bytes and digest never change).
     pub async fn set_version_metadata(
         &self,
@@ -274,6 +273,38 @@ impl Store {
         }
     }
 
+    /// Changes an artifact's description and tags (`None`: left as they are).
+    pub async fn update_artifact(
+        &self,
+        tenant: &str,
+        name: &str,
+        description: Option<Option<&str>>,
+        tags: Option<&[String]>,
+    ) -> Result<Artifact> {
+        let turn = self.turn(Priority::Interactive).await;
+        let done = sqlx::query(
+            "UPDATE artifacts SET \
+             description = CASE WHEN $3 = 1 THEN $4 ELSE description END, \
+             tags = CASE WHEN $5 = 1 THEN $6 ELSE tags END, updated_at = $7 \
+             WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(i64::from(description.is_some()))
+        .bind(description.flatten())
+        .bind(i64::from(tags.is_some()))
+        .bind(tags.map(json_text))
+        .bind(millis(now()))
+        .execute(&self.writer)
+        .await;
+        drop(turn);
+        if done?.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.artifact(tenant, name).await
+    }
+
+    /// Removes one version; returns it (its blob may now be unreferenced).
     pub async fn delete_artifact_version(
         &self,
         tenant: &str,

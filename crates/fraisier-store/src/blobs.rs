@@ -30,6 +30,9 @@ pub enum BlobError {
     TooLarge { limit: u64 },
     #[error("the upload is empty")]
     Empty,
+    /// The bytes could not be read from the uploader (it broke off, or its framing was bad).
+    #[error("{0}")]
+    Read(io::Error),
     #[error("{0:?} is not a sha256 digest (sha256:<64 hex digits>)")]
     BadDigest(String),
     #[error("blob store {path}: {source}")]
@@ -115,10 +118,7 @@ impl BlobStore {
         let mut size = 0u64;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(|source| io_error(tmp, source))?;
+            let n = reader.read(&mut buf).await.map_err(BlobError::Read)?;
             if n == 0 {
                 break;
             }

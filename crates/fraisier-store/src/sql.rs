@@ -125,7 +125,7 @@ pub(crate) fn ts_opt(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>> {
         .transpose()
 }
 
-pub(crate) fn json_text<T: Serialize>(v: &T) -> String {
+pub(crate) fn json_text<T: Serialize + ?Sized>(v: &T) -> String {
     // Serializing plain data to a string cannot fail; "null" keeps the column NOT NULL-safe.
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
 }

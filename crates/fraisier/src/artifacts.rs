@@ -1,5 +1,6 @@
 //! `fraisier artifact`: push a file to the server's artifact registry, list artifacts and
-//! their versions, download one, delete what nothing runs.
+//! their versions, change an artifact's description and tags, promote a version into an
+//! environment, download one, delete what nothing runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,34 @@ pub enum ArtifactCommand {
         kind: String,
         #[arg(long)]
         description: Option<String>,
+    },
+    /// Change an artifact's description or tags (what is not given stays)
+    Update {
+        name: String,
+        #[arg(long, conflicts_with = "no_description")]
+        description: Option<String>,
+        /// Remove the description
+        #[arg(long)]
+        no_description: bool,
+        /// Replace the tags (repeat for several)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Remove every tag
+        #[arg(long, conflicts_with = "tags")]
+        no_tags: bool,
+    },
+    /// Deploy a version of a fraise's artifact into an environment, as it is in the registry;
+    /// with --from, what runs there (and only that)
+    Promote {
+        name: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long = "release-version")]
+        release_version: Option<String>,
+        #[arg(long)]
+        strategy: Option<String>,
     },
     /// The artifacts of your workspace
     List {
@@ -143,6 +172,68 @@ pub async fn run(ctx: &Ctx, cmd: ArtifactCommand) -> Result<ExitCode> {
                     } else {
                         ""
                     }
+                );
+            }
+        }
+        ArtifactCommand::Update {
+            name,
+            description,
+            no_description,
+            tags,
+            no_tags,
+        } => {
+            let mut body = serde_json::Map::new();
+            if no_description {
+                body.insert("description".into(), serde_json::Value::Null);
+            } else if let Some(d) = description {
+                body.insert("description".into(), d.into());
+            }
+            if no_tags || !tags.is_empty() {
+                body.insert("tags".into(), tags.into());
+            }
+            if body.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give --description, --no-description, --tag or --no-tags"
+                );
+            }
+            let (_, v) = c.put(&format!("/artifacts/{name}"), &body).await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                let tags: Vec<String> = v["tags"]
+                    .as_array()
+                    .map_or(&[][..], |a| a)
+                    .iter()
+                    .map(s)
+                    .collect();
+                println!(
+                    "{}: {} [{}]",
+                    s(&v["name"]),
+                    s(&v["description"]),
+                    tags.join(", ")
+                );
+            }
+        }
+        ArtifactCommand::Promote {
+            name,
+            to,
+            from,
+            release_version,
+            strategy,
+        } => {
+            let body = serde_json::json!({
+                "to": to, "from": from, "version": release_version, "strategy": strategy,
+            });
+            let (_, v) = c.post(&format!("/artifacts/{name}/promote"), &body).await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{} {} → {}: {}",
+                    s(&v["fraise"]),
+                    s(&v["version"]),
+                    s(&v["environment"]),
+                    s(&v["id"])
                 );
             }
         }

@@ -234,6 +234,8 @@ async fn every_operation_refuses_who_may_not() {
                     json!({"fraise": "app", "environment": "staging"})
                 } else if path.ends_with("/deployments/direct") {
                     json!({"fraise": "app", "environment": "staging", "version": "1.0.0"})
+                } else if path.ends_with("/promote") {
+                    json!({"to": "staging", "version": "1.0.0"})
                 } else {
                     json!({})
                 }

@@ -614,3 +614,310 @@ async fn the_configured_scanner_finds_what_is_in_the_bytes() {
         "{v}"
     );
 }
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `curl -F …` against an API route: the multipart form as curl (not our code) builds it.
+fn curl_form(s: &Server, path: &str, fields: &[&str]) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("authorization: Bearer {}", s.token));
+    for f in fields {
+        cmd.args(["-F", f]);
+    }
+    let out = cmd.arg(format!("{}{path}", s.url)).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+async fn put(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = s
+        .http
+        .put(format!("{}{path}", s.url))
+        .bearer_auth(&s.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_registry_takes_forms_updates_artifacts_and_promotes_versions() {
+    let ws = Workspace::new();
+    ws.release("2.0.0", &[]);
+    let s = Server::start(&ws, &config_yaml(&ws, free_port(), 1, "rolling", "")).await;
+    let tarball = ws.path().join("app-2.0.0.tar.gz");
+    let st = Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(ws.path().join("releases/2.0.0"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let file = format!("file=@{}", tarball.display());
+
+    // A form, as curl sends it: the fields, then the file.
+    let (status, v) = curl_form(
+        &s,
+        "/artifacts",
+        &["name=app", "version=2.0.0", "tag=web", &file],
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (v["digest"].as_str(), v["format"].as_str()),
+        (Some(sha256(&tarball).as_str()), Some("tar.gz")),
+        "{v}"
+    );
+    // A version of an artifact that exists: raw, or as a form.
+    let (status, v, location) = {
+        let r = s
+            .http
+            .post(format!("{}/artifacts/app/versions?version=2.1.0", s.url))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/octet-stream")
+            .body(std::fs::read(&tarball).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap(),
+            location,
+        )
+    };
+    assert_eq!((status, v["type"].as_str()), (201, Some("api")), "{v}");
+    assert_eq!(
+        location.as_deref(),
+        Some("/api/v1/artifacts/app/versions/2.1.0")
+    );
+    // The file may come before the fields that name it.
+    let (status, v) = curl_form(&s, "/artifacts/app/versions", &[&file, "version=2.2.0"]);
+    assert_eq!((status, v["version"].as_str()), (201, Some("2.2.0")), "{v}");
+    let (status, v) = curl_form(&s, "/artifacts/nope/versions", &["version=1.0.0", &file]);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("ARTIFACT_NOT_FOUND")),
+        "{v}"
+    );
+    // A form without its file, with a part it does not know, or saying a field twice.
+    for (path, fields, field) in [
+        ("/artifacts", vec!["name=app", "version=3.0.0"], "file"),
+        (
+            "/artifacts",
+            vec!["name=app", "colour=red", file.as_str()],
+            "colour",
+        ),
+        (
+            "/artifacts/app/versions?version=3.0.0",
+            vec!["version=3.0.1", file.as_str()],
+            "version",
+        ),
+        (
+            "/artifacts/app/versions",
+            vec!["name=app", file.as_str()],
+            "name",
+        ),
+    ] {
+        let (status, v) = curl_form(&s, path, &fields);
+        assert_eq!(
+            (status, v["error"]["details"]["field"].as_str()),
+            (400, Some(field)),
+            "{path} {fields:?}: {v}"
+        );
+    }
+    let (_, v) = s.get("/artifacts/app/versions").await;
+    assert_eq!(v["versions"].as_array().unwrap().len(), 3, "{v}");
+    // Refused forms keep none of their bytes.
+    let blobs = walk_files(&s.data_dir.join("blobs"));
+    assert_eq!(blobs.len(), 1, "one tarball stored once: {blobs:?}");
+
+    // Description and tags change; what is not given stays; null removes.
+    let (status, v) = put(
+        &s,
+        "/artifacts/app",
+        json!({"description": "The shop", "tags": ["web", "eu"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["description"].as_str(), v["tags"].clone()),
+        (Some("The shop"), json!(["web", "eu"]))
+    );
+    let (status, v) = put(&s, "/artifacts/app", json!({"description": null})).await;
+    assert_eq!(
+        (status, v["description"].clone(), v["tags"].clone()),
+        (200, Value::Null, json!(["web", "eu"])),
+        "{v}"
+    );
+    for (body, field) in [
+        (json!({"colour": "red"}), "colour"),
+        (json!({"tags": [""]}), "tags[0]"),
+        (json!({"description": "x".repeat(2001)}), "description"),
+    ] {
+        let (status, v) = put(&s, "/artifacts/app", body.clone()).await;
+        assert_eq!(
+            (status, v["error"]["details"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let (status, _) = put(&s, "/artifacts/nope", json!({"tags": []})).await;
+    assert_eq!(status, 404);
+    let (_, v) = s.get("/artifacts/app").await;
+    assert_eq!(v["tags"], json!(["web", "eu"]), "bad input changed nothing");
+
+    // Promotion: 2.0.0 proven in staging goes to production, from the store as it is.
+    let (status, v) = s
+        .post(
+            "/deployments/direct",
+            json!({"fraise": "app", "environment": "staging", "version": "2.0.0"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let (status, v) = s
+        .post(
+            "/artifacts/app/promote",
+            json!({"from": "staging", "version": "2.1.0", "to": "production"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("NOT_PROMOTABLE")),
+        "only what runs in staging: {v}"
+    );
+    let (status, v) = s
+        .post(
+            "/artifacts/app/promote",
+            json!({"from": "staging", "to": "production"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (run["status"].as_str(), run["version"].as_str()),
+        (Some("success"), Some("2.0.0")),
+        "{run:#}"
+    );
+    let (_, v) = s.get("/fraises/app").await;
+    assert_eq!(
+        v["environments"]["production"]["current_version"], "2.0.0",
+        "{v:#}"
+    );
+    let (_, v) = s.get("/artifacts/app/versions/2.0.0").await;
+    let promotion = &v["metadata"]["promotions"][0];
+    assert_eq!(
+        (
+            promotion["environment"].as_str(),
+            promotion["from"].as_str(),
+            promotion["deployment_id"].as_str()
+        ),
+        (Some("production"), Some("staging"), Some(id.as_str())),
+        "{v:#}"
+    );
+    // Refusals, each precise, none deploying anything.
+    let (status, _) = curl_form(
+        &s,
+        "/artifacts",
+        &["name=weights", "version=1", "type=model", &file],
+    );
+    assert_eq!(status, 201);
+    for (path, body, expected) in [
+        (
+            "/artifacts/app/promote",
+            json!({"to": "production"}),
+            (400, "INVALID_PARAMETERS"),
+        ),
+        (
+            "/artifacts/weights/promote",
+            json!({"version": "1", "to": "production"}),
+            (409, "NOT_PROMOTABLE"),
+        ),
+        (
+            "/artifacts/app/promote",
+            json!({"from": "nowhere", "to": "production"}),
+            (404, "ENVIRONMENT_NOT_FOUND"),
+        ),
+        (
+            "/artifacts/app/promote",
+            json!({"version": "9.9.9", "to": "production"}),
+            (404, "ARTIFACT_NOT_FOUND"),
+        ),
+        (
+            "/artifacts/app/promote",
+            json!({"version": "2.0.0", "to": "production", "colour": 1}),
+            (400, "INVALID_PARAMETERS"),
+        ),
+    ] {
+        let (status, v) = s.post(path, body.clone()).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str().unwrap_or_default()),
+            expected,
+            "{body}: {v}"
+        );
+    }
+    let (_, v) = s.get("/deployments?limit=100").await;
+    assert_eq!(v["pagination"]["total"], 2, "{v:#}");
+
+    // The same from the CLI.
+    let cli = |args: &[&str]| {
+        let out = Command::new(fraisier_bin())
+            .args(["--server", &s.url])
+            .args(args)
+            .env("FRAISIER_TOKEN", &s.token)
+            .env_remove("FRAISIER_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    let text = cli(&[
+        "artifact",
+        "update",
+        "app",
+        "--description",
+        "Shop API",
+        "--tag",
+        "cli",
+    ]);
+    assert!(text.contains("app: Shop API [cli]"), "{text}");
+    let text = cli(&[
+        "artifact",
+        "promote",
+        "app",
+        "--to",
+        "staging",
+        "--release-version",
+        "2.2.0",
+    ]);
+    assert!(text.contains("app 2.2.0 → staging: dep_"), "{text}");
+}

@@ -1,24 +1,28 @@
-//! `/artifacts` (seed 003's registry): push a version as the raw body, list and read
-//! artifacts and their versions, download a version's bytes, delete what nothing runs, and the
-//! artifact types. Bytes are streamed in and out, never held whole.
+//! `/artifacts` (seed 003's registry): push a version (the raw body or a multipart form's
+//! file), list, read and update artifacts and their versions, promote a version into an
+//! environment, download a version's bytes, delete what nothing runs, and the artifact types.
+//! Bytes are streamed in and out, never held whole.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fraisier_engine::ArtifactPush;
+use fraisier_engine::{ArtifactPush, Promotion};
+use fraisier_model::access::Permission;
 use fraisier_model::artifact::ArtifactKind;
+use fraisier_model::Strategy;
 use fraisier_store::{Artifact, ArtifactFilter, ArtifactVersion};
-use futures_util::TryStreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
 
+use super::deployments::{created, Created};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, QueryMap};
-use super::gate::{AuditNote, Caller};
+use super::extract::{check_text, JsonBody, QueryMap, Upload};
+use super::gate::{authorize, AuditNote, Caller};
+use super::params::StrategyName;
 use super::views;
 use super::{AppState, Params};
 
@@ -139,11 +143,42 @@ fn noted(mut r: Response, name: &str) -> Response {
     r
 }
 
+/// A multipart upload: the fields (each may instead be in the query) and the bytes.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    name: Option<String>,
+    version: Option<String>,
+    #[schema(value_type = Option<ArtifactKind>)]
+    r#type: Option<String>,
+    description: Option<String>,
+    tag: Option<String>,
+    /// The bytes: a .tar.gz, a .zip, or one file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// A multipart upload of a new version of an artifact that exists.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct VersionForm {
+    version: Option<String>,
+    description: Option<String>,
+    tag: Option<String>,
+    /// The bytes: a .tar.gz, a .zip, or one file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// The form fields `POST /artifacts` reads.
+const PUSH_FIELDS: &[&str] = &["name", "version", "type", "description", "tag"];
+
 #[utoipa::path(post, path = "/api/v1/artifacts", tag = "artifacts",
     params(("name" = super::params::Name, Query, description = "the artifact (a fraise's artifact carries its name); not `types` or `storage`"),
            ("version" = super::params::Version, Query), ("type" = Option<ArtifactKind>, Query, description = "default api"),
-           ("description" = Option<String>, Query), ("tag" = Option<String>, Query, description = "repeat for several")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bytes: a .tar.gz, a .zip, or one file"),
+           ("description" = Option<String>, Query), ("tag" = Option<super::params::Tag>, Query, description = "repeat for several")),
+    request_body(content((Vec<u8> = "application/octet-stream"), (UploadForm = "multipart/form-data")),
+        description = "the bytes (a .tar.gz, a .zip, or one file) as the body, or as a form's file part"),
     responses((status = 201, body = PushedView, headers(("Location" = String, description = "the version")),
                   links(("GetArtifact" = (operation_id = "get_artifact", parameters(("name" = "$response.body#/artifact")))))),
               (status = 200, body = PushedView, description = "these bytes were already this version"),
@@ -152,18 +187,63 @@ fn noted(mut r: Response, name: &str) -> Response {
 pub async fn push(
     State(state): State<AppState>,
     who: Caller,
-    q: QueryMap,
-    body: Body,
+    mut q: QueryMap,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let name = q
-        .text("name")
-        .ok_or_else(|| ApiError::invalid("name", "name is required (?name=…)"))?;
+    let upload = Upload::of(req)?;
+    let plan = |q: &QueryMap| {
+        let name = q
+            .text("name")
+            .ok_or_else(|| ApiError::invalid("name", "name is required (?name=…)"))?;
+        let kind = q
+            .one_of::<ArtifactKind>("type", "api, model, client, server")?
+            .unwrap_or(ArtifactKind::Api);
+        version_push(&state, &who, q, name, kind)
+    };
+    let (push, pushed) = receive(&state, upload, &mut q, PUSH_FIELDS, plan).await?;
+    Ok(pushed_response(&push, pushed))
+}
+
+/// The form fields `POST /artifacts/{name}/versions` reads.
+const VERSION_FIELDS: &[&str] = &["version", "description", "tag"];
+
+#[utoipa::path(post, path = "/api/v1/artifacts/{name}/versions", tag = "artifacts",
+    params(("name" = String, Path, description = "an artifact that exists (POST /artifacts makes one)"),
+           ("version" = super::params::Version, Query), ("tag" = Option<super::params::Tag>, Query, description = "repeat for several")),
+    request_body(content((Vec<u8> = "application/octet-stream"), (VersionForm = "multipart/form-data")),
+        description = "the bytes (a .tar.gz, a .zip, or one file) as the body, or as a form's file part"),
+    responses((status = 201, body = PushedView, headers(("Location" = String, description = "the version"))),
+              (status = 200, body = PushedView, description = "these bytes were already this version"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "the version exists with other bytes"),
+              (status = 413, body = ErrorBody)))]
+pub async fn push_version(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    mut q: QueryMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let upload = Upload::of(req)?;
+    let artifact = state.engine.artifact(&who.workspace, &name).await?;
+    let kind = ArtifactKind::parse(&artifact.kind)
+        .ok_or_else(|| ApiError::internal(format!("stored artifact type {:?}", artifact.kind)))?;
+    let plan = |q: &QueryMap| version_push(&state, &who, q, name.clone(), kind);
+    let (push, pushed) = receive(&state, upload, &mut q, VERSION_FIELDS, plan).await?;
+    Ok(pushed_response(&push, pushed))
+}
+
+/// The version of artifact `name` the query (and form) describe.
+fn version_push(
+    state: &AppState,
+    who: &Caller,
+    q: &QueryMap,
+    name: String,
+    kind: ArtifactKind,
+) -> Result<ArtifactPush, ApiError> {
     let version = q
         .text("version")
         .ok_or_else(|| ApiError::invalid("version", "version is required (?version=…)"))?;
-    let kind = q
-        .one_of::<ArtifactKind>("type", "api, model, client, server")?
-        .unwrap_or(ArtifactKind::Api);
     let description = q.text("description");
     check_text("description", &description, 2000)?;
     let tags: Vec<String> =
@@ -171,6 +251,7 @@ pub async fn push(
             .filter(|(k, v)| k == "tag" && !v.is_empty())
             .map(|(_, v)| v.clone())
             .collect();
+    check_tags("tag", &tags)?;
     let push = ArtifactPush {
         tenant: who.workspace.clone(),
         name,
@@ -183,14 +264,41 @@ pub async fn push(
         limit: state.config.server.max_artifact_bytes,
     };
     state.engine.check_push(&push)?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let pushed = state
-        .engine
-        .push_artifact(&push, StreamReader::new(stream))
-        .await?;
+    Ok(push)
+}
+
+/// Receives an upload and records it as the version `plan` reads from the query and form. A
+/// raw body whose query is wrong is refused before a byte is read; a form is read whole
+/// first (it may name what it carries after its file), and its bytes dropped if refused.
+pub(super) async fn receive(
+    state: &AppState,
+    upload: Upload,
+    q: &mut QueryMap,
+    fields: &[&str],
+    plan: impl Fn(&QueryMap) -> Result<ArtifactPush, ApiError>,
+) -> Result<(ArtifactPush, fraisier_engine::Pushed), ApiError> {
+    let early = if upload.is_form() {
+        None
+    } else {
+        Some(plan(q)?)
+    };
+    let limit = state.config.server.max_artifact_bytes;
+    let blob = upload.store(q, fields, &state.engine, limit).await?;
+    let push = match early.map_or_else(|| plan(q), Ok) {
+        Ok(push) => push,
+        Err(e) => {
+            state.engine.discard_upload(&blob).await;
+            return Err(e);
+        }
+    };
+    let pushed = state.engine.record_push(&push, &blob).await?;
+    Ok((push, pushed))
+}
+
+fn pushed_response(push: &ArtifactPush, pushed: fraisier_engine::Pushed) -> Response {
     let view = PushedView {
         artifact: push.name.clone(),
-        kind: kind.as_str().to_string(),
+        kind: push.kind.as_str().to_string(),
         version: version_view(&push.name, &pushed.version),
         created: pushed.created,
     };
@@ -206,7 +314,7 @@ pub async fn push(
     )) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(noted(r, &push.name))
+    noted(r, &push.name)
 }
 
 #[utoipa::path(get, path = "/api/v1/artifacts", tag = "artifacts",
@@ -251,6 +359,122 @@ pub async fn get(
         artifact: artifact_view(&a),
         version_list: versions.iter().map(|v| version_view(&name, v)).collect(),
     }))
+}
+
+/// `PUT /artifacts/{name}`: what is given changes, the rest stays.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactUpdate {
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable, max_length = 2000)]
+    pub description: Option<Option<String>>,
+    /// Replaces the tags.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<super::params::Tag>>, max_items = 50)]
+    pub tags: Option<Vec<String>>,
+}
+
+/// A field that is there, even as `null` (`Some(None)`), apart from one that is absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(put, path = "/api/v1/artifacts/{name}", tag = "artifacts",
+    params(("name" = String, Path)),
+    request_body(content = Option<ArtifactUpdate>, description = "no body, or {}, changes nothing"),
+    responses((status = 200, body = ArtifactView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<ArtifactUpdate>,
+) -> Result<Response, ApiError> {
+    if let Some(d) = &body.description {
+        check_text("description", d, 2000)?;
+    }
+    if let Some(tags) = &body.tags {
+        check_tags("tags", tags)?;
+    }
+    let a = state
+        .engine
+        .update_artifact(
+            &who.workspace,
+            &name,
+            body.description.as_ref().map(Option::as_deref),
+            body.tags.as_deref(),
+        )
+        .await?;
+    Ok(noted(Json(artifact_view(&a)).into_response(), &name))
+}
+
+/// Tags as `PUT` (`tags[i]`) or a push's query (`tag`) gives them; `field` names them.
+fn check_tags(field: &str, tags: &[String]) -> Result<(), ApiError> {
+    if tags.len() > 50 {
+        return Err(ApiError::invalid(field, "at most 50 tags"));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        if t.is_empty() || t.chars().count() > 100 || t.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                if field == "tags" {
+                    format!("tags[{i}]")
+                } else {
+                    field.to_string()
+                },
+                "a tag is 1 to 100 characters, none of them control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /artifacts/{name}/promote`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    /// The version to promote; default, with `from`, what runs there.
+    #[serde(default)]
+    #[schema(value_type = Option<super::params::Version>)]
+    pub version: Option<String>,
+    /// The environment the version was proven in: it must be what runs there.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The environment it is deployed into.
+    pub to: String,
+    #[serde(default)]
+    #[schema(value_type = Option<StrategyName>)]
+    pub strategy: Option<Strategy>,
+}
+
+#[utoipa::path(post, path = "/api/v1/artifacts/{name}/promote", tag = "artifacts",
+    params(("name" = String, Path, description = "a fraise's artifact")), request_body = PromoteBody,
+    responses((status = 202, body = Created, description = "the deploy into `to`", headers(("Location" = String, description = "the run"))),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "NOT_PROMOTABLE: not a fraise's artifact, or not what runs in `from`; or a deploy is in progress"),
+              (status = 422, body = ErrorBody)))]
+pub async fn promote(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<PromoteBody>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &who, Permission::DeploymentCreate, &body.to)?;
+    let run = state
+        .engine
+        .promote(&Promotion {
+            tenant: who.workspace.clone(),
+            artifact: name,
+            version: body.version,
+            from: body.from,
+            to: body.to,
+            strategy: body.strategy,
+            by: who.username.clone(),
+        })
+        .await?;
+    Ok(super::deployments::noted(
+        (StatusCode::ACCEPTED, Json(created(&run))).into_response(),
+        &run,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/artifacts/{name}/versions", tag = "artifacts",
@@ -750,6 +974,9 @@ pub async fn storage_cleanup(
     super::extract::JsonBody(body): super::extract::JsonBody<CleanupBody>,
 ) -> Result<Response, ApiError> {
     let keep = body.keep.unwrap_or(state.config.server.artifact_retention);
+    if !(1..=100_000).contains(&keep) {
+        return Err(ApiError::invalid("keep", "keep is 1 to 100000 versions"));
+    }
     let r = state
         .engine
         .cleanup_artifacts(&who.workspace, keep, body.dry_run)

@@ -220,9 +220,9 @@ impl From<EngineError> for ApiError {
                 StatusCode::NOT_FOUND,
                 json!({ "artifact": name, "version": version }),
             ),
-            EngineError::ArtifactConflict(_) | EngineError::ArtifactInUse(_) => {
-                (StatusCode::CONFLICT, json!({}))
-            }
+            EngineError::ArtifactConflict(_)
+            | EngineError::ArtifactInUse(_)
+            | EngineError::NotPromotable(_) => (StatusCode::CONFLICT, json!({})),
             EngineError::SourceUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({})),
             EngineError::ScannerNotConfigured => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
             EngineError::ScanFailed(_) => (StatusCode::BAD_GATEWAY, json!({})),

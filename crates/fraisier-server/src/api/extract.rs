@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use fraisier_store::blobs::BlobRef;
+
 use super::error::ApiError;
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -318,6 +320,144 @@ impl QueryMap {
         };
         Ok((limit as u32, offset))
     }
+}
+
+/// An upload's bytes: the raw body, or the `file` part of a `multipart/form-data` form whose
+/// other parts read like query parameters. Streamed either way.
+pub struct Upload {
+    raw: Option<axum::body::Body>,
+    form: Option<multer::Multipart<'static>>,
+}
+
+/// Bytes a form field other than the file may hold.
+const MAX_FORM_FIELD: usize = 8 * 1024;
+
+impl Upload {
+    pub fn of(req: Request) -> Result<Upload, ApiError> {
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !content_type
+            .to_ascii_lowercase()
+            .starts_with("multipart/form-data")
+        {
+            return Ok(Upload {
+                raw: Some(req.into_body()),
+                form: None,
+            });
+        }
+        let boundary = multer::parse_boundary(&content_type).map_err(|e| {
+            ApiError::invalid(
+                "content-type",
+                format!("a multipart upload needs its boundary: {e}"),
+            )
+        })?;
+        let stream = req.into_body().into_data_stream();
+        Ok(Upload {
+            raw: None,
+            form: Some(multer::Multipart::new(stream, boundary)),
+        })
+    }
+
+    /// A form names what it carries only as it is read; a raw body is named by the query.
+    pub fn is_form(&self) -> bool {
+        self.form.is_some()
+    }
+
+    /// Reads the whole upload: the bytes (the raw body, or the form's `file` part) streamed
+    /// into the blob store, and the form's other parts — only those in `fields`, in any order
+    /// — added to `q`. A field also in the query is refused: one place says it. On an error
+    /// nothing is kept.
+    pub async fn store(
+        self,
+        q: &mut QueryMap,
+        fields: &[&str],
+        engine: &fraisier_engine::Engine,
+        limit: u64,
+    ) -> Result<BlobRef, ApiError> {
+        use futures_util::TryStreamExt;
+        if let Some(body) = self.raw {
+            let stream = body.into_data_stream().map_err(std::io::Error::other);
+            let reader = tokio_util::io::StreamReader::new(stream);
+            return Ok(engine.put_upload(reader, limit).await?);
+        }
+        let mut form = self
+            .form
+            .ok_or_else(|| ApiError::internal("an upload without a body"))?;
+        let mut blob = None;
+        let read = read_form(&mut form, q, fields, engine, limit, &mut blob).await;
+        match (read, blob) {
+            (Ok(()), Some(blob)) => Ok(blob),
+            (Ok(()), None) => Err(ApiError::invalid(
+                "file",
+                "the form has no part named file: send the bytes in it",
+            )),
+            (Err(e), Some(blob)) => {
+                engine.discard_upload(&blob).await;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
+async fn read_form(
+    form: &mut multer::Multipart<'static>,
+    q: &mut QueryMap,
+    fields: &[&str],
+    engine: &fraisier_engine::Engine,
+    limit: u64,
+    blob: &mut Option<BlobRef>,
+) -> Result<(), ApiError> {
+    use futures_util::TryStreamExt;
+    let bad = |e: multer::Error| ApiError::invalid("body", format!("the multipart form: {e}"));
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            if blob.is_some() {
+                return Err(ApiError::invalid(
+                    "file",
+                    "the form has two parts named file",
+                ));
+            }
+            let stream = field.map_err(std::io::Error::other);
+            let reader = tokio_util::io::StreamReader::new(stream);
+            *blob = Some(engine.put_upload(reader, limit).await?);
+            continue;
+        }
+        if !fields.contains(&name.as_str()) {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!(
+                    "the form has an unknown part {name:?}: it takes {} and file",
+                    fields.join(", ")
+                ),
+            ));
+        }
+        if name != "tag" && q.get(&name).is_some() {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!("{name} is given twice (in the query or the form)"),
+            ));
+        }
+        let mut value = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            value.extend_from_slice(&chunk);
+            if value.len() > MAX_FORM_FIELD {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("a form field holds at most {MAX_FORM_FIELD} bytes"),
+                ));
+            }
+        }
+        let value = String::from_utf8(value)
+            .map_err(|_| ApiError::invalid(name.clone(), "must be UTF-8 text"))?;
+        q.0.push((name, value));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -118,9 +118,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/artifacts/{name}",
-            get(artifacts::get).delete(artifacts::delete),
+            get(artifacts::get)
+                .put(artifacts::update)
+                .delete(artifacts::delete),
         )
-        .route("/artifacts/{name}/versions", get(artifacts::versions))
+        .route(
+            "/artifacts/{name}/versions",
+            get(artifacts::versions).post(artifacts::push_version),
+        )
+        .route("/artifacts/{name}/promote", post(artifacts::promote))
         .route(
             "/artifacts/{name}/versions/{version}",
             get(artifacts::version).delete(artifacts::delete_version),

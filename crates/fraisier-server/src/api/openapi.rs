@@ -49,7 +49,7 @@ impl Modify for BearerAuth {
         audit::list, audit::of_deployment,
         approvals::approve, approvals::reject, approvals::mine,
         variables::secrets, variables::set_secrets, variables::env, variables::set_env, variables::rotate_key,
-        artifacts::push, artifacts::list, artifacts::get, artifacts::versions, artifacts::version, artifacts::delete_version,
+        artifacts::push, artifacts::list, artifacts::get, artifacts::update, artifacts::versions, artifacts::push_version, artifacts::promote, artifacts::version, artifacts::delete_version,
         artifacts::delete, artifacts::download, artifacts::sign, artifacts::signature, artifacts::signing_key, artifacts::scan, artifacts::vulnerabilities,
         artifacts::storage, artifacts::storage_usage, artifacts::storage_costs, artifacts::storage_cleanup, artifacts::types, artifacts::type_get, artifacts::type_artifacts, artifacts::blob,
         workspaces::list, workspaces::create, workspaces::get, workspaces::update, workspaces::delete,

@@ -76,6 +76,12 @@ pub struct SseFrame {
     data: String,
 }
 
+/// A tag of an artifact: 1 to 100 characters, none of them a control character.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,100}$")]
+#[allow(dead_code)]
+pub struct Tag(String);
+
 /// A name of a fraise, environment, workspace or project: a letter, then letters, digits,
 /// `_` and `-`; not `dep_…`, not a word the API uses (names::RESERVED, which a test keeps in
 /// step with this pattern).

@@ -13,15 +13,14 @@ use fraisier_model::access::Permission;
 use fraisier_model::artifact::ArtifactKind;
 use fraisier_model::webhook::Repository;
 use fraisier_model::Strategy;
-use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tokio_util::io::StreamReader;
 use utoipa::ToSchema;
 
+use super::artifacts::receive;
 use super::deployments::{created, noted, Created};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, QueryMap};
+use super::extract::{JsonBody, QueryMap, Upload};
 use super::gate::{authorize, Caller};
 use super::params::{StrategyName, Version};
 use super::AppState;
@@ -268,18 +267,30 @@ pub async fn github(
     ))
 }
 
+/// An upload as a form: the fields first (each may instead be in the query), the bytes last.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DirectForm {
+    fraise: Option<String>,
+    environment: Option<String>,
+    version: Option<String>,
+    /// The bytes: a .tar.gz, a .zip, or one file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 #[utoipa::path(post, path = "/api/v1/deployments/direct", tag = "sources",
     params(("fraise" = Option<String>, Query, description = "with an upload"), ("environment" = Option<String>, Query, description = "with an upload"),
            ("version" = Option<Version>, Query, description = "with an upload")),
-    request_body(content((DirectBody = "application/json"), (Vec<u8> = "application/octet-stream")),
-        description = "JSON: a version in the artifact store; or the artifact's bytes (a .tar.gz, a .zip or one file), stored as that version of the fraise's artifact and deployed"),
+    request_body(content((DirectBody = "application/json"), (Vec<u8> = "application/octet-stream"), (DirectForm = "multipart/form-data")),
+        description = "JSON: a version in the artifact store; or the artifact's bytes (a .tar.gz, a .zip or one file), as the body or a form's file part, stored as that version of the fraise's artifact and deployed"),
     responses((status = 202, body = Created, headers(("Location" = String, description = "the run"))),
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn direct(
     State(state): State<AppState>,
     who: Caller,
-    q: QueryMap,
+    mut q: QueryMap,
     req: Request,
 ) -> Result<Response, ApiError> {
     let json = req
@@ -321,47 +332,46 @@ pub async fn direct(
             body.metadata.unwrap_or_default(),
         )
     } else {
-        let need = |k: &str| {
-            q.text(k).ok_or_else(|| {
-                ApiError::invalid(k, format!("{k} is required (?{k}=…) with an upload"))
-            })
-        };
-        let (fraise, environment, version) =
-            (need("fraise")?, need("environment")?, need("version")?);
-        authorize(&state, &who, Permission::DeploymentCreate, &environment)?;
+        let upload = Upload::of(req)?;
         state
             .roles
             .judge(&who.roles, Permission::ArtifactPush, None)
             .map_err(|d| ApiError::denied(&d))?;
-        let config = state.config.scope(&who.workspace);
-        let f = config
-            .fraises
-            .get(&fraise)
-            .ok_or_else(|| ApiError::fraise_not_found(&fraise))?;
-        if !config.environments.contains_key(&environment) {
-            return Err(ApiError::environment_not_found(&environment));
-        }
-        let push = ArtifactPush {
-            tenant: who.workspace.clone(),
-            name: fraise.clone(),
-            kind: ArtifactKind::of_fraise(f.kind),
-            version: version.clone(),
-            description: f.description.clone(),
-            tags: Vec::new(),
-            metadata: json!({ "source": "upload" }),
-            by: who.username.clone(),
-            limit: state.config.server.max_artifact_bytes,
+        let plan = |q: &QueryMap| {
+            let need = |k: &str| {
+                q.text(k).ok_or_else(|| {
+                    ApiError::invalid(k, format!("{k} is required (?{k}=…) with an upload"))
+                })
+            };
+            let (fraise, environment, version) =
+                (need("fraise")?, need("environment")?, need("version")?);
+            authorize(&state, &who, Permission::DeploymentCreate, &environment)?;
+            let config = state.config.scope(&who.workspace);
+            let f = config
+                .fraises
+                .get(&fraise)
+                .ok_or_else(|| ApiError::fraise_not_found(&fraise))?;
+            if !config.environments.contains_key(&environment) {
+                return Err(ApiError::environment_not_found(&environment));
+            }
+            let push = ArtifactPush {
+                tenant: who.workspace.clone(),
+                name: fraise,
+                kind: ArtifactKind::of_fraise(f.kind),
+                version,
+                description: f.description.clone(),
+                tags: Vec::new(),
+                metadata: json!({ "source": "upload" }),
+                by: who.username.clone(),
+                limit: state.config.server.max_artifact_bytes,
+            };
+            state.engine.check_push(&push)?;
+            Ok(push)
         };
-        state.engine.check_push(&push)?;
-        let stream = req
-            .into_body()
-            .into_data_stream()
-            .map_err(std::io::Error::other);
-        state
-            .engine
-            .push_artifact(&push, StreamReader::new(stream))
-            .await?;
-        (fraise, environment, version, None, Map::new())
+        let fields = ["fraise", "environment", "version"];
+        let (push, _) = receive(&state, upload, &mut q, &fields, plan).await?;
+        let environment = q.text("environment").unwrap_or_default();
+        (push.name, environment, push.version, None, Map::new())
     };
     let req = DeployRequest {
         tenant: who.workspace.clone(),
