@@ -132,7 +132,15 @@ impl Engine {
             commit: plan.commit.clone(),
             source: e,
         };
-        let mirror = self.mirrors().fetch(&plan.url).await.map_err(source)?;
+        let auth = self
+            .git_auth(&run.tenant_id, f)
+            .await
+            .map_err(BuildError::Store)?;
+        let mirror = self
+            .mirrors()
+            .fetch(&plan.url, &auth)
+            .await
+            .map_err(source)?;
         self.mirrors()
             .export(&mirror, &plan.commit, tree)
             .await

@@ -65,6 +65,8 @@ pub enum EngineError {
     ArtifactInUse(String),
     #[error("{0}")]
     NotPromotable(String),
+    #[error("no secret {name} is stored in workspace {workspace}: store it with `fraisier secret workspace set {name}` (or PUT /secrets/{name})")]
+    SecretNotFound { workspace: String, name: String },
     #[error("no scanner is configured: set server.artifact_scanner in fraisier.yaml (a command that prints its findings as JSON)")]
     ScannerNotConfigured,
     #[error("the scan failed: {0}")]
@@ -115,6 +117,7 @@ impl EngineError {
             EngineError::ArtifactConflict(_) => "ARTIFACT_CONFLICT",
             EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
             EngineError::NotPromotable(_) => "NOT_PROMOTABLE",
+            EngineError::SecretNotFound { .. } => "SECRET_NOT_FOUND",
             EngineError::ScannerNotConfigured => "SCANNER_NOT_CONFIGURED",
             EngineError::ScanFailed(_) => "SCAN_FAILED",
             EngineError::ArtifactTooLarge { .. } => "ARTIFACT_TOO_LARGE",

@@ -33,6 +33,48 @@ pub struct Mirrors {
     fetched: Arc<Mutex<HashMap<String, std::time::Instant>>>,
 }
 
+/// How the server proves who it is to a repository.
+#[derive(Clone, Default)]
+pub enum GitAuth {
+    #[default]
+    Anonymous,
+    /// An access token over https, sent as HTTP Basic credentials.
+    Token { username: String, token: String },
+}
+
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitAuth::Anonymous => f.write_str("Anonymous"),
+            GitAuth::Token { username, .. } => f
+                .debug_struct("Token")
+                .field("username", username)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl GitAuth {
+    /// What git is told, through its environment (not its arguments, which any user of the
+    /// host may read): a header for this repository's URL only, and no redirects, so the
+    /// token goes nowhere else.
+    pub fn apply(&self, cmd: &mut Command, url: &str) {
+        use base64::Engine as _;
+        if let GitAuth::Token { username, token } = self {
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{token}"));
+            cmd.env("GIT_CONFIG_COUNT", "2")
+                .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
+                .env(
+                    "GIT_CONFIG_VALUE_0",
+                    format!("Authorization: Basic {basic}"),
+                )
+                .env("GIT_CONFIG_KEY_1", "http.followRedirects")
+                .env("GIT_CONFIG_VALUE_1", "false");
+        }
+    }
+}
+
 /// How a request names a commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Naming {
@@ -64,7 +106,12 @@ impl Mirrors {
     }
 
     /// The mirror of `url`, fetched unless it was within `age`.
-    pub async fn fetch_within(&self, url: &str, age: Duration) -> Result<PathBuf, GitError> {
+    pub async fn fetch_within(
+        &self,
+        url: &str,
+        auth: &GitAuth,
+        age: Duration,
+    ) -> Result<PathBuf, GitError> {
         let recent = self
             .fetched
             .lock()
@@ -75,7 +122,7 @@ impl Mirrors {
         if recent && dir.join("HEAD").exists() {
             return Ok(dir);
         }
-        self.fetch(url).await
+        self.fetch(url, auth).await
     }
 
     fn mark_fetched(&self, url: &str) {
@@ -91,7 +138,7 @@ impl Mirrors {
     }
 
     /// The mirror of `url`, brought up to date.
-    pub async fn fetch(&self, url: &str) -> Result<PathBuf, GitError> {
+    pub async fn fetch(&self, url: &str, auth: &GitAuth) -> Result<PathBuf, GitError> {
         let lock = self
             .locks
             .lock()
@@ -102,12 +149,12 @@ impl Mirrors {
         let _held = lock.lock().await;
         let dir = self.dir(url);
         if dir.join("HEAD").exists() {
-            git(
-                &dir,
-                &["fetch", "--prune", "--tags", "--quiet", "origin"],
-                FETCH_TIMEOUT,
-            )
-            .await?;
+            let mut cmd = Command::new("git");
+            cmd.arg("--git-dir")
+                .arg(&dir)
+                .args(["fetch", "--prune", "--tags", "--quiet", "origin"]);
+            auth.apply(&mut cmd, url);
+            run(&mut cmd, "fetch", FETCH_TIMEOUT).await?;
             self.mark_fetched(url);
             return Ok(dir);
         }
@@ -122,12 +169,10 @@ impl Mirrors {
         ));
         let _ = std::fs::remove_dir_all(&tmp);
         let tmp_arg = tmp.to_string_lossy().into_owned();
-        let cloned = run(
-            Command::new("git").args(["clone", "--mirror", "--quiet", "--", url, &tmp_arg]),
-            "clone",
-            FETCH_TIMEOUT,
-        )
-        .await;
+        let mut cmd = Command::new("git");
+        cmd.args(["clone", "--mirror", "--quiet", "--", url, &tmp_arg]);
+        auth.apply(&mut cmd, url);
+        let cloned = run(&mut cmd, "clone", FETCH_TIMEOUT).await;
         if let Err(e) = cloned {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -374,7 +419,7 @@ mod tests {
         );
         let url = format!("file://{}", work.display());
         let mirrors = Mirrors::new(dir.path().join("mirrors"));
-        let m = mirrors.fetch(&url).await.unwrap();
+        let m = mirrors.fetch(&url, &GitAuth::Anonymous).await.unwrap();
         let first = mirrors
             .resolve(&m, &url, "main", Naming::Ref)
             .await
@@ -386,7 +431,7 @@ mod tests {
             &work,
             "echo two > a.txt && git commit -qam two && git tag v2.0.0",
         );
-        let m = mirrors.fetch(&url).await.unwrap();
+        let m = mirrors.fetch(&url, &GitAuth::Anonymous).await.unwrap();
         let tagged = mirrors
             .resolve(&m, &url, "main", Naming::Ref)
             .await
@@ -409,7 +454,7 @@ mod tests {
         // A branch named like a commit or a tag shadows neither; a version is never a branch.
         let shadow = first.commit[..12].to_string();
         sh(&work, &format!("git branch {shadow} && git branch v9 HEAD"));
-        let m = mirrors.fetch(&url).await.unwrap();
+        let m = mirrors.fetch(&url, &GitAuth::Anonymous).await.unwrap();
         assert_eq!(
             mirrors
                 .resolve(&m, &url, &shadow, Naming::Commit)
@@ -449,7 +494,10 @@ mod tests {
         );
         assert!(!tree.join(".git").exists());
 
-        let err = mirrors.fetch("file:///nowhere/at/all").await.unwrap_err();
+        let err = mirrors
+            .fetch("file:///nowhere/at/all", &GitAuth::Anonymous)
+            .await
+            .unwrap_err();
         assert!(matches!(err, GitError::Failed { .. }), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 mod artifacts;
 mod build;
 pub mod bus;
+mod credentials;
 pub mod error;
 mod executor;
 pub mod git;
@@ -152,16 +153,19 @@ impl Engine {
     pub async fn submit(&self, req: DeployRequest) -> Result<Run, EngineError> {
         // The repository is fetched before the lock every deploy takes: a slow one must not
         // hold up the others. (A failure is reported by `prepare`.)
-        if let Some(url) = self
+        if let Some((url, f)) = self
             .inner
             .config
             .scope(&req.tenant)
             .fraises
             .get(&req.fraise)
-            .and_then(|f| f.git_url())
+            .and_then(|f| Some((f.git_url()?, f)))
             .filter(|_| !req.from_store)
         {
-            let _ = self.inner.mirrors.fetch(&url).await;
+            // A secret that cannot be opened is reported by `prepare`, which needs it too.
+            if let Ok(auth) = self.git_auth(&req.tenant, f).await {
+                let _ = self.inner.mirrors.fetch(&url, &auth).await;
+            }
         }
         let _changing = self.inner.changes.lock().await;
         let new = self.prepare(&req).await?;

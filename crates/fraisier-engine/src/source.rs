@@ -52,10 +52,11 @@ impl Engine {
             (None, None) => ("ref", f.git_default_branch()),
         };
         // `submit` fetched it just now, outside the engine's lock.
+        let auth = self.git_auth(&req.tenant, f).await?;
         let mirror = self
             .inner
             .mirrors
-            .fetch_within(&url, std::time::Duration::from_secs(10))
+            .fetch_within(&url, &auth, std::time::Duration::from_secs(10))
             .await
             .map_err(|e| EngineError::SourceUnavailable(e.to_string()))?;
         let (target, naming) = match (&req.commit, field) {

@@ -336,7 +336,7 @@ impl Engine {
     }
 }
 
-fn nonce() -> Result<[u8; NONCE_LEN], EngineError> {
+pub(crate) fn nonce() -> Result<[u8; NONCE_LEN], EngineError> {
     let mut n = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut n)
         .map_err(|e| EngineError::Secret(secret::SecretError::Random(e.to_string())))?;

@@ -184,6 +184,71 @@ impl NotifyOn {
     }
 }
 
+/// The stored secret a value names (`${secret:NAME}`), if it names one.
+pub fn stored_secret_name(value: &str) -> Option<&str> {
+    value.strip_prefix("${secret:")?.strip_suffix('}')
+}
+
+/// Reads a `${ENV_VAR}` value from the environment; leaves `${secret:NAME}` for when it is
+/// used (`stored`: whether a stored secret may be named here) and anything else as written.
+fn resolve_value(
+    key: &str,
+    v: &mut String,
+    stored: bool,
+    lookup: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some(name) = stored_secret_name(v) {
+        let problem = if !stored {
+            Some("a stored secret cannot be named here: use ${ENV_VAR}".to_string())
+        } else {
+            crate::secret::variable_name_problem(name)
+                .map(|p| format!("stored secret name {name:?} {p}"))
+        };
+        if let Some(message) = problem {
+            problems.push(Problem {
+                key: key.to_string(),
+                message,
+            });
+        }
+        return;
+    }
+    if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        match lookup(name) {
+            Some(value) if !value.is_empty() => *v = value,
+            _ => problems.push(Problem {
+                key: key.to_string(),
+                message: format!("the environment variable {name} is not set"),
+            }),
+        }
+    }
+}
+
+/// Reads a fraise's git token from where it is kept; refuses one written in the file.
+fn resolve_git_credentials(
+    at: &str,
+    f: &mut FraiseConfig,
+    lookup: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(git) = f.source.as_mut().map(|s| &mut s.git) else {
+        return;
+    };
+    let Some(token) = git.token.as_mut() else {
+        return;
+    };
+    let key = format!("{at}source.git.token");
+    if !token.starts_with("${") {
+        problems.push(Problem {
+            key,
+            message: "a token is never written in fraisier.yaml: store it (fraisier secret workspace set NAME) and write \"${secret:NAME}\", or read it from the server's environment with \"${ENV_VAR}\"".into(),
+        });
+        *token = String::new();
+        return;
+    }
+    resolve_value(&key, token, true, lookup, problems);
+}
+
 /// Checks a list of notifications and reads their `${ENV}` values; problems name the key.
 fn resolve_notifications(
     at: &str,
@@ -196,15 +261,7 @@ fn resolve_notifications(
         let key = format!("{at}notifications[{i}]");
         for (field, value) in [("url", Some(&mut n.url)), ("secret", n.secret.as_mut())] {
             let Some(v) = value else { continue };
-            if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                match lookup(name) {
-                    Some(value) if !value.is_empty() => *v = value,
-                    _ => problems.push(Problem {
-                        key: format!("{key}.{field}"),
-                        message: format!("the environment variable {name} is not set"),
-                    }),
-                }
-            }
+            resolve_value(&format!("{key}.{field}"), v, false, lookup, problems);
         }
         if n.kind == NotificationKind::Email {
             if !smtp {
@@ -290,15 +347,7 @@ impl SmtpConfig {
             ("password", self.password.as_mut()),
         ] {
             let Some(v) = value else { continue };
-            if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                match lookup(name) {
-                    Some(value) if !value.is_empty() => *v = value,
-                    _ => problems.push(Problem {
-                        key: format!("smtp.{field}"),
-                        message: format!("the environment variable {name} is not set"),
-                    }),
-                }
-            }
+            resolve_value(&format!("smtp.{field}"), v, false, lookup, problems);
         }
         if self.host.trim().is_empty() || self.host.contains(['/', ' ', '@']) {
             problems.push(Problem {
@@ -435,19 +484,13 @@ impl WebhooksConfig {
             }
             let mut any = false;
             for (key, v) in values {
-                if let Some(name) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                    match lookup(name) {
-                        Some(value) if !value.is_empty() => *v = value,
-                        _ => problems.push(Problem {
-                            key: key.clone(),
-                            message: format!("the environment variable {name} is not set"),
-                        }),
-                    }
-                }
+                // A stored secret is opened (and its length known) only when a delivery comes.
+                let stored = stored_secret_name(v).is_some();
+                resolve_value(&key, v, true, &lookup, &mut problems);
                 if key.ends_with("signing_token") {
                     continue;
                 }
-                if v.len() < 8 {
+                if !stored && v.len() < 8 {
                     problems.push(Problem {
                         key,
                         message: "a webhook secret needs at least 8 characters".into(),
@@ -674,6 +717,29 @@ pub struct GitSourceConfig {
     /// Deployed when a request names no version or ref (default `git_branch`, else `main`).
     #[serde(default)]
     pub branch: Option<String>,
+    /// For a private repository over https: `${secret:NAME}` (a stored workspace secret,
+    /// opened at each fetch) or `${ENV_VAR}` (read at load); never the token itself.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Sent with `token` (default by `git_provider`: `x-access-token` for GitHub, `oauth2`
+    /// for GitLab, `x-token-auth` for Bitbucket, else `git`).
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+impl GitSourceConfig {
+    /// The user name a token is sent with.
+    pub fn token_username(&self, provider: Option<&str>) -> String {
+        self.username.clone().unwrap_or_else(|| {
+            match provider.unwrap_or("github") {
+                "github" => "x-access-token",
+                "gitlab" => "oauth2",
+                "bitbucket" => "x-token-auth",
+                _ => "git",
+            }
+            .into()
+        })
+    }
 }
 
 /// Commands run (`sh -c`) in the release being deployed, with its variables and secrets.
@@ -1041,6 +1107,7 @@ impl Config {
             for (name, f) in ws.fraises.iter_mut() {
                 let at = format!("{prefix}fraises.{name}.");
                 resolve_notifications(&at, &mut f.notifications, smtp, &lookup, &mut problems);
+                resolve_git_credentials(&at, f, &lookup, &mut problems);
             }
         }
         problems.extend(config.validate());
@@ -1178,6 +1245,21 @@ fn validate_workspace(
                 Some(url) => {
                     if let Some(p) = git_url_problem(&url) {
                         bad(format!("{at}.source.git.url"), p);
+                    }
+                    let git = f.source.as_ref().map(|s| &s.git);
+                    if git.is_some_and(|g| g.token.is_some())
+                        && !(url.starts_with("https://") || url.starts_with("http://"))
+                    {
+                        bad(
+                            format!("{at}.source.git.token"),
+                            format!("a token is sent over https; {url} is not an https URL"),
+                        );
+                    }
+                    if git.is_some_and(|g| g.username.is_some() && g.token.is_none()) {
+                        bad(
+                            format!("{at}.source.git.username"),
+                            "a username goes with a token".into(),
+                        );
                     }
                 }
             }

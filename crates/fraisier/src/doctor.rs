@@ -207,16 +207,33 @@ async fn check(r: &mut Report, config: Option<&Path>) {
             } else {
                 format!("source {ws}.{name}")
             };
-            let out = tokio::time::timeout(
-                Duration::from_secs(30),
-                tokio::process::Command::new("git")
-                    .args(["ls-remote", "--heads", "--", &url])
-                    .env("GIT_TERMINAL_PROMPT", "0")
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .output(),
-            )
-            .await;
+            let git = f.source.as_ref().map(|s| &s.git);
+            let token = git.and_then(|g| g.token.clone());
+            if let Some(secret) = token
+                .as_deref()
+                .and_then(fraisier_model::config::stored_secret_name)
+            {
+                r.say(
+                    Level::Warn,
+                    &what,
+                    format!("{url} is read with the stored secret {secret}, which only the server opens"),
+                    Some("ask the server: POST /api/v1/deployments/sources/validate {\"fraise\": …}"),
+                );
+                continue;
+            }
+            let mut cmd = tokio::process::Command::new("git");
+            cmd.args(["ls-remote", "--heads", "--", &url])
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            if let (Some(g), Some(token)) = (git, token) {
+                fraisier_engine::git::GitAuth::Token {
+                    username: g.token_username(f.git_provider.as_deref()),
+                    token,
+                }
+                .apply(&mut cmd, &url);
+            }
+            let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await;
             match out {
                 Ok(Ok(o)) if o.status.success() => {
                     let text = String::from_utf8_lossy(&o.stdout);

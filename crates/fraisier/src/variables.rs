@@ -1,5 +1,6 @@
 //! `fraisier secret` and `fraisier env`: a fraise's variables in an environment, set through
-//! the API; a change is rolled out by a `config` run, which `--wait` follows.
+//! the API; a change is rolled out by a `config` run, which `--wait` follows. And `fraisier
+//! secret workspace`: the secrets the server itself uses (`${secret:NAME}` in fraisier.yaml).
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -44,11 +45,30 @@ pub enum SecretCommand {
     /// Seal secrets with a new key (server admins; the old key keeps opening what it sealed)
     #[command(name = "rotate-key")]
     RotateKey,
+    /// The workspace's own secrets: git tokens and webhook secrets fraisier.yaml names as
+    /// ${secret:NAME}
+    #[command(subcommand)]
+    Workspace(WorkspaceSecretCommand),
+}
+
+#[derive(Subcommand)]
+pub enum WorkspaceSecretCommand {
+    /// Store NAME, its value read from stdin (or --from-file), never from the command line
+    Set {
+        name: String,
+        #[arg(long)]
+        from_file: Option<std::path::PathBuf>,
+    },
+    /// Their names, and who set them when
+    List,
+    /// Remove NAME
+    Delete { name: String },
 }
 
 pub async fn secret(ctx: &Ctx, cmd: SecretCommand) -> Result<ExitCode> {
     match cmd {
         SecretCommand::Variables(c) => run(ctx, "secrets", c).await,
+        SecretCommand::Workspace(c) => workspace(ctx, c).await,
         SecretCommand::RotateKey => {
             let c = client(ctx).await?;
             let (_, v) = c
@@ -66,6 +86,71 @@ pub async fn secret(ctx: &Ctx, cmd: SecretCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn workspace(ctx: &Ctx, cmd: WorkspaceSecretCommand) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    match cmd {
+        WorkspaceSecretCommand::Set { name, from_file } => {
+            let value = match from_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("value of {name} (end with Ctrl-D):");
+                    }
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .context("cannot read the value from stdin")?;
+                    // What `echo` or a terminal adds is not part of a token.
+                    text.strip_suffix('\n').unwrap_or(&text).to_string()
+                }
+            };
+            let mut body = Map::new();
+            body.insert("value".into(), Value::String(value));
+            let (_, v) = c
+                .put(&format!("/secrets/{name}"), &Value::Object(body))
+                .await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "stored {}: fraisier.yaml names it {}",
+                    s(&v["name"]),
+                    s(&v["reference"])
+                );
+            }
+        }
+        WorkspaceSecretCommand::List => {
+            let v = c.get("/secrets", &[]).await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v["secrets"]
+                    .as_array()
+                    .map_or(&[][..], |a| a)
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            s(&x["name"]),
+                            s(&x["reference"]),
+                            s(&x["updated_at"]),
+                            s(&x["updated_by"]),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render(&["NAME", "IN FRAISIER.YAML", "UPDATED", "BY"], &rows)
+                );
+            }
+        }
+        WorkspaceSecretCommand::Delete { name } => {
+            c.delete(&format!("/secrets/{name}")).await?;
+            eprintln!("deleted {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `secrets` or `env`: the route under `/deployments/{fraise}@{environment}/`.

@@ -236,6 +236,8 @@ async fn every_operation_refuses_who_may_not() {
                     json!({"fraise": "app", "environment": "staging", "version": "1.0.0"})
                 } else if path.ends_with("/promote") {
                     json!({"to": "staging", "version": "1.0.0"})
+                } else if path.ends_with("/secrets/{name}") {
+                    json!({"value": "s3cret-value"})
                 } else {
                     json!({})
                 }
@@ -278,10 +280,19 @@ async fn every_operation_refuses_who_may_not() {
                     let (status, v, _) =
                         call(&s, &method, &target, Auth::Token(&devonly), body.clone()).await;
                     assert_eq!(status, 403, "{what} out of the role's environments: {v}");
-                    assert_eq!(
-                        v["error"]["details"]["environment"], "staging",
-                        "{what}: {v}"
-                    );
+                    if path.ends_with("/secrets/{name}") {
+                        // A workspace secret reaches every environment: refused, naming
+                        // the first one where the role may not change secrets.
+                        assert!(
+                            v["error"]["details"]["environment"].is_string(),
+                            "{what}: {v}"
+                        );
+                    } else {
+                        assert_eq!(
+                            v["error"]["details"]["environment"], "staging",
+                            "{what}: {v}"
+                        );
+                    }
                     scoped += 1;
                 }
             }

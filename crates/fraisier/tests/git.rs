@@ -428,3 +428,197 @@ async fn seed_003_sources_are_listed_checked_and_deployed() {
         "{v}"
     );
 }
+
+/// `fraisier secret workspace set NAME` with the value on stdin.
+fn store_secret(s: &Server, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = Command::new(fraisier_bin())
+        .args(["--server", &s.url, "secret", "workspace", "set", name])
+        .env("FRAISIER_TOKEN", &s.token)
+        .env_remove("FRAISIER_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{value}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("${{secret:{name}}}")), "{text}");
+}
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_containing(&p, needle));
+        } else if std::fs::read(&p)
+            .map(|b| b.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+        {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_private_repository_is_fetched_with_a_stored_token_that_is_never_shown() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, GOOD_BUILD, "first");
+    let served = ws.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let bare = served.join("shop.git");
+    git(
+        ws.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    const TOKEN: &str = "ghp_s3cretT0kenFromTheVault";
+    let host = Sidecar::start(
+        "python3",
+        "git_http.py",
+        &[served.to_str().unwrap(), "x-access-token", TOKEN],
+    );
+    let url = format!("http://127.0.0.1:{}/shop.git", host.port);
+    let port = free_port();
+    let yaml = git_yaml(&ws, &repo, port)
+        .replace(
+            &format!("source: {{ git: {{ url: \"file://{}\", branch: main }} }}", repo.display()),
+            &format!("source: {{ git: {{ url: \"{url}\", branch: main, token: \"${{secret:SHOP_GIT_TOKEN}}\" }} }}"),
+        )
+        + "webhooks:\n  github: { secret: \"${secret:GITHUB_HOOK_SECRET}\" }\n";
+    assert!(yaml.contains("SHOP_GIT_TOKEN"), "{yaml}");
+    let s = Server::start(&ws, &yaml).await;
+
+    // Not stored yet: the deploy is refused, naming the secret and how to store it.
+    let (status, v) = s
+        .post(
+            "/deployments",
+            json!({"name": "app", "environment": "production"}),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            v["error"]["code"].as_str(),
+            v["error"]["details"]["secret"].as_str()
+        ),
+        (404, Some("SECRET_NOT_FOUND"), Some("SHOP_GIT_TOKEN")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fraisier secret workspace set SHOP_GIT_TOKEN"),
+        "{v}"
+    );
+
+    // A wrong token: the host refuses it, and so does the deploy.
+    store_secret(&s, "SHOP_GIT_TOKEN", "not-the-token");
+    let (status, v) = s
+        .post(
+            "/deployments",
+            json!({"name": "app", "environment": "production"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (502, Some("SOURCE_UNAVAILABLE")),
+        "{v}"
+    );
+    assert!(host.lines().iter().any(|l| l["authorized"] == false));
+
+    // The right one: fetched with it, built and deployed.
+    store_secret(&s, "SHOP_GIT_TOKEN", TOKEN);
+    let id = s.deploy("app", "production", json!({})).await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["metadata"]["commit"], first.as_str(), "{run:#}");
+    assert!(host.lines().iter().any(|l| l["authorized"] == true));
+
+    // Shown by name only; never in a response, a log, the mirror's config or anywhere on
+    // disk in clear (the store keeps it sealed).
+    let (_, v) = s.get("/secrets").await;
+    assert_eq!(v["secrets"][0]["name"], "SHOP_GIT_TOKEN", "{v}");
+    assert_eq!(v["secrets"][0]["value"], "********", "{v}");
+    assert_eq!(
+        v["secrets"][0]["reference"], "${secret:SHOP_GIT_TOKEN}",
+        "{v}"
+    );
+    let (_, logs) = s.get(&format!("/deployments/{id}/logs?limit=1000")).await;
+    assert!(!logs.to_string().contains(TOKEN));
+    assert_eq!(
+        files_containing(&s.data_dir, TOKEN.as_bytes()),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // A webhook secret stored the same way: deliveries are refused until it is there.
+    let ping = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    let signed = |secret: &str| {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(ping);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let deliver = |n: u32| {
+        s.http
+            .post(format!("{}/webhooks/github", s.url))
+            .header("content-type", "application/json")
+            .header("x-github-event", "ping")
+            .header("x-github-delivery", format!("d-{n}"))
+            .header("x-hub-signature-256", signed("hook-secret-from-store"))
+            .body(ping.to_vec())
+            .send()
+    };
+    assert_eq!(deliver(1).await.unwrap().status().as_u16(), 401);
+    store_secret(&s, "GITHUB_HOOK_SECRET", "hook-secret-from-store");
+    assert_eq!(deliver(2).await.unwrap().status().as_u16(), 200);
+
+    // Removing the token: the next fetch is refused again.
+    let (status, _) = s.delete("/secrets/SHOP_GIT_TOKEN").await;
+    assert_eq!(status, 204);
+    let (status, _) = s.delete("/secrets/SHOP_GIT_TOKEN").await;
+    assert_eq!(status, 404);
+    let (status, v) = s
+        .post("/deployments/app/production", json!({"force": true}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("SECRET_NOT_FOUND")),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_token_written_in_the_config_is_refused() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    let yaml = git_yaml(&ws, &repo, free_port())
+        .replace("branch: main }", "branch: main, token: ghp_plaintext }");
+    std::fs::write(ws.config_path(), &yaml).unwrap();
+    let out = Command::new(fraisier_bin())
+        .arg("--config")
+        .arg(ws.config_path())
+        .arg("validate")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("fraises.app.source.git.token"), "{text}");
+    assert!(text.contains("${secret:NAME}"), "{text}");
+    assert!(!text.contains("ghp_plaintext"), "{text}");
+}

@@ -288,80 +288,27 @@ async fn runs_are_announced_where_asked_and_retried_until_heard() {
     );
 }
 
-/// aiosmtpd's sink (`tests/support/smtp_sink.py`) on a free port; killed when dropped.
-struct SmtpSink {
-    port: u16,
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<Value>>>,
+/// aiosmtpd's sink (`tests/support/smtp_sink.py`) on a free port, with AUTH as `user`.
+fn smtp_sink(user: &str, password: &str) -> Sidecar {
+    let python = std::env::var("FRAISIER_SMTP_SINK_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/fraisier-fuzz-venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    Sidecar::start(&python, "smtp_sink.py", &[user, password])
 }
 
-impl SmtpSink {
-    fn start(user: &str, password: &str) -> SmtpSink {
-        let python = std::env::var("FRAISIER_SMTP_SINK_PYTHON").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/fraisier-fuzz-venv/bin/python",
-                std::env::var("HOME").unwrap()
-            )
-        });
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
-        let port = free_port();
-        let mut child = std::process::Command::new(&python)
-            .args([script, &port.to_string(), user, password])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{python}: {e}: the SMTP sink needs aiosmtpd in a venv; .ci/run installs it")
-            });
-        let stdout = child.stdout.take().unwrap();
-        let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let seen = lines.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    seen.lock().unwrap().push(v);
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !lines.lock().unwrap().iter().any(|l| l["ready"] == port) {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the SMTP sink exited ({status}): is aiosmtpd installed for {python}?");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the SMTP sink never started"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpSink { port, child, lines }
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.get("body").is_some())
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn messages(sink: &Sidecar) -> Vec<Value> {
+    sink.lines()
+        .into_iter()
+        .filter(|l| l.get("body").is_some())
+        .collect()
 }
 
 #[tokio::test]
 async fn email_goes_through_the_smtp_server_with_its_login_and_bounces_are_not_retried() {
-    let sink = SmtpSink::start("fraisier", "smtp-pa55word");
+    let sink = smtp_sink("fraisier", "smtp-pa55word");
     let ws = Workspace::new();
     ws.release("1.0.0", &[]);
     let port = free_port();
@@ -382,10 +329,10 @@ async fn email_goes_through_the_smtp_server_with_its_login_and_bounces_are_not_r
         "success"
     );
     until("the mail reaches the SMTP server", || {
-        !sink.messages().is_empty()
+        !messages(&sink).is_empty()
     })
     .await;
-    let mail = sink.messages()[0].clone();
+    let mail = messages(&sink)[0].clone();
     assert_eq!(mail["login"], "fraisier", "{mail:#}");
     assert_eq!(mail["from"], "fraisier@example.com", "{mail:#}");
     assert_eq!(
@@ -445,9 +392,7 @@ async fn email_goes_through_the_smtp_server_with_its_login_and_bounces_are_not_r
     let (_, v) = s.get("/notifications/deliveries?limit=100").await;
     assert!(!v.to_string().contains("smtp-pa55word"), "{v}");
     assert!(sink
-        .lines
-        .lock()
-        .unwrap()
+        .lines()
         .iter()
         .filter(|l| l.get("auth").is_some())
         .all(|l| l["ok"] == true));

@@ -224,6 +224,9 @@ impl From<EngineError> for ApiError {
             | EngineError::ArtifactInUse(_)
             | EngineError::NotPromotable(_) => (StatusCode::CONFLICT, json!({})),
             EngineError::SourceUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({})),
+            EngineError::SecretNotFound { name, .. } => {
+                (StatusCode::NOT_FOUND, json!({ "secret": name }))
+            }
             EngineError::ScannerNotConfigured => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
             EngineError::ScanFailed(_) => (StatusCode::BAD_GATEWAY, json!({})),
             EngineError::ArtifactTooLarge { limit } => (

@@ -33,7 +33,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use fraisier_engine::Engine;
@@ -94,6 +94,11 @@ pub fn router(state: AppState) -> Router {
             get(variables::env).put(variables::set_env),
         )
         .route("/secrets/keys/rotate", post(variables::rotate_key))
+        .route("/secrets", get(variables::workspace_secrets))
+        .route(
+            "/secrets/{name}",
+            put(variables::set_workspace_secret).delete(variables::delete_workspace_secret),
+        )
         .route("/artifacts", get(artifacts::list).post(artifacts::push))
         .route("/artifacts/types", get(artifacts::types))
         .route("/artifacts/signing-key", get(artifacts::signing_key))

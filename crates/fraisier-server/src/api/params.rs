@@ -76,6 +76,12 @@ pub struct SseFrame {
     data: String,
 }
 
+/// A workspace secret's name: a variable's name.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = r"^(?!FRAISIER_)(?!PORT$)[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+#[allow(dead_code)]
+pub struct SecretName(String);
+
 /// A tag of an artifact: 1 to 100 characters, none of them a control character.
 #[derive(ToSchema)]
 #[schema(value_type = String, pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,100}$")]

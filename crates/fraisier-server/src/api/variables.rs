@@ -1,6 +1,7 @@
 //! `/deployments/{ref}/secrets` and `/deployments/{ref}/env` (seed 003): a service
 //! deployment's variables set through the API. Secrets are shown by name only; a change is
-//! released by a `config` run, whose id the answer gives.
+//! released by a `config` run, whose id the answer gives. And `/secrets/{name}`: the
+//! workspace's own secrets, which the server uses (git tokens, webhook secrets).
 
 use std::collections::BTreeMap;
 
@@ -11,17 +12,17 @@ use axum::Json;
 use fraisier_engine::{VariableChange, VariableKind, VariablesChanged};
 use fraisier_model::access::Permission;
 use fraisier_store::{run_id_string, Variable};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::deployments::{created, noted, Created};
 use super::error::ApiError;
-use super::extract::UserMap;
+use super::extract::{JsonBody, UserMap};
 use super::gate::{authorize, AuditNote, Caller};
 use super::reference::DeploymentRef;
 use super::views;
-use super::AppState;
+use super::{AppState, Params};
 
 /// What a secret's value reads as.
 pub const MASK: &str = "********";
@@ -278,4 +279,119 @@ pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<SecretKeyR
         key_ids: keys.kids(),
         resealed,
     }))
+}
+
+/// A workspace secret, by name: its value is never shown.
+#[derive(Serialize, ToSchema)]
+pub struct WorkspaceSecretView {
+    pub name: String,
+    /// Always `********`.
+    pub value: &'static str,
+    /// How fraisier.yaml names it.
+    pub reference: String,
+    pub updated_at: String,
+    pub updated_by: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkspaceSecretsView {
+    pub workspace: String,
+    pub secrets: Vec<WorkspaceSecretView>,
+}
+
+/// `PUT /secrets/{name}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSecretBody {
+    #[schema(min_length = 1, max_length = 16384, pattern = "^[^\\u0000]*$")]
+    pub value: String,
+}
+
+fn workspace_view(v: &Variable) -> WorkspaceSecretView {
+    WorkspaceSecretView {
+        reference: format!("${{secret:{}}}", v.name),
+        name: v.name.clone(),
+        value: MASK,
+        updated_at: views::ts(v.updated_at),
+        updated_by: v.updated_by.clone(),
+    }
+}
+
+/// A workspace secret reaches every environment (a git token builds them all): changing one
+/// takes `secret:update` in each of them.
+fn authorize_everywhere(state: &AppState, who: &Caller) -> Result<(), ApiError> {
+    for environment in state.config.scope(&who.workspace).environments.keys() {
+        authorize(state, who, Permission::SecretUpdate, environment)?;
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/api/v1/secrets", tag = "secrets",
+    responses((status = 200, body = WorkspaceSecretsView)))]
+pub async fn workspace_secrets(
+    State(state): State<AppState>,
+    who: Caller,
+) -> Result<Json<WorkspaceSecretsView>, ApiError> {
+    let list = state.engine.workspace_secrets(&who.workspace).await?;
+    Ok(Json(WorkspaceSecretsView {
+        workspace: who.workspace.clone(),
+        secrets: list.iter().map(workspace_view).collect(),
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/secrets/{name}", tag = "secrets",
+    params(("name" = super::params::SecretName, Path)),
+    request_body = WorkspaceSecretBody,
+    responses((status = 200, body = WorkspaceSecretView),
+              (status = 400, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody, description = "secret:update is not held in every environment")))]
+pub async fn set_workspace_secret(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<WorkspaceSecretBody>,
+) -> Result<Response, ApiError> {
+    authorize_everywhere(&state, &who)?;
+    state
+        .engine
+        .set_workspace_secret(&who.workspace, &name, Some(&body.value), &who.username)
+        .await?;
+    let list = state.engine.workspace_secrets(&who.workspace).await?;
+    let v = list
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| ApiError::internal("a secret just set is not there"))?;
+    Ok(secret_noted(Json(workspace_view(v)).into_response(), &name))
+}
+
+#[utoipa::path(delete, path = "/api/v1/secrets/{name}", tag = "secrets",
+    params(("name" = super::params::SecretName, Path)),
+    responses((status = 204, description = "deleted"), (status = 400, body = super::error::ErrorBody, description = "not a secret's name"),
+              (status = 404, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody)))]
+pub async fn delete_workspace_secret(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Response, ApiError> {
+    authorize_everywhere(&state, &who)?;
+    let removed = state
+        .engine
+        .set_workspace_secret(&who.workspace, &name, None, &who.username)
+        .await?;
+    if !removed {
+        return Err(fraisier_engine::EngineError::SecretNotFound {
+            workspace: who.workspace.clone(),
+            name,
+        }
+        .into());
+    }
+    Ok(secret_noted(StatusCode::NO_CONTENT.into_response(), &name))
+}
+
+fn secret_noted(mut r: Response, name: &str) -> Response {
+    r.extensions_mut().insert(AuditNote {
+        resource: Some(format!("secret:{name}")),
+        ..AuditNote::default()
+    });
+    r
 }

@@ -228,9 +228,10 @@ async fn handle(
     };
     let store = state.engine.store();
 
+    let secrets = state.engine.webhook_secrets(host).await;
     if let Err(why) = verify(
         host,
-        state.config.webhooks.host(host),
+        secrets.as_ref(),
         headers,
         body,
         chrono::Utc::now().timestamp(),

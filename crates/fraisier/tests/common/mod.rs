@@ -448,3 +448,63 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A helper process of the tests' own (`tests/support/SCRIPT PORT ARGS…`, in Python) on a
+/// free port: it prints `{"ready": PORT}` and then one JSON line per thing it saw, and runs
+/// until its stdin closes. Killed when dropped.
+pub struct Sidecar {
+    pub port: u16,
+    child: Child,
+    lines: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Sidecar {
+    pub fn start(python: &str, script: &str, args: &[&str]) -> Sidecar {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(script);
+        let port = free_port();
+        let mut child = Command::new(python)
+            .arg(&path)
+            .arg(port.to_string())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{python} {script}: {e} (.ci/run installs what it needs)"));
+        let stdout = child.stdout.take().unwrap();
+        let lines: Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    seen.lock().unwrap().push(v);
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !lines.lock().unwrap().iter().any(|l| l["ready"] == port) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{script} exited ({status}): are its modules installed for {python}?");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{script} never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sidecar { port, child, lines }
+    }
+
+    /// What it has printed so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
