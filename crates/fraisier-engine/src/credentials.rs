@@ -122,12 +122,15 @@ impl Engine {
         let Some(git) = f.source.as_ref().map(|s| &s.git) else {
             return Ok(GitAuth::Anonymous);
         };
-        match &git.token {
-            None => Ok(GitAuth::Anonymous),
-            Some(token) => Ok(GitAuth::Token {
+        match (&git.token, &git.ssh_key) {
+            (Some(token), _) => Ok(GitAuth::Token {
                 username: git.token_username(f.git_provider.as_deref()),
                 token: self.configured_value(tenant, token).await?,
             }),
+            (None, Some(key)) => Ok(GitAuth::SshKey {
+                key: self.configured_value(tenant, key).await?,
+            }),
+            (None, None) => Ok(GitAuth::Anonymous),
         }
     }
 

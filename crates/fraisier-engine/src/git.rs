@@ -40,6 +40,8 @@ pub enum GitAuth {
     Anonymous,
     /// An access token over https, sent as HTTP Basic credentials.
     Token { username: String, token: String },
+    /// A deploy key (an OpenSSH private key) over ssh.
+    SshKey { key: String },
 }
 
 impl std::fmt::Debug for GitAuth {
@@ -50,28 +52,160 @@ impl std::fmt::Debug for GitAuth {
                 .debug_struct("Token")
                 .field("username", username)
                 .finish_non_exhaustive(),
+            GitAuth::SshKey { .. } => f.write_str("SshKey"),
+        }
+    }
+}
+
+/// What git is given to authenticate, held for as long as it runs: environment variables
+/// (never arguments, which any user of the host may read) and, for a deploy key, an
+/// `ssh-agent` of its own that holds the key in memory only.
+pub struct GitSession {
+    env: Vec<(&'static str, String)>,
+    _agent: Option<SshAgent>,
+}
+
+impl GitSession {
+    pub fn apply(&self, cmd: &mut Command) {
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
     }
 }
 
 impl GitAuth {
-    /// What git is told, through its environment (not its arguments, which any user of the
-    /// host may read): a header for this repository's URL only, and no redirects, so the
-    /// token goes nowhere else.
-    pub fn apply(&self, cmd: &mut Command, url: &str) {
+    /// Opens a session for `url`. A token goes in a header for that URL only, with redirects
+    /// off, so it goes nowhere else. A deploy key is loaded into a private agent; host keys
+    /// are trusted on first use and kept in `known_hosts`.
+    pub async fn session(&self, url: &str, known_hosts: &Path) -> Result<GitSession, GitError> {
         use base64::Engine as _;
-        if let GitAuth::Token { username, token } = self {
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{token}"));
-            cmd.env("GIT_CONFIG_COUNT", "2")
-                .env("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader"))
-                .env(
-                    "GIT_CONFIG_VALUE_0",
-                    format!("Authorization: Basic {basic}"),
-                )
-                .env("GIT_CONFIG_KEY_1", "http.followRedirects")
-                .env("GIT_CONFIG_VALUE_1", "false");
+        match self {
+            GitAuth::Anonymous => Ok(GitSession {
+                env: Vec::new(),
+                _agent: None,
+            }),
+            GitAuth::Token { username, token } => {
+                let basic =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{token}"));
+                Ok(GitSession {
+                    env: vec![
+                        ("GIT_CONFIG_COUNT", "2".into()),
+                        ("GIT_CONFIG_KEY_0", format!("http.{url}.extraHeader")),
+                        (
+                            "GIT_CONFIG_VALUE_0",
+                            format!("Authorization: Basic {basic}"),
+                        ),
+                        ("GIT_CONFIG_KEY_1", "http.followRedirects".into()),
+                        ("GIT_CONFIG_VALUE_1", "false".into()),
+                    ],
+                    _agent: None,
+                })
+            }
+            GitAuth::SshKey { key } => {
+                let agent = SshAgent::start(key).await?;
+                let quoted =
+                    |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+                let ssh = format!(
+                    "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none -o IdentityAgent={} \
+                     -o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new",
+                    quoted(&agent.socket),
+                    quoted(known_hosts)
+                );
+                Ok(GitSession {
+                    env: vec![("GIT_SSH_COMMAND", ssh)],
+                    _agent: Some(agent),
+                })
+            }
         }
+    }
+}
+
+/// An `ssh-agent` holding one deploy key, on a socket in a directory only this user can
+/// enter; stopped, and its directory removed, when dropped.
+struct SshAgent {
+    child: tokio::process::Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl SshAgent {
+    async fn start(key: &str) -> Result<SshAgent, GitError> {
+        use std::os::unix::fs::DirBuilderExt;
+        use tokio::io::AsyncWriteExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let failed = |detail: String| GitError::Failed {
+            what: "ssh-agent".into(),
+            detail,
+        };
+        // Unix socket paths are short (108 bytes): not under the data dir.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fraisier-ssh-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        let socket = dir.join("agent");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut agent = SshAgent {
+            child: child.map_err(|e| failed(format!("cannot run ssh-agent: {e}")))?,
+            dir,
+            socket,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !agent.socket.exists() {
+            if std::time::Instant::now() > deadline
+                || agent.child.try_wait().ok().flatten().is_some()
+            {
+                return Err(failed("ssh-agent did not start".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut add = Command::new("ssh-add")
+            .args(["-q", "-"])
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .env_remove("SSH_ASKPASS")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run ssh-add: {e}")))?;
+        let mut stdin = add.stdin.take().expect("piped");
+        let mut text = key.trim_end().to_string();
+        text.push('\n');
+        let _ = stdin.write_all(text.as_bytes()).await;
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(10), add.wait_with_output())
+            .await
+            .map_err(|_| failed("ssh-add timed out".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            // ssh-add's reason names no part of the key.
+            return Err(GitError::Failed {
+                what: "ssh-add".into(),
+                detail: format!(
+                    "the deploy key is not a private key ssh-add accepts (without a passphrase): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(agent)
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -132,6 +266,11 @@ impl Mirrors {
             .insert(url.to_string(), std::time::Instant::now());
     }
 
+    /// The SSH host keys of the repositories fetched with a deploy key (trusted on first use).
+    pub fn known_hosts(&self) -> PathBuf {
+        self.root.join("known_hosts")
+    }
+
     fn dir(&self, url: &str) -> PathBuf {
         let id = hex::encode(&Sha256::digest(url.as_bytes())[..10]);
         self.root.join(format!("{id}.git"))
@@ -149,11 +288,12 @@ impl Mirrors {
         let _held = lock.lock().await;
         let dir = self.dir(url);
         if dir.join("HEAD").exists() {
+            let session = auth.session(url, &self.known_hosts()).await?;
             let mut cmd = Command::new("git");
             cmd.arg("--git-dir")
                 .arg(&dir)
                 .args(["fetch", "--prune", "--tags", "--quiet", "origin"]);
-            auth.apply(&mut cmd, url);
+            session.apply(&mut cmd);
             run(&mut cmd, "fetch", FETCH_TIMEOUT).await?;
             self.mark_fetched(url);
             return Ok(dir);
@@ -169,9 +309,10 @@ impl Mirrors {
         ));
         let _ = std::fs::remove_dir_all(&tmp);
         let tmp_arg = tmp.to_string_lossy().into_owned();
+        let session = auth.session(url, &self.known_hosts()).await?;
         let mut cmd = Command::new("git");
         cmd.args(["clone", "--mirror", "--quiet", "--", url, &tmp_arg]);
-        auth.apply(&mut cmd, url);
+        session.apply(&mut cmd);
         let cloned = run(&mut cmd, "clone", FETCH_TIMEOUT).await;
         if let Err(e) = cloned {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -364,9 +505,11 @@ async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Result<String, Git
 }
 
 async fn run(cmd: &mut Command, what: &str, timeout: Duration) -> Result<String, GitError> {
+    if !cmd.as_std().get_envs().any(|(k, _)| k == "GIT_SSH_COMMAND") {
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "true")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(timeout, cmd.output())

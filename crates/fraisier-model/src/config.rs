@@ -234,19 +234,22 @@ fn resolve_git_credentials(
     let Some(git) = f.source.as_mut().map(|s| &mut s.git) else {
         return;
     };
-    let Some(token) = git.token.as_mut() else {
-        return;
-    };
-    let key = format!("{at}source.git.token");
-    if !token.starts_with("${") {
-        problems.push(Problem {
-            key,
-            message: "a token is never written in fraisier.yaml: store it (fraisier secret workspace set NAME) and write \"${secret:NAME}\", or read it from the server's environment with \"${ENV_VAR}\"".into(),
-        });
-        *token = String::new();
-        return;
+    for (field, value) in [
+        ("token", git.token.as_mut()),
+        ("ssh_key", git.ssh_key.as_mut()),
+    ] {
+        let Some(value) = value else { continue };
+        let key = format!("{at}source.git.{field}");
+        if !value.starts_with("${") {
+            problems.push(Problem {
+                key,
+                message: format!("a {} is never written in fraisier.yaml: store it (fraisier secret workspace set NAME) and write \"${{secret:NAME}}\", or read it from the server's environment with \"${{ENV_VAR}}\"", if field == "token" { "token" } else { "deploy key" }),
+            });
+            *value = String::new();
+            continue;
+        }
+        resolve_value(&key, value, true, lookup, problems);
     }
-    resolve_value(&key, token, true, lookup, problems);
 }
 
 /// Checks a list of notifications and reads their `${ENV}` values; problems name the key.
@@ -725,6 +728,10 @@ pub struct GitSourceConfig {
     /// for GitLab, `x-token-auth` for Bitbucket, else `git`).
     #[serde(default)]
     pub username: Option<String>,
+    /// For a private repository over ssh: a deploy key (an OpenSSH private key without a
+    /// passphrase), as `${secret:NAME}` or `${ENV_VAR}`; never the key itself.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
 }
 
 impl GitSourceConfig {
@@ -1253,6 +1260,20 @@ fn validate_workspace(
                         bad(
                             format!("{at}.source.git.token"),
                             format!("a token is sent over https; {url} is not an https URL"),
+                        );
+                    }
+                    let ssh = url.starts_with("ssh://")
+                        || (!url.contains("://") && url.contains('@') && url.contains(':'));
+                    if git.is_some_and(|g| g.ssh_key.is_some()) && !ssh {
+                        bad(
+                            format!("{at}.source.git.ssh_key"),
+                            format!("a deploy key is used over ssh; {url} is not an ssh:// or user@host:path URL"),
+                        );
+                    }
+                    if git.is_some_and(|g| g.ssh_key.is_some() && g.token.is_some()) {
+                        bad(
+                            format!("{at}.source.git.ssh_key"),
+                            "give a token (https) or an ssh_key (ssh), not both".into(),
                         );
                     }
                     if git.is_some_and(|g| g.username.is_some() && g.token.is_none()) {

@@ -209,8 +209,10 @@ async fn check(r: &mut Report, config: Option<&Path>) {
             };
             let git = f.source.as_ref().map(|s| &s.git);
             let token = git.and_then(|g| g.token.clone());
+            let ssh_key = git.and_then(|g| g.ssh_key.clone());
             if let Some(secret) = token
                 .as_deref()
+                .or(ssh_key.as_deref())
                 .and_then(fraisier_model::config::stored_secret_name)
             {
                 r.say(
@@ -221,18 +223,34 @@ async fn check(r: &mut Report, config: Option<&Path>) {
                 );
                 continue;
             }
+            use fraisier_engine::git::GitAuth;
+            let auth = match (git, token, ssh_key) {
+                (Some(g), Some(token), _) => GitAuth::Token {
+                    username: g.token_username(f.git_provider.as_deref()),
+                    token,
+                },
+                (_, None, Some(key)) => GitAuth::SshKey { key },
+                _ => GitAuth::Anonymous,
+            };
+            let known_hosts = c.server.data_dir.join("work/git/known_hosts");
+            let session = match auth.session(&url, &known_hosts).await {
+                Ok(s) => s,
+                Err(e) => {
+                    r.say(
+                        Level::Fail,
+                        &what,
+                        e.to_string(),
+                        Some("check source.git's credential"),
+                    );
+                    continue;
+                }
+            };
             let mut cmd = tokio::process::Command::new("git");
             cmd.args(["ls-remote", "--heads", "--", &url])
                 .env("GIT_TERMINAL_PROMPT", "0")
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true);
-            if let (Some(g), Some(token)) = (git, token) {
-                fraisier_engine::git::GitAuth::Token {
-                    username: g.token_username(f.git_provider.as_deref()),
-                    token,
-                }
-                .apply(&mut cmd, &url);
-            }
+            session.apply(&mut cmd);
             let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await;
             match out {
                 Ok(Ok(o)) if o.status.success() => {

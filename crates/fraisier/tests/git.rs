@@ -622,3 +622,145 @@ fn a_token_written_in_the_config_is_refused() {
     assert!(text.contains("${secret:NAME}"), "{text}");
     assert!(!text.contains("ghp_plaintext"), "{text}");
 }
+
+/// OpenSSH's sshd on a free port, letting in this user with `client_key` only; the
+/// repositories are this host's paths. Killed when dropped.
+struct Sshd {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fraisier-test", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn sshd(dir: &Path) -> Sshd {
+    std::fs::create_dir_all(dir).unwrap();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    // sshd's privilege separation needs this as root (the CI user); .ci/run installs sshd.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+         PidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel ERROR\n",
+        d = dir.display(),
+        user = user.trim()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("/usr/sbin/sshd: {e} (.ci/run installs openssh-server)"));
+    let mut sshd = Sshd { port, child };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(st)) = sshd.child.try_wait() {
+            panic!("sshd exited: {st}");
+        }
+        assert!(std::time::Instant::now() < deadline, "sshd never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sshd.port = port;
+    sshd
+}
+
+#[tokio::test]
+async fn a_private_repository_is_fetched_over_ssh_with_a_stored_deploy_key() {
+    let ws = Workspace::new();
+    let repo = ws.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let first = commit(&repo, GOOD_BUILD, "first");
+    let bare = ws.path().join("shop.git");
+    git(
+        ws.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let keys = ws.path().join("sshd");
+    let server = sshd(&keys);
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        user.trim(),
+        server.port,
+        bare.display()
+    );
+    let port = free_port();
+    let yaml = git_yaml(&ws, &repo, port).replace(
+        &format!("source: {{ git: {{ url: \"file://{}\", branch: main }} }}", repo.display()),
+        &format!("source: {{ git: {{ url: \"{url}\", branch: main, ssh_key: \"${{secret:SHOP_DEPLOY_KEY}}\" }} }}"),
+    );
+    assert!(yaml.contains("SHOP_DEPLOY_KEY"), "{yaml}");
+    let s = Server::start(&ws, &yaml).await;
+
+    // Another key than the one the host knows: refused.
+    keygen(&ws.path().join("stranger"));
+    let stranger = std::fs::read_to_string(ws.path().join("stranger")).unwrap();
+    store_secret(&s, "SHOP_DEPLOY_KEY", &stranger);
+    let (status, v) = s.post("/deployments/app/production", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (502, Some("SOURCE_UNAVAILABLE")),
+        "{v}"
+    );
+    // Not a key at all: said so, without echoing it.
+    store_secret(&s, "SHOP_DEPLOY_KEY", "not a key at all");
+    let (status, v) = s.post("/deployments/app/production", json!({})).await;
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deploy key"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("not a key at all"), "{v}");
+
+    // The deploy key: fetched, built, deployed; the host key is now known.
+    let key = std::fs::read_to_string(keys.join("client_key")).unwrap();
+    store_secret(&s, "SHOP_DEPLOY_KEY", &key);
+    let id = s.deploy("app", "production", json!({})).await;
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["metadata"]["commit"], first.as_str(), "{run:#}");
+    let known = std::fs::read_to_string(s.data_dir.join("work/git/known_hosts")).unwrap();
+    assert!(known.contains("ssh-ed25519"), "{known}");
+    // The key is nowhere in clear: not in the data dir, and no agent is left running.
+    let body = key.lines().nth(1).unwrap();
+    assert_eq!(
+        files_containing(&s.data_dir, body.as_bytes()),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let agents = Command::new("pgrep")
+        .args(["-f", "fraisier-ssh-"])
+        .output()
+        .unwrap();
+    assert!(
+        agents.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&agents.stdout)
+    );
+}
