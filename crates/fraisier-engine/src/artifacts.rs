@@ -93,7 +93,7 @@ impl Engine {
         body: impl AsyncRead + Unpin,
         limit: u64,
     ) -> Result<BlobRef, EngineError> {
-        self.blobs().put(body, limit).await.map_err(|e| match e {
+        let blob = self.blobs().put(body, limit).await.map_err(|e| match e {
             BlobError::TooLarge { limit } => EngineError::ArtifactTooLarge { limit },
             BlobError::Empty => EngineError::InvalidParameters {
                 field: "body".into(),
@@ -104,11 +104,20 @@ impl Engine {
                 message: format!("the upload could not be read: {e}"),
             },
             e => EngineError::Blob(e.to_string()),
-        })
+        })?;
+        *self
+            .inner
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(blob.digest.clone())
+            .or_default() += 1;
+        Ok(blob)
     }
 
     /// Drops stored upload bytes that no version names.
     pub async fn discard_upload(&self, blob: &BlobRef) {
+        self.upload_settled(&blob.digest);
         self.forget_blob(&blob.digest).await;
     }
 
@@ -118,10 +127,21 @@ impl Engine {
         push: &ArtifactPush,
         blob: &BlobRef,
     ) -> Result<Pushed, EngineError> {
-        if let Err(e) = self.check_push(push) {
+        let recorded = self.record_version(push, blob).await;
+        self.upload_settled(&blob.digest);
+        if recorded.is_err() {
+            // The bytes just stored may belong to nothing now.
             self.forget_blob(&blob.digest).await;
-            return Err(e);
         }
+        recorded
+    }
+
+    async fn record_version(
+        &self,
+        push: &ArtifactPush,
+        blob: &BlobRef,
+    ) -> Result<Pushed, EngineError> {
+        self.check_push(push)?;
         let format = self.format_of(&blob.digest).await?;
         let recorded = self
             .store()
@@ -141,20 +161,29 @@ impl Engine {
             .await?;
         match recorded {
             Ok((version, created)) => Ok(Pushed { version, created }),
-            Err(conflict) => {
-                // The bytes just stored may belong to nothing now.
-                self.forget_blob(&blob.digest).await;
-                Err(match conflict {
-                    VersionConflict::Kind { existing } => EngineError::ArtifactConflict(format!(
-                        "artifact {} is of type {existing}, not {}",
-                        push.name,
-                        push.kind.as_str()
-                    )),
-                    VersionConflict::Digest { existing } => EngineError::ArtifactConflict(format!(
-                        "version {} of {} exists with other bytes ({existing}); versions never change: push a new version",
-                        push.version, push.name
-                    )),
-                })
+            Err(VersionConflict::Kind { existing }) => Err(EngineError::ArtifactConflict(format!(
+                "artifact {} is of type {existing}, not {}",
+                push.name,
+                push.kind.as_str()
+            ))),
+            Err(VersionConflict::Digest { existing }) => Err(EngineError::ArtifactConflict(format!(
+                "version {} of {} exists with other bytes ({existing}); versions never change: push a new version",
+                push.version, push.name
+            ))),
+        }
+    }
+
+    /// An upload's bytes are recorded or dropped: no longer kept from `forget_blob`.
+    fn upload_settled(&self, digest: &str) {
+        let mut pending = self
+            .inner
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = pending.get_mut(digest) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(digest);
             }
         }
     }
@@ -545,7 +574,18 @@ impl Engine {
     }
 
     /// Removes a blob no version names; a failure only leaves a file for cleanup to find.
+    /// Removes a blob no version names — unless an upload of the same bytes is still being
+    /// read or checked, which would then find its bytes gone.
     async fn forget_blob(&self, digest: &str) {
+        let uploading = self
+            .inner
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(digest);
+        if uploading {
+            return;
+        }
         match self.store().blob_referenced(digest).await {
             Ok(false) => {
                 if let Err(e) = self.blobs().remove(digest).await {

@@ -3,7 +3,9 @@
 //! opened only at the moment they are used. Never handed to an instance, never returned by
 //! the API, never written anywhere in clear.
 
-use fraisier_model::config::{stored_secret_name, FraiseConfig, HostSecrets, DEFAULT_WORKSPACE};
+use fraisier_model::config::{
+    stored_secret_name, FraiseConfig, GitCredential, HostSecrets, DEFAULT_WORKSPACE,
+};
 use fraisier_model::names::agent_name;
 use fraisier_model::secret::{self, Sealed};
 use fraisier_model::webhook::GitHost;
@@ -62,11 +64,7 @@ impl Engine {
                         message: format!("the value {p}"),
                     });
                 }
-                let sealed = self
-                    .secret_keys()
-                    .seal(&slot(tenant, name), v, crate::variables::nonce()?)
-                    .map_err(EngineError::Secret)?;
-                Some(serde_json::to_string(&sealed).expect("plain data serializes"))
+                Some(self.seal_text(&slot(tenant, name), v)?)
             }
         };
         let changed = self
@@ -122,42 +120,73 @@ impl Engine {
         let Some(git) = f.source.as_ref().map(|s| &s.git) else {
             return Ok(GitAuth::Anonymous);
         };
-        match (&git.token, &git.ssh_key) {
-            (Some(token), _) => Ok(GitAuth::Token {
-                username: git.token_username(f.git_provider.as_deref()),
-                token: self.configured_value(tenant, token).await?,
+        match git.credential(f.git_provider.as_deref()) {
+            // What a file or a terminal adds around a token is not part of it.
+            GitCredential::Token { username, value } => Ok(GitAuth::Token {
+                username: username.to_string(),
+                token: self
+                    .configured_value(tenant, value)
+                    .await?
+                    .trim()
+                    .to_string(),
             }),
-            (None, Some(key)) => Ok(GitAuth::SshKey {
+            GitCredential::SshKey(key) => Ok(GitAuth::SshKey {
                 key: self.configured_value(tenant, key).await?,
             }),
-            (None, None) => Ok(GitAuth::Anonymous),
+            GitCredential::None => Ok(GitAuth::Anonymous),
         }
     }
 
     /// A git host's webhook secrets with each `${secret:NAME}` opened (from the `default`
-    /// workspace: `webhooks` is top-level). One that cannot be opened is left out, with a
-    /// warning: the others still verify deliveries.
+    /// workspace: `webhooks` is top-level). A secret that cannot be opened is left out, with a
+    /// warning: the others still verify deliveries. A signing token that cannot be opened
+    /// leaves the host with nothing: every delivery is refused rather than checked less.
     pub async fn webhook_secrets(&self, host: GitHost) -> Option<HostSecrets> {
         let mut secrets = self.config().webhooks.host(host)?.clone();
-        let mut values: Vec<&mut String> = Vec::new();
-        values.extend(secrets.secret.as_mut());
-        values.extend(secrets.token.as_mut());
-        values.extend(secrets.secrets.iter_mut());
-        values.extend(secrets.signing_token.as_mut());
-        for v in values {
+        let mut values: Vec<(bool, &mut String)> = Vec::new();
+        values.extend(secrets.secret.as_mut().map(|v| (false, v)));
+        values.extend(secrets.token.as_mut().map(|v| (false, v)));
+        values.extend(secrets.secrets.iter_mut().map(|v| (false, v)));
+        values.extend(secrets.signing_token.as_mut().map(|v| (true, v)));
+        let mut unusable = false;
+        for (signing, v) in values {
             let Some(name) = stored_secret_name(v).map(str::to_string) else {
                 continue;
             };
             match self.open_workspace_secret(DEFAULT_WORKSPACE, &name).await {
-                Ok(plain) => *v = plain,
+                Ok(plain) => *v = plain.trim().to_string(),
                 Err(e) => {
                     tracing::warn!(host = host.as_str(), secret = %name, error = %e,
                         "a webhook secret cannot be opened; deliveries are checked without it");
                     v.clear();
+                    unusable |= signing;
                 }
             }
         }
+        if unusable {
+            return Some(HostSecrets::default());
+        }
         Some(secrets)
+    }
+
+    /// Whether top-level configuration (webhook secrets) names this stored secret of the
+    /// `default` workspace: it then guards every workspace, and only a server admin changes it.
+    pub fn guards_the_server(&self, tenant: &str, name: &str) -> bool {
+        if tenant != DEFAULT_WORKSPACE {
+            return false;
+        }
+        let w = &self.config().webhooks;
+        [&w.github, &w.gitlab, &w.gitea, &w.bitbucket]
+            .into_iter()
+            .flatten()
+            .any(|h| {
+                h.secret
+                    .iter()
+                    .chain(&h.token)
+                    .chain(&h.secrets)
+                    .chain(&h.signing_token)
+                    .any(|v| stored_secret_name(v) == Some(name))
+            })
     }
 }
 

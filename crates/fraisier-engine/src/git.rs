@@ -28,9 +28,9 @@ pub enum GitError {
 #[derive(Clone)]
 pub struct Mirrors {
     root: PathBuf,
-    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    /// When each repository was last fetched.
-    fetched: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    locks: Arc<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>,
+    /// When each mirror was last fetched.
+    fetched: Arc<Mutex<HashMap<PathBuf, std::time::Instant>>>,
 }
 
 /// How the server proves who it is to a repository.
@@ -74,6 +74,16 @@ impl GitSession {
 }
 
 impl GitAuth {
+    /// Tells credentials apart without revealing them (a digest, never stored with them).
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        let material = match self {
+            GitAuth::Anonymous => return None,
+            GitAuth::Token { username, token } => format!("token\0{username}\0{token}"),
+            GitAuth::SshKey { key } => format!("ssh\0{}", key.trim()),
+        };
+        Some(Sha256::digest(material.as_bytes()).into())
+    }
+
     /// Opens a session for `url`. A token goes in a header for that URL only, with redirects
     /// off, so it goes nowhere else. A deploy key is loaded into a private agent; host keys
     /// are trusted on first use and kept in `known_hosts`.
@@ -169,8 +179,12 @@ impl SshAgent {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // A lifetime, so that an agent outliving a killed server forgets the key anyway.
+        let lifetime = (FETCH_TIMEOUT + Duration::from_secs(60))
+            .as_secs()
+            .to_string();
         let mut add = Command::new("ssh-add")
-            .args(["-q", "-"])
+            .args(["-q", "-t", &lifetime, "-"])
             .env("SSH_AUTH_SOCK", &agent.socket)
             .env_remove("SSH_ASKPASS")
             .stdin(std::process::Stdio::piped())
@@ -246,24 +260,17 @@ impl Mirrors {
         auth: &GitAuth,
         age: Duration,
     ) -> Result<PathBuf, GitError> {
+        let dir = self.dir(url, auth);
         let recent = self
             .fetched
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(url)
+            .get(&dir)
             .is_some_and(|t| t.elapsed() < age);
-        let dir = self.dir(url);
         if recent && dir.join("HEAD").exists() {
             return Ok(dir);
         }
         self.fetch(url, auth).await
-    }
-
-    fn mark_fetched(&self, url: &str) {
-        self.fetched
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(url.to_string(), std::time::Instant::now());
     }
 
     /// The SSH host keys of the repositories fetched with a deploy key (trusted on first use).
@@ -271,58 +278,69 @@ impl Mirrors {
         self.root.join("known_hosts")
     }
 
-    fn dir(&self, url: &str) -> PathBuf {
-        let id = hex::encode(&Sha256::digest(url.as_bytes())[..10]);
+    /// One mirror per repository and credential: what one credential fetched is never read
+    /// through another, or through none (a workspace naming the same URL without the token).
+    fn dir(&self, url: &str, auth: &GitAuth) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(url.as_bytes());
+        if let Some(f) = auth.fingerprint() {
+            h.update(b"\0");
+            h.update(f);
+        }
+        let id = hex::encode(&h.finalize()[..10]);
         self.root.join(format!("{id}.git"))
     }
 
     /// The mirror of `url`, brought up to date.
     pub async fn fetch(&self, url: &str, auth: &GitAuth) -> Result<PathBuf, GitError> {
+        let dir = self.dir(url, auth);
         let lock = self
             .locks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(url.to_string())
+            .entry(dir.clone())
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        let dir = self.dir(url);
-        if dir.join("HEAD").exists() {
-            let session = auth.session(url, &self.known_hosts()).await?;
-            let mut cmd = Command::new("git");
-            cmd.arg("--git-dir")
-                .arg(&dir)
-                .args(["fetch", "--prune", "--tags", "--quiet", "origin"]);
-            session.apply(&mut cmd);
-            run(&mut cmd, "fetch", FETCH_TIMEOUT).await?;
-            self.mark_fetched(url);
-            return Ok(dir);
-        }
-        std::fs::create_dir_all(&self.root).map_err(|e| GitError::Failed {
-            what: "clone".into(),
-            detail: format!("{}: {e}", self.root.display()),
-        })?;
+        let session = auth.session(url, &self.known_hosts()).await?;
+        let mut cmd = Command::new("git");
+        let fresh = !dir.join("HEAD").exists();
         let tmp = self.root.join(format!(
             ".clone-{}-{}",
             dir.file_name().unwrap_or_default().to_string_lossy(),
             std::process::id()
         ));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let tmp_arg = tmp.to_string_lossy().into_owned();
-        let session = auth.session(url, &self.known_hosts()).await?;
-        let mut cmd = Command::new("git");
-        cmd.args(["clone", "--mirror", "--quiet", "--", url, &tmp_arg]);
-        session.apply(&mut cmd);
-        let cloned = run(&mut cmd, "clone", FETCH_TIMEOUT).await;
-        if let Err(e) = cloned {
+        if fresh {
+            std::fs::create_dir_all(&self.root).map_err(|e| GitError::Failed {
+                what: "clone".into(),
+                detail: format!("{}: {e}", self.root.display()),
+            })?;
             let _ = std::fs::remove_dir_all(&tmp);
+            cmd.args(["clone", "--mirror", "--quiet", "--", url])
+                .arg(&tmp);
+        } else {
+            cmd.arg("--git-dir")
+                .arg(&dir)
+                .args(["fetch", "--prune", "--tags", "--quiet", "origin"]);
+        }
+        session.apply(&mut cmd);
+        let what = if fresh { "clone" } else { "fetch" };
+        if let Err(e) = run(&mut cmd, what, FETCH_TIMEOUT).await {
+            if fresh {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
             return Err(e);
         }
-        std::fs::rename(&tmp, &dir).map_err(|e| GitError::Failed {
-            what: "clone".into(),
-            detail: e.to_string(),
-        })?;
-        self.mark_fetched(url);
+        if fresh {
+            std::fs::rename(&tmp, &dir).map_err(|e| GitError::Failed {
+                what: "clone".into(),
+                detail: e.to_string(),
+            })?;
+        }
+        self.fetched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(dir.clone(), std::time::Instant::now());
         Ok(dir)
     }
 

@@ -44,7 +44,7 @@ pub use source::{Follow, SourceCheck, SourceCheckLine, SourceInfo, SourceReport}
 pub use status::ServiceStatus;
 pub use storage::{CleanupItem, CleanupReport, StorageStats};
 pub use variables::{VariableChange, VariableKind, VariablesChanged};
-pub use webhooks::{PushTarget, TargetError, QUEUED};
+pub use webhooks::{ACCEPTED, QUEUED};
 
 /// Timing knobs; tests shorten them.
 #[derive(Clone, Debug)]
@@ -89,6 +89,10 @@ struct Inner {
     /// Artifacts' bytes, by digest.
     blobs: fraisier_store::blobs::BlobStore,
     mirrors: git::Mirrors,
+    /// Wakes the loop that deploys queued pushes when a delivery queues one.
+    push_queue: tokio::sync::Notify,
+    /// Digests of uploads stored but not yet recorded or dropped, and how many of each.
+    uploads: Mutex<HashMap<String, usize>>,
 }
 
 /// What a validation found (seed 001's `POST /deployments/validate`).
@@ -128,6 +132,8 @@ impl Engine {
                 changes: tokio::sync::Mutex::new(()),
                 blobs,
                 mirrors: git::Mirrors::new(settings.work_dir.join("git")),
+                push_queue: tokio::sync::Notify::new(),
+                uploads: Mutex::default(),
                 settings,
             }),
         }
@@ -713,15 +719,16 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(
-                    engine
-                        .inner
-                        .settings
-                        .poll_interval
-                        .max(Duration::from_millis(500)),
-                )
-                .await;
                 engine.deploy_queued_pushes().await;
+                let idle = engine
+                    .inner
+                    .settings
+                    .poll_interval
+                    .max(Duration::from_millis(500));
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = engine.inner.push_queue.notified() => {}
+                }
             }
         });
         Ok(())

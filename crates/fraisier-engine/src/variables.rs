@@ -159,11 +159,7 @@ impl Engine {
                     if same {
                         continue;
                     }
-                    let sealed = self
-                        .secret_keys()
-                        .seal(&slot_of(name), v, nonce()?)
-                        .map_err(EngineError::Secret)?;
-                    Some(serde_json::to_string(&sealed).expect("plain data serializes"))
+                    Some(self.seal_text(&slot_of(name), v)?)
                 }
                 Some(v) => Some(v.clone()),
             };
@@ -326,6 +322,15 @@ impl Engine {
         Ok((keys, slots.len()))
     }
 
+    /// A value sealed for its slot with the newest key, as the store keeps it (JSON).
+    pub(crate) fn seal_text(&self, slot: &str, value: &str) -> Result<String, EngineError> {
+        let sealed = self
+            .secret_keys()
+            .seal(slot, value, nonce()?)
+            .map_err(EngineError::Secret)?;
+        Ok(serde_json::to_string(&sealed).expect("plain data serializes"))
+    }
+
     /// The keys secrets are sealed with now.
     pub fn secret_keys(&self) -> SecretKeys {
         self.inner
@@ -336,7 +341,7 @@ impl Engine {
     }
 }
 
-pub(crate) fn nonce() -> Result<[u8; NONCE_LEN], EngineError> {
+fn nonce() -> Result<[u8; NONCE_LEN], EngineError> {
     let mut n = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut n)
         .map_err(|e| EngineError::Secret(secret::SecretError::Random(e.to_string())))?;

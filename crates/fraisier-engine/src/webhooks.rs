@@ -1,13 +1,14 @@
 //! What a pushed ref deploys: every environment, of every fraise built from the pushed
 //! repository, that follows the branch (`branch`) or takes tags (`tags: true`), each at the
-//! commit the host reported. An environment busy with a run is queued, and once the run is
-//! over the latest push queued there is deployed (the older ones are superseded).
+//! commit the host reported. Every target is queued in the store as the delivery is recorded,
+//! and one loop deploys them: the latest push queued for an environment once no run is active
+//! there (the older ones are superseded). The queue survives a restart; the host is answered
+//! without waiting for a fetch or a build.
 
 use std::collections::HashSet;
 
-use fraisier_model::webhook::{GitHost, Push, RefKind};
+use fraisier_model::webhook::{Push, RefKind};
 use fraisier_store::DeliveryTarget;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::{DeployRequest, Engine, EngineError};
@@ -15,34 +16,18 @@ use crate::{DeployRequest, Engine, EngineError};
 /// A target's `error.code` while it waits for the active run.
 pub const QUEUED: &str = "QUEUED";
 
-/// One environment a push concerned, and what became of it.
-#[derive(Clone, Debug, Serialize)]
-pub struct PushTarget {
-    pub workspace: String,
-    pub fraise: String,
-    pub environment: String,
-    #[serde(rename = "ref")]
-    pub reference: String,
-    pub commit: String,
-    /// The run started, or `None` when it was refused (`error`).
-    pub deployment_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<TargetError>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TargetError {
-    pub code: &'static str,
-    pub message: String,
-}
+/// A target's `error_message` until the queue has first looked at it.
+pub const ACCEPTED: &str = "accepted: deploying it next";
 
 // === impl Engine ===
 
 impl Engine {
-    /// Starts a deploy for each environment that follows a pushed ref. Deleted refs deploy
-    /// nothing; a refusal (a run already active there, an unknown commit) is reported for
-    /// that environment and does not stop the others.
-    pub async fn deploy_push(&self, host: GitHost, push: &Push, delivery: &str) -> Vec<PushTarget> {
+    /// Every environment a push concerns: of every fraise built from the pushed repository,
+    /// those that follow the pushed branch (or take tags), each at the commit the host
+    /// reported. Routing only — no git, nothing started — so that a delivery is recorded and
+    /// answered at once; each target waits `QUEUED` for [`Engine::deploy_queued_pushes`].
+    /// Deleted refs concern nothing.
+    pub fn push_targets(&self, push: &Push) -> Vec<DeliveryTarget> {
         let mut out = Vec::new();
         for change in &push.changes {
             let Some(commit) = &change.commit else {
@@ -60,47 +45,28 @@ impl Engine {
                             RefKind::Branch => fe.branch.as_deref() == Some(change.name.as_str()),
                             RefKind::Tag => fe.tags,
                         };
-                        if !follows {
-                            continue;
+                        if follows {
+                            out.push(DeliveryTarget {
+                                workspace: workspace.clone(),
+                                fraise: fraise.clone(),
+                                environment: environment.clone(),
+                                reference: change.name.clone(),
+                                commit: commit.clone(),
+                                deployment_id: None,
+                                error_code: Some(QUEUED.into()),
+                                error_message: Some(ACCEPTED.into()),
+                            });
                         }
-                        let req = push_request(
-                            host.as_str(),
-                            delivery,
-                            workspace,
-                            fraise,
-                            environment,
-                            &change.name,
-                            commit,
-                        );
-                        let result = self.submit(req).await;
-                        out.push(PushTarget {
-                            workspace: workspace.clone(),
-                            fraise: fraise.clone(),
-                            environment: environment.clone(),
-                            reference: change.name.clone(),
-                            commit: commit.clone(),
-                            deployment_id: result
-                                .as_ref()
-                                .ok()
-                                .map(|r| fraisier_store::run_id_string(r.id)),
-                            error: result.err().map(|e| match e {
-                                EngineError::InProgress { active_id, .. } => TargetError {
-                                    code: QUEUED,
-                                    message: format!(
-                                        "waits for {active_id} to finish; then the latest push queued here is deployed"
-                                    ),
-                                },
-                                e => TargetError {
-                                    code: e.code(),
-                                    message: e.to_string(),
-                                },
-                            }),
-                        });
                     }
                 }
             }
         }
         out
+    }
+
+    /// Has the queue look at what waits now, rather than at its next round.
+    pub fn wake_push_queue(&self) {
+        self.inner.push_queue.notify_one();
     }
 }
 
@@ -126,14 +92,13 @@ impl Engine {
                     Some("SUPERSEDED"),
                     "a later push to this environment is deployed instead",
                 ))
-            } else if matches!(
-                self.store()
-                    .active_run_for(&t.workspace, &t.fraise, &t.environment)
-                    .await,
-                Ok(Some(_))
-            ) {
+            } else if let Ok(Some(active)) = self
+                .store()
+                .active_run_for(&t.workspace, &t.fraise, &t.environment)
+                .await
+            {
                 // Still busy: asked cheaply, before `submit` would fetch the repository.
-                None
+                waiting(t, &active)
             } else {
                 let delivery = q
                     .delivery_id
@@ -155,7 +120,9 @@ impl Engine {
                         None,
                         "",
                     )),
-                    Err(EngineError::InProgress { .. }) => None,
+                    Err(EngineError::InProgress { active_id, .. }) => {
+                        Some(settle(t, None, Some(QUEUED), &waits_for(&active_id)))
+                    }
                     Err(e) => Some(settle(t, None, Some(e.code()), &e.to_string())),
                 }
             };
@@ -166,6 +133,17 @@ impl Engine {
             }
         }
     }
+}
+
+fn waits_for(active_id: &str) -> String {
+    format!("waits for {active_id} to finish; then the latest push queued here is deployed")
+}
+
+/// A busy environment's target, told what it waits for (once: unchanged, nothing is written).
+fn waiting(t: &DeliveryTarget, active: &fraisier_store::Run) -> Option<DeliveryTarget> {
+    let message = waits_for(&fraisier_store::run_id_string(active.id));
+    (t.error_message.as_deref() != Some(message.as_str()))
+        .then(|| settle(t, None, Some(QUEUED), &message))
 }
 
 fn settle(

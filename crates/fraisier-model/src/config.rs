@@ -734,18 +734,45 @@ pub struct GitSourceConfig {
     pub ssh_key: Option<String>,
 }
 
+/// The credential a git source names, as written: `${secret:NAME}`, or the value an
+/// `${ENV_VAR}` held at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GitCredential<'a> {
+    None,
+    Token { username: &'a str, value: &'a str },
+    SshKey(&'a str),
+}
+
 impl GitSourceConfig {
+    pub fn credential<'a>(&'a self, provider: Option<&str>) -> GitCredential<'a> {
+        match (&self.token, &self.ssh_key) {
+            (Some(value), _) => GitCredential::Token {
+                username: self
+                    .username
+                    .as_deref()
+                    .unwrap_or_else(|| default_token_username(provider)),
+                value,
+            },
+            (None, Some(key)) => GitCredential::SshKey(key),
+            (None, None) => GitCredential::None,
+        }
+    }
+
     /// The user name a token is sent with.
     pub fn token_username(&self, provider: Option<&str>) -> String {
-        self.username.clone().unwrap_or_else(|| {
-            match provider.unwrap_or("github") {
-                "github" => "x-access-token",
-                "gitlab" => "oauth2",
-                "bitbucket" => "x-token-auth",
-                _ => "git",
-            }
-            .into()
-        })
+        self.username
+            .clone()
+            .unwrap_or_else(|| default_token_username(provider).into())
+    }
+}
+
+/// What each host calls the user of an access token (unset `git_provider`: GitHub).
+fn default_token_username(provider: Option<&str>) -> &'static str {
+    match provider.unwrap_or("github") {
+        "github" => "x-access-token",
+        "gitlab" => "oauth2",
+        "bitbucket" => "x-token-auth",
+        _ => "git",
     }
 }
 
@@ -1254,12 +1281,19 @@ fn validate_workspace(
                         bad(format!("{at}.source.git.url"), p);
                     }
                     let git = f.source.as_ref().map(|s| &s.git);
+                    // In clear only to this machine (a local mirror or proxy).
+                    let local_http = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                        .iter()
+                        .any(|p| {
+                            url.strip_prefix(p)
+                                .is_some_and(|rest| rest.starts_with([':', '/']))
+                        });
                     if git.is_some_and(|g| g.token.is_some())
-                        && !(url.starts_with("https://") || url.starts_with("http://"))
+                        && !(url.starts_with("https://") || local_http)
                     {
                         bad(
                             format!("{at}.source.git.token"),
-                            format!("a token is sent over https; {url} is not an https URL"),
+                            format!("a token is sent over https (or plain http to this machine only); {url} is neither"),
                         );
                     }
                     let ssh = url.starts_with("ssh://")

@@ -178,7 +178,12 @@ async fn mail(smtp: &SmtpConfig, target: &NotificationConfig, n: &Notification) 
             }
         }
     };
-    match transport.send(message).await {
+    // lettre's timeout is per command: the attempt as a whole gets one too.
+    let sent = match tokio::time::timeout(ATTEMPT_TIMEOUT, transport.send(message)).await {
+        Ok(sent) => sent,
+        Err(_) => return Outcome::failed(None, "timed out after 10 s"),
+    };
+    match sent {
         Ok(reply) => Outcome::sent(smtp_code(reply.code())),
         Err(e) => {
             let code = e.status().map(smtp_code);

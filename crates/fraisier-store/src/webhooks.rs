@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use crate::sql::{self, millis, now, ts, Args};
 use crate::turns::Priority;
-use crate::{Result, Store, DEFAULT_TENANT};
+use crate::{Result, Store, StoreError, DEFAULT_TENANT};
 
 /// A delivery as it arrived; `outcome` and `message` are what became of it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -266,6 +266,30 @@ impl Store {
         Ok(())
     }
 
+    /// A delivery's outcome and the environments it concerned.
+    pub async fn delivery_state(&self, id: i64) -> Result<(String, Vec<DeliveryTarget>)> {
+        let outcome: String = sqlx::query("SELECT outcome FROM webhook_deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .try_get("outcome")?;
+        Ok((outcome, self.delivery_targets(id).await?))
+    }
+
+    async fn delivery_targets(&self, id: i64) -> Result<Vec<DeliveryTarget>> {
+        sqlx::query(
+            "SELECT workspace, fraise, environment, ref, commit_sha, deployment_id, error_code, \
+             error_message FROM webhook_targets WHERE delivery = $1 ORDER BY workspace, fraise, environment",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(target_from_row)
+        .collect()
+    }
+
     /// A page of deliveries, newest first, and how many match. The default workspace sees
     /// every delivery; another sees those that concerned it, and only its own targets.
     pub async fn deliveries(
@@ -305,15 +329,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut d = delivery_from_row(row)?;
-            let targets = sqlx::query(
-                "SELECT workspace, fraise, environment, ref, commit_sha, deployment_id, error_code, \
-                 error_message FROM webhook_targets WHERE delivery = $1 ORDER BY workspace, fraise, environment",
-            )
-            .bind(d.id)
-            .fetch_all(&self.pool)
-            .await?;
-            for t in &targets {
-                let t = target_from_row(t)?;
+            for t in self.delivery_targets(d.id).await? {
                 if !scoped || t.workspace == workspace {
                     d.targets.push(t);
                 }

@@ -207,14 +207,28 @@ async fn check(r: &mut Report, config: Option<&Path>) {
             } else {
                 format!("source {ws}.{name}")
             };
-            let git = f.source.as_ref().map(|s| &s.git);
-            let token = git.and_then(|g| g.token.clone());
-            let ssh_key = git.and_then(|g| g.ssh_key.clone());
-            if let Some(secret) = token
-                .as_deref()
-                .or(ssh_key.as_deref())
-                .and_then(fraisier_model::config::stored_secret_name)
-            {
+            use fraisier_engine::git::GitAuth;
+            use fraisier_model::config::{stored_secret_name, GitCredential};
+            let credential = f.source.as_ref().map_or(GitCredential::None, |s| {
+                s.git.credential(f.git_provider.as_deref())
+            });
+            let (auth, written) = match credential {
+                GitCredential::Token { username, value } => (
+                    GitAuth::Token {
+                        username: username.to_string(),
+                        token: value.trim().to_string(),
+                    },
+                    Some(value),
+                ),
+                GitCredential::SshKey(key) => (
+                    GitAuth::SshKey {
+                        key: key.to_string(),
+                    },
+                    Some(key),
+                ),
+                GitCredential::None => (GitAuth::Anonymous, None),
+            };
+            if let Some(secret) = written.and_then(stored_secret_name) {
                 r.say(
                     Level::Warn,
                     &what,
@@ -223,19 +237,17 @@ async fn check(r: &mut Report, config: Option<&Path>) {
                 );
                 continue;
             }
-            use fraisier_engine::git::GitAuth;
-            let auth = match (git, token, ssh_key) {
-                (Some(g), Some(token), _) => GitAuth::Token {
-                    username: g.token_username(f.git_provider.as_deref()),
-                    token,
-                },
-                (_, None, Some(key)) => GitAuth::SshKey { key },
-                _ => GitAuth::Anonymous,
-            };
-            let known_hosts = c.server.data_dir.join("work/git/known_hosts");
+            // The server's known hosts, read but never written: doctor may run as another
+            // user, and a first look here must not decide what the server trusts.
+            let known_hosts = std::env::temp_dir().join(format!(
+                "fraisier-doctor-known-hosts-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::copy(c.server.data_dir.join("work/git/known_hosts"), &known_hosts);
             let session = match auth.session(&url, &known_hosts).await {
                 Ok(s) => s,
                 Err(e) => {
+                    let _ = std::fs::remove_file(&known_hosts);
                     r.say(
                         Level::Fail,
                         &what,
@@ -252,6 +264,8 @@ async fn check(r: &mut Report, config: Option<&Path>) {
                 .kill_on_drop(true);
             session.apply(&mut cmd);
             let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await;
+            drop(session);
+            let _ = std::fs::remove_file(&known_hosts);
             match out {
                 Ok(Ok(o)) if o.status.success() => {
                     let text = String::from_utf8_lossy(&o.stdout);

@@ -92,7 +92,7 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceSecretCommand) -> Result<ExitCode> {
     let c = client(ctx).await?;
     match cmd {
         WorkspaceSecretCommand::Set { name, from_file } => {
-            let value = match from_file {
+            let text = match from_file {
                 Some(path) => std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => {
@@ -102,10 +102,15 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceSecretCommand) -> Result<ExitCode> {
                     let mut text = String::new();
                     std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
                         .context("cannot read the value from stdin")?;
-                    // What `echo` or a terminal adds is not part of a token.
-                    text.strip_suffix('\n').unwrap_or(&text).to_string()
+                    text
                 }
             };
+            // The line end `echo`, an editor or a terminal adds is not part of a secret.
+            let value = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text)
+                .to_string();
             let mut body = Map::new();
             body.insert("value".into(), Value::String(value));
             let (_, v) = c

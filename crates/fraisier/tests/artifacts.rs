@@ -615,19 +615,6 @@ async fn the_configured_scanner_finds_what_is_in_the_bytes() {
     );
 }
 
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// `curl -F …` against an API route: the multipart form as curl (not our code) builds it.
 fn curl_form(s: &Server, path: &str, fields: &[&str]) -> (u16, Value) {
     let mut cmd = Command::new("curl");
@@ -721,7 +708,11 @@ async fn the_registry_takes_forms_updates_artifacts_and_promotes_versions() {
         (404, Some("ARTIFACT_NOT_FOUND")),
         "{v}"
     );
-    // A form without its file, with a part it does not know, or saying a field twice.
+    // A form without its file, with a part it does not know, or saying a field twice: its
+    // bytes (others than any stored) are not kept.
+    let refused = ws.path().join("refused.bin");
+    std::fs::write(&refused, b"bytes no version will ever name").unwrap();
+    let file = format!("file=@{}", refused.display());
     for (path, fields, field) in [
         ("/artifacts", vec!["name=app", "version=3.0.0"], "file"),
         (
@@ -750,7 +741,7 @@ async fn the_registry_takes_forms_updates_artifacts_and_promotes_versions() {
     let (_, v) = s.get("/artifacts/app/versions").await;
     assert_eq!(v["versions"].as_array().unwrap().len(), 3, "{v}");
     // Refused forms keep none of their bytes.
-    let blobs = walk_files(&s.data_dir.join("blobs"));
+    let blobs = files_under(&s.data_dir.join("blobs"));
     assert_eq!(blobs.len(), 1, "one tarball stored once: {blobs:?}");
 
     // Description and tags change; what is not given stays; null removes.

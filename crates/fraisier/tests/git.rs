@@ -449,22 +449,6 @@ fn store_secret(s: &Server, name: &str, value: &str) {
     assert!(text.contains(&format!("${{secret:{name}}}")), "{text}");
 }
 
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            found.extend(files_containing(&p, needle));
-        } else if std::fs::read(&p)
-            .map(|b| b.windows(needle.len()).any(|w| w == needle))
-            .unwrap_or(false)
-        {
-            found.push(p);
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn a_private_repository_is_fetched_with_a_stored_token_that_is_never_shown() {
     let ws = Workspace::new();
@@ -497,6 +481,12 @@ async fn a_private_repository_is_fetched_with_a_stored_token_that_is_never_shown
         .replace(
             &format!("source: {{ git: {{ url: \"file://{}\", branch: main }} }}", repo.display()),
             &format!("source: {{ git: {{ url: \"{url}\", branch: main, token: \"${{secret:SHOP_GIT_TOKEN}}\" }} }}"),
+        )
+        + &format!(
+            "  moved:\n    type: api\n    command: \"exec {demo}\"\n    source: {{ git: {{ url: \"http://127.0.0.1:{p}/moved/shop.git\", branch: main, token: \"${{secret:SHOP_GIT_TOKEN}}\" }} }}\n    build: \"sh build.sh\"\n    artifact: {{ path: dist }}\n    environments:\n      production: {{ port: {moved_port}, instances: 1 }}\n",
+            demo = demo_bin().display(),
+            p = host.port,
+            moved_port = free_port(),
         )
         + "webhooks:\n  github: { secret: \"${secret:GITHUB_HOOK_SECRET}\" }\n";
     assert!(yaml.contains("SHOP_GIT_TOKEN"), "{yaml}");
@@ -558,7 +548,9 @@ async fn a_private_repository_is_fetched_with_a_stored_token_that_is_never_shown
         v["secrets"][0]["reference"], "${secret:SHOP_GIT_TOKEN}",
         "{v}"
     );
-    let (_, logs) = s.get(&format!("/deployments/{id}/logs?limit=1000")).await;
+    let (status, logs) = s.get(&format!("/deployments/{id}/logs?lines=1000")).await;
+    assert_eq!(status, 200, "{logs}");
+    assert!(logs.to_string().contains("building"), "{logs}");
     assert!(!logs.to_string().contains(TOKEN));
     assert_eq!(
         files_containing(&s.data_dir, TOKEN.as_bytes()),
@@ -586,6 +578,19 @@ async fn a_private_repository_is_fetched_with_a_stored_token_that_is_never_shown
     assert_eq!(deliver(1).await.unwrap().status().as_u16(), 401);
     store_secret(&s, "GITHUB_HOOK_SECRET", "hook-secret-from-store");
     assert_eq!(deliver(2).await.unwrap().status().as_u16(), 200);
+
+    // A repository that redirects elsewhere: not followed, so the token goes nowhere else.
+    let (status, v) = s.post("/deployments/moved/production", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (502, Some("SOURCE_UNAVAILABLE")),
+        "{v}"
+    );
+    assert!(
+        host.lines().iter().all(|l| l.get("elsewhere").is_none()),
+        "a redirect was followed: {:?}",
+        host.lines()
+    );
 
     // Removing the token: the next fetch is refused again.
     let (status, _) = s.delete("/secrets/SHOP_GIT_TOKEN").await;
@@ -754,13 +759,9 @@ async fn a_private_repository_is_fetched_over_ssh_with_a_stored_deploy_key() {
         files_containing(&s.data_dir, body.as_bytes()),
         Vec::<std::path::PathBuf>::new()
     );
-    let agents = Command::new("pgrep")
-        .args(["-f", "fraisier-ssh-"])
-        .output()
-        .unwrap();
+    let pid = s.child.as_ref().unwrap().id();
     assert!(
-        agents.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&agents.stdout)
+        !pgrep(&format!("fraisier-ssh-{pid}-")),
+        "an ssh-agent outlived its fetch"
     );
 }

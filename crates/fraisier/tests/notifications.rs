@@ -391,11 +391,15 @@ async fn email_goes_through_the_smtp_server_with_its_login_and_bounces_are_not_r
     );
     let (_, v) = s.get("/notifications/deliveries?limit=100").await;
     assert!(!v.to_string().contains("smtp-pa55word"), "{v}");
-    assert!(sink
+    let logins: Vec<Value> = sink
         .lines()
-        .iter()
+        .into_iter()
         .filter(|l| l.get("auth").is_some())
-        .all(|l| l["ok"] == true));
+        .collect();
+    assert!(
+        !logins.is_empty() && logins.iter().all(|l| l["ok"] == true),
+        "{logins:?}"
+    );
 }
 
 #[test]
@@ -433,5 +437,4 @@ fn email_is_refused_at_load_without_a_server_or_with_bad_addresses() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("smtp.tls"), "{text}");
-    assert!(!text.contains("password: p"), "{text}");
 }

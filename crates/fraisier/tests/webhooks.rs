@@ -574,3 +574,95 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
         "{text}"
     );
 }
+
+/// A repository that takes seconds to answer: the host is answered within its timeout, the
+/// push waits in the store's queue, and a server killed meanwhile deploys it once restarted.
+#[tokio::test]
+async fn a_slow_repository_does_not_hold_the_host_and_a_restart_loses_no_push() {
+    let ws = Workspace::new();
+    let work = ws.path().join("work");
+    let served = ws.path().join("served");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&served).unwrap();
+    let origin = served.join("shop.git");
+    git(
+        ws.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    let commit = push_commit(&work, 0);
+    // Every request to the repository waits 3 s: a clone takes two, so over 6 s.
+    let host = Sidecar::start(
+        "python3",
+        "git_http.py",
+        &[served.to_str().unwrap(), "git", "-", "3"],
+    );
+    let url = format!("http://127.0.0.1:{}/shop.git", host.port);
+    let port = free_port();
+    let yaml = yaml(&ws, &origin, port, free_port())
+        .replace(&format!("file://{}", origin.display()), &url);
+    let mut s = Server::start(&ws, &yaml).await;
+
+    let mut push = octokit("push")
+        .into_iter()
+        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
+        .unwrap();
+    push["ref"] = json!("refs/heads/main");
+    push["after"] = json!(commit);
+    push["repository"]["clone_url"] = json!(url);
+    let started = std::time::Instant::now();
+    let (status, receipt) = deliver(&s, "/webhooks/github", &github_push("slow-1"), &push).await;
+    let answered = started.elapsed();
+    assert!(
+        answered < Duration::from_secs(8),
+        "answered after {answered:?}"
+    );
+    assert_eq!(
+        (status, receipt["outcome"].as_str()),
+        (202, Some("queued")),
+        "{receipt:#}"
+    );
+    assert_eq!(
+        receipt["deployments"][0]["error"]["code"], "QUEUED",
+        "{receipt:#}"
+    );
+
+    // The server dies before the fetch is over; restarted, it deploys the queued push.
+    s.kill9();
+    s.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let id = loop {
+        let (_, v) = s.get("/webhooks/deliveries").await;
+        let d = v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["delivery_id"] == "slow-1")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if let Some(id) = d["deployments"][0]["deployment_id"].as_str() {
+            assert_eq!(d["outcome"], "deployed", "{d:#}");
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deployed: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let run = s.wait_run(&id, Duration::from_secs(90)).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["metadata"]["commit"], commit.as_str(), "{run:#}");
+    assert_eq!(router_version(port).await.as_deref(), Some(&commit[..12]));
+}

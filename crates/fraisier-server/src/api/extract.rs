@@ -329,8 +329,9 @@ pub struct Upload {
     form: Option<multer::Multipart<'static>>,
 }
 
-/// Bytes a form field other than the file may hold.
+/// Bytes a form field other than the file may hold, and all of them together.
 const MAX_FORM_FIELD: usize = 8 * 1024;
+const MAX_FORM_FIELDS_BYTES: usize = 64 * 1024;
 
 impl Upload {
     pub fn of(req: Request) -> Result<Upload, ApiError> {
@@ -414,6 +415,7 @@ async fn read_form(
 ) -> Result<(), ApiError> {
     use futures_util::TryStreamExt;
     let bad = |e: multer::Error| ApiError::invalid("body", format!("the multipart form: {e}"));
+    let mut fields_bytes = 0usize;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "file" {
@@ -446,10 +448,17 @@ async fn read_form(
         let mut value = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
             value.extend_from_slice(&chunk);
+            fields_bytes += chunk.len();
             if value.len() > MAX_FORM_FIELD {
                 return Err(ApiError::invalid(
                     name,
                     format!("a form field holds at most {MAX_FORM_FIELD} bytes"),
+                ));
+            }
+            if fields_bytes > MAX_FORM_FIELDS_BYTES {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("the form's fields hold at most {MAX_FORM_FIELDS_BYTES} bytes in all"),
                 ));
             }
         }

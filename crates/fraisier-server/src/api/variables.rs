@@ -303,6 +303,7 @@ pub struct WorkspaceSecretsView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceSecretBody {
+    /// At most 64 KiB (16384 characters of up to 4 bytes each always fit).
     #[schema(min_length = 1, max_length = 16384, pattern = "^[^\\u0000]*$")]
     pub value: String,
 }
@@ -318,10 +319,17 @@ fn workspace_view(v: &Variable) -> WorkspaceSecretView {
 }
 
 /// A workspace secret reaches every environment (a git token builds them all): changing one
-/// takes `secret:update` in each of them.
-fn authorize_everywhere(state: &AppState, who: &Caller) -> Result<(), ApiError> {
+/// takes `secret:update` in each of them. One that top-level configuration names (a webhook
+/// secret) guards every workspace: only a server admin (`auth:rotate`) changes it.
+fn authorize_everywhere(state: &AppState, who: &Caller, name: &str) -> Result<(), ApiError> {
     for environment in state.config.scope(&who.workspace).environments.keys() {
         authorize(state, who, Permission::SecretUpdate, environment)?;
+    }
+    if state.engine.guards_the_server(&who.workspace, name) {
+        state
+            .roles
+            .judge(&who.roles, Permission::AuthRotate, None)
+            .map_err(|d| ApiError::denied(&d))?;
     }
     Ok(())
 }
@@ -351,7 +359,7 @@ pub async fn set_workspace_secret(
     Params(name): Params<String>,
     JsonBody(body): JsonBody<WorkspaceSecretBody>,
 ) -> Result<Response, ApiError> {
-    authorize_everywhere(&state, &who)?;
+    authorize_everywhere(&state, &who, &name)?;
     state
         .engine
         .set_workspace_secret(&who.workspace, &name, Some(&body.value), &who.username)
@@ -373,7 +381,7 @@ pub async fn delete_workspace_secret(
     who: Caller,
     Params(name): Params<String>,
 ) -> Result<Response, ApiError> {
-    authorize_everywhere(&state, &who)?;
+    authorize_everywhere(&state, &who, &name)?;
     let removed = state
         .engine
         .set_workspace_secret(&who.workspace, &name, None, &who.username)

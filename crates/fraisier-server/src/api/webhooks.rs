@@ -27,6 +27,10 @@ use crate::auth::same_secret;
 /// Bodies above this are refused (GitHub caps its payloads at 25 MB; pushes are far smaller).
 pub const MAX_WEBHOOK_BYTES: usize = 10 << 20;
 
+/// How long a delivery's answer waits to report the runs it started: under the 10 s GitHub
+/// (the strictest host) waits before it calls a delivery failed.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How far a Standard-Webhooks timestamp may be from now.
 const SIGNATURE_TOLERANCE_SECS: i64 = 300;
 
@@ -308,55 +312,51 @@ async fn handle(
             Vec::new(),
         ));
     };
-    let delivery = record
-        .delivery_id
-        .clone()
-        .unwrap_or_else(|| format!("whd_{id:06}"));
-    let targets = state.engine.deploy_push(host, &push, &delivery).await;
-    let targets: Vec<DeliveryTarget> = targets
-        .into_iter()
-        .map(|t| DeliveryTarget {
-            workspace: t.workspace,
-            fraise: t.fraise,
-            environment: t.environment,
-            reference: t.reference,
-            commit: t.commit,
-            deployment_id: t.deployment_id,
-            error_code: t.error.as_ref().map(|e| e.code.to_string()),
-            error_message: t.error.map(|e| e.message),
-        })
-        .collect();
+    // Recorded, then deployed by the queue: the host is answered within its timeout
+    // (GitHub's is 10 s) however long the fetch takes, and a restart loses nothing.
+    let targets = state.engine.push_targets(&push);
+    if targets.is_empty() {
+        let message = nothing_follows(&push);
+        store
+            .finish_delivery(id, DeliveryOutcome::Ignored.as_str(), &message, &[])
+            .await?;
+        return Ok(receipt(
+            StatusCode::OK,
+            id,
+            DeliveryOutcome::Ignored,
+            message,
+            Vec::new(),
+        ));
+    }
+    let message = format!(
+        "{} environment(s) follow {}",
+        targets.len(),
+        targets[0].reference
+    );
+    store
+        .finish_delivery(id, DeliveryOutcome::Queued.as_str(), &message, &targets)
+        .await?;
+    state.engine.wake_push_queue();
+    // Most pushes start their runs at once: wait briefly to report them; what is still being
+    // fetched then is reported queued, and the delivery record shows it when it starts.
+    let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+    let (outcome, targets) = loop {
+        let (outcome, targets) = store.delivery_state(id).await?;
+        let seen = targets
+            .iter()
+            .all(|t| t.error_message.as_deref() != Some(fraisier_engine::ACCEPTED));
+        if seen || tokio::time::Instant::now() >= deadline {
+            break (outcome, targets);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    let outcome = fraisier_model::run::from_wire(&outcome).unwrap_or(DeliveryOutcome::Queued);
     let started = targets.iter().filter(|t| t.deployment_id.is_some()).count();
     let queued = targets
         .iter()
         .filter(|t| t.error_code.as_deref() == Some(fraisier_engine::QUEUED))
         .count();
-    let (outcome, message) = if started > 0 {
-        (
-            DeliveryOutcome::Deployed,
-            format!("{started} deployment(s) started, {queued} queued"),
-        )
-    } else if queued > 0 {
-        (
-            DeliveryOutcome::Queued,
-            format!("{queued} environment(s) busy: deployed when their run is over"),
-        )
-    } else if !targets.is_empty() {
-        (
-            DeliveryOutcome::Failed,
-            "every environment following this ref refused the deploy".to_string(),
-        )
-    } else {
-        (DeliveryOutcome::Ignored, nothing_follows(&push))
-    };
-    store
-        .finish_delivery(id, outcome.as_str(), &message, &targets)
-        .await?;
-    for t in targets.iter().filter(|t| t.deployment_id.is_some()) {
-        store
-            .supersede_queued(&t.workspace, &t.fraise, &t.environment, id)
-            .await?;
-    }
+    let message = format!("{message}: {started} deployment(s) started, {queued} queued");
     let status = if started + queued > 0 {
         StatusCode::ACCEPTED
     } else {

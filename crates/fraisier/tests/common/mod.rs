@@ -449,9 +449,10 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A helper process of the tests' own (`tests/support/SCRIPT PORT ARGS…`, in Python) on a
-/// free port: it prints `{"ready": PORT}` and then one JSON line per thing it saw, and runs
-/// until its stdin closes. Killed when dropped.
+/// A helper process of the tests' own (`tests/support/SCRIPT PORT ARGS…`, in Python): it
+/// listens on PORT (a free one) or on one it binds itself (no race with other tests), prints
+/// `{"ready": port}`, then one JSON line per thing it saw, and runs until its stdin closes.
+/// Killed when dropped.
 pub struct Sidecar {
     pub port: u16,
     child: Child,
@@ -483,7 +484,11 @@ impl Sidecar {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !lines.lock().unwrap().iter().any(|l| l["ready"] == port) {
+        let ready = |lines: &[Value]| lines.iter().find_map(|l| l["ready"].as_u64());
+        let port = loop {
+            if let Some(p) = ready(&lines.lock().unwrap()) {
+                break p as u16;
+            }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("{script} exited ({status}): are its modules installed for {python}?");
             }
@@ -492,7 +497,7 @@ impl Sidecar {
                 "{script} never started"
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
         Sidecar { port, child, lines }
     }
 
@@ -507,4 +512,26 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The files under `dir` that hold `needle` anywhere: a secret must be in none.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+        .collect()
 }

@@ -2,9 +2,13 @@
 http-backend`, run as CGI) behind Python's http.server, answering 401 to any request without
 HTTP Basic USER:TOKEN.
 
-Usage: git_http.py PORT ROOT USER TOKEN. Serves the repositories under ROOT on 127.0.0.1:PORT,
-prints {"ready": PORT}, then one JSON line per request: {"path", "authorized"}. Runs until
-stdin closes.
+Usage: git_http.py PORT ROOT USER TOKEN [DELAY]. TOKEN `-` lets every request in; DELAY
+seconds (default 0) hold each answer back, as a slow host would. Serves the repositories under ROOT on 127.0.0.1 (on a
+port of the system's choosing, PORT being a hint the tests' harness passes to every helper),
+prints {"ready": port}, then one JSON line per request: {"path", "authorized"}. A path under
+/moved/ is redirected (302) to a second listener, which serves nothing and prints
+{"elsewhere": path, "authorization": whether any credential came with it}. Runs until stdin
+closes.
 """
 import base64
 import json
@@ -12,9 +16,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port, root, user, token = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+delay = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
@@ -31,7 +37,14 @@ class Handler(BaseHTTPRequestHandler):
         self.serve()
 
     def serve(self):
-        authorized = self.headers.get("Authorization") == expected
+        if self.path.startswith("/moved/"):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/{self.path[7:]}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        authorized = token == "-" or self.headers.get("Authorization") == expected
+        time.sleep(delay)
         print(json.dumps({"path": self.path, "authorized": authorized}), flush=True)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -76,8 +89,27 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(rest)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+class Elsewhere(BaseHTTPRequestHandler):
+    """Another host: it only notes what reached it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        print(json.dumps({"elsewhere": self.path, "authorization": "Authorization" in self.headers}), flush=True)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_GET
+
+
+elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-print(json.dumps({"ready": port}), flush=True)
+print(json.dumps({"ready": server.server_port}), flush=True)
 sys.stdin.read()
 server.shutdown()
