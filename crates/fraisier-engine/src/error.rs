@@ -65,6 +65,14 @@ pub enum EngineError {
     ArtifactInUse(String),
     #[error("{0}")]
     NotPromotable(String),
+    #[error("{} is locked by {}{}: unlock it first (POST /environments/{}/unlock)", .0.environment, .0.locked_by, .0.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(), .0.environment)]
+    EnvironmentLocked(Box<fraisier_store::EnvironmentLock>),
+    #[error("{} is already locked by {}{}", .0.environment, .0.locked_by, .0.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    AlreadyLocked(Box<fraisier_store::EnvironmentLock>),
+    #[error("{} is frozen until {} (freeze window frz_{:05}{})", .0.environment, .0.ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), .0.id, .0.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    EnvironmentFrozen(Box<fraisier_store::FreezeWindow>),
+    #[error("no freeze window frz_{0:05}")]
+    FreezeWindowNotFound(i64),
     #[error("no secret {name} is stored in workspace {workspace}: store it with `fraisier secret workspace set {name}` (or PUT /secrets/{name})")]
     SecretNotFound { workspace: String, name: String },
     #[error("no scanner is configured: set server.artifact_scanner in fraisier.yaml (a command that prints its findings as JSON)")]
@@ -117,6 +125,11 @@ impl EngineError {
             EngineError::ArtifactConflict(_) => "ARTIFACT_CONFLICT",
             EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
             EngineError::NotPromotable(_) => "NOT_PROMOTABLE",
+            EngineError::EnvironmentLocked(_) | EngineError::AlreadyLocked(_) => {
+                "ENVIRONMENT_LOCKED"
+            }
+            EngineError::EnvironmentFrozen(_) => "ENVIRONMENT_FROZEN",
+            EngineError::FreezeWindowNotFound(_) => "FREEZE_WINDOW_NOT_FOUND",
             EngineError::SecretNotFound { .. } => "SECRET_NOT_FOUND",
             EngineError::ScannerNotConfigured => "SCANNER_NOT_CONFIGURED",
             EngineError::ScanFailed(_) => "SCAN_FAILED",

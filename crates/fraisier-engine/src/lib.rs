@@ -8,6 +8,7 @@ mod credentials;
 pub mod error;
 mod executor;
 pub mod git;
+pub mod guards;
 mod notify;
 pub mod provider;
 pub mod request;
@@ -182,6 +183,8 @@ impl Engine {
     pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
         let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
+        self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
+            .await?;
         let source = self.resolve_source(req, f).await?;
         let version = match &source {
             Some(s) => s.version.clone(),
@@ -376,6 +379,8 @@ impl Engine {
         let _changing = self.inner.changes.lock().await;
         let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
+        self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
+            .await?;
         let store = &self.inner.store;
         if let Some(active) = store
             .active_run_for(&req.tenant, &req.fraise, &req.environment)

@@ -108,6 +108,8 @@ impl Engine {
     ) -> Result<VariablesChanged, EngineError> {
         let config = self.config().scope(&change.tenant);
         request::lookup(config, &change.fraise, &change.environment)?;
+        self.check_guards(&change.tenant, &change.environment, &change.triggered_by)
+            .await?;
         for (name, value) in &change.values {
             if let Some(p) = secret::variable_name_problem(name) {
                 return Err(EngineError::InvalidParameters {

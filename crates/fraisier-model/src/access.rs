@@ -24,6 +24,8 @@ pub enum Permission {
     LogsRead,
     MetricsRead,
     EnvironmentRead,
+    /// Lock and unlock an environment, manage its freeze windows.
+    EnvironmentUpdate,
     SecretRead,
     SecretUpdate,
     AuditRead,
@@ -206,6 +208,7 @@ impl Permission {
         Permission::LogsRead,
         Permission::MetricsRead,
         Permission::EnvironmentRead,
+        Permission::EnvironmentUpdate,
         Permission::SecretRead,
         Permission::SecretUpdate,
         Permission::AuditRead,
@@ -239,6 +242,7 @@ impl Permission {
             Permission::LogsRead => "logs:read",
             Permission::MetricsRead => "metrics:read",
             Permission::EnvironmentRead => "environment:read",
+            Permission::EnvironmentUpdate => "environment:update",
             Permission::SecretRead => "secret:read",
             Permission::SecretUpdate => "secret:update",
             Permission::AuditRead => "audit:read",
@@ -279,6 +283,7 @@ impl Permission {
                 | Permission::DeploymentApprove
                 | Permission::RollbackCreate
                 | Permission::SecretUpdate
+                | Permission::EnvironmentUpdate
         )
     }
 }

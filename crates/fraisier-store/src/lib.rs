@@ -12,6 +12,7 @@ mod artifacts;
 mod audit;
 pub mod blobs;
 mod events;
+mod freezes;
 mod groups;
 mod import;
 mod logs;
@@ -36,6 +37,7 @@ pub use artifacts::{
 pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };
+pub use freezes::{EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};
 pub use store::Store;

@@ -367,6 +367,33 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX webhook_targets_queued ON webhook_targets (delivery) WHERE error_code = 'QUEUED'",
         ],
     },
+    Migration {
+        version: 10,
+        name: "environment locks and freeze windows",
+        statements: &[
+            // At most one lock per environment: who holds it and why.
+            "CREATE TABLE environment_locks (
+            tenant_id TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            locked_by TEXT NOT NULL,
+            reason TEXT,
+            locked_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, environment)
+        )",
+            "CREATE TABLE freeze_windows (
+            id {ID},
+            tenant_id TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            starts_at BIGINT NOT NULL,
+            ends_at BIGINT NOT NULL,
+            reason TEXT,
+            exceptions TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL
+        )",
+            "CREATE INDEX freeze_windows_environment ON freeze_windows (tenant_id, environment, ends_at)",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -5,6 +5,7 @@ mod artifacts;
 mod commands;
 mod credentials;
 mod doctor;
+mod environments;
 mod setup;
 mod table;
 mod variables;
@@ -111,6 +112,9 @@ enum Command {
     /// Secrets of a fraise in an environment: sealed at rest, injected into its instances
     #[command(subcommand)]
     Secret(variables::SecretCommand),
+    /// Environments: list them, lock and unlock them, manage their freeze windows
+    #[command(subcommand)]
+    Environment(environments::EnvironmentCommand),
     /// Environment variables of a fraise in an environment, set through the API
     #[command(subcommand)]
     Env(variables::VariableCommand),
@@ -314,6 +318,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ApiKey(c) => admin::api_key(&ctx, c).await,
         Command::Audit(c) => admin::audit(&ctx, c).await,
         Command::Webhooks(a) => webhooks::webhooks(&ctx, a).await,
+        Command::Environment(c) => environments::run(&ctx, c).await,
         Command::Notifications(a) => webhooks::notifications(&ctx, a).await,
         Command::Validate => setup::validate(cli.config.as_deref(), ctx.json),
         Command::Doctor => doctor::doctor(cli.config.as_deref(), ctx.json).await,

@@ -137,6 +137,7 @@ fn concrete(path: &str, run: &str) -> String {
             "{version}" => "1.0.0",
             "{digest}" => "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             "{type}" => "api",
+            "{window_id}" => "frz_00001",
             s if s.starts_with('{') => panic!("no value for {s} in {path} (segment {i})"),
             s => s,
         };
@@ -236,6 +237,8 @@ async fn every_operation_refuses_who_may_not() {
                     json!({"fraise": "app", "environment": "staging", "version": "1.0.0"})
                 } else if path.ends_with("/promote") {
                     json!({"to": "staging", "version": "1.0.0"})
+                } else if path.ends_with("/freeze-windows") {
+                    json!({"start": "2030-01-01T00:00:00Z", "end": "2030-01-02T00:00:00Z"})
                 } else if path.ends_with("/secrets/{name}") {
                     json!({"value": "s3cret-value"})
                 } else {

@@ -465,7 +465,7 @@ pub async fn cancel(
 #[utoipa::path(post, path = "/api/v1/deployments/{fraise}/{environment}/rollback", tag = "deployments",
     params(("fraise" = String, Path), ("environment" = String, Path)),
     request_body = Option<RollbackBody>,
-    responses((status = 202, body = RollbackAccepted, headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+    responses((status = 202, body = RollbackAccepted, headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody, description = "ENVIRONMENT_LOCKED or ENVIRONMENT_FROZEN")))]
 pub async fn rollback(
     State(state): State<AppState>,
     who: Caller,

@@ -1,11 +1,23 @@
-//! Environments (seed 000): the configured stages and the state of what runs in them.
+//! Environments (seed 000): the configured stages and the state of what runs in them; their
+//! locks (seed 003) and freeze windows (seed 004), which keep changes out for a while.
 
 use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
+use fraisier_engine::guards::FreezeRequest;
+use fraisier_engine::EngineError;
+use fraisier_model::access::Permission;
+use fraisier_store::{EnvironmentLock, FreezeWindow};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::gate::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{check_text, JsonBody, QueryMap};
+use super::gate::{authorize, AuditNote, Caller};
+use super::views::{ts, Pagination};
 use super::{AppState, Params};
 use fraisier_model::run::FraiseStatus;
 
@@ -105,9 +117,15 @@ pub async fn get(
         .filter(|(_, f)| f.environments.contains_key(&name))
         .map(|(n, _)| n)
         .collect();
+    let lock = state.engine.environment_lock(&who.workspace, &name).await?;
+    let frozen = state
+        .engine
+        .freeze_windows(&who.workspace, &name, true)
+        .await?;
     Ok(Json(json!({
         "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
         "provider": e.provider, "fraises": fraises, "fraises_deployed": c.deployed, "status": status_word(&c),
+        "lock": lock.as_ref().map(lock_view), "active_freeze_windows": frozen.iter().map(window_view).collect::<Vec<_>>(),
     })))
 }
 
@@ -139,4 +157,223 @@ pub async fn status(
         "nats": { "status": "not_configured", "streams": 0, "events_published": 0 },
         "fraises": { "total": c.total, "deployed": c.deployed, "healthy": c.healthy, "degraded": c.degraded, "unhealthy": c.unhealthy },
     })))
+}
+
+/// An environment's lock: who holds it and why.
+#[derive(Serialize, ToSchema)]
+pub struct LockView {
+    pub environment: String,
+    pub locked: bool,
+    pub locked_by: Option<String>,
+    pub reason: Option<String>,
+    pub locked_at: Option<String>,
+}
+
+fn lock_view(l: &EnvironmentLock) -> LockView {
+    LockView {
+        environment: l.environment.clone(),
+        locked: true,
+        locked_by: Some(l.locked_by.clone()),
+        reason: l.reason.clone(),
+        locked_at: Some(ts(l.locked_at)),
+    }
+}
+
+/// `POST …/lock`: why (optional).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockBody {
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+fn noted(mut r: Response, environment: &str) -> Response {
+    r.extensions_mut().insert(AuditNote {
+        resource: Some(format!("environment:{environment}")),
+        ..AuditNote::default()
+    });
+    r
+}
+
+#[utoipa::path(post, path = "/api/v1/environments/{environment_name}/lock", tag = "environments",
+    params(("environment_name" = String, Path)), request_body(content = Option<LockBody>),
+    responses((status = 200, body = LockView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "ENVIRONMENT_LOCKED: someone holds its lock")))]
+pub async fn lock(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<LockBody>,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
+    check_text("reason", &body.reason, 500)?;
+    let l = state
+        .engine
+        .lock_environment(&who.workspace, &name, &who.username, body.reason.as_deref())
+        .await?;
+    Ok(noted(Json(lock_view(&l)).into_response(), &name))
+}
+
+#[utoipa::path(post, path = "/api/v1/environments/{environment_name}/unlock", tag = "environments",
+    params(("environment_name" = String, Path)),
+    responses((status = 200, body = LockView, description = "unlocked (also when it was not locked)"), (status = 404, body = ErrorBody)))]
+pub async fn unlock(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
+    state
+        .engine
+        .unlock_environment(&who.workspace, &name)
+        .await?;
+    let view = LockView {
+        environment: name.clone(),
+        locked: false,
+        locked_by: None,
+        reason: None,
+        locked_at: None,
+    };
+    Ok(noted(Json(view).into_response(), &name))
+}
+
+/// A freeze window (seed 004).
+#[derive(Serialize, ToSchema)]
+pub struct FreezeWindowView {
+    /// `frz_…`
+    pub id: String,
+    pub environment_id: String,
+    pub start: String,
+    pub end: String,
+    pub reason: Option<String>,
+    /// Users who may still deploy while it is active.
+    pub exceptions: Vec<String>,
+    pub active: bool,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FreezeWindowList {
+    pub freeze_windows: Vec<FreezeWindowView>,
+    pub pagination: Pagination,
+}
+
+fn window_view(w: &FreezeWindow) -> FreezeWindowView {
+    FreezeWindowView {
+        id: format!("frz_{:05}", w.id),
+        environment_id: w.environment.clone(),
+        start: ts(w.starts_at),
+        end: ts(w.ends_at),
+        reason: w.reason.clone(),
+        exceptions: w.exceptions.clone(),
+        active: w.active_at(Utc::now()),
+        created_by: w.created_by.clone(),
+        created_at: ts(w.created_at),
+    }
+}
+
+/// `POST …/freeze-windows`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindowBody {
+    /// RFC 3339.
+    pub start: DateTime<Utc>,
+    /// RFC 3339, after `start` and not past.
+    pub end: DateTime<Utc>,
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+    /// User names still allowed to deploy (a webhook deploys as `webhook:<host>`).
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub exceptions: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/environments/{environment_name}/freeze-windows", tag = "environments",
+    params(("environment_name" = String, Path)), request_body = FreezeWindowBody,
+    responses((status = 201, body = FreezeWindowView, headers(("Location" = String, description = "the window"))),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn add_freeze_window(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<FreezeWindowBody>,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
+    check_text("reason", &body.reason, 500)?;
+    let w = state
+        .engine
+        .add_freeze_window(&FreezeRequest {
+            tenant: who.workspace.clone(),
+            environment: name.clone(),
+            starts_at: body.start,
+            ends_at: body.end,
+            reason: body.reason,
+            exceptions: body.exceptions,
+            by: who.username.clone(),
+        })
+        .await?;
+    let view = window_view(&w);
+    let mut r = (StatusCode::CREATED, Json(&view)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "/api/v1/environments/{name}/freeze-windows/{}",
+        view.id
+    )) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(noted(r, &name))
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/freeze-windows", tag = "environments",
+    params(("environment_name" = String, Path), ("active" = Option<bool>, Query, description = "only those in force now")),
+    responses((status = 200, body = FreezeWindowList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn freeze_windows(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Json<FreezeWindowList>, ApiError> {
+    lookup(&state, &who, &name)?;
+    let active = q.bool("active")?;
+    let list = state
+        .engine
+        .freeze_windows(&who.workspace, &name, active)
+        .await?;
+    let total = list.len() as u64;
+    Ok(Json(FreezeWindowList {
+        freeze_windows: list.iter().map(window_view).collect(),
+        pagination: Pagination::new(total, total.max(1) as u32, 0),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/environments/{environment_name}/freeze-windows/{window_id}", tag = "environments",
+    params(("environment_name" = String, Path), ("window_id" = String, Path, description = "frz_…")),
+    responses((status = 200, body = Object, description = "{\"deleted\": true}"), (status = 404, body = ErrorBody)))]
+pub async fn delete_freeze_window(
+    State(state): State<AppState>,
+    who: Caller,
+    Params((name, window)): Params<(String, String)>,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
+    let id = window
+        .strip_prefix("frz_")
+        .unwrap_or(&window)
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::from(EngineError::FreezeWindowNotFound(0)))?;
+    state
+        .engine
+        .delete_freeze_window(&who.workspace, &name, id)
+        .await?;
+    Ok(noted(
+        Json(json!({ "deleted": true })).into_response(),
+        &name,
+    ))
 }

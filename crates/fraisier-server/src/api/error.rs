@@ -224,6 +224,25 @@ impl From<EngineError> for ApiError {
             | EngineError::ArtifactInUse(_)
             | EngineError::NotPromotable(_) => (StatusCode::CONFLICT, json!({})),
             EngineError::SourceUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({})),
+            EngineError::EnvironmentLocked(l) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "environment": l.environment, "locked_by": l.locked_by, "reason": l.reason,
+                        "locked_at": super::views::ts(l.locked_at) }),
+            ),
+            EngineError::AlreadyLocked(l) => (
+                StatusCode::CONFLICT,
+                json!({ "environment": l.environment, "locked_by": l.locked_by, "reason": l.reason,
+                        "locked_at": super::views::ts(l.locked_at) }),
+            ),
+            EngineError::EnvironmentFrozen(w) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "environment": w.environment, "freeze_window": format!("frz_{:05}", w.id),
+                        "reason": w.reason, "ends_at": super::views::ts(w.ends_at) }),
+            ),
+            EngineError::FreezeWindowNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                json!({ "freeze_window": format!("frz_{id:05}") }),
+            ),
             EngineError::SecretNotFound { name, .. } => {
                 (StatusCode::NOT_FOUND, json!({ "secret": name }))
             }

@@ -161,6 +161,16 @@ pub fn router(state: AppState) -> Router {
         .route("/environments", get(environments::list))
         .route("/environments/{name}", get(environments::get))
         .route("/environments/{name}/status", get(environments::status))
+        .route("/environments/{name}/lock", post(environments::lock))
+        .route("/environments/{name}/unlock", post(environments::unlock))
+        .route(
+            "/environments/{name}/freeze-windows",
+            get(environments::freeze_windows).post(environments::add_freeze_window),
+        )
+        .route(
+            "/environments/{name}/freeze-windows/{window}",
+            axum::routing::delete(environments::delete_freeze_window),
+        )
         .route("/metrics", get(system::metrics))
         .route("/users", get(users::list).post(users::create))
         .route(

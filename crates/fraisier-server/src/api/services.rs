@@ -383,7 +383,7 @@ async fn result_of(engine: &Engine, run: &Run) -> Result<DeployResult, ApiError>
     request_body = DeploySpec,
     responses((status = 201, body = DeployResult, headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))), (status = 202, body = deployments::Created, description = "with wait=false, or when the run waits for approval", headers(("Location" = String, description = "the run")), links(("GetRun" = (operation_id = "get_deployment", parameters(("deployment_id" = "$response.body#/id")))), ("RunEvents" = (operation_id = "get_deployment_events", parameters(("deployment_id" = "$response.body#/id")))))),
               (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
-              (status = 500, body = super::error::ErrorBody, description = "the deployment failed; details.result holds the steps")))]
+              (status = 500, body = super::error::ErrorBody, description = "the deployment failed; details.result holds the steps"), (status = 422, body = super::error::ErrorBody, description = "ENVIRONMENT_LOCKED or ENVIRONMENT_FROZEN")))]
 pub async fn create(
     State(state): State<AppState>,
     who: Caller,
@@ -698,7 +698,7 @@ pub async fn health(
     params(("name" = String, Path, description = "fraise or fraise@environment")),
     request_body = Option<RollbackSpec>,
     responses((status = 200, body = RollbackDone), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
-              (status = 409, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody)))]
+              (status = 409, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody, description = "ENVIRONMENT_LOCKED or ENVIRONMENT_FROZEN")))]
 pub async fn rollback(
     State(state): State<AppState>,
     who: Caller,

@@ -136,7 +136,7 @@ pub async fn secrets(
     responses((status = 202, body = VariablesUpdated, headers(("Location" = String, description = "the config run")), description = "changed; a config run releases it"),
               (status = 200, body = VariablesUpdated, description = "nothing to release now (no change, or never deployed there)"),
               (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
-              (status = 409, body = super::error::ErrorBody, description = "a run is active there, the name is a plain variable, or the ref is ambiguous")))]
+              (status = 409, body = super::error::ErrorBody, description = "a run is active there, the name is a plain variable, or the ref is ambiguous"), (status = 422, body = super::error::ErrorBody, description = "ENVIRONMENT_LOCKED or ENVIRONMENT_FROZEN")))]
 pub async fn set_secrets(
     State(state): State<AppState>,
     who: Caller,
@@ -183,7 +183,7 @@ pub async fn env(
     responses((status = 202, body = VariablesUpdated, headers(("Location" = String, description = "the config run")), description = "changed; a config run releases it"),
               (status = 200, body = VariablesUpdated, description = "nothing to release now (no change, or never deployed there)"),
               (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
-              (status = 409, body = super::error::ErrorBody, description = "a run is active there, the name is a secret, or the ref is ambiguous")))]
+              (status = 409, body = super::error::ErrorBody, description = "a run is active there, the name is a secret, or the ref is ambiguous"), (status = 422, body = super::error::ErrorBody, description = "ENVIRONMENT_LOCKED or ENVIRONMENT_FROZEN")))]
 pub async fn set_env(
     State(state): State<AppState>,
     who: Caller,

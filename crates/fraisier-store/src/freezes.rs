@@ -1,0 +1,216 @@
+//! What keeps deploys out of an environment for a while: a lock someone holds (until they
+//! unlock it) and freeze windows (from a start to an end, with the users still let in).
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::sql::{json, json_text, millis, now, ts};
+use crate::turns::Priority;
+use crate::{Result, Store};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvironmentLock {
+    pub environment: String,
+    pub locked_by: String,
+    pub reason: Option<String>,
+    pub locked_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FreezeWindow {
+    pub id: i64,
+    pub environment: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub reason: Option<String>,
+    /// Users who may still deploy while it is active.
+    pub exceptions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+impl FreezeWindow {
+    pub fn active_at(&self, t: DateTime<Utc>) -> bool {
+        self.starts_at <= t && t < self.ends_at
+    }
+}
+
+/// A window to record.
+#[derive(Clone, Debug)]
+pub struct NewFreezeWindow {
+    pub tenant_id: String,
+    pub environment: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub exceptions: Vec<String>,
+    pub created_by: String,
+}
+
+const WINDOW_COLUMNS: &str =
+    "id, environment, starts_at, ends_at, reason, exceptions, created_at, created_by";
+
+// === impl Store ===
+
+impl Store {
+    /// Locks an environment; `Err(existing)` when someone already holds its lock.
+    pub async fn lock_environment(
+        &self,
+        tenant: &str,
+        environment: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<std::result::Result<EnvironmentLock, EnvironmentLock>> {
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        if let Some(row) = sqlx::query(
+            "SELECT environment, locked_by, reason, locked_at FROM environment_locks \
+             WHERE tenant_id = $1 AND environment = $2",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            return Ok(Err(lock_from_row(&row)?));
+        }
+        sqlx::query(
+            "INSERT INTO environment_locks (tenant_id, environment, locked_by, reason, locked_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .bind(by)
+        .bind(reason)
+        .bind(millis(now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(self
+            .environment_lock(tenant, environment)
+            .await?
+            .expect("just written")))
+    }
+
+    /// Removes an environment's lock; the lock it had, if any.
+    pub async fn unlock_environment(
+        &self,
+        tenant: &str,
+        environment: &str,
+    ) -> Result<Option<EnvironmentLock>> {
+        let held = self.environment_lock(tenant, environment).await?;
+        let turn = self.turn(Priority::Interactive).await;
+        let done =
+            sqlx::query("DELETE FROM environment_locks WHERE tenant_id = $1 AND environment = $2")
+                .bind(tenant)
+                .bind(environment)
+                .execute(&self.writer)
+                .await;
+        drop(turn);
+        done?;
+        Ok(held)
+    }
+
+    pub async fn environment_lock(
+        &self,
+        tenant: &str,
+        environment: &str,
+    ) -> Result<Option<EnvironmentLock>> {
+        sqlx::query(
+            "SELECT environment, locked_by, reason, locked_at FROM environment_locks \
+             WHERE tenant_id = $1 AND environment = $2",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| lock_from_row(&r))
+        .transpose()
+    }
+
+    pub async fn add_freeze_window(&self, w: &NewFreezeWindow) -> Result<FreezeWindow> {
+        let turn = self.turn(Priority::Interactive).await;
+        let row = sqlx::query(&format!(
+            "INSERT INTO freeze_windows (tenant_id, environment, starts_at, ends_at, reason, exceptions, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {WINDOW_COLUMNS}"
+        ))
+        .bind(&w.tenant_id)
+        .bind(&w.environment)
+        .bind(millis(w.starts_at))
+        .bind(millis(w.ends_at))
+        .bind(&w.reason)
+        .bind(json_text(&w.exceptions))
+        .bind(millis(now()))
+        .bind(&w.created_by)
+        .fetch_one(&self.writer)
+        .await;
+        drop(turn);
+        window_from_row(&row?)
+    }
+
+    /// An environment's windows not over yet, by start; with `active_at`, only those active
+    /// then.
+    pub async fn freeze_windows(
+        &self,
+        tenant: &str,
+        environment: &str,
+        active_at: Option<DateTime<Utc>>,
+    ) -> Result<Vec<FreezeWindow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WINDOW_COLUMNS} FROM freeze_windows \
+             WHERE tenant_id = $1 AND environment = $2 AND ends_at > $3 ORDER BY starts_at, id"
+        ))
+        .bind(tenant)
+        .bind(environment)
+        .bind(millis(now()))
+        .fetch_all(&self.pool)
+        .await?;
+        let all: Vec<FreezeWindow> = rows.iter().map(window_from_row).collect::<Result<_>>()?;
+        Ok(match active_at {
+            Some(t) => all.into_iter().filter(|w| w.active_at(t)).collect(),
+            None => all,
+        })
+    }
+
+    /// Removes a window; whether it was there.
+    pub async fn delete_freeze_window(
+        &self,
+        tenant: &str,
+        environment: &str,
+        id: i64,
+    ) -> Result<bool> {
+        let turn = self.turn(Priority::Interactive).await;
+        let done = sqlx::query(
+            "DELETE FROM freeze_windows WHERE tenant_id = $1 AND environment = $2 AND id = $3",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .bind(id)
+        .execute(&self.writer)
+        .await;
+        drop(turn);
+        Ok(done?.rows_affected() > 0)
+    }
+}
+
+fn lock_from_row(row: &AnyRow) -> Result<EnvironmentLock> {
+    Ok(EnvironmentLock {
+        environment: row.try_get("environment")?,
+        locked_by: row.try_get("locked_by")?,
+        reason: row.try_get("reason")?,
+        locked_at: ts(row, "locked_at")?,
+    })
+}
+
+fn window_from_row(row: &AnyRow) -> Result<FreezeWindow> {
+    Ok(FreezeWindow {
+        id: row.try_get("id")?,
+        environment: row.try_get("environment")?,
+        starts_at: ts(row, "starts_at")?,
+        ends_at: ts(row, "ends_at")?,
+        reason: row.try_get("reason")?,
+        exceptions: json(row, "exceptions")?,
+        created_at: ts(row, "created_at")?,
+        created_by: row.try_get("created_by")?,
+    })
+}

@@ -1,0 +1,287 @@
+//! Locks and freeze windows against the real binary: a locked environment refuses deploys,
+//! rollbacks and variable changes, naming who locked it and why, until it is unlocked; a freeze
+//! window refuses them while it is in force, except to the users it names; bad windows change
+//! nothing — from the API and the CLI.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::*;
+use serde_json::{json, Value};
+
+async fn as_user(s: &Server, token: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = s
+        .http
+        .post(format!("{}{path}", s.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn cli(s: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(fraisier_bin())
+        .args(["--server", &s.url])
+        .args(args)
+        .env("FRAISIER_TOKEN", &s.token)
+        .env_remove("FRAISIER_CONFIG")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+#[tokio::test]
+async fn locks_and_freeze_windows_keep_changes_out_except_for_whom_they_name() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    ws.release("2.0.0", &[]);
+    let s = Server::start(&ws, &config_yaml(&ws, free_port(), 1, "rolling", "")).await;
+    let id = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+
+    // Locked: every change is refused, naming who and why; a second lock is a conflict.
+    let (status, v) = s
+        .post(
+            "/environments/production/lock",
+            json!({"reason": "database maintenance"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["locked"].clone(), v["locked_by"].as_str()),
+        (200, json!(true), Some("admin")),
+        "{v}"
+    );
+    let (status, v) = s.post("/environments/production/lock", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("ENVIRONMENT_LOCKED")),
+        "{v}"
+    );
+    for (path, body) in [
+        ("/deployments/app/production", json!({"version": "2.0.0"})),
+        ("/deployments/app/production/rollback", json!({})),
+    ] {
+        let (status, v) = s.post(path, body).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (422, Some("ENVIRONMENT_LOCKED")),
+            "{path}: {v}"
+        );
+        assert_eq!(v["error"]["details"]["locked_by"], "admin", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("database maintenance"),
+            "{v}"
+        );
+    }
+    let r = s
+        .http
+        .put(format!("{}/deployments/app@production/env", s.url))
+        .bearer_auth(&s.token)
+        .json(&json!({"GREETING": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        422,
+        "a variable change is a change too"
+    );
+    let (_, v) = s.get("/environments/production").await;
+    assert_eq!(v["lock"]["reason"], "database maintenance", "{v}");
+    // Other environments are not concerned.
+    let id = s
+        .deploy("app", "staging", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let (status, v) = s.post("/environments/production/unlock", json!({})).await;
+    assert_eq!((status, v["locked"].clone()), (200, json!(false)), "{v}");
+
+    // A freeze window in force: refused, naming the window and its end, except to `releaser`.
+    let releaser = {
+        let (status, v) = s
+            .post(
+                "/users",
+                json!({"username": "releaser", "password": "releaser-password", "roles": ["release_manager"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        let (_, v) = s
+            .post(
+                "/auth/token",
+                json!({"username": "releaser", "password": "releaser-password"}),
+            )
+            .await;
+        v["access_token"].as_str().unwrap().to_string()
+    };
+    let start = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let end = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, w) = s
+        .post(
+            "/environments/production/freeze-windows",
+            json!({"start": start, "end": end, "reason": "launch week", "exceptions": ["releaser"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{w}");
+    assert_eq!(
+        (
+            w["id"].as_str(),
+            w["active"].clone(),
+            w["created_by"].as_str()
+        ),
+        (Some("frz_00001"), json!(true), Some("admin")),
+        "{w}"
+    );
+    let (status, v) = s
+        .post("/deployments/app/production", json!({"version": "2.0.0"}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("ENVIRONMENT_FROZEN")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["details"]["freeze_window"], "frz_00001", "{v}");
+    assert!(v["error"]["details"]["ends_at"].is_string(), "{v}");
+    let (status, v) = as_user(
+        &s,
+        &releaser,
+        "/deployments/app/production",
+        json!({"version": "2.0.0"}),
+    )
+    .await;
+    assert_eq!(status, 202, "the exception deploys: {v}");
+    assert_eq!(
+        s.wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+            .await["status"],
+        "success"
+    );
+
+    // A window to come is listed, not active.
+    let later = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let after = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let (status, _) = s
+        .post(
+            "/environments/production/freeze-windows",
+            json!({"startTime": later, "end": after}),
+        )
+        .await;
+    assert_eq!(status, 400, "an unknown field is refused, camelCase or not");
+    let (status, _) = s
+        .post(
+            "/environments/production/freeze-windows",
+            json!({"start": later, "end": after}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, v) = s.get("/environments/production/freeze-windows").await;
+    assert_eq!(v["freeze_windows"].as_array().unwrap().len(), 2, "{v}");
+    let (_, v) = s
+        .get("/environments/production/freeze-windows?active=true")
+        .await;
+    assert_eq!(v["freeze_windows"].as_array().unwrap().len(), 1, "{v}");
+
+    // Bad windows name their field and change nothing.
+    let past = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    for (body, field) in [
+        (json!({"start": end, "end": start}), "end"),
+        (json!({"start": past, "end": past}), "end"),
+        (json!({"start": "tomorrow", "end": end}), "start"),
+        (
+            json!({"start": start, "end": end, "exceptions": [""]}),
+            "exceptions[0]",
+        ),
+    ] {
+        let (status, v) = s
+            .post("/environments/production/freeze-windows", body.clone())
+            .await;
+        assert_eq!(
+            (status, v["error"]["details"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let (status, v) = s
+        .post(
+            "/environments/nowhere/freeze-windows",
+            json!({"start": start, "end": end}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("ENVIRONMENT_NOT_FOUND"))
+    );
+    let (_, v) = s.get("/environments/production/freeze-windows").await;
+    assert_eq!(v["freeze_windows"].as_array().unwrap().len(), 2, "{v}");
+
+    // Removed, the environment takes deploys again.
+    for window in ["frz_00009", "bogus"] {
+        let (status, v) = s
+            .delete(&format!("/environments/production/freeze-windows/{window}"))
+            .await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (404, Some("FREEZE_WINDOW_NOT_FOUND")),
+            "{v}"
+        );
+    }
+    let (status, v) = s
+        .delete("/environments/production/freeze-windows/frz_00001")
+        .await;
+    assert_eq!((status, v), (200, json!({"deleted": true})));
+    let id = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+
+    // The CLI, beside the routes.
+    let text = cli(
+        &s,
+        &["environment", "lock", "production", "--reason", "audit"],
+    );
+    assert!(text.contains("production locked by admin"), "{text}");
+    let text = cli(&s, &["environment", "unlock", "production"]);
+    assert!(text.contains("production unlocked"), "{text}");
+    let text = cli(
+        &s,
+        &[
+            "environment",
+            "freeze",
+            "staging",
+            "--until",
+            "2h",
+            "--reason",
+            "demo",
+            "--except",
+            "releaser",
+        ],
+    );
+    assert!(
+        text.contains("frz_00003") && text.contains("releaser"),
+        "{text}"
+    );
+    let text = cli(&s, &["environment", "freezes", "staging", "--active"]);
+    assert!(text.contains("frz_00003") && text.contains("yes"), "{text}");
+    cli(&s, &["environment", "unfreeze", "staging", "frz_00003"]);
+    let text = cli(&s, &["environment", "freezes", "staging"]);
+    assert!(!text.contains("frz_00003"), "{text}");
+}
