@@ -73,6 +73,11 @@ pub enum EngineError {
     EnvironmentFrozen(Box<fraisier_store::FreezeWindow>),
     #[error("no freeze window frz_{0:05}")]
     FreezeWindowNotFound(i64),
+    #[error("{environment} accepts changes only inside its change windows{}", .next.map(|n| format!("; the next opens at {}", n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))).unwrap_or_default())]
+    OutsideChangeWindow {
+        environment: String,
+        next: Option<chrono::DateTime<chrono::Utc>>,
+    },
     #[error("no secret {name} is stored in workspace {workspace}: store it with `fraisier secret workspace set {name}` (or PUT /secrets/{name})")]
     SecretNotFound { workspace: String, name: String },
     #[error("no scanner is configured: set server.artifact_scanner in fraisier.yaml (a command that prints its findings as JSON)")]
@@ -130,6 +135,7 @@ impl EngineError {
             }
             EngineError::EnvironmentFrozen(_) => "ENVIRONMENT_FROZEN",
             EngineError::FreezeWindowNotFound(_) => "FREEZE_WINDOW_NOT_FOUND",
+            EngineError::OutsideChangeWindow { .. } => "OUTSIDE_CHANGE_WINDOW",
             EngineError::SecretNotFound { .. } => "SECRET_NOT_FOUND",
             EngineError::ScannerNotConfigured => "SCANNER_NOT_CONFIGURED",
             EngineError::ScanFailed(_) => "SCAN_FAILED",

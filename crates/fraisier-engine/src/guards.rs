@@ -1,5 +1,6 @@
-//! What keeps changes out of an environment for a while: a lock someone takes (and lifts), and
-//! freeze windows (seed 004) with the users they still let in. Every deploy, rollback and
+//! What keeps changes out of an environment for a while: a lock someone takes (and lifts),
+//! freeze windows (seed 004) with the users they still let in, and change windows (seed 003's
+//! `changeWindow`: the recurring times it accepts changes at all). Every deploy, rollback and
 //! change of variables asks here first; a run already going is never stopped by them.
 
 use chrono::{DateTime, Utc};
@@ -43,7 +44,7 @@ impl Engine {
         {
             return Err(EngineError::EnvironmentFrozen(Box::new(w)));
         }
-        Ok(())
+        self.check_change_window(tenant, environment, who, Utc::now())
     }
 
     fn known_environment(&self, tenant: &str, environment: &str) -> Result<(), EngineError> {
@@ -161,5 +162,38 @@ impl Engine {
         } else {
             Err(EngineError::FreezeWindowNotFound(id))
         }
+    }
+}
+
+impl Engine {
+    /// Refuses a change outside an environment's change windows, when it has some, unless
+    /// `who` is among its exceptions.
+    pub(crate) fn check_change_window(
+        &self,
+        tenant: &str,
+        environment: &str,
+        who: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let Some(e) = self.config().scope(tenant).environments.get(environment) else {
+            return Ok(());
+        };
+        if e.change_windows.is_empty() || e.change_window_exceptions.iter().any(|x| x == who) {
+            return Ok(());
+        }
+        let mut next: Option<DateTime<Utc>> = None;
+        for w in &e.change_windows {
+            // Checked at load: a window that no longer parses lets nothing in.
+            if let Ok(Some(_)) = w.open_at(now) {
+                return Ok(());
+            }
+            if let Ok(Some(n)) = w.next_opening(now) {
+                next = Some(next.map_or(n, |m| m.min(n)));
+            }
+        }
+        Err(EngineError::OutsideChangeWindow {
+            environment: environment.to_string(),
+            next,
+        })
     }
 }

@@ -606,6 +606,76 @@ pub struct EnvironmentConfig {
     /// Told of every run here.
     #[serde(default, skip_serializing)]
     pub notifications: Vec<NotificationConfig>,
+    /// Seed 003's `changeWindow`: when set, changes are accepted here only inside one of these
+    /// recurring windows (outside, 422 `OUTSIDE_CHANGE_WINDOW`).
+    #[serde(default)]
+    pub change_windows: Vec<ChangeWindow>,
+    /// Users who may change things here outside the change windows (an on-call engineer).
+    #[serde(default)]
+    pub change_window_exceptions: Vec<String>,
+}
+
+/// One opening of a change window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opening {
+    pub opened: chrono::DateTime<chrono::Utc>,
+    pub closes: chrono::DateTime<chrono::Utc>,
+}
+
+/// A recurring window in which an environment accepts changes: it opens at each time the cron
+/// expression names (in `timezone`) and stays open for `duration`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeWindow {
+    /// When it opens: five fields, e.g. `0 9 * * 1-5` (weekdays at 09:00).
+    pub cron: String,
+    /// How long it stays open, e.g. `8h`.
+    pub duration: Millis,
+    /// An IANA zone (`Europe/Paris`) or a fixed offset (`+02:00`); default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+impl ChangeWindow {
+    /// The opening in force at `t`, if the window is open then.
+    pub fn open_at(&self, t: chrono::DateTime<chrono::Utc>) -> Result<Option<Opening>, String> {
+        let (cron, zone) = self.parsed()?;
+        let length = chrono::Duration::milliseconds(self.duration.0 as i64);
+        // The latest opening in (t - length, t] is the one in force; openings may overlap.
+        let mut latest = None;
+        let mut from = t - length;
+        for _ in 0..20_000 {
+            match cron.next_after(from, &zone) {
+                Some(o) if o <= t => {
+                    latest = Some(o);
+                    from = o;
+                }
+                _ => break,
+            }
+        }
+        Ok(latest.map(|opened| Opening {
+            opened,
+            closes: opened + length,
+        }))
+    }
+
+    /// When it next opens after `t`.
+    pub fn next_opening(
+        &self,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        let (cron, zone) = self.parsed()?;
+        Ok(cron.next_after(t, &zone))
+    }
+
+    fn parsed(&self) -> Result<(crate::cron::CronSchedule, crate::cron::ScheduleZone), String> {
+        let cron = crate::cron::CronSchedule::parse(&self.cron)?;
+        let zone = crate::cron::ScheduleZone::parse(
+            self.timezone.as_deref().unwrap_or("UTC"),
+            &crate::cron::zoneinfo_dir(),
+        )?;
+        Ok((cron, zone))
+    }
 }
 
 /// The most approvals an environment may require.
@@ -1015,6 +1085,8 @@ impl Default for EnvironmentConfig {
             require_sod: true,
             approval_timeout: default_approval_timeout(),
             notifications: Vec::new(),
+            change_windows: Vec::new(),
+            change_window_exceptions: Vec::new(),
         }
     }
 }
@@ -1241,6 +1313,33 @@ fn validate_workspace(
             bad(
                 format!("{prefix}environments.{name}.approval_timeout"),
                 "must be between 1s and 30 days".into(),
+            );
+        }
+        for (i, w) in e.change_windows.iter().enumerate() {
+            let at = format!("{prefix}environments.{name}.change_windows[{i}]");
+            if let Err(e) = crate::cron::CronSchedule::parse(&w.cron) {
+                bad(
+                    format!("{at}.cron"),
+                    format!("invalid cron expression {:?}: {e}", w.cron),
+                );
+            }
+            if let Some(zone) = &w.timezone {
+                if let Err(e) = crate::cron::ScheduleZone::parse(zone, &crate::cron::zoneinfo_dir())
+                {
+                    bad(format!("{at}.timezone"), e);
+                }
+            }
+            if w.duration.0 < 60_000 || w.duration.0 > 7 * 24 * 3_600_000 {
+                bad(
+                    format!("{at}.duration"),
+                    "must be between 1m and 7 days".into(),
+                );
+            }
+        }
+        if !e.change_window_exceptions.is_empty() && e.change_windows.is_empty() {
+            bad(
+                format!("{prefix}environments.{name}.change_window_exceptions"),
+                "exceptions to change windows need change_windows".into(),
             );
         }
     }
@@ -1808,5 +1907,75 @@ fraises:
       production: { port: 18080 }
 "#
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod change_window_tests {
+    use super::ChangeWindow;
+    use crate::duration::Millis;
+    use chrono::{DateTime, Utc};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn window(cron: &str, duration: &str, tz: Option<&str>) -> ChangeWindow {
+        ChangeWindow {
+            cron: cron.into(),
+            duration: Millis::parse(duration).unwrap(),
+            timezone: tz.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn weekday_office_hours_open_and_close() {
+        // 2026-11-30 is a Monday.
+        let w = window("0 9 * * 1-5", "8h", None);
+        assert_eq!(
+            w.open_at(at("2026-11-30T10:00:00Z")).unwrap(),
+            Some(super::Opening {
+                opened: at("2026-11-30T09:00:00Z"),
+                closes: at("2026-11-30T17:00:00Z")
+            })
+        );
+        assert_eq!(
+            w.open_at(at("2026-11-30T09:00:00Z"))
+                .unwrap()
+                .map(|o| o.opened),
+            Some(at("2026-11-30T09:00:00Z"))
+        );
+        assert_eq!(
+            w.open_at(at("2026-11-30T17:00:00Z")).unwrap(),
+            None,
+            "closed at its end"
+        );
+        assert_eq!(w.open_at(at("2026-11-30T08:59:59Z")).unwrap(), None);
+        assert_eq!(
+            w.next_opening(at("2026-11-30T18:00:00Z")).unwrap(),
+            Some(at("2026-12-01T09:00:00Z"))
+        );
+        // Saturday: closed until Monday.
+        assert_eq!(w.open_at(at("2026-12-05T10:00:00Z")).unwrap(), None);
+        assert_eq!(
+            w.next_opening(at("2026-12-05T10:00:00Z")).unwrap(),
+            Some(at("2026-12-07T09:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn overlapping_openings_and_zones() {
+        // Every 30 minutes for an hour: the latest opening is the one in force.
+        let w = window("*/30 * * * *", "1h", None);
+        assert_eq!(
+            w.open_at(at("2026-11-30T10:45:00Z"))
+                .unwrap()
+                .map(|o| o.opened),
+            Some(at("2026-11-30T10:30:00Z"))
+        );
+        // 09:00 at +02:00 is 07:00 UTC.
+        let w = window("0 9 * * *", "1h", Some("+02:00"));
+        assert!(w.open_at(at("2026-11-30T07:30:00Z")).unwrap().is_some());
+        assert!(w.open_at(at("2026-11-30T09:30:00Z")).unwrap().is_none());
     }
 }

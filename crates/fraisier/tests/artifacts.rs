@@ -878,37 +878,30 @@ async fn the_registry_takes_forms_updates_artifacts_and_promotes_versions() {
     assert_eq!(v["pagination"]["total"], 2, "{v:#}");
 
     // The same from the CLI.
-    let cli = |args: &[&str]| {
-        let out = Command::new(fraisier_bin())
-            .args(["--server", &s.url])
-            .args(args)
-            .env("FRAISIER_TOKEN", &s.token)
-            .env_remove("FRAISIER_CONFIG")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{args:?}: {text}");
-        text
-    };
-    let text = cli(&[
-        "artifact",
-        "update",
-        "app",
-        "--description",
-        "Shop API",
-        "--tag",
-        "cli",
-    ]);
+    let text = cli(
+        &s,
+        &[
+            "artifact",
+            "update",
+            "app",
+            "--description",
+            "Shop API",
+            "--tag",
+            "cli",
+        ],
+    );
     assert!(text.contains("app: Shop API [cli]"), "{text}");
-    let text = cli(&[
-        "artifact",
-        "promote",
-        "app",
-        "--to",
-        "staging",
-        "--release-version",
-        "2.2.0",
-    ]);
+    let text = cli(
+        &s,
+        &[
+            "artifact",
+            "promote",
+            "app",
+            "--to",
+            "staging",
+            "--release-version",
+            "2.2.0",
+        ],
+    );
     assert!(text.contains("app 2.2.0 → staging: dep_"), "{text}");
 }

@@ -613,16 +613,8 @@ fn a_token_written_in_the_config_is_refused() {
     let repo = ws.path().join("repo");
     let yaml = git_yaml(&ws, &repo, free_port())
         .replace("branch: main }", "branch: main, token: ghp_plaintext }");
-    std::fs::write(ws.config_path(), &yaml).unwrap();
-    let out = Command::new(fraisier_bin())
-        .arg("--config")
-        .arg(ws.config_path())
-        .arg("validate")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = validate(&ws, &yaml);
+    assert!(!ok, "{text}");
     assert!(text.contains("fraises.app.source.git.token"), "{text}");
     assert!(text.contains("${secret:NAME}"), "{text}");
     assert!(!text.contains("ghp_plaintext"), "{text}");

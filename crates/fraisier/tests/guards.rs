@@ -23,20 +23,6 @@ async fn as_user(s: &Server, token: &str, path: &str, body: Value) -> (u16, Valu
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-fn cli(s: &Server, args: &[&str]) -> String {
-    let out = std::process::Command::new(fraisier_bin())
-        .args(["--server", &s.url])
-        .args(args)
-        .env("FRAISIER_TOKEN", &s.token)
-        .env_remove("FRAISIER_CONFIG")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?}: {text}");
-    text
-}
-
 #[tokio::test]
 async fn locks_and_freeze_windows_keep_changes_out_except_for_whom_they_name() {
     let ws = Workspace::new();
@@ -115,22 +101,7 @@ async fn locks_and_freeze_windows_keep_changes_out_except_for_whom_they_name() {
     assert_eq!((status, v["locked"].clone()), (200, json!(false)), "{v}");
 
     // A freeze window in force: refused, naming the window and its end, except to `releaser`.
-    let releaser = {
-        let (status, v) = s
-            .post(
-                "/users",
-                json!({"username": "releaser", "password": "releaser-password", "roles": ["release_manager"]}),
-            )
-            .await;
-        assert_eq!(status, 201, "{v}");
-        let (_, v) = s
-            .post(
-                "/auth/token",
-                json!({"username": "releaser", "password": "releaser-password"}),
-            )
-            .await;
-        v["access_token"].as_str().unwrap().to_string()
-    };
+    let releaser = user_token(&s, "releaser", &["release_manager"]).await;
     let start = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
     let end = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (status, w) = s
@@ -284,4 +255,69 @@ async fn locks_and_freeze_windows_keep_changes_out_except_for_whom_they_name() {
     cli(&s, &["environment", "unfreeze", "staging", "frz_00003"]);
     let text = cli(&s, &["environment", "freezes", "staging"]);
     assert!(!text.contains("frz_00003"), "{text}");
+}
+
+#[tokio::test]
+async fn change_windows_let_changes_in_only_when_open_except_for_whom_they_name() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "")
+        .replace(
+            "  production: { display_name: Production, description: Live environment, provider: local }",
+            "  production: { provider: local, change_windows: [ { cron: \"0 0 1 1 *\", duration: 1m, timezone: UTC } ], change_window_exceptions: [releaser] }",
+        )
+        .replace(
+            "  staging: { display_name: Staging, provider: local }",
+            "  staging: { provider: local, change_windows: [ { cron: \"* * * * *\", duration: 1h } ] }",
+        );
+    assert!(yaml.contains("0 0 1 1 *"), "{yaml}");
+    let s = Server::start(&ws, &yaml).await;
+
+    // Production opens on New Year's midnight only: refused now, saying when it opens.
+    let (status, v) = s
+        .post("/deployments/app/production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("OUTSIDE_CHANGE_WINDOW")),
+        "{v}"
+    );
+    let next = v["error"]["details"]["next_window_at"].as_str().unwrap();
+    assert!(
+        next.ends_with("-01-01T00:00:00.000Z") || next.ends_with("-01-01T00:00:00Z"),
+        "{v}"
+    );
+    // Staging is always open.
+    let id = s
+        .deploy("app", "staging", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    // The named exception changes production at any time.
+    let token = user_token(&s, "releaser", &["release_manager"]).await;
+    let (status, v) = as_user(
+        &s,
+        &token,
+        "/deployments/app/production",
+        json!({"version": "1.0.0"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+
+    // A window that cannot be read is refused at load, with its key.
+    let bad = config_yaml(&ws, free_port(), 1, "rolling", "").replace(
+        "  staging: { display_name: Staging, provider: local }",
+        "  staging: { provider: local, change_windows: [ { cron: \"61 * * * *\", duration: 10s, timezone: Mars/Olympus } ] }",
+    );
+    let (ok, text) = validate(&ws, &bad);
+    assert!(!ok, "{text}");
+    for key in [
+        "environments.staging.change_windows[0].cron",
+        "environments.staging.change_windows[0].duration",
+        "environments.staging.change_windows[0].timezone",
+    ] {
+        assert!(text.contains(key), "{key}: {text}");
+    }
 }

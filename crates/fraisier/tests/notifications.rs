@@ -408,16 +408,8 @@ fn email_is_refused_at_load_without_a_server_or_with_bad_addresses() {
     ws.release("1.0.0", &[]);
     let yaml = config_yaml(&ws, free_port(), 1, "rolling", "")
         + "notifications:\n  - { type: email, to: [\"not an address\"], url: \"https://x.example\" }\n";
-    std::fs::write(ws.config_path(), &yaml).unwrap();
-    let out = std::process::Command::new(fraisier_bin())
-        .arg("--config")
-        .arg(ws.config_path())
-        .arg("validate")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = validate(&ws, &yaml);
+    assert!(!ok, "{text}");
     for key in [
         "notifications[0].type",
         "notifications[0].to[0]",
@@ -427,14 +419,6 @@ fn email_is_refused_at_load_without_a_server_or_with_bad_addresses() {
     }
     let yaml = config_yaml(&ws, free_port(), 1, "rolling", "")
         + "smtp: { host: mail.example.com, tls: none, username: u, password: p, from: fraisier@example.com }\n";
-    std::fs::write(ws.config_path(), &yaml).unwrap();
-    let out = std::process::Command::new(fraisier_bin())
-        .arg("--config")
-        .arg(ws.config_path())
-        .arg("validate")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && text.contains("smtp.tls"), "{text}");
+    let (ok, text) = validate(&ws, &yaml);
+    assert!(!ok && text.contains("smtp.tls"), "{text}");
 }

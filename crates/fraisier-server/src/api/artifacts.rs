@@ -248,7 +248,7 @@ fn version_push(
     check_text("description", &description, 2000)?;
     let tags: Vec<String> =
         q.0.iter()
-            .filter(|(k, v)| k == "tag" && !v.is_empty())
+            .filter(|(k, _)| k == "tag")
             .map(|(_, v)| v.clone())
             .collect();
     check_tags("tag", &tags)?;

@@ -239,6 +239,10 @@ impl From<EngineError> for ApiError {
                 json!({ "environment": w.environment, "freeze_window": format!("frz_{:05}", w.id),
                         "reason": w.reason, "ends_at": super::views::ts(w.ends_at) }),
             ),
+            EngineError::OutsideChangeWindow { environment, next } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "environment": environment, "next_window_at": next.map(super::views::ts) }),
+            ),
             EngineError::FreezeWindowNotFound(id) => (
                 StatusCode::NOT_FOUND,
                 json!({ "freeze_window": format!("frz_{id:05}") }),

@@ -535,3 +535,53 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
         .collect()
 }
+
+/// `fraisier validate` of `yaml` written as the workspace's config: whether it passed, and what
+/// it printed (stdout and stderr).
+pub fn validate(ws: &Workspace, yaml: &str) -> (bool, String) {
+    std::fs::write(ws.config_path(), yaml).unwrap();
+    let out = Command::new(fraisier_bin())
+        .arg("--config")
+        .arg(ws.config_path())
+        .arg("validate")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The CLI against a server as its admin; what it printed. Fails the test if it fails.
+pub fn cli(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(fraisier_bin())
+        .args(["--server", &s.url])
+        .args(args)
+        .env("FRAISIER_TOKEN", &s.token)
+        .env_remove("FRAISIER_CONFIG")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+/// Adds a user with `roles` (password `<name>-password`); their access token.
+pub async fn user_token(s: &Server, username: &str, roles: &[&str]) -> String {
+    let password = format!("{username}-password");
+    let (status, v) = s
+        .post(
+            "/users",
+            serde_json::json!({"username": username, "password": password, "roles": roles}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = s
+        .post(
+            "/auth/token",
+            serde_json::json!({"username": username, "password": password}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
+}
