@@ -78,6 +78,13 @@ pub enum EngineError {
         environment: String,
         next: Option<chrono::DateTime<chrono::Utc>>,
     },
+    #[error("{environment} may run {max_instances} instances: this deploy asks for {requested} beside the {in_use} of its other fraises (raise it with PUT /environments/{environment}/limits)")]
+    LimitExceeded {
+        environment: String,
+        max_instances: u64,
+        requested: u64,
+        in_use: u64,
+    },
     #[error("no secret {name} is stored in workspace {workspace}: store it with `fraisier secret workspace set {name}` (or PUT /secrets/{name})")]
     SecretNotFound { workspace: String, name: String },
     #[error("no scanner is configured: set server.artifact_scanner in fraisier.yaml (a command that prints its findings as JSON)")]
@@ -136,6 +143,7 @@ impl EngineError {
             EngineError::EnvironmentFrozen(_) => "ENVIRONMENT_FROZEN",
             EngineError::FreezeWindowNotFound(_) => "FREEZE_WINDOW_NOT_FOUND",
             EngineError::OutsideChangeWindow { .. } => "OUTSIDE_CHANGE_WINDOW",
+            EngineError::LimitExceeded { .. } => "ENVIRONMENT_LIMIT_EXCEEDED",
             EngineError::SecretNotFound { .. } => "SECRET_NOT_FOUND",
             EngineError::ScannerNotConfigured => "SCANNER_NOT_CONFIGURED",
             EngineError::ScanFailed(_) => "SCAN_FAILED",

@@ -197,3 +197,112 @@ impl Engine {
         })
     }
 }
+
+/// An environment's limits and what it runs now.
+#[derive(Clone, Debug)]
+pub struct LimitsView {
+    pub limits: fraisier_store::EnvironmentLimits,
+    /// Instances of the fraises deployed there, as configured.
+    pub instances_in_use: u64,
+}
+
+impl Engine {
+    /// Instances of the fraises deployed in an environment (those with a current version), as
+    /// their configuration gives them; `except` is left out (the one about to be deployed).
+    async fn instances_in_use(
+        &self,
+        tenant: &str,
+        environment: &str,
+        except: Option<&str>,
+    ) -> Result<u64, EngineError> {
+        let ws = self.config().scope(tenant);
+        Ok(self
+            .store()
+            .services(tenant)
+            .await?
+            .iter()
+            .filter(|s| s.environment == environment && s.current_version.is_some())
+            .filter(|s| except != Some(s.fraise.as_str()))
+            .filter_map(|s| ws.fraises.get(&s.fraise))
+            // Jobs run no standing instances.
+            .filter(|f| f.kind == fraisier_model::FraiseType::Api)
+            .filter_map(|f| f.environments.get(environment))
+            .map(|fe| u64::from(fe.instances))
+            .sum())
+    }
+
+    pub async fn environment_limits(
+        &self,
+        tenant: &str,
+        environment: &str,
+    ) -> Result<LimitsView, EngineError> {
+        self.known_environment(tenant, environment)?;
+        Ok(LimitsView {
+            limits: self.store().environment_limits(tenant, environment).await?,
+            instances_in_use: self.instances_in_use(tenant, environment, None).await?,
+        })
+    }
+
+    /// Sets (or, `None`, lifts) the most instances an environment's fraises may run together.
+    /// A limit below what runs now is kept: it refuses the deploys that would stay above it.
+    pub async fn set_environment_limits(
+        &self,
+        tenant: &str,
+        environment: &str,
+        max_instances: Option<u64>,
+        by: &str,
+    ) -> Result<LimitsView, EngineError> {
+        self.known_environment(tenant, environment)?;
+        if max_instances.is_some_and(|m| !(1..=10_000).contains(&m)) {
+            return Err(EngineError::InvalidParameters {
+                field: "max_instances".into(),
+                message: "max_instances is 1 to 10000, or null for no limit".into(),
+            });
+        }
+        self.store()
+            .set_environment_limits(tenant, environment, max_instances, by)
+            .await?;
+        self.environment_limits(tenant, environment).await
+    }
+
+    /// Refuses a deploy of `fraise` with `instances` that would take the environment over its
+    /// limit.
+    pub(crate) async fn check_limits(
+        &self,
+        tenant: &str,
+        environment: &str,
+        fraise: &str,
+        instances: u32,
+    ) -> Result<(), EngineError> {
+        let kind = self
+            .config()
+            .scope(tenant)
+            .fraises
+            .get(fraise)
+            .map(|f| f.kind);
+        if kind != Some(fraisier_model::FraiseType::Api) {
+            return Ok(());
+        }
+        let Some(max) = self
+            .store()
+            .environment_limits(tenant, environment)
+            .await?
+            .max_instances
+        else {
+            return Ok(());
+        };
+        let others = self
+            .instances_in_use(tenant, environment, Some(fraise))
+            .await?;
+        let requested = u64::from(instances);
+        if others + requested > max {
+            return Err(EngineError::LimitExceeded {
+                environment: environment.to_string(),
+                max_instances: max,
+                requested,
+                in_use: others,
+            });
+        }
+        Ok(())
+    }
+}

@@ -185,6 +185,8 @@ impl Engine {
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
             .await?;
+        self.check_limits(&req.tenant, &req.environment, &req.fraise, fe.instances)
+            .await?;
         let source = self.resolve_source(req, f).await?;
         let version = match &source {
             Some(s) => s.version.clone(),

@@ -1,5 +1,6 @@
-//! What keeps deploys out of an environment for a while: a lock someone holds (until they
-//! unlock it) and freeze windows (from a start to an end, with the users still let in).
+//! What keeps deploys out of an environment: a lock someone holds (until they unlock it),
+//! freeze windows (from a start to an end, with the users still let in), and its limits (how
+//! many instances it may run).
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
@@ -46,6 +47,15 @@ pub struct NewFreezeWindow {
     pub reason: Option<String>,
     pub exceptions: Vec<String>,
     pub created_by: String,
+}
+
+/// How much an environment may run, as set through the API.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EnvironmentLimits {
+    /// Instances of all its fraises together; `None`: no limit.
+    pub max_instances: Option<u64>,
+    pub updated_by: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 const WINDOW_COLUMNS: &str =
@@ -190,6 +200,58 @@ impl Store {
         .await;
         drop(turn);
         Ok(done?.rows_affected() > 0)
+    }
+}
+
+impl Store {
+    /// An environment's limits (none set: the default, no limit).
+    pub async fn environment_limits(
+        &self,
+        tenant: &str,
+        environment: &str,
+    ) -> Result<EnvironmentLimits> {
+        let row = sqlx::query(
+            "SELECT max_instances, updated_by, updated_at FROM environment_limits \
+             WHERE tenant_id = $1 AND environment = $2",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(EnvironmentLimits::default());
+        };
+        let max: Option<i64> = row.try_get("max_instances")?;
+        Ok(EnvironmentLimits {
+            max_instances: max.map(|m| m.max(0) as u64),
+            updated_by: row.try_get("updated_by")?,
+            updated_at: Some(ts(&row, "updated_at")?),
+        })
+    }
+
+    pub async fn set_environment_limits(
+        &self,
+        tenant: &str,
+        environment: &str,
+        max_instances: Option<u64>,
+        by: &str,
+    ) -> Result<EnvironmentLimits> {
+        let turn = self.turn(Priority::Interactive).await;
+        let done = sqlx::query(
+            "INSERT INTO environment_limits (tenant_id, environment, max_instances, updated_by, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, environment) DO UPDATE SET \
+             max_instances = excluded.max_instances, updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .bind(max_instances.map(|m| m as i64))
+        .bind(by)
+        .bind(millis(now()))
+        .execute(&self.writer)
+        .await;
+        drop(turn);
+        done?;
+        self.environment_limits(tenant, environment).await
     }
 }
 

@@ -37,7 +37,7 @@ pub use artifacts::{
 pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };
-pub use freezes::{EnvironmentLock, FreezeWindow, NewFreezeWindow};
+pub use freezes::{EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};
 pub use store::Store;

@@ -394,6 +394,18 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX freeze_windows_environment ON freeze_windows (tenant_id, environment, ends_at)",
         ],
     },
+    Migration {
+        version: 11,
+        name: "environment limits",
+        statements: &["CREATE TABLE environment_limits (
+            tenant_id TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            max_instances BIGINT,
+            updated_by TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, environment)
+        )"],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

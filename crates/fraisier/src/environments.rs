@@ -48,6 +48,16 @@ pub enum EnvironmentCommand {
     },
     /// Remove a freeze window
     Unfreeze { environment: String, window: String },
+    /// Show the environment's limits, or set them
+    Limits {
+        environment: String,
+        /// The most instances its fraises may run together
+        #[arg(long, conflicts_with = "no_limit")]
+        max_instances: Option<u64>,
+        /// Lift the limit
+        #[arg(long)]
+        no_limit: bool,
+    },
 }
 
 /// `2026-12-24T00:00:00Z`, or a duration from now.
@@ -183,6 +193,38 @@ pub async fn run(ctx: &Ctx, cmd: EnvironmentCommand) -> Result<ExitCode> {
                     .map(window_row)
                     .collect();
                 print!("{}", render(&WINDOW_HEADERS, &rows));
+            }
+        }
+        EnvironmentCommand::Limits {
+            environment,
+            max_instances,
+            no_limit,
+        } => {
+            let path = format!("/environments/{environment}/limits");
+            let v = if max_instances.is_some() || no_limit {
+                c.put(&path, &json!({ "max_instances": max_instances }))
+                    .await?
+                    .1
+            } else {
+                c.get(&path, &[]).await?
+            };
+            if ctx.json {
+                print_json(&v);
+            } else {
+                let max = if v["max_instances"].is_null() {
+                    "no limit".to_string()
+                } else {
+                    s(&v["max_instances"])
+                };
+                println!(
+                    "{environment}: {} instance(s) running, limit {max}{}",
+                    s(&v["instances_in_use"]),
+                    if v["exceeded"] == true {
+                        " (exceeded)"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         EnvironmentCommand::Unfreeze {

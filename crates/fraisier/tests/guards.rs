@@ -321,3 +321,101 @@ async fn change_windows_let_changes_in_only_when_open_except_for_whom_they_name(
         assert!(text.contains(key), "{key}: {text}");
     }
 }
+
+#[tokio::test]
+async fn limits_refuse_a_deploy_that_would_run_too_many_instances() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let web = format!(
+        "  web:\n    type: api\n    command: \"exec {}\"\n    artifact_path: \"{}/{{version}}\"\n    environments:\n      production: {{ port: {}, instances: 2 }}\n",
+        demo_bin().display(),
+        ws.path().join("releases").display(),
+        free_port()
+    );
+    let s = Server::start(&ws, &config_yaml(&ws, free_port(), 1, "rolling", &web)).await;
+
+    let (status, v) = s
+        .put_json(
+            "/environments/production/limits",
+            json!({"maxInstances": 2}),
+        )
+        .await;
+    assert_eq!(
+        (
+            status,
+            v["max_instances"].as_u64(),
+            v["instances_in_use"].as_u64()
+        ),
+        (200, Some(2), Some(0)),
+        "{v}"
+    );
+    let id = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    // web's 2 beside app's 1 would make 3.
+    let (status, v) = s
+        .post("/deployments/web/production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("ENVIRONMENT_LIMIT_EXCEEDED")),
+        "{v}"
+    );
+    assert_eq!(
+        v["error"]["details"],
+        json!({"environment": "production", "max_instances": 2, "requested": 2, "in_use": 1})
+    );
+    // Redeploying what fits is fine: a fraise is not counted against itself.
+    let id = s
+        .deploy(
+            "app",
+            "production",
+            json!({"version": "1.0.0", "force": true}),
+        )
+        .await;
+    s.wait_run(&id, Duration::from_secs(60)).await;
+    for (body, field) in [
+        (json!({"max_instances": 0}), "max_instances"),
+        (json!({"max_instances": "many"}), "max_instances"),
+        (json!({"max": 3}), "max"),
+    ] {
+        let (status, v) = s
+            .put_json("/environments/production/limits", body.clone())
+            .await;
+        assert_eq!(
+            (status, v["error"]["details"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let (_, v) = s.get("/environments/production/limits").await;
+    assert_eq!(v["max_instances"], 2, "bad input changed nothing: {v}");
+    // Lifted (from the CLI), web deploys.
+    let text = cli(&s, &["environment", "limits", "production", "--no-limit"]);
+    assert!(text.contains("limit no limit"), "{text}");
+    let id = s
+        .deploy("web", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    let text = cli(
+        &s,
+        &[
+            "environment",
+            "limits",
+            "production",
+            "--max-instances",
+            "2",
+        ],
+    );
+    assert!(
+        text.contains("3 instance(s) running, limit 2 (exceeded)"),
+        "{text}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Environments (seed 000): the configured stages and the state of what runs in them; their
-//! locks (seed 003) and freeze windows (seed 004), which keep changes out for a while.
+//! locks (seed 003) and freeze windows (seed 004), which keep changes out for a while, and their
+//! limits (seed 003).
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -376,4 +377,75 @@ pub async fn delete_freeze_window(
         Json(json!({ "deleted": true })).into_response(),
         &name,
     ))
+}
+
+/// An environment's limits (seed 003) and what it runs now.
+#[derive(Serialize, ToSchema)]
+pub struct LimitsView {
+    pub environment: String,
+    /// The most instances its fraises may run together; `null`: no limit.
+    pub max_instances: Option<u64>,
+    /// Instances of the fraises deployed there now.
+    pub instances_in_use: u64,
+    /// What runs is over the limit (set below it): deploys that keep it over are refused.
+    pub exceeded: bool,
+    pub updated_by: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// `PUT …/limits`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    /// 1 to 10000; `null` lifts the limit.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_instances: Option<u64>,
+}
+
+fn limits_view(name: &str, l: &fraisier_engine::guards::LimitsView) -> LimitsView {
+    LimitsView {
+        environment: name.to_string(),
+        max_instances: l.limits.max_instances,
+        instances_in_use: l.instances_in_use,
+        exceeded: l
+            .limits
+            .max_instances
+            .is_some_and(|m| l.instances_in_use > m),
+        updated_by: l.limits.updated_by.clone(),
+        updated_at: l.limits.updated_at.map(ts),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/limits", tag = "environments",
+    params(("environment_name" = String, Path)),
+    responses((status = 200, body = LimitsView), (status = 404, body = ErrorBody)))]
+pub async fn limits(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<LimitsView>, ApiError> {
+    lookup(&state, &who, &name)?;
+    let l = state
+        .engine
+        .environment_limits(&who.workspace, &name)
+        .await?;
+    Ok(Json(limits_view(&name, &l)))
+}
+
+#[utoipa::path(put, path = "/api/v1/environments/{environment_name}/limits", tag = "environments",
+    params(("environment_name" = String, Path)), request_body = LimitsBody,
+    responses((status = 200, body = LimitsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_limits(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<LimitsBody>,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
+    let l = state
+        .engine
+        .set_environment_limits(&who.workspace, &name, body.max_instances, &who.username)
+        .await?;
+    Ok(noted(Json(limits_view(&name, &l)).into_response(), &name))
 }

@@ -243,6 +243,16 @@ impl From<EngineError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({ "environment": environment, "next_window_at": next.map(super::views::ts) }),
             ),
+            EngineError::LimitExceeded {
+                environment,
+                max_instances,
+                requested,
+                in_use,
+            } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "environment": environment, "max_instances": max_instances,
+                        "requested": requested, "in_use": in_use }),
+            ),
             EngineError::FreezeWindowNotFound(id) => (
                 StatusCode::NOT_FOUND,
                 json!({ "freeze_window": format!("frz_{id:05}") }),

@@ -164,6 +164,10 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}/lock", post(environments::lock))
         .route("/environments/{name}/unlock", post(environments::unlock))
         .route(
+            "/environments/{name}/limits",
+            get(environments::limits).put(environments::set_limits),
+        )
+        .route(
             "/environments/{name}/freeze-windows",
             get(environments::freeze_windows).post(environments::add_freeze_window),
         )

@@ -60,6 +60,7 @@ impl Modify for BearerAuth {
         fraises::list, fraises::get, fraises::status, fraises::history,
         environments::list, environments::get, environments::status, environments::lock, environments::unlock,
         environments::add_freeze_window, environments::freeze_windows, environments::delete_freeze_window,
+        environments::limits, environments::set_limits,
         webhooks::receive, webhooks::receive_any, webhooks::deliveries, notifications::deliveries,
         sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,

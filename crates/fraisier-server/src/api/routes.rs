@@ -126,6 +126,8 @@ pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/environments/{name}/status", may(P::EnvironmentRead), "environment.status"),
     route("POST", "/environments/{name}/lock", may(P::EnvironmentUpdate), "environment.lock"),
     route("POST", "/environments/{name}/unlock", may(P::EnvironmentUpdate), "environment.unlock"),
+    route("GET", "/environments/{name}/limits", may(P::EnvironmentRead), "environment.limits"),
+    route("PUT", "/environments/{name}/limits", may(P::EnvironmentUpdate), "environment.set_limits"),
     route("GET", "/environments/{name}/freeze-windows", may(P::EnvironmentRead), "environment.freeze_windows"),
     route("POST", "/environments/{name}/freeze-windows", may(P::EnvironmentUpdate), "environment.freeze"),
     route("DELETE", "/environments/{name}/freeze-windows/{window}", may(P::EnvironmentUpdate), "environment.unfreeze"),
