@@ -419,3 +419,81 @@ async fn limits_refuse_a_deploy_that_would_run_too_many_instances() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_environment_reports_its_health_metrics_and_runs() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let port = free_port();
+    let s = Server::start(&ws, &config_yaml(&ws, port, 2, "rolling", "")).await;
+    let id = s
+        .deploy("app", "production", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(
+        s.wait_run(&id, Duration::from_secs(60)).await["status"],
+        "success"
+    );
+    // Requests through the router, counted by it.
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    let (status, v) = s.get("/environments/production/health").await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("healthy")),
+        "{v}"
+    );
+    assert_eq!(
+        (
+            v["fraises"][0]["fraise"].as_str(),
+            v["fraises"][0]["instances"].as_u64(),
+            v["fraises"][0]["instances_healthy"].as_u64(),
+            v["fraises"][0]["current_version"].as_str()
+        ),
+        (Some("app"), Some(2), Some(2), Some("1.0.0")),
+        "{v}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (_, v) = s.get("/environments/production/metrics").await;
+        if v["requests"].as_u64().unwrap_or(0) >= 20 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["success_rate"], 100.0, "{v}");
+    assert!(
+        v["fraises"]["app"]["requests"].as_u64().unwrap() >= 20,
+        "{v}"
+    );
+    let (_, v) = s.get("/environments/staging/health").await;
+    assert_eq!(v["status"], "unknown", "nothing deployed there: {v}");
+
+    let (status, v) = s.get("/environments/production/deployments").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["pagination"]["total"], 1, "{v}");
+    assert_eq!(v["deployments"][0]["id"], id.as_str(), "{v}");
+    let (status, v) = s.get("/environments/staging/deployments").await;
+    assert_eq!(
+        (status, v["pagination"]["total"].as_u64()),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (status, v) = s
+        .get("/environments/production/deployments?environment=staging")
+        .await;
+    assert_eq!(
+        (status, v["error"]["details"]["field"].as_str()),
+        (400, Some("environment"))
+    );
+    let (status, _) = s.get("/environments/nowhere/health").await;
+    assert_eq!(status, 404);
+}

@@ -449,3 +449,123 @@ pub async fn set_limits(
         .await?;
     Ok(noted(Json(limits_view(&name, &l)).into_response(), &name))
 }
+
+/// How each fraise stands in an environment, and the environment as a whole.
+#[derive(Serialize, ToSchema)]
+pub struct EnvironmentHealth {
+    pub environment: String,
+    /// healthy | degraded | unhealthy | unknown
+    pub status: &'static str,
+    pub fraises: Vec<FraiseHealth>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FraiseHealth {
+    pub fraise: String,
+    #[schema(value_type = String)]
+    pub status: FraiseStatus,
+    pub current_version: Option<String>,
+    pub instances: u64,
+    pub instances_healthy: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/health", tag = "environments",
+    params(("environment_name" = String, Path)),
+    responses((status = 200, body = EnvironmentHealth), (status = 404, body = ErrorBody)))]
+pub async fn health(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<EnvironmentHealth>, ApiError> {
+    lookup(&state, &who, &name)?;
+    let c = counts(&state, &who, &name).await?;
+    let mut fraises = Vec::new();
+    for (fraise, f) in &state.config.scope(&who.workspace).fraises {
+        if !f.environments.contains_key(&name) {
+            continue;
+        }
+        let s = state
+            .engine
+            .service_status(&who.workspace, fraise, &name)
+            .await?;
+        let (live, healthy) = s
+            .observed
+            .as_ref()
+            .map(|o| o.live_counts())
+            .unwrap_or((0, 0));
+        fraises.push(FraiseHealth {
+            fraise: fraise.clone(),
+            status: s.status(),
+            current_version: s.current_version().map(str::to_string),
+            instances: live as u64,
+            instances_healthy: healthy as u64,
+        });
+    }
+    Ok(Json(EnvironmentHealth {
+        environment: name,
+        status: status_word(&c),
+        fraises,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/metrics", tag = "environments",
+    params(("environment_name" = String, Path)),
+    responses((status = 200, body = Object, description = "the routers' counters summed over the environment's fraises, and each fraise's"), (status = 404, body = ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<Value>, ApiError> {
+    use fraisier_model::metrics::VersionMetrics;
+    lookup(&state, &who, &name)?;
+    let mut all = VersionMetrics::empty();
+    let mut per_fraise = serde_json::Map::new();
+    for (fraise, f) in &state.config.scope(&who.workspace).fraises {
+        if !f.environments.contains_key(&name) {
+            continue;
+        }
+        let s = state
+            .engine
+            .service_status(&who.workspace, fraise, &name)
+            .await?;
+        let mut mine = VersionMetrics::empty();
+        for m in s.observed.iter().flat_map(|o| o.metrics.values()) {
+            mine.add(m);
+            all.add(m);
+        }
+        per_fraise.insert(fraise.clone(), json!(mine.summary()));
+    }
+    let summary = all.summary();
+    Ok(Json(json!({
+        "environment": name,
+        "requests": summary.requests,
+        "success_rate": summary.success_rate,
+        "error_rate": summary.error_rate,
+        "latency_p50_ms": summary.latency_p50_ms,
+        "latency_p99_ms": summary.latency_p99_ms,
+        "fraises": per_fraise,
+    })))
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/deployments", tag = "environments",
+    params(("environment_name" = String, Path), ("fraise" = Option<String>, Query),
+           ("status" = Option<fraisier_model::run::RunStatus>, Query),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 500), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = Object, description = "as GET /deployments?environment=…"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deployments(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    q: QueryMap,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    if q.get("environment").is_some() {
+        return Err(ApiError::invalid(
+            "environment",
+            "the path names the environment already",
+        ));
+    }
+    let mut q = q;
+    q.0.push(("environment".into(), name));
+    super::deployments::list(State(state), who, q).await
+}

@@ -163,6 +163,12 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}/status", get(environments::status))
         .route("/environments/{name}/lock", post(environments::lock))
         .route("/environments/{name}/unlock", post(environments::unlock))
+        .route("/environments/{name}/health", get(environments::health))
+        .route("/environments/{name}/metrics", get(environments::metrics))
+        .route(
+            "/environments/{name}/deployments",
+            get(environments::deployments),
+        )
         .route(
             "/environments/{name}/limits",
             get(environments::limits).put(environments::set_limits),
