@@ -99,6 +99,13 @@ impl Engine {
             {
                 // Still busy: asked cheaply, before `submit` would fetch the repository.
                 waiting(t, &active)
+            } else if let Err(held) = self
+                .check_guards(&t.workspace, &t.environment, &push_user(&q.provider))
+                .await
+            {
+                // Locked, frozen or outside its change window: kept queued, and deployed
+                // (the latest push) once that lifts — as a sync window holds auto-sync.
+                held_back(t, &held)
             } else {
                 let delivery = q
                     .delivery_id
@@ -133,6 +140,18 @@ impl Engine {
             }
         }
     }
+}
+
+/// Who a webhook deploys as (`triggered_by`): what a freeze window's exceptions name.
+fn push_user(provider: &str) -> String {
+    format!("webhook:{provider}")
+}
+
+/// A target kept queued while a guard holds its environment (told why, once).
+fn held_back(t: &DeliveryTarget, why: &EngineError) -> Option<DeliveryTarget> {
+    let message = format!("held: {why}; the latest push queued here is deployed once that lifts");
+    (t.error_message.as_deref() != Some(message.as_str()))
+        .then(|| settle(t, None, Some(QUEUED), &message))
 }
 
 fn waits_for(active_id: &str) -> String {
@@ -177,7 +196,7 @@ fn push_request(
         git_ref: Some(reference.to_string()),
         commit: Some(commit.to_string()),
         metadata: json!({ "webhook": { "provider": provider, "delivery": delivery } }),
-        triggered_by: format!("webhook:{provider}"),
+        triggered_by: push_user(provider),
         trigger_type: "webhook".into(),
         ..DeployRequest::default()
     }

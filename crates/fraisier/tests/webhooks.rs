@@ -666,3 +666,79 @@ async fn a_slow_repository_does_not_hold_the_host_and_a_restart_loses_no_push() 
     assert_eq!(run["metadata"]["commit"], commit.as_str(), "{run:#}");
     assert_eq!(router_version(port).await.as_deref(), Some(&commit[..12]));
 }
+
+/// A push into a locked environment waits in the queue, saying why, and deploys once the
+/// environment is unlocked.
+#[tokio::test]
+async fn a_push_into_a_locked_environment_is_held_until_it_is_unlocked() {
+    let ws = Workspace::new();
+    let origin = ws.path().join("origin.git");
+    let work = ws.path().join("work");
+    std::fs::create_dir_all(&origin).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&origin, &["init", "-q", "--bare", "-b", "main"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    let commit = push_commit(&work, 0);
+    let port = free_port();
+    let s = Server::start(&ws, &yaml(&ws, &origin, port, free_port())).await;
+    let (status, v) = s
+        .post(
+            "/environments/production/lock",
+            json!({"reason": "incident"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    let mut push = octokit("push")
+        .into_iter()
+        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
+        .unwrap();
+    push["ref"] = json!("refs/heads/main");
+    push["after"] = json!(commit);
+    push["repository"]["clone_url"] = json!(format!("file://{}", origin.display()));
+    let (status, receipt) = deliver(&s, "/webhooks/github", &github_push("held-1"), &push).await;
+    assert_eq!(
+        (status, receipt["outcome"].as_str()),
+        (202, Some("queued")),
+        "{receipt:#}"
+    );
+    let target = &receipt["deployments"][0];
+    assert_eq!(target["error"]["code"], "QUEUED", "{receipt:#}");
+    assert!(
+        target["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked by admin (incident)"),
+        "{receipt:#}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, v) = s.get("/deployments?environment=production").await;
+    assert_eq!(
+        v["pagination"]["total"], 0,
+        "nothing deployed while locked: {v:#}"
+    );
+
+    s.post("/environments/production/unlock", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let (_, v) = s.get("/webhooks/deliveries").await;
+        if let Some(id) = v["deliveries"][0]["deployments"][0]["deployment_id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deployed: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (run["status"].as_str(), run["metadata"]["commit"].as_str()),
+        (Some("success"), Some(commit.as_str())),
+        "{run:#}"
+    );
+}
