@@ -65,6 +65,7 @@ impl Engine {
                 } else {
                     shown(&n.url)
                 },
+                fingerprint: Some(fingerprint(n)),
                 payload: payload.clone(),
             };
             if let Err(e) = self.store().enqueue_notification(&new).await {
@@ -84,9 +85,34 @@ impl Engine {
             "fraise" => &ws.fraises.get(&n.new.fraise)?.notifications,
             _ => return None,
         };
-        let found = list.get(usize::try_from(n.new.position).ok()?)?;
-        (found.kind.as_str() == n.new.kind).then(|| found.clone())
+        let at = list.get(usize::try_from(n.new.position).ok()?);
+        match &n.new.fingerprint {
+            // The destination it was written for, wherever the configuration has moved it; if
+            // it is gone, nowhere (never the entry that took its place).
+            Some(f) => at
+                .filter(|c| fingerprint(c) == *f)
+                .or_else(|| list.iter().find(|c| fingerprint(c) == *f))
+                .cloned(),
+            None => at.filter(|c| c.kind.as_str() == n.new.kind).cloned(),
+        }
     }
+}
+
+/// A digest of where a notification goes (its kind, URL, secret and recipients): what tells
+/// one destination from another.
+fn fingerprint(n: &NotificationConfig) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        n.kind.as_str(),
+        n.url.as_str(),
+        n.secret.as_deref().unwrap_or(""),
+        &n.to.join(","),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 /// What every kind says: the facts as JSON, and one line of text for chat.

@@ -447,3 +447,53 @@ async fn migrations_go_back_exactly_and_before_the_old_code_takes_traffic() {
         .unwrap();
     assert!(down < old_serves, "{log:?}");
 }
+
+/// An engine over the store at `url` with another configuration (a restart after an edit).
+async fn engine_with(url: &str, yaml: &str) -> Engine {
+    let config = Config::parse(yaml).unwrap_or_else(|p| panic!("{p:?}"));
+    Engine::new(
+        Store::open(url).await.unwrap(),
+        Arc::new(FakeProvider::default()),
+        Arc::new(config),
+        SecretKeys::new(vec![("k1".into(), [3; 32])]),
+        fraisier_store::blobs::BlobStore::new(
+            std::env::temp_dir().join("fraisier-engine-test-blobs"),
+        ),
+        EngineSettings::default(),
+    )
+}
+
+#[tokio::test]
+async fn a_notification_reaches_only_the_destination_it_was_written_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("f.db").display());
+    let with = |list: &str| format!("{CONFIG}notifications:\n{list}");
+    let a = "  - { type: webhook, url: \"https://a.example/hook\", on: [started] }\n";
+    let b = "  - { type: webhook, url: \"https://b.example/hook\", on: [started] }\n";
+    let engine = engine_with(&url, &with(a)).await;
+    engine.start().await.unwrap();
+    let run = engine
+        .submit(deploy("production", "1.0.0", "alice"))
+        .await
+        .unwrap();
+    finished(&engine, &run).await;
+    let due = engine.store().due_notifications(10).await.unwrap();
+    let started = due
+        .into_iter()
+        .find(|n| n.new.event == "started")
+        .expect("the start was announced");
+    assert_eq!(
+        engine.notification_target(&started).map(|t| t.url),
+        Some("https://a.example/hook".into())
+    );
+
+    // Reordered after a restart: still A, not whatever now sits at its old place.
+    let moved = engine_with(&url, &with(&format!("{b}{a}"))).await;
+    assert_eq!(
+        moved.notification_target(&started).map(|t| t.url),
+        Some("https://a.example/hook".into())
+    );
+    // Replaced: nowhere, rather than to B.
+    let replaced = engine_with(&url, &with(b)).await;
+    assert_eq!(replaced.notification_target(&started).map(|t| t.url), None);
+}

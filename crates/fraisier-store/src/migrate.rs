@@ -406,6 +406,11 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (tenant_id, environment)
         )"],
     },
+    Migration {
+        version: 12,
+        name: "notification destinations by digest",
+        statements: &["ALTER TABLE notifications ADD COLUMN fingerprint TEXT"],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

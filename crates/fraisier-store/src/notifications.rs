@@ -27,6 +27,10 @@ pub struct NewNotification {
     pub position: i64,
     /// The destination as shown: its scheme and host only.
     pub target: String,
+    /// A digest of the whole destination, so that a notification reaches only the destination
+    /// it was written for even when the configuration is reordered; `None` in rows written
+    /// before it was kept.
+    pub fingerprint: Option<String>,
     pub payload: Value,
 }
 
@@ -64,7 +68,7 @@ pub struct NotificationFilter {
 }
 
 const COLUMNS: &str = "id, tenant_id, run_id, fraise, environment, event, kind, scope, position, \
-    target, payload, status, attempts, next_attempt_at, created_at";
+    target, fingerprint, payload, status, attempts, next_attempt_at, created_at";
 
 // === impl Store ===
 
@@ -74,8 +78,8 @@ impl Store {
         let turn = self.turn(Priority::Background).await;
         let row = sqlx::query(
             "INSERT INTO notifications (tenant_id, run_id, fraise, environment, event, kind, scope, \
-             position, target, payload, status, attempts, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', 0, $11, $11, $11) RETURNING id",
+             position, target, payload, status, attempts, next_attempt_at, created_at, updated_at, fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', 0, $11, $11, $11, $12) RETURNING id",
         )
         .bind(&n.tenant_id)
         .bind(n.run_id)
@@ -88,6 +92,7 @@ impl Store {
         .bind(&n.target)
         .bind(json_text(&n.payload))
         .bind(at)
+        .bind(&n.fingerprint)
         .fetch_one(&self.writer)
         .await;
         drop(turn);
@@ -203,6 +208,7 @@ fn from_row(row: &AnyRow) -> Result<Notification> {
             scope: row.try_get("scope")?,
             position: row.try_get("position")?,
             target: row.try_get("target")?,
+            fingerprint: row.try_get("fingerprint")?,
             payload: json(row, "payload")?,
         },
         status: row.try_get("status")?,
