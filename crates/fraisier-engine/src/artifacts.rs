@@ -340,10 +340,6 @@ impl Engine {
                 ..DeployRequest::default()
             })
             .await?;
-        let mut metadata = found.metadata;
-        if !metadata.is_object() {
-            metadata = serde_json::json!({});
-        }
         let entry = serde_json::json!({
             "environment": p.to,
             "from": p.from,
@@ -351,16 +347,10 @@ impl Engine {
             "by": p.by,
             "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
-        match metadata.get_mut("promotions").and_then(Value::as_array_mut) {
-            Some(list) => list.push(entry),
-            None => {
-                metadata["promotions"] = Value::Array(vec![entry]);
-            }
-        }
         // The run is what counts; a lost note on the version is worth a warning, not a failure.
         if let Err(e) = self
             .store()
-            .set_version_metadata(&p.tenant, &p.artifact, &version, &metadata)
+            .append_version_metadata(&p.tenant, &p.artifact, &version, "promotions", &entry)
             .await
         {
             tracing::warn!(error = %e, "cannot record a promotion on its version");

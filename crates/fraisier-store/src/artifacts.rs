@@ -273,6 +273,51 @@ impl Store {
         }
     }
 
+    /// Appends `entry` to the list `key` of a version's metadata, in one write: two appends at
+    /// once both land.
+    pub async fn append_version_metadata(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        key: &str,
+        entry: &Value,
+    ) -> Result<()> {
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        // SQLite's write transaction is exclusive already; PostgreSQL's must lock the row.
+        let lock = if self.backend == crate::store::Backend::Postgres {
+            " FOR UPDATE OF v"
+        } else {
+            ""
+        };
+        let row = sqlx::query(&format!(
+            "SELECT v.id, v.metadata FROM artifact_versions v JOIN artifacts a ON a.id = v.artifact_id \
+             WHERE a.tenant_id = $1 AND a.name = $2 AND v.version = $3{lock}"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let id: i64 = row.try_get("id")?;
+        let mut metadata: Value = json(&row, "metadata")?;
+        if !metadata.is_object() {
+            metadata = Value::Object(serde_json::Map::new());
+        }
+        match metadata.get_mut(key).and_then(Value::as_array_mut) {
+            Some(list) => list.push(entry.clone()),
+            None => metadata[key] = Value::Array(vec![entry.clone()]),
+        }
+        sqlx::query("UPDATE artifact_versions SET metadata = $1 WHERE id = $2")
+            .bind(json_text(&metadata))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Changes an artifact's description and tags (`None`: left as they are).
     pub async fn update_artifact(
         &self,

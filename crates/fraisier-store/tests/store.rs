@@ -316,6 +316,35 @@ async fn artifact_versions_are_immutable_and_scoped(db: &TestDb) {
         s.artifact_version("t1", "api", "1.0.0").await,
         Err(StoreError::NotFound)
     ));
+
+    // Notes appended at once to a version's metadata all land, beside what it had.
+    let appends: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.append_version_metadata("t1", "api", "1.1.0", "promotions", &json!({ "n": i }))
+                    .await
+            })
+        })
+        .collect();
+    for a in appends {
+        a.await.unwrap().unwrap();
+    }
+    let v = s.artifact_version("t1", "api", "1.1.0").await.unwrap();
+    let mut ns: Vec<i64> = v.metadata["promotions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..8).collect::<Vec<_>>(), "{}", v.metadata);
+    assert_eq!(v.metadata["commit"], "abc");
+    assert!(matches!(
+        s.append_version_metadata("t1", "api", "9.9.9", "promotions", &json!({}))
+            .await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// A fresh database; dropping it removes it (a PostgreSQL database too, even after a panic).

@@ -28,7 +28,30 @@ pub fn demo_bin() -> PathBuf {
     p
 }
 
+/// A port no one listens on, for a server or a router the test configures. Taken below the
+/// kernel's ephemeral range (32768 and up), where nothing the system hands out — a load
+/// generator's source port, another server's `:0` — can take it between now and its use. Each
+/// test process walks the range from a start of its own, so parallel tests rarely meet, and
+/// a port someone holds is skipped.
 pub fn free_port() -> u16 {
+    const FIRST: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or(0);
+        (u64::from(std::process::id()) * 7_919 + nanos) % SPAN
+    });
+    for _ in 0..50 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
