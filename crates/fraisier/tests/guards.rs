@@ -496,4 +496,31 @@ async fn an_environment_reports_its_health_metrics_and_runs() {
     );
     let (status, _) = s.get("/environments/nowhere/health").await;
     assert_eq!(status, 404);
+
+    // Seed 004's includeState: the current release of each environment.
+    let (status, v) = s.get("/environments?includeState=true").await;
+    assert_eq!(status, 200, "{v}");
+    let prod = v["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            prod["current_release"]["id"].as_str(),
+            prod["current_release"]["name"].as_str()
+        ),
+        (Some(id.as_str()), Some("app-v1.0.0")),
+        "{prod:#}"
+    );
+    assert_eq!(
+        prod["releases"],
+        json!([{"fraise": "app", "version": "1.0.0"}])
+    );
+    let (_, v) = s.get("/environments").await;
+    assert!(v["environments"][0].get("current_release").is_none(), "{v}");
+    let (status, _) = s.get("/environments?includeState=maybe").await;
+    assert_eq!(status, 400);
 }

@@ -88,17 +88,65 @@ fn lookup<'a>(
         .ok_or_else(|| ApiError::environment_not_found(name))
 }
 
-#[utoipa::path(get, path = "/api/v1/environments", tag = "environments", responses((status = 200, body = Object)))]
-pub async fn list(State(state): State<AppState>, who: Caller) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/environments", tag = "environments",
+    params(("include_state" = Option<bool>, Query, description = "seed 004's includeState: each environment's current release and what runs there")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    who: Caller,
+    q: QueryMap,
+) -> Result<Json<Value>, ApiError> {
+    let include_state = q.bool("include_state")?;
+    let services = if include_state {
+        state.engine.store().services(&who.workspace).await?
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::new();
     for (name, e) in &state.config.scope(&who.workspace).environments {
         let c = counts(&state, &who, name).await?;
-        out.push(json!({
+        let mut entry = json!({
             "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
             "provider": e.provider, "fraises_deployed": c.deployed, "fraises_total": c.total, "status": status_word(&c),
-        }));
+        });
+        if include_state {
+            entry["current_release"] = current_release(&state, &who, name).await?;
+            entry["releases"] = services
+                .iter()
+                .filter(|s| s.environment == *name)
+                .filter_map(|s| {
+                    Some(json!({ "fraise": s.fraise, "version": s.current_version.as_ref()? }))
+                })
+                .collect();
+        }
+        out.push(entry);
     }
     Ok(Json(json!({ "environments": out })))
+}
+
+/// The latest release that succeeded in an environment (seed 004's `currentRelease`).
+async fn current_release(state: &AppState, who: &Caller, env: &str) -> Result<Value, ApiError> {
+    let filter = fraisier_store::RunFilter {
+        environment: Some(env.to_string()),
+        status: Some(fraisier_model::run::RunStatus::Success),
+        limit: 1,
+        ..fraisier_store::RunFilter::default()
+    };
+    let (runs, _) = state
+        .engine
+        .store()
+        .list_runs(&who.workspace, &filter)
+        .await?;
+    Ok(runs.first().map_or(Value::Null, |r| {
+        let v = r.version.trim_start_matches('v');
+        json!({
+            "id": fraisier_store::run_id_string(r.id),
+            "name": format!("{}-v{v}", r.fraise),
+            "fraise": r.fraise,
+            "version": r.version,
+            "deployed_at": r.completed_at.map(ts),
+        })
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/environments/{environment_name}", tag = "environments",
