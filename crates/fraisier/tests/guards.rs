@@ -273,6 +273,21 @@ async fn change_windows_let_changes_in_only_when_open_except_for_whom_they_name(
     assert!(yaml.contains("0 0 1 1 *"), "{yaml}");
     let s = Server::start(&ws, &yaml).await;
 
+    // Its rules, as declared (seed 003's environment config).
+    let (status, c) = s.get("/environments/production/config").await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["change_windows"][0]["cron"], "0 0 1 1 *", "{c}");
+    assert_eq!(c["change_window_exceptions"], json!(["releaser"]), "{c}");
+    assert_eq!(
+        (c["is_production"].clone(), c["lock"].clone()),
+        (json!(true), Value::Null),
+        "{c}"
+    );
+    assert!(c["required_roles"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("release_manager")));
+
     // Production opens on New Year's midnight only: refused now, saying when it opens.
     let (status, v) = s
         .post("/deployments/app/production", json!({"version": "1.0.0"}))

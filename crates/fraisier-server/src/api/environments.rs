@@ -617,3 +617,38 @@ pub async fn deployments(
     q.0.push(("environment".into(), name));
     super::deployments::list(State(state), who, q).await
 }
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/config", tag = "environments",
+    params(("environment_name" = String, Path)),
+    responses((status = 200, body = Object, description = "the environment's rules as fraisier.yaml declares them, with the lock and limits set through the API"),
+              (status = 404, body = ErrorBody)))]
+pub async fn config(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+) -> Result<Json<Value>, ApiError> {
+    let e = lookup(&state, &who, &name)?;
+    let rules = e.rules(&name);
+    let lock = state.engine.environment_lock(&who.workspace, &name).await?;
+    let limits = state
+        .engine
+        .environment_limits(&who.workspace, &name)
+        .await?;
+    Ok(Json(json!({
+        "name": name,
+        "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()),
+        "description": e.description,
+        "provider": e.provider,
+        "is_production": name == "production",
+        "required_roles": rules.required_roles,
+        "required_approvals": e.required_approvals,
+        "require_sod": e.require_sod,
+        "approval_timeout_seconds": e.approval_timeout.as_secs_f64(),
+        "change_windows": e.change_windows,
+        "change_window_exceptions": e.change_window_exceptions,
+        "notifications": e.notifications.len(),
+        "lock": lock.as_ref().map(lock_view),
+        "limits": limits_view(&name, &limits),
+        "source": "fraisier.yaml",
+    })))
+}

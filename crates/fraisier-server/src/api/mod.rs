@@ -164,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}/lock", post(environments::lock))
         .route("/environments/{name}/unlock", post(environments::unlock))
         .route("/environments/{name}/health", get(environments::health))
+        .route("/environments/{name}/config", get(environments::config))
         .route("/environments/{name}/metrics", get(environments::metrics))
         .route(
             "/environments/{name}/deployments",

@@ -61,7 +61,7 @@ impl Modify for BearerAuth {
         environments::list, environments::get, environments::status, environments::lock, environments::unlock,
         environments::add_freeze_window, environments::freeze_windows, environments::delete_freeze_window,
         environments::limits, environments::set_limits, environments::health, environments::metrics,
-        environments::deployments,
+        environments::deployments, environments::config,
         webhooks::receive, webhooks::receive_any, webhooks::deliveries, notifications::deliveries,
         sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,

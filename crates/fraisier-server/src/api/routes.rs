@@ -128,6 +128,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/environments/{name}/unlock", may(P::EnvironmentUpdate), "environment.unlock"),
     route("GET", "/environments/{name}/limits", may(P::EnvironmentRead), "environment.limits"),
     route("GET", "/environments/{name}/health", may(P::EnvironmentRead), "environment.health"),
+    route("GET", "/environments/{name}/config", may(P::EnvironmentRead), "environment.config"),
     route("GET", "/environments/{name}/metrics", may(P::MetricsRead), "environment.metrics"),
     route("GET", "/environments/{name}/deployments", may(P::DeploymentRead), "environment.deployments"),
     route("PUT", "/environments/{name}/limits", may(P::EnvironmentUpdate), "environment.set_limits"),
