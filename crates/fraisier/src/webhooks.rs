@@ -9,6 +9,24 @@ use clap::Args;
 use crate::commands::{client, print_json, s, Ctx};
 use crate::table::render;
 
+/// A page of a record, with the filters given; `None` once printed as JSON (`--json`).
+async fn listing(
+    ctx: &Ctx,
+    path: &str,
+    limit: u32,
+    filters: [(&str, Option<String>); 3],
+) -> Result<Option<serde_json::Value>> {
+    let c = client(ctx).await?;
+    let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+    q.extend(filters.into_iter().filter_map(|(k, v)| Some((k, v?))));
+    let v = c.get(path, &q).await?;
+    if ctx.json {
+        print_json(&v);
+        return Ok(None);
+    }
+    Ok(Some(v))
+}
+
 #[derive(Args)]
 pub struct WebhooksArgs {
     /// github | gitlab | gitea | bitbucket
@@ -24,22 +42,14 @@ pub struct WebhooksArgs {
 }
 
 pub async fn webhooks(ctx: &Ctx, a: WebhooksArgs) -> Result<ExitCode> {
-    let c = client(ctx).await?;
-    let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
-    for (k, v) in [
+    let filters = [
         ("provider", a.provider),
         ("outcome", a.outcome),
         ("repository", a.repository),
-    ] {
-        if let Some(v) = v {
-            q.push((k, v));
-        }
-    }
-    let v = c.get("/webhooks/deliveries", &q).await?;
-    if ctx.json {
-        print_json(&v);
+    ];
+    let Some(v) = listing(ctx, "/webhooks/deliveries", a.limit, filters).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let rows: Vec<Vec<String>> = v["deliveries"]
         .as_array()
         .map_or(&[][..], |r| r)
@@ -109,22 +119,14 @@ pub struct NotificationsArgs {
 
 /// `fraisier notifications`: what was announced about runs, where, and each attempt.
 pub async fn notifications(ctx: &Ctx, a: NotificationsArgs) -> Result<ExitCode> {
-    let c = client(ctx).await?;
-    let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
-    for (k, v) in [
+    let filters = [
         ("status", a.status),
         ("event", a.event),
         ("fraise", a.fraise),
-    ] {
-        if let Some(v) = v {
-            q.push((k, v));
-        }
-    }
-    let v = c.get("/notifications/deliveries", &q).await?;
-    if ctx.json {
-        print_json(&v);
+    ];
+    let Some(v) = listing(ctx, "/notifications/deliveries", a.limit, filters).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let rows: Vec<Vec<String>> = v["deliveries"]
         .as_array()
         .map_or(&[][..], |r| r)

@@ -624,6 +624,7 @@ async fn a_slow_repository_does_not_hold_the_host_and_a_restart_loses_no_push() 
     let started = std::time::Instant::now();
     let (status, receipt) = deliver(&s, "/webhooks/github", &github_push("slow-1"), &push).await;
     let answered = started.elapsed();
+    eprintln!("the host was answered in {answered:?}");
     assert!(
         answered < Duration::from_secs(8),
         "answered after {answered:?}"

@@ -31,7 +31,26 @@ struct Counts {
     unhealthy: u64,
 }
 
-async fn counts(state: &AppState, who: &Caller, env: &str) -> Result<Counts, ApiError> {
+/// Where each fraise of an environment stands, asked once (each asks the agent).
+async fn statuses(
+    state: &AppState,
+    who: &Caller,
+    env: &str,
+) -> Result<Vec<(String, fraisier_engine::ServiceStatus)>, ApiError> {
+    let mut out = Vec::new();
+    for (name, f) in &state.config.scope(&who.workspace).fraises {
+        if f.environments.contains_key(env) {
+            let s = state
+                .engine
+                .service_status(&who.workspace, name, env)
+                .await?;
+            out.push((name.clone(), s));
+        }
+    }
+    Ok(out)
+}
+
+fn counts_of(statuses: &[(String, fraisier_engine::ServiceStatus)]) -> Counts {
     let mut c = Counts {
         total: 0,
         deployed: 0,
@@ -39,15 +58,8 @@ async fn counts(state: &AppState, who: &Caller, env: &str) -> Result<Counts, Api
         degraded: 0,
         unhealthy: 0,
     };
-    for (name, f) in &state.config.scope(&who.workspace).fraises {
-        if !f.environments.contains_key(env) {
-            continue;
-        }
+    for (_, s) in statuses {
         c.total += 1;
-        let s = state
-            .engine
-            .service_status(&who.workspace, name, env)
-            .await?;
         if s.current_version().is_some() {
             c.deployed += 1;
         }
@@ -58,7 +70,11 @@ async fn counts(state: &AppState, who: &Caller, env: &str) -> Result<Counts, Api
             FraiseStatus::Unknown => {}
         }
     }
-    Ok(c)
+    c
+}
+
+async fn counts(state: &AppState, who: &Caller, env: &str) -> Result<Counts, ApiError> {
+    Ok(counts_of(&statuses(state, who, env).await?))
 }
 
 fn status_word(c: &Counts) -> &'static str {
@@ -526,29 +542,25 @@ pub async fn health(
     Params(name): Params<String>,
 ) -> Result<Json<EnvironmentHealth>, ApiError> {
     lookup(&state, &who, &name)?;
-    let c = counts(&state, &who, &name).await?;
-    let mut fraises = Vec::new();
-    for (fraise, f) in &state.config.scope(&who.workspace).fraises {
-        if !f.environments.contains_key(&name) {
-            continue;
-        }
-        let s = state
-            .engine
-            .service_status(&who.workspace, fraise, &name)
-            .await?;
-        let (live, healthy) = s
-            .observed
-            .as_ref()
-            .map(|o| o.live_counts())
-            .unwrap_or((0, 0));
-        fraises.push(FraiseHealth {
-            fraise: fraise.clone(),
-            status: s.status(),
-            current_version: s.current_version().map(str::to_string),
-            instances: live as u64,
-            instances_healthy: healthy as u64,
-        });
-    }
+    let all = statuses(&state, &who, &name).await?;
+    let c = counts_of(&all);
+    let fraises = all
+        .into_iter()
+        .map(|(fraise, s)| {
+            let (live, healthy) = s
+                .observed
+                .as_ref()
+                .map(|o| o.live_counts())
+                .unwrap_or((0, 0));
+            FraiseHealth {
+                fraise,
+                status: s.status(),
+                current_version: s.current_version().map(str::to_string),
+                instances: live as u64,
+                instances_healthy: healthy as u64,
+            }
+        })
+        .collect();
     Ok(Json(EnvironmentHealth {
         environment: name,
         status: status_word(&c),
@@ -568,20 +580,13 @@ pub async fn metrics(
     lookup(&state, &who, &name)?;
     let mut all = VersionMetrics::empty();
     let mut per_fraise = serde_json::Map::new();
-    for (fraise, f) in &state.config.scope(&who.workspace).fraises {
-        if !f.environments.contains_key(&name) {
-            continue;
-        }
-        let s = state
-            .engine
-            .service_status(&who.workspace, fraise, &name)
-            .await?;
+    for (fraise, s) in statuses(&state, &who, &name).await? {
         let mut mine = VersionMetrics::empty();
         for m in s.observed.iter().flat_map(|o| o.metrics.values()) {
             mine.add(m);
             all.add(m);
         }
-        per_fraise.insert(fraise.clone(), json!(mine.summary()));
+        per_fraise.insert(fraise, json!(mine.summary()));
     }
     let summary = all.summary();
     Ok(Json(json!({
