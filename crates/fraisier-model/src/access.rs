@@ -51,6 +51,14 @@ pub enum Permission {
     WebhookRead,
     /// The record of notifications sent about runs.
     NotificationRead,
+    /// The agents of the workspace: hosts, status, labels.
+    AgentRead,
+    /// Make join tokens, with which new agents register.
+    AgentCreate,
+    /// Change an agent's labels, drain it.
+    AgentUpdate,
+    /// Revoke an agent's credential.
+    AgentDelete,
 }
 
 /// A role's grant: `resource:action`, either part `*`, or `*` alone for everything of the
@@ -230,6 +238,10 @@ impl Permission {
         Permission::ArtifactDelete,
         Permission::WebhookRead,
         Permission::NotificationRead,
+        Permission::AgentRead,
+        Permission::AgentCreate,
+        Permission::AgentUpdate,
+        Permission::AgentDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -264,6 +276,10 @@ impl Permission {
             Permission::ArtifactDelete => "artifact:delete",
             Permission::WebhookRead => "webhook:read",
             Permission::NotificationRead => "notification:read",
+            Permission::AgentRead => "agent:read",
+            Permission::AgentCreate => "agent:create",
+            Permission::AgentUpdate => "agent:update",
+            Permission::AgentDelete => "agent:delete",
         }
     }
 

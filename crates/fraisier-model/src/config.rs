@@ -569,6 +569,12 @@ pub struct ServerConfig {
     pub allowed_health_hosts: Vec<String>,
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// How often agents report to the server (default 5s).
+    #[serde(default = "default_heartbeat_interval")]
+    pub agent_heartbeat_interval: Millis,
+    /// An agent silent this long is offline: nothing new is placed there (default 15s).
+    #[serde(default = "default_offline_after")]
+    pub agent_offline_after: Millis,
 }
 
 /// HMAC-SHA2 JWT algorithms; only the configured one is accepted.
@@ -948,6 +954,12 @@ pub enum ConfigError {
     },
 }
 
+fn default_heartbeat_interval() -> Millis {
+    Millis::from_secs(5)
+}
+fn default_offline_after() -> Millis {
+    Millis::from_secs(15)
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
@@ -1068,6 +1080,8 @@ impl Default for ServerConfig {
             token_algorithm: TokenAlgorithm::default(),
             allowed_health_hosts: Vec::new(),
             rate_limits: RateLimits::default(),
+            agent_heartbeat_interval: default_heartbeat_interval(),
+            agent_offline_after: default_offline_after(),
         }
     }
 }
@@ -1237,6 +1251,25 @@ impl Config {
                 Roles::builtin()
             }
         };
+        let (every, after) = (
+            self.server.agent_heartbeat_interval,
+            self.server.agent_offline_after,
+        );
+        if every.0 < 100 {
+            bad(
+                "server.agent_heartbeat_interval".into(),
+                "must be at least 100ms".into(),
+            );
+        }
+        if after <= every {
+            bad(
+                "server.agent_offline_after".into(),
+                format!(
+                    "must be longer than server.agent_heartbeat_interval ({}), or every agent would flap offline",
+                    every
+                ),
+            );
+        }
         let mut ports: BTreeMap<u16, String> = BTreeMap::new();
         for (ws_name, ws) in &self.workspaces {
             let prefix = if ws_name == DEFAULT_WORKSPACE {

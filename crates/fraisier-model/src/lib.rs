@@ -2,6 +2,7 @@
 //! desired/observed state exchanged between the control plane and the agents. No I/O here.
 
 pub mod access;
+pub mod agent;
 pub mod analysis;
 pub mod approval;
 pub mod artifact;

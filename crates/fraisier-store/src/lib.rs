@@ -6,6 +6,7 @@ use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState,
 use fraisier_model::service::DesiredService;
 use serde_json::Value;
 
+mod agents;
 mod api_keys;
 mod approvals;
 mod artifacts;
@@ -30,6 +31,9 @@ mod users;
 mod variables;
 mod webhooks;
 
+pub use agents::{
+    Agent, JoinToken, NewAgent, NewJoinToken, Refusal, LOCAL_AGENT, SHARED_WORKSPACE,
+};
 pub use api_keys::{ApiKey, KeyHolder, NewApiKey};
 pub use artifacts::{
     Artifact, ArtifactFilter, ArtifactVersion, NewArtifactVersion, VersionConflict,

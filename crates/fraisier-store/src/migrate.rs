@@ -411,6 +411,43 @@ const MIGRATIONS: &[Migration] = &[
         name: "notification destinations by digest",
         statements: &["ALTER TABLE notifications ADD COLUMN fingerprint TEXT"],
     },
+    Migration {
+        version: 13,
+        name: "agents and join tokens",
+        statements: &[
+            // `workspace` is '*' for the server's own agent, which serves every workspace.
+            // Revoked agents stay, so the audit trail's ids keep meaning someone.
+            "CREATE TABLE agents (
+            id {ID},
+            workspace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            credential_hash TEXT NOT NULL,
+            draining BIGINT NOT NULL,
+            version TEXT NOT NULL,
+            capabilities TEXT NOT NULL,
+            host TEXT NOT NULL,
+            services BIGINT NOT NULL,
+            instances BIGINT NOT NULL,
+            registered_at BIGINT NOT NULL,
+            registered_by TEXT NOT NULL,
+            last_heartbeat_at BIGINT,
+            revoked_at BIGINT,
+            revoked_by TEXT
+        )",
+            "CREATE UNIQUE INDEX agents_live_name ON agents (workspace, name) WHERE revoked_at IS NULL",
+            "CREATE UNIQUE INDEX agents_credential ON agents (credential_hash)",
+            "CREATE TABLE agent_join_tokens (
+            id {ID},
+            workspace TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            uses_left BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

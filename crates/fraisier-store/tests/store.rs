@@ -77,8 +77,117 @@ store_suite! {
     workspaces_and_projects_are_declared_made_and_scoped,
     variables_change_all_or_nothing_and_restore,
     artifact_versions_are_immutable_and_scoped,
+    a_join_token_admits_as_many_agents_as_it_has_uses,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
+}
+
+/// Eight agents present a token of two uses at once: two join, the others are refused; a
+/// heartbeat writes only what the agent reports; a revoked credential opens nothing.
+async fn a_join_token_admits_as_many_agents_as_it_has_uses(db: &TestDb) {
+    use fraisier_model::agent::{Heartbeat, Labels};
+    use fraisier_store::{NewAgent, NewJoinToken, Refusal};
+    let local = db
+        .store
+        .ensure_local_agent("local-digest", &Heartbeat::default())
+        .await
+        .unwrap();
+    assert!(local.is_local() && local.last_heartbeat_at.is_none());
+    let again = db
+        .store
+        .ensure_local_agent("new-digest", &Heartbeat::default())
+        .await
+        .unwrap();
+    assert_eq!(again.id, local.id, "the local agent is recorded once");
+    assert!(db
+        .store
+        .agent_by_credential("local-digest")
+        .await
+        .unwrap()
+        .is_none());
+    db.store
+        .create_join_token(&NewJoinToken {
+            workspace: DEFAULT_TENANT.into(),
+            token_hash: "token-digest".into(),
+            uses: 2,
+            expires_at: Utc::now() + Duration::hours(1),
+            created_by: "admin".into(),
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = db.store.clone();
+            tokio::spawn(async move {
+                s.register_agent(
+                    "token-digest",
+                    &NewAgent {
+                        name: format!("web-{i}"),
+                        labels: Labels::new(),
+                        credential_hash: format!("credential-{i}"),
+                        heartbeat: Heartbeat::default(),
+                    },
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut joined = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) => joined.push(a),
+            Err(r) => assert_eq!(r, Refusal::InvalidJoinToken),
+        }
+    }
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    let agents = db.store.agents("other").await.unwrap();
+    assert_eq!(
+        agents.len(),
+        1,
+        "another workspace sees only the local agent"
+    );
+    assert_eq!(db.store.agents(DEFAULT_TENANT).await.unwrap().len(), 3);
+
+    let a = &joined[0];
+    db.store
+        .update_agent(
+            a.id,
+            Some(&Labels::from([("role".into(), "web".into())])),
+            Some(true),
+        )
+        .await
+        .unwrap();
+    let beat = Heartbeat {
+        version: "2.0.0".into(),
+        services: 3,
+        ..Heartbeat::default()
+    };
+    let after = db.store.record_heartbeat(a.id, &beat).await.unwrap();
+    assert!(after.draining, "a heartbeat does not undo a drain");
+    assert_eq!(after.labels.get("role").map(String::as_str), Some("web"));
+    assert_eq!((after.version.as_str(), after.services), ("2.0.0", 3));
+    assert!(after.last_heartbeat_at >= a.last_heartbeat_at);
+
+    let credential = format!("credential-{}", a.name.trim_start_matches("web-"));
+    assert!(db
+        .store
+        .agent_by_credential(&credential)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(db.store.revoke_agent(a.id, "admin").await.unwrap());
+    assert!(!db.store.revoke_agent(a.id, "admin").await.unwrap());
+    assert!(db
+        .store
+        .agent_by_credential(&credential)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        db.store.record_heartbeat(a.id, &beat).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn variables_change_all_or_nothing_and_restore(db: &TestDb) {
