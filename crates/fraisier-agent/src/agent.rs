@@ -177,6 +177,17 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         Arc::new(crate::fetch::Fetcher::load(dir.server_link())),
     );
     releases.remove_debris();
+    if let Some(join) = &opts.join {
+        let link = crate::membership::join(&dir, join).await?;
+        let record = dir.server_link();
+        releases
+            .fetcher()
+            .link(link)
+            .map_err(|source| AgentError::StateDir {
+                path: record,
+                source,
+            })?;
+    }
     let desired = load_desired(&dir);
     let records: Vec<InstanceRecord> = read_json(&dir.instances_file())
         .unwrap_or_else(|e| {
@@ -221,6 +232,7 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     });
 
     start_services(&agent, desired, adopted).await;
+    crate::membership::spawn_heartbeats(agent.clone());
     let logs_of = agent.dir.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(LOG_CAP_EVERY);

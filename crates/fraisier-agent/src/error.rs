@@ -32,6 +32,8 @@ pub enum AgentError {
     },
     #[error("secret keys: {0}")]
     SecretKeys(#[from] fraisier_model::secret::SecretError),
+    #[error("cannot join the server: {0}")]
+    Join(String),
     #[error("the control API stopped")]
     Serve(#[source] io::Error),
 }

@@ -63,6 +63,14 @@ impl Fetcher {
         Ok(())
     }
 
+    /// The link as it is now.
+    pub fn current(&self) -> Option<ServerLink> {
+        self.link
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn linked_to(&self) -> Option<String> {
         self.link
             .read()
@@ -169,6 +177,7 @@ mod tests {
         let link = |token: &str| ServerLink {
             url: format!("http://{addr}/api/v1"),
             token: token.into(),
+            agent_id: None,
         };
         fetcher.link(link("wrong")).unwrap();
         let err = fetcher.fetch(&good, &dest).await.unwrap_err();

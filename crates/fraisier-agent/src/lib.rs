@@ -7,7 +7,7 @@
 //! pure decisions), `restart` (backoff), `process` (instance processes), `health` (probes),
 //! `exec` (one-shot commands), `release` (releases on disk), `state_dir` (files and atomic
 //! writes), `router` (the reverse proxy), `secrets` (opening sealed values), `signal` (the
-//! libc calls).
+//! libc calls), `membership` (joining a server and heartbeating to it).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ mod error;
 mod exec;
 pub mod fetch;
 mod health;
+pub mod membership;
 pub mod plan;
 pub mod process;
 mod reconcile;
@@ -43,6 +44,9 @@ pub struct AgentOptions {
     pub keep_releases: usize,
     /// The key file secrets are opened with (`FRAISIER_SECRET_KEY` when unset and present).
     pub secret_keys: Option<PathBuf>,
+    /// A server to join and report to; `None` for the agent `fraisier serve` starts, which
+    /// that server links with `PUT /v1/server`.
+    pub join: Option<membership::Join>,
 }
 
 // === impl AgentOptions ===
@@ -55,6 +59,7 @@ impl AgentOptions {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             keep_releases: 3,
             secret_keys: None,
+            join: None,
         }
     }
 }

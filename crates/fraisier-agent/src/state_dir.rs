@@ -114,6 +114,11 @@ impl StateDir {
         self.root.join("server.json")
     }
 
+    /// Who this agent is on the server it joined, and its credential there (0600).
+    pub fn membership(&self) -> PathBuf {
+        self.root.join("membership.json")
+    }
+
     pub fn releases_dir(&self) -> PathBuf {
         self.root.join("releases")
     }
@@ -181,6 +186,11 @@ impl InstanceBook {
             path,
             records: tokio::sync::Mutex::new(by_service),
         }
+    }
+
+    /// Instances recorded, across services.
+    pub async fn count(&self) -> usize {
+        self.records.lock().await.values().map(Vec::len).sum()
     }
 
     /// Replaces the records of one service and rewrites the file if anything changed.

@@ -72,6 +72,10 @@ pub struct ArtifactRef {
 pub struct ServerLink {
     pub url: String,
     pub token: String,
+    /// The agent's id there (`agt_…`): where it sends its heartbeats. Absent from links kept
+    /// by agents older than registration, which then fetch but do not report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// The token never prints.

@@ -176,7 +176,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
             addr: listen,
             source,
         })?;
+    // The local agent is the first agent: its credential is the token kept in the data dir.
     let agent_token = auth::agent_token(&data_dir)?;
+    let local = store
+        .ensure_local_agent(
+            &auth::api_key_hash(&agent_token),
+            &fraisier_model::agent::Heartbeat {
+                version: env!("CARGO_PKG_VERSION").into(),
+                // The agent reports its host with its first heartbeat.
+                ..Default::default()
+            },
+        )
+        .await?;
     let bound = listener.local_addr()?;
     // The agent runs on this host: an unspecified address is reached on loopback.
     let reach = match bound.ip() {
@@ -195,7 +206,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         secret_keys: secret_keys::key_file(&data_dir),
         server: fraisier_model::service::ServerLink {
             url: format!("http://{reach}/api/v1"),
-            token: agent_token.clone(),
+            token: agent_token,
+            agent_id: Some(format!("agt_{}", local.id)),
         },
     }));
     if let Err(e) = agent.ensure().await {
@@ -217,7 +229,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         config: config.clone(),
         roles,
         limiter: Arc::new(limits::Limiter::new(config.server.rate_limits)),
-        agent_token: Arc::new(agent_token),
         signing: Arc::new(signing::SigningKey::load_or_create(&data_dir)?),
         started_at: chrono::Utc::now(),
     };

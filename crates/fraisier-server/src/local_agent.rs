@@ -112,6 +112,9 @@ impl LocalAgent {
             .arg(self.launcher.keep_releases.to_string())
             .arg("--secret-keys")
             .arg(&self.launcher.secret_keys)
+            // The agent this server starts is linked by it, never joined elsewhere.
+            .env_remove("FRAISIER_URL")
+            .env_remove("FRAISIER_JOIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(unreachable)?)
             .stderr(log)

@@ -1,6 +1,7 @@
 //! `fraisier`: one binary that is the server (`serve`), the agent (`agent`) and the CLI.
 
 mod admin;
+mod agents;
 mod artifacts;
 mod commands;
 mod credentials;
@@ -44,7 +45,8 @@ struct Cli {
 enum Command {
     /// Start the server (API, engine) and its local agent
     Serve(ServeArgs),
-    /// Run the agent that runs and routes instances on this host
+    /// Run the agent that runs and routes instances on this host (with --server: join that
+    /// server); or manage agents: join-token, list, show, drain, resume, label, revoke
     Agent(AgentArgs),
     /// Print an access token (admin, minted from the data dir on the server's host; elsewhere renewed from `auth:login`)
     #[command(name = "auth:token")]
@@ -139,7 +141,7 @@ struct ServeArgs {
 #[derive(Args)]
 struct AgentArgs {
     #[command(subcommand)]
-    action: Option<AgentAction>,
+    action: Option<agents::AgentCommand>,
     /// The agent's state directory (default: <data_dir>/agent)
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
@@ -153,12 +155,16 @@ struct AgentArgs {
     /// FRAISIER_SECRET_KEY is used when this is not given
     #[arg(long)]
     secret_keys: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum AgentAction {
-    /// Stop the agent: drain and stop every instance and router, then exit
-    Stop,
+    /// With --server: the join token to register with, the first time (or FRAISIER_JOIN_TOKEN,
+    /// which stays out of shell history)
+    #[arg(long, env = "FRAISIER_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// With --server: the agent's name, unique in its workspace (default: the host's name)
+    #[arg(long)]
+    name: Option<String>,
+    /// With --server: labels target groups and fraises select by (`role=web,zone=a`)
+    #[arg(long, default_value = "")]
+    labels: String,
 }
 
 #[derive(Args)]
@@ -274,14 +280,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
+            let action = match args.action {
+                Some(agents::AgentCommand::Stop) => Some(()),
+                Some(c) => return agents::run(&ctx, c).await,
+                None => None,
+            };
             let state_dir = match args.state_dir {
                 Some(d) => d,
+                None if cli.server.is_some() && config_path(cli.config.as_deref()).is_none() => {
+                    return Err(anyhow!(
+                        "pass --state-dir: where this agent keeps its releases, instances and credential"
+                    ));
+                }
                 None => {
                     fraisier_server::agent_dir(&load_config(cli.config.as_deref())?.server.data_dir)
                 }
             };
-            match args.action {
-                Some(AgentAction::Stop) => {
+            match action {
+                Some(()) => {
                     let client = fraisier_client::AgentClient::from_state_dir(&state_dir)
                         .with_context(|| {
                             format!("no agent runs with state in {}", state_dir.display())
@@ -291,11 +307,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
+                    let join = match &cli.server {
+                        Some(server) => Some(fraisier_agent::membership::Join {
+                            server: server.clone(),
+                            join_token: args.join_token,
+                            name: args.name.or_else(|| {
+                                Some(fraisier_agent::membership::host_facts().hostname)
+                                    .filter(|h| !h.is_empty())
+                            }),
+                            labels: fraisier_model::agent::parse_labels(&args.labels)
+                                .map_err(|e| anyhow!("--labels: {e}"))?,
+                        }),
+                        None => None,
+                    };
                     fraisier_agent::run(fraisier_agent::AgentOptions {
                         state_dir,
                         listen: args.listen,
                         keep_releases: args.keep_releases,
                         secret_keys: args.secret_keys,
+                        join,
                     })
                     .await?;
                     Ok(ExitCode::SUCCESS)

@@ -612,7 +612,7 @@ pub async fn blob(
         .with_details(json!({ "digest": digest }))
     };
     // Agents serve every workspace; a user sees the bytes of their workspace's versions only.
-    let agent = matches!(who.credential, super::gate::Credential::Agent);
+    let agent = matches!(who.credential, super::gate::Credential::Agent { .. });
     if fraisier_store::blobs::digest_hex(&digest).is_none()
         || (!agent
             && !state

@@ -287,7 +287,7 @@ pub async fn me(State(state): State<AppState>, who: Caller) -> Json<Me> {
         Credential::Token { expires_at, .. } => ("token", Some(super::views::ts(*expires_at))),
         Credential::ApiKey { .. } => ("api_key", None),
         // The gate lets an agent's credential reach only the blobs.
-        Credential::Agent => ("agent", None),
+        Credential::Agent { .. } => ("agent", None),
     };
     Json(Me {
         username: who.username.clone(),

@@ -158,6 +158,9 @@ fn unknown_field_name(message: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_string())
 }
 
+/// Free-form maps whose keys belong to the user: taken as sent.
+const USER_MAPS: &[&str] = &["metadata", "env", "configuration", "labels"];
+
 /// camelCase keys become snake_case (DESIGN §4), except inside free-form maps whose keys
 /// belong to the user.
 pub fn normalize_keys(v: &mut Value) {
@@ -165,7 +168,7 @@ pub fn normalize_keys(v: &mut Value) {
         let old = std::mem::take(map);
         for (k, mut val) in old {
             let key = to_snake(&k);
-            if !matches!(key.as_str(), "metadata" | "env" | "configuration") {
+            if !USER_MAPS.contains(&key.as_str()) {
                 normalize_keys(&mut val);
             }
             map.insert(key, val);
@@ -188,7 +191,7 @@ fn integral_numbers(v: &mut Value) {
         }
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                if !matches!(k.as_str(), "metadata" | "env" | "configuration") {
+                if !USER_MAPS.contains(&k.as_str()) {
                     integral_numbers(val);
                 }
             }

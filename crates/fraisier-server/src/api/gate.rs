@@ -43,8 +43,11 @@ pub enum Credential {
         id: i64,
         name: String,
     },
-    /// An agent fetching artifacts (`X-Agent-Token`): it may read blobs, nothing else.
-    Agent,
+    /// An agent's own credential (`X-Agent-Token`): it may report for itself and read blobs,
+    /// nothing else.
+    Agent {
+        id: i64,
+    },
 }
 
 /// What an agent's credential allows.
@@ -71,7 +74,7 @@ impl Caller {
         match &self.credential {
             Credential::Token { .. } => format!("user:{}", self.user_id),
             Credential::ApiKey { id, .. } => format!("key:{id}"),
-            Credential::Agent => "agent".into(),
+            Credential::Agent { id } => format!("agent:{id}"),
         }
     }
 
@@ -79,14 +82,14 @@ impl Caller {
         match self.credential {
             Credential::Token { .. } => "user",
             Credential::ApiKey { .. } => "api_key",
-            Credential::Agent => "agent",
+            Credential::Agent { .. } => "agent",
         }
     }
 
     fn key_name(&self) -> Option<String> {
         match &self.credential {
             Credential::ApiKey { name, .. } => Some(name.clone()),
-            Credential::Token { .. } | Credential::Agent => None,
+            Credential::Token { .. } | Credential::Agent { .. } => None,
         }
     }
 }
@@ -183,21 +186,25 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
         return response;
     }
 
-    if matches!(caller.credential, Credential::Agent)
-        && !matches!(route.need, Need::Permission(p) if AGENT_PERMISSIONS.contains(&p))
-    {
-        let response = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "PERMISSION_DENIED",
-            "an agent's credential fetches artifacts and nothing else",
-        )
-        .into_response();
+    let agent = matches!(caller.credential, Credential::Agent { .. });
+    let refused = match (agent, route.need) {
+        (true, Need::Agent) => false,
+        (true, Need::Permission(p)) => !AGENT_PERMISSIONS.contains(&p),
+        (true, _) | (false, Need::Agent) => true,
+        (false, _) => false,
+    };
+    if refused {
+        let message = if agent {
+            "an agent's credential reports for its agent and fetches artifacts, nothing else"
+        } else {
+            "this route is for agents' own credentials (X-Agent-Token)"
+        };
+        let response =
+            ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message).into_response();
         record(&state, audit, None, &response).await;
         return response;
     }
-    if let (Need::Permission(p), false) =
-        (route.need, matches!(caller.credential, Credential::Agent))
-    {
+    if let (Need::Permission(p), false) = (route.need, agent) {
         if let Err(denial) = state.roles.judge(&caller.roles, p, None) {
             let response = ApiError::denied(&denial).into_response();
             record(&state, audit, None, &response).await;
@@ -299,16 +306,23 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Who sent the request: a bearer token or an `X-API-Key`, each checked against the store.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     if let Some(presented) = headers.get("x-agent-token") {
-        return if crate::auth::same_secret(presented.as_bytes(), state.agent_token.as_bytes()) {
-            Ok(Caller {
+        // Credentials carry 256 random bits: looking one up by its digest reveals nothing.
+        let digest = crate::auth::api_key_hash(presented.to_str().unwrap_or_default().trim());
+        return match state.engine.store().agent_by_credential(&digest).await? {
+            Some(a) => Ok(Caller {
                 user_id: 0,
-                username: "agent".into(),
-                workspace: fraisier_store::DEFAULT_TENANT.into(),
+                username: format!("agent:{}", a.name),
+                workspace: if a.is_local() {
+                    fraisier_store::DEFAULT_TENANT.into()
+                } else {
+                    a.workspace
+                },
                 roles: Vec::new(),
-                credential: Credential::Agent,
-            })
-        } else {
-            Err(ApiError::unauthorized("invalid agent token"))
+                credential: Credential::Agent { id: a.id },
+            }),
+            None => Err(ApiError::unauthorized(
+                "invalid agent credential (revoked, or never issued by this server)",
+            )),
         };
     }
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());

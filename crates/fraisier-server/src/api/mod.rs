@@ -1,5 +1,6 @@
 //! The HTTP API: routes, the request-id and authentication layers, and shared state.
 
+pub mod agents;
 pub mod api_keys;
 pub mod approvals;
 pub mod artifacts;
@@ -52,8 +53,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub roles: Arc<Roles>,
     pub limiter: Arc<Limiter>,
-    /// What agents present (`X-Agent-Token`) to fetch artifacts.
-    pub agent_token: Arc<String>,
     /// Signs artifact versions.
     pub signing: Arc<crate::signing::SigningKey>,
     pub started_at: DateTime<Utc>,
@@ -158,6 +157,14 @@ pub fn router(state: AppState) -> Router {
         .route("/fraises/{name}", get(fraises::get))
         .route("/fraises/{name}/status", get(fraises::status))
         .route("/fraises/{name}/history", get(fraises::history))
+        .route("/agents", get(agents::list))
+        .route("/agents/join-tokens", post(agents::create_join_token))
+        .route("/agents/register", post(agents::register))
+        .route(
+            "/agents/{id}",
+            get(agents::get).put(agents::update).delete(agents::revoke),
+        )
+        .route("/agents/{id}/heartbeat", post(agents::heartbeat))
         .route("/environments", get(environments::list))
         .route("/environments/{name}", get(environments::get))
         .route("/environments/{name}/status", get(environments::status))

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{self, Need};
 use super::{
-    api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises,
+    agents, api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises,
     notifications, params, projects, services, sources, system, users, variables, webhooks,
     workspaces,
 };
@@ -62,6 +62,7 @@ impl Modify for BearerAuth {
         environments::add_freeze_window, environments::freeze_windows, environments::delete_freeze_window,
         environments::limits, environments::set_limits, environments::health, environments::metrics,
         environments::deployments, environments::config,
+        agents::create_join_token, agents::register, agents::heartbeat, agents::list, agents::get, agents::update, agents::revoke,
         webhooks::receive, webhooks::receive_any, webhooks::deliveries, notifications::deliveries,
         sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,
@@ -73,7 +74,7 @@ impl Modify for BearerAuth {
         notifications::NotificationStatusName, notifications::NotifyEventName)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
-    tags((name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),
+    tags((name = "agents", description = "Agents on the hosts, joining and reporting (seed 002)"), (name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),
 )]
 pub struct ApiDoc;
 
@@ -143,6 +144,11 @@ fn complete(doc: &mut Value) {
                         "401",
                         "UNAUTHORIZED: no credential, or a forged, expired or revoked one",
                     );
+                    add("429", "RATE_LIMIT_EXCEEDED: see Retry-After");
+                }
+                Need::Agent => {
+                    add("401", "UNAUTHORIZED: no agent credential, or a revoked one");
+                    add("403", "PERMISSION_DENIED: not an agent's credential");
                     add("429", "RATE_LIMIT_EXCEEDED: see Retry-After");
                 }
                 Need::Permission(_) => {

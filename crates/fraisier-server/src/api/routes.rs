@@ -16,6 +16,8 @@ pub enum Need {
     /// their own password).
     Authenticated,
     Permission(Permission),
+    /// An agent's own credential (`X-Agent-Token`); the handler checks it is the agent named.
+    Agent,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +44,7 @@ const fn route(
     }
 }
 
-use Need::{Authenticated, Public, Signed};
+use Need::{Agent, Authenticated, Public, Signed};
 use Permission as P;
 
 const fn may(p: Permission) -> Need {
@@ -124,6 +126,14 @@ pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/environments", may(P::EnvironmentRead), "environment.list"),
     route("GET", "/environments/{name}", may(P::EnvironmentRead), "environment.read"),
     route("GET", "/environments/{name}/status", may(P::EnvironmentRead), "environment.status"),
+    route("POST", "/agents/join-tokens", may(P::AgentCreate), "agent.join_token"),
+    // The join token in the body is the credential; the handler checks it.
+    route("POST", "/agents/register", Public, "agent.register"),
+    route("GET", "/agents", may(P::AgentRead), "agent.list"),
+    route("GET", "/agents/{id}", may(P::AgentRead), "agent.read"),
+    route("PUT", "/agents/{id}", may(P::AgentUpdate), "agent.update"),
+    route("DELETE", "/agents/{id}", may(P::AgentDelete), "agent.revoke"),
+    route("POST", "/agents/{id}/heartbeat", Agent, "agent.heartbeat"),
     route("POST", "/environments/{name}/lock", may(P::EnvironmentUpdate), "environment.lock"),
     route("POST", "/environments/{name}/unlock", may(P::EnvironmentUpdate), "environment.unlock"),
     route("GET", "/environments/{name}/limits", may(P::EnvironmentRead), "environment.limits"),
@@ -222,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn only_health_sign_in_and_the_document_are_public() {
+    fn only_health_sign_in_registration_and_the_document_are_public() {
         let public: Vec<&str> = ROUTES
             .iter()
             .filter(|r| r.need == Need::Public)
@@ -235,7 +245,8 @@ mod tests {
                 "/openapi.json",
                 "/auth/token",
                 "/auth/login",
-                "/auth/refresh"
+                "/auth/refresh",
+                "/agents/register",
             ]
         );
     }
