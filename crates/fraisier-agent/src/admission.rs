@@ -269,6 +269,7 @@ mod tests {
                 id: "a".into(),
                 version: "1.0.0".into(),
                 weight: 100,
+                target: None,
             }],
             drain_timeout_ms: 1000,
             stop_grace_ms: 1000,

@@ -197,6 +197,7 @@ mod tests {
             id: id.into(),
             version: version.into(),
             weight,
+            target: None,
         }
     }
 

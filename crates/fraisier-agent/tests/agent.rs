@@ -162,6 +162,7 @@ impl Fixture {
                     id: id.to_string(),
                     version: v.to_string(),
                     weight: 100,
+                    target: None,
                 })
                 .collect(),
             drain_timeout_ms: 2000,

@@ -900,6 +900,19 @@ pub struct FraiseEnvironmentConfig {
     /// A pushed tag deploys here.
     #[serde(default)]
     pub tags: bool,
+    /// Where it runs: the agents carrying these labels, `instances` on each. Absent: the
+    /// server's own agent (`local`).
+    #[serde(default)]
+    pub targets: Option<TargetSelector>,
+}
+
+/// Which agents a fraise runs on in an environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSelector {
+    /// Every pair must match (`{role: web}`).
+    #[serde(default)]
+    pub labels: crate::agent::Labels,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -1600,6 +1613,13 @@ fn validate_workspace(
             }
             if fe.instances == 0 || fe.instances > 64 {
                 bad(format!("{at}.instances"), "must be between 1 and 64".into());
+            }
+            if let Some(p) = fe
+                .targets
+                .as_ref()
+                .and_then(|t| crate::agent::labels_problem(&t.labels))
+            {
+                bad(format!("{at}.targets.labels"), p);
             }
             if f.kind == FraiseType::Api {
                 match fe.port {

@@ -46,21 +46,63 @@ pub struct Target<'a> {
     pub instances: u32,
     /// The first free instance ordinal; ids are `i<ordinal>`.
     pub next_ordinal: u64,
+    /// The agents new instances are spread over, `instances / targets.len()` on each; empty:
+    /// the server's own agent (instances name no target).
+    pub targets: &'a [String],
 }
 
 /// Weight units per instance when all share equally; canary splits use the same scale.
 pub const UNIT: u32 = 100;
 
-struct Ids(u64);
+/// How new instances are laid over the targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spread {
+    /// The first `per target` instances on the first target, the next on the second…: a
+    /// rolling replacement, which stops old instances in order, goes target by target.
+    Blocks,
+    /// One on each target in turn: a canary's first instances land on as many targets as
+    /// they can, so weight shifts on each of them.
+    Turns,
+}
 
-impl Ids {
+/// New instance ids, each with its target, counted from the first free ordinal.
+struct Ids<'a> {
+    base: u64,
+    next: u64,
+    targets: &'a [String],
+    per_target: u64,
+    spread: Spread,
+}
+
+impl<'a> Ids<'a> {
+    fn new(t: &Target<'a>, spread: Spread) -> Ids<'a> {
+        let n = t.targets.len().max(1) as u64;
+        Ids {
+            base: t.next_ordinal,
+            next: t.next_ordinal,
+            targets: t.targets,
+            per_target: (u64::from(t.instances) / n).max(1),
+            spread,
+        }
+    }
+
     fn take(&mut self, version: &str, weight: u32) -> DesiredInstance {
-        let id = format!("i{}", self.0);
-        self.0 += 1;
+        let nth = self.next - self.base;
+        let id = format!("i{}", self.next);
+        self.next += 1;
+        let target = (!self.targets.is_empty()).then(|| {
+            let n = self.targets.len() as u64;
+            let slot = match self.spread {
+                Spread::Blocks => (nth / self.per_target) % n,
+                Spread::Turns => nth % n,
+            };
+            self.targets[slot as usize].clone()
+        });
         DesiredInstance {
             id,
             version: version.to_string(),
             weight,
+            target,
         }
     }
 }
@@ -96,7 +138,7 @@ fn with_weight(list: &[DesiredInstance], weight: u32) -> Vec<DesiredInstance> {
 }
 
 fn first_deploy(t: &Target, timeout: Millis) -> Vec<Phase> {
-    let mut ids = Ids(t.next_ordinal);
+    let mut ids = Ids::new(t, Spread::Blocks);
     let instances = (0..t.instances)
         .map(|_| ids.take(t.version, UNIT))
         .collect();
@@ -115,7 +157,7 @@ fn rolling(c: &RollingConfig, t: &Target) -> Vec<Phase> {
     let surge = c.max_surge as usize;
     let down = c.max_instances_down as usize;
     let floor = n.saturating_sub(down).max(1);
-    let mut ids = Ids(t.next_ordinal);
+    let mut ids = Ids::new(t, Spread::Blocks);
     let mut old: Vec<DesiredInstance> = t.current.to_vec();
     let mut new: Vec<DesiredInstance> = Vec::new();
     let mut phases = Vec::new();
@@ -163,7 +205,7 @@ fn rolling(c: &RollingConfig, t: &Target) -> Vec<Phase> {
 }
 
 fn blue_green(c: &BlueGreenConfig, t: &Target) -> Vec<Phase> {
-    let mut ids = Ids(t.next_ordinal);
+    let mut ids = Ids::new(t, Spread::Blocks);
     let green: Vec<DesiredInstance> = (0..t.instances).map(|_| ids.take(t.version, 0)).collect();
     let blue = t.current.to_vec();
     let mut deploy_gates = vec![Gate::Converged {
@@ -217,7 +259,7 @@ fn split(stable: &[DesiredInstance], canary: &[DesiredInstance], pct: u32) -> Ve
 
 fn canary(c: &CanaryConfig, t: &Target) -> Vec<Phase> {
     let n = t.instances;
-    let mut ids = Ids(t.next_ordinal);
+    let mut ids = Ids::new(t, Spread::Turns);
     let stable = t.current.to_vec();
     let stable_version = stable.first().map(|i| i.version.clone());
     let mut canaries: Vec<DesiredInstance> = Vec::new();
@@ -265,7 +307,7 @@ fn canary(c: &CanaryConfig, t: &Target) -> Vec<Phase> {
 }
 
 fn recreate(c: &RecreateConfig, t: &Target) -> Vec<Phase> {
-    let mut ids = Ids(t.next_ordinal);
+    let mut ids = Ids::new(t, Spread::Blocks);
     vec![
         Phase {
             name: "stop every instance".into(),
@@ -304,6 +346,7 @@ mod tests {
                 id: format!("i{i}"),
                 version: version.into(),
                 weight: UNIT,
+                target: None,
             })
             .collect()
     }
@@ -318,6 +361,102 @@ mod tests {
             .iter()
             .filter(|i| i.weight > 0 && prev.iter().any(|q| q.id == i.id))
             .count()
+    }
+
+    #[test]
+    fn instances_are_spread_over_targets_rolling_goes_target_by_target() {
+        let targets = ["web-1".to_string(), "web-2".to_string()];
+        let on = |list: &[DesiredInstance]| -> Vec<String> {
+            list.iter()
+                .map(|i| format!("{}@{}", i.id, i.target.as_deref().unwrap_or("-")))
+                .collect()
+        };
+        let rolling = config(
+            Strategy::Rolling,
+            json!({"max_surge": 1, "max_instances_down": 1}),
+        );
+        let first = plan(
+            &rolling,
+            &Target {
+                current: &[],
+                version: "1",
+                instances: 4,
+                next_ordinal: 1,
+                targets: &targets,
+            },
+        );
+        let placed = first[0].instances.clone();
+        assert_eq!(
+            on(&placed),
+            ["i1@web-1", "i2@web-1", "i3@web-2", "i4@web-2"]
+        );
+        let phases = plan(
+            &rolling,
+            &Target {
+                current: &placed,
+                version: "2",
+                instances: 4,
+                next_ordinal: 5,
+                targets: &targets,
+            },
+        );
+        // The first instances stopped and started are web-1's; web-2 is touched after.
+        let first_web2 = phases
+            .iter()
+            .position(|p| {
+                p.instances
+                    .iter()
+                    .any(|i| i.version == "2" && i.target.as_deref() == Some("web-2"))
+            })
+            .unwrap();
+        let web1_done = phases
+            .iter()
+            .position(|p| {
+                !p.instances
+                    .iter()
+                    .any(|i| i.version == "1" && i.target.as_deref() == Some("web-1"))
+            })
+            .unwrap();
+        assert!(web1_done <= first_web2, "{phases:#?}");
+        let last = phases.last().unwrap();
+        assert_eq!(
+            on(&last.instances),
+            ["i5@web-1", "i6@web-1", "i7@web-2", "i8@web-2"]
+        );
+        // A canary's first instances go to as many targets as they can.
+        let canary = config(
+            Strategy::Canary,
+            json!({"steps": [{"weight": 50, "pause": "1s"}]}),
+        );
+        let phases = plan(
+            &canary,
+            &Target {
+                current: &placed,
+                version: "2",
+                instances: 4,
+                next_ordinal: 5,
+                targets: &targets,
+            },
+        );
+        let canaries: Vec<String> = phases[0]
+            .instances
+            .iter()
+            .filter(|i| i.version == "2")
+            .map(|i| i.target.clone().unwrap())
+            .collect();
+        assert_eq!(canaries, ["web-1", "web-2"]);
+        // No targets: nothing names one (the server's own agent).
+        let local = plan(
+            &rolling,
+            &Target {
+                current: &[],
+                version: "1",
+                instances: 2,
+                next_ordinal: 1,
+                targets: &[],
+            },
+        );
+        assert!(local[0].instances.iter().all(|i| i.target.is_none()));
     }
 
     #[test]
@@ -338,6 +477,7 @@ mod tests {
                         version: "2.0.0",
                         instances: n,
                         next_ordinal: 10,
+                        targets: &[],
                     };
                     let phases = plan(&c, &t);
                     let last = phases.last().unwrap();
@@ -373,6 +513,7 @@ mod tests {
                 version: "2.0.0",
                 instances: 2,
                 next_ordinal: 3,
+                targets: &[],
             },
         );
         assert_eq!(phases.len(), 3);
@@ -409,6 +550,7 @@ mod tests {
                 version: "2.0.0",
                 instances: 2,
                 next_ordinal: 3,
+                targets: &[],
             },
         );
         let share = |p: &Phase| {
@@ -439,6 +581,7 @@ mod tests {
                 version: "2.0.0",
                 instances: 3,
                 next_ordinal: 4,
+                targets: &[],
             },
         );
         assert!(phases[0].instances.is_empty());
@@ -455,6 +598,7 @@ mod tests {
                 version: "1.0.0",
                 instances: 3,
                 next_ordinal: 1,
+                targets: &[],
             },
         );
         assert_eq!(phases.len(), 1);

@@ -94,6 +94,9 @@ pub struct DesiredInstance {
     pub id: String,
     pub version: String,
     pub weight: u32,
+    /// The agent it runs on, by name; absent: the server's own (`local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -1530,11 +1530,13 @@ fn desired() -> DesiredService {
                 id: "api-1".to_string(),
                 version: "1.2.0".to_string(),
                 weight: 100,
+                target: None,
             },
             DesiredInstance {
                 id: "api-2".to_string(),
                 version: "1.2.0".to_string(),
                 weight: 0,
+                target: None,
             },
         ],
         drain_timeout_ms: 30_000,
