@@ -233,6 +233,9 @@ pub(crate) async fn run(opts: AgentOptions) -> Result<(), AgentError> {
 
     start_services(&agent, desired, adopted).await;
     crate::membership::spawn_heartbeats(agent.clone());
+    if opts.join.is_some() {
+        crate::stream::spawn(agent.clone());
+    }
     let logs_of = agent.dir.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(LOG_CAP_EVERY);

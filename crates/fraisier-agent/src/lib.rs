@@ -7,7 +7,8 @@
 //! pure decisions), `restart` (backoff), `process` (instance processes), `health` (probes),
 //! `exec` (one-shot commands), `release` (releases on disk), `state_dir` (files and atomic
 //! writes), `router` (the reverse proxy), `secrets` (opening sealed values), `signal` (the
-//! libc calls), `membership` (joining a server and heartbeating to it).
+//! libc calls), `membership` (joining a server and heartbeating to it),
+//! `stream` (the task stream to the server it joined).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ mod schedule;
 pub mod secrets;
 pub mod signal;
 mod state_dir;
+mod stream;
 
 pub use error::AgentError;
 

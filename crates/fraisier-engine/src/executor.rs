@@ -242,6 +242,18 @@ impl RunCtx<'_> {
         };
         if !self.opts.snapshot_taken {
             self.opts.snapshot = service.desired.clone();
+            self.opts.targets = match self
+                .engine
+                .fleet()
+                .select(&self.run.tenant_id, &self.run.fraise, &self.run.environment)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    let f = failure("PROVIDER_ERROR", e.to_string(), json!({}));
+                    return self.fail(f).await;
+                }
+            };
             self.opts.snapshot_taken = true;
             self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
             store.save_run(&self.run).await?;
@@ -406,8 +418,10 @@ impl RunCtx<'_> {
         let target = Target {
             current: &current,
             version: &self.run.version,
-            instances: self.env.instances,
+            // `instances` is per target.
+            instances: self.env.instances * self.opts.targets.len().max(1) as u32,
             next_ordinal: plan::next_ordinal(&current),
+            targets: &self.opts.targets,
         };
         plan::plan(&config, &target)
     }
@@ -732,6 +746,13 @@ impl RunCtx<'_> {
                         let _ = self.engine.provider().apply(desired).await;
                         last_apply = Instant::now();
                     }
+                }
+                Err(ProviderError::Lost(e)) => {
+                    return Err(failure(
+                        "PROVIDER_ERROR",
+                        format!("agent lost: {e}"),
+                        json!({}),
+                    ));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "observe failed while waiting for convergence")

@@ -7,6 +7,7 @@ pub mod bus;
 mod credentials;
 pub mod error;
 mod executor;
+pub mod fleet;
 pub mod git;
 pub mod guards;
 mod notify;
@@ -75,7 +76,9 @@ pub struct Engine {
 
 struct Inner {
     store: Store,
+    /// The fleet, as the provider every run acts through.
     provider: Arc<dyn Provider>,
+    fleet: Arc<fleet::Fleet>,
     config: Arc<Config>,
     bus: Bus,
     settings: EngineSettings,
@@ -122,10 +125,12 @@ impl Engine {
         blobs: fraisier_store::blobs::BlobStore,
         settings: EngineSettings,
     ) -> Engine {
+        let fleet = Arc::new(fleet::Fleet::new(provider, store.clone(), config.clone()));
         Engine {
             inner: Arc::new(Inner {
                 store,
-                provider,
+                provider: fleet.clone(),
+                fleet,
                 config,
                 bus: Bus::new(),
                 cancels: Mutex::new(HashMap::new()),
@@ -154,6 +159,11 @@ impl Engine {
 
     pub fn provider(&self) -> &Arc<dyn Provider> {
         &self.inner.provider
+    }
+
+    /// The agents fraises are placed on, and how to reach those that joined.
+    pub fn fleet(&self) -> &Arc<fleet::Fleet> {
+        &self.inner.fleet
     }
 
     /// Checks a deploy request and records it as a pending run, then starts executing it.

@@ -11,6 +11,10 @@ pub enum ProviderError {
     /// The agent answered and refused.
     #[error("agent refused: {0}")]
     Rejected(String),
+    /// The agent has been gone longer than it may be (no task stream, no heartbeat): a step
+    /// waiting on it fails now rather than at its timeout.
+    #[error("agent lost: {0}")]
+    Lost(String),
 }
 
 /// A target that runs instances: today the local agent; later remote agents and other engines.

@@ -78,6 +78,10 @@ pub struct RunOptions {
     /// Whether `snapshot` has been taken (it may legitimately be `None`).
     #[serde(default)]
     pub snapshot_taken: bool,
+    /// The agents new instances go to, chosen with the snapshot (so a resumed run plans the
+    /// same); empty: the server's own agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
     #[serde(default)]
     pub approval: Option<ApprovalPolicy>,
     /// Variables set through the API when the run was asked for, over the configured ones.

@@ -17,6 +17,7 @@ pub mod run;
 pub mod secret;
 pub mod service;
 pub mod strategy;
+pub mod stream;
 pub mod tz;
 pub mod version;
 pub mod webhook;

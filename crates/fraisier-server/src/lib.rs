@@ -7,6 +7,7 @@ pub mod local_agent;
 mod notifier;
 pub mod secret_keys;
 pub mod signing;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -219,6 +220,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         ..opts.settings
     };
     let engine = Engine::new(store, agent, config.clone(), secrets, blobs, settings);
+    let streams = Arc::new(streams::Streams::new(
+        config.server.agent_offline_after.as_duration(),
+    ));
+    engine
+        .fleet()
+        .connect(Arc::new(streams::StreamConnector(streams.clone())));
     engine.start().await?;
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());
@@ -230,6 +237,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         roles,
         limiter: Arc::new(limits::Limiter::new(config.server.rate_limits)),
         signing: Arc::new(signing::SigningKey::load_or_create(&data_dir)?),
+        streams,
         started_at: chrono::Utc::now(),
     };
     // Scripts and tests read this line to learn the port when listening on :0.

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -97,7 +99,15 @@ pub struct AgentUpdate {
     /// `draining` (place nothing new there) or `online` (open it again); `offline` is
     /// observed, never set.
     #[serde(default)]
-    pub status: Option<AgentStatus>,
+    pub status: Option<Intent>,
+}
+
+/// What an operator may ask of an agent.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Intent {
+    Online,
+    Draining,
 }
 
 fn agent_id(id: i64) -> String {
@@ -374,6 +384,38 @@ pub async fn heartbeat(
     }))
 }
 
+/// `ws://…/agents/{id}/task-stream`: the agent's end of its task stream.
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/task-stream", tag = "agents",
+    params(("agent_id" = String, Path, description = "agt_…")), security(("agent" = [])),
+    responses((status = 101, description = "WebSocket: the server's asks down ({type: apply|observe|exec, id, …}), the agent's answers up ({id, ok} or {id, error})"),
+              (status = 400, body = ErrorBody, description = "not a WebSocket request"),
+              (status = 403, body = ErrorBody, description = "another agent's id")))]
+pub async fn task_stream(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(agent): Params<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Credential::Agent { id } = who.credential else {
+        return Err(ApiError::internal(
+            "the gate let a non-agent reach a task stream",
+        ));
+    };
+    if agent != agent_id(id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "an agent opens its own task stream only",
+        ));
+    }
+    let ws = ws.map_err(|e| {
+        ApiError::invalid("upgrade", format!("this endpoint speaks WebSocket: {e}"))
+    })?;
+    let streams = state.streams.clone();
+    let name = who.username.trim_start_matches("agent:").to_string();
+    Ok(ws.on_upgrade(move |socket| streams.serve(id, name, socket)))
+}
+
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
     params(("status" = Option<AgentStatus>, Query, description = "only agents in this status")),
     responses((status = 200, body = AgentList), (status = 400, body = ErrorBody)))]
@@ -433,15 +475,7 @@ pub async fn update(
     if let Some(p) = labels.as_ref().and_then(labels_problem) {
         return Err(ApiError::invalid("labels", p));
     }
-    let draining = match body.status {
-        None => None,
-        Some(AgentStatus::Draining) => Some(true),
-        Some(AgentStatus::Online) => Some(false),
-        Some(AgentStatus::Offline) => return Err(ApiError::invalid(
-            "status",
-            "offline is observed (no heartbeat), not set: use draining to place nothing new there",
-        )),
-    };
+    let draining = body.status.map(|s| matches!(s, Intent::Draining));
     may_change(&who, &a)?;
     let a = state
         .engine
@@ -480,6 +514,7 @@ pub async fn revoke(
     {
         return Err(not_found(&agent));
     }
+    state.streams.cut(a.id);
     Ok(noted(
         Json(json!({ "deleted": true, "id": agent_id(a.id) })).into_response(),
         a.id,

@@ -55,6 +55,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// Signs artifact versions.
     pub signing: Arc<crate::signing::SigningKey>,
+    /// The connected agents' task streams.
+    pub streams: Arc<crate::streams::Streams>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -165,6 +167,7 @@ pub fn router(state: AppState) -> Router {
             get(agents::get).put(agents::update).delete(agents::revoke),
         )
         .route("/agents/{id}/heartbeat", post(agents::heartbeat))
+        .route("/agents/{id}/task-stream", get(agents::task_stream))
         .route("/environments", get(environments::list))
         .route("/environments/{name}", get(environments::get))
         .route("/environments/{name}/status", get(environments::status))

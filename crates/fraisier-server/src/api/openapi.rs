@@ -62,7 +62,7 @@ impl Modify for BearerAuth {
         environments::add_freeze_window, environments::freeze_windows, environments::delete_freeze_window,
         environments::limits, environments::set_limits, environments::health, environments::metrics,
         environments::deployments, environments::config,
-        agents::create_join_token, agents::register, agents::heartbeat, agents::list, agents::get, agents::update, agents::revoke,
+        agents::create_join_token, agents::register, agents::heartbeat, agents::task_stream, agents::list, agents::get, agents::update, agents::revoke,
         webhooks::receive, webhooks::receive_any, webhooks::deliveries, notifications::deliveries,
         sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,

@@ -134,6 +134,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("PUT", "/agents/{id}", may(P::AgentUpdate), "agent.update"),
     route("DELETE", "/agents/{id}", may(P::AgentDelete), "agent.revoke"),
     route("POST", "/agents/{id}/heartbeat", Agent, "agent.heartbeat"),
+    route("GET", "/agents/{id}/task-stream", Agent, "agent.task_stream"),
     route("POST", "/environments/{name}/lock", may(P::EnvironmentUpdate), "environment.lock"),
     route("POST", "/environments/{name}/unlock", may(P::EnvironmentUpdate), "environment.unlock"),
     route("GET", "/environments/{name}/limits", may(P::EnvironmentRead), "environment.limits"),

@@ -1,0 +1,519 @@
+//! Where a fraise's instances run: the agents its `targets` select, seen by the engine as one
+//! provider. The fleet hands each agent its share of a desired state (the instances naming
+//! it) and merges what they observe — instances side by side, router counters summed, the
+//! oldest generation — so that every gate judges all targets at once.
+//!
+//! A fraise without `targets` runs on the server's own agent, `local`, exactly as before:
+//! with one target the fleet passes calls through unchanged.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use fraisier_model::agent::{matches, AgentStatus, LOCAL};
+use fraisier_model::config::Config;
+use fraisier_model::names::split_agent_name;
+use fraisier_model::service::{
+    service_key, DesiredInstance, DesiredService, ExecRequest, ExecResult, ObservedService,
+};
+use fraisier_model::Millis;
+use fraisier_store::{Agent, Store};
+
+use crate::provider::{Provider, ProviderError};
+
+/// Acts on registered agents other than the server's own: the server's task streams.
+pub trait Connector: Send + Sync + 'static {
+    fn agent(&self, id: i64, name: &str) -> Arc<dyn Provider>;
+}
+
+pub struct Fleet {
+    local: Arc<dyn Provider>,
+    connector: OnceLock<Arc<dyn Connector>>,
+    store: Store,
+    config: Arc<Config>,
+    /// Targets each service's instances were last handed to (by service key), so that a
+    /// target left with none is told to stop them.
+    handed: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+// === impl Fleet ===
+
+impl Fleet {
+    pub fn new(local: Arc<dyn Provider>, store: Store, config: Arc<Config>) -> Fleet {
+        Fleet {
+            local,
+            connector: OnceLock::new(),
+            store,
+            config,
+            handed: Mutex::default(),
+        }
+    }
+
+    /// Lets the fleet reach agents that joined (set once, by the server).
+    pub fn connect(&self, connector: Arc<dyn Connector>) {
+        let _ = self.connector.set(connector);
+    }
+
+    fn offline_after(&self) -> Millis {
+        self.config.server.agent_offline_after
+    }
+
+    /// The agents a fraise's new instances go to in an environment, by name: those its
+    /// `targets` select that are online (not offline, not draining). Empty when it has no
+    /// `targets`: the server's own agent, whose instances name no target.
+    pub async fn select(
+        &self,
+        workspace: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Vec<String>, ProviderError> {
+        let Some(selector) = self.selector(workspace, fraise, environment) else {
+            return Ok(Vec::new());
+        };
+        let now = Utc::now();
+        let agents = self.agents(workspace).await?;
+        let chosen: Vec<String> = agents
+            .iter()
+            .filter(|a| matches(&a.labels, &selector))
+            .filter(|a| {
+                AgentStatus::judge(a.last_heartbeat_at, a.draining, now, self.offline_after())
+                    == AgentStatus::Online
+            })
+            .map(|a| a.name.clone())
+            .collect();
+        if chosen.is_empty() {
+            let wanted: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Err(ProviderError::Rejected(format!(
+                "no online agent of workspace {workspace} carries the labels {} that {fraise} in {environment} is placed by (see GET /api/v1/agents)",
+                wanted.join(",")
+            )));
+        }
+        Ok(chosen)
+    }
+
+    fn selector(
+        &self,
+        workspace: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Option<fraisier_model::agent::Labels> {
+        self.config
+            .scope(workspace)
+            .fraises
+            .get(fraise)?
+            .environments
+            .get(environment)?
+            .targets
+            .as_ref()
+            .map(|t| t.labels.clone())
+    }
+
+    async fn agents(&self, workspace: &str) -> Result<Vec<Agent>, ProviderError> {
+        self.store
+            .agents(workspace)
+            .await
+            .map_err(|e| ProviderError::Unreachable(format!("cannot read the agents: {e}")))
+    }
+
+    /// The provider of one target, by agent name.
+    async fn provider(
+        &self,
+        workspace: &str,
+        target: &str,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        if target == LOCAL {
+            return Ok(self.local.clone());
+        }
+        let agent = self
+            .agents(workspace)
+            .await?
+            .into_iter()
+            .find(|a| a.name == target)
+            .ok_or_else(|| {
+                ProviderError::Unreachable(format!(
+                    "agent {target} is no longer registered (revoked?)"
+                ))
+            })?;
+        let connector = self.connector.get().ok_or_else(|| {
+            ProviderError::Unreachable(format!("this server cannot reach agent {target}"))
+        })?;
+        Ok(connector.agent(agent.id, &agent.name))
+    }
+
+    fn handed(&self, key: &str) -> BTreeSet<String> {
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Where a service's instances are: the targets last handed some, else those its stored
+    /// desired state names, else where new ones would go.
+    async fn holders(
+        &self,
+        workspace: &str,
+        fraise: &str,
+        environment: &str,
+        key: &str,
+    ) -> Result<BTreeSet<String>, ProviderError> {
+        let handed = self.handed(key);
+        if !handed.is_empty() {
+            return Ok(handed);
+        }
+        if let Ok(Some(record)) = self.store.service(workspace, fraise, environment).await {
+            if let Some(d) = record.desired.filter(|d| !d.instances.is_empty()) {
+                return Ok(d.instances.iter().map(target_of).collect());
+            }
+        }
+        match self.select(workspace, fraise, environment).await {
+            Ok(v) if v.is_empty() => Ok(BTreeSet::from([LOCAL.to_string()])),
+            Ok(v) => Ok(v.into_iter().collect()),
+            // Placed by labels no online agent carries: nothing runs anywhere yet.
+            Err(_) => Ok(BTreeSet::new()),
+        }
+    }
+}
+
+fn target_of(i: &DesiredInstance) -> String {
+    i.target.clone().unwrap_or_else(|| LOCAL.to_string())
+}
+
+/// Each target's share of a desired state: the instances naming it (none for a target that
+/// holds instances no longer wanted). A schedule runs on one target only, the first.
+pub fn split(
+    desired: &DesiredService,
+    also: &BTreeSet<String>,
+) -> BTreeMap<String, DesiredService> {
+    let mut shares: BTreeMap<String, DesiredService> = BTreeMap::new();
+    let empty = || DesiredService {
+        instances: Vec::new(),
+        schedule: None,
+        ..desired.clone()
+    };
+    for t in also {
+        shares.entry(t.clone()).or_insert_with(empty);
+    }
+    for i in &desired.instances {
+        shares
+            .entry(target_of(i))
+            .or_insert_with(empty)
+            .instances
+            .push(i.clone());
+    }
+    if shares.is_empty() {
+        shares.insert(LOCAL.to_string(), empty());
+    }
+    if let Some(first) = shares.values_mut().next() {
+        first.schedule = desired.schedule.clone();
+    }
+    shares
+}
+
+/// One observation of a service across targets: instances side by side, router counters
+/// summed, the oldest generation (converged only when every target is), listening only when
+/// every router is, and only the releases every target holds.
+pub fn merge(
+    fraise: &str,
+    environment: &str,
+    seen: Vec<(String, Option<ObservedService>)>,
+) -> Option<ObservedService> {
+    if seen.iter().all(|(_, o)| o.is_none()) {
+        return None;
+    }
+    if let [(_, Some(only))] = seen.as_slice() {
+        return Some(only.clone());
+    }
+    let mut out = ObservedService {
+        fraise: fraise.to_string(),
+        environment: environment.to_string(),
+        generation: u64::MAX,
+        listening: true,
+        ..ObservedService::default()
+    };
+    let mut releases: Option<Vec<fraisier_model::service::InstalledRelease>> = None;
+    for (target, o) in seen {
+        let Some(o) = o else {
+            out.generation = 0;
+            out.listening = false;
+            releases = Some(Vec::new());
+            continue;
+        };
+        out.generation = out.generation.min(o.generation);
+        out.port = out.port.or(o.port);
+        out.listening &= o.listening;
+        if out.router_error.is_none() {
+            out.router_error = o.router_error.map(|e| format!("{target}: {e}"));
+        }
+        out.instances.extend(o.instances);
+        for (version, m) in o.metrics {
+            out.metrics.entry(version).or_default().add(&m);
+        }
+        releases = Some(match releases {
+            None => o.releases,
+            Some(kept) => kept
+                .into_iter()
+                .filter(|r| o.releases.iter().any(|x| x.version == r.version))
+                .collect(),
+        });
+        if out.schedule.is_none() {
+            out.schedule = o.schedule;
+        }
+    }
+    out.releases = releases.unwrap_or_default();
+    Some(out)
+}
+
+#[async_trait]
+impl Provider for Fleet {
+    async fn apply(&self, desired: &DesiredService) -> Result<ObservedService, ProviderError> {
+        let (workspace, fraise) = split_agent_name(&desired.fraise);
+        let key = service_key(&desired.fraise, &desired.environment);
+        let mut also = self.handed(&key);
+        if also.is_empty() {
+            // Not handed anything by this process yet (it restarted): every agent the
+            // service may be on is told, so that none keeps instances no longer wanted.
+            also = match self.select(workspace, fraise, &desired.environment).await {
+                Ok(v) if v.is_empty() => BTreeSet::from([LOCAL.to_string()]),
+                Ok(v) => v.into_iter().collect(),
+                Err(_) => BTreeSet::new(),
+            };
+        }
+        self.apply_all(workspace, &key, desired, &also).await
+    }
+
+    async fn observe(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<ObservedService>, ProviderError> {
+        let (workspace, name) = split_agent_name(fraise);
+        let key = service_key(fraise, environment);
+        let holders = self.holders(workspace, name, environment, &key).await?;
+        let mut seen = Vec::new();
+        for target in holders {
+            let p = self.provider(workspace, &target).await?;
+            seen.push((target, p.observe(fraise, environment).await?));
+        }
+        Ok(merge(fraise, environment, seen))
+    }
+
+    /// A hook, a migration or a job runs once, on the first target that holds the service.
+    async fn exec(&self, request: &ExecRequest) -> Result<ExecResult, ProviderError> {
+        let (workspace, name) = split_agent_name(&request.fraise);
+        let key = service_key(&request.fraise, &request.environment);
+        let holders = self
+            .holders(workspace, name, &request.environment, &key)
+            .await?;
+        let target = holders
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| LOCAL.to_string());
+        self.provider(workspace, &target).await?.exec(request).await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.local.kind()
+    }
+
+    async fn available(&self) -> bool {
+        self.local.available().await
+    }
+}
+
+impl Fleet {
+    async fn apply_all(
+        &self,
+        workspace: &str,
+        key: &str,
+        desired: &DesiredService,
+        holders: &BTreeSet<String>,
+    ) -> Result<ObservedService, ProviderError> {
+        let shares = split(desired, holders);
+        let mut providers = Vec::new();
+        for target in shares.keys() {
+            providers.push(self.provider(workspace, target).await?);
+        }
+        let applied = futures_util::future::join_all(
+            shares
+                .iter()
+                .zip(&providers)
+                .map(|((target, share), p)| async move { (target.clone(), p.apply(share).await) }),
+        )
+        .await;
+        // Targets that now hold instances, and any that could not be told (they may still).
+        let mut holding = BTreeSet::new();
+        let mut seen = Vec::new();
+        let mut failed = None;
+        for ((target, result), share) in applied.into_iter().zip(shares.values()) {
+            match result {
+                Ok(o) => {
+                    if !share.instances.is_empty() {
+                        holding.insert(target.clone());
+                    }
+                    seen.push((target, Some(o)));
+                }
+                Err(e) => {
+                    holding.insert(target.clone());
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        self.remember(key, holding);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(merge(&desired.fraise, &desired.environment, seen).unwrap_or_default())
+    }
+
+    fn remember(&self, key: &str, targets: BTreeSet<String>) {
+        self.handed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_string(), targets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fraisier_model::metrics::VersionMetrics;
+    use fraisier_model::service::{InstalledRelease, InstanceState, ObservedInstance};
+
+    fn instance(id: &str, target: Option<&str>) -> DesiredInstance {
+        DesiredInstance {
+            id: id.into(),
+            version: "1".into(),
+            weight: 100,
+            target: target.map(str::to_string),
+        }
+    }
+
+    fn observed(
+        generation: u64,
+        ids: &[&str],
+        requests: u64,
+        releases: &[&str],
+    ) -> ObservedService {
+        ObservedService {
+            fraise: "app".into(),
+            environment: "production".into(),
+            generation,
+            port: Some(8080),
+            listening: true,
+            instances: ids
+                .iter()
+                .map(|id| ObservedInstance {
+                    id: id.to_string(),
+                    version: "1".into(),
+                    pid: None,
+                    port: None,
+                    state: InstanceState::Healthy,
+                    weight: 100,
+                    restarts: 0,
+                    started_at: None,
+                    last_check_at: None,
+                    checks_passed: 1,
+                    checks_total: 1,
+                    last_error: None,
+                    in_flight: 0,
+                })
+                .collect(),
+            metrics: BTreeMap::from([(
+                "1".to_string(),
+                VersionMetrics {
+                    requests,
+                    errors: 1,
+                    latency_sum_ms: 10.0,
+                    latency_buckets: vec![requests],
+                },
+            )]),
+            releases: releases
+                .iter()
+                .map(|v| InstalledRelease {
+                    version: v.to_string(),
+                    digest: "d".into(),
+                    artifact: None,
+                    installed_at: Utc::now(),
+                })
+                .collect(),
+            ..ObservedService::default()
+        }
+    }
+
+    #[test]
+    fn each_target_gets_the_instances_naming_it_and_a_leaver_gets_none() {
+        let desired = DesiredService {
+            fraise: "app".into(),
+            environment: "production".into(),
+            generation: 4,
+            instances: vec![
+                instance("i1", Some("web-1")),
+                instance("i2", Some("web-2")),
+                instance("i3", Some("web-1")),
+            ],
+            ..DesiredService::default()
+        };
+        let shares = split(&desired, &BTreeSet::from(["web-3".to_string()]));
+        let ids =
+            |t: &str| -> Vec<String> { shares[t].instances.iter().map(|i| i.id.clone()).collect() };
+        assert_eq!(shares.len(), 3);
+        assert_eq!(ids("web-1"), ["i1", "i3"]);
+        assert_eq!(ids("web-2"), ["i2"]);
+        assert!(
+            ids("web-3").is_empty(),
+            "a target left with none is told so"
+        );
+        assert!(shares.values().all(|s| s.generation == 4));
+        // No target named: the server's own agent, as before.
+        let legacy = DesiredService {
+            instances: vec![instance("i1", None)],
+            ..desired.clone()
+        };
+        assert_eq!(
+            split(&legacy, &BTreeSet::new()).keys().collect::<Vec<_>>(),
+            ["local"]
+        );
+    }
+
+    #[test]
+    fn observations_merge_into_one_the_gates_can_judge() {
+        let a = observed(4, &["i1", "i3"], 10, &["1", "0"]);
+        let b = observed(3, &["i2"], 5, &["1"]);
+        let m = merge(
+            "app",
+            "production",
+            vec![("web-1".into(), Some(a.clone())), ("web-2".into(), Some(b))],
+        )
+        .unwrap();
+        assert_eq!(m.generation, 3, "converged only once every target is");
+        assert_eq!(m.instances.len(), 3);
+        assert_eq!(m.metrics["1"].requests, 15);
+        assert_eq!(m.metrics["1"].errors, 2);
+        assert_eq!(m.metrics["1"].latency_buckets, vec![15]);
+        let kept: Vec<&str> = m.releases.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["1"],
+            "only what every target holds can be rolled back to"
+        );
+        // A target that has not got the service yet holds convergence back.
+        let m = merge(
+            "app",
+            "production",
+            vec![("web-1".into(), Some(a.clone())), ("web-2".into(), None)],
+        )
+        .unwrap();
+        assert_eq!(m.generation, 0);
+        assert!(!m.listening);
+        // One target: its observation as it is.
+        let one = merge("app", "production", vec![("web-1".into(), Some(a.clone()))]);
+        assert_eq!(one, Some(a));
+        assert_eq!(
+            merge("app", "production", vec![("web-1".into(), None)]),
+            None
+        );
+    }
+}
