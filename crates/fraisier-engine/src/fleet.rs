@@ -92,6 +92,55 @@ impl Fleet {
         Ok(chosen)
     }
 
+    /// The agents an environment's fraises are placed on (all that their labels select,
+    /// whatever their status; `local` for those placed nowhere else), with their status.
+    pub async fn hosts(
+        &self,
+        workspace: &str,
+        environment: &str,
+    ) -> Result<Vec<(String, AgentStatus)>, ProviderError> {
+        let agents = self.agents(workspace).await?;
+        let mut names = BTreeSet::new();
+        for f in self.config.scope(workspace).fraises.values() {
+            let Some(fe) = f.environments.get(environment) else {
+                continue;
+            };
+            match &fe.targets {
+                None => {
+                    names.insert(LOCAL.to_string());
+                }
+                Some(t) => names.extend(
+                    agents
+                        .iter()
+                        .filter(|a| matches(&a.labels, &t.labels))
+                        .map(|a| a.name.clone()),
+                ),
+            }
+        }
+        if names.is_empty() {
+            names.insert(LOCAL.to_string());
+        }
+        let now = Utc::now();
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let status =
+                    agents
+                        .iter()
+                        .find(|a| a.name == n)
+                        .map_or(AgentStatus::Offline, |a| {
+                            AgentStatus::judge(
+                                a.last_heartbeat_at,
+                                a.draining,
+                                now,
+                                self.offline_after(),
+                            )
+                        });
+                (n, status)
+            })
+            .collect())
+    }
+
     fn selector(
         &self,
         workspace: &str,

@@ -61,6 +61,17 @@ impl Drop for RemoteAgent {
     fn drop(&mut self) {
         stop_agent(&self.state_dir);
         self.kill9();
+        // A test that failed while the agent was dead leaves its instances: stop them too.
+        kill_instances(&self.state_dir);
+    }
+}
+
+fn kill_instances(state_dir: &Path) {
+    for pid in instance_pids(state_dir) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("fraisier-demo") {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 

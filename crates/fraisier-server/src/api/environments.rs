@@ -207,12 +207,23 @@ pub async fn status(
     let db = store.ping().await;
     let (in_use, max) = store.pool_size();
     let provider_up = state.engine.provider().available().await;
+    let hosts = state
+        .engine
+        .fleet()
+        .hosts(&who.workspace, &name)
+        .await
+        .map_err(fraisier_engine::EngineError::Provider)?;
+    let healthy = hosts
+        .iter()
+        .filter(|(_, s)| *s != fraisier_model::agent::AgentStatus::Offline)
+        .count();
     Ok(Json(json!({
         "name": name,
         "status": status_word(&c),
         "provider": {
             "type": e.provider, "status": if provider_up { "connected" } else { "disconnected" },
-            "hosts": 1, "hosts_healthy": u8::from(provider_up),
+            "hosts": hosts.len(), "hosts_healthy": healthy,
+            "agents": hosts.iter().map(|(n, s)| json!({"name": n, "status": s})).collect::<Vec<_>>(),
         },
         "database": {
             "status": if db.is_ok() { "connected" } else { "disconnected" }, "backend": store.backend(),

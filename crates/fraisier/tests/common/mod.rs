@@ -372,6 +372,12 @@ pub struct LoadReport {
 
 impl Load {
     pub fn start(port: u16, workers: usize) -> Load {
+        Load::start_at(&format!("127.0.0.1:{port}"), workers)
+    }
+
+    /// Load on a router at `host:port` (an agent in another network namespace).
+    pub fn start_at(addr: &str, workers: usize) -> Load {
+        let addr = addr.to_string();
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -382,16 +388,17 @@ impl Load {
             .unwrap();
         let tasks = (0..workers)
             .map(|_| {
-                let (ok, failed, stop, client, versions) = (
+                let (ok, failed, stop, client, versions, addr) = (
                     ok.clone(),
                     failed.clone(),
                     stop.clone(),
                     client.clone(),
                     versions.clone(),
+                    addr.clone(),
                 );
                 tokio::spawn(async move {
                     let mut errors = Vec::new();
-                    let url = format!("http://127.0.0.1:{port}/");
+                    let url = format!("http://{addr}/");
                     // Bounded: at most 10 minutes or 2 million requests per worker.
                     let deadline = Instant::now() + Duration::from_secs(600);
                     let mut n = 0u64;
