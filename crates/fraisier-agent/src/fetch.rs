@@ -6,11 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
-use bytes::Bytes;
 use fraisier_model::service::ServerLink;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -40,7 +37,8 @@ pub enum FetchError {
 pub struct Fetcher {
     record: PathBuf,
     link: RwLock<Option<ServerLink>>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    /// HTTPS (rustls) when the server's URL is: an agent on another host fetches over it.
+    client: reqwest::Client,
 }
 
 // === impl Fetcher ===
@@ -52,7 +50,7 @@ impl Fetcher {
         Fetcher {
             record,
             link: RwLock::new(link),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: crate::membership::http_client(),
         }
     }
 
@@ -93,30 +91,23 @@ impl Fetcher {
             url: url.clone(),
             reason,
         };
-        let req = http::Request::get(&url)
-            .header("x-agent-token", &link.token)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| failed(e.to_string()))?;
         let resp = self
             .client
-            .request(req)
+            .get(&url)
+            .header("x-agent-token", &link.token)
+            .send()
             .await
             .map_err(|e| failed(e.to_string()))?;
         let status = resp.status();
-        let mut body = resp.into_body();
         if !status.is_success() {
-            let text: String = body
-                .collect()
+            let text: String = resp
+                .text()
                 .await
-                .map(|b| {
-                    String::from_utf8_lossy(&b.to_bytes())
-                        .chars()
-                        .take(300)
-                        .collect()
-                })
+                .map(|t| t.chars().take(300).collect())
                 .unwrap_or_default();
             return Err(failed(format!("the server answered {status}: {text}")));
         }
+        let mut body = resp.bytes_stream();
         let io = |action| {
             move |source| FetchError::Io {
                 action,
@@ -126,12 +117,10 @@ impl Fetcher {
         };
         let mut file = tokio::fs::File::create(dest).await.map_err(io("create"))?;
         let mut hasher = Sha256::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| failed(format!("the download broke off: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                hasher.update(&data);
-                file.write_all(&data).await.map_err(io("write"))?;
-            }
+        while let Some(chunk) = body.next().await {
+            let data = chunk.map_err(|e| failed(format!("the download broke off: {e}")))?;
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(io("write"))?;
         }
         file.sync_all().await.map_err(io("sync"))?;
         let got = format!("sha256:{}", hex::encode(hasher.finalize()));

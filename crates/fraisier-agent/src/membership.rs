@@ -63,6 +63,17 @@ fn api_base(server: &str) -> String {
     }
 }
 
+/// The client every call to the server goes through: rustls for https, and no redirects —
+/// the agent's credential (a header of our own, which a redirect would carry along) goes
+/// to the server it joined and nowhere else.
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}
+
 /// Registers with the server the first time (then keeps the credential), and returns the
 /// link the agent fetches artifacts through and reports to.
 pub(crate) async fn join(dir: &StateDir, join: &Join) -> Result<ServerLink, AgentError> {
@@ -79,8 +90,14 @@ pub(crate) async fn join(dir: &StateDir, join: &Join) -> Result<ServerLink, Agen
         source,
     })?;
     if let Some(kept) = kept {
+        // The credential goes to the server that issued it and to no other address.
         if kept.server != base {
-            tracing::warn!(was = %kept.server, now = %base, "the server moved; reporting to the new address with the kept credential");
+            return Err(AgentError::Join(format!(
+                "this agent joined {} and its credential is for that address only, not {base}; pass --server {}, or (to join another server) move {} aside and join again",
+                kept.server,
+                kept.server,
+                path.display()
+            )));
         }
         tracing::info!(id = %kept.id, name = %kept.name, "already a member; not registering again");
         return Ok(ServerLink {
@@ -102,7 +119,7 @@ pub(crate) async fn join(dir: &StateDir, join: &Join) -> Result<ServerLink, Agen
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         host: host_facts(),
     };
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(format!("{base}/agents/register"))
         .json(&registration)
         .timeout(Duration::from_secs(30))
@@ -143,7 +160,7 @@ pub(crate) async fn join(dir: &StateDir, join: &Join) -> Result<ServerLink, Agen
 /// credential (revoked) is said once and retried slowly, in case an operator re-admits it.
 pub(crate) fn spawn_heartbeats(agent: Arc<Agent>) {
     tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        let http = http_client();
         let mut interval = DEFAULT_INTERVAL;
         let mut refused = false;
         loop {
@@ -183,8 +200,16 @@ pub(crate) fn spawn_heartbeats(agent: Arc<Agent>) {
                     Err(e) => tracing::debug!(error = %e, "heartbeat not delivered"),
                 }
             }
+            let linked = agent
+                .releases
+                .fetcher()
+                .current()
+                .is_some_and(|l| l.agent_id.is_some());
             let wait = if refused {
                 interval.max(Duration::from_secs(30))
+            } else if !linked {
+                // Not linked yet (the server links the agent it starts just after): soon.
+                Duration::from_millis(200)
             } else {
                 interval
             };

@@ -18,7 +18,12 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::agent::Agent;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// Below the server's default `agent_offline_after` (15 s): a server that restarts finds its
+/// agents back before it counts them lost.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The server pings every 15 s: a connection silent this long is dead (half-open after a cut
+/// or a NAT's timeout), and is dialled again.
+const SILENT_FOR: Duration = Duration::from_secs(45);
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
 /// Keeps the task stream open for as long as the agent runs.
@@ -77,7 +82,9 @@ async fn session(link: &ServerLink, id: &str, control: &AgentClient) -> Result<b
     let mut served = false;
     loop {
         tokio::select! {
-            m = stream.next() => match m {
+            m = tokio::time::timeout(SILENT_FOR, stream.next()) => match m.map_err(|_| {
+                format!("nothing from the server for {} s", SILENT_FOR.as_secs())
+            })? {
                 Some(Ok(Message::Text(text))) => {
                     let ask: Ask = match serde_json::from_str(&text) {
                         Ok(a) => a,

@@ -254,6 +254,21 @@ impl RunCtx<'_> {
                     return self.fail(f).await;
                 }
             };
+            let offline = self
+                .engine
+                .fleet()
+                .offline(&self.run.tenant_id)
+                .await
+                .unwrap_or_default();
+            self.opts.unreachable = self
+                .opts
+                .snapshot
+                .iter()
+                .flat_map(|d| d.instances.iter().map(crate::fleet::target_of))
+                .filter(|t| offline.contains(t))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             self.opts.snapshot_taken = true;
             self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
             store.save_run(&self.run).await?;
@@ -409,18 +424,23 @@ impl RunCtx<'_> {
             StrategyConfig::parse(fraisier_model::Strategy::Rolling, &Default::default())
                 .expect("defaults parse")
         });
-        let current = self
+        let mut current = self
             .opts
             .snapshot
             .as_ref()
             .map(|d| d.instances.clone())
             .unwrap_or_default();
+        // Instances on agents offline when the run started are out of reach: not planned
+        // with (their agents stop them when they rejoin).
+        // (Ordinals still count them, so no id is given twice.)
+        let next_ordinal = plan::next_ordinal(&current);
+        current.retain(|i| !self.opts.unreachable.contains(&crate::fleet::target_of(i)));
         let target = Target {
             current: &current,
             version: &self.run.version,
             // `instances` is per target.
             instances: self.env.instances * self.opts.targets.len().max(1) as u32,
-            next_ordinal: plan::next_ordinal(&current),
+            next_ordinal,
             targets: &self.opts.targets,
         };
         plan::plan(&config, &target)

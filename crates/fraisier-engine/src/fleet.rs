@@ -141,6 +141,91 @@ impl Fleet {
             .collect())
     }
 
+    /// The agents of a workspace that are offline now (by heartbeat), by name.
+    pub async fn offline(&self, workspace: &str) -> Result<BTreeSet<String>, ProviderError> {
+        let now = Utc::now();
+        Ok(self
+            .agents(workspace)
+            .await?
+            .into_iter()
+            .filter(|a| {
+                AgentStatus::judge(a.last_heartbeat_at, a.draining, now, self.offline_after())
+                    == AgentStatus::Offline
+            })
+            .map(|a| a.name)
+            .collect())
+    }
+
+    /// An agent (re)connected: it is handed its share of every desired state it is part of
+    /// — named by instances, or selected by labels — so that one cut off while its instances
+    /// were moved elsewhere stops them, and one that lost its state gets it back. Services a
+    /// run is moving are left to the run.
+    pub async fn rejoined(&self, workspace: &str, agent: &str) {
+        let Ok(services) = self.store.all_services().await else {
+            return;
+        };
+        for s in services.into_iter().filter(|s| s.tenant_id == workspace) {
+            let Some(desired) = s.desired else { continue };
+            let named = desired
+                .instances
+                .iter()
+                .any(|i| i.target.as_deref() == Some(agent));
+            let selected = self
+                .candidates(&s.tenant_id, &s.fraise, &s.environment)
+                .await
+                .is_ok_and(|c| c.contains(agent));
+            if !named && !selected {
+                continue;
+            }
+            let moving = self
+                .store
+                .active_run_for(&s.tenant_id, &s.fraise, &s.environment)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| !crate::awaits_approval(&r));
+            if moving {
+                continue;
+            }
+            let only = BTreeSet::from([agent.to_string()]);
+            let Some(share) = split(&desired, &only).remove(agent) else {
+                continue;
+            };
+            let applied = match self.provider(workspace, agent).await {
+                Ok(p) => p.apply(&share).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(()) => {
+                    tracing::info!(%agent, fraise = %s.fraise, environment = %s.environment, instances = share.instances.len(), "handed a rejoining agent its share")
+                }
+                Err(e) => {
+                    tracing::warn!(%agent, fraise = %s.fraise, error = %e, "cannot hand a rejoining agent its share")
+                }
+            }
+        }
+    }
+
+    /// Every agent a service may have instances on: those its labels select, whatever
+    /// their status, or `local`.
+    async fn candidates(
+        &self,
+        workspace: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<BTreeSet<String>, ProviderError> {
+        let Some(selector) = self.selector(workspace, fraise, environment) else {
+            return Ok(BTreeSet::from([LOCAL.to_string()]));
+        };
+        Ok(self
+            .agents(workspace)
+            .await?
+            .into_iter()
+            .filter(|a| matches(&a.labels, &selector))
+            .map(|a| a.name)
+            .collect())
+    }
+
     fn selector(
         &self,
         workspace: &str,
@@ -226,7 +311,7 @@ impl Fleet {
     }
 }
 
-fn target_of(i: &DesiredInstance) -> String {
+pub fn target_of(i: &DesiredInstance) -> String {
     i.target.clone().unwrap_or_else(|| LOCAL.to_string())
 }
 
@@ -255,8 +340,19 @@ pub fn split(
     if shares.is_empty() {
         shares.insert(LOCAL.to_string(), empty());
     }
-    if let Some(first) = shares.values_mut().next() {
-        first.schedule = desired.schedule.clone();
+    // The schedule goes with the instances if there are any, else to the first target.
+    let runs_schedule = shares
+        .iter()
+        .find(|(_, s)| !s.instances.is_empty())
+        .or_else(|| shares.iter().next())
+        .map(|(t, _)| t.clone());
+    for (t, share) in shares.iter_mut() {
+        if Some(t) == runs_schedule.as_ref() {
+            share.schedule = desired.schedule.clone();
+        } else if share.instances.is_empty() {
+            // A target that holds nothing needs no release: no env, no sealed secrets.
+            share.releases.clear();
+        }
     }
     shares
 }
@@ -323,12 +419,11 @@ impl Provider for Fleet {
         let mut also = self.handed(&key);
         if also.is_empty() {
             // Not handed anything by this process yet (it restarted): every agent the
-            // service may be on is told, so that none keeps instances no longer wanted.
-            also = match self.select(workspace, fraise, &desired.environment).await {
-                Ok(v) if v.is_empty() => BTreeSet::from([LOCAL.to_string()]),
-                Ok(v) => v.into_iter().collect(),
-                Err(_) => BTreeSet::new(),
-            };
+            // service may be on is told — whatever its status — so that none keeps
+            // instances no longer wanted.
+            also = self
+                .candidates(workspace, fraise, &desired.environment)
+                .await?;
         }
         self.apply_all(workspace, &key, desired, &also).await
     }
@@ -380,17 +475,26 @@ impl Fleet {
         desired: &DesiredService,
         holders: &BTreeSet<String>,
     ) -> Result<ObservedService, ProviderError> {
-        let shares = split(desired, holders);
+        let mut shares = split(desired, holders);
+        // An offline agent that should hold nothing is not waited for: it is handed its
+        // share when it comes back (`rejoined`).
+        if shares.len() > 1 {
+            let offline = self.offline(workspace).await?;
+            shares.retain(|t, share| !(share.instances.is_empty() && offline.contains(t)));
+        }
         let mut providers = Vec::new();
         for target in shares.keys() {
-            providers.push(self.provider(workspace, target).await?);
+            providers.push(self.provider(workspace, target).await);
         }
-        let applied = futures_util::future::join_all(
-            shares
-                .iter()
-                .zip(&providers)
-                .map(|((target, share), p)| async move { (target.clone(), p.apply(share).await) }),
-        )
+        let applied = futures_util::future::join_all(shares.iter().zip(providers).map(
+            |((target, share), p)| async move {
+                let result = match p {
+                    Ok(p) => p.apply(share).await,
+                    Err(e) => Err(e),
+                };
+                (target.clone(), result)
+            },
+        ))
         .await;
         // Targets that now hold instances, and any that could not be told (they may still).
         let mut holding = BTreeSet::new();
@@ -403,6 +507,11 @@ impl Fleet {
                         holding.insert(target.clone());
                     }
                     seen.push((target, Some(o)));
+                }
+                // One that should hold nothing and cannot be told (revoked, lost) does not
+                // hold up the others; it is told when a later change reaches it.
+                Err(e) if share.instances.is_empty() => {
+                    tracing::warn!(agent = %target, error = %e, "cannot tell an agent to stop instances it should no longer run");
                 }
                 Err(e) => {
                     holding.insert(target.clone());

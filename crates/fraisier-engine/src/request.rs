@@ -82,6 +82,10 @@ pub struct RunOptions {
     /// same); empty: the server's own agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// Agents holding the service's instances that were offline then: the run plans without
+    /// those instances (it cannot reach them); each agent stops them when it rejoins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
     #[serde(default)]
     pub approval: Option<ApprovalPolicy>,
     /// Variables set through the API when the run was asked for, over the configured ones.

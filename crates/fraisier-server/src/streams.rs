@@ -104,7 +104,13 @@ impl Streams {
     }
 
     /// Serves one agent's WebSocket until it closes, is cut, or stops answering pings.
-    pub async fn serve(self: Arc<Self>, agent: i64, name: String, socket: WebSocket) {
+    pub async fn serve(
+        self: Arc<Self>,
+        agent: i64,
+        name: String,
+        socket: WebSocket,
+        on_open: impl FnOnce() + Send,
+    ) {
         let (questions, mut asked) = mpsc::channel::<Question>(64);
         let cut = Arc::new(Notify::new());
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +134,7 @@ impl Streams {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&agent);
         tracing::info!(agent = %name, "task stream open");
+        on_open();
         let (mut sink, mut stream) = socket.split();
         let mut waiting: HashMap<u64, Reply> = HashMap::new();
         let mut ping = tokio::time::interval(PING_EVERY);

@@ -210,7 +210,13 @@ async fn agents_join_report_drain_and_are_revoked() {
     assert!(id.starts_with("agt_"), "{web1}");
     assert_eq!(s.get(&format!("/agents/{id}")).await.1["name"], "web-1");
     // It keeps its credential, readable by it alone; the server keeps digests only.
+    // Registered before the answer reaches it: the agent writes its membership just after.
     let kept = dir.join("membership.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kept.exists() {
+        assert!(Instant::now() < deadline, "no {}", kept.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kept).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -295,8 +301,15 @@ async fn agents_join_report_drain_and_are_revoked() {
     )
     .await;
     assert_eq!(status, 403, "an agent reported for another");
-    let (status, _) = call(&s, reqwest::Method::GET, "/agents", &agent_header, None).await;
-    assert_eq!(status, 403, "an agent credential listed agents");
+    for path in [
+        "/agents",
+        "/artifacts",
+        "/artifacts/signing-key",
+        "/deployments",
+    ] {
+        let (status, _) = call(&s, reqwest::Method::GET, path, &agent_header, None).await;
+        assert_eq!(status, 403, "an agent credential opened {path}");
+    }
     let (status, _) = s
         .post(&format!("/agents/{web2_id}/heartbeat"), beat.clone())
         .await;
@@ -468,4 +481,50 @@ async fn an_agent_without_a_token_or_with_a_bad_one_says_why() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--state-dir"));
+}
+
+/// Agents are not held to the people's rate limits: with three writes an hour allowed, they
+/// keep heartbeating and stay online.
+#[tokio::test]
+async fn agents_heartbeat_past_the_peoples_rate_limits() {
+    let ws = Workspace::new();
+    let yaml = yaml(&ws).replace(
+        "  rate_limits: off\n",
+        "  rate_limits: { write: 3/h, authenticated: 1000/h, read: 2000/h }\n",
+    );
+    assert!(yaml.contains("write: 3/h"), "{yaml}");
+    let s = Server::start(&ws, &yaml).await;
+    let (status, t) = s.post("/agents/join-tokens", json!({})).await;
+    assert_eq!(status, 201, "{t}");
+    let (status, m) = s
+        .post(
+            "/agents/register",
+            json!({"join_token": t["token"], "name": "web-1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{m}");
+    let id = m["id"].as_str().unwrap();
+    let credential = m["credential"].as_str().unwrap();
+    for n in 0..10 {
+        let (status, v) = call(
+            &s,
+            reqwest::Method::POST,
+            &format!("/agents/{id}/heartbeat"),
+            &[("x-agent-token", credential)],
+            Some(json!({"version": "t"})),
+        )
+        .await;
+        assert_eq!(status, 200, "heartbeat {n}: {v}");
+    }
+    // The local agent reports every 200 ms: far more than three writes, and it stays online.
+    wait_for(&s, "local", |v| v["status"] == "online").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.get("/agents/local").await.1["status"], "online");
+    // People are still held to theirs.
+    let mut limited = false;
+    for _ in 0..5 {
+        let (status, _) = s.post("/agents/join-tokens", json!({})).await;
+        limited |= status == 429;
+    }
+    assert!(limited, "the admin's writes were not limited");
 }

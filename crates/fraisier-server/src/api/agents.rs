@@ -359,7 +359,7 @@ pub async fn heartbeat(
     Params(agent): Params<String>,
     JsonBody(body): JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    let Credential::Agent { id } = who.credential else {
+    let Credential::Agent { id, .. } = who.credential else {
         return Err(ApiError::internal(
             "the gate let a non-agent reach a heartbeat",
         ));
@@ -372,7 +372,22 @@ pub async fn heartbeat(
         ));
     }
     check_heartbeat(&body)?;
-    let a = state.engine.store().record_heartbeat(id, &body).await?;
+    let store = state.engine.store();
+    let before = store.agent(&who.workspace, id).await?;
+    let a = store.record_heartbeat(id, &body).await?;
+    let was = AgentStatus::judge(
+        before.last_heartbeat_at,
+        before.draining,
+        Utc::now(),
+        offline_after(&state),
+    );
+    if was == AgentStatus::Offline && !a.is_local() {
+        // Back from offline (its stream may have survived the cut): it is handed its share
+        // of everything it is part of, so it stops what was moved away while it was gone.
+        let (engine, workspace, name) =
+            (state.engine.clone(), who.workspace.clone(), a.name.clone());
+        tokio::spawn(async move { engine.fleet().rejoined(&workspace, &name).await });
+    }
     Ok(Json(HeartbeatAck {
         status: AgentStatus::judge(
             a.last_heartbeat_at,
@@ -396,7 +411,7 @@ pub async fn task_stream(
     Params(agent): Params<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let Credential::Agent { id } = who.credential else {
+    let Credential::Agent { id, .. } = who.credential else {
         return Err(ApiError::internal(
             "the gate let a non-agent reach a task stream",
         ));
@@ -413,7 +428,13 @@ pub async fn task_stream(
     })?;
     let streams = state.streams.clone();
     let name = who.username.trim_start_matches("agent:").to_string();
-    Ok(ws.on_upgrade(move |socket| streams.serve(id, name, socket)))
+    let (engine, workspace, rejoining) =
+        (state.engine.clone(), who.workspace.clone(), name.clone());
+    // Once the stream is up, the agent gets its share of every desired state it is part of.
+    let on_open = move || {
+        tokio::spawn(async move { engine.fleet().rejoined(&workspace, &rejoining).await });
+    };
+    Ok(ws.on_upgrade(move |socket| streams.serve(id, name, socket, on_open)))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",

@@ -611,10 +611,14 @@ pub async fn blob(
         )
         .with_details(json!({ "digest": digest }))
     };
-    // Agents serve every workspace; a user sees the bytes of their workspace's versions only.
-    let agent = matches!(who.credential, super::gate::Credential::Agent { .. });
+    // The server's own agent serves every workspace; anyone else (a user, an agent that
+    // joined a workspace) sees the bytes of their workspace's versions only.
+    let everywhere = matches!(
+        who.credential,
+        super::gate::Credential::Agent { local: true, .. }
+    );
     if fraisier_store::blobs::digest_hex(&digest).is_none()
-        || (!agent
+        || (!everywhere
             && !state
                 .engine
                 .store()
