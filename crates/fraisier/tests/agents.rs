@@ -3,77 +3,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
 
-/// `fraisier agent --server …` as a child; stopped (with its instances) when dropped.
-struct RemoteAgent {
-    child: Child,
-    state_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl RemoteAgent {
-    fn start(server: &str, state_dir: &Path, args: &[&str]) -> RemoteAgent {
-        std::fs::create_dir_all(state_dir).unwrap();
-        let log = state_dir.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(fraisier_bin())
-            .args(["agent", "--server", server, "--state-dir"])
-            .arg(state_dir)
-            .args(args)
-            .env("FRAISIER_LOG", "info")
-            .env_remove("FRAISIER_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        RemoteAgent {
-            child,
-            state_dir: state_dir.to_path_buf(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM: the agent leaves, its instances (none here) keep running.
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RemoteAgent {
-    fn drop(&mut self) {
-        stop_agent(&self.state_dir);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn wait_for(s: &Server, agent: &str, what: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, v) = s.get(&format!("/agents/{agent}")).await;
-        if status == 200 && what(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent {agent} never got there: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_get(s, &format!("/agents/{agent}"), what).await
 }
 
 /// Waits until a listing names exactly these agents (heartbeats are late on a loaded host).
@@ -183,7 +120,7 @@ async fn agents_join_report_drain_and_are_revoked() {
 
     // An agent as on another host joins with the token, its name and labels.
     let dir = ws.path().join("web-1");
-    let mut agent = RemoteAgent::start(
+    let mut agent = AgentProcess::start(
         &s.url,
         &dir,
         &[
@@ -373,18 +310,14 @@ async fn agents_join_report_drain_and_are_revoked() {
 
     // A restarted agent keeps its membership: same id, no second registration.
     agent.terminate();
-    let agent = RemoteAgent::start(&s.url, &dir, &[]);
+    let agent = AgentProcess::start(&s.url, &dir, &[]);
     let again = wait_for(&s, "web-1", |v| {
         v["status"] == "online" && v["last_heartbeat_at"] != web1["last_heartbeat_at"]
     })
     .await;
     assert_eq!(again["id"], web1["id"]);
     assert_eq!(s.get("/agents").await.1["total"], 3, "local, web-1, web-2");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent.log().contains("already a member") {
-        assert!(Instant::now() < deadline, "log: {}", agent.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_log("already a member").await;
 
     // The local agent stays; a revoked agent is refused at once and its name is free again.
     let (status, v) = s.delete("/agents/local").await;
@@ -397,15 +330,7 @@ async fn agents_join_report_drain_and_are_revoked() {
     assert_eq!(status, 200);
     assert_eq!(s.get("/agents/web-1").await.0, 404);
     assert_eq!(s.delete(&format!("/agents/{id}")).await.0, 404);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.log().contains("refuses this agent's credential") {
-        assert!(
-            Instant::now() < deadline,
-            "the revoked agent was not refused: {}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    agent.wait_log("refuses this agent's credential").await;
     let (status, _) = call(
         &s,
         reqwest::Method::POST,

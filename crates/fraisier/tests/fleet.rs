@@ -3,101 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
-
-/// `fraisier agent --server …` as a child; stopped (with its instances) when dropped.
-struct RemoteAgent {
-    child: Option<Child>,
-    state_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl RemoteAgent {
-    fn start(server: &str, state_dir: &Path, args: &[&str]) -> RemoteAgent {
-        std::fs::create_dir_all(state_dir).unwrap();
-        let log = state_dir.with_extension("log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(fraisier_bin())
-            .args(["agent", "--server", server, "--state-dir"])
-            .arg(state_dir)
-            .args(args)
-            .env("FRAISIER_LOG", "info")
-            .env_remove("FRAISIER_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        RemoteAgent {
-            child: Some(child),
-            state_dir: state_dir.to_path_buf(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL of the agent alone: its instances keep running, as on a host whose agent dies.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RemoteAgent {
-    fn drop(&mut self) {
-        stop_agent(&self.state_dir);
-        self.kill9();
-        // A test that failed while the agent was dead leaves its instances: stop them too.
-        kill_instances(&self.state_dir);
-    }
-}
-
-fn kill_instances(state_dir: &Path) {
-    for pid in instance_pids(state_dir) {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains("fraisier-demo") {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
-
-async fn wait_for(s: &Server, path: &str, what: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, v) = s.get(path).await;
-        if status == 200 && what(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{path} never got there: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The pids of every instance an agent's state dir records.
-fn instance_pids(state_dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(state_dir.join("instances.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| r["pid"].as_u64())
-        .collect()
-}
+use serde_json::json;
 
 fn alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -137,7 +47,7 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
     let (_, t) = s.post("/agents/join-tokens", json!({})).await;
     let token = t["token"].as_str().unwrap().to_string();
     let dir = ws.path().join("web-1");
-    let mut agent = RemoteAgent::start(
+    let mut agent = AgentProcess::start(
         &s.url,
         &dir,
         &[
@@ -149,12 +59,8 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
             "role=web",
         ],
     );
-    wait_for(&s, "/agents/web-1", |v| v["status"] == "online").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.log().contains("task stream open") {
-        assert!(Instant::now() < deadline, "{}", agent.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_get(&s, "/agents/web-1", |v| v["status"] == "online").await;
+    agent.wait_log("task stream open").await;
 
     let run = s
         .deploy("app", "production", json!({"version": "1.0.0"}))
@@ -228,8 +134,8 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
 
     // Back, it re-adopts what it ran and converges: no duplicate, no orphan.
     let before: Vec<u64> = instance_pids(&dir);
-    let agent = RemoteAgent::start(&s.url, &dir, &[]);
-    wait_for(&s, "/agents/web-1", |v| v["status"] == "online").await;
+    let agent = AgentProcess::start(&s.url, &dir, &[]);
+    wait_get(&s, "/agents/web-1", |v| v["status"] == "online").await;
     let run = s
         .deploy(
             "app",

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -95,84 +94,6 @@ impl Drop for Netns {
     }
 }
 
-/// `fraisier agent` inside a namespace; stopped with its instances when dropped.
-struct NsAgent {
-    child: Child,
-    ns: String,
-    state_dir: PathBuf,
-}
-
-impl NsAgent {
-    fn start(ns: &Netns, server: &str, state_dir: &Path, args: &[&str]) -> NsAgent {
-        std::fs::create_dir_all(state_dir).unwrap();
-        let log = std::fs::File::create(state_dir.with_extension("log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(fraisier_bin())
-            .args(["agent", "--server", server, "--state-dir"])
-            .arg(state_dir)
-            .args(args)
-            .env("FRAISIER_LOG", "info")
-            .env_remove("FRAISIER_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        NsAgent {
-            child,
-            ns: ns.name.clone(),
-            state_dir: state_dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for NsAgent {
-    fn drop(&mut self) {
-        // `agent stop` talks to the agent's loopback control API: from inside its namespace.
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(fraisier_bin())
-            .args(["agent", "stop", "--state-dir"])
-            .arg(&self.state_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A test that failed while the agent was dead leaves its instances: stop them too.
-        for pid in instance_pids(&self.state_dir) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains("fraisier-demo") {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-    }
-}
-
-fn instance_pids(state_dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(state_dir.join("instances.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| r["pid"].as_u64())
-        .collect()
-}
-
-async fn wait_for(s: &Server, path: &str, what: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, v) = s.get(path).await;
-        if status == 200 && what(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{path} never got there: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn version_at(addr: &str) -> Option<String> {
     let r = reqwest::get(format!("http://{addr}/")).await.ok()?;
     let v: Value = r.json().await.ok()?;
@@ -214,8 +135,8 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
     let (dir_a, dir_b) = (ws.path().join("web-a"), ws.path().join("web-b"));
     let url_a = format!("http://{}:{api}", a.host_ip);
     let url_b = format!("http://{}:{api}", b.host_ip);
-    let _agent_a = NsAgent::start(
-        &a,
+    let _agent_a = AgentProcess::start_in(
+        Some(&a.name),
         &url_a,
         &dir_a,
         &[
@@ -227,8 +148,8 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
             "role=web",
         ],
     );
-    let _agent_b = NsAgent::start(
-        &b,
+    let _agent_b = AgentProcess::start_in(
+        Some(&b.name),
         &url_b,
         &dir_b,
         &[
@@ -241,7 +162,7 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
         ],
     );
     for name in ["web-a", "web-b"] {
-        let v = wait_for(&s, &format!("/agents/{name}"), |v| v["status"] == "online").await;
+        let v = wait_get(&s, &format!("/agents/{name}"), |v| v["status"] == "online").await;
         assert_eq!(v["host"]["os"], "linux");
     }
     // Each task stream is up before the first deploy (a stream still dialling is a blip).
@@ -302,7 +223,7 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
     // the old ones: no orphan, no duplicate.
     let before = instance_pids(&dir_b);
     b.link(false);
-    wait_for(&s, "/agents/web-b", |v| v["status"] == "offline").await;
+    wait_get(&s, "/agents/web-b", |v| v["status"] == "offline").await;
     let (_, status) = s.get("/environments/production/status").await;
     assert_eq!(status["provider"]["hosts"], 2, "{status}");
     assert_eq!(status["provider"]["hosts_healthy"], 1, "{status}");
@@ -323,7 +244,7 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
         "the cut-off agent was not touched"
     );
     b.link(true);
-    wait_for(&s, "/agents/web-b", |v| v["status"] == "online").await;
+    wait_get(&s, "/agents/web-b", |v| v["status"] == "online").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !instance_pids(&dir_b).is_empty() {
         assert!(
@@ -339,8 +260,8 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
     s.kill9();
     tokio::time::sleep(Duration::from_secs(1)).await;
     s.restart().await;
-    wait_for(&s, "/agents/web-a", |v| v["status"] == "online").await;
-    wait_for(&s, "/agents/web-b", |v| v["status"] == "online").await;
+    wait_get(&s, "/agents/web-a", |v| v["status"] == "online").await;
+    wait_get(&s, "/agents/web-b", |v| v["status"] == "online").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let run = s
         .deploy("app", "production", json!({"version": "7.0.0"}))

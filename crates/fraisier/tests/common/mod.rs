@@ -628,3 +628,148 @@ pub async fn user_token(s: &Server, username: &str, roles: &[&str]) -> String {
     assert_eq!(status, 200, "{v}");
     v["access_token"].as_str().unwrap().to_string()
 }
+
+/// `fraisier agent --server …` as a child, as on another host (inside a network namespace
+/// when given one); stopped with its instances when dropped, even those it left behind
+/// after a kill.
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    netns: Option<String>,
+}
+
+impl AgentProcess {
+    pub fn start(server: &str, state_dir: &Path, args: &[&str]) -> AgentProcess {
+        AgentProcess::start_in(None, server, state_dir, args)
+    }
+
+    pub fn start_in(
+        netns: Option<&str>,
+        server: &str,
+        state_dir: &Path,
+        args: &[&str],
+    ) -> AgentProcess {
+        std::fs::create_dir_all(state_dir).unwrap();
+        let log = state_dir.with_extension("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(fraisier_bin());
+                c
+            }
+            None => Command::new(fraisier_bin()),
+        };
+        let child = cmd
+            .args(["agent", "--server", server, "--state-dir"])
+            .arg(state_dir)
+            .args(args)
+            .env("FRAISIER_LOG", "info")
+            .env_remove("FRAISIER_CONFIG")
+            .env_remove("FRAISIER_JOIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        AgentProcess {
+            child: Some(child),
+            state_dir: state_dir.to_path_buf(),
+            log,
+            netns: netns.map(str::to_string),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the agent's log says `text`.
+    pub async fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {text:?}: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM: the agent leaves, its instances keep running for the next one.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL of the agent alone: its instances keep running, as on a host whose agent dies.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // `agent stop` talks to the agent's loopback control API: from inside its namespace.
+        let mut stop = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(fraisier_bin());
+                c
+            }
+            None => Command::new(fraisier_bin()),
+        };
+        let _ = stop
+            .args(["agent", "stop", "--state-dir"])
+            .arg(&self.state_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.kill9();
+        // A test that failed while the agent was dead leaves its instances: stop them too.
+        for pid in instance_pids(&self.state_dir) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("fraisier-demo") {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// The pids of every instance an agent's state dir records.
+pub fn instance_pids(state_dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(state_dir.join("instances.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["pid"].as_u64())
+        .collect()
+}
+
+/// Waits until `GET path` answers 200 with what `what` wants.
+pub async fn wait_get(s: &Server, path: &str, what: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = s.get(path).await;
+        if status == 200 && what(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path} never got there: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
