@@ -250,6 +250,15 @@ impl Fleet {
             .map_err(|e| ProviderError::Unreachable(format!("cannot read the agents: {e}")))
     }
 
+    /// The provider that acts on one agent, by name (for a check that asks it now).
+    pub async fn agent_provider(
+        &self,
+        workspace: &str,
+        agent: &str,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        self.provider(workspace, agent).await
+    }
+
     /// The provider of one target, by agent name.
     async fn provider(
         &self,

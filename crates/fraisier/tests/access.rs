@@ -139,6 +139,7 @@ fn concrete(path: &str, run: &str) -> String {
             "{type}" => "api",
             "{window_id}" => "frz_00001",
             "{agent_id}" => "agt_1",
+            "{target_id}" => "agt_1",
             s if s.starts_with('{') => panic!("no value for {s} in {path} (segment {i})"),
             s => s,
         };

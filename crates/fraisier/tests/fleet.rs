@@ -87,6 +87,75 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
         "{status}"
     );
 
+    // Seed 004's targets: the agents, where each environment's fraises run.
+    let (_, all) = s.get("/targets").await;
+    assert_eq!(all["total"], 2, "{all}");
+    let (_, prod) = s.get("/targets?environmentId=production").await;
+    let names: Vec<&str> = prod["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-1"], "{prod}");
+    let (_, staging) = s.get("/targets?environment_id=staging").await;
+    assert_eq!(staging["targets"][0]["name"], "local", "{staging}");
+    for (query, total) in [
+        ("targetType=fraisier_agent", 2),
+        ("targetType=docker_host", 0),
+        ("labels=role=web", 1),
+        ("labels=role=db", 0),
+        ("healthStatus=healthy", 2),
+        ("healthStatus=unhealthy", 0),
+    ] {
+        let (status, v) = s.get(&format!("/targets?{query}")).await;
+        assert_eq!(
+            (status, v["total"].as_u64()),
+            (200, Some(total)),
+            "{query}: {v}"
+        );
+    }
+    for (query, status) in [
+        ("targetType=vm", 400),
+        ("healthStatus=sick", 400),
+        ("labels=1bad", 400),
+        ("environmentId=nowhere", 404),
+    ] {
+        assert_eq!(
+            s.get(&format!("/targets?{query}")).await.0,
+            status,
+            "{query}"
+        );
+    }
+    let (_, t) = s.get("/targets/web-1").await;
+    assert_eq!(t["target_type"], "fraisier_agent");
+    assert_eq!(t["environment_ids"], json!(["production"]));
+    assert_eq!(s.get("/targets/nowhere").await.0, 404);
+    let (status, check) = s.post("/targets/web-1/health-check", json!({})).await;
+    assert_eq!(
+        (status, check["status"].as_str()),
+        (200, Some("healthy")),
+        "{check}"
+    );
+    let (_, sticker) = s.get("/targets/web-1/sticker").await;
+    assert_eq!(sticker["release_name"], "app-1.0.0", "{sticker}");
+    let c = &sticker["components"][0];
+    assert_eq!(
+        (c["component_id"].as_str(), c["instances"].as_u64()),
+        (Some("app@production"), Some(2)),
+        "{sticker}"
+    );
+    assert!(
+        c["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{sticker}"
+    );
+    assert_eq!(sticker["deployed_by"], "admin", "{sticker}");
+    let (_, local_sticker) = s.get("/targets/local/sticker").await;
+    assert!(
+        local_sticker["components"].as_array().unwrap().is_empty(),
+        "{local_sticker}"
+    );
+
     // A rolling deploy through the remote agent's router, under load: nothing fails.
     let load = Load::start(port, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -125,6 +194,12 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
     );
     // Failed as soon as the agent was lost (2 s here), not at the run's 20 s timeout.
     assert!(v["duration_seconds"].as_f64().unwrap() < 15.0, "{v}");
+    let (_, check) = s.post("/targets/web-1/health-check", json!({})).await;
+    assert_eq!(check["status"], "unhealthy", "{check}");
+    assert!(
+        check["message"].as_str().unwrap().contains("web-1"),
+        "{check}"
+    );
     // Its instances live on without it (its router was part of it).
     let orphans = instance_pids(&dir);
     assert!(

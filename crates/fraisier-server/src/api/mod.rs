@@ -21,6 +21,7 @@ pub mod routes;
 pub mod services;
 pub mod sources;
 pub mod system;
+pub mod targets;
 pub mod users;
 pub mod variables;
 pub mod views;
@@ -168,6 +169,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/agents/{id}/heartbeat", post(agents::heartbeat))
         .route("/agents/{id}/task-stream", get(agents::task_stream))
+        .route("/targets", get(targets::list))
+        .route("/targets/{id}", get(targets::get))
+        .route("/targets/{id}/health-check", post(targets::health_check))
+        .route("/targets/{id}/sticker", get(targets::sticker))
         .route("/environments", get(environments::list))
         .route("/environments/{name}", get(environments::get))
         .route("/environments/{name}/status", get(environments::status))
