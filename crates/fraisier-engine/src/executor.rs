@@ -11,7 +11,7 @@ use fraisier_model::analysis::{judge, Verdict};
 use fraisier_model::approval::{self, Requirement, Standing};
 use fraisier_model::config::{FraiseConfig, FraiseEnvironmentConfig};
 use fraisier_model::metrics::VersionMetrics;
-use fraisier_model::plan::{self, Gate, Phase, Target};
+use fraisier_model::plan::{self, Gate, Goal, Phase};
 use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState, StepStatus};
 use fraisier_model::service::{
     DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec, ScheduleSpec,
@@ -435,7 +435,7 @@ impl RunCtx<'_> {
         // (Ordinals still count them, so no id is given twice.)
         let next_ordinal = plan::next_ordinal(&current);
         current.retain(|i| !self.opts.unreachable.contains(&crate::fleet::target_of(i)));
-        let target = Target {
+        let goal = Goal {
             current: &current,
             version: &self.run.version,
             // `instances` is per target.
@@ -443,7 +443,7 @@ impl RunCtx<'_> {
             next_ordinal,
             targets: &self.opts.targets,
         };
-        plan::plan(&config, &target)
+        plan::plan(&config, &goal)
     }
 
     async fn perform(&mut self, unit: &Unit) -> Result<Option<String>, Failure> {

@@ -37,9 +37,9 @@ pub struct Phase {
     pub traffic_pct: u32,
 }
 
-/// What a planner needs to know.
+/// What a planner needs to know: where the service is and where it should get to.
 #[derive(Clone, Debug)]
-pub struct Target<'a> {
+pub struct Goal<'a> {
     /// The instances the service has now (its last desired state).
     pub current: &'a [DesiredInstance],
     pub version: &'a str,
@@ -75,7 +75,7 @@ struct Ids<'a> {
 }
 
 impl<'a> Ids<'a> {
-    fn new(t: &Target<'a>, spread: Spread) -> Ids<'a> {
+    fn new(t: &Goal<'a>, spread: Spread) -> Ids<'a> {
         let n = t.targets.len().max(1) as u64;
         Ids {
             base: t.next_ordinal,
@@ -107,7 +107,7 @@ impl<'a> Ids<'a> {
     }
 }
 
-pub fn plan(config: &StrategyConfig, t: &Target) -> Vec<Phase> {
+pub fn plan(config: &StrategyConfig, t: &Goal) -> Vec<Phase> {
     if t.current.is_empty() {
         return first_deploy(t, config.health_check_timeout());
     }
@@ -137,7 +137,7 @@ fn with_weight(list: &[DesiredInstance], weight: u32) -> Vec<DesiredInstance> {
         .collect()
 }
 
-fn first_deploy(t: &Target, timeout: Millis) -> Vec<Phase> {
+fn first_deploy(t: &Goal, timeout: Millis) -> Vec<Phase> {
     let mut ids = Ids::new(t, Spread::Blocks);
     let instances = (0..t.instances)
         .map(|_| ids.take(t.version, UNIT))
@@ -152,7 +152,7 @@ fn first_deploy(t: &Target, timeout: Millis) -> Vec<Phase> {
 
 /// Replace instances in batches. Never takes the last serving instance away before its
 /// replacement is healthy: when surge is 0 and only one instance serves, one extra is started.
-fn rolling(c: &RollingConfig, t: &Target) -> Vec<Phase> {
+fn rolling(c: &RollingConfig, t: &Goal) -> Vec<Phase> {
     let n = t.instances as usize;
     let surge = c.max_surge as usize;
     let down = c.max_instances_down as usize;
@@ -204,7 +204,7 @@ fn rolling(c: &RollingConfig, t: &Target) -> Vec<Phase> {
     phases
 }
 
-fn blue_green(c: &BlueGreenConfig, t: &Target) -> Vec<Phase> {
+fn blue_green(c: &BlueGreenConfig, t: &Goal) -> Vec<Phase> {
     let mut ids = Ids::new(t, Spread::Blocks);
     let green: Vec<DesiredInstance> = (0..t.instances).map(|_| ids.take(t.version, 0)).collect();
     let blue = t.current.to_vec();
@@ -257,7 +257,7 @@ fn split(stable: &[DesiredInstance], canary: &[DesiredInstance], pct: u32) -> Ve
     .concat()
 }
 
-fn canary(c: &CanaryConfig, t: &Target) -> Vec<Phase> {
+fn canary(c: &CanaryConfig, t: &Goal) -> Vec<Phase> {
     let n = t.instances;
     let mut ids = Ids::new(t, Spread::Turns);
     let stable = t.current.to_vec();
@@ -306,7 +306,7 @@ fn canary(c: &CanaryConfig, t: &Target) -> Vec<Phase> {
     phases
 }
 
-fn recreate(c: &RecreateConfig, t: &Target) -> Vec<Phase> {
+fn recreate(c: &RecreateConfig, t: &Goal) -> Vec<Phase> {
     let mut ids = Ids::new(t, Spread::Blocks);
     vec![
         Phase {
@@ -377,7 +377,7 @@ mod tests {
         );
         let first = plan(
             &rolling,
-            &Target {
+            &Goal {
                 current: &[],
                 version: "1",
                 instances: 4,
@@ -392,7 +392,7 @@ mod tests {
         );
         let phases = plan(
             &rolling,
-            &Target {
+            &Goal {
                 current: &placed,
                 version: "2",
                 instances: 4,
@@ -430,7 +430,7 @@ mod tests {
         );
         let phases = plan(
             &canary,
-            &Target {
+            &Goal {
                 current: &placed,
                 version: "2",
                 instances: 4,
@@ -448,7 +448,7 @@ mod tests {
         // No targets: nothing names one (the server's own agent).
         let local = plan(
             &rolling,
-            &Target {
+            &Goal {
                 current: &[],
                 version: "1",
                 instances: 2,
@@ -472,7 +472,7 @@ mod tests {
                         json!({"max_surge": surge, "max_instances_down": down}),
                     );
                     let current = running("1.0.0", n as u64);
-                    let t = Target {
+                    let t = Goal {
                         current: &current,
                         version: "2.0.0",
                         instances: n,
@@ -508,7 +508,7 @@ mod tests {
         let current = running("1.0.0", 2);
         let phases = plan(
             &c,
-            &Target {
+            &Goal {
                 current: &current,
                 version: "2.0.0",
                 instances: 2,
@@ -545,7 +545,7 @@ mod tests {
         let current = running("1.0.0", 2);
         let phases = plan(
             &c,
-            &Target {
+            &Goal {
                 current: &current,
                 version: "2.0.0",
                 instances: 2,
@@ -576,7 +576,7 @@ mod tests {
         let current = running("1.0.0", 3);
         let phases = plan(
             &c,
-            &Target {
+            &Goal {
                 current: &current,
                 version: "2.0.0",
                 instances: 3,
@@ -593,7 +593,7 @@ mod tests {
         let c = config(Strategy::Canary, json!({}));
         let phases = plan(
             &c,
-            &Target {
+            &Goal {
                 current: &[],
                 version: "1.0.0",
                 instances: 3,
