@@ -9,6 +9,7 @@ mod doctor;
 mod environments;
 mod setup;
 mod table;
+mod targets;
 mod variables;
 mod webhooks;
 
@@ -123,6 +124,9 @@ enum Command {
     /// The artifact registry: push, list, download, delete versions
     #[command(subcommand)]
     Artifact(artifacts::ArtifactCommand),
+    /// Targets (seed 004): the agents where your environments' fraises run, and what runs there
+    #[command(subcommand)]
+    Target(targets::TargetCommand),
 }
 
 #[derive(Args)]
@@ -367,6 +371,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(c) => variables::secret(&ctx, c).await,
         Command::Env(c) => variables::run(&ctx, "env", c).await,
         Command::Artifact(c) => artifacts::run(&ctx, c).await,
+        Command::Target(c) => targets::run(&ctx, c).await,
         Command::Reject(a) => commands::decide(&ctx, a, false).await,
         Command::Approvals => commands::approvals(&ctx).await,
     }

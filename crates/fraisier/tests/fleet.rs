@@ -150,6 +150,15 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
         "{sticker}"
     );
     assert_eq!(sticker["deployed_by"], "admin", "{sticker}");
+    let text = cli(&s, &["target", "list", "--environment", "production"]);
+    assert!(text.contains("web-1") && !text.contains("local"), "{text}");
+    let text = cli(&s, &["target", "sticker", "web-1"]);
+    assert!(
+        text.contains("app@production") && text.contains("1.0.0"),
+        "{text}"
+    );
+    let text = cli(&s, &["target", "check", "web-1"]);
+    assert!(text.contains("healthy"), "{text}");
     let (_, local_sticker) = s.get("/targets/local/sticker").await;
     assert!(
         local_sticker["components"].as_array().unwrap().is_empty(),
