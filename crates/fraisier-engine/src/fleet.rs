@@ -76,10 +76,7 @@ impl Fleet {
         let chosen: Vec<String> = agents
             .iter()
             .filter(|a| matches(&a.labels, &selector))
-            .filter(|a| {
-                AgentStatus::judge(a.last_heartbeat_at, a.draining, now, self.offline_after())
-                    == AgentStatus::Online
-            })
+            .filter(|a| a.status(now, self.offline_after()) == AgentStatus::Online)
             .map(|a| a.name.clone())
             .collect();
         if chosen.is_empty() {
@@ -148,10 +145,7 @@ impl Fleet {
             .agents(workspace)
             .await?
             .into_iter()
-            .filter(|a| {
-                AgentStatus::judge(a.last_heartbeat_at, a.draining, now, self.offline_after())
-                    == AgentStatus::Offline
-            })
+            .filter(|a| a.status(now, self.offline_after()) == AgentStatus::Offline)
             .map(|a| a.name)
             .collect())
     }
@@ -268,16 +262,34 @@ impl Fleet {
         if target == LOCAL {
             return Ok(self.local.clone());
         }
-        let agent = self
-            .agents(workspace)
-            .await?
-            .into_iter()
-            .find(|a| a.name == target)
-            .ok_or_else(|| {
-                ProviderError::Unreachable(format!(
-                    "agent {target} is no longer registered (revoked?)"
-                ))
-            })?;
+        self.provider_among(&self.agents(workspace).await?, target)
+    }
+
+    /// The workspace's agents, read only when some target is not the server's own (the
+    /// single-host path reads nothing).
+    async fn agents_for(
+        &self,
+        workspace: &str,
+        targets: &BTreeSet<String>,
+    ) -> Result<Vec<Agent>, ProviderError> {
+        if targets.iter().all(|t| t == LOCAL) {
+            return Ok(Vec::new());
+        }
+        self.agents(workspace).await
+    }
+
+    /// [`Fleet::provider`] among agents already read: one read per call, not per target.
+    fn provider_among(
+        &self,
+        agents: &[Agent],
+        target: &str,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        if target == LOCAL {
+            return Ok(self.local.clone());
+        }
+        let agent = agents.iter().find(|a| a.name == target).ok_or_else(|| {
+            ProviderError::Unreachable(format!("agent {target} is no longer registered (revoked?)"))
+        })?;
         let connector = self.connector.get().ok_or_else(|| {
             ProviderError::Unreachable(format!("this server cannot reach agent {target}"))
         })?;
@@ -445,9 +457,10 @@ impl Provider for Fleet {
         let (workspace, name) = split_agent_name(fraise);
         let key = service_key(fraise, environment);
         let holders = self.holders(workspace, name, environment, &key).await?;
+        let agents = self.agents_for(workspace, &holders).await?;
         let mut seen = Vec::new();
         for target in holders {
-            let p = self.provider(workspace, &target).await?;
+            let p = self.provider_among(&agents, &target)?;
             seen.push((target, p.observe(fraise, environment).await?));
         }
         Ok(merge(fraise, environment, seen))
@@ -485,16 +498,21 @@ impl Fleet {
         holders: &BTreeSet<String>,
     ) -> Result<ObservedService, ProviderError> {
         let mut shares = split(desired, holders);
+        let targets: BTreeSet<String> = shares.keys().cloned().collect();
+        let agents = self.agents_for(workspace, &targets).await?;
         // An offline agent that should hold nothing is not waited for: it is handed its
         // share when it comes back (`rejoined`).
-        if shares.len() > 1 {
-            let offline = self.offline(workspace).await?;
-            shares.retain(|t, share| !(share.instances.is_empty() && offline.contains(t)));
-        }
-        let mut providers = Vec::new();
-        for target in shares.keys() {
-            providers.push(self.provider(workspace, target).await);
-        }
+        let now = Utc::now();
+        shares.retain(|t, share| {
+            !(share.instances.is_empty()
+                && agents.iter().any(|a| {
+                    a.name == *t && a.status(now, self.offline_after()) == AgentStatus::Offline
+                }))
+        });
+        let providers: Vec<_> = shares
+            .keys()
+            .map(|t| self.provider_among(&agents, t))
+            .collect();
         let applied = futures_util::future::join_all(shares.iter().zip(providers).map(
             |((target, share), p)| async move {
                 let result = match p {

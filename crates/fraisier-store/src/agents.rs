@@ -40,6 +40,20 @@ impl Agent {
     pub fn is_local(&self) -> bool {
         self.workspace == SHARED_WORKSPACE && self.name == LOCAL_AGENT
     }
+
+    /// Online, offline or draining now (`AgentStatus::judge` over what is recorded).
+    pub fn status(
+        &self,
+        now: DateTime<Utc>,
+        offline_after: fraisier_model::Millis,
+    ) -> fraisier_model::agent::AgentStatus {
+        fraisier_model::agent::AgentStatus::judge(
+            self.last_heartbeat_at,
+            self.draining,
+            now,
+            offline_after,
+        )
+    }
 }
 
 /// A join token as listed: never the token itself.
@@ -250,6 +264,22 @@ impl Store {
         .map(|r| agent_from_row(&r))
         .transpose()?
         .ok_or(StoreError::NotFound)
+    }
+
+    /// A live agent the workspace sees, by `agt_…` id or by name.
+    pub async fn agent_by_ref(&self, workspace: &str, reference: &str) -> Result<Agent> {
+        match reference
+            .strip_prefix("agt_")
+            .and_then(|n| n.parse::<i64>().ok())
+        {
+            Some(id) => self.agent(workspace, id).await,
+            None => self
+                .agents(workspace)
+                .await?
+                .into_iter()
+                .find(|a| a.name == reference)
+                .ok_or(StoreError::NotFound),
+        }
     }
 
     /// What the agent said in its heartbeat, and when: only the columns it reports, so an

@@ -119,7 +119,7 @@ fn view(a: &Agent, offline_after: Millis) -> AgentView {
         id: agent_id(a.id),
         name: a.name.clone(),
         local: a.is_local(),
-        status: AgentStatus::judge(a.last_heartbeat_at, a.draining, Utc::now(), offline_after),
+        status: a.status(Utc::now(), offline_after),
         draining: a.draining,
         labels: a.labels.clone(),
         version: a.version.clone(),
@@ -155,22 +155,15 @@ fn not_found(agent: &str) -> ApiError {
 
 /// `agt_…` or a name, among the agents the caller's workspace sees.
 async fn find(state: &AppState, who: &Caller, agent: &str) -> Result<Agent, ApiError> {
-    let store = state.engine.store();
-    if let Some(id) = agent
-        .strip_prefix("agt_")
-        .and_then(|n| n.parse::<i64>().ok())
+    match state
+        .engine
+        .store()
+        .agent_by_ref(&who.workspace, agent)
+        .await
     {
-        return match store.agent(&who.workspace, id).await {
-            Err(StoreError::NotFound) => Err(not_found(agent)),
-            r => Ok(r?),
-        };
+        Err(StoreError::NotFound) => Err(not_found(agent)),
+        r => Ok(r?),
     }
-    store
-        .agents(&who.workspace)
-        .await?
-        .into_iter()
-        .find(|a| a.name == agent)
-        .ok_or_else(|| not_found(agent))
 }
 
 /// The server's own agent is changed from the default workspace only: it serves them all.
@@ -375,12 +368,7 @@ pub async fn heartbeat(
     let store = state.engine.store();
     let before = store.agent(&who.workspace, id).await?;
     let a = store.record_heartbeat(id, &body).await?;
-    let was = AgentStatus::judge(
-        before.last_heartbeat_at,
-        before.draining,
-        Utc::now(),
-        offline_after(&state),
-    );
+    let was = before.status(Utc::now(), offline_after(&state));
     if was == AgentStatus::Offline && !a.is_local() {
         // Back from offline (its stream may have survived the cut): it is handed its share
         // of everything it is part of, so it stops what was moved away while it was gone.
@@ -389,12 +377,7 @@ pub async fn heartbeat(
         tokio::spawn(async move { engine.fleet().rejoined(&workspace, &name).await });
     }
     Ok(Json(HeartbeatAck {
-        status: AgentStatus::judge(
-            a.last_heartbeat_at,
-            a.draining,
-            Utc::now(),
-            offline_after(&state),
-        ),
+        status: a.status(Utc::now(), offline_after(&state)),
         heartbeat_interval_ms: state.config.server.agent_heartbeat_interval.0,
     }))
 }

@@ -128,12 +128,7 @@ fn health(status: AgentStatus) -> TargetHealth {
 }
 
 fn status_of(state: &AppState, a: &Agent) -> AgentStatus {
-    AgentStatus::judge(
-        a.last_heartbeat_at,
-        a.draining,
-        Utc::now(),
-        state.config.server.agent_offline_after,
-    )
+    a.status(Utc::now(), state.config.server.agent_offline_after)
 }
 
 async fn view(state: &AppState, who: &Caller, a: &Agent) -> Result<HostTarget, ApiError> {
@@ -176,22 +171,15 @@ fn not_found(target: &str) -> ApiError {
 
 /// `agt_…` or a name.
 async fn find(state: &AppState, who: &Caller, target: &str) -> Result<Agent, ApiError> {
-    let store = state.engine.store();
-    if let Some(id) = target
-        .strip_prefix("agt_")
-        .and_then(|n| n.parse::<i64>().ok())
+    match state
+        .engine
+        .store()
+        .agent_by_ref(&who.workspace, target)
+        .await
     {
-        return match store.agent(&who.workspace, id).await {
-            Err(StoreError::NotFound) => Err(not_found(target)),
-            r => Ok(r?),
-        };
+        Err(StoreError::NotFound) => Err(not_found(target)),
+        r => Ok(r?),
     }
-    store
-        .agents(&who.workspace)
-        .await?
-        .into_iter()
-        .find(|a| a.name == target)
-        .ok_or_else(|| not_found(target))
 }
 
 #[utoipa::path(get, path = "/api/v1/targets", tag = "targets",
