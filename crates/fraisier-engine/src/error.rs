@@ -101,6 +101,10 @@ pub enum EngineError {
     /// The blob store on disk failed.
     #[error("artifact storage: {0}")]
     Blob(String),
+    /// A fraise's `targets` pick a target group that does not exist, or a target no
+    /// provider can deploy to.
+    #[error(transparent)]
+    Misplaced(#[from] crate::fleet::Misplaced),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -141,6 +145,13 @@ impl EngineError {
                 "ENVIRONMENT_LOCKED"
             }
             EngineError::EnvironmentFrozen(_) => "ENVIRONMENT_FROZEN",
+            EngineError::Misplaced(crate::fleet::Misplaced::NoGroup { .. }) => {
+                "TARGET_GROUP_NOT_FOUND"
+            }
+            EngineError::Misplaced(crate::fleet::Misplaced::Unsupported(_)) => {
+                "PROVIDER_UNSUPPORTED"
+            }
+            EngineError::Misplaced(crate::fleet::Misplaced::Unreadable(_)) => "INTERNAL_ERROR",
             EngineError::FreezeWindowNotFound(_) => "FREEZE_WINDOW_NOT_FOUND",
             EngineError::OutsideChangeWindow { .. } => "OUTSIDE_CHANGE_WINDOW",
             EngineError::LimitExceeded { .. } => "ENVIRONMENT_LIMIT_EXCEEDED",

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use async_trait::async_trait;
 use chrono::Utc;
 use fraisier_model::agent::{matches, AgentStatus, LOCAL};
-use fraisier_model::config::Config;
+use fraisier_model::config::{Config, TargetSelector};
 use fraisier_model::names::split_agent_name;
 use fraisier_model::service::{
     service_key, DesiredInstance, DesiredService, ExecRequest, ExecResult, ObservedService,
 };
 use fraisier_model::Millis;
-use fraisier_store::{Agent, Store};
+use fraisier_store::{Agent, Store, Target};
 
 use crate::provider::{Provider, ProviderError};
 
@@ -73,23 +73,111 @@ impl Fleet {
         };
         let now = Utc::now();
         let agents = self.agents(workspace).await?;
-        let chosen: Vec<String> = agents
+        let placed = self
+            .placed(workspace, environment, &selector, &agents)
+            .await
+            .map_err(|m| ProviderError::Rejected(m.to_string()))?;
+        if let Some(t) = placed.described.first() {
+            return Err(ProviderError::Rejected(
+                Misplaced::Unsupported(Box::new(t.clone())).to_string(),
+            ));
+        }
+        let chosen: Vec<String> = placed
+            .agents
             .iter()
-            .filter(|a| matches(&a.labels, &selector))
             .filter(|a| a.status(now, self.offline_after()) == AgentStatus::Online)
             .map(|a| a.name.clone())
             .collect();
         if chosen.is_empty() {
-            let wanted: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Err(ProviderError::Rejected(format!(
-                "no online agent of workspace {workspace} carries the labels {} that {fraise} in {environment} is placed by (see GET /api/v1/agents)",
-                wanted.join(",")
+                "no online agent of workspace {workspace} is among {} that {fraise} in {environment} is placed on (see GET /api/v1/targets)",
+                describe(&selector)
             )));
         }
         Ok(chosen)
     }
 
-    /// The agents an environment's fraises are placed on (all that their labels select,
+    /// Refuses a placement no run could carry out: a target group that does not exist, or
+    /// a target of a type Fraisier has no provider for. (Agents offline now are judged when
+    /// the run starts.)
+    pub async fn check_placement(
+        &self,
+        workspace: &str,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<(), Misplaced> {
+        let Some(selector) = self.selector(workspace, fraise, environment) else {
+            return Ok(());
+        };
+        let agents = self
+            .agents(workspace)
+            .await
+            .map_err(|e| Misplaced::Unreadable(e.to_string()))?;
+        let placed = self
+            .placed(workspace, environment, &selector, &agents)
+            .await?;
+        match placed.described.into_iter().next() {
+            Some(t) => Err(Misplaced::Unsupported(Box::new(t))),
+            None => Ok(()),
+        }
+    }
+
+    /// What a selector picks in an environment, whatever its status: agents, and targets
+    /// described as data (which no provider can deploy to yet).
+    async fn placed(
+        &self,
+        workspace: &str,
+        environment: &str,
+        selector: &TargetSelector,
+        agents: &[Agent],
+    ) -> Result<Placed, Misplaced> {
+        let described = self
+            .store
+            .targets(workspace)
+            .await
+            .map_err(|e| Misplaced::Unreadable(format!("cannot read the targets: {e}")))?
+            .into_iter()
+            .filter(|t| t.environment.as_deref().is_none_or(|e| e == environment));
+        let Some(name) = &selector.group else {
+            return Ok(Placed {
+                agents: agents
+                    .iter()
+                    .filter(|a| matches(&a.labels, &selector.labels))
+                    .cloned()
+                    .collect(),
+                described: described
+                    .filter(|t| matches(&t.labels, &selector.labels))
+                    .collect(),
+            });
+        };
+        let group = self
+            .store
+            .target_group_named(workspace, environment, name)
+            .await
+            .map_err(|e| Misplaced::Unreadable(format!("cannot read the target groups: {e}")))?
+            .ok_or_else(|| Misplaced::NoGroup {
+                group: name.clone(),
+                environment: environment.to_string(),
+            })?;
+        // Members, and — when the group has labels — every target carrying them.
+        let by_labels = |labels: &fraisier_model::agent::Labels| {
+            !group.labels.is_empty() && matches(labels, &group.labels)
+        };
+        Ok(Placed {
+            agents: agents
+                .iter()
+                .filter(|a| {
+                    group.members.contains(&format!("agt_{}", a.id)) || by_labels(&a.labels)
+                })
+                .cloned()
+                .collect(),
+            described: described
+                .filter(|t| group.members.contains(&t.reference()) || by_labels(&t.labels))
+                .collect(),
+        })
+    }
+
+    /// The agents an environment's fraises are placed on (all that their `targets` select,
     /// whatever their status; `local` for those placed nowhere else), with their status.
     pub async fn hosts(
         &self,
@@ -106,12 +194,12 @@ impl Fleet {
                 None => {
                     names.insert(LOCAL.to_string());
                 }
-                Some(t) => names.extend(
-                    agents
-                        .iter()
-                        .filter(|a| matches(&a.labels, &t.labels))
-                        .map(|a| a.name.clone()),
-                ),
+                // A group not made yet places it nowhere.
+                Some(t) => {
+                    if let Ok(p) = self.placed(workspace, environment, t, &agents).await {
+                        names.extend(p.agents.into_iter().map(|a| a.name));
+                    }
+                }
             }
         }
         if names.is_empty() {
@@ -200,7 +288,7 @@ impl Fleet {
         }
     }
 
-    /// Every agent a service may have instances on: those its labels select, whatever
+    /// Every agent a service may have instances on: those its `targets` select, whatever
     /// their status, or `local`.
     async fn candidates(
         &self,
@@ -211,21 +299,18 @@ impl Fleet {
         let Some(selector) = self.selector(workspace, fraise, environment) else {
             return Ok(BTreeSet::from([LOCAL.to_string()]));
         };
+        let agents = self.agents(workspace).await?;
         Ok(self
-            .agents(workspace)
-            .await?
+            .placed(workspace, environment, &selector, &agents)
+            .await
+            .map_err(|m| ProviderError::Rejected(m.to_string()))?
+            .agents
             .into_iter()
-            .filter(|a| matches(&a.labels, &selector))
             .map(|a| a.name)
             .collect())
     }
 
-    fn selector(
-        &self,
-        workspace: &str,
-        fraise: &str,
-        environment: &str,
-    ) -> Option<fraisier_model::agent::Labels> {
+    fn selector(&self, workspace: &str, fraise: &str, environment: &str) -> Option<TargetSelector> {
         self.config
             .scope(workspace)
             .fraises
@@ -233,8 +318,7 @@ impl Fleet {
             .environments
             .get(environment)?
             .targets
-            .as_ref()
-            .map(|t| t.labels.clone())
+            .clone()
     }
 
     async fn agents(&self, workspace: &str) -> Result<Vec<Agent>, ProviderError> {
@@ -329,6 +413,38 @@ impl Fleet {
             // Placed by labels no online agent carries: nothing runs anywhere yet.
             Err(_) => Ok(BTreeSet::new()),
         }
+    }
+}
+
+/// What a selector picks.
+struct Placed {
+    agents: Vec<Agent>,
+    described: Vec<Target>,
+}
+
+/// Why a fraise cannot be placed where its `targets` say.
+#[derive(Debug, thiserror::Error)]
+pub enum Misplaced {
+    #[error("no target group {group:?} in {environment} (create it with POST /api/v1/environments/{environment}/target-groups)")]
+    NoGroup { group: String, environment: String },
+    #[error("target {} is a {}: Fraisier has no provider for {} targets yet; only fraisier_agent targets run fraises", .0.name, .0.kind, .0.kind)]
+    Unsupported(Box<Target>),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+fn describe(selector: &TargetSelector) -> String {
+    match &selector.group {
+        Some(g) => format!("the target group {g}"),
+        None => format!(
+            "the agents carrying {}",
+            selector
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 

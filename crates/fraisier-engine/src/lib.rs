@@ -197,6 +197,9 @@ impl Engine {
             .await?;
         self.check_limits(&req.tenant, &req.environment, &req.fraise, fe.instances)
             .await?;
+        self.fleet()
+            .check_placement(&req.tenant, &req.fraise, &req.environment)
+            .await?;
         let source = self.resolve_source(req, f).await?;
         let version = match &source {
             Some(s) => s.version.clone(),
@@ -392,6 +395,9 @@ impl Engine {
         let config = self.inner.config.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
+            .await?;
+        self.fleet()
+            .check_placement(&req.tenant, &req.fraise, &req.environment)
             .await?;
         let store = &self.inner.store;
         if let Some(active) = store

@@ -906,13 +906,18 @@ pub struct FraiseEnvironmentConfig {
     pub targets: Option<TargetSelector>,
 }
 
-/// Which agents a fraise runs on in an environment.
+/// Which agents a fraise runs on in an environment: those carrying some labels, or the
+/// members of a target group of the environment (seed 004), one or the other.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSelector {
     /// Every pair must match (`{role: web}`).
     #[serde(default)]
     pub labels: crate::agent::Labels,
+    /// A target group of the environment, by name; created through the API
+    /// (`POST /environments/{name}/target-groups`), so it is looked up when a run starts.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -1614,12 +1619,23 @@ fn validate_workspace(
             if fe.instances == 0 || fe.instances > 64 {
                 bad(format!("{at}.instances"), "must be between 1 and 64".into());
             }
-            if let Some(p) = fe
-                .targets
-                .as_ref()
-                .and_then(|t| crate::agent::labels_problem(&t.labels))
-            {
-                bad(format!("{at}.targets.labels"), p);
+            if let Some(t) = &fe.targets {
+                if let Some(p) = crate::agent::labels_problem(&t.labels) {
+                    bad(format!("{at}.targets.labels"), p);
+                }
+                match &t.group {
+                    Some(_) if !t.labels.is_empty() => bad(
+                        format!("{at}.targets"),
+                        "give `labels` or `group`, not both (a group can select by labels itself)"
+                            .into(),
+                    ),
+                    Some(g) => {
+                        if let Some(p) = crate::names::name_problem(g) {
+                            bad(format!("{at}.targets.group"), p);
+                        }
+                    }
+                    None => {}
+                }
             }
             if f.kind == FraiseType::Api {
                 match fe.port {

@@ -18,6 +18,7 @@ pub mod secret;
 pub mod service;
 pub mod strategy;
 pub mod stream;
+pub mod target;
 pub mod tz;
 pub mod version;
 pub mod webhook;

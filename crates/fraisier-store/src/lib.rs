@@ -25,6 +25,7 @@ mod sql;
 mod stats;
 mod steps;
 mod store;
+mod targets;
 mod totals;
 mod turns;
 mod users;
@@ -45,6 +46,10 @@ pub use freezes::{EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWin
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};
 pub use store::Store;
+pub use targets::{
+    parse_target_group_id, parse_target_id, NewTarget, NewTargetGroup, Target, TargetChange,
+    TargetGroup, TargetGroupChange,
+};
 pub use users::TokenSubject;
 pub use variables::{SecretSlot, Variable};
 pub use webhooks::{Delivery, DeliveryFilter, DeliveryTarget, NewDelivery, QueuedTarget};

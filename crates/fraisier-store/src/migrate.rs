@@ -448,6 +448,47 @@ const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 14,
+        name: "targets and target groups",
+        statements: &[
+            // Targets described through the API; agents stay in `agents` and are members of
+            // groups by their `agt_…` reference.
+            "CREATE TABLE targets (
+            id {ID},
+            workspace TEXT NOT NULL,
+            environment TEXT,
+            name TEXT NOT NULL,
+            target_type TEXT NOT NULL,
+            connection TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            deployment_directory TEXT,
+            created_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX targets_name ON targets (workspace, name)",
+            "CREATE TABLE target_groups (
+            id {ID},
+            workspace TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            description TEXT,
+            labels TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX target_groups_name ON target_groups (workspace, environment, name)",
+            "CREATE TABLE target_group_members (
+            group_id BIGINT NOT NULL,
+            member TEXT NOT NULL,
+            position BIGINT NOT NULL,
+            PRIMARY KEY (group_id, member)
+        )",
+            "CREATE INDEX target_group_members_member ON target_group_members (member)",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -78,8 +78,196 @@ store_suite! {
     variables_change_all_or_nothing_and_restore,
     artifact_versions_are_immutable_and_scoped,
     a_join_token_admits_as_many_agents_as_it_has_uses,
+    targets_and_groups_keep_members_and_change_per_field,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
+}
+
+/// Described targets and target groups: names unique per workspace (and per environment for
+/// groups), members kept in order and forgotten with their target, a change touches only the
+/// fields it names, and another workspace sees nothing.
+async fn targets_and_groups_keep_members_and_change_per_field(db: &TestDb) {
+    use fraisier_model::agent::Labels;
+    use fraisier_model::target::TargetType;
+    use fraisier_store::{NewTarget, NewTargetGroup, TargetChange, TargetGroupChange};
+    let labels = |k: &str, v: &str| Labels::from([(k.to_string(), v.to_string())]);
+    let new = NewTarget {
+        workspace: DEFAULT_TENANT.into(),
+        environment: Some("production".into()),
+        name: "prod-web-01".into(),
+        kind: TargetType::DockerHost,
+        connection: json!({"host": "10.0.0.5", "port": 2375})
+            .as_object()
+            .unwrap()
+            .clone(),
+        labels: labels("role", "web"),
+        deployment_directory: Some("/opt/deployments".into()),
+        created_by: "admin".into(),
+    };
+    let t = db.store.create_target(&new).await.unwrap();
+    assert_eq!(t.kind, TargetType::DockerHost);
+    assert!(matches!(
+        db.store.create_target(&new).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let other_ws = NewTarget {
+        workspace: "acme".into(),
+        ..new.clone()
+    };
+    db.store.create_target(&other_ws).await.unwrap();
+
+    let g = db
+        .store
+        .create_target_group(&NewTargetGroup {
+            workspace: DEFAULT_TENANT.into(),
+            environment: "production".into(),
+            name: "web".into(),
+            description: Some("the web tier".into()),
+            labels: Labels::new(),
+            members: vec!["agt_1".into(), t.reference()],
+            created_by: "admin".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.members, vec!["agt_1".to_string(), t.reference()]);
+    let same = NewTargetGroup {
+        workspace: DEFAULT_TENANT.into(),
+        environment: "production".into(),
+        name: "web".into(),
+        description: None,
+        labels: Labels::new(),
+        members: vec![],
+        created_by: "admin".into(),
+    };
+    assert!(matches!(
+        db.store.create_target_group(&same).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let staging = NewTargetGroup {
+        environment: "staging".into(),
+        ..same
+    };
+    db.store.create_target_group(&staging).await.unwrap();
+    assert_eq!(
+        db.store
+            .target_groups(DEFAULT_TENANT, Some("production"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        db.store
+            .target_groups(DEFAULT_TENANT, None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(db
+        .store
+        .target_groups("acme", None)
+        .await
+        .unwrap()
+        .is_empty());
+    let named = db
+        .store
+        .target_group_named(DEFAULT_TENANT, "production", "web")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(named.members, g.members);
+
+    // Per field: a change to the description leaves labels and members alone.
+    let g2 = db
+        .store
+        .update_target_group(
+            DEFAULT_TENANT,
+            g.id,
+            &TargetGroupChange {
+                description: Some(None),
+                ..TargetGroupChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((g2.description, g2.members.len()), (None, 2));
+    let g3 = db
+        .store
+        .update_target_group(
+            DEFAULT_TENANT,
+            g.id,
+            &TargetGroupChange {
+                labels: Some(labels("role", "web")),
+                members: Some(vec![t.reference()]),
+                ..TargetGroupChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (g3.labels, g3.members),
+        (labels("role", "web"), vec![t.reference()])
+    );
+    let t2 = db
+        .store
+        .update_target(
+            DEFAULT_TENANT,
+            t.id,
+            &TargetChange {
+                environment: Some(None),
+                deployment_directory: Some(None),
+                ..TargetChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (t2.environment, t2.deployment_directory, t2.connection),
+        (None, None, t.connection.clone())
+    );
+    assert_eq!(
+        db.store
+            .target_by_ref(DEFAULT_TENANT, "prod-web-01")
+            .await
+            .unwrap()
+            .id,
+        t.id
+    );
+
+    // Memberships set from the target's side, and forgotten with it.
+    db.store
+        .set_target_groups(DEFAULT_TENANT, "agt_1", &[g.id])
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store
+            .target_group(DEFAULT_TENANT, g.id)
+            .await
+            .unwrap()
+            .members,
+        vec![t.reference(), "agt_1".to_string()]
+    );
+    assert!(db.store.delete_target(DEFAULT_TENANT, t.id).await.unwrap());
+    assert!(!db.store.delete_target(DEFAULT_TENANT, t.id).await.unwrap());
+    assert_eq!(
+        db.store
+            .target_group(DEFAULT_TENANT, g.id)
+            .await
+            .unwrap()
+            .members,
+        vec!["agt_1".to_string()]
+    );
+    assert!(db
+        .store
+        .delete_target_group(DEFAULT_TENANT, g.id)
+        .await
+        .unwrap());
+    assert!(matches!(
+        db.store.target_group(DEFAULT_TENANT, g.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(db.store.targets("acme").await.unwrap().len(), 1);
 }
 
 /// Eight agents present a token of two uses at once: two join, the others are refused; a

@@ -140,6 +140,8 @@ fn concrete(path: &str, run: &str) -> String {
             "{window_id}" => "frz_00001",
             "{agent_id}" => "agt_1",
             "{target_id}" => "agt_1",
+            // Made in staging before the operations are tried.
+            "{target_group_id}" => "tgg_1",
             s if s.starts_with('{') => panic!("no value for {s} in {path} (segment {i})"),
             s => s,
         };
@@ -165,6 +167,17 @@ async fn every_operation_refuses_who_may_not() {
     );
     add_user(&s, "nobody", &[]).await;
     add_user(&s, "devonly", &["dev_everything"]).await;
+    // A target group in staging, for the routes that take one.
+    let (status, g, _) = call(
+        &s,
+        "POST",
+        "/environments/staging/target-groups",
+        Auth::Token(&s.token),
+        Some(json!({"name": "web"})),
+    )
+    .await;
+    assert_eq!((status, g["id"].clone()), (201, json!("tgg_1")), "{g}");
+    let mut group_id = "tgg_1".to_string();
     let (_, me, _) = call(&s, "GET", "/auth/me", Auth::Token(&s.token), None).await;
     let admin_id = me["user_id"].as_i64().unwrap();
 
@@ -229,7 +242,7 @@ async fn every_operation_refuses_who_may_not() {
             if public {
                 continue;
             }
-            let target = concrete(path, &run);
+            let target = concrete(path, &run).replace("tgg_1", &group_id);
             let body = (method != "GET" && method != "DELETE").then(|| {
                 if path.ends_with("/deployments") {
                     json!({"name": "app", "environment": "staging"})
@@ -239,6 +252,8 @@ async fn every_operation_refuses_who_may_not() {
                     json!({"fraise": "app", "environment": "staging", "version": "1.0.0"})
                 } else if path.ends_with("/promote") {
                     json!({"to": "staging", "version": "1.0.0"})
+                } else if path.ends_with("/target-groups") {
+                    json!({"name": "edge"})
                 } else if path.ends_with("/freeze-windows") {
                     json!({"start": "2030-01-01T00:00:00Z", "end": "2030-01-02T00:00:00Z"})
                 } else if path.ends_with("/secrets/{name}") {
@@ -313,6 +328,19 @@ async fn every_operation_refuses_who_may_not() {
                     ![401, 403, 500].contains(&status),
                     "{what} by admin answered {status}: {v}"
                 );
+            }
+            if method == "DELETE" && target.starts_with("/target-groups/") {
+                // The admin deleted it: another, for the operations still to come.
+                let (status, g, _) = call(
+                    &s,
+                    "POST",
+                    "/environments/staging/target-groups",
+                    Auth::Token(&s.token),
+                    Some(json!({"name": "web"})),
+                )
+                .await;
+                assert_eq!(status, 201, "{g}");
+                group_id = g["id"].as_str().unwrap().to_string();
             }
             checked += 1;
         }

@@ -266,6 +266,20 @@ impl From<EngineError> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "field": "body", "max_bytes": limit }),
             ),
+            EngineError::Misplaced(fraisier_engine::fleet::Misplaced::NoGroup {
+                group,
+                environment,
+            }) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "target_group": group, "environment": environment }),
+            ),
+            EngineError::Misplaced(fraisier_engine::fleet::Misplaced::Unsupported(t)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "target_id": t.reference(), "target": t.name, "target_type": t.kind }),
+            ),
+            EngineError::Misplaced(fraisier_engine::fleet::Misplaced::Unreadable(_)) => {
+                return ApiError::internal(e)
+            }
             EngineError::Provider(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "provider": "local" }),

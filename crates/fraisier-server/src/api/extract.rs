@@ -159,7 +159,7 @@ fn unknown_field_name(message: &str) -> Option<String> {
 }
 
 /// Free-form maps whose keys belong to the user: taken as sent.
-const USER_MAPS: &[&str] = &["metadata", "env", "configuration", "labels"];
+const USER_MAPS: &[&str] = &["metadata", "env", "configuration", "labels", "connection"];
 
 /// camelCase keys become snake_case (DESIGN §4), except inside free-form maps whose keys
 /// belong to the user.

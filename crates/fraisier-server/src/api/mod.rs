@@ -21,6 +21,7 @@ pub mod routes;
 pub mod services;
 pub mod sources;
 pub mod system;
+pub mod target_groups;
 pub mod targets;
 pub mod users;
 pub mod variables;
@@ -169,8 +170,23 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/agents/{id}/heartbeat", post(agents::heartbeat))
         .route("/agents/{id}/task-stream", get(agents::task_stream))
-        .route("/targets", get(targets::list))
-        .route("/targets/{id}", get(targets::get))
+        .route("/targets", get(targets::list).post(targets::create))
+        .route(
+            "/targets/{id}",
+            get(targets::get)
+                .put(targets::update)
+                .delete(targets::delete),
+        )
+        .route(
+            "/environments/{name}/target-groups",
+            get(target_groups::list).post(target_groups::create),
+        )
+        .route(
+            "/target-groups/{id}",
+            get(target_groups::get)
+                .put(target_groups::update)
+                .delete(target_groups::delete),
+        )
         .route("/targets/{id}/health-check", post(targets::health_check))
         .route("/targets/{id}/sticker", get(targets::sticker))
         .route("/environments", get(environments::list))

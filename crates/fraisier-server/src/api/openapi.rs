@@ -10,8 +10,8 @@ use utoipa::{Modify, OpenApi};
 use super::routes::{self, Need};
 use super::{
     agents, api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises,
-    notifications, params, projects, services, sources, system, targets, users, variables,
-    webhooks, workspaces,
+    notifications, params, projects, services, sources, system, target_groups, targets, users,
+    variables, webhooks, workspaces,
 };
 
 struct BearerAuth;
@@ -64,6 +64,8 @@ impl Modify for BearerAuth {
         environments::deployments, environments::config,
         agents::create_join_token, agents::register, agents::heartbeat, agents::task_stream, agents::list, agents::get, agents::update, agents::revoke,
         targets::list, targets::get, targets::health_check, targets::sticker,
+        targets::create, targets::update, targets::delete,
+        target_groups::create, target_groups::list, target_groups::get, target_groups::update, target_groups::delete,
         webhooks::receive, webhooks::receive_any, webhooks::deliveries, notifications::deliveries,
         sources::list, sources::validate, sources::github, sources::direct, sources::helm,
         system::health, system::metrics, document,
@@ -73,7 +75,9 @@ impl Modify for BearerAuth {
         fraisier_model::run::ServiceState, fraisier_model::FraiseType, fraisier_model::artifact::ArtifactKind,
         fraisier_model::webhook::GitHost, webhooks::DeliveryOutcome,
         notifications::NotificationStatusName, notifications::NotifyEventName,
-        targets::TargetHealth, targets::TargetType, targets::LabelFilter, fraisier_model::agent::AgentStatus)),
+        targets::TargetHealth, fraisier_model::target::TargetType, targets::LabelFilter,
+        targets::TargetBody, targets::TargetUpdate, target_groups::TargetGroupView, target_groups::TargetGroupList,
+        target_groups::TargetGroupBody, target_groups::TargetGroupUpdate, fraisier_model::agent::AgentStatus)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
     tags((name = "agents", description = "Agents on the hosts, joining and reporting (seed 002)"), (name = "targets", description = "Where fraises run: the agents, as seed 004's targets"), (name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),

@@ -1,48 +1,33 @@
-//! Targets (seed 004): where fraises run. Every agent is a target of type `fraisier_agent`;
-//! an environment's targets are the agents its fraises are placed on. Read here: the list
-//! with seed 004's filters, one target, a health check that asks the agent now, and its
-//! version sticker (what runs there, by digest, since when, by whom).
+//! Targets (seed 004): where fraises run. Every agent is a target of type `fraisier_agent`
+//! (it joins with a token rather than being created); targets of seed 004's other types are
+//! described as data — created, listed, grouped — and refused with 422
+//! `PROVIDER_UNSUPPORTED` when a deploy would need them, until a provider for them exists.
+//! Here also: a health check that asks an agent now, and its version sticker (what runs
+//! there, by digest, since when, by whom).
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use fraisier_engine::ProviderError;
-use fraisier_model::agent::{matches, AgentStatus};
+use fraisier_model::agent::{labels_problem, matches, AgentStatus, Labels};
 use fraisier_model::run::RunStatus;
-use fraisier_store::{Agent, StoreError};
-use serde::Serialize;
+use fraisier_model::target::{connection_problem, directory_problem, Connection, TargetType};
+use fraisier_store::{
+    parse_target_group_id, Agent, NewTarget, StoreError, Target, TargetChange, TargetGroup,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::QueryMap;
-use super::gate::Caller;
+use super::extract::{JsonBody, QueryMap};
+use super::gate::{AuditNote, Caller};
 use super::views::{ts, ts_opt};
 use super::{AppState, Params};
-
-/// The target types seed 004 names. Only `fraisier_agent` exists; the others are refused
-/// until a provider for them does.
-const TYPES: &[&str] = &[
-    "fraisier_agent",
-    "docker_host",
-    "compose_host",
-    "ecs_service",
-    "nomad_job",
-];
-
-/// Seed 004's target types (the query's `targetType`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum TargetType {
-    FraisierAgent,
-    DockerHost,
-    ComposeHost,
-    EcsService,
-    NomadJob,
-}
 
 /// The `labels` filter: `key=value,…`.
 #[derive(ToSchema)]
@@ -63,19 +48,30 @@ pub enum TargetHealth {
 
 #[derive(Serialize, ToSchema)]
 pub struct HostTarget {
-    /// The agent's id, `agt_…`.
+    /// `agt_…` for an agent, `tgt_…` for a target described through the API.
     pub id: String,
     pub name: String,
-    /// `fraisier_agent`.
-    pub target_type: String,
-    /// Environments whose fraises are placed on it.
+    pub target_type: TargetType,
+    /// A described target's environment, if it was given one (agents serve any).
+    pub environment_id: Option<String>,
+    /// Environments whose fraises are placed on it (agents only: nothing is deployed to
+    /// the other types).
     pub environment_ids: Vec<String>,
+    /// Groups holding it, by membership or by their labels (`tgg_…`).
+    pub target_group_ids: Vec<String>,
+    #[schema(schema_with = fraisier_model::agent::labels_schema)]
     pub labels: BTreeMap<String, String>,
-    /// How the server reaches it: `local` (loopback) or `task_stream`.
-    pub connection: BTreeMap<String, String>,
-    /// From its heartbeats: healthy while online or draining, unhealthy once offline.
+    /// How it is reached. An agent: `via` is `local` (loopback) or `task_stream`.
+    #[schema(value_type = Object)]
+    pub connection: Connection,
+    pub deployment_directory: Option<String>,
+    /// An agent's, from its heartbeats: healthy while online or draining, unhealthy once
+    /// offline. `unknown` for the types Fraisier cannot reach.
     pub health_status: TargetHealth,
-    pub agent_status: AgentStatus,
+    /// Agents only.
+    pub agent_status: Option<AgentStatus>,
+    /// Whether Fraisier can deploy there today.
+    pub deployable: bool,
     pub created_at: String,
 }
 
@@ -131,7 +127,31 @@ fn status_of(state: &AppState, a: &Agent) -> AgentStatus {
     a.status(Utc::now(), state.config.server.agent_offline_after)
 }
 
-async fn view(state: &AppState, who: &Caller, a: &Agent) -> Result<HostTarget, ApiError> {
+/// Groups of the workspace holding a target, by membership or by labels.
+fn groups_of(
+    groups: &[TargetGroup],
+    reference: &str,
+    labels: &Labels,
+    environment: Option<&str>,
+) -> Vec<String> {
+    groups
+        .iter()
+        .filter(|g| {
+            g.members.iter().any(|m| m == reference)
+                || (!g.labels.is_empty()
+                    && matches(labels, &g.labels)
+                    && environment.is_none_or(|e| e == g.environment))
+        })
+        .map(TargetGroup::reference)
+        .collect()
+}
+
+async fn view(
+    state: &AppState,
+    who: &Caller,
+    groups: &[TargetGroup],
+    a: &Agent,
+) -> Result<HostTarget, ApiError> {
     let mut environment_ids = Vec::new();
     for env in state.config.scope(&who.workspace).environments.keys() {
         let hosts = state
@@ -145,20 +165,43 @@ async fn view(state: &AppState, who: &Caller, a: &Agent) -> Result<HostTarget, A
         }
     }
     let status = status_of(state, a);
+    let reference = format!("agt_{}", a.id);
     Ok(HostTarget {
-        id: format!("agt_{}", a.id),
+        target_group_ids: groups_of(groups, &reference, &a.labels, None),
+        id: reference,
         name: a.name.clone(),
-        target_type: "fraisier_agent".into(),
+        target_type: TargetType::FraisierAgent,
+        environment_id: None,
         environment_ids,
         labels: a.labels.clone(),
-        connection: BTreeMap::from([(
+        connection: Connection::from_iter([(
             "via".to_string(),
-            if a.is_local() { "local" } else { "task_stream" }.to_string(),
+            json!(if a.is_local() { "local" } else { "task_stream" }),
         )]),
+        deployment_directory: None,
         health_status: health(status),
-        agent_status: status,
+        agent_status: Some(status),
+        deployable: true,
         created_at: ts(a.registered_at),
     })
+}
+
+fn described_view(groups: &[TargetGroup], t: &Target) -> HostTarget {
+    HostTarget {
+        id: t.reference(),
+        name: t.name.clone(),
+        target_type: t.kind,
+        environment_id: t.environment.clone(),
+        environment_ids: Vec::new(),
+        target_group_ids: groups_of(groups, &t.reference(), &t.labels, t.environment.as_deref()),
+        labels: t.labels.clone(),
+        connection: t.connection.clone(),
+        deployment_directory: t.deployment_directory.clone(),
+        health_status: TargetHealth::Unknown,
+        agent_status: None,
+        deployable: t.kind.has_provider(),
+        created_at: ts(t.created_at),
+    }
 }
 
 fn not_found(target: &str) -> ApiError {
@@ -169,22 +212,70 @@ fn not_found(target: &str) -> ApiError {
     )
 }
 
-/// `agt_…` or a name.
-async fn find(state: &AppState, who: &Caller, target: &str) -> Result<Agent, ApiError> {
-    match state
-        .engine
-        .store()
-        .agent_by_ref(&who.workspace, target)
-        .await
-    {
-        Err(StoreError::NotFound) => Err(not_found(target)),
-        r => Ok(r?),
+/// A target: an agent, or one described through the API.
+pub enum Member {
+    Agent(Agent),
+    Described(Target),
+}
+
+/// `agt_…`, `tgt_…` or a name (an agent's first).
+pub async fn resolve_member(
+    state: &AppState,
+    who: &Caller,
+    target: &str,
+) -> Result<Option<Member>, ApiError> {
+    let store = state.engine.store();
+    if !target.starts_with("tgt_") {
+        match store.agent_by_ref(&who.workspace, target).await {
+            Ok(a) => return Ok(Some(Member::Agent(a))),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if target.starts_with("agt_") {
+        return Ok(None);
+    }
+    match store.target_by_ref(&who.workspace, target).await {
+        Ok(t) => Ok(Some(Member::Described(t))),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
+async fn find(state: &AppState, who: &Caller, target: &str) -> Result<Member, ApiError> {
+    resolve_member(state, who, target)
+        .await?
+        .ok_or_else(|| not_found(target))
+}
+
+/// An agent, or 422 for a described target: what only an agent can do.
+async fn find_agent(
+    state: &AppState,
+    who: &Caller,
+    target: &str,
+    what: &str,
+) -> Result<Agent, ApiError> {
+    match find(state, who, target).await? {
+        Member::Agent(a) => Ok(a),
+        Member::Described(t) => Err(unsupported(&t, what)),
+    }
+}
+
+fn unsupported(t: &Target, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "PROVIDER_UNSUPPORTED",
+        format!(
+            "target {} is a {}: Fraisier has no provider for {} targets yet, so it cannot {what}",
+            t.name, t.kind, t.kind
+        ),
+    )
+    .with_details(json!({ "target_id": t.reference(), "target_type": t.kind }))
+}
+
 #[utoipa::path(get, path = "/api/v1/targets", tag = "targets",
-    params(("environmentId" = Option<String>, Query, description = "an environment's name: the targets its fraises are placed on"),
-           ("targetType" = Option<TargetType>, Query, description = "only fraisier_agent targets exist; the other types list nothing"),
+    params(("environmentId" = Option<String>, Query, description = "an environment's name: the agents its fraises are placed on, and the targets described for it"),
+           ("targetType" = Option<TargetType>, Query),
            ("labels" = Option<LabelFilter>, Query, description = "key=value,…: targets carrying all of them"),
            ("healthStatus" = Option<TargetHealth>, Query)),
     responses((status = 200, body = HostTargetList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -205,13 +296,13 @@ pub async fn list(
             return Err(ApiError::environment_not_found(env));
         }
     }
-    let kind = q.get("target_type");
-    if let Some(k) = kind.filter(|k| !TYPES.contains(k)) {
-        return Err(ApiError::invalid(
-            "targetType",
-            format!("targetType must be one of {}, got {k:?}", TYPES.join(", ")),
-        ));
-    }
+    let kind = match q.get("target_type") {
+        None => None,
+        Some(k) => Some(
+            k.parse::<TargetType>()
+                .map_err(|e| ApiError::invalid("targetType", format!("targetType {e}")))?,
+        ),
+    };
     let selector = match q.get("labels") {
         None => None,
         Some(text) => Some(
@@ -231,25 +322,36 @@ pub async fn list(
             ))
         }
     };
+    let store = state.engine.store();
+    let groups = store.target_groups(&who.workspace, None).await?;
     let mut targets = Vec::new();
-    if kind.is_none_or(|k| k == "fraisier_agent") {
-        for a in state.engine.store().agents(&who.workspace).await? {
+    if kind.is_none_or(|k| k == TargetType::FraisierAgent) {
+        for a in store.agents(&who.workspace).await? {
             if selector.as_ref().is_some_and(|s| !matches(&a.labels, s)) {
                 continue;
             }
-            let v = view(&state, &who, &a).await?;
+            let v = view(&state, &who, &groups, &a).await?;
             if environment
                 .as_ref()
                 .is_some_and(|e| !v.environment_ids.contains(e))
             {
                 continue;
             }
-            if wanted_health.is_some_and(|h| h != v.health_status) {
-                continue;
-            }
             targets.push(v);
         }
     }
+    for t in store.targets(&who.workspace).await? {
+        if kind.is_some_and(|k| k != t.kind)
+            || selector.as_ref().is_some_and(|s| !matches(&t.labels, s))
+            || environment
+                .as_ref()
+                .is_some_and(|e| t.environment.as_ref() != Some(e))
+        {
+            continue;
+        }
+        targets.push(described_view(&groups, &t));
+    }
+    targets.retain(|v| wanted_health.is_none_or(|h| h == v.health_status));
     Ok(Json(HostTargetList {
         total: targets.len() as u64,
         targets,
@@ -257,26 +359,34 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/targets/{target_id}", tag = "targets",
-    params(("target_id" = String, Path, description = "agt_… or the agent's name")),
+    params(("target_id" = String, Path, description = "agt_…, tgt_… or a name")),
     responses((status = 200, body = HostTarget), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     who: Caller,
     Params(target): Params<String>,
 ) -> Result<Json<HostTarget>, ApiError> {
-    let a = find(&state, &who, &target).await?;
-    Ok(Json(view(&state, &who, &a).await?))
+    let groups = state
+        .engine
+        .store()
+        .target_groups(&who.workspace, None)
+        .await?;
+    Ok(Json(match find(&state, &who, &target).await? {
+        Member::Agent(a) => view(&state, &who, &groups, &a).await?,
+        Member::Described(t) => described_view(&groups, &t),
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/targets/{target_id}/health-check", tag = "targets",
-    params(("target_id" = String, Path, description = "agt_… or the agent's name")),
-    responses((status = 200, body = HealthCheckView), (status = 404, body = ErrorBody)))]
+    params(("target_id" = String, Path, description = "agt_…, tgt_… or a name")),
+    responses((status = 200, body = HealthCheckView), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "PROVIDER_UNSUPPORTED: a type Fraisier cannot reach")))]
 pub async fn health_check(
     State(state): State<AppState>,
     who: Caller,
     Params(target): Params<String>,
 ) -> Result<Json<HealthCheckView>, ApiError> {
-    let a = find(&state, &who, &target).await?;
+    let a = find_agent(&state, &who, &target, "check its health").await?;
     let started = std::time::Instant::now();
     // Asked now, through the way runs reach it: a question it can only answer if it is up.
     let asked = match state
@@ -307,14 +417,26 @@ pub async fn health_check(
 }
 
 #[utoipa::path(get, path = "/api/v1/targets/{target_id}/sticker", tag = "targets",
-    params(("target_id" = String, Path, description = "agt_… or the agent's name")),
+    params(("target_id" = String, Path, description = "agt_…, tgt_… or a name")),
     responses((status = 200, body = StickerView), (status = 404, body = ErrorBody)))]
 pub async fn sticker(
     State(state): State<AppState>,
     who: Caller,
     Params(target): Params<String>,
 ) -> Result<Json<StickerView>, ApiError> {
-    let a = find(&state, &who, &target).await?;
+    let a = match find(&state, &who, &target).await? {
+        Member::Agent(a) => a,
+        // Nothing can be deployed there yet: an empty sticker says so truthfully.
+        Member::Described(t) => {
+            return Ok(Json(StickerView {
+                target_id: t.reference(),
+                release_name: None,
+                components: Vec::new(),
+                deployed_at: None,
+                deployed_by: None,
+            }))
+        }
+    };
     let store = state.engine.store();
     let mut components = Vec::new();
     let mut latest: Option<(chrono::DateTime<Utc>, String)> = None;
@@ -374,4 +496,380 @@ pub async fn sticker(
         deployed_at: latest.as_ref().map(|(t, _)| ts(*t)),
         deployed_by: latest.map(|(_, b)| b),
     }))
+}
+
+/// `POST /targets`: a target of one of seed 004's other types, described.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetBody {
+    #[schema(value_type = super::params::Name)]
+    pub name: String,
+    /// `fraisier_agent` targets are not created here: agents join with a token.
+    pub target_type: TargetType,
+    /// The environment it serves (a name); none: any.
+    #[serde(default)]
+    #[schema(value_type = Option<super::params::Name>)]
+    pub environment_id: Option<String>,
+    /// A group of its environment to put it in (`tgg_…`).
+    #[serde(default)]
+    pub target_group_id: Option<String>,
+    /// How it is reached: `host`, `port`, `tlsEnabled`, … (no credentials: keep those in
+    /// secrets). docker_host and compose_host need `host`; ecs_service `cluster` and
+    /// `service`; nomad_job `address` and `job`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub connection: Connection,
+    #[serde(default)]
+    #[schema(schema_with = fraisier_model::agent::optional_labels_schema)]
+    pub labels: Option<Labels>,
+    /// An absolute path on the target.
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub deployment_directory: Option<String>,
+}
+
+/// `PUT /targets/{id}`: what is given changes, the rest stays. An agent takes `labels` and
+/// `targetGroupId` only.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetUpdate {
+    #[serde(default)]
+    #[schema(value_type = Option<super::params::Name>)]
+    pub name: Option<String>,
+    /// `null`: any environment.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<super::params::Name>, nullable)]
+    pub environment_id: Option<Option<String>>,
+    /// The one group (of the caller's workspace) it belongs to; `null`: none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub target_group_id: Option<Option<String>>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub connection: Option<Connection>,
+    #[serde(default)]
+    #[schema(schema_with = fraisier_model::agent::optional_labels_schema)]
+    pub labels: Option<Labels>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable, max_length = 1024)]
+    pub deployment_directory: Option<Option<String>>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn noted(mut r: Response, id: &str) -> Response {
+    r.extensions_mut().insert(AuditNote {
+        resource: Some(format!("target:{id}")),
+        ..AuditNote::default()
+    });
+    r
+}
+
+fn check_environment(state: &AppState, who: &Caller, env: Option<&str>) -> Result<(), ApiError> {
+    match env {
+        Some(e)
+            if !fraisier_model::names::is_valid_name(e)
+                || !state
+                    .config
+                    .scope(&who.workspace)
+                    .environments
+                    .contains_key(e) =>
+        {
+            Err(ApiError::environment_not_found(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The group a target is put in, which must be of the target's environment.
+async fn group_for(
+    state: &AppState,
+    who: &Caller,
+    id: &str,
+    environment: Option<&str>,
+) -> Result<TargetGroup, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "TARGET_GROUP_NOT_FOUND",
+            format!("no target group {id:?} in this workspace (ids are tgg_…)"),
+        )
+        .with_details(json!({ "field": "targetGroupId" }))
+    };
+    let n = parse_target_group_id(id).ok_or_else(missing)?;
+    let g = match state.engine.store().target_group(&who.workspace, n).await {
+        Err(StoreError::NotFound) => return Err(missing()),
+        r => r?,
+    };
+    if let Some(e) = environment.filter(|e| *e != g.environment) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "TARGET_ENVIRONMENT_MISMATCH",
+            format!(
+                "target group {} is of {}, and the target serves {e}",
+                g.name, g.environment
+            ),
+        )
+        .with_details(json!({ "field": "targetGroupId" })));
+    }
+    Ok(g)
+}
+
+fn check_described(
+    kind: TargetType,
+    connection: Option<&Connection>,
+    labels: Option<&Labels>,
+    directory: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some((field, p)) = connection.and_then(|c| connection_problem(kind, c)) {
+        return Err(ApiError::invalid(field.clone(), format!("{field}: {p}")));
+    }
+    if let Some(p) = labels.and_then(labels_problem) {
+        return Err(ApiError::invalid("labels", p));
+    }
+    if let Some(p) = directory.and_then(directory_problem) {
+        return Err(ApiError::invalid(
+            "deploymentDirectory",
+            format!("deploymentDirectory {p}"),
+        ));
+    }
+    Ok(())
+}
+
+fn target_exists(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "TARGET_EXISTS",
+        format!("the workspace already has a target or agent named {name}"),
+    )
+}
+
+#[utoipa::path(post, path = "/api/v1/targets", tag = "targets", request_body = TargetBody,
+    responses((status = 201, body = HostTarget, headers(("Location" = String, description = "the target"))),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "TARGET_EXISTS: the name is taken by a target or an agent"),
+              (status = 422, body = ErrorBody, description = "AGENT_MUST_JOIN for fraisier_agent; TARGET_ENVIRONMENT_MISMATCH")))]
+pub async fn create(
+    State(state): State<AppState>,
+    who: Caller,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> Result<Response, ApiError> {
+    if let Some(p) = fraisier_model::names::name_problem(&body.name) {
+        return Err(ApiError::invalid("name", format!("name {p}")));
+    }
+    check_described(
+        body.target_type,
+        Some(&body.connection),
+        body.labels.as_ref(),
+        body.deployment_directory.as_deref(),
+    )?;
+    if body.target_type == TargetType::FraisierAgent {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "AGENT_MUST_JOIN",
+            "a fraisier_agent target is an agent that joined: make a join token (POST /api/v1/agents/join-tokens or `fraisier agent join-token`) and run `fraisier agent --server URL --join-token T` on the host",
+        )
+        .with_details(json!({ "field": "targetType" })));
+    }
+    check_environment(&state, &who, body.environment_id.as_deref())?;
+    let group = match &body.target_group_id {
+        Some(id) => Some(group_for(&state, &who, id, body.environment_id.as_deref()).await?),
+        None => None,
+    };
+    let store = state.engine.store();
+    if resolve_member(&state, &who, &body.name).await?.is_some() {
+        return Err(target_exists(&body.name));
+    }
+    let t = store
+        .create_target(&NewTarget {
+            workspace: who.workspace.clone(),
+            // In a group, it serves the group's environment.
+            environment: body
+                .environment_id
+                .or_else(|| group.as_ref().map(|g| g.environment.clone())),
+            name: body.name.clone(),
+            kind: body.target_type,
+            connection: body.connection,
+            labels: body.labels.unwrap_or_default(),
+            deployment_directory: body.deployment_directory,
+            created_by: who.username.clone(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::AlreadyExists(_) => target_exists(&body.name),
+            e => e.into(),
+        })?;
+    if let Some(g) = &group {
+        store
+            .set_target_groups(&who.workspace, &t.reference(), &[g.id])
+            .await?;
+    }
+    let groups = store.target_groups(&who.workspace, None).await?;
+    let v = described_view(&groups, &t);
+    let mut r = (StatusCode::CREATED, Json(&v)).into_response();
+    if let Ok(h) = HeaderValue::from_str(&format!("/api/v1/targets/{}", v.id)) {
+        r.headers_mut().insert(header::LOCATION, h);
+    }
+    Ok(noted(r, &v.id))
+}
+
+#[utoipa::path(put, path = "/api/v1/targets/{target_id}", tag = "targets",
+    params(("target_id" = String, Path, description = "agt_…, tgt_… or a name")),
+    request_body(content = Option<TargetUpdate>, description = "no body, or {}, changes nothing"),
+    responses((status = 200, body = HostTarget), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "TARGET_EXISTS"),
+              (status = 422, body = ErrorBody, description = "a field an agent does not take; TARGET_ENVIRONMENT_MISMATCH")))]
+pub async fn update(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(target): Params<String>,
+    JsonBody(body): JsonBody<TargetUpdate>,
+) -> Result<Response, ApiError> {
+    let member = find(&state, &who, &target).await?;
+    let store = state.engine.store();
+    let (reference, environment) = match &member {
+        Member::Agent(a) => {
+            // An agent's name, connection and directory are its own, set where it runs.
+            let own = [
+                ("name", body.name.is_some()),
+                ("environmentId", body.environment_id.is_some()),
+                ("connection", body.connection.is_some()),
+                ("deploymentDirectory", body.deployment_directory.is_some()),
+            ];
+            if let Some((field, _)) = own.iter().find(|(_, given)| *given) {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "AGENT_FIELD_READ_ONLY",
+                    format!("{field} of an agent is set where it runs (`fraisier agent --name …`); a PUT on an agent takes labels and targetGroupId"),
+                )
+                .with_details(json!({ "field": field })));
+            }
+            if a.is_local()
+                && who.workspace != fraisier_store::DEFAULT_TENANT
+                && body.labels.is_some()
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "PERMISSION_DENIED",
+                    "the local agent serves every workspace; change its labels from the default workspace",
+                ));
+            }
+            check_described(TargetType::FraisierAgent, None, body.labels.as_ref(), None)?;
+            (format!("agt_{}", a.id), None)
+        }
+        Member::Described(t) => {
+            if let Some(p) = body
+                .name
+                .as_deref()
+                .and_then(fraisier_model::names::name_problem)
+            {
+                return Err(ApiError::invalid("name", format!("name {p}")));
+            }
+            check_described(
+                t.kind,
+                body.connection.as_ref(),
+                body.labels.as_ref(),
+                body.deployment_directory.clone().flatten().as_deref(),
+            )?;
+            let env = match &body.environment_id {
+                Some(e) => e.clone(),
+                None => t.environment.clone(),
+            };
+            check_environment(&state, &who, env.as_deref())?;
+            if let Some(n) = body.name.as_ref().filter(|n| **n != t.name) {
+                if resolve_member(&state, &who, n).await?.is_some() {
+                    return Err(target_exists(n));
+                }
+            }
+            (t.reference(), env)
+        }
+    };
+    let group = match body.target_group_id.clone().flatten() {
+        Some(id) => Some(group_for(&state, &who, &id, environment.as_deref()).await?),
+        None => None,
+    };
+    match &member {
+        Member::Agent(a) => {
+            if body.labels.is_some() {
+                store.update_agent(a.id, body.labels.as_ref(), None).await?;
+            }
+        }
+        Member::Described(t) => {
+            let name = body.name.clone();
+            store
+                .update_target(
+                    &who.workspace,
+                    t.id,
+                    &TargetChange {
+                        name: body.name,
+                        environment: body
+                            .environment_id
+                            .or_else(|| group.as_ref().map(|g| Some(g.environment.clone()))),
+                        connection: body.connection,
+                        labels: body.labels,
+                        deployment_directory: body.deployment_directory,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    StoreError::AlreadyExists(_) => {
+                        target_exists(name.as_deref().unwrap_or_default())
+                    }
+                    e => e.into(),
+                })?;
+        }
+    }
+    if body.target_group_id.is_some() {
+        let ids: Vec<i64> = group.iter().map(|g| g.id).collect();
+        store
+            .set_target_groups(&who.workspace, &reference, &ids)
+            .await?;
+    }
+    let groups = store.target_groups(&who.workspace, None).await?;
+    let v = match find(&state, &who, &reference).await? {
+        Member::Agent(a) => view(&state, &who, &groups, &a).await?,
+        Member::Described(t) => described_view(&groups, &t),
+    };
+    Ok(noted(Json(v).into_response(), &reference))
+}
+
+#[utoipa::path(delete, path = "/api/v1/targets/{target_id}", tag = "targets",
+    params(("target_id" = String, Path, description = "tgt_… or a name")),
+    responses((status = 200, body = Object, description = "{\"deleted\": true}"),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "TARGET_IS_AGENT: an agent leaves by being revoked (DELETE /api/v1/agents/{id})")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(target): Params<String>,
+) -> Result<Response, ApiError> {
+    let t = match find(&state, &who, &target).await? {
+        Member::Described(t) => t,
+        // Revoking cuts a live host off; that deserves its own route and permission check.
+        Member::Agent(a) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "TARGET_IS_AGENT",
+                format!(
+                    "{} is an agent: revoke it with DELETE /api/v1/agents/agt_{} (`fraisier agent revoke {}`)",
+                    a.name, a.id, a.name
+                ),
+            ))
+        }
+    };
+    if !state
+        .engine
+        .store()
+        .delete_target(&who.workspace, t.id)
+        .await?
+    {
+        return Err(not_found(&target));
+    }
+    Ok(noted(
+        Json(json!({ "deleted": true, "id": t.reference() })).into_response(),
+        &t.reference(),
+    ))
 }

@@ -1,0 +1,402 @@
+//! Seed 004's targets and target groups, written: a fraise placed on a target group of its
+//! environment runs on the group's agents; targets of the types Fraisier has no provider for
+//! are kept as data and refused, with 422 `PROVIDER_UNSUPPORTED`, when a deploy would need
+//! them; every route's 400/403/404/409/422 paths; groups and targets survive a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+async fn deploy_refused(s: &Server, version: &str) -> (u16, Value) {
+    s.post("/deployments/app/production", json!({ "version": version }))
+        .await
+}
+
+#[tokio::test]
+async fn target_groups_place_fraises_and_targets_without_a_provider_are_refused() {
+    let ws = Workspace::new();
+    for v in ["1.0.0", "2.0.0", "3.0.0"] {
+        ws.release(v, &[]);
+    }
+    let port = free_port();
+    let yaml = config_yaml(&ws, port, 2, "rolling", "").replace(
+        &format!("production: {{ port: {port}, instances: 2, strategy: rolling }}"),
+        &format!(
+            "production: {{ port: {port}, instances: 2, strategy: rolling, targets: {{ group: web }} }}"
+        ),
+    );
+    assert!(yaml.contains("group: web"), "{yaml}");
+    let mut s = Server::start(&ws, &yaml).await;
+
+    // The group is looked up when a deploy asks: none yet, so nothing is recorded.
+    let (status, v) = deploy_refused(&s, "1.0.0").await;
+    assert_eq!((status, code(&v)), (422, "TARGET_GROUP_NOT_FOUND"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/environments/production/target-groups"),
+        "{v}"
+    );
+    let (_, runs) = s.get("/deployments").await;
+    assert_eq!(
+        runs["pagination"]["total"], 0,
+        "a refused deploy records nothing: {runs}"
+    );
+
+    // Target groups: create, with its 400/404/409/422 paths.
+    let path = "/environments/production/target-groups";
+    let (status, v) = s
+        .post(path, json!({ "name": "bad name", "targetIds": [] }))
+        .await;
+    assert_eq!((status, code(&v)), (400, "INVALID_PARAMETERS"), "{v}");
+    assert_eq!(v["error"]["details"]["field"], "name", "{v}");
+    let (status, v) = s
+        .post(
+            "/environments/nowhere/target-groups",
+            json!({ "name": "web" }),
+        )
+        .await;
+    assert_eq!((status, code(&v)), (404, "ENVIRONMENT_NOT_FOUND"), "{v}");
+    let (status, v) = s
+        .post(path, json!({ "name": "web", "targetIds": ["ghost"] }))
+        .await;
+    assert_eq!((status, code(&v)), (422, "TARGET_NOT_FOUND"), "{v}");
+    assert_eq!(v["error"]["details"]["field"], "targetIds[0]", "{v}");
+    let (status, group) = s
+        .post(
+            path,
+            json!({ "name": "web", "description": "the web tier", "targetIds": ["local"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let gid = group["id"].as_str().unwrap().to_string();
+    assert!(gid.starts_with("tgg_"), "{group}");
+    assert_eq!(group["environment_id"], "production");
+    assert_eq!(group["used_by"], json!(["app"]), "{group}");
+    let local_id = group["member_ids"][0].as_str().unwrap().to_string();
+    assert!(local_id.starts_with("agt_"), "members by id: {group}");
+    let (status, v) = s.post(path, json!({ "name": "web" })).await;
+    assert_eq!((status, code(&v)), (409, "TARGET_GROUP_EXISTS"), "{v}");
+    let (status, list) = s.get(path).await;
+    assert_eq!((status, list["total"].clone()), (200, json!(1)), "{list}");
+
+    // Placed on the group, the fraise runs on its member, the server's own agent (once it
+    // has said it is up).
+    wait_get(&s, "/agents/local", |v| v["status"] == "online").await;
+    let run = s
+        .deploy("app", "production", json!({ "version": "1.0.0" }))
+        .await;
+    let v = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(router_version(port).await.as_deref(), Some("1.0.0"));
+    let (_, local) = s.get("/targets/local").await;
+    assert_eq!(local["target_group_ids"], json!([gid]), "{local}");
+    assert_eq!(
+        local["environment_ids"],
+        json!(["production", "staging"]),
+        "{local}"
+    );
+
+    // A target of a type without a provider: described, with the 400/404/409/422 paths.
+    let docker = json!({
+        "environmentId": "production",
+        "name": "prod-web-01",
+        "targetType": "docker_host",
+        "connection": { "host": "192.168.1.100", "port": 2375, "tlsEnabled": true },
+        "labels": { "role": "web", "datacenter": "us-east-1" },
+        "deploymentDirectory": "/opt/deployments"
+    });
+    let with = |key: &str, value: Value| {
+        let mut b = docker.clone();
+        if value.is_null() {
+            b.as_object_mut().unwrap().remove(key);
+        } else {
+            b[key] = value;
+        }
+        b
+    };
+    for (body, status_code, err, field) in [
+        (
+            with("connection", json!({ "port": 2375 })),
+            400,
+            "INVALID_PARAMETERS",
+            "connection.host",
+        ),
+        (
+            with(
+                "connection",
+                json!({ "host": "h", "registryPassword": "hunter2" }),
+            ),
+            400,
+            "INVALID_PARAMETERS",
+            "connection.registryPassword",
+        ),
+        (
+            with("deploymentDirectory", json!("opt/deployments")),
+            400,
+            "INVALID_PARAMETERS",
+            "deploymentDirectory",
+        ),
+        (
+            with("targetType", json!("kubernetes")),
+            400,
+            "INVALID_PARAMETERS",
+            "target_type",
+        ),
+        (with("name", json!("local")), 409, "TARGET_EXISTS", ""),
+        (
+            with("targetType", json!("fraisier_agent")),
+            422,
+            "AGENT_MUST_JOIN",
+            "targetType",
+        ),
+        (
+            with("environmentId", json!("nowhere")),
+            404,
+            "ENVIRONMENT_NOT_FOUND",
+            "",
+        ),
+        (
+            with("targetGroupId", json!("tgg_999")),
+            404,
+            "TARGET_GROUP_NOT_FOUND",
+            "targetGroupId",
+        ),
+    ] {
+        let (status, v) = s.post("/targets", body.clone()).await;
+        assert_eq!((status, code(&v)), (status_code, err), "{body} → {v}");
+        if !field.is_empty() {
+            assert_eq!(v["error"]["details"]["field"], field, "{body} → {v}");
+        }
+        assert!(!v.to_string().contains("hunter2"), "a secret echoed: {v}");
+    }
+    let (status, t) = s.post("/targets", docker.clone()).await;
+    assert_eq!(status, 201, "{t}");
+    let tid = t["id"].as_str().unwrap().to_string();
+    assert!(tid.starts_with("tgt_"), "{t}");
+    assert_eq!(t["target_type"], "docker_host");
+    assert_eq!(t["health_status"], "unknown");
+    assert_eq!(t["deployable"], false);
+    assert_eq!(
+        t["connection"],
+        json!({ "host": "192.168.1.100", "port": 2375, "tlsEnabled": true }),
+        "the connection's keys are the user's: {t}"
+    );
+    let (status, v) = s.post("/targets", docker.clone()).await;
+    assert_eq!((status, code(&v)), (409, "TARGET_EXISTS"), "{v}");
+
+    // The list's filters see both kinds.
+    for (query, ids) in [
+        ("targetType=docker_host", vec![tid.as_str()]),
+        ("targetType=fraisier_agent", vec![local_id.as_str()]),
+        ("labels=datacenter=us-east-1", vec![tid.as_str()]),
+        ("healthStatus=unknown", vec![tid.as_str()]),
+        (
+            "environmentId=production",
+            vec![local_id.as_str(), tid.as_str()],
+        ),
+    ] {
+        let (status, v) = s.get(&format!("/targets?{query}")).await;
+        assert_eq!(status, 200, "{v}");
+        let got: Vec<&str> = v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, ids, "{query}: {v}");
+    }
+
+    // The group takes it by its labels: a deploy would need it, and is refused.
+    let (status, g) = s
+        .put_json(
+            &format!("/target-groups/{gid}"),
+            json!({ "labels": { "role": "web" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["target_ids"], json!([local_id, tid]), "{g}");
+    let (status, v) = deploy_refused(&s, "2.0.0").await;
+    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
+    assert_eq!(v["error"]["details"]["target"], "prod-web-01", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("docker_host"),
+        "{v}"
+    );
+    let (status, v) = s
+        .post("/deployments/app/production/rollback", json!({}))
+        .await;
+    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
+    let (status, v) = s
+        .post(&format!("/targets/{tid}/health-check"), json!({}))
+        .await;
+    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
+    let (status, v) = s.get(&format!("/targets/{tid}/sticker")).await;
+    assert_eq!((status, v["components"].clone()), (200, json!([])), "{v}");
+
+    // Relabelled out of the group's labels but made a member: still refused; out: deployed.
+    let (status, v) = s
+        .put_json(
+            "/targets/prod-web-01",
+            json!({ "labels": { "role": "db" }, "targetGroupId": gid }),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["target_group_ids"], json!([gid]), "{v}");
+    let (status, v) = deploy_refused(&s, "2.0.0").await;
+    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
+    let (status, v) = s
+        .put_json("/targets/prod-web-01", json!({ "targetGroupId": null }))
+        .await;
+    assert_eq!(
+        (status, v["target_group_ids"].clone()),
+        (200, json!([])),
+        "{v}"
+    );
+    let run = s
+        .deploy("app", "production", json!({ "version": "2.0.0" }))
+        .await;
+    let v = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(router_version(port).await.as_deref(), Some("2.0.0"));
+
+    // What an agent does not take, and what cannot be deleted or renamed.
+    let (status, v) = s
+        .put_json("/targets/local", json!({ "name": "other" }))
+        .await;
+    assert_eq!((status, code(&v)), (422, "AGENT_FIELD_READ_ONLY"), "{v}");
+    let (status, v) = s
+        .put_json(
+            &format!("/targets/{tid}"),
+            json!({ "connection": { "port": 1 } }),
+        )
+        .await;
+    assert_eq!((status, code(&v)), (400, "INVALID_PARAMETERS"), "{v}");
+    let (status, v) = s.delete("/targets/local").await;
+    assert_eq!((status, code(&v)), (409, "TARGET_IS_AGENT"), "{v}");
+    let (status, v) = s.delete(&format!("/target-groups/{gid}")).await;
+    assert_eq!((status, code(&v)), (409, "TARGET_GROUP_IN_USE"), "{v}");
+    let (status, v) = s
+        .put_json(&format!("/target-groups/{gid}"), json!({ "name": "front" }))
+        .await;
+    assert_eq!((status, code(&v)), (409, "TARGET_GROUP_IN_USE"), "{v}");
+    let (status, v) = s.get("/target-groups/tgg_999").await;
+    assert_eq!((status, code(&v)), (404, "TARGET_GROUP_NOT_FOUND"), "{v}");
+
+    // A viewer reads, and changes nothing.
+    let viewer = user_token(&s, "vera", &["viewer"]).await;
+    let r = s
+        .http
+        .post(format!("{}/targets", s.url))
+        .bearer_auth(&viewer)
+        .json(&with("name", json!("prod-web-02")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = s
+        .http
+        .get(format!("{}/target-groups/{gid}", s.url))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // Groups and targets are in the store: a restart keeps them.
+    s.kill9();
+    s.restart().await;
+    let (status, g) = s.get(&format!("/target-groups/{gid}")).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["member_ids"], json!([local_id]), "{g}");
+    assert_eq!(g["labels"], json!({ "role": "web" }), "{g}");
+    let (status, t) = s.get("/targets/prod-web-01").await;
+    assert_eq!(
+        (status, t["labels"]["role"].clone()),
+        (200, json!("db")),
+        "{t}"
+    );
+
+    // The CLI next to the routes.
+    let out = cli(&s, &["target", "group", "list", "production"]);
+    assert!(
+        out.contains(&gid) && out.contains("web") && out.contains("app"),
+        "{out}"
+    );
+    let out = cli(
+        &s,
+        &[
+            "target",
+            "create",
+            "edge-1",
+            "--type",
+            "compose_host",
+            "--connection",
+            "host=10.0.0.9,port=22",
+            "--labels",
+            "role=edge",
+        ],
+    );
+    assert!(
+        out.contains("compose_host") && out.contains("cannot deploy"),
+        "{out}"
+    );
+    let (_, t) = s.get("/targets/edge-1").await;
+    assert_eq!(
+        t["connection"],
+        json!({ "host": "10.0.0.9", "port": 22 }),
+        "{t}"
+    );
+    let out = cli(&s, &["target", "update", "edge-1", "--group", &gid]);
+    assert!(out.contains(&gid), "{out}");
+    cli(&s, &["target", "delete", "edge-1"]);
+    let (status, _) = s.get("/targets/edge-1").await;
+    assert_eq!(status, 404);
+
+    // A group no fraise uses goes; a described target goes.
+    let (status, spare) = s
+        .post(path, json!({ "name": "spare", "targetIds": [tid] }))
+        .await;
+    assert_eq!(status, 201, "{spare}");
+    let spare_id = spare["id"].as_str().unwrap();
+    let (status, v) = s.delete(&format!("/target-groups/{spare_id}")).await;
+    assert_eq!((status, v["deleted"].clone()), (200, json!(true)), "{v}");
+    let (status, _) = s.get(&format!("/target-groups/{spare_id}")).await;
+    assert_eq!(status, 404);
+    let (status, v) = s.delete(&format!("/targets/{tid}")).await;
+    assert_eq!((status, v["deleted"].clone()), (200, json!(true)), "{v}");
+    let (status, v) = s.get(&format!("/targets/{tid}")).await;
+    assert_eq!((status, code(&v)), (404, "TARGET_NOT_FOUND"), "{v}");
+    let (status, _) = s.delete(&format!("/targets/{tid}")).await;
+    assert_eq!(status, 404);
+
+    // Every change is in the audit trail.
+    let (_, audit) = s.get("/audit?limit=200").await;
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .expect("an audit list")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in [
+        "target_group.create",
+        "target_group.update",
+        "target_group.delete",
+        "target.create",
+        "target.update",
+        "target.delete",
+    ] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+}
