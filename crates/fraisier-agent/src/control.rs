@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fraisier_model::names::{agent_name_problem, is_valid_name};
 use fraisier_model::service::{
-    service_key, DesiredService, ExecRequest, ExecResult, ObservedService, ServerLink,
+    service_key, DesiredService, ExecRequest, ExecResult, ObservedService, ReleaseCheck, ServerLink,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -117,6 +117,9 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::ZipUnsupported => {
                 ApiError::new(StatusCode::BAD_REQUEST, "INVALID_ARTIFACT", e.to_string())
             }
+            ReleaseError::NotInstalled { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "RELEASE_NOT_FOUND", e.to_string())
+            }
         }
     }
 }
@@ -129,6 +132,10 @@ pub(crate) fn routes(agent: Arc<Agent>) -> Router {
         .route(
             "/v1/services/{fraise}/{environment}",
             put(put_service).get(get_service).delete(delete_service),
+        )
+        .route(
+            "/v1/services/{fraise}/{environment}/verify",
+            post(verify_service),
         )
         .route("/v1/exec", post(exec))
         .route("/v1/server", put(link_server))
@@ -307,6 +314,34 @@ async fn delete_service(
     *shared.desired() = None;
     shared.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(shared.observed())))
+}
+
+/// Hashes the releases the service's instances run again: what changed by hand since they
+/// were installed (drift).
+async fn verify_service(
+    State(agent): State<Arc<Agent>>,
+    Path((fraise, environment)): Path<(String, String)>,
+) -> Result<Json<Vec<ReleaseCheck>>, ApiError> {
+    if agent_name_problem(&fraise).is_some() || !is_valid_name(&environment) {
+        return Err(ApiError::not_found(&fraise, &environment));
+    }
+    let observed = agent
+        .services
+        .lock()
+        .await
+        .get(&service_key(&fraise, &environment))
+        .map(|s| s.observed())
+        .ok_or_else(|| ApiError::not_found(&fraise, &environment))?;
+    let versions: std::collections::BTreeSet<String> = observed
+        .instances
+        .iter()
+        .map(|i| i.version.clone())
+        .collect();
+    let mut checks = Vec::new();
+    for v in versions {
+        checks.push(agent.releases.verify(&fraise, &v).await?);
+    }
+    Ok(Json(checks))
 }
 
 /// Installs the release if needed and runs the command to completion in it.

@@ -1,11 +1,12 @@
 //! Releases on disk (`releases/<fraise>/<version>/`): install one from its source, digest the
-//! unpacked tree, list and prune them.
+//! unpacked tree (and keep a manifest of it, file by file), list and prune them, and hash one
+//! again on request to tell whether anything was changed by hand since (drift).
 //!
 //! Installing goes through a temp directory renamed into place, so a crash leaves either no
 //! release or a whole one; an existing release is never reinstalled (its digest is what
 //! rollback and drift detection compare against).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use fraisier_model::artifact::ArtifactFormat;
-use fraisier_model::service::{InstalledRelease, ReleaseSpec};
+use fraisier_model::service::{Change, FileChange, InstalledRelease, ReleaseCheck, ReleaseSpec};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::Fetcher;
@@ -55,6 +56,8 @@ pub enum ReleaseError {
     Fetch(#[from] crate::fetch::FetchError),
     #[error("zip artifacts cannot be unpacked by the agent yet; push a .tar.gz")]
     ZipUnsupported,
+    #[error("release {version} of {fraise} is not installed here")]
+    NotInstalled { fraise: String, version: String },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReleaseError + 'a {
@@ -256,6 +259,7 @@ impl ReleaseStore {
         );
         for version in &doomed {
             let _ = fs::remove_file(record_path(&fraise_dir, version));
+            let _ = fs::remove_file(manifest_path(&fraise_dir, version));
             if let Err(e) = fs::remove_dir_all(fraise_dir.join(version)) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(fraise, version, error = %e, "cannot remove release");
@@ -264,6 +268,46 @@ impl ReleaseStore {
         }
         self.listings.forget(fraise);
         doomed
+    }
+
+    /// Hashes an installed release again and compares it with what was recorded when it was
+    /// installed, file by file when its manifest is there.
+    pub async fn verify(&self, fraise: &str, version: &str) -> Result<ReleaseCheck, ReleaseError> {
+        let lock = self.lock(fraise);
+        let _held = lock.lock().await;
+        let fraise_dir = self.root.join(fraise);
+        let (fraise, version) = (fraise.to_string(), version.to_string());
+        tokio::task::spawn_blocking(move || {
+            let record: InstalledRelease = read_json(&record_path(&fraise_dir, &version))
+                .ok()
+                .flatten()
+                .ok_or_else(|| ReleaseError::NotInstalled {
+                    fraise: fraise.clone(),
+                    version: version.clone(),
+                })?;
+            let dir = fraise_dir.join(&version);
+            let (actual, now) = survey(&dir).map_err(io_err("digest", &dir))?;
+            let manifest: Option<Manifest> = read_json(&manifest_path(&fraise_dir, &version))
+                .ok()
+                .flatten();
+            let changes = match manifest {
+                Some(then) if record.digest != actual => compare(&then, &now),
+                _ => Vec::new(),
+            };
+            Ok(ReleaseCheck {
+                version,
+                artifact: record.artifact,
+                expected: record.digest,
+                actual,
+                changes,
+            })
+        })
+        .await
+        .map_err(|e| ReleaseError::Io {
+            action: "verify",
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })?
     }
 
     /// Removes install directories a crash left behind.
@@ -291,6 +335,42 @@ impl ReleaseStore {
 
 fn record_path(fraise_dir: &Path, version: &str) -> PathBuf {
     fraise_dir.join(format!("{version}.json"))
+}
+
+/// Each entry of a release tree by relative path: `D` for a directory, `L<target>` for a
+/// symlink, `F<exec bit><sha256>` for a file.
+type Manifest = BTreeMap<String, String>;
+
+fn manifest_path(fraise_dir: &Path, version: &str) -> PathBuf {
+    fraise_dir.join(format!("{version}.manifest.json"))
+}
+
+/// What differs between a tree's manifest then and now.
+fn compare(then: &Manifest, now: &Manifest) -> Vec<FileChange> {
+    let mut out: Vec<FileChange> = then
+        .iter()
+        .filter_map(|(path, entry)| {
+            let change = match now.get(path) {
+                None => Change::Removed,
+                Some(e) if e != entry => Change::Modified,
+                Some(_) => return None,
+            };
+            Some(FileChange {
+                path: path.clone(),
+                change,
+            })
+        })
+        .chain(
+            now.keys()
+                .filter(|p| !then.contains_key(*p))
+                .map(|p| FileChange {
+                    path: p.clone(),
+                    change: Change::Added,
+                }),
+        )
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
 }
 
 fn list_versions(fraise_dir: &Path) -> Vec<String> {
@@ -339,12 +419,18 @@ fn write_record(
     version: &str,
     artifact: Option<String>,
 ) -> Result<InstalledRelease, ReleaseError> {
+    let (digest, manifest) = survey(dest).map_err(io_err("digest", dest))?;
     let installed = InstalledRelease {
         version: version.to_string(),
-        digest: digest_tree(dest).map_err(io_err("digest", dest))?,
+        digest,
         artifact,
         installed_at: Utc::now(),
     };
+    // The manifest before the record: a release is listed once its record is written.
+    if let Some(fraise_dir) = dest.parent() {
+        let path = manifest_path(fraise_dir, version);
+        write_json_atomic(&path, &manifest, 0o644).map_err(io_err("write", &path))?;
+    }
     write_json_atomic(record, &installed, 0o644).map_err(io_err("write", record))?;
     Ok(installed)
 }
@@ -435,23 +521,32 @@ pub fn unpack_tar_gz(reader: impl Read, dest: &Path) -> Result<(), ReleaseError>
 /// files the exec bit and contents, for symlinks the target. Timestamps and owners are left
 /// out so that the same content always gives the same digest.
 pub fn digest_tree(root: &Path) -> io::Result<String> {
+    survey(root).map(|(digest, _)| digest)
+}
+
+/// The tree's digest (as `digest_tree`) and its manifest, in one pass over the files.
+fn survey(root: &Path) -> io::Result<(String, Manifest)> {
     let mut paths = Vec::new();
     collect(root, Path::new(""), &mut paths)?;
     paths.sort();
     let mut hasher = Sha256::new();
+    let mut manifest = Manifest::new();
     let mut buf = vec![0u8; 64 * 1024];
     for rel in &paths {
         let full = root.join(rel);
         let meta = fs::symlink_metadata(&full)?;
         let rel_bytes = rel.to_string_lossy();
-        if meta.file_type().is_symlink() {
+        let entry = if meta.file_type().is_symlink() {
+            let target = fs::read_link(&full)?.to_string_lossy().into_owned();
             hasher.update(b"L");
             hasher.update(rel_bytes.as_bytes());
             hasher.update([0]);
-            hasher.update(fs::read_link(&full)?.to_string_lossy().as_bytes());
+            hasher.update(target.as_bytes());
+            format!("L{target}")
         } else if meta.is_dir() {
             hasher.update(b"D");
             hasher.update(rel_bytes.as_bytes());
+            "D".to_string()
         } else {
             hasher.update(b"F");
             hasher.update(rel_bytes.as_bytes());
@@ -459,6 +554,7 @@ pub fn digest_tree(root: &Path) -> io::Result<String> {
             let exec = meta.permissions().mode() & 0o111 != 0;
             hasher.update([u8::from(exec)]);
             hasher.update(meta.len().to_le_bytes());
+            let mut file_hasher = Sha256::new();
             let mut file = File::open(&full)?;
             loop {
                 let n = file.read(&mut buf)?;
@@ -466,11 +562,14 @@ pub fn digest_tree(root: &Path) -> io::Result<String> {
                     break;
                 }
                 hasher.update(&buf[..n]);
+                file_hasher.update(&buf[..n]);
             }
-        }
+            format!("F{}{}", u8::from(exec), hex::encode(file_hasher.finalize()))
+        };
         hasher.update([0xff]);
+        manifest.insert(rel_bytes.into_owned(), entry);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok((hex::encode(hasher.finalize()), manifest))
 }
 
 fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
@@ -529,6 +628,72 @@ mod tests {
         let script = dir.path().join("run.sh");
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
         assert_ne!(changed, digest_tree(dir.path()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn verify_finds_files_changed_added_and_removed_by_hand() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        write(&src.join("app.sh"), "echo one");
+        write(&src.join("conf/app.env"), "A=1");
+        write(&src.join("README"), "read me");
+        let store = ReleaseStore::new(
+            tmp.path().join("releases"),
+            Arc::new(Fetcher::load(tmp.path().join("server.json"))),
+        );
+        let spec = ReleaseSpec {
+            source: Some(src.clone()),
+            command: "true".into(),
+            working_directory: None,
+            env: Default::default(),
+            secrets: Default::default(),
+            artifact: None,
+        };
+        let installed = store.ensure("app", "1.0.0", &spec).await.unwrap();
+        let clean = store.verify("app", "1.0.0").await.unwrap();
+        assert!(!clean.drifted(), "{clean:?}");
+        assert_eq!(clean.expected, installed.digest);
+        assert!(clean.changes.is_empty());
+
+        let dir = store.dir("app", "1.0.0");
+        write(&dir.join("conf/app.env"), "A=2");
+        write(&dir.join("hotfix.sh"), "echo patched");
+        fs::remove_file(dir.join("README")).unwrap();
+        let check = store.verify("app", "1.0.0").await.unwrap();
+        assert!(check.drifted());
+        assert_eq!(check.expected, installed.digest);
+        assert_eq!(check.actual, digest_tree(&dir).unwrap());
+        let changes: Vec<(&str, Change)> = check
+            .changes
+            .iter()
+            .map(|c| (c.path.as_str(), c.change))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                ("README", Change::Removed),
+                ("conf/app.env", Change::Modified),
+                ("hotfix.sh", Change::Added),
+            ]
+        );
+        // An exec bit flipped by hand is a change too.
+        write(&dir.join("conf/app.env"), "A=1");
+        fs::write(dir.join("README"), "read me").unwrap();
+        fs::remove_file(dir.join("hotfix.sh")).unwrap();
+        assert!(!store.verify("app", "1.0.0").await.unwrap().drifted());
+        fs::set_permissions(dir.join("app.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        let check = store.verify("app", "1.0.0").await.unwrap();
+        assert_eq!(
+            check.changes,
+            vec![FileChange {
+                path: "app.sh".into(),
+                change: Change::Modified
+            }]
+        );
+        assert!(matches!(
+            store.verify("app", "9.9.9").await,
+            Err(ReleaseError::NotInstalled { .. })
+        ));
     }
 
     #[test]

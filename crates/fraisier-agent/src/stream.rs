@@ -127,6 +127,11 @@ async fn answer(control: &AgentClient, ask: Ask) -> Answer {
             ..
         } => value(control.service(&fraise, &environment).await),
         Ask::Exec { request, .. } => value(control.exec(&request).await),
+        Ask::Verify {
+            fraise,
+            environment,
+            ..
+        } => value(control.verify(&fraise, &environment).await),
     };
     match result {
         Ok(v) => Answer {

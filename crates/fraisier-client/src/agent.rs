@@ -148,6 +148,23 @@ impl AgentClient {
         }
     }
 
+    /// Hashes the releases the service runs again (drift); `None` when the agent has no such
+    /// service.
+    pub async fn verify(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<Vec<fraisier_model::service::ReleaseCheck>>> {
+        let path = format!("/v1/services/{fraise}/{environment}/verify");
+        match self.call(self.request(Method::POST, &path)).await {
+            Ok(checks) => Ok(Some(checks)),
+            Err(AgentClientError::Rejected {
+                status: 404, code, ..
+            }) if code == "SERVICE_NOT_FOUND" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs a command to completion on the agent (hooks, smoke tests, etl jobs).
     pub async fn exec(&self, request: &ExecRequest) -> Result<ExecResult> {
         let timeout = Duration::from_millis(request.timeout_ms).saturating_add(EXEC_MARGIN);

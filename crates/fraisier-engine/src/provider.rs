@@ -1,7 +1,9 @@
 //! Where instances run: the engine's only way to act on the data plane.
 
 use async_trait::async_trait;
-use fraisier_model::service::{DesiredService, ExecRequest, ExecResult, ObservedService};
+use fraisier_model::service::{
+    DesiredService, ExecRequest, ExecResult, ObservedService, ReleaseCheck,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -29,6 +31,19 @@ pub trait Provider: Send + Sync + 'static {
         environment: &str,
     ) -> Result<Option<ObservedService>, ProviderError>;
     async fn exec(&self, request: &ExecRequest) -> Result<ExecResult, ProviderError>;
+    /// Hashes the releases a service runs again and compares them with what was installed
+    /// (drift); `None` when the target has no such service.
+    async fn verify(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<Vec<ReleaseCheck>>, ProviderError> {
+        let _ = (fraise, environment);
+        Err(ProviderError::Rejected(format!(
+            "a {} provider cannot hash its releases again",
+            self.kind()
+        )))
+    }
     /// A short name for status pages: `local`.
     fn kind(&self) -> &'static str;
     /// Whether the provider answers now.

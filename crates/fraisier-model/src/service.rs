@@ -225,6 +225,45 @@ pub struct InstalledRelease {
     pub installed_at: DateTime<Utc>,
 }
 
+/// A release directory hashed again on request. Drift is any difference between the tree
+/// now and the digest taken when it was installed: files changed by hand on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseCheck {
+    pub version: String,
+    /// The artifact it was unpacked from (`sha256:<hex>`), when it came from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// The tree's digest when it was installed.
+    pub expected: String,
+    /// The tree's digest now.
+    pub actual: String,
+    /// What differs, file by file (empty for a release installed before the agent kept a
+    /// manifest: then only the digests tell).
+    #[serde(default)]
+    pub changes: Vec<FileChange>,
+}
+
+impl ReleaseCheck {
+    pub fn drifted(&self) -> bool {
+        self.expected != self.actual
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    /// Relative to the release directory.
+    pub path: String,
+    pub change: Change,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Added,
+    Removed,
+    Modified,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservedService {
     pub fraise: String,

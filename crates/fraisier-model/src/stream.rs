@@ -28,6 +28,12 @@ pub enum Ask {
     },
     /// Run a command to completion; answers its result.
     Exec { id: u64, request: Box<ExecRequest> },
+    /// Hash the service's running releases again (drift).
+    Verify {
+        id: u64,
+        fraise: String,
+        environment: String,
+    },
 }
 
 /// From the agent: the answer to question `id`, or why there is none.
@@ -52,7 +58,10 @@ pub struct Refusal {
 impl Ask {
     pub fn id(&self) -> u64 {
         match self {
-            Ask::Apply { id, .. } | Ask::Observe { id, .. } | Ask::Exec { id, .. } => *id,
+            Ask::Apply { id, .. }
+            | Ask::Observe { id, .. }
+            | Ask::Exec { id, .. }
+            | Ask::Verify { id, .. } => *id,
         }
     }
 }

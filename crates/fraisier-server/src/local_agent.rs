@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use fraisier_client::agent::{AgentClient, AgentClientError as AgentError};
 use fraisier_engine::{Provider, ProviderError};
 use fraisier_model::service::{
-    AgentInfo, DesiredService, ExecRequest, ExecResult, ObservedService, ServerLink,
+    AgentInfo, DesiredService, ExecRequest, ExecResult, ObservedService, ReleaseCheck, ServerLink,
 };
 use tokio::sync::Mutex;
 
@@ -194,6 +194,15 @@ impl Provider for LocalAgent {
 
     async fn exec(&self, request: &ExecRequest) -> Result<ExecResult, ProviderError> {
         self.call(|c| async move { c.exec(request).await }).await
+    }
+
+    async fn verify(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<Vec<ReleaseCheck>>, ProviderError> {
+        self.call(|c| async move { c.verify(fraise, environment).await })
+            .await
     }
 
     fn kind(&self) -> &'static str {

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use axum::extract::ws::{Message, WebSocket};
 use fraisier_engine::fleet::Connector;
 use fraisier_engine::{Provider, ProviderError};
-use fraisier_model::service::{DesiredService, ExecRequest, ExecResult, ObservedService};
+use fraisier_model::service::{
+    DesiredService, ExecRequest, ExecResult, ObservedService, ReleaseCheck,
+};
 use fraisier_model::stream::{Answer, Ask};
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
@@ -312,6 +314,24 @@ impl Provider for RemoteAgent {
                 ProviderError::Rejected(format!("agent {} answered nothing", self.name))
             })?;
         decode(&self.name, v)
+    }
+
+    async fn verify(
+        &self,
+        fraise: &str,
+        environment: &str,
+    ) -> Result<Option<Vec<ReleaseCheck>>, ProviderError> {
+        let (fraise, environment) = (fraise.to_string(), environment.to_string());
+        // Hashing a large release takes a while: as long as an exec may.
+        self.streams
+            .ask(self.id, &self.name, ANSWER_WITHIN * 6, |id| Ask::Verify {
+                id,
+                fraise,
+                environment,
+            })
+            .await?
+            .map(|v| decode(&self.name, v))
+            .transpose()
     }
 
     fn kind(&self) -> &'static str {

@@ -127,6 +127,11 @@ enum Command {
     /// Targets (seed 004): the agents where your environments' fraises run, and what runs there
     #[command(subcommand)]
     Target(targets::TargetCommand),
+    /// Whether files were changed by hand in the releases a target runs (exits 1 if so)
+    Drift {
+        /// The target: an agent's name or `agt_…`
+        target: String,
+    },
 }
 
 #[derive(Args)]
@@ -372,6 +377,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Env(c) => variables::run(&ctx, "env", c).await,
         Command::Artifact(c) => artifacts::run(&ctx, c).await,
         Command::Target(c) => targets::run(&ctx, c).await,
+        Command::Drift { target } => targets::drift(&ctx, &target).await,
         Command::Reject(a) => commands::decide(&ctx, a, false).await,
         Command::Approvals => commands::approvals(&ctx).await,
     }

@@ -419,3 +419,40 @@ async fn group(ctx: &Ctx, c: &fraisier_client::ApiClient, cmd: GroupCommand) -> 
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `fraisier drift TARGET`: each release running there hashed again on the host; exits 1
+/// when any was changed since it was installed.
+pub async fn drift(ctx: &Ctx, target: &str) -> Result<ExitCode> {
+    let c = client(ctx).await?;
+    let v = c.get(&format!("/targets/{target}/drift"), &[]).await?;
+    if ctx.json {
+        print_json(&v);
+    } else {
+        let components = v["components"].as_array().map_or(&[][..], |a| a);
+        if components.is_empty() {
+            println!("{target}: no release runs there");
+        }
+        for comp in components {
+            let state = if comp["drifted"] == true {
+                "DRIFTED"
+            } else {
+                "as installed"
+            };
+            println!(
+                "{} {}: {state} (installed {}, now {})",
+                s(&comp["component"]),
+                s(&comp["version"]),
+                s(&comp["expected"]),
+                s(&comp["actual"])
+            );
+            for f in comp["files"].as_array().map_or(&[][..], |a| a) {
+                println!("  {:<8} {}", s(&f["change"]), s(&f["path"]));
+            }
+        }
+    }
+    Ok(if v["has_drift"] == true {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -159,6 +159,22 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
     );
     let text = cli(&s, &["target", "check", "web-1"]);
     assert!(text.contains("healthy"), "{text}");
+    // Drift, asked over the task stream: the agent hashes its release again.
+    let (status, d) = s.get("/targets/web-1/drift").await;
+    assert_eq!((status, d["has_drift"].clone()), (200, json!(false)), "{d}");
+    assert_eq!(d["expected"]["release_id"], "app-1.0.0", "{d}");
+    std::fs::write(
+        dir.join("releases/app/1.0.0/demo.env"),
+        "DEMO_VERSION=edited\n",
+    )
+    .unwrap();
+    let (_, d) = s.get("/targets/web-1/drift").await;
+    assert_eq!(d["has_drift"], true, "{d}");
+    assert_eq!(
+        d["differences"][0]["files"],
+        json!([{ "path": "demo.env", "change": "modified" }]),
+        "{d}"
+    );
     let (_, local_sticker) = s.get("/targets/local/sticker").await;
     assert!(
         local_sticker["components"].as_array().unwrap().is_empty(),

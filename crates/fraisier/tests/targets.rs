@@ -400,3 +400,87 @@ async fn target_groups_place_fraises_and_targets_without_a_provider_are_refused(
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
 }
+
+/// Drift: a release changed by hand on the host shows, file by file; `fraisier drift` exits
+/// 1 then, 0 once the file is put back.
+#[tokio::test]
+async fn files_changed_by_hand_in_a_release_show_as_drift() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let port = free_port();
+    let s = Server::start(&ws, &config_yaml(&ws, port, 1, "rolling", "")).await;
+    let (status, v) = s.get("/targets/local/drift").await;
+    assert_eq!((status, v["has_drift"].clone()), (200, json!(false)), "{v}");
+    assert_eq!(v["components"], json!([]), "nothing runs there yet: {v}");
+
+    let run = s
+        .deploy("app", "production", json!({ "version": "1.0.0" }))
+        .await;
+    let v = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    let (status, clean) = s.get("/targets/local/drift").await;
+    assert_eq!(status, 200, "{clean}");
+    assert_eq!(clean["has_drift"], false, "{clean}");
+    assert_eq!(clean["expected"]["release_id"], "app-1.0.0", "{clean}");
+    assert_eq!(
+        clean["expected"]["digest"], clean["actual"]["digest"],
+        "{clean}"
+    );
+    assert!(
+        clean["components"][0]["artifact"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("sha256:")),
+        "{clean}"
+    );
+    let out = cli(&s, &["drift", "local"]);
+    assert!(out.contains("app@production 1.0.0: as installed"), "{out}");
+
+    // Someone edits the release on the host.
+    let release = s.agent_dir().join("releases/app/1.0.0");
+    let env_file = release.join("demo.env");
+    let original = std::fs::read_to_string(&env_file).unwrap();
+    std::fs::write(&env_file, "DEMO_VERSION=hotfixed\n").unwrap();
+    std::fs::write(release.join("patch.sh"), "echo patched\n").unwrap();
+    let (_, v) = s.get("/targets/local/drift").await;
+    assert_eq!(v["has_drift"], true, "{v}");
+    assert_ne!(v["expected"]["digest"], v["actual"]["digest"], "{v}");
+    assert_eq!(
+        v["differences"][0]["files"],
+        json!([
+            { "path": "demo.env", "change": "modified" },
+            { "path": "patch.sh", "change": "added" }
+        ]),
+        "{v}"
+    );
+    let out = std::process::Command::new(fraisier_bin())
+        .args(["--server", &s.url, "drift", "local"])
+        .env("FRAISIER_TOKEN", &s.token)
+        .env_remove("FRAISIER_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "drift exits 1: {text}");
+    assert!(
+        text.contains("DRIFTED") && text.contains("modified demo.env"),
+        "{text}"
+    );
+
+    // Put back: no drift.
+    std::fs::write(&env_file, original).unwrap();
+    std::fs::remove_file(release.join("patch.sh")).unwrap();
+    let (_, v) = s.get("/targets/local/drift").await;
+    assert_eq!(v["has_drift"], false, "{v}");
+
+    // What cannot be checked says why.
+    let (status, v) = s.get("/targets/nowhere/drift").await;
+    assert_eq!((status, code(&v)), (404, "TARGET_NOT_FOUND"), "{v}");
+    let (status, t) = s
+        .post(
+            "/targets",
+            json!({ "name": "db-1", "targetType": "nomad_job", "connection": { "address": "http://nomad:4646", "job": "db" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    let (status, v) = s.get("/targets/db-1/drift").await;
+    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
+}

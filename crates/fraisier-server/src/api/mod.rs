@@ -189,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/targets/{id}/health-check", post(targets::health_check))
         .route("/targets/{id}/sticker", get(targets::sticker))
+        .route("/targets/{id}/drift", get(targets::drift))
         .route("/environments", get(environments::list))
         .route("/environments/{name}", get(environments::get))
         .route("/environments/{name}/status", get(environments::status))

@@ -147,6 +147,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("DELETE", "/target-groups/{id}", may(P::EnvironmentUpdate), "target_group.delete"),
     route("POST", "/targets/{id}/health-check", may(P::AgentRead), "target.health_check"),
     route("GET", "/targets/{id}/sticker", may(P::AgentRead), "target.sticker"),
+    route("GET", "/targets/{id}/drift", may(P::AgentRead), "target.drift"),
     route("POST", "/environments/{name}/lock", may(P::EnvironmentUpdate), "environment.lock"),
     route("POST", "/environments/{name}/unlock", may(P::EnvironmentUpdate), "environment.unlock"),
     route("GET", "/environments/{name}/limits", may(P::EnvironmentRead), "environment.limits"),

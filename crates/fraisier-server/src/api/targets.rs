@@ -873,3 +873,157 @@ pub async fn delete(
         &t.reference(),
     ))
 }
+
+/// `GET /targets/{id}/drift`: each release running there hashed again on the host and
+/// compared with the digest taken when it was installed.
+#[derive(Serialize, ToSchema)]
+pub struct DriftView {
+    pub target_id: String,
+    pub has_drift: bool,
+    /// Seed 004's shape, when one release runs there: what was installed…
+    pub expected: Option<DriftExpected>,
+    /// …and what is on disk now.
+    pub actual: Option<DriftActual>,
+    /// The releases that changed.
+    pub differences: Vec<DriftComponent>,
+    /// Every release checked.
+    pub components: Vec<DriftComponent>,
+    pub checked_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriftExpected {
+    /// `fraise-version`.
+    pub release_id: String,
+    pub digest: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriftActual {
+    pub digest: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriftComponent {
+    /// `fraise@environment`.
+    pub component: String,
+    pub version: String,
+    /// The artifact the release was unpacked from, `sha256:…`.
+    pub artifact: Option<String>,
+    /// The release tree's digest when it was installed, `sha256:…`.
+    pub expected: String,
+    /// Its digest now.
+    pub actual: String,
+    pub drifted: bool,
+    /// What changed, file by file.
+    pub files: Vec<DriftFile>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriftFile {
+    /// Relative to the release directory.
+    pub path: String,
+    /// `added`, `removed` or `modified`.
+    #[schema(value_type = String)]
+    pub change: fraisier_model::service::Change,
+}
+
+#[utoipa::path(get, path = "/api/v1/targets/{target_id}/drift", tag = "targets",
+    params(("target_id" = String, Path, description = "agt_…, tgt_… or a name")),
+    responses((status = 200, body = DriftView), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody, description = "PROVIDER_UNSUPPORTED: a type Fraisier cannot reach"),
+              (status = 503, body = ErrorBody, description = "the agent does not answer")))]
+pub async fn drift(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(target): Params<String>,
+) -> Result<Json<DriftView>, ApiError> {
+    let a = find_agent(&state, &who, &target, "hash its releases").await?;
+    let provider = state
+        .engine
+        .fleet()
+        .agent_provider(&who.workspace, &a.name)
+        .await
+        .map_err(fraisier_engine::EngineError::Provider)?;
+    let sha = |hex: &str| format!("sha256:{hex}");
+    let mut components = Vec::new();
+    for s in state.engine.store().services(&who.workspace).await? {
+        let here = s.desired.as_ref().is_some_and(|d| {
+            d.instances
+                .iter()
+                .any(|i| fraisier_engine::fleet::target_of(i) == a.name)
+        });
+        if !here {
+            continue;
+        }
+        let name = fraisier_model::names::agent_name(&who.workspace, &s.fraise);
+        let checks = provider
+            .verify(&name, &s.environment)
+            .await
+            .map_err(fraisier_engine::EngineError::Provider)?
+            .unwrap_or_default();
+        for c in checks {
+            components.push(DriftComponent {
+                component: format!("{}@{}", s.fraise, s.environment),
+                drifted: c.drifted(),
+                version: c.version,
+                artifact: c.artifact,
+                expected: sha(&c.expected),
+                actual: sha(&c.actual),
+                files: c
+                    .changes
+                    .into_iter()
+                    .map(|f| DriftFile {
+                        path: f.path,
+                        change: f.change,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    let (expected, actual) = match components.as_slice() {
+        [one] => (
+            Some(DriftExpected {
+                release_id: format!(
+                    "{}-{}",
+                    one.component.split('@').next().unwrap_or_default(),
+                    one.version
+                ),
+                digest: one.expected.clone(),
+            }),
+            Some(DriftActual {
+                digest: one.actual.clone(),
+            }),
+        ),
+        _ => (None, None),
+    };
+    let differences: Vec<DriftComponent> = components
+        .iter()
+        .filter(|c| c.drifted)
+        .map(|c| DriftComponent {
+            component: c.component.clone(),
+            version: c.version.clone(),
+            artifact: c.artifact.clone(),
+            expected: c.expected.clone(),
+            actual: c.actual.clone(),
+            drifted: true,
+            files: c
+                .files
+                .iter()
+                .map(|f| DriftFile {
+                    path: f.path.clone(),
+                    change: f.change,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(DriftView {
+        target_id: format!("agt_{}", a.id),
+        has_drift: !differences.is_empty(),
+        expected,
+        actual,
+        differences,
+        components,
+        checked_at: ts(Utc::now()),
+    }))
+}
