@@ -268,13 +268,17 @@ impl Store {
 
     /// A delivery's outcome and the environments it concerned.
     pub async fn delivery_state(&self, id: i64) -> Result<(String, Vec<DeliveryTarget>)> {
+        // Targets first: a target and the outcome are settled in one transaction, so an
+        // outcome read after a settled target is at least as new. (Read the other way round,
+        // a settlement committed in between paired an old outcome with a new target.)
+        let targets = self.delivery_targets(id).await?;
         let outcome: String = sqlx::query("SELECT outcome FROM webhook_deliveries WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?
             .try_get("outcome")?;
-        Ok((outcome, self.delivery_targets(id).await?))
+        Ok((outcome, targets))
     }
 
     async fn delivery_targets(&self, id: i64) -> Result<Vec<DeliveryTarget>> {
