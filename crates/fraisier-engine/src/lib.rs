@@ -22,7 +22,7 @@ mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fraisier_model::approval::{self, Decision, Requirement, Standing, Vote};
@@ -57,6 +57,8 @@ pub struct EngineSettings {
     pub resync_interval: Duration,
     /// Where git mirrors and builds live (the server's data dir).
     pub work_dir: std::path::PathBuf,
+    /// How long this server's hold on a run lasts unrenewed (`server.run_lease`).
+    pub run_lease: Duration,
 }
 
 impl Default for EngineSettings {
@@ -65,8 +67,22 @@ impl Default for EngineSettings {
             poll_interval: Duration::from_millis(100),
             resync_interval: Duration::from_secs(5),
             work_dir: std::env::temp_dir().join("fraisier-work"),
+            run_lease: Duration::from_secs(15),
         }
     }
+}
+
+fn server_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let mut salt = [0u8; 4];
+    let _ = getrandom::getrandom(&mut salt);
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        salt.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 #[derive(Clone)]
@@ -84,6 +100,9 @@ struct Inner {
     settings: EngineSettings,
     /// Cancel signals of the runs this process is executing.
     cancels: Mutex<HashMap<i64, watch::Sender<Option<String>>>>,
+    /// Who this server is when it holds a run: host, process and a random part, so that a
+    /// restarted process is someone else.
+    server_id: String,
     /// What secrets are sealed with; replaced whole when the key is rotated.
     secret_keys: RwLock<fraisier_model::secret::SecretKeys>,
     /// Held from "is a run active?" to "the run is recorded" by everything that starts runs or
@@ -134,6 +153,7 @@ impl Engine {
                 config,
                 bus: Bus::new(),
                 cancels: Mutex::new(HashMap::new()),
+                server_id: server_id(),
                 secret_keys: RwLock::new(secret_keys),
                 changes: tokio::sync::Mutex::new(()),
                 blobs,
@@ -538,19 +558,150 @@ impl Engine {
                 },
                 e => EngineError::Store(e),
             })?;
-        self.spawn(run.clone());
+        // Created free: this server takes it, unless another server's takeover got there
+        // first, in which case that one runs it.
+        match self
+            .inner
+            .store
+            .claim_run(run.id, &self.inner.server_id, self.lease_until())
+            .await
+        {
+            Ok(true) => self.spawn(run.clone()),
+            Ok(false) => {
+                tracing::info!(run = %run_id_string(run.id), "another server took the new run")
+            }
+            // Left unheld: the takeover loop of some server picks it up.
+            Err(e) => {
+                tracing::warn!(run = %run_id_string(run.id), error = %e, "cannot hold the new run yet")
+            }
+        }
         Ok(run)
     }
 
+    /// Who this server is when it holds a run.
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
+    }
+
+    fn lease_until(&self) -> DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.inner.settings.run_lease)
+                .unwrap_or(chrono::TimeDelta::seconds(15))
+    }
+
+    /// Executes a run this server holds, and keeps holding it: the lease is renewed every
+    /// third of its length. A renewal that finds the hold gone (another server took the run
+    /// over) stops the execution at once; so does going two thirds of a lease without one
+    /// succeeding, before another server may take it. A cancel recorded on any server
+    /// arrives with the renewal.
     fn spawn(&self, run: Run) {
         let (tx, rx) = watch::channel(None);
-        self.inner.cancels.lock().unwrap().insert(run.id, tx);
+        self.inner
+            .cancels
+            .lock()
+            .unwrap()
+            .insert(run.id, tx.clone());
         let engine = self.clone();
         tokio::spawn(async move {
             let id = run.id;
-            executor::execute(&engine, run, rx).await;
+            let mut work = tokio::spawn({
+                let engine = engine.clone();
+                async move { executor::execute(&engine, run, rx).await }
+            });
+            let lease = engine.inner.settings.run_lease;
+            let every = lease / 3;
+            let mut renewed = Instant::now();
+            let mut finished = false;
+            loop {
+                tokio::select! {
+                    _ = &mut work => {
+                        finished = true;
+                        break;
+                    }
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match engine
+                    .inner
+                    .store
+                    .renew_run_lease(id, &engine.inner.server_id, engine.lease_until())
+                    .await
+                {
+                    Ok(Some(cancel)) => {
+                        renewed = Instant::now();
+                        if let Some(by) = cancel.filter(|_| tx.borrow().is_none()) {
+                            let _ = tx.send(Some(by));
+                        }
+                    }
+                    Ok(None) => {
+                        if !work.is_finished() {
+                            tracing::warn!(run = %run_id_string(id), "lost the hold on the run (another server took it over); stopping here");
+                            work.abort();
+                        }
+                        break;
+                    }
+                    Err(e) if renewed.elapsed() > lease - every => {
+                        tracing::error!(run = %run_id_string(id), error = %e, "cannot renew the hold on the run; stopping here so that another server can take it over");
+                        work.abort();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %run_id_string(id), error = %e, "cannot renew the hold on the run yet")
+                    }
+                }
+            }
+            if !finished {
+                // Aborted or ending: either way its task is over before the slot is freed.
+                let _ = work.await;
+            }
             engine.inner.cancels.lock().unwrap().remove(&id);
         });
+    }
+
+    /// Takes over the runs no server holds any more and executes them here.
+    async fn take_over(&self, everything: bool) {
+        let runs = match self
+            .inner
+            .store
+            .claim_runs(
+                &self.inner.server_id,
+                self.lease_until(),
+                50,
+                everything,
+                Utc::now()
+                    - chrono::Duration::from_std(self.inner.settings.run_lease)
+                        .unwrap_or(chrono::TimeDelta::seconds(15)),
+            )
+            .await
+        {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for runs to take over");
+                return;
+            }
+        };
+        for run in runs {
+            if self.inner.cancels.lock().unwrap().contains_key(&run.id) {
+                continue;
+            }
+            let message = if everything {
+                "resumed by this server after a restart".to_string()
+            } else {
+                format!(
+                    "taken over by server {} after the server running it stopped renewing its hold",
+                    self.inner.server_id
+                )
+            };
+            tracing::info!(run = %run_id_string(run.id), status = ?run.status, "{message}");
+            self.log(
+                &run,
+                LogLevel::Warn,
+                Component::Deployment,
+                &message,
+                json!({ "server": self.inner.server_id }),
+            )
+            .await;
+            self.spawn(run);
+        }
     }
 
     /// Asks a run to stop at its next safe point; it then restores the previous version.
@@ -728,10 +879,17 @@ impl Engine {
     /// Picks up runs a previous server process left unfinished, and keeps the provider's
     /// desired states in line with the store. Call once at start-up.
     pub async fn start(&self) -> Result<(), EngineError> {
-        for run in self.inner.store.active_runs().await? {
-            tracing::info!(run = %run_id_string(run.id), status = ?run.status, "resuming run left by a previous server");
-            self.spawn(run);
-        }
+        // On SQLite this server is the only one (the database is its data dir's): what the
+        // last process held is its own at once. On PostgreSQL other servers may be running
+        // theirs: only runs whose hold lapsed are taken.
+        self.take_over(self.inner.store.backend() == "sqlite").await;
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(engine.inner.settings.run_lease / 2).await;
+                engine.take_over(false).await;
+            }
+        });
         let engine = self.clone();
         tokio::spawn(async move {
             loop {

@@ -575,6 +575,11 @@ pub struct ServerConfig {
     /// An agent silent this long is offline: nothing new is placed there (default 15s).
     #[serde(default = "default_offline_after")]
     pub agent_offline_after: Millis,
+    /// How long a server's hold on a run lasts without renewal (renewed every third of it).
+    /// When several servers share one PostgreSQL, a run whose server died is taken over by
+    /// another this long after its last renewal (default 15s).
+    #[serde(default = "default_run_lease")]
+    pub run_lease: Millis,
 }
 
 /// HMAC-SHA2 JWT algorithms; only the configured one is accepted.
@@ -978,6 +983,9 @@ fn default_heartbeat_interval() -> Millis {
 fn default_offline_after() -> Millis {
     Millis::from_secs(15)
 }
+fn default_run_lease() -> Millis {
+    Millis::from_secs(15)
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
@@ -1100,6 +1108,7 @@ impl Default for ServerConfig {
             rate_limits: RateLimits::default(),
             agent_heartbeat_interval: default_heartbeat_interval(),
             agent_offline_after: default_offline_after(),
+            run_lease: default_run_lease(),
         }
     }
 }
@@ -1286,6 +1295,12 @@ impl Config {
                     "must be longer than server.agent_heartbeat_interval ({}), or every agent would flap offline",
                     every
                 ),
+            );
+        }
+        if self.server.run_lease.0 < 1_000 || self.server.run_lease.0 > 600_000 {
+            bad(
+                "server.run_lease".into(),
+                "must be between 1s and 10m".into(),
             );
         }
         let mut ports: BTreeMap<u16, String> = BTreeMap::new();

@@ -217,6 +217,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     let blobs = fraisier_store::blobs::BlobStore::new(data_dir.join("blobs"));
     let settings = EngineSettings {
         work_dir: data_dir.join("work"),
+        run_lease: config.server.run_lease.as_duration(),
         ..opts.settings
     };
     let engine = Engine::new(store, agent, config.clone(), secrets, blobs, settings);

@@ -489,6 +489,15 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX target_group_members_member ON target_group_members (member)",
         ],
     },
+    Migration {
+        version: 15,
+        name: "run leases",
+        statements: &[
+            // The server executing a run, and until when its hold lasts unrenewed.
+            "ALTER TABLE runs ADD COLUMN lease_owner TEXT",
+            "ALTER TABLE runs ADD COLUMN lease_expires_at BIGINT",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

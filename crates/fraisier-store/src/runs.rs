@@ -1,6 +1,7 @@
 //! Deployment runs: creation under the one-active-run rule, lookups, the filtered and sorted
 //! listing of `GET /deployments`, and the engine's writes of a run's progress.
 
+use chrono::{DateTime, Utc};
 use fraisier_model::run::{to_wire, RunStatus};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -8,6 +9,7 @@ use sqlx::Row;
 use crate::sql::{
     self, contains_pattern, json, json_text, millis, now, ts, ts_opt, wire, Args, ACTIVE_STATUSES,
 };
+use crate::store::Backend;
 use crate::turns::Priority;
 use crate::{run_id_string, NewRun, Result, Run, RunFilter, RunSortField, Store, StoreError};
 
@@ -236,14 +238,16 @@ impl Store {
         row.as_ref().map(run_from_row).transpose()
     }
 
-    /// Writes every field the engine may change and sets `updated_at` to now. Making a final
-    /// run active again while another is active is `ActiveRunExists`.
+    /// Writes every field the engine may change and sets `updated_at` to now. A cancel
+    /// already recorded (by this server or another) is kept whatever `run` says. Making a
+    /// final run active again while another is active is `ActiveRunExists`.
     pub async fn save_run(&self, run: &Run) -> Result<()> {
         let turn = self.turn(Priority::Background).await;
         let result = sqlx::query(
             "UPDATE runs SET status = $3, version = $4, previous_version = $5, started_at = $6, \
              completed_at = $7, health_check_status = $8, health_details = $9, metrics = $10, \
-             error_code = $11, error_message = $12, cancel_requested_by = $13, cancelled_at = $14, \
+             error_code = $11, error_message = $12, \
+             cancel_requested_by = COALESCE(cancel_requested_by, $13), cancelled_at = $14, \
              progress = $15, options = $16, updated_at = $17, metadata = $18 \
              WHERE tenant_id = $1 AND id = $2",
         )
@@ -284,6 +288,104 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes the runs that need a server: active, and held by none (for a while) or by one
+    /// whose hold lapsed. Each is leased to `owner` until `until`. On PostgreSQL rows another server is
+    /// claiming are skipped (`FOR UPDATE SKIP LOCKED`) rather than waited for; SQLite has one
+    /// writer, so its UPDATE is atomic as it is.
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        until: DateTime<Utc>,
+        limit: u32,
+        // Every active run, held or not: for the one server of an SQLite database, at start.
+        everything: bool,
+        // A run never held is left to the server that created it (which holds it at once)
+        // unless it was created before this.
+        unheld_before: DateTime<Utc>,
+    ) -> Result<Vec<Run>> {
+        let skip = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let turn = self.turn(Priority::Background).await;
+        let rows = sqlx::query(&format!(
+            "UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id IN (\
+             SELECT id FROM runs WHERE status IN {ACTIVE_STATUSES} \
+             AND ((lease_owner IS NULL AND created_at < $6) OR lease_expires_at < $3 OR $5 = 1) \
+             ORDER BY created_at, id LIMIT $4{skip}) RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(millis(until))
+        .bind(millis(now()))
+        .bind(i64::from(limit))
+        .bind(i64::from(everything))
+        .bind(millis(unheld_before))
+        .fetch_all(&self.writer)
+        .await;
+        drop(turn);
+        let mut runs = rows?.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+        runs.sort_by_key(|r| (r.created_at, r.id));
+        Ok(runs)
+    }
+
+    /// Takes one run for `owner` unless another server holds it (unexpired): a run just
+    /// created, or one this server holds already. `false`: someone else runs it.
+    pub async fn claim_run(&self, id: i64, owner: &str, until: DateTime<Utc>) -> Result<bool> {
+        let turn = self.turn(Priority::Interactive).await;
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET lease_owner = $1, lease_expires_at = $2 \
+             WHERE id = $3 AND status IN {ACTIVE_STATUSES} \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $4)"
+        ))
+        .bind(owner)
+        .bind(millis(until))
+        .bind(id)
+        .bind(millis(now()))
+        .execute(&self.writer)
+        .await;
+        drop(turn);
+        Ok(done?.rows_affected() > 0)
+    }
+
+    /// Extends `owner`'s hold on a run. `None`: the hold is gone (another server took the run
+    /// over, or it finished); else who asked to cancel it, if anyone did — on any server.
+    pub async fn renew_run_lease(
+        &self,
+        id: i64,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Option<String>>> {
+        let turn = self.turn(Priority::Interactive).await;
+        let row = sqlx::query(&format!(
+            "UPDATE runs SET lease_expires_at = $1 \
+             WHERE id = $2 AND lease_owner = $3 AND status IN {ACTIVE_STATUSES} \
+             RETURNING cancel_requested_by"
+        ))
+        .bind(millis(until))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.writer)
+        .await;
+        drop(turn);
+        row?.map(|r| r.try_get::<Option<String>, _>("cancel_requested_by"))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
+    /// Who holds a run, and until when.
+    pub async fn run_lease(&self, id: i64) -> Result<Option<(String, DateTime<Utc>)>> {
+        let row = sqlx::query("SELECT lease_owner, lease_expires_at FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let owner: Option<String> = row.try_get("lease_owner")?;
+        Ok(match (owner, ts_opt(&row, "lease_expires_at")?) {
+            (Some(o), Some(t)) => Some((o, t)),
+            _ => None,
+        })
     }
 
     /// Records who asked to cancel a run that has not finished (the first asker wins); the

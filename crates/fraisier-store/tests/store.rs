@@ -79,8 +79,120 @@ store_suite! {
     artifact_versions_are_immutable_and_scoped,
     a_join_token_admits_as_many_agents_as_it_has_uses,
     targets_and_groups_keep_members_and_change_per_field,
+    a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
+}
+
+/// Run leases: four servers claim at once and each run goes to exactly one; a run just
+/// created is left to its creator; a renewal reports a cancel recorded by anyone and keeps
+/// it through the holder's own writes; a lapsed hold is taken over, and the old holder's
+/// renewal then fails.
+async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &TestDb) {
+    let s = &db.store;
+    let later = Utc::now() + Duration::seconds(30);
+    let mut ids = Vec::new();
+    for f in ["a", "b", "c", "d", "e", "f"] {
+        ids.push(
+            s.create_run(&new_run(DEFAULT_TENANT, f, "staging"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Just created: left to the server that made it.
+    let taken = s
+        .claim_runs("s0", later, 50, false, Utc::now() - Duration::seconds(30))
+        .await
+        .unwrap();
+    assert!(taken.is_empty(), "{taken:?}");
+    assert!(s.claim_run(ids[0], "creator", later).await.unwrap());
+    assert!(
+        !s.claim_run(ids[0], "s1", later).await.unwrap(),
+        "held by another"
+    );
+    assert!(
+        s.claim_run(ids[0], "creator", later).await.unwrap(),
+        "its own hold again"
+    );
+
+    // Old enough, unheld: four servers at once, each run to one of them.
+    let tasks: Vec<_> = (1..=4)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.claim_runs(
+                    &format!("s{i}"),
+                    later,
+                    50,
+                    false,
+                    Utc::now() + Duration::seconds(1),
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    claimed.sort();
+    assert_eq!(claimed, ids[1..].to_vec(), "each unheld run claimed once");
+
+    // A cancel recorded elsewhere arrives with the renewal, and the holder's write keeps it.
+    let run = s.run(DEFAULT_TENANT, ids[0]).await.unwrap();
+    assert_eq!(
+        s.renew_run_lease(ids[0], "creator", later).await.unwrap(),
+        Some(None)
+    );
+    s.request_cancel(DEFAULT_TENANT, ids[0], "bob")
+        .await
+        .unwrap();
+    s.save_run(&run).await.unwrap();
+    assert_eq!(
+        s.run(DEFAULT_TENANT, ids[0])
+            .await
+            .unwrap()
+            .cancel_requested_by
+            .as_deref(),
+        Some("bob"),
+        "a progress write never erases a cancel"
+    );
+    assert_eq!(
+        s.renew_run_lease(ids[0], "creator", later).await.unwrap(),
+        Some(Some("bob".to_string()))
+    );
+    assert_eq!(s.renew_run_lease(ids[0], "s1", later).await.unwrap(), None);
+
+    // The hold lapses: another server takes it; the old holder's renewal fails.
+    let past = Utc::now() - Duration::seconds(1);
+    assert!(s.claim_run(ids[0], "creator", past).await.unwrap());
+    let taken = s
+        .claim_runs("s9", later, 50, false, Utc::now() - Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[0]]);
+    assert_eq!(s.run_lease(ids[0]).await.unwrap().unwrap().0, "s9");
+    assert_eq!(
+        s.renew_run_lease(ids[0], "creator", later).await.unwrap(),
+        None
+    );
+    // The one server of an SQLite database takes everything at start.
+    let all = s
+        .claim_runs(
+            "restarted",
+            later,
+            50,
+            true,
+            Utc::now() - Duration::seconds(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), ids.len());
 }
 
 /// Described targets and target groups: names unique per workspace (and per environment for
@@ -800,6 +912,8 @@ async fn upgrading_keeps_the_users_of_the_first_schema() {
         "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, username TEXT NOT NULL, password_hash TEXT NOT NULL, roles TEXT NOT NULL, created_at BIGINT NOT NULL)",
         "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
         "INSERT INTO users (tenant_id, username, password_hash, roles, created_at) VALUES ('default', 'admin', '$argon2id$x', '[\"admin\"]', 1700000000000)",
+        // The first schema's runs, as far as later migrations touch them (leases add columns).
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL)",
     ] {
         sqlx::query(st).execute(&mut raw).await.unwrap();
     }
