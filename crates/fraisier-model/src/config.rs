@@ -580,6 +580,17 @@ pub struct ServerConfig {
     /// another this long after its last renewal (default 15s).
     #[serde(default = "default_run_lease")]
     pub run_lease: Millis,
+    /// NATS with JetStream (`nats://host:4222`): every event is published there as well,
+    /// once, in order. Absent: no bus.
+    #[serde(default)]
+    pub nats_url: Option<String>,
+    /// The JetStream stream the events go to (created if missing).
+    #[serde(default = "default_nats_stream")]
+    pub nats_stream: String,
+    /// Events are published on `<subject>.<workspace>.<fraise>.<environment>.<event type>`;
+    /// the stream takes `<subject>.>`.
+    #[serde(default = "default_nats_subject")]
+    pub nats_subject: String,
 }
 
 /// HMAC-SHA2 JWT algorithms; only the configured one is accepted.
@@ -986,6 +997,12 @@ fn default_offline_after() -> Millis {
 fn default_run_lease() -> Millis {
     Millis::from_secs(15)
 }
+fn default_nats_stream() -> String {
+    "FRAISIER_EVENTS".into()
+}
+fn default_nats_subject() -> String {
+    "fraisier.events".into()
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
@@ -1109,6 +1126,9 @@ impl Default for ServerConfig {
             agent_heartbeat_interval: default_heartbeat_interval(),
             agent_offline_after: default_offline_after(),
             run_lease: default_run_lease(),
+            nats_url: None,
+            nats_stream: default_nats_stream(),
+            nats_subject: default_nats_subject(),
         }
     }
 }
@@ -1301,6 +1321,32 @@ impl Config {
             bad(
                 "server.run_lease".into(),
                 "must be between 1s and 10m".into(),
+            );
+        }
+        if let Some(url) = &self.server.nats_url {
+            if !["nats://", "tls://"].iter().any(|p| url.starts_with(p)) {
+                bad(
+                    "server.nats_url".into(),
+                    "must be nats://host:port (or tls://host:port)".into(),
+                );
+            }
+        }
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !token_ok(&self.server.nats_stream) {
+            bad(
+                "server.nats_stream".into(),
+                "1 to 64 letters, digits, '_' or '-'".into(),
+            );
+        }
+        if !self.server.nats_subject.split('.').all(token_ok) {
+            bad(
+                "server.nats_subject".into(),
+                "tokens of letters, digits, '_' or '-' separated by dots, no wildcards".into(),
             );
         }
         let mut ports: BTreeMap<u16, String> = BTreeMap::new();

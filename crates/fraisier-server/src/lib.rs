@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod limits;
 pub mod local_agent;
+pub mod nats;
 mod notifier;
 pub mod secret_keys;
 pub mod signing;
@@ -231,7 +232,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());
     notifier::spawn(engine.clone());
+    let nats = nats::Nats::start(&config.server, engine.store().clone()).await;
     let state = api::AppState {
+        nats,
         engine,
         keys,
         config: config.clone(),

@@ -1,5 +1,6 @@
 //! Events (`deployment.started`, `traffic.shifted`, …) of runs and of service deployments, in
-//! the order they happened; adding one counts it on its run.
+//! the order they happened; adding one counts it on its run. Each is also an outbox entry:
+//! published to NATS JetStream (when the server has one) and marked so.
 
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -97,6 +98,53 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         events.reverse();
         Ok(events)
+    }
+}
+
+impl Store {
+    /// Events not yet published to the event bus, oldest first.
+    pub async fn unpublished_events(&self, limit: u32) -> Result<Vec<Event>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE published_at IS NULL ORDER BY id LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Marks events as published (acknowledged by the bus).
+    pub async fn mark_published(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut args = crate::sql::Args::default();
+        let list: Vec<String> = ids.iter().map(|id| args.push(*id)).collect();
+        let at = args.push(millis(now()));
+        let turn = self.turn(crate::turns::Priority::Background).await;
+        let done = args
+            .bind(sqlx::query(&format!(
+                "UPDATE events SET published_at = {at} WHERE id IN ({}) AND published_at IS NULL",
+                list.join(", ")
+            )))
+            .execute(&self.writer)
+            .await;
+        drop(turn);
+        done?;
+        Ok(())
+    }
+
+    /// Events of an environment the bus has acknowledged.
+    pub async fn published_events(&self, tenant: &str, environment: &str) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM events \
+             WHERE tenant_id = $1 AND environment = $2 AND published_at > 0",
+        )
+        .bind(tenant)
+        .bind(environment)
+        .fetch_one(&self.pool)
+        .await?;
+        crate::sql::count(&row, "n")
     }
 }
 

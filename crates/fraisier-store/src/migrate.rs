@@ -498,6 +498,17 @@ const MIGRATIONS: &[Migration] = &[
             "ALTER TABLE runs ADD COLUMN lease_expires_at BIGINT",
         ],
     },
+    Migration {
+        version: 16,
+        name: "events published to the bus",
+        statements: &[
+            // When the event bus acknowledged the event; 0 for those recorded before there
+            // was a bus to publish to (they are not sent after the fact).
+            "ALTER TABLE events ADD COLUMN published_at BIGINT",
+            "UPDATE events SET published_at = 0",
+            "CREATE INDEX events_unpublished ON events (id) WHERE published_at IS NULL",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -912,8 +912,9 @@ async fn upgrading_keeps_the_users_of_the_first_schema() {
         "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, username TEXT NOT NULL, password_hash TEXT NOT NULL, roles TEXT NOT NULL, created_at BIGINT NOT NULL)",
         "CREATE UNIQUE INDEX users_tenant_username ON users (tenant_id, username)",
         "INSERT INTO users (tenant_id, username, password_hash, roles, created_at) VALUES ('default', 'admin', '$argon2id$x', '[\"admin\"]', 1700000000000)",
-        // The first schema's runs, as far as later migrations touch them (leases add columns).
+        // The first schema's runs and events, as far as later migrations touch them.
         "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL)",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT)",
     ] {
         sqlx::query(st).execute(&mut raw).await.unwrap();
     }

@@ -217,6 +217,18 @@ pub async fn status(
         .iter()
         .filter(|(_, s)| *s != fraisier_model::agent::AgentStatus::Offline)
         .count();
+    let nats = match &state.nats {
+        Some(n) => {
+            let h = n.health().await;
+            json!({
+                "status": if h["status"] == "healthy" { "connected" } else { "disconnected" },
+                "stream": h["stream"], "streams": h["streams"],
+                // This environment's events the stream has acknowledged, from any server.
+                "events_published": store.published_events(&who.workspace, &name).await?,
+            })
+        }
+        None => json!({ "status": "not_configured", "streams": 0, "events_published": 0 }),
+    };
     Ok(Json(json!({
         "name": name,
         "status": status_word(&c),
@@ -230,7 +242,7 @@ pub async fn status(
             "connections": in_use, "max_connections": max,
             "response_time_ms": db.map(|d| d.as_secs_f64() * 1000.0).ok(),
         },
-        "nats": { "status": "not_configured", "streams": 0, "events_published": 0 },
+        "nats": nats,
         "fraises": { "total": c.total, "deployed": c.deployed, "healthy": c.healthy, "degraded": c.degraded, "unhealthy": c.unhealthy },
     })))
 }

@@ -59,6 +59,8 @@ pub struct AppState {
     pub signing: Arc<crate::signing::SigningKey>,
     /// The connected agents' task streams.
     pub streams: Arc<crate::streams::Streams>,
+    /// The event bus, when `server.nats_url` is set.
+    pub nats: Option<Arc<crate::nats::Nats>>,
     pub started_at: DateTime<Utc>,
 }
 

@@ -23,9 +23,15 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let store = state.engine.store();
     let db = store.ping().await;
     let provider_up = state.engine.provider().available().await;
+    let nats = match &state.nats {
+        Some(n) => n.health().await,
+        None => json!({ "status": "not_configured", "connected": false, "streams": 0 }),
+    };
+    // A bus that is down loses nothing (the store keeps the events): degraded, not down.
     let status = match (&db, provider_up) {
         (Err(_), _) => "unhealthy",
         (Ok(_), false) => "degraded",
+        _ if nats["status"] == "unhealthy" => "degraded",
         _ => "healthy",
     };
     let body = json!({
@@ -38,7 +44,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 Ok(d) => json!({ "status": "healthy", "backend": store.backend(), "response_time_ms": (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0 }),
                 Err(e) => json!({ "status": "unhealthy", "backend": store.backend(), "error": e.to_string() }),
             },
-            "nats": { "status": "not_configured", "connected": false, "streams": 0 },
+            "nats": nats,
             "providers": {
                 "status": if provider_up { "healthy" } else { "unhealthy" },
                 "available_providers": 1, "connected_providers": u8::from(provider_up),
