@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fraisier's benchmarks, in one run: router vs nginx on the same upstream, the overhead of a
-# rolling deploy, the API over 100,000 stored runs — figures and ratios against the targets
+# rolling deploy, the API over 100,000 stored runs, a fleet of 100 agents — figures and ratios against the targets
 # (docs/benchmarks.md). Benchmarks, not tests: nothing here fails because a machine is slow.
 #
 #   bash scripts/bench.sh              # everything (about 6 minutes on 2 cores)
-#   bash scripts/bench.sh router       # one of: router, deploy, api, all (default)
+#   bash scripts/bench.sh router       # one of: router, deploy, api, fleet, all (default)
 #   bash scripts/bench.sh router --rounds 5 --connections 128
 #   bash scripts/bench.sh all --quick  # a short run to check the harness works
 #
@@ -41,5 +41,5 @@ out="$out_dir/bench-$(date -u +%Y%m%dT%H%M%SZ).txt"
 cmd=${1:-all}
 [ $# -gt 0 ] && shift
 # pipefail: the status is the benchmark's, not tee's.
-target/release/fraisier-bench "$cmd" "$@" 2>&1 | tee -a "$out"
+"${CARGO_TARGET_DIR:-target}/release/fraisier-bench" "$cmd" "$@" 2>&1 | tee -a "$out"
 echo "(kept in $out)"

@@ -9,6 +9,7 @@
 
 mod api_bench;
 mod deploy_bench;
+mod fleet_bench;
 mod fraisier;
 mod load;
 mod procs;
@@ -24,6 +25,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 use crate::api_bench::ApiOpts;
 use crate::deploy_bench::DeployOpts;
+use crate::fleet_bench::FleetOpts;
 use crate::fraisier::Bins;
 use crate::router_bench::RouterOpts;
 use crate::stats::Verdict;
@@ -31,7 +33,7 @@ use crate::stats::Verdict;
 #[derive(Parser)]
 #[command(
     name = "fraisier-bench",
-    about = "Fraisier's benchmarks: router vs nginx, deploy overhead, the API over 100,000 runs"
+    about = "Fraisier's benchmarks: router vs nginx, deploy overhead, the API over 100,000 runs, a fleet of 100 agents"
 )]
 struct Cli {
     /// Where `fraisier` and `fraisier-demo` are (default: this binary's directory, i.e.
@@ -53,6 +55,9 @@ enum Cmd {
     Deploy(DeployArgs),
     /// GET and POST /deployments with 100,000 runs stored; server memory
     Api(ApiArgs),
+    /// 100 agents on one server: its CPU and memory, a change reaching every agent, and a
+    /// rolling deploy across 4 targets
+    Fleet(FleetArgs),
     /// All three with their defaults, then the targets
     All,
 }
@@ -122,6 +127,33 @@ struct ApiArgs {
     /// POST rounds: each POSTs once to every fraise, then waits for the runs to finish
     #[arg(long, default_value_t = 2)]
     post_rounds: u32,
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Simulated agents connected at once
+    #[arg(long, default_value_t = 100)]
+    agents: u32,
+    /// Desired-state changes to every agent measured after the initial deploy
+    #[arg(long, default_value_t = 5)]
+    changes: u32,
+    /// Rolling deploys across 4 targets measured after the initial one
+    #[arg(long, default_value_t = 3)]
+    deploys: u32,
+    /// Seconds the agents only heartbeat while the server's CPU is measured
+    #[arg(long, default_value_t = 20)]
+    idle: u64,
+}
+
+impl FleetArgs {
+    fn opts(&self, quick: bool) -> FleetOpts {
+        FleetOpts {
+            agents: if quick { 20 } else { self.agents.max(4) },
+            changes: if quick { 1 } else { self.changes.max(1) },
+            deploys: if quick { 1 } else { self.deploys.max(1) },
+            idle: Duration::from_secs(if quick { 2 } else { self.idle.max(1) }),
+        }
+    }
 }
 
 /// A subcommand's arguments with every default.
@@ -221,10 +253,12 @@ async fn bench(cli: &Cli) -> Result<()> {
         Cmd::Router(a) => router_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Deploy(a) => deploy_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Api(a) => api_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::Fleet(a) => fleet_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::All => {
             let mut v = router_bench::run(&bins, &defaults::<RouterArgs>()?.opts(quick)).await?;
             v.extend(deploy_bench::run(&bins, &defaults::<DeployArgs>()?.opts(quick)).await?);
             v.extend(api_bench::run(&bins, &defaults::<ApiArgs>()?.opts(quick)).await?);
+            v.extend(fleet_bench::run(&bins, &defaults::<FleetArgs>()?.opts(quick)).await?);
             v
         }
     };

@@ -272,9 +272,10 @@ impl ReleaseStore {
 
     /// Hashes an installed release again and compares it with what was recorded when it was
     /// installed, file by file when its manifest is there.
+    ///
+    /// Without the fraise's lock: a long hash must not hold up an install. A release pruned
+    /// meanwhile is reported not installed.
     pub async fn verify(&self, fraise: &str, version: &str) -> Result<ReleaseCheck, ReleaseError> {
-        let lock = self.lock(fraise);
-        let _held = lock.lock().await;
         let fraise_dir = self.root.join(fraise);
         let (fraise, version) = (fraise.to_string(), version.to_string());
         tokio::task::spawn_blocking(move || {
@@ -286,7 +287,16 @@ impl ReleaseStore {
                     version: version.clone(),
                 })?;
             let dir = fraise_dir.join(&version);
-            let (actual, now) = survey(&dir).map_err(io_err("digest", &dir))?;
+            let (actual, now) = survey(&dir).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    ReleaseError::NotInstalled {
+                        fraise: fraise.clone(),
+                        version: version.clone(),
+                    }
+                } else {
+                    io_err("digest", &dir)(e)
+                }
+            })?;
             let manifest: Option<Manifest> = read_json(&manifest_path(&fraise_dir, &version))
                 .ok()
                 .flatten();

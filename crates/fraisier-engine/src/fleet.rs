@@ -73,15 +73,12 @@ impl Fleet {
         };
         let now = Utc::now();
         let agents = self.agents(workspace).await?;
+        // Described targets were refused when the deploy was asked for; a rollback (or a
+        // run approved since) goes to the agents among them.
         let placed = self
             .placed(workspace, environment, &selector, &agents)
             .await
             .map_err(|m| ProviderError::Rejected(m.to_string()))?;
-        if let Some(t) = placed.described.first() {
-            return Err(ProviderError::Rejected(
-                Misplaced::Unsupported(Box::new(t.clone())).to_string(),
-            ));
-        }
         let chosen: Vec<String> = placed
             .agents
             .iter()
@@ -138,6 +135,9 @@ impl Fleet {
             .map_err(|e| Misplaced::Unreadable(format!("cannot read the targets: {e}")))?
             .into_iter()
             .filter(|t| t.environment.as_deref().is_none_or(|e| e == environment));
+        // Labels in fraisier.yaml pick agents only: a target described with matching labels
+        // would otherwise block every deploy placed by them, in every environment. Described
+        // targets count when a group holds them.
         let Some(name) = &selector.group else {
             return Ok(Placed {
                 agents: agents
@@ -145,9 +145,7 @@ impl Fleet {
                     .filter(|a| matches(&a.labels, &selector.labels))
                     .cloned()
                     .collect(),
-                described: described
-                    .filter(|t| matches(&t.labels, &selector.labels))
-                    .collect(),
+                described: Vec::new(),
             });
         };
         let group = self
@@ -300,14 +298,16 @@ impl Fleet {
             return Ok(BTreeSet::from([LOCAL.to_string()]));
         };
         let agents = self.agents(workspace).await?;
-        Ok(self
+        match self
             .placed(workspace, environment, &selector, &agents)
             .await
-            .map_err(|m| ProviderError::Rejected(m.to_string()))?
-            .agents
-            .into_iter()
-            .map(|a| a.name)
-            .collect())
+        {
+            Ok(p) => Ok(p.agents.into_iter().map(|a| a.name).collect()),
+            // A group deleted or not made yet places it nowhere new; what it ran stays
+            // known by the instances that name their targets.
+            Err(Misplaced::NoGroup { .. }) => Ok(BTreeSet::new()),
+            Err(m) => Err(ProviderError::Rejected(m.to_string())),
+        }
     }
 
     fn selector(&self, workspace: &str, fraise: &str, environment: &str) -> Option<TargetSelector> {

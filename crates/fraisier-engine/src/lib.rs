@@ -30,7 +30,7 @@ use fraisier_model::config::Config;
 use fraisier_model::names::agent_name;
 use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState};
 use fraisier_model::{FraiseType, Strategy};
-use fraisier_store::{run_id_string, NewRun, Run, ServiceRecord, Store, StoreError};
+use fraisier_store::{run_id_string, NewRun, Renewal, Run, ServiceRecord, Store, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -145,6 +145,8 @@ impl Engine {
         settings: EngineSettings,
     ) -> Engine {
         let fleet = Arc::new(fleet::Fleet::new(provider, store.clone(), config.clone()));
+        let server_id = server_id();
+        store.hold_runs_as(&server_id);
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -153,7 +155,7 @@ impl Engine {
                 config,
                 bus: Bus::new(),
                 cancels: Mutex::new(HashMap::new()),
-                server_id: server_id(),
+                server_id,
                 secret_keys: RwLock::new(secret_keys),
                 changes: tokio::sync::Mutex::new(()),
                 blobs,
@@ -416,9 +418,8 @@ impl Engine {
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
             .await?;
-        self.fleet()
-            .check_placement(&req.tenant, &req.fraise, &req.environment)
-            .await?;
+        // No placement check: a rollback is not held up by a target added to its group
+        // since; it goes to the group's agents.
         let store = &self.inner.store;
         if let Some(active) = store
             .active_run_for(&req.tenant, &req.fraise, &req.environment)
@@ -610,6 +611,7 @@ impl Engine {
             });
             let lease = engine.inner.settings.run_lease;
             let every = lease / 3;
+            let sqlite = engine.inner.store.backend() == "sqlite";
             let mut renewed = Instant::now();
             let mut finished = false;
             loop {
@@ -620,26 +622,40 @@ impl Engine {
                     }
                     _ = tokio::time::sleep(every) => {}
                 }
-                match engine
-                    .inner
-                    .store
-                    .renew_run_lease(id, &engine.inner.server_id, engine.lease_until())
-                    .await
+                // Bounded: a renewal stuck behind the database must not outlive the hold.
+                let renewal = match tokio::time::timeout(
+                    every,
+                    engine.inner.store.renew_run_lease(
+                        id,
+                        &engine.inner.server_id,
+                        engine.lease_until(),
+                    ),
+                )
+                .await
                 {
-                    Ok(Some(cancel)) => {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("the database did not answer in time".to_string()),
+                };
+                match renewal {
+                    Ok(Renewal::Held { cancel }) => {
                         renewed = Instant::now();
                         if let Some(by) = cancel.filter(|_| tx.borrow().is_none()) {
                             let _ = tx.send(Some(by));
                         }
                     }
-                    Ok(None) => {
+                    // Its last writes (the final event, the log) are under way: let them be.
+                    Ok(Renewal::Finished) => break,
+                    Ok(Renewal::Lost) => {
                         if !work.is_finished() {
                             tracing::warn!(run = %run_id_string(id), "lost the hold on the run (another server took it over); stopping here");
                             work.abort();
                         }
                         break;
                     }
-                    Err(e) if renewed.elapsed() > lease - every => {
+                    // On SQLite this server is the only one: a hold that lapses is taken by
+                    // no one else (its own takeover passes over runs it executes), so a slow
+                    // database is waited out rather than a run stopped.
+                    Err(e) if !sqlite && renewed.elapsed() + every >= lease - every => {
                         tracing::error!(run = %run_id_string(id), error = %e, "cannot renew the hold on the run; stopping here so that another server can take it over");
                         work.abort();
                         break;

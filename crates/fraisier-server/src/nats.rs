@@ -1,5 +1,7 @@
 //! The event bus outside the server: every event the store records is published to a NATS
 //! JetStream stream, oldest first, and marked published once the stream acknowledges it.
+//! Events of one run are published in the order they happened; across runs on PostgreSQL,
+//! in the order of their ids, which concurrent runs may commit out of.
 //!
 //! The store is the outbox. Events recorded while NATS is away are published when it is
 //! back, in order; a restart loses nothing. Each message carries the event's id as
@@ -39,6 +41,8 @@ impl Nats {
     /// publishing. `None` when no `server.nats_url` is configured.
     pub async fn start(config: &ServerConfig, store: Store) -> Option<Arc<Nats>> {
         let url = config.nats_url.as_ref()?;
+        // From now on events wait in the outbox for the bus.
+        store.keep_outbox(true);
         let client = match async_nats::ConnectOptions::new()
             .name("fraisier")
             .retry_on_initial_connect()
@@ -48,7 +52,8 @@ impl Nats {
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(url = %url, error = %e, "cannot use NATS; events are kept and published once it is reachable after a restart");
+                // The URL is not logged: it may carry credentials.
+                tracing::error!(error = %e, "cannot use server.nats_url; events are kept and published once it is reachable after a restart");
                 return None;
             }
         };

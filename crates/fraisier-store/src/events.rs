@@ -40,8 +40,8 @@ impl Store {
             }
         }
         let row = sqlx::query(&format!(
-            "INSERT INTO events (tenant_id, run_id, fraise, environment, event_type, data, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {EVENT_COLUMNS}"
+            "INSERT INTO events (tenant_id, run_id, fraise, environment, event_type, data, created_at, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {EVENT_COLUMNS}"
         ))
         .bind(tenant)
         .bind(run_id)
@@ -50,6 +50,10 @@ impl Store {
         .bind(event_type)
         .bind(json_text(data))
         .bind(millis(now()))
+        // Without a bus, never to be sent: the outbox holds only what a bus will take.
+        .bind(
+            (!self.roles.outbox.load(std::sync::atomic::Ordering::Relaxed)).then_some(0_i64),
+        )
         .fetch_one(&mut *tx)
         .await?;
         let event = event_from_row(&row)?;

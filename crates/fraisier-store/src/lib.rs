@@ -45,6 +45,7 @@ pub use audit::{
 pub use freezes::{EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};
+pub use runs::Renewal;
 pub use store::Store;
 pub use targets::{
     parse_target_group_id, parse_target_id, NewTarget, NewTargetGroup, Target, TargetChange,

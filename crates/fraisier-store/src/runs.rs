@@ -13,6 +13,17 @@ use crate::store::Backend;
 use crate::turns::Priority;
 use crate::{run_id_string, NewRun, Result, Run, RunFilter, RunSortField, Store, StoreError};
 
+/// What renewing a hold on a run found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still held; who asked to cancel it, if anyone.
+    Held { cancel: Option<String> },
+    /// It finished while held.
+    Finished,
+    /// Another server holds it now.
+    Lost,
+}
+
 /// Every column of `runs`, in the order `import_runs` inserts them.
 pub(crate) const RUN_COLUMNS: &str = "id, tenant_id, fraise, environment, kind, status, version, \
     previous_version, strategy, strategy_config, triggered_by, trigger_type, options, metadata, \
@@ -239,8 +250,10 @@ impl Store {
     }
 
     /// Writes every field the engine may change and sets `updated_at` to now. A cancel
-    /// already recorded (by this server or another) is kept whatever `run` says. Making a
-    /// final run active again while another is active is `ActiveRunExists`.
+    /// already recorded (by this server or another) is kept whatever `run` says. A run held
+    /// by another server (`hold_runs_as`) is not written: `NotFound`, which stops the
+    /// executor that lost it. Making a final run active again while another is active is
+    /// `ActiveRunExists`.
     pub async fn save_run(&self, run: &Run) -> Result<()> {
         let turn = self.turn(Priority::Background).await;
         let result = sqlx::query(
@@ -249,7 +262,8 @@ impl Store {
              error_code = $11, error_message = $12, \
              cancel_requested_by = COALESCE(cancel_requested_by, $13), cancelled_at = $14, \
              progress = $15, options = $16, updated_at = $17, metadata = $18 \
-             WHERE tenant_id = $1 AND id = $2",
+             WHERE tenant_id = $1 AND id = $2 \
+             AND ($19 IS NULL OR lease_owner IS NULL OR lease_owner = $19)",
         )
         .bind(&run.tenant_id)
         .bind(run.id)
@@ -269,6 +283,7 @@ impl Store {
         .bind(json_text(&run.options))
         .bind(millis(now()))
         .bind(json_text(&run.metadata))
+        .bind(self.roles.holder.get().map(String::as_str))
         .execute(&self.writer)
         .await
         .map_err(StoreError::from);
@@ -349,14 +364,14 @@ impl Store {
         Ok(done?.rows_affected() > 0)
     }
 
-    /// Extends `owner`'s hold on a run. `None`: the hold is gone (another server took the run
-    /// over, or it finished); else who asked to cancel it, if anyone did — on any server.
+    /// Extends `owner`'s hold on a run, and says who asked to cancel it, if anyone did — on
+    /// any server.
     pub async fn renew_run_lease(
         &self,
         id: i64,
         owner: &str,
         until: DateTime<Utc>,
-    ) -> Result<Option<Option<String>>> {
+    ) -> Result<Renewal> {
         let turn = self.turn(Priority::Interactive).await;
         let row = sqlx::query(&format!(
             "UPDATE runs SET lease_expires_at = $1 \
@@ -369,9 +384,26 @@ impl Store {
         .fetch_optional(&self.writer)
         .await;
         drop(turn);
-        row?.map(|r| r.try_get::<Option<String>, _>("cancel_requested_by"))
-            .transpose()
-            .map_err(StoreError::from)
+        if let Some(r) = row? {
+            return Ok(Renewal::Held {
+                cancel: r.try_get("cancel_requested_by")?,
+            });
+        }
+        // Not renewed: finished (its last writes may still be under way), or someone else's.
+        let row = sqlx::query("SELECT status, lease_owner FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Renewal::Lost);
+        };
+        let status: RunStatus = wire(&row, "status")?;
+        let holder: Option<String> = row.try_get("lease_owner")?;
+        Ok(if status.is_final() && holder.as_deref() == Some(owner) {
+            Renewal::Finished
+        } else {
+            Renewal::Lost
+        })
     }
 
     /// Who holds a run, and until when.

@@ -35,6 +35,19 @@ pub struct Store {
     pub(crate) list_totals: Option<Arc<ListTotals>>,
     /// For `Debug` only: never holds a password.
     redacted_url: String,
+    /// This process's hold on runs and its event bus, shared by every clone.
+    pub(crate) roles: Arc<ProcessRoles>,
+}
+
+/// What the process using the store is, as far as runs and events go.
+#[derive(Debug, Default)]
+pub(crate) struct ProcessRoles {
+    /// The server id runs are held by: a run another server holds is not written by
+    /// `save_run`. Unset (tools, tests): no fence.
+    pub(crate) holder: std::sync::OnceLock<String>,
+    /// Whether events wait to be published to a bus; without one they are recorded as
+    /// never to be sent, so the outbox does not grow.
+    pub(crate) outbox: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +59,20 @@ pub(crate) enum Backend {
 // === impl Store ===
 
 impl Store {
+    /// Runs this process executes are held as `holder`: from now on `save_run` writes a run
+    /// only while no other server holds it. Set once.
+    pub fn hold_runs_as(&self, holder: &str) {
+        let _ = self.roles.holder.set(holder.to_string());
+    }
+
+    /// Events recorded from now on wait to be published to an event bus (`true`), or are
+    /// recorded as never to be sent (`false`, the default).
+    pub fn keep_outbox(&self, keep: bool) {
+        self.roles
+            .outbox
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens `sqlite://path`, `sqlite:path` (created if missing) or `postgres://…`, and
     /// brings the schema up to date.
     pub async fn open(url: &str) -> Result<Store> {
@@ -149,6 +176,7 @@ impl Store {
                 turns: Some(Arc::default()),
                 list_totals: Some(Arc::default()),
                 redacted_url,
+                roles: Arc::default(),
             });
         }
         let writer = sqlite_pool(1).connect_with(options.clone()).await?;
@@ -165,6 +193,7 @@ impl Store {
             turns: Some(Arc::default()),
             list_totals: Some(Arc::default()),
             redacted_url,
+            roles: Arc::default(),
         })
     }
 
@@ -181,6 +210,7 @@ impl Store {
             turns: None,
             list_totals: None,
             redacted_url,
+            roles: Arc::default(),
         })
     }
 }

@@ -12,7 +12,7 @@ use fraisier_model::service::{
 };
 use fraisier_model::FraiseType;
 use fraisier_store::{
-    parse_run_id, run_id_string, LogFilter, NewRun, Run, RunFilter, RunSort, RunSortField,
+    parse_run_id, run_id_string, LogFilter, NewRun, Renewal, Run, RunFilter, RunSort, RunSortField,
     ServiceRecord, Store, StoreError, DEFAULT_TENANT,
 };
 use serde_json::json;
@@ -147,7 +147,7 @@ async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &Te
     let run = s.run(DEFAULT_TENANT, ids[0]).await.unwrap();
     assert_eq!(
         s.renew_run_lease(ids[0], "creator", later).await.unwrap(),
-        Some(None)
+        Renewal::Held { cancel: None }
     );
     s.request_cancel(DEFAULT_TENANT, ids[0], "bob")
         .await
@@ -164,9 +164,14 @@ async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &Te
     );
     assert_eq!(
         s.renew_run_lease(ids[0], "creator", later).await.unwrap(),
-        Some(Some("bob".to_string()))
+        Renewal::Held {
+            cancel: Some("bob".to_string())
+        }
     );
-    assert_eq!(s.renew_run_lease(ids[0], "s1", later).await.unwrap(), None);
+    assert_eq!(
+        s.renew_run_lease(ids[0], "s1", later).await.unwrap(),
+        Renewal::Lost
+    );
 
     // The hold lapses: another server takes it; the old holder's renewal fails.
     let past = Utc::now() - Duration::seconds(1);
@@ -179,7 +184,7 @@ async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &Te
     assert_eq!(s.run_lease(ids[0]).await.unwrap().unwrap().0, "s9");
     assert_eq!(
         s.renew_run_lease(ids[0], "creator", later).await.unwrap(),
-        None
+        Renewal::Lost
     );
     // The one server of an SQLite database takes everything at start.
     let all = s
@@ -193,6 +198,24 @@ async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &Te
         .await
         .unwrap();
     assert_eq!(all.len(), ids.len());
+    // A server that lost a run writes it no more; the one holding it does.
+    s.hold_runs_as("creator");
+    let mut lost = s.run(DEFAULT_TENANT, ids[0]).await.unwrap();
+    lost.progress = 99;
+    assert!(matches!(s.save_run(&lost).await, Err(StoreError::NotFound)));
+    assert_ne!(s.run(DEFAULT_TENANT, ids[0]).await.unwrap().progress, 99);
+    // Finished while held: the renewal says so rather than "lost".
+    let mut done = s.run(DEFAULT_TENANT, ids[1]).await.unwrap();
+    assert!(s.claim_run(ids[1], "creator", later).await.is_ok());
+    s.claim_runs("creator", later, 50, true, Utc::now())
+        .await
+        .unwrap();
+    done.status = RunStatus::Success;
+    s.save_run(&done).await.unwrap();
+    assert_eq!(
+        s.renew_run_lease(ids[1], "creator", later).await.unwrap(),
+        Renewal::Finished
+    );
 }
 
 /// Described targets and target groups: names unique per workspace (and per environment for

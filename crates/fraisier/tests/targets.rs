@@ -33,6 +33,13 @@ async fn target_groups_place_fraises_and_targets_without_a_provider_are_refused(
         ),
     );
     assert!(yaml.contains("group: web"), "{yaml}");
+    // Someone who runs the fleet, but may change staging only.
+    let yaml = yaml.replacen(
+        "environments:\n  production:",
+        "roles:\n  fleet_ops: { permissions: [\"agent:*\", \"environment:*\"], environments: [staging] }\nenvironments:\n  production:",
+        1,
+    );
+    assert!(yaml.contains("fleet_ops"), "{yaml}");
     let mut s = Server::start(&ws, &yaml).await;
 
     // The group is looked up when a deploy asks: none yet, so nothing is recorded.
@@ -235,10 +242,6 @@ async fn target_groups_place_fraises_and_targets_without_a_provider_are_refused(
         "{v}"
     );
     let (status, v) = s
-        .post("/deployments/app/production/rollback", json!({}))
-        .await;
-    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
-    let (status, v) = s
         .post(&format!("/targets/{tid}/health-check"), json!({}))
         .await;
     assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
@@ -270,6 +273,28 @@ async fn target_groups_place_fraises_and_targets_without_a_provider_are_refused(
     let v = s.wait_run(&run, Duration::from_secs(60)).await;
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(router_version(port).await.as_deref(), Some("2.0.0"));
+
+    // A rollback is not held up by a described target in the group: it goes to the group's
+    // agents.
+    let (status, _) = s
+        .put_json("/targets/prod-web-01", json!({ "targetGroupId": gid }))
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = deploy_refused(&s, "3.0.0").await;
+    assert_eq!((status, code(&v)), (422, "PROVIDER_UNSUPPORTED"), "{v}");
+    let (status, v) = s
+        .post("/deployments/app/production/rollback", json!({}))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let v = s
+        .wait_run(v["id"].as_str().unwrap(), Duration::from_secs(60))
+        .await;
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(router_version(port).await.as_deref(), Some("1.0.0"));
+    let (status, _) = s
+        .put_json("/targets/prod-web-01", json!({ "targetGroupId": null }))
+        .await;
+    assert_eq!(status, 200);
 
     // What an agent does not take, and what cannot be deleted or renamed.
     let (status, v) = s
@@ -313,6 +338,20 @@ async fn target_groups_place_fraises_and_targets_without_a_provider_are_refused(
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+
+    // Joining production's group moves where production runs: not for a staging-only role.
+    let olga = user_token(&s, "olga", &["fleet_ops"]).await;
+    let r = s
+        .http
+        .put(format!("{}/targets/prod-web-01", s.url))
+        .bearer_auth(&olga)
+        .json(&json!({ "targetGroupId": gid }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["details"]["environment"], "production", "{v}");
 
     // Groups and targets are in the store: a restart keeps them.
     s.kill9();

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use fraisier_engine::ProviderError;
+use fraisier_model::access::Permission;
 use fraisier_model::agent::{labels_problem, matches, AgentStatus, Labels};
 use fraisier_model::run::RunStatus;
 use fraisier_model::target::{connection_problem, directory_problem, Connection, TargetType};
@@ -25,7 +26,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, QueryMap};
-use super::gate::{AuditNote, Caller};
+use super::gate::{authorize, AuditNote, Caller};
 use super::views::{ts, ts_opt};
 use super::{AppState, Params};
 
@@ -678,6 +679,10 @@ pub async fn create(
         Some(id) => Some(group_for(&state, &who, id, body.environment_id.as_deref()).await?),
         None => None,
     };
+    // Joining a group changes where that environment's fraises are placed.
+    if let Some(g) = &group {
+        authorize(&state, &who, Permission::EnvironmentUpdate, &g.environment)?;
+    }
     let store = state.engine.store();
     if resolve_member(&state, &who, &body.name).await?.is_some() {
         return Err(target_exists(&body.name));
@@ -791,6 +796,18 @@ pub async fn update(
         Some(id) => Some(group_for(&state, &who, &id, environment.as_deref()).await?),
         None => None,
     };
+    // Joining or leaving a group changes where its environment's fraises are placed: the
+    // caller must be allowed to change each environment concerned.
+    if body.target_group_id.is_some() {
+        let left = store
+            .target_groups(&who.workspace, None)
+            .await?
+            .into_iter()
+            .filter(|g| g.members.contains(&reference));
+        for g in group.iter().cloned().chain(left) {
+            authorize(&state, &who, Permission::EnvironmentUpdate, &g.environment)?;
+        }
+    }
     match &member {
         Member::Agent(a) => {
             if body.labels.is_some() {
