@@ -14,7 +14,8 @@ use fraisier_model::metrics::VersionMetrics;
 use fraisier_model::plan::{self, Gate, Goal, Phase};
 use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState, StepStatus};
 use fraisier_model::service::{
-    DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec, ScheduleSpec,
+    service_key, DesiredService, ExecRequest, InstanceState, ObservedService, ReleaseSpec,
+    ScheduleSpec,
 };
 use fraisier_model::{FraiseType, Millis, StrategyConfig};
 use fraisier_store::{run_id_string, Run};
@@ -1597,11 +1598,42 @@ impl RunCtx<'_> {
         let timeout = strategy_config_of(&self.run).map_or(Millis::from_secs(60), |c| {
             c.health_check_timeout().max(Millis::from_secs(60))
         });
+        // A target lost meanwhile does not stop the others being put back: it is passed
+        // over, and handed the restored state when it returns (`Fleet::rejoined`).
+        let key = service_key(&desired.fraise, &desired.environment);
+        let fleet = self.engine.fleet().clone();
+        fleet.pass_over_lost(&key, true);
         let result = async {
             self.apply(&desired).await?;
-            self.converged(&desired, timeout).await
+            let passed = fleet.passed_over(&key);
+            let mut reachable = desired.clone();
+            reachable
+                .instances
+                .retain(|i| !passed.contains(&crate::fleet::target_of(i)));
+            if reachable.instances.is_empty() && !passed.is_empty() {
+                // Every target that held instances is lost: nothing to wait for here.
+                return Ok(ObservedService::default());
+            }
+            self.converged(&reachable, timeout).await
         }
         .await;
+        let passed = fleet.passed_over(&key);
+        fleet.pass_over_lost(&key, false);
+        if !passed.is_empty() {
+            let names: Vec<&str> = passed.iter().map(String::as_str).collect();
+            self.engine
+                .log(
+                    &self.run,
+                    LogLevel::Warn,
+                    Component::Provider,
+                    &format!(
+                        "Restored without {} (lost): it is handed the previous version when it returns",
+                        names.join(", ")
+                    ),
+                    json!({ "agents": names }),
+                )
+                .await;
+        }
         match result {
             Ok(_) => {
                 store

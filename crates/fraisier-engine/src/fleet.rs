@@ -35,6 +35,10 @@ pub struct Fleet {
     /// Targets each service's instances were last handed to (by service key), so that a
     /// target left with none is told to stop them.
     handed: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Services being restored (by key), with the targets passed over because they are
+    /// lost: a rollback puts back what it can reach, and a lost target gets the restored
+    /// state when it returns (`rejoined`).
+    passing_over: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 // === impl Fleet ===
@@ -47,6 +51,7 @@ impl Fleet {
             store,
             config,
             handed: Mutex::default(),
+            passing_over: Mutex::default(),
         }
     }
 
@@ -380,6 +385,49 @@ impl Fleet {
         Ok(connector.agent(agent.id, &agent.name))
     }
 
+    /// From now on (`on`) until told otherwise, a target of this service that is lost or
+    /// unreachable is passed over by `apply` and `observe` instead of failing them.
+    pub fn pass_over_lost(&self, key: &str, on: bool) {
+        let mut p = self
+            .passing_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if on {
+            p.insert(key.to_string(), BTreeSet::new());
+        } else {
+            p.remove(key);
+        }
+    }
+
+    /// The targets passed over since `pass_over_lost` was turned on.
+    pub fn passed_over(&self, key: &str) -> BTreeSet<String> {
+        self.passing_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether this error of this target is passed over (and records it).
+    fn pass_over(&self, key: &str, target: &str, e: &ProviderError) -> bool {
+        if !matches!(e, ProviderError::Lost(_) | ProviderError::Unreachable(_)) {
+            return false;
+        }
+        match self
+            .passing_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(key)
+        {
+            Some(set) => {
+                set.insert(target.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
     fn handed(&self, key: &str) -> BTreeSet<String> {
         self.handed
             .lock()
@@ -575,9 +623,19 @@ impl Provider for Fleet {
         let holders = self.holders(workspace, name, environment, &key).await?;
         let agents = self.agents_for(workspace, &holders).await?;
         let mut seen = Vec::new();
+        let passed = self.passed_over(&key);
         for target in holders {
+            if passed.contains(&target) {
+                continue;
+            }
             let p = self.provider_among(&agents, &target)?;
-            seen.push((target, p.observe(fraise, environment).await?));
+            match p.observe(fraise, environment).await {
+                Ok(o) => seen.push((target, o)),
+                Err(e) if self.pass_over(&key, &target, &e) => {
+                    tracing::warn!(agent = %target, error = %e, "passing over a lost agent while restoring")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(merge(fraise, environment, seen))
     }
@@ -655,6 +713,11 @@ impl Fleet {
                 // hold up the others; it is told when a later change reaches it.
                 Err(e) if share.instances.is_empty() => {
                     tracing::warn!(agent = %target, error = %e, "cannot tell an agent to stop instances it should no longer run");
+                }
+                // Restoring: a lost target is handed the restored state when it returns.
+                Err(e) if self.pass_over(key, &target, &e) => {
+                    tracing::warn!(agent = %target, error = %e, "passing over a lost agent while restoring");
+                    holding.insert(target.clone());
                 }
                 Err(e) => {
                     holding.insert(target.clone());

@@ -217,8 +217,15 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
         failed_step["error"].to_string().contains("agent web-1"),
         "{v}"
     );
-    // Failed as soon as the agent was lost (2 s here), not at the run's 20 s timeout.
+    // Failed as soon as the agent was lost (2 s here), not at the run's 20 s timeout; the
+    // rollback does not wait for it either: it is handed the previous version on return.
     assert!(v["duration_seconds"].as_f64().unwrap() < 15.0, "{v}");
+    assert_eq!(v["error"]["code"], "PROVIDER_ERROR", "{v}");
+    let (_, logs) = s.get(&format!("/deployments/{run}/logs?lines=1000")).await;
+    assert!(
+        logs.to_string().contains("Restored without web-1"),
+        "{logs}"
+    );
     let (_, check) = s.post("/targets/web-1/health-check", json!({})).await;
     assert_eq!(check["status"], "unhealthy", "{check}");
     assert!(

@@ -106,7 +106,7 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
     let b = Netns::new(2);
     let ws = Workspace::new();
     for v in [
-        "1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0", "6.0.0", "7.0.0",
+        "1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0", "6.0.0", "7.0.0", "8.0.0",
     ] {
         ws.release(v, &[]);
     }
@@ -148,7 +148,7 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
             "role=web",
         ],
     );
-    let _agent_b = AgentProcess::start_in(
+    let mut agent_b = AgentProcess::start_in(
         Some(&b.name),
         &url_b,
         &dir_b,
@@ -276,4 +276,45 @@ async fn one_fraise_on_two_hosts_under_every_strategy_and_every_mishap() {
     assert_eq!(instance_pids(&dir_b).len(), 2);
     let (_, status) = s.get("/environments/production/status").await;
     assert_eq!(status["provider"]["hosts_healthy"], 2, "{status}");
+
+    // web-b dies during a rolling deploy: the run fails naming it and puts web-a back on
+    // 7.0.0 without it; back, web-b is handed 7.0.0 too: no orphan, no duplicate.
+    let run = s
+        .deploy("app", "production", json!({"version": "8.0.0"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while version_at(&at_a).await.as_deref() != Some("8.0.0") {
+        assert!(Instant::now() < deadline, "web-a never served 8.0.0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent_b.kill9();
+    let v = s.wait_run(&run, Duration::from_secs(90)).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(
+        v["error"]["code"], "PROVIDER_ERROR",
+        "rolled back, not ROLLBACK_FAILED: {v}"
+    );
+    assert!(v["error"].to_string().contains("web-b"), "{v}");
+    let (_, logs) = s.get(&format!("/deployments/{run}/logs?lines=1000")).await;
+    assert!(
+        logs.to_string().contains("Restored without web-b"),
+        "{logs}"
+    );
+    assert_eq!(version_at(&at_a).await.as_deref(), Some("7.0.0"));
+    assert_eq!(instance_pids(&dir_a).len(), 2);
+    let agent_b = AgentProcess::start_in(Some(&b.name), &url_b, &dir_b, &[]);
+    wait_get(&s, "/agents/web-b", |v| v["status"] == "online").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids = instance_pids(&dir_b);
+        if version_at(&at_b).await.as_deref() == Some("7.0.0") && pids.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web-b did not come back to 7.0.0 with 2 instances: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent_b);
 }
