@@ -15,6 +15,7 @@ mod load;
 mod procs;
 mod router_bench;
 mod stats;
+mod sweep_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ use crate::fleet_bench::FleetOpts;
 use crate::fraisier::Bins;
 use crate::router_bench::RouterOpts;
 use crate::stats::Verdict;
+use crate::sweep_bench::SweepOpts;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,8 @@ enum Cmd {
     /// 100 agents on one server: its CPU and memory, a change reaching every agent, and a
     /// rolling deploy across 4 targets
     Fleet(FleetArgs),
+    /// Router vs nginx at 1, 16, 64 and 256 connections, on the demo app and a static upstream
+    Sweep(SweepArgs),
     /// All three with their defaults, then the targets
     All,
 }
@@ -127,6 +131,29 @@ struct ApiArgs {
     /// POST rounds: each POSTs once to every fraise, then waits for the runs to finish
     #[arg(long, default_value_t = 2)]
     post_rounds: u32,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Connection counts
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64, 256])]
+    connections: Vec<u32>,
+    /// Seconds per measured run
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Seconds of warm-up per target and upstream
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+}
+
+impl SweepArgs {
+    fn opts(&self, quick: bool) -> SweepOpts {
+        SweepOpts {
+            connections: self.connections.iter().map(|c| (*c).max(1)).collect(),
+            duration: Duration::from_secs(if quick { 1 } else { self.duration.max(1) }),
+            warmup: Duration::from_secs(self.warmup.max(1)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -254,11 +281,13 @@ async fn bench(cli: &Cli) -> Result<()> {
         Cmd::Deploy(a) => deploy_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Api(a) => api_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Fleet(a) => fleet_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::Sweep(a) => sweep_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::All => {
             let mut v = router_bench::run(&bins, &defaults::<RouterArgs>()?.opts(quick)).await?;
             v.extend(deploy_bench::run(&bins, &defaults::<DeployArgs>()?.opts(quick)).await?);
             v.extend(api_bench::run(&bins, &defaults::<ApiArgs>()?.opts(quick)).await?);
             v.extend(fleet_bench::run(&bins, &defaults::<FleetArgs>()?.opts(quick)).await?);
+            v.extend(sweep_bench::run(&bins, &defaults::<SweepArgs>()?.opts(quick)).await?);
             v
         }
     };

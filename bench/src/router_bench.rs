@@ -447,7 +447,7 @@ fn rotated(n: usize, round: usize) -> Vec<usize> {
     (0..n).map(|i| (i + round) % n).collect()
 }
 
-async fn check_answers(url: &str) -> Result<()> {
+pub(crate) async fn check_answers(url: &str) -> Result<()> {
     let r = reqwest::get(url).await?;
     let status = r.status();
     let body = r.text().await?;
@@ -461,7 +461,7 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-fn nginx_version() -> String {
+pub(crate) fn nginx_version() -> String {
     Command::new("nginx")
         .arg("-v")
         .output()
@@ -476,29 +476,57 @@ fn nginx_version() -> String {
 
 /// nginx in the foreground (`daemon off`) as a reverse proxy with keep-alive to the
 /// upstream; stopped on drop (SIGTERM to the master, then SIGKILL for stray workers).
-struct Nginx {
-    proc: Proc,
-    port: u16,
+pub(crate) struct Nginx {
+    pub(crate) proc: Proc,
+    pub(crate) port: u16,
 }
 
 // === impl Nginx ===
 
 impl Nginx {
     fn start(dir: &Path, upstreams: &[SocketAddr], keepalive: u32) -> Result<Nginx> {
-        let root = dir.join("nginx");
+        Self::start_in(&dir.join("nginx"), Some((upstreams, keepalive)))
+    }
+
+    /// A reverse proxy to `upstream` (with its keepalive), or with `None` a static server of
+    /// one small file (`GET /` answers it), each in a root of its own.
+    pub(crate) fn start_in(root: &Path, upstream: Option<(&[SocketAddr], u32)>) -> Result<Nginx> {
+        let root = root.to_path_buf();
         std::fs::create_dir_all(root.join("logs"))?;
+        std::fs::create_dir_all(root.join("www"))?;
+        std::fs::write(
+            root.join("www/index.json"),
+            "{\"version\":\"static\",\"served_by\":\"nginx\"}\n",
+        )?;
         let port = procs::free_port()?;
-        let servers: String = upstreams
-            .iter()
-            .map(|a| format!("    server {a};\n"))
-            .collect();
+        let (upstream, location) = match upstream {
+            Some((upstreams, keepalive)) => {
+                let servers: String = upstreams
+                    .iter()
+                    .map(|a| format!("    server {a};\n"))
+                    .collect();
+                (
+                    format!(
+                        "  upstream demo {{\n{servers}    keepalive {keepalive};\n    keepalive_requests 100000;\n  }}\n"
+                    ),
+                    "      proxy_pass http://demo;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n".to_string(),
+                )
+            }
+            None => (
+                String::new(),
+                format!(
+                    "      root {};\n      index index.json;\n      default_type application/json;\n",
+                    root.join("www").display()
+                ),
+            ),
+        };
         let user = if procs::running_as_root() {
             "user root;\n"
         } else {
             ""
         };
         let conf = format!(
-            r#"# A production-style reverse proxy: keep-alive to the upstream, no access log.
+            r#"# A production-style nginx: keep-alive, no access log; a reverse proxy or a static server.
 {user}daemon off;
 master_process on;
 worker_processes auto;
@@ -515,19 +543,10 @@ http {{
   uwsgi_temp_path {root}/uwsgi;
   scgi_temp_path {root}/scgi;
   keepalive_requests 100000;
-  upstream demo {{
-{servers}    keepalive {keepalive};
-    keepalive_requests 100000;
-  }}
-  server {{
+{upstream}  server {{
     listen 127.0.0.1:{port} reuseport;
     location / {{
-      proxy_pass http://demo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }}
+{location}    }}
   }}
 }}
 "#,
