@@ -150,6 +150,20 @@ fn concrete(path: &str, run: &str) -> String {
     out.join("/")
 }
 
+/// Makes the target group `web` in staging; its id.
+async fn staging_group(s: &Server) -> String {
+    let (status, g, _) = call(
+        s,
+        "POST",
+        "/environments/staging/target-groups",
+        Auth::Token(&s.token),
+        Some(json!({"name": "web"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    g["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn every_operation_refuses_who_may_not() {
     // Every permission, but only in development: the environment scope alone refuses.
@@ -168,16 +182,8 @@ async fn every_operation_refuses_who_may_not() {
     add_user(&s, "nobody", &[]).await;
     add_user(&s, "devonly", &["dev_everything"]).await;
     // A target group in staging, for the routes that take one.
-    let (status, g, _) = call(
-        &s,
-        "POST",
-        "/environments/staging/target-groups",
-        Auth::Token(&s.token),
-        Some(json!({"name": "web"})),
-    )
-    .await;
-    assert_eq!((status, g["id"].clone()), (201, json!("tgg_1")), "{g}");
-    let mut group_id = "tgg_1".to_string();
+    let mut group_id = staging_group(&s).await;
+    assert_eq!(group_id, "tgg_1");
     let (_, me, _) = call(&s, "GET", "/auth/me", Auth::Token(&s.token), None).await;
     let admin_id = me["user_id"].as_i64().unwrap();
 
@@ -331,16 +337,7 @@ async fn every_operation_refuses_who_may_not() {
             }
             if method == "DELETE" && target.starts_with("/target-groups/") {
                 // The admin deleted it: another, for the operations still to come.
-                let (status, g, _) = call(
-                    &s,
-                    "POST",
-                    "/environments/staging/target-groups",
-                    Auth::Token(&s.token),
-                    Some(json!({"name": "web"})),
-                )
-                .await;
-                assert_eq!(status, 201, "{g}");
-                group_id = g["id"].as_str().unwrap().to_string();
+                group_id = staging_group(&s).await;
             }
             checked += 1;
         }
