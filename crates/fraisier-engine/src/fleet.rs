@@ -385,8 +385,8 @@ impl Fleet {
         Ok(connector.agent(agent.id, &agent.name))
     }
 
-    /// From now on (`on`) until told otherwise, a target of this service that is lost or
-    /// unreachable is passed over by `apply` and `observe` instead of failing them.
+    /// From now on (`on`) until told otherwise, a target of this service that is lost is
+    /// passed over by `apply` and `observe` instead of failing them.
     pub fn pass_over_lost(&self, key: &str, on: bool) {
         let mut p = self
             .passing_over
@@ -409,9 +409,11 @@ impl Fleet {
             .unwrap_or_default()
     }
 
-    /// Whether this error of this target is passed over (and records it).
+    /// Whether this error of this target is passed over (and records it). Only a target
+    /// *lost* (no task stream for longer than `agent_offline_after`) is: one merely slow or
+    /// unreachable for a moment — the local agent under load — is retried as before.
     fn pass_over(&self, key: &str, target: &str, e: &ProviderError) -> bool {
-        if !matches!(e, ProviderError::Lost(_) | ProviderError::Unreachable(_)) {
+        if !matches!(e, ProviderError::Lost(_)) {
             return false;
         }
         match self
