@@ -204,11 +204,6 @@ impl Nats {
             "last_error": self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
-
-    /// Whether the bus is connected now.
-    pub fn connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
-    }
 }
 
 /// A subject token: names are letters, digits, '_' and '-' already; anything else is '_'.

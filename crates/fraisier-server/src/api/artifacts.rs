@@ -13,7 +13,7 @@ use fraisier_model::access::Permission;
 use fraisier_model::artifact::ArtifactKind;
 use fraisier_model::Strategy;
 use fraisier_store::{Artifact, ArtifactFilter, ArtifactVersion};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
@@ -366,18 +366,13 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct ArtifactUpdate {
     /// `null` removes it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<String>, nullable, max_length = 2000)]
     pub description: Option<Option<String>>,
     /// Replaces the tags.
     #[serde(default)]
     #[schema(value_type = Option<Vec<super::params::Tag>>, max_items = 50)]
     pub tags: Option<Vec<String>>,
-}
-
-/// A field that is there, even as `null` (`Some(None)`), apart from one that is absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 #[utoipa::path(put, path = "/api/v1/artifacts/{name}", tag = "artifacts",

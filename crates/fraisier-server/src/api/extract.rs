@@ -472,6 +472,12 @@ async fn read_form(
     Ok(())
 }
 
+/// A field that is there, even as `null` (`Some(None)`), apart from one that is absent
+/// (`None`): for `PUT` bodies where `null` removes a value.
+pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use fraisier_model::agent::{labels_problem, matches, Labels};
 use fraisier_store::{
     parse_target_group_id, NewTargetGroup, StoreError, TargetGroup, TargetGroupChange,
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
@@ -78,7 +78,7 @@ pub struct TargetGroupUpdate {
     #[schema(value_type = Option<super::params::Name>)]
     pub name: Option<String>,
     /// `null` removes it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<String>, nullable, max_length = 500)]
     pub description: Option<Option<String>>,
     /// Replaces the labels (`{}`: members only).
@@ -89,10 +89,6 @@ pub struct TargetGroupUpdate {
     #[serde(default)]
     #[schema(max_items = 256)]
     pub target_ids: Option<Vec<String>>,
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 fn noted(mut r: Response, id: &str) -> Response {
@@ -111,7 +107,12 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
-fn known_environment(state: &AppState, who: &Caller, name: &str) -> Result<(), ApiError> {
+/// An environment of the caller's workspace, or 404 naming it.
+pub(super) fn known_environment(
+    state: &AppState,
+    who: &Caller,
+    name: &str,
+) -> Result<(), ApiError> {
     if fraisier_model::names::is_valid_name(name)
         && state
             .config

@@ -20,7 +20,7 @@ use fraisier_model::target::{connection_problem, directory_problem, Connection, 
 use fraisier_store::{
     parse_target_group_id, Agent, NewTarget, StoreError, Target, TargetChange, TargetGroup,
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
@@ -538,11 +538,11 @@ pub struct TargetUpdate {
     #[schema(value_type = Option<super::params::Name>)]
     pub name: Option<String>,
     /// `null`: any environment.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<super::params::Name>, nullable)]
     pub environment_id: Option<Option<String>>,
     /// The one group (of the caller's workspace) it belongs to; `null`: none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<String>, nullable)]
     pub target_group_id: Option<Option<String>>,
     #[serde(default)]
@@ -551,13 +551,9 @@ pub struct TargetUpdate {
     #[serde(default)]
     #[schema(schema_with = fraisier_model::agent::optional_labels_schema)]
     pub labels: Option<Labels>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<String>, nullable, max_length = 1024)]
     pub deployment_directory: Option<Option<String>>,
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 fn noted(mut r: Response, id: &str) -> Response {
@@ -569,19 +565,9 @@ fn noted(mut r: Response, id: &str) -> Response {
 }
 
 fn check_environment(state: &AppState, who: &Caller, env: Option<&str>) -> Result<(), ApiError> {
-    match env {
-        Some(e)
-            if !fraisier_model::names::is_valid_name(e)
-                || !state
-                    .config
-                    .scope(&who.workspace)
-                    .environments
-                    .contains_key(e) =>
-        {
-            Err(ApiError::environment_not_found(e))
-        }
-        _ => Ok(()),
-    }
+    env.map_or(Ok(()), |e| {
+        super::target_groups::known_environment(state, who, e)
+    })
 }
 
 /// The group a target is put in, which must be of the target's environment.
@@ -920,7 +906,7 @@ pub struct DriftActual {
     pub digest: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct DriftComponent {
     /// `fraise@environment`.
     pub component: String,
@@ -936,7 +922,7 @@ pub struct DriftComponent {
     pub files: Vec<DriftFile>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct DriftFile {
     /// Relative to the release directory.
     pub path: String,
@@ -1014,26 +1000,8 @@ pub async fn drift(
         ),
         _ => (None, None),
     };
-    let differences: Vec<DriftComponent> = components
-        .iter()
-        .filter(|c| c.drifted)
-        .map(|c| DriftComponent {
-            component: c.component.clone(),
-            version: c.version.clone(),
-            artifact: c.artifact.clone(),
-            expected: c.expected.clone(),
-            actual: c.actual.clone(),
-            drifted: true,
-            files: c
-                .files
-                .iter()
-                .map(|f| DriftFile {
-                    path: f.path.clone(),
-                    change: f.change,
-                })
-                .collect(),
-        })
-        .collect();
+    let differences: Vec<DriftComponent> =
+        components.iter().filter(|c| c.drifted).cloned().collect();
     Ok(Json(DriftView {
         target_id: format!("agt_{}", a.id),
         has_drift: !differences.is_empty(),
