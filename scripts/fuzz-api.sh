@@ -68,19 +68,21 @@ curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application
 export FRAISIER_TOKEN="$token" FUZZ_BASE_URL="$base"
 fuzz() {
   status=0
-  "$st" --config-file "$repo/scripts/schemathesis.toml" run "$base/api/v1/openapi.json" \
+  PYTHONPATH="$repo/scripts/fuzz-python${PYTHONPATH:+:$PYTHONPATH}" \
+    "$st" --config-file "$repo/scripts/schemathesis.toml" run "$base/api/v1/openapi.json" \
     --max-time "${FUZZ_MAX_TIME:-60}" --no-color "$@" 2>&1 | tee "$work/st.out" || status=$?
 }
 # CPython 3.11's ast module can raise "AST constructor recursion depth mismatch" inside
-# hypothesis while it describes a strategy (python/cpython#106905): an error of the fuzzer,
-# not a finding about the server. A run whose only errors are that one is run once more;
-# any failure, or any other error, stands.
+# hypothesis (python/cpython#106905): an error of the fuzzer, not a finding about the server.
+# scripts/fuzz-python/sitecustomize.py turns it into hypothesis's own fallback where it was
+# seen (describing a lambda); should it surface elsewhere, a run whose only errors are that
+# one is run once more. Any failure, or any other error, stands.
 only_cpython_ast_errors() {
   local errors ast
   grep -q '^Failures:' "$work/st.out" && return 1
   errors=$(sed -n '/^Errors:/,/^$/p' "$work/st.out" | awk '/[0-9]+$/ { n += $NF } END { print n + 0 }')
-  ast=$(grep -c '^AST constructor recursion depth mismatch' "$work/st.out" || true)
-  [[ -n "$errors" && "$errors" -gt 0 && "$errors" -eq "$ast" ]]
+  ast=$(grep -c 'AST constructor recursion depth mismatch' "$work/st.out" || true)
+  [[ -n "$errors" && "$errors" -gt 0 && "$ast" -ge "$errors" ]]
 }
 fuzz "$@"
 if ((status != 0)) && only_cpython_ast_errors; then
