@@ -4,6 +4,7 @@
 
 use fraisier_model::artifact::{artifact_name_problem, ArtifactFormat, ArtifactKind};
 use fraisier_model::config::FraiseConfig;
+use fraisier_model::environment::PromotionPolicy;
 use fraisier_model::names::version_problem;
 use fraisier_model::service::ArtifactRef;
 use fraisier_store::blobs::{BlobError, BlobRef, BlobStore};
@@ -273,8 +274,29 @@ impl Engine {
     /// Starts the deploy a promotion asks for and records it on the version
     /// (`metadata.promotions`).
     pub async fn promote(&self, p: &Promotion) -> Result<Run, EngineError> {
+        let live = self.config();
+        let ws = live.scope(&p.tenant);
+        // The target's rule first: it holds whatever the artifact.
+        if let Some(to) = ws.environments.get(&p.to) {
+            if to.promotion_policy == PromotionPolicy::Sequential {
+                match (ws.environment_before(&p.to), &p.from) {
+                    (Some(before), Some(from)) if before == from => {}
+                    (Some(before), _) => {
+                        return Err(EngineError::PromotionBlocked(format!(
+                            "{} takes promotions from {before} only (promotion_policy: sequential): give \"from\": \"{before}\"",
+                            p.to
+                        )))
+                    }
+                    (None, _) => {
+                        return Err(EngineError::PromotionBlocked(format!(
+                            "no environment comes before {} by order_index, and it takes promotions only from the one before it (promotion_policy: sequential): deploy to it instead",
+                            p.to
+                        )))
+                    }
+                }
+            }
+        }
         self.artifact(&p.tenant, &p.artifact).await?;
-        let ws = self.inner.config.scope(&p.tenant);
         if !ws.fraises.contains_key(&p.artifact) {
             return Err(EngineError::NotPromotable(format!(
                 "no fraise is called {}: only a fraise's artifact is deployed, so only it can be promoted",
@@ -471,7 +493,8 @@ impl Engine {
         version: &str,
         by: &str,
     ) -> Result<(), EngineError> {
-        let config = self.inner.config.scope(tenant);
+        let live = self.config();
+        let config = live.scope(tenant);
         let f = config
             .fraises
             .get(fraise)

@@ -175,8 +175,9 @@ impl Engine {
         if tenant != DEFAULT_WORKSPACE {
             return false;
         }
-        let w = &self.config().webhooks;
-        [&w.github, &w.gitlab, &w.gitea, &w.bitbucket]
+        let live = self.config();
+        let w = &live.webhooks;
+        let guards = [&w.github, &w.gitlab, &w.gitea, &w.bitbucket]
             .into_iter()
             .flatten()
             .any(|h| {
@@ -186,7 +187,8 @@ impl Engine {
                     .chain(&h.secrets)
                     .chain(&h.signing_token)
                     .any(|v| stored_secret_name(v) == Some(name))
-            })
+            });
+        guards
     }
 }
 

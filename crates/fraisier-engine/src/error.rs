@@ -10,6 +10,10 @@ pub enum EngineError {
     FraiseNotFound(String),
     #[error("environment {0:?} not found")]
     EnvironmentNotFound(String),
+    #[error("environment {0:?} already exists")]
+    EnvironmentExists(String),
+    #[error("environment {name:?} cannot be deleted: {reason}")]
+    EnvironmentInUse { name: String, reason: String },
     #[error("fraise {fraise:?} is not deployed to environment {environment:?} (add it under fraises.{fraise}.environments)")]
     NotInEnvironment { fraise: String, environment: String },
     #[error("deployment {0} not found")]
@@ -65,6 +69,8 @@ pub enum EngineError {
     ArtifactInUse(String),
     #[error("{0}")]
     NotPromotable(String),
+    #[error("{0}")]
+    PromotionBlocked(String),
     #[error("{} is locked by {}{}: unlock it first (POST /environments/{}/unlock)", .0.environment, .0.locked_by, .0.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(), .0.environment)]
     EnvironmentLocked(Box<fraisier_store::EnvironmentLock>),
     #[error("{} is already locked by {}{}", .0.environment, .0.locked_by, .0.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
@@ -120,6 +126,8 @@ impl EngineError {
                 "ENVIRONMENT_NOT_FOUND"
             }
             EngineError::RunNotFound(_) => "DEPLOYMENT_NOT_FOUND",
+            EngineError::EnvironmentExists(_) => "ENVIRONMENT_EXISTS",
+            EngineError::EnvironmentInUse { .. } => "ENVIRONMENT_IN_USE",
             EngineError::InvalidParameters { .. } | EngineError::NoVersionKnown(_) => {
                 "INVALID_PARAMETERS"
             }
@@ -141,6 +149,7 @@ impl EngineError {
             EngineError::ArtifactConflict(_) => "ARTIFACT_CONFLICT",
             EngineError::ArtifactInUse(_) => "ARTIFACT_IN_USE",
             EngineError::NotPromotable(_) => "NOT_PROMOTABLE",
+            EngineError::PromotionBlocked(_) => "PROMOTION_BLOCKED",
             EngineError::EnvironmentLocked(_) | EngineError::AlreadyLocked(_) => {
                 "ENVIRONMENT_LOCKED"
             }

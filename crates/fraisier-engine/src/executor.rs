@@ -85,7 +85,8 @@ fn failure(code: &'static str, message: impl Into<String>, details: Value) -> Fa
 
 pub(crate) async fn execute(engine: &Engine, run: Run, cancel: watch::Receiver<Option<String>>) {
     let id = run.id;
-    let scope = engine.config().scope(&run.tenant_id);
+    let live = engine.config();
+    let scope = live.scope(&run.tenant_id);
     let (fraise, env) = match request::lookup(scope, &run.fraise, &run.environment) {
         Ok((f, e)) => (f.clone(), e.clone()),
         Err(e) => {
@@ -577,6 +578,14 @@ impl RunCtx<'_> {
             .await
             .map_err(|e| failure("PROVIDER_ERROR", e.to_string(), json!({})))?;
         let generation = record.desired.as_ref().map_or(0, |d| d.generation) + 1;
+        // The environment's default probe interval, as it is now: it may change through the API.
+        let probe_interval = self
+            .engine
+            .config()
+            .scope(&self.run.tenant_id)
+            .environments
+            .get(&self.run.environment)
+            .and_then(|e| e.health_check_interval);
         let mut desired = request::desired(
             &self.agent_name(),
             &self.run.environment,
@@ -586,6 +595,7 @@ impl RunCtx<'_> {
             instances,
             releases,
         );
+        desired.health_check = self.fraise.health_check_spec(probe_interval);
         if self.fraise.kind == FraiseType::Scheduled {
             desired.schedule = self.fraise.schedule.as_ref().map(|cron| ScheduleSpec {
                 cron: cron.clone(),

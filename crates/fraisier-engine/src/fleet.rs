@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use async_trait::async_trait;
 use chrono::Utc;
 use fraisier_model::agent::{matches, AgentStatus, LOCAL};
-use fraisier_model::config::{Config, TargetSelector};
+use fraisier_model::config::TargetSelector;
 use fraisier_model::names::split_agent_name;
 use fraisier_model::service::{
     service_key, DesiredInstance, DesiredService, ExecRequest, ExecResult, ObservedService,
@@ -31,7 +31,7 @@ pub struct Fleet {
     local: Arc<dyn Provider>,
     connector: OnceLock<Arc<dyn Connector>>,
     store: Store,
-    config: Arc<Config>,
+    config: Arc<crate::environments::LiveConfig>,
     /// Targets each service's instances were last handed to (by service key), so that a
     /// target left with none is told to stop them.
     handed: Mutex<HashMap<String, BTreeSet<String>>>,
@@ -44,7 +44,11 @@ pub struct Fleet {
 // === impl Fleet ===
 
 impl Fleet {
-    pub fn new(local: Arc<dyn Provider>, store: Store, config: Arc<Config>) -> Fleet {
+    pub fn new(
+        local: Arc<dyn Provider>,
+        store: Store,
+        config: Arc<crate::environments::LiveConfig>,
+    ) -> Fleet {
         Fleet {
             local,
             connector: OnceLock::new(),
@@ -61,7 +65,7 @@ impl Fleet {
     }
 
     fn offline_after(&self) -> Millis {
-        self.config.server.agent_offline_after
+        self.config.current().server.agent_offline_after
     }
 
     /// The agents a fraise's new instances go to in an environment, by name: those its
@@ -189,7 +193,8 @@ impl Fleet {
     ) -> Result<Vec<(String, AgentStatus)>, ProviderError> {
         let agents = self.agents(workspace).await?;
         let mut names = BTreeSet::new();
-        for f in self.config.scope(workspace).fraises.values() {
+        let config = self.config.current();
+        for f in config.scope(workspace).fraises.values() {
             let Some(fe) = f.environments.get(environment) else {
                 continue;
             };
@@ -317,6 +322,7 @@ impl Fleet {
 
     fn selector(&self, workspace: &str, fraise: &str, environment: &str) -> Option<TargetSelector> {
         self.config
+            .current()
             .scope(workspace)
             .fraises
             .get(fraise)?

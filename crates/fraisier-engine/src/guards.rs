@@ -175,7 +175,8 @@ impl Engine {
         who: &str,
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
-        let Some(e) = self.config().scope(tenant).environments.get(environment) else {
+        let live = self.config();
+        let Some(e) = live.scope(tenant).environments.get(environment) else {
             return Ok(());
         };
         if e.change_windows.is_empty() || e.change_window_exceptions.iter().any(|x| x == who) {
@@ -215,7 +216,8 @@ impl Engine {
         environment: &str,
         except: Option<&str>,
     ) -> Result<u64, EngineError> {
-        let ws = self.config().scope(tenant);
+        let live = self.config();
+        let ws = live.scope(tenant);
         Ok(self
             .store()
             .services(tenant)

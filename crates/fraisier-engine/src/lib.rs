@@ -5,6 +5,7 @@ mod artifacts;
 mod build;
 pub mod bus;
 mod credentials;
+pub mod environments;
 pub mod error;
 mod executor;
 pub mod fleet;
@@ -45,7 +46,7 @@ pub use request::{
 pub use source::{Follow, SourceCheck, SourceCheckLine, SourceInfo, SourceReport};
 pub use status::ServiceStatus;
 pub use storage::{CleanupItem, CleanupReport, StorageStats};
-pub use variables::{VariableChange, VariableKind, VariablesChanged};
+pub use variables::{EnvironmentVariablesChanged, VariableChange, VariableKind, VariablesChanged};
 pub use webhooks::{ACCEPTED, QUEUED};
 
 /// Timing knobs; tests shorten them.
@@ -95,7 +96,7 @@ struct Inner {
     /// The fleet, as the provider every run acts through.
     provider: Arc<dyn Provider>,
     fleet: Arc<fleet::Fleet>,
-    config: Arc<Config>,
+    config: Arc<environments::LiveConfig>,
     bus: Bus,
     settings: EngineSettings,
     /// Cancel signals of the runs this process is executing.
@@ -144,6 +145,7 @@ impl Engine {
         blobs: fraisier_store::blobs::BlobStore,
         settings: EngineSettings,
     ) -> Engine {
+        let config = Arc::new(environments::LiveConfig::new(config));
         let fleet = Arc::new(fleet::Fleet::new(provider, store.clone(), config.clone()));
         let server_id = server_id();
         store.hold_runs_as(&server_id);
@@ -171,8 +173,9 @@ impl Engine {
         &self.inner.store
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The configuration now: fraisier.yaml with the API's environment changes.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.current()
     }
 
     pub fn bus(&self) -> &Bus {
@@ -192,9 +195,8 @@ impl Engine {
     pub async fn submit(&self, req: DeployRequest) -> Result<Run, EngineError> {
         // The repository is fetched before the lock every deploy takes: a slow one must not
         // hold up the others. (A failure is reported by `prepare`.)
-        if let Some((url, f)) = self
-            .inner
-            .config
+        let config = self.config();
+        if let Some((url, f)) = config
             .scope(&req.tenant)
             .fraises
             .get(&req.fraise)
@@ -213,7 +215,8 @@ impl Engine {
 
     /// Everything `submit` checks, without recording anything.
     pub async fn prepare(&self, req: &DeployRequest) -> Result<NewRun, EngineError> {
-        let config = self.inner.config.scope(&req.tenant);
+        let live = self.config();
+        let config = live.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
             .await?;
@@ -259,7 +262,10 @@ impl Engine {
         {
             return Err(in_progress(&active));
         }
-        let timeout_secs = check_timeout(req.timeout_secs)?;
+        let timeout_secs = check_timeout(
+            req.timeout_secs,
+            request::default_timeout(self.config().scope(&req.tenant), &req.environment),
+        )?;
         let released = self
             .released(&req.tenant, &req.fraise, &req.environment)
             .await?;
@@ -336,7 +342,8 @@ impl Engine {
                 severity: Some("error".into()),
             })
         };
-        let config = self.inner.config.scope(&req.tenant);
+        let live = self.config();
+        let config = live.scope(&req.tenant);
         let (f, fe) = match request::lookup(config, &req.fraise, &req.environment) {
             Ok(found) => found,
             Err(e) => {
@@ -381,7 +388,7 @@ impl Engine {
                 problem("dependencies", &e);
             }
         }
-        if let Err(e) = check_timeout(req.timeout_secs) {
+        if let Err(e) = check_timeout(req.timeout_secs, DEFAULT_TIMEOUT_SECS) {
             problem("timeout", &e);
         }
         match self
@@ -414,7 +421,8 @@ impl Engine {
     /// Records a rollback run to `to_version` (default: the previous version).
     pub async fn rollback(&self, req: RollbackRequest) -> Result<Run, EngineError> {
         let _changing = self.inner.changes.lock().await;
-        let config = self.inner.config.scope(&req.tenant);
+        let live = self.config();
+        let config = live.scope(&req.tenant);
         let (f, fe) = request::lookup(config, &req.fraise, &req.environment)?;
         self.check_guards(&req.tenant, &req.environment, &req.triggered_by)
             .await?;
@@ -521,7 +529,7 @@ impl Engine {
             env: released.env,
             secrets: released.secrets,
             artifact,
-            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            timeout_secs: request::default_timeout(config, &req.environment),
             rollback_on_failure: true,
             reason: req.reason.clone(),
             approval: request::approval_policy(config, &req.environment, Utc::now()),
@@ -895,6 +903,29 @@ impl Engine {
     /// Picks up runs a previous server process left unfinished, and keeps the provider's
     /// desired states in line with the store. Call once at start-up.
     pub async fn start(&self) -> Result<(), EngineError> {
+        // Environments made, changed or deleted through the API, before any run is resumed.
+        for o in self.reload_environments().await? {
+            if o.deleted {
+                tracing::warn!(workspace = %o.workspace, environment = %o.environment, by = %o.by,
+                    "fraisier.yaml declares this environment, but it was deleted through the API: it stays deleted");
+            } else {
+                tracing::warn!(workspace = %o.workspace, environment = %o.environment, by = %o.by,
+                    fields = %o.fields.join(", "),
+                    "these fields were set through the API and hold over fraisier.yaml's values");
+            }
+        }
+        if self.inner.store.backend() != "sqlite" {
+            // Other servers on the same database change environments too.
+            let engine = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(environments::RELOAD_EVERY).await;
+                    if let Err(e) = engine.reload_environments().await {
+                        tracing::warn!(error = %e, "could not reread the environments");
+                    }
+                }
+            });
+        }
         // On SQLite this server is the only one (the database is its data dir's): what the
         // last process held is its own at once. On PostgreSQL other servers may be running
         // theirs: only runs whose hold lapsed are taken.
@@ -1153,9 +1184,9 @@ fn in_progress(active: &Run) -> EngineError {
     }
 }
 
-/// A run's time limit: the request's, within a week, or the default.
-fn check_timeout(requested: Option<u64>) -> Result<u64, EngineError> {
-    let secs = requested.unwrap_or(DEFAULT_TIMEOUT_SECS);
+/// A run's time limit: the request's, within a week, or the environment's default.
+fn check_timeout(requested: Option<u64>, default: u64) -> Result<u64, EngineError> {
+    let secs = requested.unwrap_or(default);
     if secs == 0 || secs > 7 * 24 * 3600 {
         return Err(EngineError::InvalidParameters {
             field: "timeout".into(),

@@ -23,7 +23,7 @@ impl Engine {
             ("approval.requested", _) => NotifyOn::ApprovalRequested,
             _ => return,
         };
-        let config = &self.inner.config;
+        let config = self.config();
         let ws = config.scope(&run.tenant_id);
         let mut targets: Vec<(&str, usize, &NotificationConfig)> = Vec::new();
         targets.extend(
@@ -77,7 +77,7 @@ impl Engine {
     /// The configured destination of a recorded notification; `None` when the configuration
     /// no longer has it.
     pub fn notification_target(&self, n: &Notification) -> Option<NotificationConfig> {
-        let config = &self.inner.config;
+        let config = self.config();
         let ws = config.scope(&n.new.tenant_id);
         let list = match n.new.scope.as_str() {
             "global" => &config.notifications,

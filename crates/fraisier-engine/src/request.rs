@@ -171,6 +171,16 @@ pub(crate) fn approval_policy(
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 
+/// A run's time limit in an environment when the request gives none: its
+/// `deployment_timeout`, else an hour.
+pub fn default_timeout(config: &WorkspaceConfig, environment: &str) -> u64 {
+    config
+        .environments
+        .get(environment)
+        .and_then(|e| e.deployment_timeout)
+        .map_or(DEFAULT_TIMEOUT_SECS, |t| t.0.div_ceil(1000))
+}
+
 pub(crate) fn lookup<'a>(
     config: &'a WorkspaceConfig,
     fraise: &str,
@@ -373,7 +383,8 @@ pub(crate) fn desired(
         } else {
             None
         },
-        health_check: f.health_check_spec(),
+        // The environment's default interval is the executor's to add.
+        health_check: f.health_check_spec(None),
         releases,
         instances,
         drain_timeout_ms: f.drain_timeout.0,
@@ -385,6 +396,19 @@ pub(crate) fn desired(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_environment_gives_the_default_time_limit() {
+        let c = fraisier_model::config::Config::parse(
+            "environments:\n  qa: { deployment_timeout: 90s }\n  staging: { deployment_timeout: 1500ms }\n  production: {}\n",
+        )
+        .unwrap();
+        let ws = c.scope("default");
+        assert_eq!(default_timeout(ws, "qa"), 90);
+        assert_eq!(default_timeout(ws, "staging"), 2, "rounded up, never 0");
+        assert_eq!(default_timeout(ws, "production"), DEFAULT_TIMEOUT_SECS);
+        assert_eq!(default_timeout(ws, "nowhere"), DEFAULT_TIMEOUT_SECS);
+    }
 
     #[test]
     fn discovers_versions_from_patterns() {

@@ -25,7 +25,7 @@ impl Engine {
         version: Option<&str>,
         by: &str,
     ) -> Result<Value, EngineError> {
-        let Some(scanner) = self.inner.config.server.artifact_scanner.clone() else {
+        let Some(scanner) = self.config().server.artifact_scanner.clone() else {
             return Err(EngineError::ScannerNotConfigured);
         };
         let v = self.artifact_version(tenant, name, version).await?;

@@ -167,7 +167,8 @@ impl SourceReport {
 impl Engine {
     /// Each fraise of the workspace and where its releases come from.
     pub fn sources(&self, tenant: &str) -> Vec<SourceInfo> {
-        let config = self.inner.config.scope(tenant);
+        let live = self.config();
+        let config = live.scope(tenant);
         config
             .fraises
             .iter()
@@ -265,7 +266,8 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         } else if let Some(fraise) = &check.fraise {
-            let config = self.inner.config.scope(tenant);
+            let live = self.config();
+            let config = live.scope(tenant);
             let f = config
                 .fraises
                 .get(fraise)

@@ -15,8 +15,39 @@ use fraisier_model::Strategy;
 use fraisier_store::{NewRun, Run, StoreError, Variable};
 use serde_json::{json, Value};
 
-use crate::request::{self, RunOptions, DEFAULT_TIMEOUT_SECS};
+use crate::request::{self, RunOptions};
 use crate::{in_progress, Engine, EngineError};
+
+/// Where an environment's own variables are kept: a fraise of no name, which no fraise can
+/// have.
+const ENVIRONMENT_WIDE: &str = "";
+
+/// What a change of an environment's variables did.
+#[derive(Clone, Debug)]
+pub struct EnvironmentVariablesChanged {
+    /// Names whose value changed (set, replaced or removed).
+    pub changed: Vec<String>,
+    /// The `config` run releasing them to each fraise running there.
+    pub runs: Vec<Run>,
+}
+
+fn check_values(values: &BTreeMap<String, Option<String>>) -> Result<(), EngineError> {
+    for (name, value) in values {
+        if let Some(p) = secret::variable_name_problem(name) {
+            return Err(EngineError::InvalidParameters {
+                field: name.clone(),
+                message: format!("variable name {name:?} {p}"),
+            });
+        }
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(EngineError::InvalidParameters {
+                field: name.clone(),
+                message: format!("the value of {name} contains a NUL character"),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Plain variables or secrets: the two never share a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +125,8 @@ impl Engine {
         fraise: &str,
         environment: &str,
     ) -> Result<BTreeMap<String, String>, EngineError> {
-        let (f, fe) = request::lookup(self.config().scope(tenant), fraise, environment)?;
+        let live = self.config();
+        let (f, fe) = request::lookup(live.scope(tenant), fraise, environment)?;
         let mut env = f.env.clone();
         env.extend(fe.env.clone());
         Ok(env)
@@ -106,24 +138,12 @@ impl Engine {
         &self,
         change: VariableChange,
     ) -> Result<VariablesChanged, EngineError> {
-        let config = self.config().scope(&change.tenant);
+        let live = self.config();
+        let config = live.scope(&change.tenant);
         request::lookup(config, &change.fraise, &change.environment)?;
         self.check_guards(&change.tenant, &change.environment, &change.triggered_by)
             .await?;
-        for (name, value) in &change.values {
-            if let Some(p) = secret::variable_name_problem(name) {
-                return Err(EngineError::InvalidParameters {
-                    field: name.clone(),
-                    message: format!("variable name {name:?} {p}"),
-                });
-            }
-            if value.as_deref().is_some_and(|v| v.contains('\0')) {
-                return Err(EngineError::InvalidParameters {
-                    field: name.clone(),
-                    message: format!("the value of {name} contains a NUL character"),
-                });
-            }
-        }
+        check_values(&change.values)?;
         let _changing = self.inner.changes.lock().await;
         let store = self.store();
         if let Some(active) = store
@@ -215,7 +235,8 @@ impl Engine {
         changed: &[String],
         revert: BTreeMap<String, Option<Variable>>,
     ) -> Result<Option<Run>, EngineError> {
-        let config = self.config().scope(&change.tenant);
+        let live = self.config();
+        let config = live.scope(&change.tenant);
         let (_, fe) = request::lookup(config, &change.fraise, &change.environment)?;
         let service = self
             .store()
@@ -234,7 +255,7 @@ impl Engine {
             .released(&change.tenant, &change.fraise, &change.environment)
             .await?;
         let options = RunOptions {
-            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            timeout_secs: request::default_timeout(config, &change.environment),
             rollback_on_failure: true,
             approval: request::approval_policy(config, &change.environment, Utc::now()),
             env: released.env,
@@ -264,6 +285,80 @@ impl Engine {
         self.create_and_start(new).await.map(Some)
     }
 
+    /// An environment's own variables, which every fraise there gets (below its own).
+    pub async fn environment_variables(
+        &self,
+        tenant: &str,
+        environment: &str,
+    ) -> Result<Vec<Variable>, EngineError> {
+        self.environment(tenant, environment)?;
+        Ok(self
+            .store()
+            .variables(tenant, ENVIRONMENT_WIDE, environment)
+            .await?)
+    }
+
+    /// Records a change of an environment's variables, then releases it with a `config` run
+    /// of every fraise running there. Refused while a run is active on any of them. A run
+    /// that fails puts its fraise's instances back; the variables stay as set (its next
+    /// deploy takes them), since the other fraises may have taken them already.
+    pub async fn change_environment_variables(
+        &self,
+        tenant: &str,
+        environment: &str,
+        values: &BTreeMap<String, Option<String>>,
+        triggered_by: &str,
+    ) -> Result<EnvironmentVariablesChanged, EngineError> {
+        self.environment(tenant, environment)?;
+        self.check_guards(tenant, environment, triggered_by).await?;
+        check_values(values)?;
+        let _changing = self.inner.changes.lock().await;
+        let store = self.store();
+        let fraises: Vec<String> = self
+            .config()
+            .scope(tenant)
+            .fraises
+            .iter()
+            .filter(|(_, f)| f.environments.contains_key(environment))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for fraise in &fraises {
+            if let Some(active) = store.active_run_for(tenant, fraise, environment).await? {
+                return Err(in_progress(&active));
+            }
+        }
+        let writes: Vec<_> = values.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let changed = store
+            .change_variables(
+                tenant,
+                ENVIRONMENT_WIDE,
+                environment,
+                false,
+                &writes,
+                triggered_by,
+            )
+            .await?;
+        let mut runs = Vec::new();
+        if changed.is_empty() {
+            return Ok(EnvironmentVariablesChanged { changed, runs });
+        }
+        for fraise in fraises {
+            let change = VariableChange {
+                tenant: tenant.to_string(),
+                fraise,
+                environment: environment.to_string(),
+                kind: VariableKind::Plain,
+                values: BTreeMap::new(),
+                triggered_by: triggered_by.to_string(),
+                trigger_type: "api".into(),
+            };
+            if let Some(run) = self.reconfigure(&change, &changed, BTreeMap::new()).await? {
+                runs.push(run);
+            }
+        }
+        Ok(EnvironmentVariablesChanged { changed, runs })
+    }
+
     /// What a run asked for now releases: the API's plain variables and sealed secrets.
     pub(crate) async fn released(
         &self,
@@ -272,6 +367,14 @@ impl Engine {
         environment: &str,
     ) -> Result<Released, EngineError> {
         let mut released = Released::default();
+        // The environment's own first: the fraise's win over them.
+        for v in self
+            .store()
+            .variables(tenant, ENVIRONMENT_WIDE, environment)
+            .await?
+        {
+            released.env.insert(v.name, v.value);
+        }
         for v in self.store().variables(tenant, fraise, environment).await? {
             if v.secret {
                 let sealed: Sealed = serde_json::from_str(&v.value).map_err(|e| {

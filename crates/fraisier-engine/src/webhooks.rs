@@ -33,7 +33,7 @@ impl Engine {
             let Some(commit) = &change.commit else {
                 continue;
             };
-            for (workspace, ws) in &self.inner.config.workspaces {
+            for (workspace, ws) in &self.config().workspaces {
                 for (fraise, f) in &ws.fraises {
                     // By URL only: an `owner/name` alone would match the same name on
                     // another host.

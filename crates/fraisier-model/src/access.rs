@@ -24,8 +24,12 @@ pub enum Permission {
     LogsRead,
     MetricsRead,
     EnvironmentRead,
-    /// Lock and unlock an environment, manage its freeze windows.
+    /// Create an environment.
+    EnvironmentCreate,
+    /// Change an environment's settings, lock and unlock it, manage its freeze windows.
     EnvironmentUpdate,
+    /// Delete an environment.
+    EnvironmentDelete,
     SecretRead,
     SecretUpdate,
     AuditRead,
@@ -216,7 +220,9 @@ impl Permission {
         Permission::LogsRead,
         Permission::MetricsRead,
         Permission::EnvironmentRead,
+        Permission::EnvironmentCreate,
         Permission::EnvironmentUpdate,
+        Permission::EnvironmentDelete,
         Permission::SecretRead,
         Permission::SecretUpdate,
         Permission::AuditRead,
@@ -254,7 +260,9 @@ impl Permission {
             Permission::LogsRead => "logs:read",
             Permission::MetricsRead => "metrics:read",
             Permission::EnvironmentRead => "environment:read",
+            Permission::EnvironmentCreate => "environment:create",
             Permission::EnvironmentUpdate => "environment:update",
+            Permission::EnvironmentDelete => "environment:delete",
             Permission::SecretRead => "secret:read",
             Permission::SecretUpdate => "secret:update",
             Permission::AuditRead => "audit:read",
@@ -300,6 +308,7 @@ impl Permission {
                 | Permission::RollbackCreate
                 | Permission::SecretUpdate
                 | Permission::EnvironmentUpdate
+                | Permission::EnvironmentDelete
         )
     }
 }

@@ -635,6 +635,49 @@ pub struct EnvironmentConfig {
     /// Users who may change things here outside the change windows (an on-call engineer).
     #[serde(default)]
     pub change_window_exceptions: Vec<String>,
+    /// Where it stands among the workspace's environments (seed 004's `orderIndex`); by
+    /// default from its name (development 1, staging 3, production 4, others 0).
+    #[serde(default)]
+    pub order_index: Option<u32>,
+    /// Whether it serves users; by default, whether it is called `production` or `prod`.
+    #[serde(default)]
+    pub is_production: Option<bool>,
+    /// A run's time limit here when the request gives none (default 1 hour).
+    #[serde(default)]
+    pub deployment_timeout: Option<Millis>,
+    /// How often instances are probed here when a fraise's `health_check` sets no `interval`.
+    #[serde(default)]
+    pub health_check_interval: Option<Millis>,
+    /// Where promotions into it may come from.
+    #[serde(default)]
+    pub promotion_policy: crate::environment::PromotionPolicy,
+}
+
+// === impl EnvironmentConfig ===
+
+impl EnvironmentConfig {
+    /// An environment of this name with every default, as one made through the API starts.
+    pub fn made(name: &str) -> EnvironmentConfig {
+        EnvironmentConfig {
+            required_roles: Some(
+                default_required_roles(name)
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect(),
+            ),
+            order_index: Some(crate::environment::default_order(name)),
+            is_production: Some(matches!(name, "production" | "prod")),
+            ..EnvironmentConfig::default()
+        }
+    }
+
+    pub fn order(&self) -> u32 {
+        self.order_index.unwrap_or(0)
+    }
+
+    pub fn production(&self) -> bool {
+        self.is_production.unwrap_or(false)
+    }
 }
 
 /// One opening of a change window.
@@ -702,6 +745,8 @@ impl ChangeWindow {
 
 /// The most approvals an environment may require.
 pub const MAX_REQUIRED_APPROVALS: u32 = 10;
+/// How often instances are probed when neither the fraise nor its environment says.
+pub const DEFAULT_PROBE_INTERVAL: Millis = Millis(1000);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -956,8 +1001,9 @@ pub struct HealthCheckConfig {
     pub expected_status: Vec<u16>,
     #[serde(default)]
     pub command: Option<String>,
-    #[serde(default = "default_interval")]
-    pub interval: Millis,
+    /// How often to probe; unset, the environment's `health_check_interval`, else 1s.
+    #[serde(default)]
+    pub interval: Option<Millis>,
     #[serde(default = "default_probe_timeout")]
     pub timeout: Millis,
     #[serde(default = "one")]
@@ -1085,9 +1131,6 @@ fn default_instances() -> u32 {
 fn default_health_path() -> String {
     "/health".into()
 }
-fn default_interval() -> Millis {
-    Millis(1000)
-}
 fn default_probe_timeout() -> Millis {
     Millis(2000)
 }
@@ -1133,6 +1176,28 @@ impl Default for ServerConfig {
     }
 }
 
+// === impl WorkspaceConfig ===
+
+impl WorkspaceConfig {
+    /// The environment just before `name` by `order_index` (the highest one below it; among
+    /// equals, the last by name).
+    pub fn environment_before(&self, name: &str) -> Option<&str> {
+        let order = self.environments.get(name)?.order();
+        self.environments
+            .iter()
+            .filter(|(_, e)| e.order() < order)
+            .max_by_key(|(n, e)| (e.order(), n.as_str()))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The environments by `order_index`, then name.
+    pub fn environments_in_order(&self) -> Vec<(&String, &EnvironmentConfig)> {
+        let mut all: Vec<_> = self.environments.iter().collect();
+        all.sort_by_key(|(n, e)| (e.order(), n.as_str()));
+        all
+    }
+}
+
 // === impl EnvironmentConfig ===
 
 impl Default for EnvironmentConfig {
@@ -1148,6 +1213,11 @@ impl Default for EnvironmentConfig {
             notifications: Vec::new(),
             change_windows: Vec::new(),
             change_window_exceptions: Vec::new(),
+            order_index: None,
+            is_production: None,
+            deployment_timeout: None,
+            health_check_interval: None,
+            promotion_policy: crate::environment::PromotionPolicy::default(),
         }
     }
 }
@@ -1253,6 +1323,9 @@ impl Config {
                         .collect(),
                 );
             }
+            let made = EnvironmentConfig::made(name);
+            e.order_index = e.order_index.or(made.order_index);
+            e.is_production = e.is_production.or(made.is_production);
         }
         let lookup = |name: &str| std::env::var(name).ok();
         let mut problems = config.webhooks.resolve_env(lookup);
@@ -1415,11 +1488,8 @@ fn validate_workspace(
                 );
             }
         }
-        if e.required_approvals > MAX_REQUIRED_APPROVALS {
-            bad(
-                format!("{prefix}environments.{name}.required_approvals"),
-                format!("must be at most {MAX_REQUIRED_APPROVALS}"),
-            );
+        for (field, message) in crate::environment::EnvironmentSettings::of(e).problems() {
+            bad(format!("{prefix}environments.{name}.{field}"), message);
         }
         if e.approval_timeout.0 < 1000 || e.approval_timeout.0 > 30 * 24 * 3_600_000 {
             bad(
@@ -1637,7 +1707,7 @@ fn validate_workspace(
                     "must start with '/'".into(),
                 );
             }
-            if hc.interval.0 == 0 || hc.timeout.0 == 0 {
+            if hc.interval.is_some_and(|i| i.0 == 0) || hc.timeout.0 == 0 {
                 bad(
                     format!("{at}.health_check"),
                     "interval and timeout must be above 0".into(),
@@ -1732,7 +1802,12 @@ fn validate_workspace(
 // === impl FraiseConfig ===
 
 impl FraiseConfig {
-    pub fn health_check_spec(&self) -> Option<HealthCheckSpec> {
+    /// How its instances are probed, in an environment whose `health_check_interval` is
+    /// `environment_interval`.
+    pub fn health_check_spec(
+        &self,
+        environment_interval: Option<Millis>,
+    ) -> Option<HealthCheckSpec> {
         let hc = self.health_check.as_ref()?;
         let kind = match hc.kind {
             ProbeType::Http => ProbeKind::Http {
@@ -1746,7 +1821,10 @@ impl FraiseConfig {
         };
         Some(HealthCheckSpec {
             kind,
-            interval_ms: hc.interval.0,
+            interval_ms: hc
+                .interval
+                .or(environment_interval)
+                .map_or(DEFAULT_PROBE_INTERVAL.0, |i| i.0),
             timeout_ms: hc.timeout.0,
             healthy_threshold: hc.healthy_threshold,
             unhealthy_threshold: hc.unhealthy_threshold,
@@ -1855,7 +1933,7 @@ fraises:
         let c = Config::parse(GOOD).unwrap();
         let f = c.fraise("my_api").unwrap();
         assert_eq!(f.environments["production"].instances, 2);
-        assert_eq!(f.health_check.as_ref().unwrap().interval, Millis(500));
+        assert_eq!(f.health_check.as_ref().unwrap().interval, Some(Millis(500)));
     }
 
     #[test]

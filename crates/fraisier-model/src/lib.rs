@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod config;
 pub mod cron;
 pub mod duration;
+pub mod environment;
 pub mod metrics;
 pub mod names;
 pub mod plan;

@@ -237,7 +237,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         nats,
         engine,
         keys,
-        config: config.clone(),
         roles,
         limiter: Arc::new(limits::Limiter::new(config.server.rate_limits)),
         signing: Arc::new(signing::SigningKey::load_or_create(&data_dir)?),

@@ -12,6 +12,7 @@ mod approvals;
 mod artifacts;
 mod audit;
 pub mod blobs;
+mod environments;
 mod events;
 mod freezes;
 mod groups;
@@ -42,6 +43,7 @@ pub use artifacts::{
 pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };
+pub use environments::EnvironmentRecord;
 pub use freezes::{EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};

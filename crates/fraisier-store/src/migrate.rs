@@ -509,6 +509,25 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX events_unpublished ON events (id) WHERE published_at IS NULL",
         ],
     },
+    Migration {
+        version: 17,
+        name: "environments as data",
+        statements: &[
+            // The settings the API set on an environment (JSON, only those it set), over what
+            // fraisier.yaml declares; `deleted_at`: the API deleted it.
+            "CREATE TABLE environments (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            deleted_at BIGINT,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            updated_by TEXT NOT NULL,
+            PRIMARY KEY (tenant_id, name)
+        )",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -80,8 +80,72 @@ store_suite! {
     a_join_token_admits_as_many_agents_as_it_has_uses,
     targets_and_groups_keep_members_and_change_per_field,
     a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses,
+    environments_are_written_deleted_and_made_again,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
+}
+
+/// Environments as the API left them: settings replaced whole, a deletion that drops the
+/// environment's lock, windows, limits and own variables (not a fraise's), and one made again
+/// after it is deleted starting afresh, by its new creator.
+async fn environments_are_written_deleted_and_made_again(db: &TestDb) {
+    use fraisier_model::environment::EnvironmentSettings;
+    let s = &db.store;
+    let settings = EnvironmentSettings {
+        required_approvals: Some(2),
+        display_name: Some("QA".into()),
+        ..EnvironmentSettings::default()
+    };
+    let made = s
+        .put_environment("t1", "qa", &settings, "ann")
+        .await
+        .unwrap();
+    assert_eq!(made.settings, settings);
+    assert_eq!((made.created_by.as_str(), made.deleted_at), ("ann", None));
+    let fewer = EnvironmentSettings {
+        required_approvals: Some(1),
+        ..EnvironmentSettings::default()
+    };
+    let changed = s.put_environment("t1", "qa", &fewer, "bob").await.unwrap();
+    assert_eq!(changed.settings, fewer, "replaced whole");
+    assert_eq!(
+        (changed.created_by.as_str(), changed.updated_by.as_str()),
+        ("ann", "bob")
+    );
+    assert!(s.environment_record("t2", "qa").await.unwrap().is_none());
+
+    s.lock_environment("t1", "qa", "ann", Some("x"))
+        .await
+        .unwrap()
+        .unwrap();
+    let set = |n: &str| vec![(n.to_string(), Some("1".to_string()))];
+    s.change_variables("t1", "", "qa", false, &set("OWN"), "ann")
+        .await
+        .unwrap();
+    s.change_variables("t1", "api", "qa", false, &set("FRAISE"), "ann")
+        .await
+        .unwrap();
+    s.delete_environment("t1", "qa", "cy").await.unwrap();
+    let gone = s.environment_record("t1", "qa").await.unwrap().unwrap();
+    assert!(gone.deleted_at.is_some());
+    assert!(gone.settings.is_empty());
+    assert!(s.environment_lock("t1", "qa").await.unwrap().is_none());
+    assert!(s.variables("t1", "", "qa").await.unwrap().is_empty());
+    assert_eq!(s.variables("t1", "api", "qa").await.unwrap().len(), 1);
+    // A declared environment with no row is deleted by a row of its own.
+    s.delete_environment("t1", "sandbox", "cy").await.unwrap();
+
+    let again = s
+        .put_environment("t1", "qa", &EnvironmentSettings::default(), "dee")
+        .await
+        .unwrap();
+    assert_eq!((again.created_by.as_str(), again.deleted_at), ("dee", None));
+    let all = s.environment_records().await.unwrap();
+    let names: Vec<(&str, bool)> = all
+        .iter()
+        .map(|r| (r.name.as_str(), r.deleted_at.is_some()))
+        .collect();
+    assert_eq!(names, [("qa", false), ("sandbox", true)]);
 }
 
 /// Run leases: four servers claim at once and each run goes to exactly one; a run just

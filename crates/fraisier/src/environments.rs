@@ -1,5 +1,6 @@
-//! `fraisier environment`: the environments of your workspace, their locks and their freeze
-//! windows — what keeps deploys, rollbacks and variable changes out for a while.
+//! `fraisier environment`: the environments of your workspace — made, changed and deleted
+//! through the API next to those fraisier.yaml declares — their variables, their locks and
+//! their freeze windows (what keeps deploys, rollbacks and variable changes out for a while).
 
 use std::process::ExitCode;
 
@@ -13,8 +14,32 @@ use crate::table::render;
 
 #[derive(Subcommand)]
 pub enum EnvironmentCommand {
-    /// The environments and how their fraises stand
+    /// The environments, in order, and how their fraises stand
     List,
+    /// One environment's settings, lock and freeze windows
+    Show { environment: String },
+    /// Make an environment (fraisier.yaml need not declare it)
+    Create {
+        environment: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Change an environment's settings; those not given stay
+    Update {
+        environment: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Delete an environment no fraise is configured for, with its lock, freeze windows,
+    /// limits and variables
+    Delete { environment: String },
+    /// The environment's own variables, or set (NAME=value) and remove (NAME=) them; every
+    /// fraise there gets them below its own, released by a config run per fraise
+    Variables {
+        environment: String,
+        /// NAME=value to set, NAME= to remove
+        assignments: Vec<String>,
+    },
     /// Refuse deploys, rollbacks and variable changes there until `unlock`
     Lock {
         environment: String,
@@ -58,6 +83,97 @@ pub enum EnvironmentCommand {
         #[arg(long)]
         no_limit: bool,
     },
+}
+
+/// An environment's settings, as `create` and `update` take them.
+#[derive(clap::Args)]
+pub struct Settings {
+    #[arg(long)]
+    display_name: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Where it stands among the environments (development 1, staging 3, production 4)
+    #[arg(long)]
+    order: Option<u32>,
+    /// Whether it serves users
+    #[arg(long)]
+    production: Option<bool>,
+    /// Approvals a run needs from other people
+    #[arg(long)]
+    required_approvals: Option<u32>,
+    /// Whether whoever asked for a run may not approve it
+    #[arg(long)]
+    require_sod: Option<bool>,
+    /// A run's time limit when none is asked for: seconds, or 10m, 2h
+    #[arg(long)]
+    deployment_timeout: Option<String>,
+    /// How often instances are probed when a fraise sets no interval: seconds, or 500ms
+    #[arg(long)]
+    health_check_interval: Option<String>,
+    /// default (from anywhere) or sequential (only from the environment before it)
+    #[arg(long)]
+    promotion_policy: Option<String>,
+}
+
+impl Settings {
+    fn body(self, name: Option<&str>) -> Value {
+        let mut body = json!({
+            "name": name, "display_name": self.display_name, "description": self.description,
+            "order_index": self.order, "is_production": self.production,
+            "required_approvals": self.required_approvals, "require_sod": self.require_sod,
+            "promotion_policy": self.promotion_policy,
+        });
+        let mut config = serde_json::Map::new();
+        for (key, v) in [
+            ("deployment_timeout", self.deployment_timeout),
+            ("health_check_interval", self.health_check_interval),
+        ] {
+            if let Some(v) = v {
+                // A plain number is seconds; anything else goes as written ("10m").
+                let v = v.parse::<u64>().map_or(json!(v), |n| json!(n));
+                config.insert(key.into(), v);
+            }
+        }
+        if !config.is_empty() {
+            body["config"] = Value::Object(config);
+        }
+        if let Some(o) = body.as_object_mut() {
+            o.retain(|_, v| !v.is_null());
+        }
+        body
+    }
+}
+
+fn print_environment(v: &Value) {
+    let timeout = s(&v["config"]["deployment_timeout"]);
+    let interval = match &v["config"]["health_check_interval"] {
+        Value::Null => "each fraise's own".to_string(),
+        i => format!("{}s", s(i)),
+    };
+    println!("{} ({})", s(&v["name"]), s(&v["display_name"]));
+    for (k, val) in [
+        ("order", s(&v["order_index"])),
+        ("production", s(&v["is_production"])),
+        ("required approvals", s(&v["required_approvals"])),
+        ("separation of duties", s(&v["require_sod"])),
+        ("deployment timeout", format!("{timeout}s")),
+        ("health check interval", interval),
+        ("promotion policy", s(&v["promotion_policy"])),
+        ("defined in", s(&v["defined_in"])),
+    ] {
+        println!("  {k:<22} {val}");
+    }
+    if let Some(by) = v["updated_by"].as_str() {
+        println!("  {:<22} {} by {by}", "changed", s(&v["updated_at"]));
+    }
+    if v["lock"].is_object() {
+        println!(
+            "  {:<22} by {}: {}",
+            "locked",
+            s(&v["lock"]["locked_by"]),
+            s(&v["lock"]["reason"])
+        );
+    }
 }
 
 /// `2026-12-24T00:00:00Z`, or a duration from now.
@@ -104,13 +220,97 @@ pub async fn run(ctx: &Ctx, cmd: EnvironmentCommand) -> Result<ExitCode> {
                     .iter()
                     .map(|e| {
                         vec![
+                            s(&e["order_index"]),
                             s(&e["name"]),
                             s(&e["status"]),
                             format!("{}/{}", s(&e["fraises_deployed"]), s(&e["fraises_total"])),
+                            s(&e["defined_in"]),
                         ]
                     })
                     .collect();
-                print!("{}", render(&["NAME", "STATUS", "DEPLOYED"], &rows));
+                print!(
+                    "{}",
+                    render(
+                        &["ORDER", "NAME", "STATUS", "DEPLOYED", "DEFINED IN"],
+                        &rows
+                    )
+                );
+            }
+        }
+        EnvironmentCommand::Show { environment } => {
+            let v = c.get(&format!("/environments/{environment}"), &[]).await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                print_environment(&v);
+            }
+        }
+        EnvironmentCommand::Create {
+            environment,
+            settings,
+        } => {
+            let (_, v) = c
+                .post("/environments", &settings.body(Some(&environment)))
+                .await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                print_environment(&v);
+            }
+        }
+        EnvironmentCommand::Update {
+            environment,
+            settings,
+        } => {
+            let (_, v) = c
+                .put(
+                    &format!("/environments/{environment}"),
+                    &settings.body(None),
+                )
+                .await?;
+            if ctx.json {
+                print_json(&v);
+            } else {
+                print_environment(&v);
+            }
+        }
+        EnvironmentCommand::Delete { environment } => {
+            c.delete(&format!("/environments/{environment}")).await?;
+            eprintln!("deleted {environment}");
+        }
+        EnvironmentCommand::Variables {
+            environment,
+            assignments,
+        } => {
+            let path = format!("/environments/{environment}/variables");
+            if assignments.is_empty() {
+                let v = c.get(&path, &[]).await?;
+                if ctx.json {
+                    print_json(&v);
+                } else {
+                    for var in v["variables"].as_array().map_or(&[][..], |a| a) {
+                        println!("{}={}", s(&var["name"]), s(&var["value"]));
+                    }
+                }
+            } else {
+                let mut body = serde_json::Map::new();
+                for a in &assignments {
+                    let (name, value) = a.split_once('=').with_context(|| {
+                        format!("{a:?}: write NAME=value, or NAME= to remove it")
+                    })?;
+                    let value = if value.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(value)
+                    };
+                    body.insert(name.to_string(), value);
+                }
+                let (_, v) = c.put(&path, &Value::Object(body)).await?;
+                if ctx.json {
+                    print_json(&v);
+                } else {
+                    println!("{}", s(&v["message"]));
+                }
             }
         }
         EnvironmentCommand::Lock {

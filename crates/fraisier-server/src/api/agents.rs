@@ -134,7 +134,7 @@ fn view(a: &Agent, offline_after: Millis) -> AgentView {
 }
 
 fn offline_after(state: &AppState) -> Millis {
-    state.config.server.agent_offline_after
+    state.config().server.agent_offline_after
 }
 
 fn noted(mut r: Response, id: i64) -> Response {
@@ -326,7 +326,7 @@ pub async fn register(
         name: agent.name.clone(),
         workspace: agent.workspace.clone(),
         credential,
-        heartbeat_interval_ms: state.config.server.agent_heartbeat_interval.0,
+        heartbeat_interval_ms: state.config().server.agent_heartbeat_interval.0,
     };
     let mut r = (StatusCode::CREATED, Json(membership)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/agents/{id}")) {
@@ -378,7 +378,7 @@ pub async fn heartbeat(
     }
     Ok(Json(HeartbeatAck {
         status: a.status(Utc::now(), offline_after(&state)),
-        heartbeat_interval_ms: state.config.server.agent_heartbeat_interval.0,
+        heartbeat_interval_ms: state.config().server.agent_heartbeat_interval.0,
     }))
 }
 

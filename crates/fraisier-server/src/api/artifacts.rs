@@ -261,7 +261,7 @@ fn version_push(
         tags,
         metadata: json!({}),
         by: who.username.clone(),
-        limit: state.config.server.max_artifact_bytes,
+        limit: state.config().server.max_artifact_bytes,
     };
     state.engine.check_push(&push)?;
     Ok(push)
@@ -282,7 +282,7 @@ pub(super) async fn receive(
     } else {
         Some(plan(q)?)
     };
-    let limit = state.config.server.max_artifact_bytes;
+    let limit = state.config().server.max_artifact_bytes;
     let blob = upload.store(q, fields, &state.engine, limit).await?;
     let push = match early.map_or_else(|| plan(q), Ok) {
         Ok(push) => push,
@@ -446,7 +446,7 @@ pub struct PromoteBody {
     responses((status = 202, body = Created, description = "the deploy into `to`", headers(("Location" = String, description = "the run"))),
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "NOT_PROMOTABLE: not a fraise's artifact, or not what runs in `from`; or a deploy is in progress"),
-              (status = 422, body = ErrorBody)))]
+              (status = 422, body = ErrorBody, description = "PROMOTION_BLOCKED: `to` takes promotions only from the environment before it; or a guard refuses")))]
 pub async fn promote(
     State(state): State<AppState>,
     who: Caller,
@@ -913,7 +913,7 @@ pub async fn storage(
         versions: s.versions,
         bytes: s.bytes,
         stored_bytes: s.stored_bytes,
-        retention: state.config.server.artifact_retention,
+        retention: state.config().server.artifact_retention,
     }))
 }
 
@@ -947,7 +947,7 @@ pub async fn storage_costs(
     State(state): State<AppState>,
     who: Caller,
 ) -> Result<Json<CostView>, ApiError> {
-    let Some(rate) = state.config.server.storage_cost_per_gib_month else {
+    let Some(rate) = state.config().server.storage_cost_per_gib_month else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "COSTS_NOT_CONFIGURED",
@@ -959,7 +959,7 @@ pub async fn storage_costs(
     Ok(Json(CostView {
         stored_gib: (gib * 1e6).round() / 1e6,
         rate_per_gib_month: rate,
-        currency: state.config.server.storage_currency.clone(),
+        currency: state.config().server.storage_currency.clone(),
         monthly: (gib * rate * 100.0).round() / 100.0,
     }))
 }
@@ -972,7 +972,9 @@ pub async fn storage_cleanup(
     who: Caller,
     super::extract::JsonBody(body): super::extract::JsonBody<CleanupBody>,
 ) -> Result<Response, ApiError> {
-    let keep = body.keep.unwrap_or(state.config.server.artifact_retention);
+    let keep = body
+        .keep
+        .unwrap_or(state.config().server.artifact_retention);
     if !(1..=100_000).contains(&keep) {
         return Err(ApiError::invalid("keep", "keep is 1 to 100000 versions"));
     }

@@ -181,7 +181,7 @@ pub async fn project_fraises(
     super::projects::find(state, who, &project).await?;
     Ok(Some(
         state
-            .config
+            .config()
             .scope(&who.workspace)
             .fraises
             .iter()

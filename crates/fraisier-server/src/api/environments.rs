@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
+use super::environment_admin::{view, view_of};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{check_text, JsonBody, QueryMap};
 use super::gate::{authorize, AuditNote, Caller};
@@ -38,7 +39,7 @@ async fn statuses(
     env: &str,
 ) -> Result<Vec<(String, fraisier_engine::ServiceStatus)>, ApiError> {
     let mut out = Vec::new();
-    for (name, f) in &state.config.scope(&who.workspace).fraises {
+    for (name, f) in &state.config().scope(&who.workspace).fraises {
         if f.environments.contains_key(env) {
             let s = state
                 .engine
@@ -89,19 +90,16 @@ fn status_word(c: &Counts) -> &'static str {
     }
 }
 
-/// An environment of the caller's workspace; another workspace's answers 404.
-fn lookup<'a>(
-    state: &'a AppState,
+/// An environment of the caller's workspace, as it is now; another workspace's answers 404.
+fn lookup(
+    state: &AppState,
     who: &Caller,
     name: &str,
-) -> Result<&'a fraisier_model::config::EnvironmentConfig, ApiError> {
+) -> Result<fraisier_model::config::EnvironmentConfig, ApiError> {
     state
-        .config
-        .scope(&who.workspace)
-        .environments
-        .get(name)
-        .filter(|_| fraisier_model::names::is_valid_name(name))
-        .ok_or_else(|| ApiError::environment_not_found(name))
+        .engine
+        .environment(&who.workspace, name)
+        .map_err(|_| ApiError::environment_not_found(name))
 }
 
 #[utoipa::path(get, path = "/api/v1/environments", tag = "environments",
@@ -118,13 +116,19 @@ pub async fn list(
     } else {
         Vec::new()
     };
+    let records = state.engine.store().environment_records().await?;
+    let live = state.config();
     let mut out = Vec::new();
-    for (name, e) in &state.config.scope(&who.workspace).environments {
+    for (name, e) in live.scope(&who.workspace).environments_in_order() {
         let c = counts(&state, &who, name).await?;
-        let mut entry = json!({
-            "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
-            "provider": e.provider, "fraises_deployed": c.deployed, "fraises_total": c.total, "status": status_word(&c),
-        });
+        let record = records
+            .iter()
+            .find(|r| r.tenant_id == who.workspace && r.name == *name);
+        let mut entry = json!(view(&state, &who.workspace, name, e, record));
+        entry["provider"] = json!(e.provider);
+        entry["fraises_deployed"] = json!(c.deployed);
+        entry["fraises_total"] = json!(c.total);
+        entry["status"] = json!(status_word(&c));
         if include_state {
             entry["current_release"] = current_release(&state, &who, name).await?;
             entry["releases"] = services
@@ -174,8 +178,8 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let e = lookup(&state, &who, &name)?;
     let c = counts(&state, &who, &name).await?;
-    let fraises: Vec<&String> = state
-        .config
+    let live = state.config();
+    let fraises: Vec<&String> = live
         .scope(&who.workspace)
         .fraises
         .iter()
@@ -187,11 +191,14 @@ pub async fn get(
         .engine
         .freeze_windows(&who.workspace, &name, true)
         .await?;
-    Ok(Json(json!({
-        "name": name, "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()), "description": e.description,
-        "provider": e.provider, "fraises": fraises, "fraises_deployed": c.deployed, "status": status_word(&c),
-        "lock": lock.as_ref().map(lock_view), "active_freeze_windows": frozen.iter().map(window_view).collect::<Vec<_>>(),
-    })))
+    let mut out = json!(view_of(&state, &who.workspace, &name).await?);
+    out["provider"] = json!(e.provider);
+    out["fraises"] = json!(fraises);
+    out["fraises_deployed"] = json!(c.deployed);
+    out["status"] = json!(status_word(&c));
+    out["lock"] = json!(lock.as_ref().map(lock_view));
+    out["active_freeze_windows"] = json!(frozen.iter().map(window_view).collect::<Vec<_>>());
+    Ok(Json(out))
 }
 
 #[utoipa::path(get, path = "/api/v1/environments/{environment_name}/status", tag = "environments",

@@ -223,12 +223,19 @@ impl From<EngineError> for ApiError {
             EngineError::ArtifactConflict(_)
             | EngineError::ArtifactInUse(_)
             | EngineError::NotPromotable(_) => (StatusCode::CONFLICT, json!({})),
+            EngineError::PromotionBlocked(_) => (StatusCode::UNPROCESSABLE_ENTITY, json!({})),
             EngineError::SourceUnavailable(_) => (StatusCode::BAD_GATEWAY, json!({})),
             EngineError::EnvironmentLocked(l) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({ "environment": l.environment, "locked_by": l.locked_by, "reason": l.reason,
                         "locked_at": super::views::ts(l.locked_at) }),
             ),
+            EngineError::EnvironmentExists(name) => {
+                (StatusCode::CONFLICT, json!({ "environment": name }))
+            }
+            EngineError::EnvironmentInUse { name, .. } => {
+                (StatusCode::CONFLICT, json!({ "environment": name }))
+            }
             EngineError::AlreadyLocked(l) => (
                 StatusCode::CONFLICT,
                 json!({ "environment": l.environment, "locked_by": l.locked_by, "reason": l.reason,

@@ -81,13 +81,14 @@ fn schedule_view(s: &ObservedSchedule) -> Value {
 
 /// A fraise of the caller's workspace; another workspace's answers 404 like one that does not
 /// exist.
-fn lookup<'a>(state: &'a AppState, who: &Caller, name: &str) -> Result<&'a FraiseConfig, ApiError> {
+fn lookup(state: &AppState, who: &Caller, name: &str) -> Result<FraiseConfig, ApiError> {
     state
-        .config
+        .config()
         .scope(&who.workspace)
         .fraises
         .get(name)
         .filter(|_| fraisier_model::names::is_valid_name(name))
+        .cloned()
         .ok_or_else(|| ApiError::fraise_not_found(name))
 }
 
@@ -100,7 +101,7 @@ pub fn environment_filter(
     match q.text("environment") {
         Some(e)
             if !state
-                .config
+                .config()
                 .scope(&who.workspace)
                 .environments
                 .contains_key(&e) =>
@@ -137,8 +138,8 @@ pub async fn list(
     let env = environment_filter(&state, &who, &q)?;
     let project = q.text("project");
     let text = q.text("q").map(|t| t.to_lowercase());
-    let matching: Vec<(&String, &FraiseConfig)> = state
-        .config
+    let live = state.config();
+    let matching: Vec<(&String, &FraiseConfig)> = live
         .scope(&who.workspace)
         .fraises
         .iter()
@@ -232,7 +233,7 @@ pub async fn get(
         "git_provider": f.git_provider, "git_repo": f.git_repo, "git_branch": f.git_branch,
         "status": FraiseStatus::overall(&statuses),
         "created_at": views::ts(state.started_at), "updated_at": views::ts(updated),
-        "versions": fraisier_engine::known_versions(f),
+        "versions": fraisier_engine::known_versions(&f),
         "dependencies": f.dependencies,
         "health_check": f.health_check,
         "environments": envs,
@@ -251,7 +252,7 @@ pub async fn status(
     let f = lookup(&state, &who, &name)?;
     let mut envs = serde_json::Map::new();
     let mut statuses = Vec::new();
-    for e in env_filter(&state, &who, f, &q)? {
+    for e in env_filter(&state, &who, &f, &q)? {
         let s = state
             .engine
             .service_status(&who.workspace, &name, e)

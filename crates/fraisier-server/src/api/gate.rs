@@ -462,12 +462,8 @@ pub fn authorize(
     permission: Permission,
     environment: &str,
 ) -> Result<(), ApiError> {
-    let Some(env) = state
-        .config
-        .scope(&caller.workspace)
-        .environments
-        .get(environment)
-    else {
+    let live = state.config();
+    let Some(env) = live.scope(&caller.workspace).environments.get(environment) else {
         return Ok(());
     };
     state

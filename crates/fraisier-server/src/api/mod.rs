@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod deployments;
+pub mod environment_admin;
 pub mod environments;
 pub mod error;
 pub mod extract;
@@ -52,7 +53,6 @@ use error::{ApiError, REQUEST_ID};
 pub struct AppState {
     pub engine: Engine,
     pub keys: Keys,
-    pub config: Arc<Config>,
     pub roles: Arc<Roles>,
     pub limiter: Arc<Limiter>,
     /// Signs artifact versions.
@@ -62,6 +62,13 @@ pub struct AppState {
     /// The event bus, when `server.nats_url` is set.
     pub nats: Option<Arc<crate::nats::Nats>>,
     pub started_at: DateTime<Utc>,
+}
+
+impl AppState {
+    /// The configuration now: fraisier.yaml with the API's environment changes.
+    pub fn config(&self) -> Arc<Config> {
+        self.engine.config()
+    }
 }
 
 /// The API's routes; what each needs of its caller is declared in `routes::ROUTES`, which the
@@ -192,13 +199,25 @@ pub fn router(state: AppState) -> Router {
         .route("/targets/{id}/health-check", post(targets::health_check))
         .route("/targets/{id}/sticker", get(targets::sticker))
         .route("/targets/{id}/drift", get(targets::drift))
-        .route("/environments", get(environments::list))
-        .route("/environments/{name}", get(environments::get))
+        .route(
+            "/environments",
+            get(environments::list).post(environment_admin::create),
+        )
+        .route(
+            "/environments/{name}",
+            get(environments::get)
+                .put(environment_admin::update)
+                .delete(environment_admin::delete),
+        )
         .route("/environments/{name}/status", get(environments::status))
         .route("/environments/{name}/lock", post(environments::lock))
         .route("/environments/{name}/unlock", post(environments::unlock))
         .route("/environments/{name}/health", get(environments::health))
         .route("/environments/{name}/config", get(environments::config))
+        .route(
+            "/environments/{name}/variables",
+            get(variables::environment_variables).put(variables::set_environment_variables),
+        )
         .route("/environments/{name}/metrics", get(environments::metrics))
         .route(
             "/environments/{name}/deployments",

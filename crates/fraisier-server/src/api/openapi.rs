@@ -9,9 +9,9 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{self, Need};
 use super::{
-    agents, api_keys, approvals, artifacts, audit, auth, deployments, environments, error, fraises,
-    notifications, params, projects, services, sources, system, target_groups, targets, users,
-    variables, webhooks, workspaces,
+    agents, api_keys, approvals, artifacts, audit, auth, deployments, environment_admin,
+    environments, error, fraises, notifications, params, projects, services, sources, system,
+    target_groups, targets, users, variables, webhooks, workspaces,
 };
 
 struct BearerAuth;
@@ -58,7 +58,8 @@ impl Modify for BearerAuth {
         deployments::list, deployments::get, deployments::create, deployments::cancel, deployments::rollback, deployments::logs, deployments::events,
         services::create, services::validate, services::health, services::rollback, services::progress,
         fraises::list, fraises::get, fraises::status, fraises::history,
-        environments::list, environments::get, environments::status, environments::lock, environments::unlock,
+        variables::environment_variables, variables::set_environment_variables,
+        environments::list, environments::get, environment_admin::create, environment_admin::update, environment_admin::delete, environments::status, environments::lock, environments::unlock,
         environments::add_freeze_window, environments::freeze_windows, environments::delete_freeze_window,
         environments::limits, environments::set_limits, environments::health, environments::metrics,
         environments::deployments, environments::config,
@@ -78,7 +79,10 @@ impl Modify for BearerAuth {
         targets::TargetHealth, fraisier_model::target::TargetType, targets::LabelFilter,
         targets::TargetBody, targets::TargetUpdate, targets::DriftView, targets::DriftExpected,
         targets::DriftActual, targets::DriftComponent, targets::DriftFile, target_groups::TargetGroupView, target_groups::TargetGroupList,
-        target_groups::TargetGroupBody, target_groups::TargetGroupUpdate, fraisier_model::agent::AgentStatus)),
+        target_groups::TargetGroupBody, target_groups::TargetGroupUpdate,
+        variables::EnvironmentVariablesView, variables::EnvironmentVariablesUpdated,
+        environment_admin::EnvironmentView, environment_admin::EnvironmentBody, environment_admin::EnvironmentTimingsView,
+        environment_admin::EnvironmentTimingsBody, environment_admin::DefinedIn, fraisier_model::environment::PromotionPolicy, fraisier_model::agent::AgentStatus)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),
     tags((name = "agents", description = "Agents on the hosts, joining and reporting (seed 002)"), (name = "targets", description = "Where fraises run: the agents, as seed 004's targets"), (name = "deployments", description = "Deployment runs (seed 000)"), (name = "service deployments", description = "A fraise in an environment (seed 001)")),

@@ -73,7 +73,7 @@ pub async fn find(state: &AppState, who: &Caller, name: &str) -> Result<Group, A
 
 fn fraises_of(state: &AppState, who: &Caller, project: &str) -> Vec<String> {
     state
-        .config
+        .config()
         .scope(&who.workspace)
         .fraises
         .iter()

@@ -172,8 +172,8 @@ pub fn resolve(
         Some((f, e)) => (f, Some(e)),
         None => (name, environment),
     };
-    let f = state
-        .config
+    let live = state.config();
+    let f = live
         .scope(&who.workspace)
         .fraises
         .get(fraise)
@@ -302,8 +302,8 @@ fn deploy_request(
     let (fraise, environment) = resolve(state, who, &spec.name, spec.environment.as_deref())?;
     check_fixed(
         &spec,
-        &state.config.scope(&who.workspace).fraises[&fraise],
-        &state.config.server.allowed_health_hosts,
+        &state.config().scope(&who.workspace).fraises[&fraise],
+        &state.config().server.allowed_health_hosts,
     )?;
     let mut metadata = if let Some(m) = spec.metadata {
         Value::Object(m)
@@ -515,7 +515,8 @@ pub async fn get(
         .engine
         .service_status(&who.workspace, fraise, env)
         .await?;
-    let f = &state.config.scope(&who.workspace).fraises[fraise];
+    let live = state.config();
+    let f = &live.scope(&who.workspace).fraises[fraise];
     let fe = &f.environments[env];
     let current = s.current_version().map(str::to_string);
     let live = s
@@ -599,7 +600,7 @@ pub async fn list(
     )?;
     let env_filter = q.text("environment");
     let mut items = Vec::new();
-    for (fraise, f) in &state.config.scope(&who.workspace).fraises {
+    for (fraise, f) in &state.config().scope(&who.workspace).fraises {
         for env in f.environments.keys() {
             if env_filter.as_deref().is_some_and(|e| e != env) {
                 continue;

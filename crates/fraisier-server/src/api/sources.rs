@@ -221,7 +221,8 @@ pub async fn github(
         &body.environment,
     )?;
     if let Some(repository) = &body.repository {
-        let config = state.config.scope(&who.workspace);
+        let live = state.config();
+        let config = live.scope(&who.workspace);
         let f = config
             .fraises
             .get(&body.fraise)
@@ -346,7 +347,8 @@ pub async fn direct(
             let (fraise, environment, version) =
                 (need("fraise")?, need("environment")?, need("version")?);
             authorize(&state, &who, Permission::DeploymentCreate, &environment)?;
-            let config = state.config.scope(&who.workspace);
+            let live = state.config();
+            let config = live.scope(&who.workspace);
             let f = config
                 .fraises
                 .get(&fraise)
@@ -363,7 +365,7 @@ pub async fn direct(
                 tags: Vec::new(),
                 metadata: json!({ "source": "upload" }),
                 by: who.username.clone(),
-                limit: state.config.server.max_artifact_bytes,
+                limit: state.config().server.max_artifact_bytes,
             };
             state.engine.check_push(&push)?;
             Ok(push)

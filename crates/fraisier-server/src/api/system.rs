@@ -90,7 +90,8 @@ fn histogram(
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>, who: Caller) -> Response {
     let store = state.engine.store();
-    let scope = state.config.scope(&who.workspace);
+    let live = state.config();
+    let scope = live.scope(&who.workspace);
     let stats = match store.run_stats(&who.workspace, DURATION_BOUNDS).await {
         Ok(s) => s,
         Err(e) => return super::error::ApiError::internal(e).into_response(),

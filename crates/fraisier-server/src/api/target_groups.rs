@@ -115,7 +115,7 @@ pub(super) fn known_environment(
 ) -> Result<(), ApiError> {
     if fraisier_model::names::is_valid_name(name)
         && state
-            .config
+            .config()
             .scope(&who.workspace)
             .environments
             .contains_key(name)
@@ -129,7 +129,7 @@ pub(super) fn known_environment(
 /// The fraises placed on a group (by its environment and name).
 fn used_by(state: &AppState, who: &Caller, environment: &str, name: &str) -> Vec<String> {
     state
-        .config
+        .config()
         .scope(&who.workspace)
         .fraises
         .iter()

@@ -125,7 +125,7 @@ fn health(status: AgentStatus) -> TargetHealth {
 }
 
 fn status_of(state: &AppState, a: &Agent) -> AgentStatus {
-    a.status(Utc::now(), state.config.server.agent_offline_after)
+    a.status(Utc::now(), state.config().server.agent_offline_after)
 }
 
 /// Groups of the workspace holding a target, by membership or by labels.
@@ -154,7 +154,7 @@ async fn view(
     a: &Agent,
 ) -> Result<HostTarget, ApiError> {
     let mut environment_ids = Vec::new();
-    for env in state.config.scope(&who.workspace).environments.keys() {
+    for env in state.config().scope(&who.workspace).environments.keys() {
         let hosts = state
             .engine
             .fleet()
@@ -289,7 +289,7 @@ pub async fn list(
     let environment = q.get("environment_id").map(str::to_string);
     if let Some(env) = &environment {
         if !state
-            .config
+            .config()
             .scope(&who.workspace)
             .environments
             .contains_key(env)

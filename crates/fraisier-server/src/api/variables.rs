@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fraisier_engine::{VariableChange, VariableKind, VariablesChanged};
+use fraisier_engine::{
+    EnvironmentVariablesChanged, VariableChange, VariableKind, VariablesChanged,
+};
 use fraisier_model::access::Permission;
 use fraisier_store::{run_id_string, Variable};
 use serde::{Deserialize, Serialize};
@@ -256,6 +258,100 @@ async fn change(
     })
 }
 
+/// An environment's own variables (seed 003's `/environments/{id}/variables`): every fraise
+/// there gets them, below its own.
+#[derive(Serialize, ToSchema)]
+pub struct EnvironmentVariablesView {
+    pub environment: String,
+    pub variables: Vec<VariableView>,
+}
+
+/// A change of an environment's variables: what changed, and the `config` run releasing it to
+/// each fraise running there.
+#[derive(Serialize, ToSchema)]
+pub struct EnvironmentVariablesUpdated {
+    pub environment: String,
+    pub changed: Vec<String>,
+    pub deployments: Vec<Created>,
+    pub message: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/environments/{environment_name}/variables", tag = "environments",
+    params(("environment_name" = String, Path)),
+    responses((status = 200, body = EnvironmentVariablesView), (status = 404, body = super::error::ErrorBody)))]
+pub async fn environment_variables(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(environment): Params<String>,
+) -> Result<Json<EnvironmentVariablesView>, ApiError> {
+    let list = state
+        .engine
+        .environment_variables(&who.workspace, &environment)
+        .await?;
+    Ok(Json(EnvironmentVariablesView {
+        environment,
+        variables: list.iter().map(view).collect(),
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/environments/{environment_name}/variables", tag = "environments",
+    params(("environment_name" = String, Path)),
+    request_body(content = super::params::VariablesBody),
+    responses((status = 202, body = EnvironmentVariablesUpdated, description = "changed; a config run per fraise running there releases it"),
+              (status = 200, body = EnvironmentVariablesUpdated, description = "nothing to release now (no change, or nothing runs there)"),
+              (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody, description = "a run is active there"),
+              (status = 422, body = super::error::ErrorBody, description = "ENVIRONMENT_LOCKED or ENVIRONMENT_FROZEN")))]
+pub async fn set_environment_variables(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(environment): Params<String>,
+    UserMap(body): UserMap,
+) -> Result<Response, ApiError> {
+    state
+        .engine
+        .environment(&who.workspace, &environment)
+        .map_err(|_| ApiError::environment_not_found(&environment))?;
+    authorize(&state, &who, Permission::DeploymentUpdate, &environment)?;
+    let values = changes(body)?;
+    let EnvironmentVariablesChanged { changed, runs } = state
+        .engine
+        .change_environment_variables(&who.workspace, &environment, &values, &who.username)
+        .await?;
+    let message = match (runs.is_empty(), changed.is_empty()) {
+        (_, true) => "nothing changed".to_string(),
+        (false, false) => format!(
+            "{} changed; {} roll it out",
+            changed.join(", "),
+            runs.iter()
+                .map(|r| run_id_string(r.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (true, false) => format!(
+            "{} changed; nothing runs in {environment} yet, each fraise's first deploy takes it",
+            changed.join(", ")
+        ),
+    };
+    let status = if runs.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let body = EnvironmentVariablesUpdated {
+        environment: environment.clone(),
+        changed,
+        deployments: runs.iter().map(created).collect(),
+        message,
+    };
+    let mut resp = (status, Json(body)).into_response();
+    resp.extensions_mut().insert(AuditNote {
+        resource: Some(format!("environment:{environment}")),
+        ..AuditNote::default()
+    });
+    Ok(resp)
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct SecretKeyRotated {
     /// The key that seals from now on.
@@ -269,7 +365,7 @@ pub struct SecretKeyRotated {
 #[utoipa::path(post, path = "/api/v1/secrets/keys/rotate", tag = "auth",
     responses((status = 200, body = SecretKeyRotated), (status = 409, body = super::error::ErrorBody, description = "the key comes from FRAISIER_SECRET_KEY")))]
 pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<SecretKeyRotated>, ApiError> {
-    let data_dir = &state.config.server.data_dir;
+    let data_dir = &state.config().server.data_dir;
     let (keys, resealed) = state
         .engine
         .rotate_secret_keys(|current| crate::secret_keys::add_key(data_dir, current))
@@ -322,7 +418,7 @@ fn workspace_view(v: &Variable) -> WorkspaceSecretView {
 /// takes `secret:update` in each of them. One that top-level configuration names (a webhook
 /// secret) guards every workspace: only a server admin (`auth:rotate`) changes it.
 fn authorize_everywhere(state: &AppState, who: &Caller, name: &str) -> Result<(), ApiError> {
-    for environment in state.config.scope(&who.workspace).environments.keys() {
+    for environment in state.config().scope(&who.workspace).environments.keys() {
         authorize(state, who, Permission::SecretUpdate, environment)?;
     }
     if state.engine.guards_the_server(&who.workspace, name) {

@@ -97,7 +97,8 @@ async fn visible(state: &AppState, who: &Caller, name: &str) -> Result<Group, Ap
 }
 
 async fn view(state: &AppState, w: Group) -> Result<WorkspaceView, ApiError> {
-    let scope = state.config.scope(&w.name);
+    let live = state.config();
+    let scope = live.scope(&w.name);
     let members = state.engine.store().members(&w.name).await?.len() as u64;
     Ok(WorkspaceView {
         display_name: w.display_name.clone().unwrap_or_else(|| w.name.clone()),

@@ -1,0 +1,332 @@
+//! Environments as data: the configuration the engine works from is fraisier.yaml's with the
+//! API's environment changes applied. A change goes to the store first, then the live copy is
+//! rebuilt from the file and every row, so the two never disagree for long: on PostgreSQL,
+//! other servers rebuild theirs every few seconds.
+//!
+//! Which wins: a field set through the API keeps its API value across restarts even when the
+//! file says otherwise (the server warns at start); an environment deleted through the API
+//! stays deleted unless a fraise in the file is configured for it. Everything else about an
+//! environment (roles, notifications, change windows) is the file's alone.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use fraisier_model::config::{Config, EnvironmentConfig};
+use fraisier_model::environment::EnvironmentSettings;
+use fraisier_model::names::name_problem;
+use fraisier_store::EnvironmentRecord;
+
+use crate::{Engine, EngineError};
+
+/// How often a server on PostgreSQL rereads the environments others may have changed.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The configuration as the engine sees it now.
+pub struct LiveConfig {
+    /// fraisier.yaml as loaded.
+    declared: Arc<Config>,
+    current: RwLock<Arc<Config>>,
+}
+
+/// What the file says and the API overrode, for the start-up warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overridden {
+    pub workspace: String,
+    pub environment: String,
+    /// Fields whose API value holds over the file's; empty with `deleted`.
+    pub fields: Vec<&'static str>,
+    pub deleted: bool,
+    pub by: String,
+}
+
+// === impl LiveConfig ===
+
+impl LiveConfig {
+    pub fn new(declared: Arc<Config>) -> LiveConfig {
+        LiveConfig {
+            current: RwLock::new(declared.clone()),
+            declared,
+        }
+    }
+
+    /// The configuration now; a later change does not alter the one returned.
+    pub fn current(&self) -> Arc<Config> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// fraisier.yaml as loaded, without the API's changes.
+    pub fn declared(&self) -> &Config {
+        &self.declared
+    }
+
+    /// Rebuilds the live configuration from the file and the store's rows.
+    pub fn rebuild(&self, records: &[EnvironmentRecord]) -> Vec<Overridden> {
+        let (config, overridden) = merge(&self.declared, records);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        overridden
+    }
+}
+
+/// The file's configuration with the API's environments applied, and what the API holds
+/// against the file.
+pub fn merge(declared: &Config, records: &[EnvironmentRecord]) -> (Config, Vec<Overridden>) {
+    let mut config = declared.clone();
+    let mut overridden = Vec::new();
+    for r in records {
+        let in_file = declared
+            .workspaces
+            .get(&r.tenant_id)
+            .and_then(|w| w.environments.get(&r.name));
+        let ws = config.workspaces.entry(r.tenant_id.clone()).or_default();
+        if r.deleted_at.is_some() {
+            // A fraise cannot be configured for an environment that is not there: the file's
+            // fraise keeps it.
+            let used = ws
+                .fraises
+                .values()
+                .any(|f| f.environments.contains_key(&r.name));
+            if !used && ws.environments.remove(&r.name).is_some() {
+                overridden.push(Overridden {
+                    workspace: r.tenant_id.clone(),
+                    environment: r.name.clone(),
+                    fields: Vec::new(),
+                    deleted: true,
+                    by: r.updated_by.clone(),
+                });
+            }
+            continue;
+        }
+        if let Some(e) = in_file {
+            let fields = r.settings.differences(e);
+            if !fields.is_empty() {
+                overridden.push(Overridden {
+                    workspace: r.tenant_id.clone(),
+                    environment: r.name.clone(),
+                    fields,
+                    deleted: false,
+                    by: r.updated_by.clone(),
+                });
+            }
+        }
+        let e = ws
+            .environments
+            .entry(r.name.clone())
+            .or_insert_with(|| EnvironmentConfig::made(&r.name));
+        r.settings.apply_to(e);
+    }
+    (config, overridden)
+}
+
+/// Why an environment cannot be deleted now, if it cannot.
+fn in_use(config: &Config, tenant: &str, name: &str, groups: usize) -> Option<String> {
+    let ws = config.scope(tenant);
+    let fraises: Vec<&str> = ws
+        .fraises
+        .iter()
+        .filter(|(_, f)| f.environments.contains_key(name))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !fraises.is_empty() {
+        return Some(format!(
+            "fraisier.yaml configures {} for it (fraises.<name>.environments.{name}); remove that first",
+            fraises.join(", ")
+        ));
+    }
+    (groups > 0).then(|| format!("it has {groups} target group(s); delete them first"))
+}
+
+fn invalid(field: &str, message: String) -> EngineError {
+    EngineError::InvalidParameters {
+        field: field.to_string(),
+        message: format!("{field}: {message}"),
+    }
+}
+
+fn check(settings: &EnvironmentSettings) -> Result<(), EngineError> {
+    match settings.problems().into_iter().next() {
+        Some((field, message)) => Err(invalid(field, message)),
+        None => Ok(()),
+    }
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// Rebuilds the live configuration from the store; what the API holds against the file.
+    pub async fn reload_environments(&self) -> Result<Vec<Overridden>, EngineError> {
+        let records = self.store().environment_records().await?;
+        Ok(self.inner.config.rebuild(&records))
+    }
+
+    /// An environment as fraisier.yaml declares it, without the API's changes.
+    pub fn declared_environment(&self, tenant: &str, name: &str) -> Option<&EnvironmentConfig> {
+        self.inner
+            .config
+            .declared()
+            .workspaces
+            .get(tenant)?
+            .environments
+            .get(name)
+    }
+
+    /// A run's time limit in an environment when the request gives none, in seconds.
+    pub fn default_timeout_secs(&self, tenant: &str, name: &str) -> u64 {
+        crate::request::default_timeout(self.config().scope(tenant), name)
+    }
+
+    /// An environment of a workspace, as configured now.
+    pub fn environment(&self, tenant: &str, name: &str) -> Result<EnvironmentConfig, EngineError> {
+        self.config()
+            .scope(tenant)
+            .environments
+            .get(name)
+            .filter(|_| fraisier_model::names::is_valid_name(name))
+            .cloned()
+            .ok_or_else(|| EngineError::EnvironmentNotFound(name.to_string()))
+    }
+
+    /// Creates an environment; 409 when one of that name exists.
+    pub async fn create_environment(
+        &self,
+        tenant: &str,
+        name: &str,
+        settings: &EnvironmentSettings,
+        by: &str,
+    ) -> Result<EnvironmentConfig, EngineError> {
+        if let Some(p) = name_problem(name) {
+            return Err(invalid("name", format!("invalid environment name: {p}")));
+        }
+        check(settings)?;
+        if self.config().scope(tenant).environments.contains_key(name) {
+            return Err(EngineError::EnvironmentExists(name.to_string()));
+        }
+        // What the file declares under that name (deleted through the API and made again)
+        // is where it starts from; its defaults otherwise.
+        let mut stored = EnvironmentSettings::of(
+            self.inner
+                .config
+                .declared()
+                .workspaces
+                .get(tenant)
+                .and_then(|w| w.environments.get(name))
+                .unwrap_or(&EnvironmentConfig::made(name)),
+        );
+        stored.merge(settings);
+        self.store()
+            .put_environment(tenant, name, &stored, by)
+            .await?;
+        self.reload_environments().await?;
+        self.environment(tenant, name)
+    }
+
+    /// Changes the fields `changes` sets; the others stay.
+    pub async fn update_environment(
+        &self,
+        tenant: &str,
+        name: &str,
+        changes: &EnvironmentSettings,
+        by: &str,
+    ) -> Result<EnvironmentConfig, EngineError> {
+        self.environment(tenant, name)?;
+        check(changes)?;
+        if changes.is_empty() {
+            return self.environment(tenant, name);
+        }
+        let mut stored = self
+            .store()
+            .environment_record(tenant, name)
+            .await?
+            .filter(|r| r.deleted_at.is_none())
+            .map(|r| r.settings)
+            .unwrap_or_default();
+        stored.merge(changes);
+        self.store()
+            .put_environment(tenant, name, &stored, by)
+            .await?;
+        self.reload_environments().await?;
+        self.environment(tenant, name)
+    }
+
+    /// Deletes an environment no fraise is configured for and no target group is in, with its
+    /// lock, freeze windows, limits and variables. Its runs stay in the history.
+    pub async fn delete_environment(
+        &self,
+        tenant: &str,
+        name: &str,
+        by: &str,
+    ) -> Result<(), EngineError> {
+        self.environment(tenant, name)?;
+        let groups = self.store().target_groups(tenant, Some(name)).await?.len();
+        if let Some(reason) = in_use(&self.config(), tenant, name, groups) {
+            return Err(EngineError::EnvironmentInUse {
+                name: name.to_string(),
+                reason,
+            });
+        }
+        self.store().delete_environment(tenant, name, by).await?;
+        self.reload_environments().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn record(name: &str, settings: EnvironmentSettings, deleted: bool) -> EnvironmentRecord {
+        EnvironmentRecord {
+            tenant_id: "default".into(),
+            name: name.into(),
+            settings,
+            deleted_at: deleted.then(Utc::now),
+            created_at: Utc::now(),
+            created_by: "alice".into(),
+            updated_at: Utc::now(),
+            updated_by: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn the_api_holds_over_the_file_and_a_used_environment_stays() {
+        let declared = Config::parse(
+            "environments:\n  staging: {}\n  production: { required_approvals: 1 }\n  old: {}\n\
+             fraises:\n  app:\n    command: x\n    environments:\n      production: { port: 9100 }\n      staging: { port: 9101 }\n",
+        )
+        .unwrap();
+        let approvals = EnvironmentSettings {
+            required_approvals: Some(2),
+            ..EnvironmentSettings::default()
+        };
+        let made = EnvironmentSettings {
+            display_name: Some("QA".into()),
+            ..EnvironmentSettings::default()
+        };
+        let records = [
+            record("production", approvals, false),
+            record("qa", made, false),
+            record("old", EnvironmentSettings::default(), true),
+            // Deleted, but the file's fraise is configured for it: it stays.
+            record("staging", EnvironmentSettings::default(), true),
+        ];
+        let (merged, overridden) = merge(&declared, &records);
+        let envs = &merged.scope("default").environments;
+        assert_eq!(envs["production"].required_approvals, 2);
+        assert_eq!(envs["qa"].display_name.as_deref(), Some("QA"));
+        assert_eq!(envs["qa"].order(), 2);
+        assert!(!envs.contains_key("old"));
+        assert!(envs.contains_key("staging"));
+        assert_eq!(
+            overridden
+                .iter()
+                .map(|o| (o.environment.as_str(), o.fields.clone(), o.deleted))
+                .collect::<Vec<_>>(),
+            [
+                ("production", vec!["required_approvals"], false),
+                ("old", vec![], true)
+            ]
+        );
+    }
+}
