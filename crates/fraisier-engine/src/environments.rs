@@ -13,7 +13,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use fraisier_model::config::{Config, EnvironmentConfig};
 use fraisier_model::environment::EnvironmentSettings;
 use fraisier_model::names::name_problem;
-use fraisier_store::EnvironmentRecord;
+use fraisier_store::{EnvironmentCreated, EnvironmentDeleted, EnvironmentRecord};
 
 use crate::{Engine, EngineError};
 
@@ -25,6 +25,9 @@ pub struct LiveConfig {
     /// fraisier.yaml as loaded.
     declared: Arc<Config>,
     current: RwLock<Arc<Config>>,
+    /// Held from reading the rows to installing what they make: two reloads cannot finish
+    /// in the wrong order and leave an older view in place.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// What the file says and the API overrode, for the start-up warning.
@@ -45,6 +48,7 @@ impl LiveConfig {
         LiveConfig {
             current: RwLock::new(declared.clone()),
             declared,
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -61,11 +65,16 @@ impl LiveConfig {
         &self.declared
     }
 
-    /// Rebuilds the live configuration from the file and the store's rows.
-    pub fn rebuild(&self, records: &[EnvironmentRecord]) -> Vec<Overridden> {
-        let (config, overridden) = merge(&self.declared, records);
+    /// Rebuilds the live configuration from the file and the store's rows, read now.
+    pub async fn reload(
+        &self,
+        store: &fraisier_store::Store,
+    ) -> Result<Vec<Overridden>, EngineError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let records = store.environment_records().await?;
+        let (config, overridden) = merge(&self.declared, &records);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
-        overridden
+        Ok(overridden)
     }
 }
 
@@ -119,8 +128,9 @@ pub fn merge(declared: &Config, records: &[EnvironmentRecord]) -> (Config, Vec<O
     (config, overridden)
 }
 
-/// Why an environment cannot be deleted now, if it cannot.
-fn in_use(config: &Config, tenant: &str, name: &str, groups: usize) -> Option<String> {
+/// Which fraises of fraisier.yaml are configured for an environment, if any: it cannot be
+/// deleted then.
+fn configured_for(config: &Config, tenant: &str, name: &str) -> Option<String> {
     let ws = config.scope(tenant);
     let fraises: Vec<&str> = ws
         .fraises
@@ -128,13 +138,12 @@ fn in_use(config: &Config, tenant: &str, name: &str, groups: usize) -> Option<St
         .filter(|(_, f)| f.environments.contains_key(name))
         .map(|(n, _)| n.as_str())
         .collect();
-    if !fraises.is_empty() {
-        return Some(format!(
+    (!fraises.is_empty()).then(|| {
+        format!(
             "fraisier.yaml configures {} for it (fraises.<name>.environments.{name}); remove that first",
             fraises.join(", ")
-        ));
-    }
-    (groups > 0).then(|| format!("it has {groups} target group(s); delete them first"))
+        )
+    })
 }
 
 fn invalid(field: &str, message: String) -> EngineError {
@@ -156,8 +165,7 @@ fn check(settings: &EnvironmentSettings) -> Result<(), EngineError> {
 impl Engine {
     /// Rebuilds the live configuration from the store; what the API holds against the file.
     pub async fn reload_environments(&self) -> Result<Vec<Overridden>, EngineError> {
-        let records = self.store().environment_records().await?;
-        Ok(self.inner.config.rebuild(&records))
+        self.inner.config.reload(self.store()).await
     }
 
     /// An environment as fraisier.yaml declares it, without the API's changes.
@@ -199,26 +207,18 @@ impl Engine {
             return Err(invalid("name", format!("invalid environment name: {p}")));
         }
         check(settings)?;
-        if self.config().scope(tenant).environments.contains_key(name) {
-            return Err(EngineError::EnvironmentExists(name.to_string()));
-        }
-        // What the file declares under that name (deleted through the API and made again)
-        // is where it starts from; its defaults otherwise.
-        let mut stored = EnvironmentSettings::of(
-            self.inner
-                .config
-                .declared()
-                .workspaces
-                .get(tenant)
-                .and_then(|w| w.environments.get(name))
-                .unwrap_or(&EnvironmentConfig::made(name)),
-        );
-        stored.merge(settings);
-        self.store()
-            .put_environment(tenant, name, &stored, by)
+        // Only the fields asked for are kept: one the file declares (deleted through the API
+        // and made again) starts from the file's declaration, as on every reload.
+        let declared = self.declared_environment(tenant, name).is_some();
+        let created = self
+            .store()
+            .create_environment(tenant, name, settings, declared, by)
             .await?;
         self.reload_environments().await?;
-        self.environment(tenant, name)
+        match created {
+            EnvironmentCreated::Exists => Err(EngineError::EnvironmentExists(name.to_string())),
+            EnvironmentCreated::Made(_) => self.environment(tenant, name),
+        }
     }
 
     /// Changes the fields `changes` sets; the others stay.
@@ -234,23 +234,22 @@ impl Engine {
         if changes.is_empty() {
             return self.environment(tenant, name);
         }
-        let mut stored = self
+        let declared = self.declared_environment(tenant, name).is_some();
+        let updated = self
             .store()
-            .environment_record(tenant, name)
-            .await?
-            .filter(|r| r.deleted_at.is_none())
-            .map(|r| r.settings)
-            .unwrap_or_default();
-        stored.merge(changes);
-        self.store()
-            .put_environment(tenant, name, &stored, by)
+            .update_environment(tenant, name, changes, declared, by)
             .await?;
+        // Another server may have deleted it since this one last read the rows.
         self.reload_environments().await?;
-        self.environment(tenant, name)
+        match updated {
+            None => Err(EngineError::EnvironmentNotFound(name.to_string())),
+            Some(_) => self.environment(tenant, name),
+        }
     }
 
-    /// Deletes an environment no fraise is configured for and no target group is in, with its
-    /// lock, freeze windows, limits and variables. Its runs stay in the history.
+    /// Deletes an environment no fraise is configured for and no target group, described
+    /// target or active run is in, with its lock, freeze windows, limits and own variables.
+    /// Its runs stay in the history.
     pub async fn delete_environment(
         &self,
         tenant: &str,
@@ -258,16 +257,21 @@ impl Engine {
         by: &str,
     ) -> Result<(), EngineError> {
         self.environment(tenant, name)?;
-        let groups = self.store().target_groups(tenant, Some(name)).await?.len();
-        if let Some(reason) = in_use(&self.config(), tenant, name, groups) {
+        if let Some(reason) = configured_for(&self.config(), tenant, name) {
             return Err(EngineError::EnvironmentInUse {
                 name: name.to_string(),
                 reason,
             });
         }
-        self.store().delete_environment(tenant, name, by).await?;
+        let deleted = self.store().delete_environment(tenant, name, by).await?;
         self.reload_environments().await?;
-        Ok(())
+        match deleted {
+            EnvironmentDeleted::Done => Ok(()),
+            EnvironmentDeleted::InUse(why) => Err(EngineError::EnvironmentInUse {
+                name: name.to_string(),
+                reason: format!("{why}; delete or finish those first"),
+            }),
+        }
     }
 }
 

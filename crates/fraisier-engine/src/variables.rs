@@ -235,6 +235,19 @@ impl Engine {
         changed: &[String],
         revert: BTreeMap<String, Option<Variable>>,
     ) -> Result<Option<Run>, EngineError> {
+        match self.reconfiguration(change, changed, revert).await? {
+            Some(new) => self.create_and_start(new).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The `config` run `reconfigure` starts, not recorded yet.
+    async fn reconfiguration(
+        &self,
+        change: &VariableChange,
+        changed: &[String],
+        revert: BTreeMap<String, Option<Variable>>,
+    ) -> Result<Option<NewRun>, EngineError> {
         let live = self.config();
         let config = live.scope(&change.tenant);
         let (_, fe) = request::lookup(config, &change.fraise, &change.environment)?;
@@ -282,7 +295,7 @@ impl Engine {
             options: serde_json::to_value(&options).expect("plain data serializes"),
             metadata: json!({ "changed": { what: changed } }),
         };
-        self.create_and_start(new).await.map(Some)
+        Ok(Some(new))
     }
 
     /// An environment's own variables, which every fraise there gets (below its own).
@@ -327,6 +340,12 @@ impl Engine {
                 return Err(in_progress(&active));
             }
         }
+        let existing: BTreeMap<String, Variable> = store
+            .variables(tenant, ENVIRONMENT_WIDE, environment)
+            .await?
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect();
         let writes: Vec<_> = values.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         let changed = store
             .change_variables(
@@ -342,6 +361,9 @@ impl Engine {
         if changed.is_empty() {
             return Ok(EnvironmentVariablesChanged { changed, runs });
         }
+        // Every run is made ready before any starts: a fraise that cannot take the change
+        // leaves it unmade.
+        let mut ready = Vec::new();
         for fraise in fraises {
             let change = VariableChange {
                 tenant: tenant.to_string(),
@@ -352,9 +374,26 @@ impl Engine {
                 triggered_by: triggered_by.to_string(),
                 trigger_type: "api".into(),
             };
-            if let Some(run) = self.reconfigure(&change, &changed, BTreeMap::new()).await? {
-                runs.push(run);
+            match self
+                .reconfiguration(&change, &changed, BTreeMap::new())
+                .await
+            {
+                Ok(Some(new)) => ready.push(new),
+                Ok(None) => {}
+                Err(e) => {
+                    let prior: Vec<_> = changed
+                        .iter()
+                        .map(|n| (n.clone(), existing.get(n).cloned()))
+                        .collect();
+                    store
+                        .restore_variables(tenant, ENVIRONMENT_WIDE, environment, &prior)
+                        .await?;
+                    return Err(e);
+                }
             }
+        }
+        for new in ready {
+            runs.push(self.create_and_start(new).await?);
         }
         Ok(EnvironmentVariablesChanged { changed, runs })
     }

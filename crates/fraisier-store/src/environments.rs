@@ -7,7 +7,8 @@ use fraisier_model::environment::EnvironmentSettings;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::sql::{json, json_text, millis, now, ts, ts_opt};
+use crate::sql::{count, json, json_text, millis, now, ts, ts_opt, ACTIVE_STATUSES};
+use crate::store::Backend;
 use crate::turns::Priority;
 use crate::{Result, Store};
 
@@ -42,6 +43,17 @@ impl Store {
         rows.iter().map(record_from_row).collect()
     }
 
+    /// One workspace's environment rows, by name.
+    pub async fn environment_records_of(&self, tenant: &str) -> Result<Vec<EnvironmentRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM environments WHERE tenant_id = $1 ORDER BY name"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     pub async fn environment_record(
         &self,
         tenant: &str,
@@ -58,39 +70,33 @@ impl Store {
         .transpose()
     }
 
-    /// Records an environment's settings, replacing those it had; one that was deleted (or had
-    /// no row) is created now, by `by`.
-    pub async fn put_environment(
+    /// Creates an environment with the fields the API set. `declared`: fraisier.yaml
+    /// declares one of that name, so only a deletion through the API left room for it.
+    /// Checked and written in one transaction, so two servers cannot both create it.
+    pub async fn create_environment(
         &self,
         tenant: &str,
         name: &str,
         settings: &EnvironmentSettings,
+        declared: bool,
         by: &str,
-    ) -> Result<EnvironmentRecord> {
+    ) -> Result<Created> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
         let at = millis(now());
-        let live =
-            sqlx::query("SELECT deleted_at FROM environments WHERE tenant_id = $1 AND name = $2")
-                .bind(tenant)
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|row| row.try_get::<Option<i64>, _>("deleted_at"))
-                .transpose()?;
-        match live {
-            Some(None) => {
-                sqlx::query(
-                    "UPDATE environments SET settings = $1, updated_at = $2, updated_by = $3 \
-                     WHERE tenant_id = $4 AND name = $5",
-                )
-                .bind(json_text(settings))
-                .bind(at)
-                .bind(by)
-                .bind(tenant)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            }
+        let row = sqlx::query(&format!(
+            "SELECT deleted_at FROM environments WHERE tenant_id = $1 AND name = $2{}",
+            self.row_lock()
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let deleted = row
+            .map(|r| r.try_get::<Option<i64>, _>("deleted_at"))
+            .transpose()?;
+        let written = match deleted {
+            Some(None) => return Ok(Created::Exists),
+            None if declared => return Ok(Created::Exists),
             Some(Some(_)) => {
                 sqlx::query(
                     "UPDATE environments SET settings = $1, deleted_at = NULL, created_at = $2, \
@@ -102,7 +108,7 @@ impl Store {
                 .bind(tenant)
                 .bind(name)
                 .execute(&mut *tx)
-                .await?;
+                .await
             }
             None => {
                 sqlx::query(
@@ -115,21 +121,124 @@ impl Store {
                 .bind(at)
                 .bind(by)
                 .execute(&mut *tx)
+                .await
+            }
+        };
+        match written.map_err(crate::StoreError::from) {
+            Err(e) if crate::sql::is_unique_violation(&e) => return Ok(Created::Exists),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        tx.commit().await?;
+        Ok(Created::Made(Box::new(
+            self.environment_record(tenant, name)
+                .await?
+                .expect("just written"),
+        )))
+    }
+
+    /// Sets the fields `changes` sets over those the API set before, in one transaction (two
+    /// changes of different fields both hold). `None` when there is no such environment:
+    /// deleted through the API, or neither written nor `declared` by the file.
+    pub async fn update_environment(
+        &self,
+        tenant: &str,
+        name: &str,
+        changes: &EnvironmentSettings,
+        declared: bool,
+        by: &str,
+    ) -> Result<Option<EnvironmentRecord>> {
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        let at = millis(now());
+        let row = sqlx::query(&format!(
+            "SELECT settings, deleted_at FROM environments WHERE tenant_id = $1 AND name = $2{}",
+            self.row_lock()
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match row {
+            Some(row) => {
+                if row.try_get::<Option<i64>, _>("deleted_at")?.is_some() {
+                    return Ok(None);
+                }
+                let mut settings: EnvironmentSettings = json(&row, "settings")?;
+                settings.merge(changes);
+                sqlx::query(
+                    "UPDATE environments SET settings = $1, updated_at = $2, updated_by = $3 \
+                     WHERE tenant_id = $4 AND name = $5",
+                )
+                .bind(json_text(&settings))
+                .bind(at)
+                .bind(by)
+                .bind(tenant)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None if !declared => return Ok(None),
+            None => {
+                sqlx::query(
+                    "INSERT INTO environments (tenant_id, name, settings, deleted_at, created_at, \
+                     created_by, updated_at, updated_by) VALUES ($1, $2, $3, NULL, $4, $5, $4, $5)",
+                )
+                .bind(tenant)
+                .bind(name)
+                .bind(json_text(changes))
+                .bind(at)
+                .bind(by)
+                .execute(&mut *tx)
                 .await?;
             }
         }
         tx.commit().await?;
-        Ok(self
-            .environment_record(tenant, name)
-            .await?
-            .expect("just written"))
+        self.environment_record(tenant, name).await
     }
 
-    /// Marks an environment deleted and, in the same transaction, drops what only it had: its
-    /// lock, freeze windows, limits and variables. Its runs stay in the history.
-    pub async fn delete_environment(&self, tenant: &str, name: &str, by: &str) -> Result<()> {
+    /// Deletes an environment no target group or described target is in and no run is active
+    /// in — checked in the same transaction as the deletion — and drops what only it had: its
+    /// lock, freeze windows, limits and own variables. Its runs stay in the history.
+    /// (Whether a fraise of fraisier.yaml is configured for it is the engine's to check.)
+    pub async fn delete_environment(&self, tenant: &str, name: &str, by: &str) -> Result<Deleted> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
         let at = millis(now());
+        // Taken first on PostgreSQL, so a concurrent create or update waits for the outcome.
+        sqlx::query(&format!(
+            "SELECT name FROM environments WHERE tenant_id = $1 AND name = $2{}",
+            self.row_lock()
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        for (what, query) in [
+            (
+                "target group(s)",
+                "SELECT COUNT(*) AS n FROM target_groups WHERE workspace = $1 AND environment = $2",
+            ),
+            (
+                "described target(s)",
+                "SELECT COUNT(*) AS n FROM targets WHERE workspace = $1 AND environment = $2",
+            ),
+            (
+                "active run(s)",
+                &*format!(
+                    "SELECT COUNT(*) AS n FROM runs WHERE tenant_id = $1 AND environment = $2 \
+                     AND status IN {ACTIVE_STATUSES}"
+                ),
+            ),
+        ] {
+            let row = sqlx::query(query)
+                .bind(tenant)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+            let n = count(&row, "n")?;
+            if n > 0 {
+                return Ok(Deleted::InUse(format!("it has {n} {what}")));
+            }
+        }
         let updated = sqlx::query(
             "UPDATE environments SET settings = $1, deleted_at = $2, updated_at = $2, updated_by = $3 \
              WHERE tenant_id = $4 AND name = $5",
@@ -172,8 +281,33 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Deleted::Done)
     }
+
+    /// Locks the row read in a write transaction on PostgreSQL; SQLite's write transaction is
+    /// exclusive already.
+    fn row_lock(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+}
+
+/// What creating an environment did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    Made(Box<EnvironmentRecord>),
+    /// One of that name is there (written, or declared and never deleted).
+    Exists,
+}
+
+/// What deleting an environment did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Done,
+    /// Refused: why.
+    InUse(String),
 }
 
 fn record_from_row(row: &AnyRow) -> Result<EnvironmentRecord> {

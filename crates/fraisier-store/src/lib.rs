@@ -43,7 +43,9 @@ pub use artifacts::{
 pub use audit::{
     genesis as audit_genesis, AuditFilter, AuditOutcome, AuditRecord, ChainBreak, NewAuditRecord,
 };
-pub use environments::EnvironmentRecord;
+pub use environments::{
+    Created as EnvironmentCreated, Deleted as EnvironmentDeleted, EnvironmentRecord,
+};
 pub use freezes::{EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};

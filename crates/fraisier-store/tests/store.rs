@@ -85,38 +85,112 @@ store_suite! {
     import_100k_runs_takes_seconds,
 }
 
-/// Environments as the API left them: settings replaced whole, a deletion that drops the
-/// environment's lock, windows, limits and own variables (not a fraise's), and one made again
-/// after it is deleted starting afresh, by its new creator.
+/// Environments as the API left them: made once (a second create, or one of a name the file
+/// declares, finds it there), changed field by field, deleted only when nothing is in them —
+/// dropping their lock, freeze windows, limits and own variables, not a fraise's nor another
+/// workspace's — and made again afresh, by their new creator.
 async fn environments_are_written_deleted_and_made_again(db: &TestDb) {
     use fraisier_model::environment::EnvironmentSettings;
+    use fraisier_store::{EnvironmentCreated, EnvironmentDeleted, NewFreezeWindow, NewTargetGroup};
     let s = &db.store;
-    let settings = EnvironmentSettings {
-        required_approvals: Some(2),
+    let approvals = |n| EnvironmentSettings {
+        required_approvals: Some(n),
+        ..EnvironmentSettings::default()
+    };
+    let named = EnvironmentSettings {
         display_name: Some("QA".into()),
         ..EnvironmentSettings::default()
     };
-    let made = s
-        .put_environment("t1", "qa", &settings, "ann")
+    let EnvironmentCreated::Made(made) = s
+        .create_environment("t1", "qa", &named, false, "ann")
+        .await
+        .unwrap()
+    else {
+        panic!("qa is new");
+    };
+    assert_eq!((made.created_by.as_str(), made.deleted_at), ("ann", None));
+    assert_eq!(
+        s.create_environment("t1", "qa", &approvals(1), false, "bob")
+            .await
+            .unwrap(),
+        EnvironmentCreated::Exists
+    );
+    assert_eq!(
+        s.create_environment("t1", "production", &named, true, "bob")
+            .await
+            .unwrap(),
+        EnvironmentCreated::Exists,
+        "the file declares it and it was never deleted"
+    );
+    s.create_environment("t2", "qa", &named, false, "zed")
         .await
         .unwrap();
-    assert_eq!(made.settings, settings);
-    assert_eq!((made.created_by.as_str(), made.deleted_at), ("ann", None));
-    let fewer = EnvironmentSettings {
-        required_approvals: Some(1),
-        ..EnvironmentSettings::default()
-    };
-    let changed = s.put_environment("t1", "qa", &fewer, "bob").await.unwrap();
-    assert_eq!(changed.settings, fewer, "replaced whole");
+
+    // Changes merge field by field, each in its own transaction.
+    let changed = s
+        .update_environment("t1", "qa", &approvals(2), false, "bob")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.settings.display_name.as_deref(), Some("QA"));
+    assert_eq!(changed.settings.required_approvals, Some(2));
     assert_eq!(
         (changed.created_by.as_str(), changed.updated_by.as_str()),
         ("ann", "bob")
     );
-    assert!(s.environment_record("t2", "qa").await.unwrap().is_none());
+    // A declared environment gets its first row from a change; an unknown one none.
+    let first = s
+        .update_environment("t1", "production", &approvals(3), true, "bob")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.settings, approvals(3));
+    assert!(s
+        .update_environment("t1", "nowhere", &approvals(3), false, "bob")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Not deleted while a target group is in it.
+    let group = s
+        .create_target_group(&NewTargetGroup {
+            workspace: "t1".into(),
+            environment: "qa".into(),
+            name: "web".into(),
+            description: None,
+            labels: Default::default(),
+            members: Vec::new(),
+            created_by: "ann".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete_environment("t1", "qa", "cy").await.unwrap(),
+        EnvironmentDeleted::InUse(why) if why.contains("1 target group")
+    ));
+    s.delete_target_group("t1", group.id).await.unwrap();
 
     s.lock_environment("t1", "qa", "ann", Some("x"))
         .await
         .unwrap()
+        .unwrap();
+    s.lock_environment("t2", "qa", "zed", None)
+        .await
+        .unwrap()
+        .unwrap();
+    s.add_freeze_window(&NewFreezeWindow {
+        tenant_id: "t1".into(),
+        environment: "qa".into(),
+        starts_at: Utc::now(),
+        ends_at: Utc::now() + Duration::hours(1),
+        reason: None,
+        exceptions: Vec::new(),
+        created_by: "ann".into(),
+    })
+    .await
+    .unwrap();
+    s.set_environment_limits("t1", "qa", Some(4), "ann")
+        .await
         .unwrap();
     let set = |n: &str| vec![(n.to_string(), Some("1".to_string()))];
     s.change_variables("t1", "", "qa", false, &set("OWN"), "ann")
@@ -125,27 +199,69 @@ async fn environments_are_written_deleted_and_made_again(db: &TestDb) {
     s.change_variables("t1", "api", "qa", false, &set("FRAISE"), "ann")
         .await
         .unwrap();
-    s.delete_environment("t1", "qa", "cy").await.unwrap();
+    assert_eq!(
+        s.delete_environment("t1", "qa", "cy").await.unwrap(),
+        EnvironmentDeleted::Done
+    );
     let gone = s.environment_record("t1", "qa").await.unwrap().unwrap();
     assert!(gone.deleted_at.is_some());
     assert!(gone.settings.is_empty());
     assert!(s.environment_lock("t1", "qa").await.unwrap().is_none());
+    assert!(s.freeze_windows("t1", "qa", None).await.unwrap().is_empty());
+    assert_eq!(
+        s.environment_limits("t1", "qa")
+            .await
+            .unwrap()
+            .max_instances,
+        None
+    );
     assert!(s.variables("t1", "", "qa").await.unwrap().is_empty());
     assert_eq!(s.variables("t1", "api", "qa").await.unwrap().len(), 1);
+    assert!(
+        s.environment_lock("t2", "qa").await.unwrap().is_some(),
+        "another workspace's stays"
+    );
+    assert!(s
+        .environment_record("t2", "qa")
+        .await
+        .unwrap()
+        .unwrap()
+        .deleted_at
+        .is_none());
+    // Deleted, it is not changed (another server may not have seen the deletion yet).
+    assert!(s
+        .update_environment("t1", "qa", &approvals(1), true, "bob")
+        .await
+        .unwrap()
+        .is_none());
     // A declared environment with no row is deleted by a row of its own.
     s.delete_environment("t1", "sandbox", "cy").await.unwrap();
 
-    let again = s
-        .put_environment("t1", "qa", &EnvironmentSettings::default(), "dee")
+    let EnvironmentCreated::Made(again) = s
+        .create_environment("t1", "qa", &EnvironmentSettings::default(), false, "dee")
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("made again");
+    };
     assert_eq!((again.created_by.as_str(), again.deleted_at), ("dee", None));
-    let all = s.environment_records().await.unwrap();
-    let names: Vec<(&str, bool)> = all
-        .iter()
-        .map(|r| (r.name.as_str(), r.deleted_at.is_some()))
+    assert!(again.settings.is_empty(), "afresh: {again:?}");
+    let mine: Vec<(String, bool)> = s
+        .environment_records_of("t1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.name, r.deleted_at.is_some()))
         .collect();
-    assert_eq!(names, [("qa", false), ("sandbox", true)]);
+    assert_eq!(
+        mine,
+        [
+            ("production".into(), false),
+            ("qa".into(), false),
+            ("sandbox".into(), true)
+        ]
+    );
+    assert_eq!(s.environment_records().await.unwrap().len(), 4);
 }
 
 /// Run leases: four servers claim at once and each run goes to exactly one; a run just

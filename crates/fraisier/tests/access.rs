@@ -264,6 +264,8 @@ async fn every_operation_refuses_who_may_not() {
                     json!({"start": "2030-01-01T00:00:00Z", "end": "2030-01-02T00:00:00Z"})
                 } else if path.ends_with("/secrets/{name}") {
                     json!({"value": "s3cret-value"})
+                } else if path.ends_with("/limits") {
+                    json!({"max_instances": null})
                 } else {
                     json!({})
                 }

@@ -15,7 +15,7 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
 }
 
-fn yaml(ws: &Workspace, port: u16, staging: u16) -> String {
+fn yaml(ws: &Workspace, port: u16, staging: u16, web: u16) -> String {
     format!(
         r#"
 server:
@@ -37,6 +37,13 @@ fraises:
     environments:
       production: {{ port: {port}, instances: 1, strategy: rolling }}
       staging: {{ port: {staging}, instances: 2, strategy: rolling, strategy_config: {{ health_check_timeout: 5s }} }}
+  web:
+    command: "exec {demo}"
+    artifact_path: "{releases}/{{version}}"
+    health_check: {{ type: http, path: /health, interval: 100ms, timeout: 1s }}
+    env: {{ DEMO_SHOW: "GREETING,LEVEL" }}
+    environments:
+      staging: {{ port: {web} }}
 "#,
         data = ws.data_dir().display(),
         demo = demo_bin().display(),
@@ -71,7 +78,7 @@ async fn environments_are_data_the_engine_and_a_restart_honour() {
     let ws = Workspace::new();
     ws.release("1.0.0", &[]);
     let (port, staging_port) = (free_port(), free_port());
-    let mut s = Server::start(&ws, &yaml(&ws, port, staging_port)).await;
+    let mut s = Server::start(&ws, &yaml(&ws, port, staging_port, free_port())).await;
 
     // The file's environments, in order (sandbox has no known place: 0).
     assert_eq!(names(&s).await, ["sandbox", "staging", "production"]);
@@ -180,11 +187,20 @@ async fn environments_are_data_the_engine_and_a_restart_honour() {
             "INVALID_PARAMETERS",
             None,
         ),
+        // Seed 004 answers with requireSeparationOfDuties; requests say requireSod.
         (
-            json!({ "name": "ok", "requireSod": true, "requireSeparationOfDuties": false }),
+            json!({ "name": "ok", "requireSeparationOfDuties": false }),
             400,
             "INVALID_PARAMETERS",
-            Some("require_separation_of_duties"),
+            None,
+        ),
+        (json!({ "name": 7 }), 400, "INVALID_PARAMETERS", None),
+        // serde would fill `config` from an array by position.
+        (
+            json!({ "name": "ok", "config": [null, null] }),
+            400,
+            "INVALID_PARAMETERS",
+            None,
         ),
     ] {
         let (got, v) = s.post("/environments", body.clone()).await;
@@ -225,8 +241,8 @@ async fn environments_are_data_the_engine_and_a_restart_honour() {
         (
             "/environments/production",
             json!({ "name": "prod" }),
-            422,
-            "ENVIRONMENT_RENAME_UNSUPPORTED",
+            400,
+            "INVALID_PARAMETERS",
         ),
         (
             "/environments/production",
@@ -272,6 +288,33 @@ async fn environments_are_data_the_engine_and_a_restart_honour() {
         v["error"]["message"].as_str().unwrap().contains("staging"),
         "{v}"
     );
+    let (status, v) = s
+        .post(
+            "/artifacts/app/promote",
+            json!({ "to": "production", "version": "1.0.0" }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&v)),
+        (422, "PROMOTION_BLOCKED"),
+        "without from: {v}"
+    );
+    // From staging, what runs there moves on (and waits for production's two approvals).
+    let run = s
+        .deploy("app", "staging", json!({ "version": "1.0.0" }))
+        .await;
+    let done = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let (status, v) = s
+        .post(
+            "/artifacts/app/promote",
+            json!({ "from": "staging", "to": "production" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let promoted = v["id"].as_str().unwrap().to_string();
+    let (status, v) = s.delete(&format!("/deployments/{promoted}")).await;
+    assert!(status < 300, "{v}");
 
     // Deleting: refused while a fraise is configured there or a group is in it.
     let (status, v) = s.delete("/environments/staging").await;
@@ -356,8 +399,8 @@ async fn environments_are_data_the_engine_and_a_restart_honour() {
 async fn an_environments_variables_reach_every_fraise_there_below_its_own() {
     let ws = Workspace::new();
     ws.release("1.0.0", &[]);
-    let (port, staging_port) = (free_port(), free_port());
-    let s = Server::start(&ws, &yaml(&ws, port, staging_port)).await;
+    let (port, staging_port, web_port) = (free_port(), free_port(), free_port());
+    let s = Server::start(&ws, &yaml(&ws, port, staging_port, web_port)).await;
     let path = "/environments/staging/variables";
 
     // Nothing runs there yet: recorded, for the first deploy.
@@ -377,6 +420,11 @@ async fn an_environments_variables_reach_every_fraise_there_below_its_own() {
     assert_eq!(done["status"], "success", "{done:#}");
     assert_eq!(shown(staging_port).await["GREETING"], "hello");
     assert_eq!(shown(staging_port).await["LEVEL"], "from-yaml");
+    let run = s
+        .deploy("web", "staging", json!({ "version": "1.0.0" }))
+        .await;
+    let done = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "success", "{done:#}");
 
     // Set under load: one config run per fraise there rolls it out, no request fails; the
     // environment's value holds over the file's.
@@ -390,15 +438,23 @@ async fn an_environments_variables_reach_every_fraise_there_below_its_own() {
     assert_eq!(status, 202, "{v}");
     assert_eq!(v["changed"], json!(["GREETING", "LEVEL"]));
     let deployments = v["deployments"].as_array().unwrap();
-    assert_eq!(deployments.len(), 1, "{v}");
-    assert_eq!(deployments[0]["type"], "config");
-    let id = deployments[0]["id"].as_str().unwrap();
-    let done = s.wait_run(id, Duration::from_secs(60)).await;
-    assert_eq!(done["status"], "success", "{done:#}");
+    let fraises: Vec<&str> = deployments
+        .iter()
+        .map(|d| d["fraise"].as_str().unwrap())
+        .collect();
+    assert_eq!(fraises, ["app", "web"], "one config run per fraise: {v}");
+    for d in deployments {
+        assert_eq!(d["type"], "config");
+        let done = s
+            .wait_run(d["id"].as_str().unwrap(), Duration::from_secs(60))
+            .await;
+        assert_eq!(done["status"], "success", "{done:#}");
+    }
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(shown(staging_port).await["GREETING"], "bonjour");
     assert_eq!(shown(staging_port).await["LEVEL"], "from-environment");
+    assert_eq!(shown(web_port).await["GREETING"], "bonjour");
 
     // The fraise's own variable wins over the environment's.
     let (status, v) = s
@@ -417,13 +473,12 @@ async fn an_environments_variables_reach_every_fraise_there_below_its_own() {
     // Removing one, and bad input.
     let (status, v) = s.put_json(path, json!({ "LEVEL": null })).await;
     assert_eq!(status, 202, "{v}");
-    let done = s
-        .wait_run(
-            v["deployments"][0]["id"].as_str().unwrap(),
-            Duration::from_secs(60),
-        )
-        .await;
-    assert_eq!(done["status"], "success", "{done:#}");
+    for d in v["deployments"].as_array().unwrap() {
+        let done = s
+            .wait_run(d["id"].as_str().unwrap(), Duration::from_secs(60))
+            .await;
+        assert_eq!(done["status"], "success", "{done:#}");
+    }
     assert_eq!(shown(staging_port).await["LEVEL"], "from-yaml");
     for (body, status, field) in [
         (json!({ "1BAD": "x" }), 400, Some("1BAD")),
@@ -470,7 +525,11 @@ async fn an_environments_variables_reach_every_fraise_there_below_its_own() {
         &s,
         &["environment", "update", "perf", "--required-approvals", "1"],
     );
-    assert!(out.contains("required approvals"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("required approvals") && l.trim_end().ends_with(" 1")),
+        "{out}"
+    );
     let out = cli(&s, &["environment", "show", "perf"]);
     assert!(out.contains("sequential") && out.contains("api"), "{out}");
     let out = cli(&s, &["environment", "list"]);

@@ -397,6 +397,8 @@ async fn limits_refuse_a_deploy_that_would_run_too_many_instances() {
         (json!({"max_instances": 0}), "max_instances"),
         (json!({"max_instances": "many"}), "max_instances"),
         (json!({"max": 3}), "max"),
+        // An empty body is no "lift the limit": that takes `null`.
+        (json!({}), "max_instances"),
     ] {
         let (status, v) = s
             .put_json("/environments/production/limits", body.clone())

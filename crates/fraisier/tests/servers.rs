@@ -1,6 +1,7 @@
 //! Several servers on one PostgreSQL: a run is held by the server executing it; killed
 //! (`kill -9`) mid-run, another server takes it over once the hold lapses and finishes it; a
-//! cancel recorded on one server stops a run executing on another. Skipped (passing) when
+//! cancel recorded on one server stops a run executing on another; environments written on
+//! one reach the other. Skipped (passing) when
 //! `FRAISIER_TEST_DATABASE_URL` is not set; CI sets it.
 
 mod common;
@@ -191,6 +192,87 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         "A executed it to the end"
     );
     assert_eq!(router_version(port).await.as_deref(), Some("2.0.0"));
+    drop(b);
+    drop(a);
+}
+
+/// Environments made, changed and deleted on one server reach the other within its reread
+/// (every 3 s), and the checks that matter are the store's: a create of a name the other
+/// made is 409 even before it has reread, and a change of one the other deleted is 404.
+#[tokio::test]
+async fn environments_written_on_one_server_reach_the_other() {
+    let Some(db) = Database::create() else {
+        println!("skipped: FRAISIER_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let ws = Workspace::new();
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "").replace(
+        "  rate_limits: off\n",
+        &format!("  rate_limits: off\n  database_url: \"{}\"\n", db.url),
+    );
+    let a = Server::start(&ws, &yaml).await;
+    let b = Server::start(&ws, &yaml).await;
+
+    let (status, v) = a
+        .post(
+            "/environments",
+            json!({ "name": "qa", "requiredApprovals": 1 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = b.post("/environments", json!({ "name": "qa" })).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("ENVIRONMENT_EXISTS")),
+        "{v}"
+    );
+    let seen = wait_get(&b, "/environments/qa", |v| v["required_approvals"] == 1).await;
+    assert_eq!(seen["defined_in"], "api");
+    // b writes nothing now: only its reread brings a's next one.
+    let (status, v) = a.post("/environments", json!({ "name": "perf" })).await;
+    assert_eq!(status, 201, "{v}");
+    let made = Instant::now();
+    wait_get(&b, "/environments/perf", |_| true).await;
+    assert!(
+        made.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        made.elapsed()
+    );
+    // Two changes of different fields, one on each server: both hold.
+    let (status, v) = a
+        .put_json("/environments/qa", json!({ "displayName": "QA" }))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = b
+        .put_json("/environments/qa", json!({ "orderIndex": 2 }))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let both = wait_get(&a, "/environments/qa", |v| v["order_index"] == 2).await;
+    assert_eq!(both["display_name"], "QA", "{both}");
+    assert_eq!(both["required_approvals"], 1, "{both}");
+
+    let (status, v) = a.delete("/environments/qa").await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = b
+        .put_json("/environments/qa", json!({ "orderIndex": 5 }))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("ENVIRONMENT_NOT_FOUND")),
+        "a change after another server's deletion does not bring it back: {v}"
+    );
+    let started = Instant::now();
+    loop {
+        let (status, _) = b.get("/environments/qa").await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b still shows qa"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(b);
     drop(a);
 }

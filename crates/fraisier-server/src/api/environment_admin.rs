@@ -79,14 +79,11 @@ pub struct EnvironmentTimingsBody {
     pub health_check_interval: Option<Millis>,
 }
 
-/// `POST /environments` (`name` required) and `PUT /environments/{name}` (every field
-/// optional; absent or null leaves it as it is).
+/// The settings `POST /environments` and `PUT /environments/{name}` take; absent or null
+/// leaves one as it is.
 #[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EnvironmentBody {
-    #[serde(default)]
-    #[schema(value_type = Option<super::params::Name>)]
-    pub name: Option<String>,
+pub struct EnvironmentSettingsBody {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 100)]
     pub display_name: Option<String>,
@@ -103,41 +100,65 @@ pub struct EnvironmentBody {
     pub required_approvals: Option<u32>,
     #[serde(default)]
     pub require_sod: Option<bool>,
-    /// Seed 004's name for `require_sod`.
-    #[serde(default)]
-    pub require_separation_of_duties: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::extract::object_or_null")]
     pub config: Option<EnvironmentTimingsBody>,
     #[serde(default)]
     pub promotion_policy: Option<PromotionPolicy>,
 }
 
-impl EnvironmentBody {
-    fn settings(self) -> Result<(Option<String>, EnvironmentSettings), ApiError> {
-        let require_sod = match (self.require_sod, self.require_separation_of_duties) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ApiError::invalid(
-                    "require_separation_of_duties",
-                    "require_sod and require_separation_of_duties name one setting: give one, or the same value",
-                ))
-            }
-            (a, b) => a.or(b),
+/// `POST /environments`: seed 004's body, `name` and the settings.
+pub struct EnvironmentCreateBody {
+    pub name: String,
+    pub settings: EnvironmentSettingsBody,
+}
+
+/// The settings' schema with a required `name`: one object, closed to other fields (an
+/// `allOf` of two closed objects would accept nothing).
+impl utoipa::PartialSchema for EnvironmentCreateBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let to_json = |s| serde_json::to_value(s).expect("a schema serializes");
+        let mut schema = to_json(EnvironmentSettingsBody::schema());
+        schema["properties"]["name"] =
+            to_json(<super::params::Name as utoipa::PartialSchema>::schema());
+        schema["required"] = json!(["name"]);
+        schema["description"] = json!("seed 004's body: a name and the environment's settings");
+        utoipa::openapi::RefOr::T(serde_json::from_value(schema).expect("a valid schema"))
+    }
+}
+
+impl ToSchema for EnvironmentCreateBody {}
+
+/// By hand: serde's `flatten` would let unknown fields through, which every other body
+/// refuses.
+impl<'de> Deserialize<'de> for EnvironmentCreateBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let name = match fields.remove("name") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(_) => return Err(D::Error::custom("name: a string is expected")),
+            None => return Err(D::Error::missing_field("name")),
         };
+        let settings = EnvironmentSettingsBody::deserialize(serde_json::Value::Object(fields))
+            .map_err(D::Error::custom)?;
+        Ok(EnvironmentCreateBody { name, settings })
+    }
+}
+
+impl EnvironmentSettingsBody {
+    fn settings(self) -> EnvironmentSettings {
         let timings = self.config.unwrap_or_default();
-        Ok((
-            self.name,
-            EnvironmentSettings {
-                display_name: self.display_name,
-                description: self.description,
-                order_index: self.order_index,
-                is_production: self.is_production,
-                required_approvals: self.required_approvals,
-                require_sod,
-                deployment_timeout: timings.deployment_timeout,
-                health_check_interval: timings.health_check_interval,
-                promotion_policy: self.promotion_policy,
-            },
-        ))
+        EnvironmentSettings {
+            display_name: self.display_name,
+            description: self.description,
+            order_index: self.order_index,
+            is_production: self.is_production,
+            required_approvals: self.required_approvals,
+            require_sod: self.require_sod,
+            deployment_timeout: timings.deployment_timeout,
+            health_check_interval: timings.health_check_interval,
+            promotion_policy: self.promotion_policy,
+        }
     }
 }
 
@@ -207,16 +228,15 @@ fn noted(mut r: Response, environment: &str) -> Response {
 }
 
 #[utoipa::path(post, path = "/api/v1/environments", tag = "environments",
-    request_body = EnvironmentBody,
+    request_body = EnvironmentCreateBody,
     responses((status = 201, body = EnvironmentView), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "ENVIRONMENT_EXISTS")))]
 pub async fn create(
     State(state): State<AppState>,
     who: Caller,
-    JsonBody(body): JsonBody<EnvironmentBody>,
+    JsonBody(body): JsonBody<EnvironmentCreateBody>,
 ) -> Result<Response, ApiError> {
-    let (name, settings) = body.settings()?;
-    let name = name.ok_or_else(|| ApiError::invalid("name", "name is required"))?;
+    let (name, settings) = (body.name, body.settings.settings());
     authorize(&state, &who, Permission::EnvironmentCreate, &name)?;
     state
         .engine
@@ -228,28 +248,20 @@ pub async fn create(
 
 #[utoipa::path(put, path = "/api/v1/environments/{environment_name}", tag = "environments",
     params(("environment_name" = String, Path)),
-    request_body(content = Option<EnvironmentBody>, description = "the fields to change; `name` may only repeat the path's"),
+    request_body(content = Option<EnvironmentSettingsBody>, description = "the fields to change; an environment is not renamed"),
     responses((status = 200, body = EnvironmentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<EnvironmentBody>,
+    JsonBody(body): JsonBody<EnvironmentSettingsBody>,
 ) -> Result<Response, ApiError> {
     state
         .engine
         .environment(&who.workspace, &name)
         .map_err(|_| ApiError::environment_not_found(&name))?;
     authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
-    let (renamed, changes) = body.settings()?;
-    if renamed.is_some_and(|n| n != name) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ENVIRONMENT_RENAME_UNSUPPORTED",
-            "an environment is not renamed: runs, locks and fraisier.yaml name it; create one of the new name instead",
-        )
-        .with_details(json!({ "field": "name" })));
-    }
+    let changes = body.settings();
     state
         .engine
         .update_environment(&who.workspace, &name, &changes, &who.username)

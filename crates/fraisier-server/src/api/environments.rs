@@ -116,14 +116,16 @@ pub async fn list(
     } else {
         Vec::new()
     };
-    let records = state.engine.store().environment_records().await?;
+    let records = state
+        .engine
+        .store()
+        .environment_records_of(&who.workspace)
+        .await?;
     let live = state.config();
     let mut out = Vec::new();
     for (name, e) in live.scope(&who.workspace).environments_in_order() {
         let c = counts(&state, &who, name).await?;
-        let record = records
-            .iter()
-            .find(|r| r.tenant_id == who.workspace && r.name == *name);
+        let record = records.iter().find(|r| r.name == *name);
         let mut entry = json!(view(&state, &who.workspace, name, e, record));
         entry["provider"] = json!(e.provider);
         entry["fraises_deployed"] = json!(c.deployed);
@@ -491,8 +493,9 @@ pub struct LimitsView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
-    /// 1 to 10000; `null` lifts the limit.
-    #[schema(minimum = 1, maximum = 10000)]
+    /// 1 to 10000; `null` lifts the limit. Required: an empty body changes nothing.
+    #[serde(deserialize_with = "super::extract::nullable")]
+    #[schema(minimum = 1, maximum = 10000, required = true)]
     pub max_instances: Option<u64>,
 }
 

@@ -478,6 +478,32 @@ pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<S
     <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
+/// A field that must be there, though it may be `null`: serde would take an absent
+/// `Option` for `null`, so a body of `{}` (or `null`) would pass for a deliberate `null`.
+pub fn nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d)
+}
+
+/// A nested object, or `null`: serde would also fill a struct from an array, by position.
+pub fn object_or_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    match <Value as serde::Deserialize>::deserialize(d)? {
+        Value::Null => Ok(None),
+        v @ Value::Object(_) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(D::Error::custom),
+        _ => Err(D::Error::custom("an object is expected")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

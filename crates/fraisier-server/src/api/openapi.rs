@@ -81,7 +81,7 @@ impl Modify for BearerAuth {
         targets::DriftActual, targets::DriftComponent, targets::DriftFile, target_groups::TargetGroupView, target_groups::TargetGroupList,
         target_groups::TargetGroupBody, target_groups::TargetGroupUpdate,
         variables::EnvironmentVariablesView, variables::EnvironmentVariablesUpdated,
-        environment_admin::EnvironmentView, environment_admin::EnvironmentBody, environment_admin::EnvironmentTimingsView,
+        environment_admin::EnvironmentView, environment_admin::EnvironmentCreateBody, environment_admin::EnvironmentSettingsBody, environment_admin::EnvironmentTimingsView,
         environment_admin::EnvironmentTimingsBody, environment_admin::DefinedIn, fraisier_model::environment::PromotionPolicy, fraisier_model::agent::AgentStatus)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = [])),

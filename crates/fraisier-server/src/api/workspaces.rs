@@ -265,13 +265,19 @@ pub async fn delete(
             },
         )
         .await?;
-    if members > 0 || runs > 0 {
+    let environments = store
+        .environment_records_of(&name)
+        .await?
+        .iter()
+        .filter(|r| r.deleted_at.is_none())
+        .count();
+    if members > 0 || runs > 0 || environments > 0 {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "WORKSPACE_NOT_EMPTY",
-            format!("workspace {name} still has {members} member(s) and {runs} run(s): remove its members first; runs are its history"),
+            format!("workspace {name} still has {members} member(s), {environments} environment(s) and {runs} run(s): remove its members and environments first; runs are its history"),
         )
-        .with_details(json!({ "workspace": name, "members": members, "runs": runs })));
+        .with_details(json!({ "workspace": name, "members": members, "environments": environments, "runs": runs })));
     }
     match store.delete_workspace(&name).await {
         Ok(()) => Ok(noted(StatusCode::NO_CONTENT.into_response(), &name)),
