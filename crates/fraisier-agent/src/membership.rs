@@ -63,6 +63,21 @@ fn api_base(server: &str) -> String {
     }
 }
 
+/// An error with what caused it, down to the root: reqwest's own message names only the URL,
+/// and the reason (a certificate this host does not trust, a refused connection) is below.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// The client every call to the server goes through: rustls for https, and no redirects —
 /// the agent's credential (a header of our own, which a redirect would carry along) goes
 /// to the server it joined and nowhere else.
@@ -125,7 +140,7 @@ pub(crate) async fn join(dir: &StateDir, join: &Join) -> Result<ServerLink, Agen
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| AgentError::Join(format!("cannot reach {base}: {e}")))?;
+        .map_err(|e| AgentError::Join(format!("cannot reach {base}: {}", with_causes(&e))))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {

@@ -75,7 +75,7 @@ async fn session(link: &ServerLink, id: &str, control: &AgentClient) -> Result<b
     let (ws, _) = tokio::time::timeout(CONNECT_WITHIN, tokio_tungstenite::connect_async(request))
         .await
         .map_err(|_| format!("{url} did not answer within {} s", CONNECT_WITHIN.as_secs()))?
-        .map_err(|e| format!("cannot open {url}: {e}"))?;
+        .map_err(|e| format!("cannot open {url}: {}", crate::membership::with_causes(&e)))?;
     tracing::info!(%url, "task stream open");
     let (mut sink, mut stream) = ws.split();
     let (answers, mut answered) = mpsc::channel::<String>(64);

@@ -343,6 +343,22 @@ async fn environments_are_data_the_engine_and_a_restart_honour() {
     let (_, v) = s.get("/environments/qa").await;
     assert_eq!(v["lock"], Value::Null, "{v}");
 
+    // Seed 003's PUT …/config takes the same settings and answers the configuration.
+    let (status, v) = s
+        .put_json(
+            "/environments/staging/config",
+            json!({ "config": { "deploymentTimeout": "2m" }, "isProduction": false }),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["deployment_timeout_seconds"], 120, "{v}");
+    assert_eq!(v["defined_in"], "file_and_api", "{v}");
+    assert!(v["required_roles"].is_array(), "{v}");
+    assert_eq!(
+        s.get("/environments/staging").await.1["config"]["deployment_timeout"],
+        120
+    );
+
     // A restart: the store's changes hold over the file's (production says 1 there).
     s.kill9();
     s.restart().await;

@@ -264,3 +264,203 @@ async fn a_fraise_placed_by_labels_runs_on_the_agent_that_joined() {
     }
     drop(agent);
 }
+
+/// A TLS front for the server, as a host reaching it over the network sees it: socat with a
+/// certificate for 127.0.0.1 signed by a CA made for the test. Stopped when dropped.
+struct TlsFront {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+}
+
+impl TlsFront {
+    fn start(dir: &Path, server_port: u16) -> TlsFront {
+        std::fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=fraisier test CA",
+                ][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=127.0.0.1"][..],
+                &ec,
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let port = free_port();
+        let child = std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{server_port}"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("socat");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsFront {
+            child,
+            port,
+            ca: dir.join("ca.pem"),
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's channel is TLS when the server's URL is https: registering, heartbeats, the
+/// task stream (wss) and artifact downloads all go through a TLS front, the certificate
+/// checked against the CA the host trusts (SSL_CERT_FILE); an agent that does not trust it
+/// refuses to join, naming the certificate.
+#[tokio::test]
+async fn an_agent_joins_over_tls_and_refuses_a_certificate_it_does_not_trust() {
+    let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let port = free_port();
+    let yaml = config_yaml(&ws, port, 1, "rolling", "")
+        .replace(
+            &format!("production: {{ port: {port}, instances: 1, strategy: rolling }}"),
+            &format!(
+                "production: {{ port: {port}, instances: 1, strategy: rolling, targets: {{ labels: {{ role: tls }} }} }}"
+            ),
+        )
+        .replace(
+            "  rate_limits: off\n",
+            "  rate_limits: off\n  agent_heartbeat_interval: 200ms\n  agent_offline_after: 2s\n",
+        );
+    assert!(yaml.contains("role: tls"), "{yaml}");
+    let s = Server::start(&ws, &yaml).await;
+    let server_port: u16 = s
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let front = TlsFront::start(&ws.path().join("tls"), server_port);
+    let https = format!("https://127.0.0.1:{}/api/v1", front.port);
+    let (_, t) = s.post("/agents/join-tokens", json!({ "uses": 2 })).await;
+    let token = t["token"].as_str().unwrap().to_string();
+
+    // A host that does not trust the CA does not join.
+    let mut stranger = AgentProcess::start_with(
+        None,
+        &https,
+        &ws.path().join("stranger"),
+        &[
+            "--join-token",
+            &token,
+            "--name",
+            "stranger",
+            "--labels",
+            "role=tls",
+        ],
+        &[],
+    );
+    stranger.wait_log("UnknownIssuer").await;
+    stranger.kill9();
+    let (status, _) = s.get("/agents/stranger").await;
+    assert_eq!(status, 404, "the stranger never registered");
+
+    // One that does joins, and everything it says goes over TLS.
+    let ca = front.ca.display().to_string();
+    let dir = ws.path().join("secure");
+    let agent = AgentProcess::start_with(
+        None,
+        &https,
+        &dir,
+        &[
+            "--join-token",
+            &token,
+            "--name",
+            "secure",
+            "--labels",
+            "role=tls",
+        ],
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    wait_get(&s, "/agents/secure", |v| v["status"] == "online").await;
+    agent.wait_log("task stream open").await;
+    assert!(
+        agent
+            .log()
+            .contains(&format!("wss://127.0.0.1:{}", front.port)),
+        "{}",
+        agent.log()
+    );
+    let run = s
+        .deploy("app", "production", json!({ "version": "1.0.0" }))
+        .await;
+    let v = s.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(router_version(port).await.as_deref(), Some("1.0.0"));
+    assert_eq!(instance_pids(&dir).len(), 1, "the secure agent runs it");
+    drop(agent);
+    drop(front);
+}

@@ -146,7 +146,7 @@ impl<'de> Deserialize<'de> for EnvironmentCreateBody {
 }
 
 impl EnvironmentSettingsBody {
-    fn settings(self) -> EnvironmentSettings {
+    pub fn settings(self) -> EnvironmentSettings {
         let timings = self.config.unwrap_or_default();
         EnvironmentSettings {
             display_name: self.display_name,

@@ -658,35 +658,67 @@ pub async fn deployments(
 
 #[utoipa::path(get, path = "/api/v1/environments/{environment_name}/config", tag = "environments",
     params(("environment_name" = String, Path)),
-    responses((status = 200, body = Object, description = "the environment's rules as fraisier.yaml declares them, with the lock and limits set through the API"),
+    responses((status = 200, body = Object, description = "the environment's rules and settings (fraisier.yaml's, with the API's changes), its lock and limits"),
               (status = 404, body = ErrorBody)))]
 pub async fn config(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let e = lookup(&state, &who, &name)?;
-    let rules = e.rules(&name);
-    let lock = state.engine.environment_lock(&who.workspace, &name).await?;
+    lookup(&state, &who, &name)?;
+    Ok(Json(config_view(&state, &who, &name).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/environments/{environment_name}/config", tag = "environments",
+    params(("environment_name" = String, Path)),
+    request_body(content = Option<super::environment_admin::EnvironmentSettingsBody>, description = "seed 003's configuration update: the settings PUT /environments/{name} takes"),
+    responses((status = 200, body = Object, description = "the configuration, changed"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_config(
+    State(state): State<AppState>,
+    who: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<super::environment_admin::EnvironmentSettingsBody>,
+) -> Result<Response, ApiError> {
+    lookup(&state, &who, &name)?;
+    authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
+    state
+        .engine
+        .update_environment(&who.workspace, &name, &body.settings(), &who.username)
+        .await?;
+    let view = config_view(&state, &who, &name).await?;
+    Ok(noted(Json(view).into_response(), &name))
+}
+
+/// Seed 003's configuration of an environment: its rules and settings, lock and limits.
+async fn config_view(state: &AppState, who: &Caller, name: &str) -> Result<Value, ApiError> {
+    let e = lookup(state, who, name)?;
+    let rules = e.rules(name);
+    let lock = state.engine.environment_lock(&who.workspace, name).await?;
     let limits = state
         .engine
-        .environment_limits(&who.workspace, &name)
+        .environment_limits(&who.workspace, name)
         .await?;
-    Ok(Json(json!({
+    let settings = view_of(state, &who.workspace, name).await?;
+    Ok(json!({
         "name": name,
-        "display_name": e.display_name.clone().unwrap_or_else(|| name.clone()),
+        "display_name": settings.display_name,
         "description": e.description,
         "provider": e.provider,
-        "is_production": name == "production",
+        "order_index": settings.order_index,
+        "is_production": settings.is_production,
         "required_roles": rules.required_roles,
         "required_approvals": e.required_approvals,
         "require_sod": e.require_sod,
         "approval_timeout_seconds": e.approval_timeout.as_secs_f64(),
+        "deployment_timeout_seconds": settings.config.deployment_timeout,
+        "health_check_interval_seconds": settings.config.health_check_interval,
+        "promotion_policy": settings.promotion_policy,
         "change_windows": e.change_windows,
         "change_window_exceptions": e.change_window_exceptions,
         "notifications": e.notifications.len(),
         "lock": lock.as_ref().map(lock_view),
-        "limits": limits_view(&name, &limits),
-        "source": "fraisier.yaml",
-    })))
+        "limits": limits_view(name, &limits),
+        "defined_in": settings.defined_in,
+    }))
 }

@@ -213,7 +213,10 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{name}/lock", post(environments::lock))
         .route("/environments/{name}/unlock", post(environments::unlock))
         .route("/environments/{name}/health", get(environments::health))
-        .route("/environments/{name}/config", get(environments::config))
+        .route(
+            "/environments/{name}/config",
+            get(environments::config).put(environments::set_config),
+        )
         .route(
             "/environments/{name}/variables",
             get(variables::environment_variables).put(variables::set_environment_variables),

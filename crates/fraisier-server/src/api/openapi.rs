@@ -62,7 +62,7 @@ impl Modify for BearerAuth {
         environments::list, environments::get, environment_admin::create, environment_admin::update, environment_admin::delete, environments::status, environments::lock, environments::unlock,
         environments::add_freeze_window, environments::freeze_windows, environments::delete_freeze_window,
         environments::limits, environments::set_limits, environments::health, environments::metrics,
-        environments::deployments, environments::config,
+        environments::deployments, environments::config, environments::set_config,
         agents::create_join_token, agents::register, agents::heartbeat, agents::task_stream, agents::list, agents::get, agents::update, agents::revoke,
         targets::list, targets::get, targets::health_check, targets::sticker,
         targets::create, targets::update, targets::delete, targets::drift,

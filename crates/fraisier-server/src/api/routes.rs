@@ -156,6 +156,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/environments/{name}/limits", may(P::EnvironmentRead), "environment.limits"),
     route("GET", "/environments/{name}/health", may(P::EnvironmentRead), "environment.health"),
     route("GET", "/environments/{name}/config", may(P::EnvironmentRead), "environment.config"),
+    route("PUT", "/environments/{name}/config", may(P::EnvironmentUpdate), "environment.set_config"),
     route("GET", "/environments/{name}/variables", may(P::EnvironmentRead), "environment.variables"),
     route("PUT", "/environments/{name}/variables", may(P::DeploymentUpdate), "environment.set_variables"),
     route("GET", "/environments/{name}/metrics", may(P::MetricsRead), "environment.metrics"),

@@ -650,6 +650,18 @@ impl AgentProcess {
         state_dir: &Path,
         args: &[&str],
     ) -> AgentProcess {
+        AgentProcess::start_with(netns, server, state_dir, args, &[])
+    }
+
+    /// With these variables set in its environment (and `SSL_CERT_FILE` / `SSL_CERT_DIR`
+    /// removed unless given: the agent trusts no certificate store but the one asked for).
+    pub fn start_with(
+        netns: Option<&str>,
+        server: &str,
+        state_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         std::fs::create_dir_all(state_dir).unwrap();
         let log = state_dir.with_extension("log");
         let out = std::fs::OpenOptions::new()
@@ -672,6 +684,9 @@ impl AgentProcess {
             .env("FRAISIER_LOG", "info")
             .env_remove("FRAISIER_CONFIG")
             .env_remove("FRAISIER_JOIN_TOKEN")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
