@@ -11,6 +11,7 @@ mod executor;
 pub mod fleet;
 pub mod git;
 pub mod guards;
+pub mod jobs;
 mod notify;
 pub mod provider;
 pub mod request;
@@ -22,7 +23,7 @@ mod variables;
 mod webhooks;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -869,6 +870,16 @@ impl Engine {
             .collect())
     }
 
+    /// Whether this server executes the run now (its bus carries the run's progress, logs
+    /// and events); `false` for one another server holds.
+    pub fn executes(&self, run_id: i64) -> bool {
+        self.inner
+            .cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&run_id)
+    }
+
     pub async fn run(&self, tenant: &str, id: i64) -> Result<Run, EngineError> {
         self.inner.store.run(tenant, id).await.map_err(|e| match e {
             StoreError::NotFound => EngineError::RunNotFound(run_id_string(id)),
@@ -946,8 +957,12 @@ impl Engine {
         });
         let engine = self.clone();
         tokio::spawn(async move {
+            let mut lease = engine.job_lease("queued-pushes");
             loop {
-                engine.deploy_queued_pushes().await;
+                // One server deploys them: two would both submit a queued push.
+                if lease.held().await {
+                    engine.deploy_queued_pushes().await;
+                }
                 let idle = engine
                     .inner
                     .settings

@@ -232,7 +232,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     spawn_housekeeping(engine.store().clone());
     notifier::spawn(engine.clone());
-    let nats = nats::Nats::start(&config.server, engine.store().clone()).await;
+    let nats = nats::Nats::start(
+        &config.server,
+        engine.store().clone(),
+        engine.job_lease("events"),
+    )
+    .await;
     let state = api::AppState {
         nats,
         engine,

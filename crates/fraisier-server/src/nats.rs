@@ -39,7 +39,12 @@ pub struct Nats {
 impl Nats {
     /// Connects (in the background: a NATS that is down now is waited for) and starts
     /// publishing. `None` when no `server.nats_url` is configured.
-    pub async fn start(config: &ServerConfig, store: Store) -> Option<Arc<Nats>> {
+    /// `lease`: the job every server on the database shares; its holder publishes.
+    pub async fn start(
+        config: &ServerConfig,
+        store: Store,
+        lease: fraisier_engine::jobs::JobLease,
+    ) -> Option<Arc<Nats>> {
         let url = config.nats_url.as_ref()?;
         // From now on events wait in the outbox for the bus.
         store.keep_outbox(true);
@@ -68,12 +73,22 @@ impl Nats {
             published: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
-        tokio::spawn(nats.clone().publish_forever(store));
+        tokio::spawn(nats.clone().publish_forever(store, lease));
         Some(nats)
     }
 
-    async fn publish_forever(self: Arc<Self>, store: Store) {
+    async fn publish_forever(
+        self: Arc<Self>,
+        store: Store,
+        mut lease: fraisier_engine::jobs::JobLease,
+    ) {
         loop {
+            // One server publishes: the others' copies would only be dropped by the stream's
+            // duplicate window, and the order across servers lost.
+            if !lease.held().await {
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
             let wait = match self.round(&store).await {
                 Ok(0) => IDLE,
                 Ok(_) => Duration::ZERO,

@@ -59,10 +59,20 @@ pub fn spawn(engine: Engine) {
             .timeout(ATTEMPT_TIMEOUT)
             .build()
             .expect("a plain reqwest client builds");
+        // One server sends them: each would send every one otherwise.
+        let mut lease = engine.job_lease("notifications");
         loop {
+            if !lease.held().await {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             match engine.store().due_notifications(32).await {
                 Ok(due) => {
                     for n in due {
+                        // Asked again before each: a batch can outlast the lease.
+                        if !lease.held().await {
+                            break;
+                        }
                         send(&engine, &http, n).await;
                     }
                 }

@@ -17,6 +17,7 @@ mod events;
 mod freezes;
 mod groups;
 mod import;
+mod jobs;
 mod logs;
 mod migrate;
 mod notifications;

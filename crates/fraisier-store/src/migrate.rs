@@ -528,6 +528,19 @@ const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 18,
+        name: "job leases",
+        statements: &[
+            // Work one server at a time does for all (sending notifications, deploying queued
+            // pushes, publishing events): who does it, and until when unless renewed.
+            "CREATE TABLE job_leases (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )",
+        ],
+    },
 ];
 
 /// Applies the migrations not yet recorded, all in one transaction: a schema is never left

@@ -81,8 +81,43 @@ store_suite! {
     targets_and_groups_keep_members_and_change_per_field,
     a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses,
     environments_are_written_deleted_and_made_again,
+    a_job_is_held_by_one_server_until_its_lease_lapses,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
+}
+
+/// A job's lease: one holder at a time, renewed by it, taken by another only once lapsed;
+/// jobs are held apart.
+async fn a_job_is_held_by_one_server_until_its_lease_lapses(db: &TestDb) {
+    let s = &db.store;
+    let later = Utc::now() + Duration::seconds(30);
+    assert!(s.hold_job("notifications", "a", later).await.unwrap());
+    assert!(!s.hold_job("notifications", "b", later).await.unwrap());
+    assert!(
+        s.hold_job("notifications", "a", later).await.unwrap(),
+        "renewed"
+    );
+    assert!(
+        s.hold_job("events", "b", later).await.unwrap(),
+        "another job"
+    );
+    // Four servers at once on a free job: one gets it.
+    let tries = ["c", "d", "e", "f"].map(|o| s.hold_job("pushes", o, later));
+    let held = futures_util_join(tries).await;
+    assert_eq!(held.iter().filter(|h| **h).count(), 1, "{held:?}");
+    // a's hold lapses (its last renewal ran out): b takes it, and a no longer holds it.
+    let past = Utc::now() - Duration::seconds(1);
+    assert!(s.hold_job("notifications", "a", past).await.unwrap());
+    assert!(s.hold_job("notifications", "b", later).await.unwrap());
+    assert!(!s.hold_job("notifications", "a", later).await.unwrap());
+}
+
+async fn futures_util_join<F: std::future::Future<Output = fraisier_store::Result<bool>>>(
+    tries: [F; 4],
+) -> Vec<bool> {
+    let [a, b, c, d] = tries;
+    let (a, b, c, d) = tokio::join!(a, b, c, d);
+    vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
 }
 
 /// Environments as the API left them: made once (a second create, or one of a name the file

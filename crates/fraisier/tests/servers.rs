@@ -1,7 +1,7 @@
 //! Several servers on one PostgreSQL: a run is held by the server executing it; killed
 //! (`kill -9`) mid-run, another server takes it over once the hold lapses and finishes it; a
-//! cancel recorded on one server stops a run executing on another; environments written on
-//! one reach the other. Skipped (passing) when
+//! cancel recorded on one server stops a run executing on another, whose followers (events,
+//! progress) see it to its end from the store; environments written on one reach the other. Skipped (passing) when
 //! `FRAISIER_TEST_DATABASE_URL` is not set; CI sets it.
 
 mod common;
@@ -192,26 +192,188 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         "A executed it to the end"
     );
     assert_eq!(router_version(port).await.as_deref(), Some("2.0.0"));
+
+    // Followers on B of a run A executes: B's bus carries nothing of it, the store does.
+    let run = a
+        .deploy("app", "production", json!({ "version": "3.0.0" }))
+        .await;
+    wait_in_progress(&a, &run).await;
+    let events = tokio::spawn(sse_until_end(
+        b.http.clone(),
+        format!("{}/deployments/{run}/events?follow=true", b.url),
+        b.token.clone(),
+    ));
+    let progress = tokio::spawn(progress_until_finished(
+        format!(
+            "{}/deployments/{run}/progress",
+            b.url.replacen("http", "ws", 1)
+        ),
+        b.token.clone(),
+    ));
+    let v = a.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    let text = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .expect("B's event stream ends with the run")
+        .unwrap();
+    let ids: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(|i| i.trim().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "each once, in order: {ids:?}"
+    );
+    let (_, all) = a.get(&format!("/deployments/{run}/events")).await;
+    assert_eq!(ids.len() as u64, all["total"].as_u64().unwrap(), "{text}");
+    assert!(
+        text.contains("event: end") || text.contains("event:end"),
+        "{text}"
+    );
+    let messages = tokio::time::timeout(Duration::from_secs(10), progress)
+        .await
+        .expect("B's progress socket closes with the run")
+        .unwrap();
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (last["step"].as_str(), last["status"].as_str()),
+        (Some("finished"), Some("success")),
+        "{messages:#?}"
+    );
+    assert!(messages.len() > 2, "the steps A recorded: {messages:#?}");
     drop(b);
     drop(a);
 }
 
-/// Environments made, changed and deleted on one server reach the other within its reread
-/// (every 3 s), and the checks that matter are the store's: a create of a name the other
+/// A webhook receiver: every body POSTed to it, answered 200 after a while.
+async fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        // Slow to answer, as a busy chat service is: a second sender would
+                        // find the notification still due meanwhile.
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                        seen.lock().unwrap().push(
+                            String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string(),
+                        );
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// An SSE stream's text, read until its `end` event.
+async fn sse_until_end(http: reqwest::Client, url: String, token: String) -> String {
+    let mut r = http.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut text = String::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if text.contains("event: end") || text.contains("event:end") {
+            break;
+        }
+    }
+    text
+}
+
+/// A progress WebSocket's messages, read until it closes.
+async fn progress_until_finished(url: String, token: String) -> Vec<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut messages = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_close() {
+            break;
+        }
+        let Ok(text) = m.to_text() else { break };
+        messages.push(serde_json::from_str::<Value>(text).unwrap());
+    }
+    messages
+}
+
+/// Notifications are sent once by whichever server holds the job. Environments made,
+/// changed and deleted on one server reach the other within its reread (every 3 s), and the checks that matter are the store's: a create of a name the other
 /// made is 409 even before it has reread, and a change of one the other deleted is 404.
 #[tokio::test]
-async fn environments_written_on_one_server_reach_the_other() {
+async fn notifications_go_out_once_and_environments_reach_every_server() {
     let Some(db) = Database::create() else {
         println!("skipped: FRAISIER_TEST_DATABASE_URL is not set");
         return;
     };
     let ws = Workspace::new();
+    ws.release("1.0.0", &[]);
+    let (hook, posts) = receiver().await;
     let yaml = config_yaml(&ws, free_port(), 1, "rolling", "").replace(
         "  rate_limits: off\n",
         &format!("  rate_limits: off\n  database_url: \"{}\"\n", db.url),
+    ) + &format!(
+        "notifications:\n  - {{ type: webhook, url: \"http://127.0.0.1:{hook}/hook\" }}\n"
     );
     let a = Server::start(&ws, &yaml).await;
     let b = Server::start(&ws, &yaml).await;
+
+    // Notifications go out once, whichever server holds the job.
+    let run = b
+        .deploy("app", "staging", json!({ "version": "1.0.0" }))
+        .await;
+    let v = b.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    let started = Instant::now();
+    while posts.lock().unwrap().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            posts.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a second server's copies, if it sent any.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bodies = posts.lock().unwrap().clone();
+    let mut distinct = bodies.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        bodies.len(),
+        "each notification once: {bodies:#?}"
+    );
 
     let (status, v) = a
         .post(

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fraisier_engine::{BusMessage, DeployRequest, RollbackRequest};
+use fraisier_engine::{BusMessage, DeployRequest, Engine, RollbackRequest};
 use fraisier_model::run::{Component, LogLevel, RunStatus, ServiceState};
 use fraisier_model::Strategy;
 use fraisier_store::{
@@ -541,19 +541,40 @@ pub async fn logs(
             .collect();
         let last = lines.last().map_or(0, |l| l.id);
         let finished = run.status.is_final();
-        return Ok(
-            follow_stream(rx, run.id, backlog, finished, move |m| match m {
+        let (level, component) = (filter.level, filter.component);
+        let id = run.id;
+        return Ok(follow_stream(
+            state.engine.clone(),
+            who.workspace.clone(),
+            rx,
+            run.id,
+            backlog,
+            last,
+            finished,
+            move |m| match m {
                 BusMessage::Log(l)
-                    if l.id > last
-                        && filter.level.is_none_or(|lv| l.level >= lv)
-                        && filter.component.is_none_or(|c| c == l.component) =>
+                    if level.is_none_or(|lv| l.level >= lv)
+                        && component.is_none_or(|c| c == l.component) =>
                 {
-                    Some(sse_json("log", &views::log(l), l.id))
+                    Some((l.id, sse_json("log", &views::log(l), l.id)))
                 }
                 _ => None,
-            })
-            .into_response(),
-        );
+            },
+            move |engine, after| async move {
+                let f = fraisier_store::LogFilter {
+                    lines: 0,
+                    level,
+                    component,
+                    after_id: Some(after),
+                };
+                let (lines, _) = engine.store().logs(id, &f).await.unwrap_or_default();
+                lines
+                    .iter()
+                    .map(|l| (l.id, sse_json("log", &views::log(l), l.id)))
+                    .collect()
+            },
+        )
+        .into_response());
     }
     let (lines, total) = store.logs(run.id, &filter).await?;
     Ok(Json(LogsResponse {
@@ -586,16 +607,29 @@ pub async fn events(
             .map(|e| sse_json("event", &views::event(e), e.id))
             .collect();
         let last = events.last().map_or(0, |e| e.id);
+        let id = run.id;
         return Ok(follow_stream(
+            state.engine.clone(),
+            who.workspace.clone(),
             rx,
             run.id,
             backlog,
+            last,
             run.status.is_final(),
             move |m| match m {
-                BusMessage::Event(e) if e.id > last => {
-                    Some(sse_json("event", &views::event(e), e.id))
-                }
+                BusMessage::Event(e) => Some((e.id, sse_json("event", &views::event(e), e.id))),
                 _ => None,
+            },
+            move |engine, after| async move {
+                let events = engine
+                    .store()
+                    .events(id, Some(after))
+                    .await
+                    .unwrap_or_default();
+                events
+                    .iter()
+                    .map(|e| (e.id, sse_json("event", &views::event(e), e.id)))
+                    .collect()
             },
         )
         .into_response());
@@ -616,14 +650,29 @@ fn sse_json<T: Serialize>(name: &str, v: &T, id: i64) -> SseEvent {
         .unwrap_or_default()
 }
 
-/// An SSE stream: the backlog, then matching bus messages of the run until it finishes.
-fn follow_stream(
+/// How often a follower of a run another server executes reads the store: that server's bus
+/// is not this one's.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// An SSE stream: the backlog, then the run's items until it finishes — from the bus while
+/// this server executes the run, from the store (`poll`, items after an id) while another
+/// server does. Items are sent once each, by id.
+#[allow(clippy::too_many_arguments)]
+fn follow_stream<P, F>(
+    engine: Engine,
+    tenant: String,
     mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<BusMessage>>,
     run_id: i64,
     backlog: Vec<SseEvent>,
+    mut last: i64,
     finished: bool,
-    pick: impl Fn(&BusMessage) -> Option<SseEvent> + Send + 'static,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    pick: impl Fn(&BusMessage) -> Option<(i64, SseEvent)> + Send + 'static,
+    poll: P,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>>
+where
+    P: Fn(Engine, i64) -> F + Send + 'static,
+    F: std::future::Future<Output = Vec<(i64, SseEvent)>> + Send,
+{
     let (tx, out) = mpsc::channel::<SseEvent>(256);
     tokio::spawn(async move {
         for e in backlog {
@@ -631,21 +680,22 @@ fn follow_stream(
                 return;
             }
         }
-        if !finished {
-            loop {
-                match rx.recv().await {
+        let end = |status: Value| SseEvent::default().event("end").data(status.to_string());
+        if finished {
+            let _ = tx.send(end(json!({}))).await;
+            return;
+        }
+        let mut tick = tokio::time::interval(FOLLOW_POLL);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
                     Ok(m) if m.run_id() == Some(run_id) => {
                         if let BusMessage::Finished { status, .. } = &*m {
-                            let _ = tx
-                                .send(
-                                    SseEvent::default()
-                                        .event("end")
-                                        .data(json!({ "status": status }).to_string()),
-                                )
-                                .await;
+                            let _ = tx.send(end(json!({ "status": status }))).await;
                             return;
                         }
-                        if let Some(e) = pick(&m) {
+                        if let Some((id, e)) = pick(&m).filter(|(id, _)| *id > last) {
+                            last = id;
                             if tx.send(e).await.is_err() {
                                 return;
                             }
@@ -658,10 +708,28 @@ fn follow_stream(
                             .await;
                     }
                     Err(_) => return,
+                },
+                _ = tick.tick() => {
+                    if engine.executes(run_id) {
+                        continue;
+                    }
+                    // Executed elsewhere (or over): what the store has, then whether it ended.
+                    let status = engine.run(&tenant, run_id).await.ok().map(|r| r.status);
+                    for (id, e) in poll(engine.clone(), last).await {
+                        if id > last {
+                            last = id;
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(status) = status.filter(|s| s.is_final()) {
+                        let _ = tx.send(end(json!({ "status": status }))).await;
+                        return;
+                    }
                 }
             }
         }
-        let _ = tx.send(SseEvent::default().event("end").data("{}")).await;
     });
     let s = stream::unfold(out, |mut out| async move {
         out.recv().await.map(|e| (Ok(e), out))

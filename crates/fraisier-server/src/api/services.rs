@@ -782,8 +782,8 @@ pub async fn progress(
             format!("this endpoint speaks WebSocket: {e}"),
         )
     })?;
-    let engine = state.engine.clone();
-    Ok(ws.on_upgrade(move |socket| follow_progress(socket, engine, target)))
+    let (engine, tenant) = (state.engine.clone(), who.workspace.clone());
+    Ok(ws.on_upgrade(move |socket| follow_progress(socket, engine, tenant, target)))
 }
 
 enum Target {
@@ -795,7 +795,7 @@ enum Target {
     },
 }
 
-async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) {
+async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, target: Target) {
     let mut rx = engine.bus().subscribe();
     let send = |v: Value| Message::Text(v.to_string().into());
     let now = || views::ts(Utc::now());
@@ -832,8 +832,35 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, target: Target) 
         return;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6 * 3600);
+    // A run another server executes: its steps, as the store records them, stand for the
+    // progress its bus carries there.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut steps_seen: Vec<(String, String)> = Vec::new();
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let Some(id) = run_id.filter(|id| !engine.executes(*id)) else { continue };
+                let Ok(run) = engine.store().run(&tenant, id).await else { continue };
+                let steps = engine.store().steps(id).await.unwrap_or_default();
+                for (i, st) in steps.iter().enumerate() {
+                    let now_seen = (st.name.clone(), to_wire(&st.status));
+                    if steps_seen.get(i) == Some(&now_seen) {
+                        continue;
+                    }
+                    let message = st.message.clone().or(st.error.clone()).unwrap_or_default();
+                    let update = json!({ "step": st.name, "status": now_seen.1, "message": message, "progress_pct": (100 * i / steps.len().max(1)) as u32, "timestamp": now() });
+                    if socket.send(send(update)).await.is_err() {
+                        return;
+                    }
+                    if i < steps_seen.len() { steps_seen[i] = now_seen } else { steps_seen.push(now_seen) }
+                }
+                if run.status.is_final() {
+                    let status = if run.status == RunStatus::Success { "success" } else { "failed" };
+                    let _ = socket.send(send(json!({ "step": "finished", "status": status, "message": format!("{} {}", run_id_string(id), to_wire(&run.status)), "progress_pct": 100, "timestamp": now() }))).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            },
             m = rx.recv() => match m {
                 Ok(m) => {
                     let mine = |id: i64, f: &str, e: &str| run_id.map_or(f == fraise && e == env, |r| r == id);
