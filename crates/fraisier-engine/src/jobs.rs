@@ -31,15 +31,22 @@ impl JobLease {
                 return held;
             }
         }
+        // Timed from before the ask: the lease runs from then, whatever the store's delay.
+        let asked_at = Instant::now();
         let until = chrono::Utc::now()
             + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(15));
-        let held = match store
-            .hold_job(self.job, self.engine.server_id(), until)
-            .await
-        {
-            Ok(held) => held,
-            Err(e) => {
+        let ask = store.hold_job(self.job, self.engine.server_id(), until);
+        let held = match tokio::time::timeout(self.lease / 3, ask).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
                 tracing::warn!(job = self.job, error = %e, "cannot renew the job's lease; leaving it");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    job = self.job,
+                    "the store did not answer in time; leaving the job"
+                );
                 false
             }
         };
@@ -50,7 +57,7 @@ impl JobLease {
                 tracing::info!(job = self.job, "another server does the job");
             }
         }
-        self.asked = Some((Instant::now(), held));
+        self.asked = Some((asked_at, held));
         held
     }
 }

@@ -73,7 +73,16 @@ pub fn spawn(engine: Engine) {
                         if !lease.held().await {
                             break;
                         }
-                        send(&engine, &http, n).await;
+                        // And claimed: a sender that lost the lease mid-batch finds it
+                        // taken rather than sending it a second time.
+                        let until = chrono::Utc::now()
+                            + chrono::Duration::from_std(ATTEMPT_TIMEOUT * 3)
+                                .unwrap_or(chrono::Duration::seconds(30));
+                        match engine.store().claim_notification(n.id, until).await {
+                            Ok(true) => send(&engine, &http, n).await,
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot claim a notification"),
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the notification outbox"),

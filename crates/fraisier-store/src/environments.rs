@@ -148,6 +148,28 @@ impl Store {
         declared: bool,
         by: &str,
     ) -> Result<Option<EnvironmentRecord>> {
+        // Two first changes of a declared environment both find no row to lock and both
+        // insert one: the second, told so, goes again and finds the first's.
+        match self
+            .update_environment_once(tenant, name, changes, declared, by)
+            .await
+        {
+            Err(e) if crate::sql::is_unique_violation(&e) => {
+                self.update_environment_once(tenant, name, changes, declared, by)
+                    .await
+            }
+            done => done,
+        }
+    }
+
+    async fn update_environment_once(
+        &self,
+        tenant: &str,
+        name: &str,
+        changes: &EnvironmentSettings,
+        declared: bool,
+        by: &str,
+    ) -> Result<Option<EnvironmentRecord>> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
         let at = millis(now());
         let row = sqlx::query(&format!(
@@ -201,6 +223,15 @@ impl Store {
     /// lock, freeze windows, limits and own variables. Its runs stay in the history.
     /// (Whether a fraise of fraisier.yaml is configured for it is the engine's to check.)
     pub async fn delete_environment(&self, tenant: &str, name: &str, by: &str) -> Result<Deleted> {
+        match self.delete_environment_once(tenant, name, by).await {
+            Err(e) if crate::sql::is_unique_violation(&e) => {
+                self.delete_environment_once(tenant, name, by).await
+            }
+            done => done,
+        }
+    }
+
+    async fn delete_environment_once(&self, tenant: &str, name: &str, by: &str) -> Result<Deleted> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
         let at = millis(now());
         // Taken first on PostgreSQL, so a concurrent create or update waits for the outcome.

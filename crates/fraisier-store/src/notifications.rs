@@ -112,6 +112,24 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Claims a due notification for one attempt: pushes its next attempt to `until`, so no
+    /// other sender finds it due meanwhile. Whether this caller got it.
+    pub async fn claim_notification(&self, id: i64, until: DateTime<Utc>) -> Result<bool> {
+        let at = now();
+        let turn = self.turn(Priority::Background).await;
+        let done = sqlx::query(
+            "UPDATE notifications SET next_attempt_at = $1 \
+             WHERE id = $2 AND status = 'pending' AND next_attempt_at <= $3",
+        )
+        .bind(millis(until))
+        .bind(id)
+        .bind(millis(at))
+        .execute(&self.writer)
+        .await;
+        drop(turn);
+        Ok(done?.rows_affected() == 1)
+    }
+
     /// Records an attempt, and what the notification is now: `sent`, `failed`, or `pending`
     /// again at `next`.
     pub async fn record_attempt(

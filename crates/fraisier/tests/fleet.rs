@@ -353,8 +353,12 @@ impl TlsFront {
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("socat");
+        let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("socat exited before listening on {port}: {status}");
+            }
             assert!(Instant::now() < deadline, "socat never listened on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -686,8 +686,13 @@ where
             return;
         }
         let mut tick = tokio::time::interval(FOLLOW_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The run's status is recorded final before its last event and log line: one more
+        // read of the store after seeing it so, then the end.
+        let mut ending = false;
         loop {
             tokio::select! {
+                _ = tx.closed() => return,
                 m = rx.recv() => match m {
                     Ok(m) if m.run_id() == Some(run_id) => {
                         if let BusMessage::Finished { status, .. } = &*m {
@@ -724,8 +729,11 @@ where
                         }
                     }
                     if let Some(status) = status.filter(|s| s.is_final()) {
-                        let _ = tx.send(end(json!({ "status": status }))).await;
-                        return;
+                        if ending {
+                            let _ = tx.send(end(json!({ "status": status }))).await;
+                            return;
+                        }
+                        ending = true;
                     }
                 }
             }

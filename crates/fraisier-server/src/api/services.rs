@@ -836,19 +836,23 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     // progress its bus carries there.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut steps_seen: Vec<(String, String)> = Vec::new();
+    let mut pct_sent = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let Some(id) = run_id.filter(|id| !engine.executes(*id)) else { continue };
                 let Ok(run) = engine.store().run(&tenant, id).await else { continue };
                 let steps = engine.store().steps(id).await.unwrap_or_default();
+                // From the steps over, never less than sent: more steps start as it goes.
+                let over = steps.iter().filter(|st| st.ended_at.is_some()).count();
+                pct_sent = pct_sent.max((99 * over / (steps.len() + 1)) as u32);
                 for (i, st) in steps.iter().enumerate() {
                     let now_seen = (st.name.clone(), to_wire(&st.status));
                     if steps_seen.get(i) == Some(&now_seen) {
                         continue;
                     }
                     let message = st.message.clone().or(st.error.clone()).unwrap_or_default();
-                    let update = json!({ "step": st.name, "status": now_seen.1, "message": message, "progress_pct": (100 * i / steps.len().max(1)) as u32, "timestamp": now() });
+                    let update = json!({ "step": st.name, "status": now_seen.1, "message": message, "progress_pct": pct_sent, "timestamp": now() });
                     if socket.send(send(update)).await.is_err() {
                         return;
                     }
