@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::sql::{count, json, json_text, millis, now, ts, ts_opt, ACTIVE_STATUSES};
-use crate::store::Backend;
+use crate::store::{Backend, WriteTx};
 use crate::turns::Priority;
 use crate::{Result, Store};
 
@@ -110,19 +110,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await
             }
-            None => {
-                sqlx::query(
-                    "INSERT INTO environments (tenant_id, name, settings, deleted_at, created_at, \
-                     created_by, updated_at, updated_by) VALUES ($1, $2, $3, NULL, $4, $5, $4, $5)",
-                )
-                .bind(tenant)
-                .bind(name)
-                .bind(json_text(settings))
-                .bind(at)
-                .bind(by)
-                .execute(&mut *tx)
-                .await
-            }
+            None => insert_row(&mut tx, tenant, name, settings, None, at, by).await,
         };
         match written.map_err(crate::StoreError::from) {
             Err(e) if crate::sql::is_unique_violation(&e) => return Ok(Created::Exists),
@@ -201,17 +189,7 @@ impl Store {
             }
             None if !declared => return Ok(None),
             None => {
-                sqlx::query(
-                    "INSERT INTO environments (tenant_id, name, settings, deleted_at, created_at, \
-                     created_by, updated_at, updated_by) VALUES ($1, $2, $3, NULL, $4, $5, $4, $5)",
-                )
-                .bind(tenant)
-                .bind(name)
-                .bind(json_text(changes))
-                .bind(at)
-                .bind(by)
-                .execute(&mut *tx)
-                .await?;
+                insert_row(&mut tx, tenant, name, changes, None, at, by).await?;
             }
         }
         tx.commit().await?;
@@ -282,17 +260,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            sqlx::query(
-                "INSERT INTO environments (tenant_id, name, settings, deleted_at, created_at, \
-                 created_by, updated_at, updated_by) VALUES ($1, $2, $3, $4, $4, $5, $4, $5)",
-            )
-            .bind(tenant)
-            .bind(name)
-            .bind(json_text(&EnvironmentSettings::default()))
-            .bind(at)
-            .bind(by)
-            .execute(&mut *tx)
-            .await?;
+            let none = EnvironmentSettings::default();
+            insert_row(&mut tx, tenant, name, &none, Some(at), at, by).await?;
         }
         for table in ["environment_locks", "freeze_windows", "environment_limits"] {
             sqlx::query(&format!(
@@ -339,6 +308,30 @@ pub enum Deleted {
     Done,
     /// Refused: why.
     InUse(String),
+}
+
+/// An environment's first row: made at `at` by `by`, deleted then too with `deleted_at`.
+async fn insert_row(
+    tx: &mut WriteTx,
+    tenant: &str,
+    name: &str,
+    settings: &EnvironmentSettings,
+    deleted_at: Option<i64>,
+    at: i64,
+    by: &str,
+) -> std::result::Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO environments (tenant_id, name, settings, deleted_at, created_at, \
+         created_by, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $5, $6)",
+    )
+    .bind(tenant)
+    .bind(name)
+    .bind(json_text(settings))
+    .bind(deleted_at)
+    .bind(at)
+    .bind(by)
+    .execute(&mut **tx)
+    .await
 }
 
 fn record_from_row(row: &AnyRow) -> Result<EnvironmentRecord> {

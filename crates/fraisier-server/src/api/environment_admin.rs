@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::environments::noted;
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
-use super::gate::{authorize, AuditNote, Caller};
+use super::gate::{authorize, Caller};
 use super::views::ts;
 use super::{AppState, Params};
 
@@ -217,14 +218,6 @@ pub async fn view_of(
         .environment_record(tenant, name)
         .await?;
     Ok(view(state, tenant, name, &e, record.as_ref()))
-}
-
-fn noted(mut r: Response, environment: &str) -> Response {
-    r.extensions_mut().insert(AuditNote {
-        resource: Some(format!("environment:{environment}")),
-        ..AuditNote::default()
-    });
-    r
 }
 
 #[utoipa::path(post, path = "/api/v1/environments", tag = "environments",

@@ -285,7 +285,8 @@ pub struct LockBody {
     pub reason: Option<String>,
 }
 
-fn noted(mut r: Response, environment: &str) -> Response {
+/// Marks a response as about an environment, for the audit trail.
+pub(super) fn noted(mut r: Response, environment: &str) -> Response {
     r.extensions_mut().insert(AuditNote {
         resource: Some(format!("environment:{environment}")),
         ..AuditNote::default()

@@ -344,12 +344,10 @@ pub async fn set_environment_variables(
         deployments: runs.iter().map(created).collect(),
         message,
     };
-    let mut resp = (status, Json(body)).into_response();
-    resp.extensions_mut().insert(AuditNote {
-        resource: Some(format!("environment:{environment}")),
-        ..AuditNote::default()
-    });
-    Ok(resp)
+    Ok(super::environments::noted(
+        (status, Json(body)).into_response(),
+        &environment,
+    ))
 }
 
 #[derive(Serialize, ToSchema)]
