@@ -300,6 +300,39 @@ pub fn demo_release(releases: &Path, version: &str, env: &[&str]) -> Result<()> 
     Ok(())
 }
 
+/// A server in a temp dir with the demo app's 1.0.0 deployed to `production` behind the
+/// router on `port`, with `instances` instances; the dir goes when dropped.
+pub async fn deployed_demo(
+    bins: &Bins,
+    port: u16,
+    instances: u32,
+) -> Result<(tempfile::TempDir, Server)> {
+    let dir = tempfile::Builder::new()
+        .prefix("fraisier-bench-")
+        .tempdir()?;
+    demo_release(&dir.path().join("releases"), "1.0.0", &[])?;
+    let config = dir.path().join("fraisier.yaml");
+    std::fs::write(
+        &config,
+        app_config(bins, dir.path(), port, instances, "rolling"),
+    )?;
+    let server = Server::start(bins, &config, &dir.path().join("data")).await?;
+    let id = server
+        .deploy(
+            "app",
+            "production",
+            &serde_json::json!({"version": "1.0.0"}),
+        )
+        .await?;
+    let run = server
+        .wait_run(&id, Duration::from_secs(60), Duration::from_millis(50))
+        .await?;
+    if run["status"] != "success" {
+        bail!("deploy of the demo app failed: {run}");
+    }
+    Ok((dir, server))
+}
+
 /// A config with one api fraise `app` (the demo app) in `production`, on router port
 /// `port`, with `instances` instances, a 200 ms HTTP probe and the given strategy.
 pub fn app_config(bins: &Bins, dir: &Path, port: u16, instances: u32, strategy: &str) -> String {

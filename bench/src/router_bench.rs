@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fraisier_agent::router::{Backend, Router};
-use serde_json::json;
 
 use crate::fraisier::{self, Bins, Server};
 use crate::load::{self, RateResult, WrkResult};
@@ -37,7 +36,7 @@ pub struct RouterOpts {
 }
 
 /// Other processes may use this share of the CPUs before a run starts.
-const QUIET: f64 = 0.10;
+pub(crate) const QUIET: f64 = 0.10;
 
 struct Target {
     key: &'static str,
@@ -113,26 +112,8 @@ impl Target {
 
 pub async fn run(bins: &Bins, o: &RouterOpts) -> Result<Vec<Verdict>> {
     println!("== Router vs nginx: the same upstream, the same load, side by side ==");
-    let dir = tempfile::Builder::new()
-        .prefix("fraisier-bench-")
-        .tempdir()?;
-    fraisier::demo_release(&dir.path().join("releases"), "1.0.0", &[])?;
     let router_port = procs::free_port()?;
-    let config = dir.path().join("fraisier.yaml");
-    std::fs::write(
-        &config,
-        fraisier::app_config(bins, dir.path(), router_port, o.instances, "rolling"),
-    )?;
-    let server = Server::start(bins, &config, &dir.path().join("data")).await?;
-    let id = server
-        .deploy("app", "production", &json!({"version": "1.0.0"}))
-        .await?;
-    let run = server
-        .wait_run(&id, Duration::from_secs(60), Duration::from_millis(50))
-        .await?;
-    if run["status"] != "success" {
-        bail!("deploy of the demo app failed: {run}");
-    }
+    let (dir, server) = fraisier::deployed_demo(bins, router_port, o.instances).await?;
     let ports = server
         .instance_ports("app", "production", o.instances as usize)
         .await?;
@@ -443,7 +424,7 @@ fn rate_cell(t: &Target, pick: fn(&RateResult) -> Duration) -> String {
 }
 
 /// Indexes 0..n starting at `round % n`.
-fn rotated(n: usize, round: usize) -> Vec<usize> {
+pub(crate) fn rotated(n: usize, round: usize) -> Vec<usize> {
     (0..n).map(|i| (i + round) % n).collect()
 }
 

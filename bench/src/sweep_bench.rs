@@ -10,14 +10,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use fraisier_agent::router::{Backend, Router};
-use serde_json::json;
 
-use crate::fraisier::{self, Bins, Server};
+use crate::fraisier::{self, Bins};
 use crate::load;
 use crate::procs;
-use crate::router_bench::{check_answers, nginx_version, Nginx};
+use crate::router_bench::{check_answers, nginx_version, rotated, Nginx, QUIET};
 use crate::stats::{ms, Verdict};
 
 #[derive(Clone, Debug)]
@@ -26,8 +25,6 @@ pub struct SweepOpts {
     pub duration: Duration,
     pub warmup: Duration,
 }
-
-const QUIET: f64 = 0.10;
 
 pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
     println!();
@@ -39,25 +36,7 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let dir = tempfile::Builder::new()
-        .prefix("fraisier-bench-")
-        .tempdir()?;
-    fraisier::demo_release(&dir.path().join("releases"), "1.0.0", &[])?;
-    let config = dir.path().join("fraisier.yaml");
-    std::fs::write(
-        &config,
-        fraisier::app_config(bins, dir.path(), procs::free_port()?, 1, "rolling"),
-    )?;
-    let server = Server::start(bins, &config, &dir.path().join("data")).await?;
-    let id = server
-        .deploy("app", "production", &json!({"version": "1.0.0"}))
-        .await?;
-    let run = server
-        .wait_run(&id, Duration::from_secs(60), Duration::from_millis(50))
-        .await?;
-    if run["status"] != "success" {
-        bail!("deploy of the demo app failed: {run}");
-    }
+    let (dir, server) = fraisier::deployed_demo(bins, procs::free_port()?, 1).await?;
     let demo = SocketAddr::from((
         [127, 0, 0, 1],
         server.instance_ports("app", "production", 1).await?[0],
@@ -130,7 +109,7 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
             let mut p99 = [Duration::ZERO; 3];
             let mut errors = 0;
             let mut others: f64 = 0.0;
-            for j in (0..3).map(|j| (j + k) % 3) {
+            for j in rotated(3, k) {
                 let (_, addr) = targets[j];
                 procs::wait_quiet(&mine, QUIET, Duration::from_secs(60)).await;
                 let before = procs::cpu_snapshot(&mine);

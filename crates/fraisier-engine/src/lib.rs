@@ -265,7 +265,7 @@ impl Engine {
         }
         let timeout_secs = check_timeout(
             req.timeout_secs,
-            request::default_timeout(self.config().scope(&req.tenant), &req.environment),
+            request::default_timeout(config, &req.environment),
         )?;
         let released = self
             .released(&req.tenant, &req.fraise, &req.environment)

@@ -11,10 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_default()
-}
-
 fn yaml(ws: &Workspace, port: u16, staging: u16, web: u16) -> String {
     format!(
         r#"

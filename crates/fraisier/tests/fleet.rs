@@ -343,7 +343,7 @@ impl TlsFront {
             "server.pem",
         ]);
         let port = free_port();
-        let child = std::process::Command::new("socat")
+        let mut child = std::process::Command::new("socat")
             .arg(format!(
                 "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
                 dir.join("server.pem").display(),
@@ -353,7 +353,6 @@ impl TlsFront {
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("socat");
-        let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {

@@ -10,10 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_default()
-}
-
 async fn deploy_refused(s: &Server, version: &str) -> (u16, Value) {
     s.post("/deployments/app/production", json!({ "version": version }))
         .await

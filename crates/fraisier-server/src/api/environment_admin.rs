@@ -249,10 +249,7 @@ pub async fn update(
     Params(name): Params<String>,
     JsonBody(body): JsonBody<EnvironmentSettingsBody>,
 ) -> Result<Response, ApiError> {
-    state
-        .engine
-        .environment(&who.workspace, &name)
-        .map_err(|_| ApiError::environment_not_found(&name))?;
+    super::environments::lookup(&state, &who, &name)?;
     authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
     let changes = body.settings();
     state
@@ -273,10 +270,7 @@ pub async fn delete(
     who: Caller,
     Params(name): Params<String>,
 ) -> Result<Response, ApiError> {
-    state
-        .engine
-        .environment(&who.workspace, &name)
-        .map_err(|_| ApiError::environment_not_found(&name))?;
+    super::environments::lookup(&state, &who, &name)?;
     authorize(&state, &who, Permission::EnvironmentDelete, &name)?;
     state
         .engine

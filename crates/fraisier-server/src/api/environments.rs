@@ -91,7 +91,7 @@ fn status_word(c: &Counts) -> &'static str {
 }
 
 /// An environment of the caller's workspace, as it is now; another workspace's answers 404.
-fn lookup(
+pub(super) fn lookup(
     state: &AppState,
     who: &Caller,
     name: &str,

@@ -300,10 +300,11 @@ fn deploy_request(
     spec: DeploySpec,
 ) -> Result<DeployRequest, ApiError> {
     let (fraise, environment) = resolve(state, who, &spec.name, spec.environment.as_deref())?;
+    let live = state.config();
     check_fixed(
         &spec,
-        &state.config().scope(&who.workspace).fraises[&fraise],
-        &state.config().server.allowed_health_hosts,
+        &live.scope(&who.workspace).fraises[&fraise],
+        &live.server.allowed_health_hosts,
     )?;
     let mut metadata = if let Some(m) = spec.metadata {
         Value::Object(m)

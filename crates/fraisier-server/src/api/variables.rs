@@ -308,10 +308,7 @@ pub async fn set_environment_variables(
     Params(environment): Params<String>,
     UserMap(body): UserMap,
 ) -> Result<Response, ApiError> {
-    state
-        .engine
-        .environment(&who.workspace, &environment)
-        .map_err(|_| ApiError::environment_not_found(&environment))?;
+    super::environments::lookup(&state, &who, &environment)?;
     authorize(&state, &who, Permission::DeploymentUpdate, &environment)?;
     let values = changes(body)?;
     let EnvironmentVariablesChanged { changed, runs } = state

@@ -609,6 +609,11 @@ pub fn cli(s: &Server, args: &[&str]) -> String {
     text
 }
 
+/// An error answer's code; empty for an answer that is not an error.
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
 /// Adds a user with `roles` (password `<name>-password`); their access token.
 pub async fn user_token(s: &Server, username: &str, roles: &[&str]) -> String {
     let password = format!("{username}-password");
