@@ -367,7 +367,11 @@ fn seed_runs(n: u32, fraises: u32) -> Vec<Run> {
                 updated_at: created_at + chrono::Duration::seconds(42),
                 started_at: Some(created_at + chrono::Duration::milliseconds(30)),
                 completed_at: Some(created_at + chrono::Duration::seconds(42)),
-                health_check_status: if failed { "failing" } else { "passing" }.to_string(),
+                health_check_status: if failed {
+                    fraisier_model::run::HealthCheckStatus::Failing
+                } else {
+                    fraisier_model::run::HealthCheckStatus::Passing
+                },
                 health_details: json!({"checks_passed": 2, "checks_total": 2}),
                 metrics: json!({"success_rate": 99.9, "error_rate": 0.1, "latency_p50_ms": 3, "latency_p99_ms": 12}),
                 error_code: failed.then(|| "HEALTH_CHECK_FAILED".to_string()),

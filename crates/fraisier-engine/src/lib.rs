@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod git;
 pub mod guards;
 pub mod jobs;
+mod journal;
 mod notify;
 pub mod provider;
 pub mod request;
@@ -30,7 +31,7 @@ use chrono::{DateTime, Utc};
 use fraisier_model::approval::{self, Decision, Requirement, Standing, Vote};
 use fraisier_model::config::Config;
 use fraisier_model::names::agent_name;
-use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState};
+use fraisier_model::run::{Component, EventType, LogLevel, RunKind, RunStatus, ServiceState};
 use fraisier_model::{FraiseType, Strategy};
 use fraisier_store::{run_id_string, NewRun, Renewal, Run, ServiceRecord, Store, StoreError};
 use serde_json::{json, Value};
@@ -116,6 +117,9 @@ struct Inner {
     mirrors: git::Mirrors,
     /// Wakes the loop that deploys queued pushes when a delivery queues one.
     push_queue: tokio::sync::Notify,
+    /// Every task this engine started: its loops and its runs (for `halt`).
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    halted: std::sync::atomic::AtomicBool,
     /// Digests of uploads stored but not yet recorded or dropped, and how many of each.
     uploads: Mutex<HashMap<String, usize>>,
 }
@@ -164,6 +168,8 @@ impl Engine {
                 blobs,
                 mirrors: git::Mirrors::new(settings.work_dir.join("git")),
                 push_queue: tokio::sync::Notify::new(),
+                tasks: Mutex::default(),
+                halted: Default::default(),
                 uploads: Mutex::default(),
                 settings,
             }),
@@ -172,6 +178,36 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Stops every task of this engine where it stands, writing nothing more: what a
+    /// `kill -9` of the server does to its runs, for tests of what the next server makes
+    /// of them.
+    #[doc(hidden)]
+    pub fn halt(&self) {
+        self.inner
+            .halted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.inner.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Starts `work` as one of this engine's tasks.
+    fn task<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = tokio::spawn(work);
+        if self.inner.halted.load(std::sync::atomic::Ordering::SeqCst) {
+            // A stopped server starts nothing more.
+            handle.abort();
+        }
+        let mut tasks = self.inner.tasks.lock().unwrap();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle.abort_handle());
+        handle
     }
 
     /// The configuration now: fraisier.yaml with the API's environment changes.
@@ -612,9 +648,9 @@ impl Engine {
             .unwrap()
             .insert(run.id, tx.clone());
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.task(async move {
             let id = run.id;
-            let mut work = tokio::spawn({
+            let mut work = engine.task({
                 let engine = engine.clone();
                 async move { executor::execute(&engine, run, rx).await }
             });
@@ -798,11 +834,11 @@ impl Engine {
             .count();
         let (event, data) = match decision {
             Decision::Approve => (
-                "approval.granted",
+                EventType::ApprovalGranted,
                 json!({ "approver": user, "comment": vote.comment, "received": received, "required": policy.required }),
             ),
             Decision::Reject => (
-                "approval.rejected",
+                EventType::ApprovalRejected,
                 json!({ "rejected_by": user, "comment": vote.comment }),
             ),
         };
@@ -928,7 +964,7 @@ impl Engine {
         if self.inner.store.backend() != "sqlite" {
             // Other servers on the same database change environments too.
             let engine = self.clone();
-            tokio::spawn(async move {
+            self.task(async move {
                 loop {
                     tokio::time::sleep(environments::RELOAD_EVERY).await;
                     if let Err(e) = engine.reload_environments().await {
@@ -942,21 +978,21 @@ impl Engine {
         // theirs: only runs whose hold lapsed are taken.
         self.take_over(self.inner.store.backend() == "sqlite").await;
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.task(async move {
             loop {
                 tokio::time::sleep(engine.inner.settings.run_lease / 2).await;
                 engine.take_over(false).await;
             }
         });
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.task(async move {
             loop {
                 engine.resync().await;
                 tokio::time::sleep(engine.inner.settings.resync_interval).await;
             }
         });
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.task(async move {
             let mut lease = engine.job_lease("queued-pushes");
             loop {
                 // One server deploys them: two would both submit a queued push.
@@ -1037,58 +1073,6 @@ impl Engine {
     }
 
     /// Writes a run log line to the store and the bus.
-    pub(crate) async fn log(
-        &self,
-        run: &Run,
-        level: LogLevel,
-        component: Component,
-        message: &str,
-        details: Value,
-    ) {
-        match self
-            .inner
-            .store
-            .add_log(run.id, level, component, message, &details)
-            .await
-        {
-            Ok(line) => self.inner.bus.publish(BusMessage::Log(line)),
-            Err(e) => tracing::error!(error = %e, "cannot record a log line"),
-        }
-    }
-
-    pub(crate) async fn event(&self, run: &Run, event_type: &str, data: Value) {
-        match self
-            .inner
-            .store
-            .add_event(
-                &run.tenant_id,
-                Some(run.id),
-                &run.fraise,
-                &run.environment,
-                event_type,
-                &data,
-            )
-            .await
-        {
-            Ok(e) => self.inner.bus.publish(BusMessage::Event(e)),
-            Err(e) => tracing::error!(error = %e, "cannot record an event"),
-        }
-        self.notify(run, event_type, &data).await;
-    }
-
-    pub(crate) fn progress(&self, run: &Run, step: &str, status: &str, message: &str, pct: u32) {
-        self.inner.bus.publish(BusMessage::Progress(Progress {
-            run_id: run.id,
-            fraise: run.fraise.clone(),
-            environment: run.environment.clone(),
-            step: step.to_string(),
-            status: status.to_string(),
-            message: message.to_string(),
-            progress_pct: pct.min(100),
-            timestamp: Utc::now(),
-        }));
-    }
-
     pub(crate) fn settings(&self) -> &EngineSettings {
         &self.inner.settings
     }

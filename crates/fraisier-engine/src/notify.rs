@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use fraisier_model::config::{NotificationConfig, NotificationKind, NotifyOn};
-use fraisier_model::run::RunKind;
+use fraisier_model::run::{EventType, RunKind};
 use fraisier_store::{NewNotification, Notification, Run};
 use serde_json::{json, Value};
 
@@ -13,14 +13,14 @@ use crate::Engine;
 // === impl Engine ===
 
 impl Engine {
-    pub(crate) async fn notify(&self, run: &Run, event_type: &str, data: &Value) {
+    pub(crate) async fn notify(&self, run: &Run, event_type: EventType, data: &Value) {
         let on = match (event_type, run.kind) {
-            ("deployment.started", _) => NotifyOn::Started,
-            ("deployment.completed", RunKind::Rollback) => NotifyOn::RolledBack,
-            ("deployment.completed", _) => NotifyOn::Succeeded,
-            ("deployment.failed", _) => NotifyOn::Failed,
-            ("rollback.completed", _) => NotifyOn::RolledBack,
-            ("approval.requested", _) => NotifyOn::ApprovalRequested,
+            (EventType::DeploymentStarted, _) => NotifyOn::Started,
+            (EventType::DeploymentCompleted, RunKind::Rollback) => NotifyOn::RolledBack,
+            (EventType::DeploymentCompleted, _) => NotifyOn::Succeeded,
+            (EventType::DeploymentFailed, _) => NotifyOn::Failed,
+            (EventType::RollbackCompleted, _) => NotifyOn::RolledBack,
+            (EventType::ApprovalRequested, _) => NotifyOn::ApprovalRequested,
             _ => return,
         };
         let config = self.config();
@@ -116,7 +116,7 @@ fn fingerprint(n: &NotificationConfig) -> String {
 }
 
 /// What every kind says: the facts as JSON, and one line of text for chat.
-fn payload(run: &Run, on: NotifyOn, event_type: &str, data: &Value) -> Value {
+fn payload(run: &Run, on: NotifyOn, event_type: EventType, data: &Value) -> Value {
     let id = fraisier_store::run_id_string(run.id);
     let kind = match run.kind {
         RunKind::Deploy => "deploy",
@@ -149,7 +149,7 @@ fn payload(run: &Run, on: NotifyOn, event_type: &str, data: &Value) -> Value {
             run.environment,
             // A rollback run that succeeded went to its version; a run put back after a
             // failure (`rollback.completed`) returned to the one it started from.
-            if run.kind == RunKind::Rollback && event_type != "rollback.completed" {
+            if run.kind == RunKind::Rollback && event_type != EventType::RollbackCompleted {
                 run.version.as_str()
             } else {
                 run.previous_version

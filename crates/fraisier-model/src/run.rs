@@ -109,6 +109,63 @@ pub enum Component {
     Migration,
 }
 
+/// What a run's health check found (seed 000's `health_check_status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckStatus {
+    #[default]
+    Unknown,
+    Passing,
+    Failing,
+    Skipped,
+}
+
+/// Why a run ended short: the `error_code` of a failed or cancelled run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailureCode {
+    DeploymentFailed,
+    DeploymentCancelled,
+    ProviderError,
+    HealthCheckFailed,
+    DependencyFailed,
+    BuildFailed,
+    MigrationFailed,
+    RollbackFailed,
+    InvalidDeploymentSpec,
+    ApprovalRejected,
+    ApprovalExpired,
+}
+
+/// The kinds of event a run records (seed 000's events), as the API spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    DeploymentStarted,
+    DeploymentResumed,
+    DeploymentCompleted,
+    DeploymentFailed,
+    DeploymentCancelled,
+    ApprovalRequested,
+    ApprovalGranted,
+    ApprovalRejected,
+    ApprovalExpired,
+    TrafficShifted,
+    InstanceHealthy,
+    HealthCheckPassed,
+    HealthCheckFailed,
+    AnalysisPassed,
+    AnalysisFailed,
+    HookCompleted,
+    HookFailed,
+    MigrationApplied,
+    MigrationReverted,
+    MigrationDownFailed,
+    RollbackStarted,
+    RollbackCompleted,
+    RollbackFailed,
+    ScheduleUpdated,
+}
+
 /// The wire spelling of any of these enums, and back; unknown spellings are `None`.
 pub fn to_wire<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
@@ -139,6 +196,103 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
         }
+    }
+}
+
+impl HealthCheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheckStatus::Unknown => "unknown",
+            HealthCheckStatus::Passing => "passing",
+            HealthCheckStatus::Failing => "failing",
+            HealthCheckStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::DeploymentFailed => "DEPLOYMENT_FAILED",
+            FailureCode::DeploymentCancelled => "DEPLOYMENT_CANCELLED",
+            FailureCode::ProviderError => "PROVIDER_ERROR",
+            FailureCode::HealthCheckFailed => "HEALTH_CHECK_FAILED",
+            FailureCode::DependencyFailed => "DEPENDENCY_FAILED",
+            FailureCode::BuildFailed => "BUILD_FAILED",
+            FailureCode::MigrationFailed => "MIGRATION_FAILED",
+            FailureCode::RollbackFailed => "ROLLBACK_FAILED",
+            FailureCode::InvalidDeploymentSpec => "INVALID_DEPLOYMENT_SPEC",
+            FailureCode::ApprovalRejected => "APPROVAL_REJECTED",
+            FailureCode::ApprovalExpired => "APPROVAL_EXPIRED",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EventType {
+    pub const ALL: [EventType; 24] = [
+        EventType::DeploymentStarted,
+        EventType::DeploymentResumed,
+        EventType::DeploymentCompleted,
+        EventType::DeploymentFailed,
+        EventType::DeploymentCancelled,
+        EventType::ApprovalRequested,
+        EventType::ApprovalGranted,
+        EventType::ApprovalRejected,
+        EventType::ApprovalExpired,
+        EventType::TrafficShifted,
+        EventType::InstanceHealthy,
+        EventType::HealthCheckPassed,
+        EventType::HealthCheckFailed,
+        EventType::AnalysisPassed,
+        EventType::AnalysisFailed,
+        EventType::HookCompleted,
+        EventType::HookFailed,
+        EventType::MigrationApplied,
+        EventType::MigrationReverted,
+        EventType::MigrationDownFailed,
+        EventType::RollbackStarted,
+        EventType::RollbackCompleted,
+        EventType::RollbackFailed,
+        EventType::ScheduleUpdated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::DeploymentStarted => "deployment.started",
+            EventType::DeploymentResumed => "deployment.resumed",
+            EventType::DeploymentCompleted => "deployment.completed",
+            EventType::DeploymentFailed => "deployment.failed",
+            EventType::DeploymentCancelled => "deployment.cancelled",
+            EventType::ApprovalRequested => "approval.requested",
+            EventType::ApprovalGranted => "approval.granted",
+            EventType::ApprovalRejected => "approval.rejected",
+            EventType::ApprovalExpired => "approval.expired",
+            EventType::TrafficShifted => "traffic.shifted",
+            EventType::InstanceHealthy => "instance.healthy",
+            EventType::HealthCheckPassed => "health_check.passed",
+            EventType::HealthCheckFailed => "health_check.failed",
+            EventType::AnalysisPassed => "analysis.passed",
+            EventType::AnalysisFailed => "analysis.failed",
+            EventType::HookCompleted => "hook.completed",
+            EventType::HookFailed => "hook.failed",
+            EventType::MigrationApplied => "migration.applied",
+            EventType::MigrationReverted => "migration.reverted",
+            EventType::MigrationDownFailed => "migration.down_failed",
+            EventType::RollbackStarted => "rollback.started",
+            EventType::RollbackCompleted => "rollback.completed",
+            EventType::RollbackFailed => "rollback.failed",
+            EventType::ScheduleUpdated => "schedule.updated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|e| e.as_str() == s)
     }
 }
 
@@ -190,6 +344,17 @@ mod tests {
             Some(RunStatus::InProgress)
         );
         assert_eq!(from_wire::<RunStatus>("bogus"), None);
+        assert_eq!(
+            to_wire(&FailureCode::HealthCheckFailed),
+            FailureCode::HealthCheckFailed.as_str()
+        );
+        assert_eq!(
+            to_wire(&HealthCheckStatus::Passing),
+            HealthCheckStatus::Passing.as_str()
+        );
+        for e in EventType::ALL {
+            assert_eq!(EventType::parse(e.as_str()), Some(e));
+        }
         assert_eq!(to_wire(&ServiceState::RollingBack), "rolling_back");
         assert_eq!(
             RunStatus::Cancelled.as_str(),

@@ -2,7 +2,9 @@
 //! embedded default) or PostgreSQL, behind one API with the same behaviour on both.
 
 use chrono::{DateTime, Utc};
-use fraisier_model::run::{Component, LogLevel, RunKind, RunStatus, ServiceState, StepStatus};
+use fraisier_model::run::{
+    Component, HealthCheckStatus, LogLevel, RunKind, RunStatus, ServiceState, StepStatus,
+};
 use fraisier_model::service::DesiredService;
 use serde_json::Value;
 
@@ -158,8 +160,7 @@ pub struct Run {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-    /// passing | failing | unknown | skipped
-    pub health_check_status: String,
+    pub health_check_status: HealthCheckStatus,
     /// Health summary: checks_passed, checks_total, last_check_at.
     pub health_details: Value,
     /// Router figures at the end of the run (success_rate, error_rate, latency_p50_ms, …).
@@ -215,6 +216,55 @@ impl Default for RunSort {
             descending: true,
         }
     }
+}
+
+/// The columns of a run one write touches ([`Store::write_run`]), by what they record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunColumns {
+    /// Status and its times; the cancel (kept once recorded).
+    pub status: bool,
+    /// Error code and message, health check, metrics.
+    pub outcome: bool,
+    /// The last finished step.
+    pub progress: bool,
+    /// The engine's working options (snapshot, approval, build, migrations) and metadata.
+    pub options: bool,
+    pub version: bool,
+}
+
+impl RunColumns {
+    pub const ALL: RunColumns = RunColumns {
+        status: true,
+        outcome: true,
+        progress: true,
+        options: true,
+        version: true,
+    };
+    pub const STATUS: RunColumns = RunColumns {
+        status: true,
+        ..RunColumns::NONE
+    };
+    pub const PROGRESS: RunColumns = RunColumns {
+        progress: true,
+        ..RunColumns::NONE
+    };
+    pub const OPTIONS: RunColumns = RunColumns {
+        options: true,
+        ..RunColumns::NONE
+    };
+    /// A run's end: its status and how it went.
+    pub const END: RunColumns = RunColumns {
+        status: true,
+        outcome: true,
+        ..RunColumns::NONE
+    };
+    const NONE: RunColumns = RunColumns {
+        status: false,
+        outcome: false,
+        progress: false,
+        options: false,
+        version: false,
+    };
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -11,7 +11,9 @@ use crate::sql::{
 };
 use crate::store::Backend;
 use crate::turns::Priority;
-use crate::{run_id_string, NewRun, Result, Run, RunFilter, RunSortField, Store, StoreError};
+use crate::{
+    run_id_string, NewRun, Result, Run, RunColumns, RunFilter, RunSortField, Store, StoreError,
+};
 
 /// What renewing a hold on a run found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,44 +251,91 @@ impl Store {
         row.as_ref().map(run_from_row).transpose()
     }
 
-    /// Writes every field the engine may change and sets `updated_at` to now. A cancel
-    /// already recorded (by this server or another) is kept whatever `run` says. A run held
-    /// by another server (`hold_runs_as`) is not written: `NotFound`, which stops the
-    /// executor that lost it. Making a final run active again while another is active is
-    /// `ActiveRunExists`.
+    /// Writes every column a server executing `run` owns; see [`Store::write_run`].
     pub async fn save_run(&self, run: &Run) -> Result<()> {
+        self.write_run(run, RunColumns::ALL).await
+    }
+
+    /// Writes `columns` of `run`, and no other, and sets `updated_at` to now: what another
+    /// server records meanwhile (a cancel, counts of events and log lines, its lease) is
+    /// never overwritten with this server's older copy, and a cancel already recorded is
+    /// kept whatever `run` says. A run held by another server (`hold_runs_as`) is not
+    /// written: `NotFound`, which stops the executor that lost it. Making a final run active
+    /// again while another is active is `ActiveRunExists`.
+    pub async fn write_run(&self, run: &Run, columns: RunColumns) -> Result<()> {
+        let mut args = Args::default();
+        let tenant = args.push(run.tenant_id.as_str());
+        let id = args.push(run.id);
+        let mut sets = Vec::new();
+        if columns.status {
+            sets.push(format!("status = {}", args.push(to_wire(&run.status))));
+            sets.push(format!(
+                "started_at = {}",
+                args.push(run.started_at.map(millis))
+            ));
+            sets.push(format!(
+                "completed_at = {}",
+                args.push(run.completed_at.map(millis))
+            ));
+            sets.push(format!(
+                "cancelled_at = {}",
+                args.push(run.cancelled_at.map(millis))
+            ));
+            // A cancel is recorded once, by whoever asked first.
+            sets.push(format!(
+                "cancel_requested_by = COALESCE(cancel_requested_by, {})",
+                args.push(run.cancel_requested_by.clone())
+            ));
+        }
+        if columns.outcome {
+            sets.push(format!(
+                "error_code = {}",
+                args.push(run.error_code.clone())
+            ));
+            sets.push(format!(
+                "error_message = {}",
+                args.push(run.error_message.clone())
+            ));
+            sets.push(format!(
+                "health_check_status = {}",
+                args.push(run.health_check_status.as_str())
+            ));
+            sets.push(format!(
+                "health_details = {}",
+                args.push(json_text(&run.health_details))
+            ));
+            sets.push(format!("metrics = {}", args.push(json_text(&run.metrics))));
+        }
+        if columns.progress {
+            sets.push(format!("progress = {}", args.push(run.progress)));
+        }
+        if columns.options {
+            sets.push(format!("options = {}", args.push(json_text(&run.options))));
+            sets.push(format!(
+                "metadata = {}",
+                args.push(json_text(&run.metadata))
+            ));
+        }
+        if columns.version {
+            sets.push(format!("version = {}", args.push(run.version.as_str())));
+            sets.push(format!(
+                "previous_version = {}",
+                args.push(run.previous_version.clone())
+            ));
+        }
+        sets.push(format!("updated_at = {}", args.push(millis(now()))));
+        let holder = args.push(self.roles.holder.get().cloned());
+        let statement = format!(
+            "UPDATE runs SET {} WHERE tenant_id = {tenant} AND id = {id} \
+             AND ({holder} IS NULL OR lease_owner IS NULL OR lease_owner = {holder})",
+            sets.join(", ")
+        );
         let turn = self.turn(Priority::Background).await;
-        let result = sqlx::query(
-            "UPDATE runs SET status = $3, version = $4, previous_version = $5, started_at = $6, \
-             completed_at = $7, health_check_status = $8, health_details = $9, metrics = $10, \
-             error_code = $11, error_message = $12, \
-             cancel_requested_by = COALESCE(cancel_requested_by, $13), cancelled_at = $14, \
-             progress = $15, options = $16, updated_at = $17, metadata = $18 \
-             WHERE tenant_id = $1 AND id = $2 \
-             AND ($19 IS NULL OR lease_owner IS NULL OR lease_owner = $19)",
-        )
-        .bind(&run.tenant_id)
-        .bind(run.id)
-        .bind(to_wire(&run.status))
-        .bind(&run.version)
-        .bind(&run.previous_version)
-        .bind(run.started_at.map(millis))
-        .bind(run.completed_at.map(millis))
-        .bind(&run.health_check_status)
-        .bind(json_text(&run.health_details))
-        .bind(json_text(&run.metrics))
-        .bind(&run.error_code)
-        .bind(&run.error_message)
-        .bind(&run.cancel_requested_by)
-        .bind(run.cancelled_at.map(millis))
-        .bind(run.progress)
-        .bind(json_text(&run.options))
-        .bind(millis(now()))
-        .bind(json_text(&run.metadata))
-        .bind(self.roles.holder.get().map(String::as_str))
-        .execute(&self.writer)
-        .await
-        .map_err(StoreError::from);
+        let result = args
+            .bind(sqlx::query(&statement))
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::from);
         drop(turn);
         self.runs_changed();
         match result {
@@ -492,7 +541,7 @@ pub(crate) fn run_from_row(row: &AnyRow) -> Result<Run> {
         updated_at: ts(row, "updated_at")?,
         started_at: ts_opt(row, "started_at")?,
         completed_at: ts_opt(row, "completed_at")?,
-        health_check_status: row.try_get("health_check_status")?,
+        health_check_status: wire(row, "health_check_status")?,
         health_details: json(row, "health_details")?,
         metrics: json(row, "metrics")?,
         error_code: row.try_get("error_code")?,

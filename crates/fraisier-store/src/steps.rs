@@ -65,6 +65,24 @@ impl Store {
         step_from_row(&row)
     }
 
+    /// Ends the steps of `run_id` a stopped server left running: they did not finish, and
+    /// the server that resumes the run starts them again. Returns how many there were.
+    pub async fn interrupt_steps(&self, run_id: i64, why: &str) -> Result<u64> {
+        let _turn = self.turn(Priority::Background).await;
+        let done = sqlx::query(
+            "UPDATE steps SET status = $2, error = $3, ended_at = $4 \
+             WHERE run_id = $1 AND status = $5",
+        )
+        .bind(run_id)
+        .bind(to_wire(&StepStatus::Failed))
+        .bind(why)
+        .bind(millis(now()))
+        .bind(to_wire(&StepStatus::Running))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The run's steps in the order they started.
     pub async fn steps(&self, run_id: i64) -> Result<Vec<Step>> {
         let rows = sqlx::query(&format!(

@@ -12,8 +12,8 @@ use fraisier_model::service::{
 };
 use fraisier_model::FraiseType;
 use fraisier_store::{
-    parse_run_id, run_id_string, LogFilter, NewRun, Renewal, Run, RunFilter, RunSort, RunSortField,
-    ServiceRecord, Store, StoreError, DEFAULT_TENANT,
+    parse_run_id, run_id_string, LogFilter, NewRun, Renewal, Run, RunColumns, RunFilter, RunSort,
+    RunSortField, ServiceRecord, Store, StoreError, DEFAULT_TENANT,
 };
 use serde_json::json;
 use sqlx::{Connection, Executor};
@@ -61,6 +61,7 @@ store_suite! {
     finishing_a_run_frees_the_slot,
     save_run_writes_every_mutable_field,
     request_cancel_records_the_first_asker,
+    a_write_of_some_columns_leaves_the_others_as_another_server_left_them,
     list_runs_filters,
     list_runs_totals_follow_every_write,
     list_runs_sorts_and_pages,
@@ -1243,7 +1244,7 @@ fn imported(id: i64, fraise: &str, environment: &str, status: RunStatus, minutes
         updated_at: base_time() + Duration::minutes(10_000 - minutes),
         started_at: Some(created_at),
         completed_at: finished,
-        health_check_status: "unknown".to_string(),
+        health_check_status: fraisier_model::run::HealthCheckStatus::Unknown,
         health_details: json!({}),
         metrics: json!({}),
         error_code: None,
@@ -1304,7 +1305,10 @@ async fn create_and_get_run(db: &TestDb) {
     assert_eq!(run.progress, -1);
     assert_eq!(run.created_at, run.updated_at);
     assert_eq!((run.started_at, run.completed_at), (None, None));
-    assert_eq!(run.health_check_status, "unknown");
+    assert_eq!(
+        run.health_check_status,
+        fraisier_model::run::HealthCheckStatus::Unknown
+    );
     assert_eq!((run.events_count, run.log_lines), (0, 0));
     assert_eq!(run.strategy_config, new.strategy_config);
     assert_eq!(run.options, new.options);
@@ -1478,7 +1482,7 @@ async fn save_run_writes_every_mutable_field(db: &TestDb) {
     run.previous_version = None;
     run.started_at = Some(at(1));
     run.completed_at = Some(at(61));
-    run.health_check_status = "failing".to_string();
+    run.health_check_status = fraisier_model::run::HealthCheckStatus::Failing;
     run.health_details = json!({"checks_passed": 1, "checks_total": 3});
     run.metrics = json!({"error_rate": 12.5});
     run.error_code = Some("HEALTH_CHECK_FAILED".to_string());
@@ -1500,6 +1504,44 @@ async fn save_run_writes_every_mutable_field(db: &TestDb) {
         s.save_run(&ghost).await,
         Err(StoreError::NotFound)
     ));
+}
+
+async fn a_write_of_some_columns_leaves_the_others_as_another_server_left_them(db: &TestDb) {
+    let s = &db.store;
+    let created = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap();
+    // This server's copy, taken before another server cancelled the run and rewrote its
+    // options.
+    let mut mine = created.clone();
+    s.request_cancel(DEFAULT_TENANT, created.id, "bob")
+        .await
+        .unwrap();
+    let mut theirs = s.run(DEFAULT_TENANT, created.id).await.unwrap();
+    theirs.options = json!({"theirs": true});
+    s.write_run(&theirs, RunColumns::OPTIONS).await.unwrap();
+
+    mine.progress = 3;
+    mine.status = RunStatus::InProgress;
+    mine.options = json!({"mine": true});
+    s.write_run(&mine, RunColumns::PROGRESS).await.unwrap();
+    let read = s.run(DEFAULT_TENANT, created.id).await.unwrap();
+    assert_eq!(read.progress, 3);
+    assert_eq!(
+        read.status,
+        RunStatus::Pending,
+        "status is not a progress column"
+    );
+    assert_eq!(read.options, json!({"theirs": true}));
+    assert_eq!(read.cancel_requested_by.as_deref(), Some("bob"));
+
+    // Even a write of the status keeps a cancel recorded by someone else.
+    s.write_run(&mine, RunColumns::STATUS).await.unwrap();
+    let read = s.run(DEFAULT_TENANT, created.id).await.unwrap();
+    assert_eq!(read.status, RunStatus::InProgress);
+    assert_eq!(read.cancel_requested_by.as_deref(), Some("bob"));
+    assert_eq!(read.options, json!({"theirs": true}));
 }
 
 async fn request_cancel_records_the_first_asker(db: &TestDb) {

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 
 use fraisier_model::config::MigrationsConfig;
-use fraisier_model::run::{Component, LogLevel};
+use fraisier_model::run::{Component, EventType, FailureCode, LogLevel};
 use fraisier_model::service::{ExecRequest, ExecResult};
 use serde_json::{json, Value};
 
 use super::{failure, Failure, RunCtx};
 use crate::request::{MigrationRecord, RunOptions};
 
-const FAILED: &str = "MIGRATION_FAILED";
+const FAILED: FailureCode = FailureCode::MigrationFailed;
 
 // === impl RunCtx ===
 
@@ -66,7 +66,7 @@ impl RunCtx<'_> {
                 self.engine
                     .event(
                         &self.run,
-                        "migration.applied",
+                        EventType::MigrationApplied,
                         json!({ "version": version, "before": before, "after": after, "steps": applied }),
                     )
                     .await;
@@ -111,7 +111,7 @@ impl RunCtx<'_> {
                 &leaving,
             )
             .await
-            .map_err(|e| failure("DEPLOYMENT_FAILED", e.to_string(), json!({})))?;
+            .map_err(|e| failure(FailureCode::DeploymentFailed, e.to_string(), json!({})))?;
         let Some((deploy_id, record, _)) = applied else {
             return Ok(Some(format!(
                 "no migrations to undo: the deploy of {leaving} recorded none"
@@ -132,7 +132,7 @@ impl RunCtx<'_> {
                     .await;
                 Ok(Some(message))
             }
-            Err(why) => Err(failure("ROLLBACK_FAILED", why, json!({}))),
+            Err(why) => Err(failure(FailureCode::RollbackFailed, why, json!({}))),
         }
     }
 
@@ -213,7 +213,7 @@ impl RunCtx<'_> {
         self.engine
             .event(
                 &self.run,
-                "migration.reverted",
+                EventType::MigrationReverted,
                 json!({ "version": record.version, "steps": steps, "now": record.before }),
             )
             .await;
@@ -236,7 +236,7 @@ impl RunCtx<'_> {
         self.engine
             .event(
                 &self.run,
-                "migration.down_failed",
+                EventType::MigrationDownFailed,
                 json!({ "version": record.version, "before": record.before, "steps": record.steps, "now": now, "message": why }),
             )
             .await;
@@ -341,13 +341,17 @@ impl RunCtx<'_> {
 
     async fn save_options(&mut self) -> Result<(), Failure> {
         self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
-        self.engine.store().save_run(&self.run).await.map_err(|e| {
-            failure(
-                "DEPLOYMENT_FAILED",
-                format!("cannot record the run: {e}"),
-                json!({}),
-            )
-        })
+        self.engine
+            .store()
+            .write_run(&self.run, fraisier_store::RunColumns::OPTIONS)
+            .await
+            .map_err(|e| {
+                failure(
+                    FailureCode::DeploymentFailed,
+                    format!("cannot record the run: {e}"),
+                    json!({}),
+                )
+            })
     }
 }
 
@@ -402,7 +406,11 @@ impl crate::Engine {
             r.reverted = true;
         }
         run.options = serde_json::to_value(&opts).unwrap_or(Value::Null);
-        if let Err(e) = self.store().save_run(&run).await {
+        if let Err(e) = self
+            .store()
+            .write_run(&run, fraisier_store::RunColumns::OPTIONS)
+            .await
+        {
             tracing::warn!(error = %e, "cannot mark a deploy's migrations undone");
         }
     }

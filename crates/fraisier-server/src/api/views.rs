@@ -172,7 +172,7 @@ pub fn summary(
         started_at: ts_opt(run.started_at),
         completed_at: ts_opt(run.completed_at),
         duration_seconds: duration_seconds(run),
-        health_check_status: run.health_check_status.clone(),
+        health_check_status: run.health_check_status.as_str().to_string(),
         rollback_available,
         events_count: run.events_count,
         metrics: if run.metrics.is_null() {
