@@ -541,7 +541,12 @@ pub(crate) fn run_from_row(row: &AnyRow) -> Result<Run> {
         updated_at: ts(row, "updated_at")?,
         started_at: ts_opt(row, "started_at")?,
         completed_at: ts_opt(row, "completed_at")?,
-        health_check_status: wire(row, "health_check_status")?,
+        // Rows imported from elsewhere may spell it otherwise: unknown, not unreadable.
+        health_check_status: row
+            .try_get::<String, _>("health_check_status")
+            .ok()
+            .and_then(|s| fraisier_model::run::from_wire(&s))
+            .unwrap_or_default(),
         health_details: json(row, "health_details")?,
         metrics: json(row, "metrics")?,
         error_code: row.try_get("error_code")?,

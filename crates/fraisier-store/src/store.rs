@@ -165,10 +165,6 @@ impl Store {
             // reads and writes alike.
             let pool = sqlite_pool(1)
                 .min_connections(1)
-                // Everything waits for this one connection, and a wait is as long as the
-                // work queued before it: no broken connection to give up on. (Tests that
-                // pause tokio's clock see time race through such waits.)
-                .acquire_timeout(Duration::from_secs(3600))
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .connect_with(options)

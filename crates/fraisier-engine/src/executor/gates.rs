@@ -60,6 +60,10 @@ impl<T> Judgement<T> {
 pub(super) trait Judge {
     type Pass;
     fn judge(&mut self, seen: Seen<'_>, waited: Duration) -> Judgement<Self::Pass>;
+    /// The desired state was said again (a `Reapply` note), its answer back at `waited`.
+    fn reapplied(&mut self, waited: Duration) {
+        let _ = waited;
+    }
 }
 
 /// After a desired state is applied: every instance of it runs, at its weight, healthy.
@@ -118,14 +122,12 @@ impl Judge for Converge<'_> {
                     && waited.saturating_sub(self.applied_at) > Duration::from_secs(2)
                 {
                     notes.push(Note::Reapply);
-                    self.applied_at = waited;
                 }
                 self.last = Some(o.clone());
             }
             Seen::Absent => {
                 if waited.saturating_sub(self.applied_at) > Duration::from_secs(1) {
                     notes.push(Note::Reapply);
-                    self.applied_at = waited;
                 }
             }
             Seen::Lost(e) => {
@@ -163,9 +165,14 @@ impl Judge for Converge<'_> {
             notes,
         }
     }
+
+    fn reapplied(&mut self, waited: Duration) {
+        self.applied_at = waited;
+    }
 }
 
-/// After traffic switched: every instance taking traffic stays up for `duration`.
+/// After traffic switched: every instance taking traffic stays up for `duration`, looked at
+/// from one interval on (the switch itself was judged by convergence).
 pub(super) struct Hold<'a> {
     pub(super) desired: &'a DesiredService,
     pub(super) duration: Millis,
@@ -175,6 +182,15 @@ impl Judge for Hold<'_> {
     type Pass = ();
 
     fn judge(&mut self, seen: Seen<'_>, waited: Duration) -> Judgement<()> {
+        if self.duration.as_duration().is_zero() {
+            return Judgement {
+                look: Look::Pass(()),
+                notes: Vec::new(),
+            };
+        }
+        if waited.is_zero() {
+            return Judgement::wait();
+        }
         if let Seen::Service(o) = seen {
             if let Some(i) = self.desired.serving().find(|i| down(o, &i.id)) {
                 return Judgement {
@@ -495,11 +511,17 @@ mod tests {
         let reapplied = |j: &Judgement<_>| j.notes.iter().any(|n| matches!(n, Note::Reapply));
         assert!(!reapplied(&gate.judge(Seen::Service(&stale), S)));
         assert!(reapplied(&gate.judge(Seen::Service(&stale), 3 * S)));
+        // Counted from when the agent answered, however long it took.
         assert!(
-            !reapplied(&gate.judge(Seen::Service(&stale), 4 * S)),
+            reapplied(&gate.judge(Seen::Service(&stale), 4 * S)),
+            "no answer yet"
+        );
+        gate.reapplied(4 * S);
+        assert!(
+            !reapplied(&gate.judge(Seen::Service(&stale), 5 * S)),
             "not at every look"
         );
-        assert!(reapplied(&gate.judge(Seen::Absent, 5 * S)));
+        assert!(reapplied(&gate.judge(Seen::Absent, 6 * S)));
         let j = gate.judge(Seen::Service(&stale), 10 * S);
         let Look::Fail(f) = j.look else {
             panic!("a timeout fails")
@@ -531,6 +553,13 @@ mod tests {
             desired: &d,
             duration: Millis::from_secs(5),
         };
+        // The switch was judged already: the hold looks from its first interval on.
+        let serving_down = observed(&d, &[Crashed, Healthy], 1);
+        assert!(matches!(
+            gate.judge(Seen::Service(&serving_down), Duration::ZERO)
+                .look,
+            Look::Wait
+        ));
         // The drained instance may go; the serving one may not.
         let drained_down = observed(&d, &[Healthy, Crashed], 1);
         assert!(matches!(
@@ -541,11 +570,19 @@ mod tests {
             gate.judge(Seen::Service(&drained_down), 5 * S).look,
             Look::Pass(())
         ));
-        let serving_down = observed(&d, &[Crashed, Healthy], 1);
         let Look::Fail(f) = gate.judge(Seen::Service(&serving_down), S).look else {
             panic!("a crash fails the hold")
         };
         assert_eq!(f.code, FailureCode::HealthCheckFailed);
+        let mut none = Hold {
+            desired: &d,
+            duration: Millis(0),
+        };
+        assert!(matches!(
+            none.judge(Seen::Service(&serving_down), Duration::ZERO)
+                .look,
+            Look::Pass(())
+        ));
     }
 
     fn analysis_config() -> AnalysisConfig {

@@ -131,7 +131,12 @@ impl RunCtx<'_> {
         {
             self.run.health_check_status = HealthCheckStatus::Failing;
         }
-        store.write_run(&self.run, RunColumns::END).await?;
+        // With the options: a migration's `reverted` mark must not be lost.
+        let columns = RunColumns {
+            options: true,
+            ..RunColumns::END
+        };
+        store.write_run(&self.run, columns).await?;
         let event = if cancelled {
             EventType::DeploymentCancelled
         } else {

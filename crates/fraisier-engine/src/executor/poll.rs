@@ -53,6 +53,7 @@ impl RunCtx<'_> {
                         if let Err(e) = self.engine.provider().apply(desired).await {
                             tracing::debug!(error = %e, "saying the desired state again failed");
                         }
+                        judge.reapplied(began.elapsed());
                     }
                 }
             }
