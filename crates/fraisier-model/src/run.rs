@@ -235,33 +235,6 @@ impl std::fmt::Display for FailureCode {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 24] = [
-        EventType::DeploymentStarted,
-        EventType::DeploymentResumed,
-        EventType::DeploymentCompleted,
-        EventType::DeploymentFailed,
-        EventType::DeploymentCancelled,
-        EventType::ApprovalRequested,
-        EventType::ApprovalGranted,
-        EventType::ApprovalRejected,
-        EventType::ApprovalExpired,
-        EventType::TrafficShifted,
-        EventType::InstanceHealthy,
-        EventType::HealthCheckPassed,
-        EventType::HealthCheckFailed,
-        EventType::AnalysisPassed,
-        EventType::AnalysisFailed,
-        EventType::HookCompleted,
-        EventType::HookFailed,
-        EventType::MigrationApplied,
-        EventType::MigrationReverted,
-        EventType::MigrationDownFailed,
-        EventType::RollbackStarted,
-        EventType::RollbackCompleted,
-        EventType::RollbackFailed,
-        EventType::ScheduleUpdated,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::DeploymentStarted => "deployment.started",
@@ -289,10 +262,6 @@ impl EventType {
             EventType::RollbackFailed => "rollback.failed",
             EventType::ScheduleUpdated => "schedule.updated",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|e| e.as_str() == s)
     }
 }
 
@@ -352,9 +321,10 @@ mod tests {
             to_wire(&HealthCheckStatus::Passing),
             HealthCheckStatus::Passing.as_str()
         );
-        for e in EventType::ALL {
-            assert_eq!(EventType::parse(e.as_str()), Some(e));
-        }
+        assert_eq!(
+            EventType::MigrationDownFailed.as_str(),
+            "migration.down_failed"
+        );
         assert_eq!(to_wire(&ServiceState::RollingBack), "rolling_back");
         assert_eq!(
             RunStatus::Cancelled.as_str(),

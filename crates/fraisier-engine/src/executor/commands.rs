@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use fraisier_model::run::{Component, EventType, FailureCode, LogLevel};
 use fraisier_model::service::{ExecRequest, ObservedService};
 use fraisier_store::run_id_string;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 
 use super::{failure, Failure, RunCtx};
@@ -105,18 +105,7 @@ impl RunCtx<'_> {
             m.insert("artifact_digest".into(), json!(digest));
         }
         self.opts.artifact = Some(built.artifact);
-        self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
-        self.engine
-            .store()
-            .write_run(&self.run, fraisier_store::RunColumns::OPTIONS)
-            .await
-            .map_err(|e| {
-                failure(
-                    FailureCode::DeploymentFailed,
-                    format!("cannot record the build: {e}"),
-                    json!({}),
-                )
-            })?;
+        self.save_options().await?;
         Ok(Some(if built.reused {
             format!(
                 "release {} was in the store already ({digest})",

@@ -338,21 +338,6 @@ impl RunCtx<'_> {
         }
         Ok(result)
     }
-
-    async fn save_options(&mut self) -> Result<(), Failure> {
-        self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
-        self.engine
-            .store()
-            .write_run(&self.run, fraisier_store::RunColumns::OPTIONS)
-            .await
-            .map_err(|e| {
-                failure(
-                    FailureCode::DeploymentFailed,
-                    format!("cannot record the run: {e}"),
-                    json!({}),
-                )
-            })
-    }
 }
 
 fn ended(r: &ExecResult, timeout_ms: u64) -> String {

@@ -498,6 +498,22 @@ impl RunCtx<'_> {
         self.interrupted()
     }
 
+    /// Records the run's working options (and metadata) so that a resumed run finds them.
+    async fn save_options(&mut self) -> Result<(), Failure> {
+        self.run.options = serde_json::to_value(&self.opts).unwrap_or(Value::Null);
+        self.engine
+            .store()
+            .write_run(&self.run, fraisier_store::RunColumns::OPTIONS)
+            .await
+            .map_err(|e| {
+                failure(
+                    FailureCode::DeploymentFailed,
+                    format!("cannot record the run: {e}"),
+                    json!({}),
+                )
+            })
+    }
+
     async fn log(&self, level: LogLevel, component: Component, message: &str, details: Value) {
         self.engine
             .log(&self.run, level, component, message, details)
