@@ -64,6 +64,19 @@ enum Cmd {
     Sweep(SweepArgs),
     /// All three with their defaults, then the targets
     All,
+    /// Only Fraisier's router in front of one upstream, until Ctrl-C: a fixed process to
+    /// profile (`perf stat -p`, `strace -c -p`) while a load tool runs against it
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// The upstream to forward to, e.g. 127.0.0.1:8080
+    #[arg(long)]
+    upstream: std::net::SocketAddr,
+    /// Where to listen (default: an ephemeral port on 127.0.0.1, printed)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -144,6 +157,9 @@ struct SweepArgs {
     /// Seconds of warm-up per target and upstream
     #[arg(long, default_value_t = 1)]
     warmup: u64,
+    /// Rounds per point; figures are medians, the ratio is the median of each round's
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 impl SweepArgs {
@@ -152,6 +168,7 @@ impl SweepArgs {
             connections: self.connections.iter().map(|c| (*c).max(1)).collect(),
             duration: Duration::from_secs(if quick { 1 } else { self.duration.max(1) }),
             warmup: Duration::from_secs(self.warmup.max(1)),
+            rounds: if quick { 1 } else { self.rounds.max(1) },
         }
     }
 }
@@ -266,6 +283,9 @@ fn main() -> ExitCode {
 }
 
 async fn bench(cli: &Cli) -> Result<()> {
+    if let Cmd::Proxy(a) = &cli.command {
+        return sweep_bench::proxy_until_stopped(a.listen, a.upstream).await;
+    }
     let bin_dir = match &cli.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -282,6 +302,7 @@ async fn bench(cli: &Cli) -> Result<()> {
         Cmd::Api(a) => api_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Fleet(a) => fleet_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Sweep(a) => sweep_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::Proxy(_) => unreachable!("served above"),
         Cmd::All => {
             let mut v = router_bench::run(&bins, &defaults::<RouterArgs>()?.opts(quick)).await?;
             v.extend(deploy_bench::run(&bins, &defaults::<DeployArgs>()?.opts(quick)).await?);

@@ -234,6 +234,27 @@ pub fn process_ticks_split(pids: &[u32]) -> (u64, u64) {
         .fold((0, 0), |(u, s), (a, b)| (u + a, s + b))
 }
 
+/// User plus system CPU time, in clock ticks, of the threads of `pid` whose name starts with
+/// `prefix` — e.g. the router's workers inside the bench process, apart from its other threads.
+pub fn thread_ticks(pid: u32, prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let f = stat_fields(&stat)?;
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            Some(n(11) + n(12))
+        })
+        .sum()
+}
+
 /// Microseconds per clock tick (USER_HZ is 100 on every Linux this runs on).
 pub const TICK_US: f64 = 10_000.0;
 
