@@ -1,11 +1,28 @@
 //! Work every server would otherwise do twice on a shared database — sending notifications,
 //! deploying queued pushes, publishing events — done by one server at a time: the holder of
 //! the job's lease in the store, renewed every third of `server.run_lease`. When the holder
-//! dies its lease lapses and another server takes the job on. On SQLite there is one server.
+//! dies its lease lapses and another server takes the job on; when it stops cleanly it gives
+//! its jobs up, and another server takes them on at its next ask. On SQLite there is one
+//! server.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{watch, Notify};
+
 use crate::Engine;
+
+/// This server's jobs as a whole, for a clean stop.
+pub(crate) struct Jobs {
+    stopping: AtomicBool,
+    /// Leases handed out.
+    leases: AtomicUsize,
+    /// How many of them are done with: given up since the stop began, or dropped (a job
+    /// that does not run here, such as publishing events with no NATS configured).
+    done: watch::Sender<usize>,
+    /// Wakes the job loops idling between pieces of work when the stop begins.
+    wake: Notify,
+}
 
 /// A server's hold on one job, asked for (cheaply) before each piece of the work.
 pub struct JobLease {
@@ -14,6 +31,20 @@ pub struct JobLease {
     lease: Duration,
     /// When the store last answered, and what.
     asked: Option<(Instant, bool)>,
+    given_up: bool,
+}
+
+// === impl Jobs ===
+
+impl Default for Jobs {
+    fn default() -> Jobs {
+        Jobs {
+            stopping: AtomicBool::new(false),
+            leases: AtomicUsize::new(0),
+            done: watch::Sender::new(0),
+            wake: Notify::new(),
+        }
+    }
 }
 
 // === impl JobLease ===
@@ -22,6 +53,11 @@ impl JobLease {
     /// Whether this server does the job now. Asks the store at most every third of a lease;
     /// a store that cannot be asked means no (another server may hold it).
     pub async fn held(&mut self) -> bool {
+        // Asked between two pieces of work: giving the job up here leaves none half done.
+        if self.engine.inner.jobs.stopping.load(Ordering::SeqCst) {
+            self.give_up().await;
+            return false;
+        }
         let store = self.engine.store();
         if store.backend() == "sqlite" {
             return true;
@@ -60,6 +96,54 @@ impl JobLease {
         self.asked = Some((asked_at, held));
         held
     }
+
+    /// Waits `idle` between pieces of work, or less if the server begins to stop.
+    pub async fn idle(&self, idle: Duration) {
+        let jobs = &self.engine.inner.jobs;
+        let woken = jobs.wake.notified();
+        if jobs.stopping.load(Ordering::SeqCst) {
+            // On to the ask that gives the job up; once it is given up, the loop idles at its
+            // pace until the process ends (returning at once would spin).
+            if !self.given_up {
+                return;
+            }
+            tokio::time::sleep(idle).await;
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(idle) => {}
+            () = woken => {}
+        }
+    }
+
+    async fn give_up(&mut self) {
+        if std::mem::replace(&mut self.given_up, true) {
+            return;
+        }
+        let store = self.engine.store();
+        if store.backend() != "sqlite" && self.asked.is_some_and(|(_, held)| held) {
+            let release = store.release_job(self.job, self.engine.server_id());
+            match tokio::time::timeout(self.lease / 3, release).await {
+                Ok(Ok(())) => tracing::info!(job = self.job, "gave the job up"),
+                Ok(Err(e)) => {
+                    tracing::warn!(job = self.job, error = %e, "cannot give the job up; it lapses");
+                }
+                Err(_) => {
+                    tracing::warn!(job = self.job, "cannot give the job up in time; it lapses")
+                }
+            }
+        }
+        self.engine.inner.jobs.done.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for JobLease {
+    fn drop(&mut self) {
+        // A lease held in the store lapses.
+        if !self.given_up {
+            self.engine.inner.jobs.done.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 // === impl Engine ===
@@ -67,11 +151,27 @@ impl JobLease {
 impl Engine {
     /// This server's lease on `job`, not asked for yet.
     pub fn job_lease(&self, job: &'static str) -> JobLease {
+        self.inner.jobs.leases.fetch_add(1, Ordering::SeqCst);
         JobLease {
             engine: self.clone(),
             job,
             lease: self.inner.settings.run_lease,
             asked: None,
+            given_up: false,
         }
+    }
+
+    /// Gives this server's jobs up (a clean stop): each job's loop lets its lease go at its
+    /// next ask, between two pieces of work, so that another server takes the job on at once
+    /// instead of after `server.run_lease`. Waits up to `grace` for them; a loop busy longer
+    /// keeps its lease until it lapses, as after a crash. Runs are not given up: one stopped
+    /// mid-step is taken over once its lease lapses.
+    pub async fn stop_jobs(&self, grace: Duration) {
+        let jobs = &self.inner.jobs;
+        jobs.stopping.store(true, Ordering::SeqCst);
+        jobs.wake.notify_waiters();
+        let all = jobs.leases.load(Ordering::SeqCst);
+        let mut done = jobs.done.subscribe();
+        let _ = tokio::time::timeout(grace, done.wait_for(|n| *n >= all)).await;
     }
 }

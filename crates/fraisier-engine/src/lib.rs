@@ -122,6 +122,7 @@ struct Inner {
     halted: std::sync::atomic::AtomicBool,
     /// Digests of uploads stored but not yet recorded or dropped, and how many of each.
     uploads: Mutex<HashMap<String, usize>>,
+    jobs: jobs::Jobs,
 }
 
 /// What a validation found (seed 001's `POST /deployments/validate`).
@@ -171,6 +172,7 @@ impl Engine {
                 tasks: Mutex::default(),
                 halted: Default::default(),
                 uploads: Mutex::default(),
+                jobs: jobs::Jobs::default(),
                 settings,
             }),
         }
@@ -1005,8 +1007,8 @@ impl Engine {
                     .poll_interval
                     .max(Duration::from_millis(500));
                 tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = engine.inner.push_queue.notified() => {}
+                    () = lease.idle(idle) => {}
+                    () = engine.inner.push_queue.notified() => {}
                 }
             }
         });

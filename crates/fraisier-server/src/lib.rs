@@ -238,6 +238,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         engine.job_lease("events"),
     )
     .await;
+    let jobs = engine.clone();
     let state = api::AppState {
         nats,
         engine,
@@ -260,6 +261,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    // Another server on the database takes the jobs on at once rather than after the lease.
+    jobs.stop_jobs(std::time::Duration::from_secs(3)).await;
     tracing::info!("stopped; the agent keeps serving traffic");
     Ok(())
 }

@@ -86,7 +86,7 @@ impl Nats {
             // One server publishes: the others' copies would only be dropped by the stream's
             // duplicate window, and the order across servers lost.
             if !lease.held().await {
-                tokio::time::sleep(IDLE).await;
+                lease.idle(IDLE).await;
                 continue;
             }
             let wait = match self.round(&store).await {
@@ -98,7 +98,7 @@ impl Nats {
                     BACKOFF
                 }
             };
-            tokio::time::sleep(wait).await;
+            lease.idle(wait).await;
         }
     }
 

@@ -63,7 +63,7 @@ pub fn spawn(engine: Engine) {
         let mut lease = engine.job_lease("notifications");
         loop {
             if !lease.held().await {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                lease.idle(Duration::from_secs(1)).await;
                 continue;
             }
             match engine.store().due_notifications(32).await {
@@ -87,7 +87,7 @@ pub fn spawn(engine: Engine) {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the notification outbox"),
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            lease.idle(Duration::from_millis(250)).await;
         }
     });
 }

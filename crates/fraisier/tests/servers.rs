@@ -1,7 +1,8 @@
 //! Several servers on one PostgreSQL: a run is held by the server executing it; killed
 //! (`kill -9`) mid-run, another server takes it over once the hold lapses and finishes it; a
 //! cancel recorded on one server stops a run executing on another, whose followers (events,
-//! progress) see it to its end from the store; environments written on one reach the other. Skipped (passing) when
+//! progress) see it to its end from the store; environments written on one reach the other;
+//! one stopped cleanly hands its jobs to the other at once. Skipped (passing) when
 //! `FRAISIER_TEST_DATABASE_URL` is not set; CI sets it.
 
 mod common;
@@ -63,6 +64,77 @@ fn psql(url: &str, sql: &str) {
         "{sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One value out of the database (`psql -tA`).
+fn psql_value(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Polls `sql` until it answers `want` (up to `limit`).
+async fn wait_value(url: &str, sql: &str, want: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let got = psql_value(url, sql);
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{sql}: {got:?}, not {want:?} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A server stopped cleanly (SIGTERM) gives its jobs up between two pieces of work, so the
+/// other server on the database takes them on at its next ask — within seconds, where a
+/// crashed holder's jobs wait for its lease to lapse (30 s here).
+#[tokio::test]
+async fn a_server_stopped_cleanly_hands_its_jobs_over_at_once() {
+    let Some(db) = Database::create() else {
+        println!("skipped: FRAISIER_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let ws = Workspace::new();
+    let yaml = config_yaml(&ws, free_port(), 1, "rolling", "").replace(
+        "  rate_limits: off\n",
+        &format!(
+            "  rate_limits: off\n  database_url: \"{}\"\n  run_lease: 30s\n",
+            db.url
+        ),
+    );
+    let mut a = Server::start(&ws, &yaml).await;
+    // Notifications and queued pushes (no NATS here), both a's.
+    let jobs = "SELECT count(*) FROM job_leases";
+    wait_value(&db.url, jobs, "2", Duration::from_secs(20)).await;
+    let owners = "SELECT count(DISTINCT owner) FROM job_leases";
+    assert_eq!(psql_value(&db.url, owners), "1");
+    let first = psql_value(&db.url, "SELECT min(owner) FROM job_leases");
+    let b = Server::start(&ws, &yaml).await;
+    // b asks every 10 s (a third of the lease) and finds them a's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held_by_first = format!("SELECT count(*) FROM job_leases WHERE owner = '{first}'");
+    assert_eq!(psql_value(&db.url, &held_by_first), "2");
+
+    let took = a.terminate();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    // Given up on the way out: nothing of a's is left to lapse.
+    assert_eq!(psql_value(&db.url, &held_by_first), "0");
+    // b takes them on at its next ask (within a third of the lease), not 30 s later.
+    wait_value(&db.url, jobs, "2", Duration::from_secs(15)).await;
+    assert_eq!(psql_value(&db.url, &held_by_first), "0");
+    let (status, _) = b.get("/health").await;
+    assert_eq!(status, 200);
 }
 
 async fn wait_in_progress(s: &Server, id: &str) -> Value {

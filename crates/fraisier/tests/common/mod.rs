@@ -188,6 +188,26 @@ impl Server {
         }
     }
 
+    /// SIGTERM, as a service manager stops it; waits (up to 20 s) for it to exit and returns
+    /// how long that took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            while c.try_wait().ok().flatten().is_none() {
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("the server did not exit within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        started.elapsed()
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
