@@ -121,7 +121,9 @@ impl JobLease {
             return;
         }
         let store = self.engine.store();
-        if store.backend() != "sqlite" && self.asked.is_some_and(|(_, held)| held) {
+        // Whatever the last ask said: a renewal that timed out may still have been written,
+        // and the release only ever deletes this server's own row.
+        if store.backend() != "sqlite" && self.asked.is_some() {
             let release = store.release_job(self.job, self.engine.server_id());
             match tokio::time::timeout(self.lease / 3, release).await {
                 Ok(Ok(())) => tracing::info!(job = self.job, "gave the job up"),
@@ -161,15 +163,21 @@ impl Engine {
         }
     }
 
+    /// Starts giving this server's jobs up (see [`Engine::stop_jobs`]) without waiting.
+    pub fn begin_stopping_jobs(&self) {
+        let jobs = &self.inner.jobs;
+        jobs.stopping.store(true, Ordering::SeqCst);
+        jobs.wake.notify_waiters();
+    }
+
     /// Gives this server's jobs up (a clean stop): each job's loop lets its lease go at its
     /// next ask, between two pieces of work, so that another server takes the job on at once
     /// instead of after `server.run_lease`. Waits up to `grace` for them; a loop busy longer
     /// keeps its lease until it lapses, as after a crash. Runs are not given up: one stopped
     /// mid-step is taken over once its lease lapses.
     pub async fn stop_jobs(&self, grace: Duration) {
+        self.begin_stopping_jobs();
         let jobs = &self.inner.jobs;
-        jobs.stopping.store(true, Ordering::SeqCst);
-        jobs.wake.notify_waiters();
         let all = jobs.leases.load(Ordering::SeqCst);
         let mut done = jobs.done.subscribe();
         let _ = tokio::time::timeout(grace, done.wait_for(|n| *n >= all)).await;

@@ -255,14 +255,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServerError> {
         data_dir.display()
     );
     tracing::info!(%addr, "listening");
-    axum::serve(
+    // The jobs are given up as soon as the signal comes, not after the last response (a
+    // follower's stream may outlast the service manager's patience): another server on the
+    // database takes them on at once rather than after the lease.
+    let stopping = {
+        let jobs = jobs.clone();
+        async move {
+            shutdown_signal().await;
+            jobs.begin_stopping_jobs();
+        }
+    };
+    let served = axum::serve(
         listener,
         api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
-    // Another server on the database takes the jobs on at once rather than after the lease.
+    .with_graceful_shutdown(stopping)
+    .await;
     jobs.stop_jobs(std::time::Duration::from_secs(3)).await;
+    served?;
     tracing::info!("stopped; the agent keeps serving traffic");
     Ok(())
 }

@@ -113,6 +113,7 @@ async fn a_server_stopped_cleanly_hands_its_jobs_over_at_once() {
             db.url
         ),
     );
+    assert!(yaml.contains(&db.name), "{yaml}");
     let mut a = Server::start(&ws, &yaml).await;
     // Notifications and queued pushes (no NATS here), both a's.
     let jobs = "SELECT count(*) FROM job_leases";
