@@ -225,13 +225,16 @@ pub fn process_ticks(pids: &[u32]) -> u64 {
 /// (user, system) CPU time of processes, in clock ticks.
 pub fn process_ticks_split(pids: &[u32]) -> (u64, u64) {
     pids.iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let f = stat_fields(&stat)?;
-            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            Some((n(11), n(12)))
-        })
+        .filter_map(|pid| user_system_ticks(Path::new(&format!("/proc/{pid}"))))
         .fold((0, 0), |(u, s), (a, b)| (u + a, s + b))
+}
+
+/// (utime, stime) of the process or thread whose /proc directory is `dir`.
+fn user_system_ticks(dir: &Path) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let f = stat_fields(&stat)?;
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    Some((n(11), n(12)))
 }
 
 /// User plus system CPU time, in clock ticks, of the threads of `pid` whose name starts with
@@ -247,10 +250,7 @@ pub fn thread_ticks(pid: u32, prefix: &str) -> u64 {
             if !name.starts_with(prefix) {
                 return None;
             }
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            let f = stat_fields(&stat)?;
-            let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            Some(n(11) + n(12))
+            user_system_ticks(&dir).map(|(user, system)| user + system)
         })
         .sum()
 }

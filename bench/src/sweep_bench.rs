@@ -130,14 +130,13 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
                     let before = procs::cpu_snapshot(&mine);
                     let proxy_before = proxy_ticks(j, &nginx_workers);
                     let r = load::wrk(&format!("http://{addr}/"), c.min(2), c, o.duration).await?;
-                    let proxy_ticks = proxy_ticks(j, &nginx_workers) - proxy_before;
+                    let spent = proxy_ticks(j, &nginx_workers) - proxy_before;
                     point.others = point
                         .others
                         .max(procs::foreign_share(&before, &procs::cpu_snapshot(&mine)));
                     point.rps[j] = r.requests_per_sec;
                     point.p99[j] = r.p99;
-                    point.cpu_us[j] =
-                        proxy_ticks as f64 * procs::TICK_US / r.requests.max(1) as f64;
+                    point.cpu_us[j] = spent as f64 * procs::TICK_US / r.requests.max(1) as f64;
                     point.errors += r.errors;
                 }
                 rounds.push(point);

@@ -5,7 +5,7 @@
 //! its jobs up, and another server takes them on at its next ask. On SQLite there is one
 //! server.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
@@ -15,11 +15,9 @@ use crate::Engine;
 /// This server's jobs as a whole, for a clean stop.
 pub(crate) struct Jobs {
     stopping: AtomicBool,
-    /// Leases handed out.
-    leases: AtomicUsize,
-    /// How many of them are done with: given up since the stop began, or dropped (a job
-    /// that does not run here, such as publishing events with no NATS configured).
-    done: watch::Sender<usize>,
+    /// Leases handed out and neither given up nor dropped (a job that does not run here,
+    /// such as publishing events with no NATS configured, drops its lease).
+    live: watch::Sender<usize>,
     /// Wakes the job loops idling between pieces of work when the stop begins.
     wake: Notify,
 }
@@ -40,8 +38,7 @@ impl Default for Jobs {
     fn default() -> Jobs {
         Jobs {
             stopping: AtomicBool::new(false),
-            leases: AtomicUsize::new(0),
-            done: watch::Sender::new(0),
+            live: watch::Sender::new(0),
             wake: Notify::new(),
         }
     }
@@ -99,16 +96,14 @@ impl JobLease {
 
     /// Waits `idle` between pieces of work, or less if the server begins to stop.
     pub async fn idle(&self, idle: Duration) {
+        if self.given_up {
+            // Nothing more to do here until the process ends (returning would spin).
+            return std::future::pending().await;
+        }
         let jobs = &self.engine.inner.jobs;
         let woken = jobs.wake.notified();
         if jobs.stopping.load(Ordering::SeqCst) {
-            // On to the ask that gives the job up; once it is given up, the loop idles at its
-            // pace until the process ends (returning at once would spin).
-            if !self.given_up {
-                return;
-            }
-            tokio::time::sleep(idle).await;
-            return;
+            return; // on to the ask that gives the job up
         }
         tokio::select! {
             () = tokio::time::sleep(idle) => {}
@@ -135,7 +130,7 @@ impl JobLease {
                 }
             }
         }
-        self.engine.inner.jobs.done.send_modify(|n| *n += 1);
+        self.engine.inner.jobs.live.send_modify(|n| *n -= 1);
     }
 }
 
@@ -143,7 +138,7 @@ impl Drop for JobLease {
     fn drop(&mut self) {
         // A lease held in the store lapses.
         if !self.given_up {
-            self.engine.inner.jobs.done.send_modify(|n| *n += 1);
+            self.engine.inner.jobs.live.send_modify(|n| *n -= 1);
         }
     }
 }
@@ -153,7 +148,7 @@ impl Drop for JobLease {
 impl Engine {
     /// This server's lease on `job`, not asked for yet.
     pub fn job_lease(&self, job: &'static str) -> JobLease {
-        self.inner.jobs.leases.fetch_add(1, Ordering::SeqCst);
+        self.inner.jobs.live.send_modify(|n| *n += 1);
         JobLease {
             engine: self.clone(),
             job,
@@ -177,9 +172,7 @@ impl Engine {
     /// mid-step is taken over once its lease lapses.
     pub async fn stop_jobs(&self, grace: Duration) {
         self.begin_stopping_jobs();
-        let jobs = &self.inner.jobs;
-        let all = jobs.leases.load(Ordering::SeqCst);
-        let mut done = jobs.done.subscribe();
-        let _ = tokio::time::timeout(grace, done.wait_for(|n| *n >= all)).await;
+        let mut live = self.inner.jobs.live.subscribe();
+        let _ = tokio::time::timeout(grace, live.wait_for(|n| *n == 0)).await;
     }
 }

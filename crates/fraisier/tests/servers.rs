@@ -54,22 +54,11 @@ impl Drop for Database {
     }
 }
 
-fn psql(url: &str, sql: &str) {
+/// Runs `sql`; what it printed, unaligned and without headers (`psql -tA`): one value for a
+/// one-value query.
+fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// One value out of the database (`psql -tA`).
-fn psql_value(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([url, "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .expect("psql");
     assert!(
@@ -84,7 +73,7 @@ fn psql_value(url: &str, sql: &str) -> String {
 async fn wait_value(url: &str, sql: &str, want: &str, limit: Duration) {
     let started = Instant::now();
     loop {
-        let got = psql_value(url, sql);
+        let got = psql(url, sql);
         if got == want {
             return;
         }
@@ -119,21 +108,21 @@ async fn a_server_stopped_cleanly_hands_its_jobs_over_at_once() {
     let jobs = "SELECT count(*) FROM job_leases";
     wait_value(&db.url, jobs, "2", Duration::from_secs(20)).await;
     let owners = "SELECT count(DISTINCT owner) FROM job_leases";
-    assert_eq!(psql_value(&db.url, owners), "1");
-    let first = psql_value(&db.url, "SELECT min(owner) FROM job_leases");
+    assert_eq!(psql(&db.url, owners), "1");
+    let first = psql(&db.url, "SELECT min(owner) FROM job_leases");
     let b = Server::start(&ws, &yaml).await;
     // b asks every 10 s (a third of the lease) and finds them a's.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let held_by_first = format!("SELECT count(*) FROM job_leases WHERE owner = '{first}'");
-    assert_eq!(psql_value(&db.url, &held_by_first), "2");
+    assert_eq!(psql(&db.url, &held_by_first), "2");
 
     let took = a.terminate();
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
     // Given up on the way out: nothing of a's is left to lapse.
-    assert_eq!(psql_value(&db.url, &held_by_first), "0");
+    assert_eq!(psql(&db.url, &held_by_first), "0");
     // b takes them on at its next ask (within a third of the lease), not 30 s later.
     wait_value(&db.url, jobs, "2", Duration::from_secs(15)).await;
-    assert_eq!(psql_value(&db.url, &held_by_first), "0");
+    assert_eq!(psql(&db.url, &held_by_first), "0");
     let (status, _) = b.get("/health").await;
     assert_eq!(status, 200);
 }
