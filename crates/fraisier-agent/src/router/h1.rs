@@ -12,6 +12,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
@@ -92,6 +93,7 @@ enum WriteFailure {
     ClientBody(hyper::Error),
 }
 
+pub(super) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -324,9 +326,16 @@ impl Conn {
             if self.read.is_empty() {
                 return Ok(None);
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            let len = match parsed.parse(&self.read) {
+            // Uninitialized: filling 128 empty headers first cost more than parsing a small
+            // head.
+            let mut headers =
+                [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.read,
+                &mut headers,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) if self.read.len() > MAX_HEAD => {
                     return Err(invalid("response head too large"));
@@ -352,9 +361,22 @@ impl Conn {
             };
             let base = self.read.as_ptr() as usize;
             self.scratch.clear();
+            let mut close = false;
             for h in parsed.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| invalid("bad header name"))?;
+                // The usual `Connection: keep-alive` (or `close`) and `Keep-Alive` are
+                // hop-by-hop and say nothing the client needs: read here and left out of the
+                // map, so that most responses need no stripping on their way out. A
+                // `Connection` naming anything else goes in, for the proxy to act on.
+                if name == header::CONNECTION {
+                    if let Some(says_close) = keep_alive_or_close(h.value) {
+                        close |= says_close;
+                        continue;
+                    }
+                } else if name == KEEP_ALIVE {
+                    continue;
+                }
                 let start = h.value.as_ptr() as usize - base;
                 self.scratch.push((name, start..start + h.value.len()));
             }
@@ -368,7 +390,7 @@ impl Conn {
             }
             // After a 101 the connection is the upgrade's tunnel.
             self.keep_alive =
-                version == Version::HTTP_11 && code != 101 && !has_token(&map, "close");
+                version == Version::HTTP_11 && code != 101 && !close && !has_token(&map, "close");
             let (body, length) = framing(status, head_only, &map)?;
             if let Some(length) = length {
                 // RFC 9112 §6.3: what the client is told must match what it gets.
@@ -668,6 +690,20 @@ fn framing(
     })
 }
 
+/// For a `Connection` value made only of `keep-alive` and `close` tokens (any case, any
+/// spacing), whether it says `close`; `None` for any other value.
+fn keep_alive_or_close(value: &[u8]) -> Option<bool> {
+    let mut close = false;
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+            return None;
+        }
+    }
+    Some(close)
+}
+
 /// Whether a `Connection` header lists `token`.
 pub(super) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {
@@ -777,6 +813,16 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn connection_values_of_keep_alive_and_close_only_are_read_off() {
+        assert_eq!(keep_alive_or_close(b"keep-alive"), Some(false));
+        assert_eq!(keep_alive_or_close(b"Keep-Alive , CLOSE"), Some(true));
+        assert_eq!(keep_alive_or_close(b"close"), Some(true));
+        assert_eq!(keep_alive_or_close(b"Upgrade"), None);
+        assert_eq!(keep_alive_or_close(b"keep-alive, x-secret"), None);
+        assert_eq!(keep_alive_or_close(b""), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::body::ProxyBody;
 use super::conn::{ConnCtx, Exchange, Live};
-use super::h1::{self, Conn, Forwarding, SendError};
+use super::h1::{self, Conn, Forwarding, SendError, KEEP_ALIVE};
 use super::upstream::{Lease, Upstream};
 use super::{until, Phase};
 
@@ -31,22 +31,7 @@ const MAX_ATTEMPTS: usize = 3;
 /// stream (server-sent events, say) may stay quiet for long.
 const HEAD_TIMEOUT_TICKS: u32 = 3;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies still meet); keep
-/// in step with [`is_hop_by_hop`].
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 const NO_HEALTHY_INSTANCE: &[u8] = br#"{"error":{"code":"NO_HEALTHY_INSTANCE","message":"no healthy instance can take this request"}}"#;
 const REQUEST_BODY_INCOMPLETE: &[u8] = br#"{"error":{"code":"REQUEST_BODY_INCOMPLETE","message":"the request body ended before its announced end"}}"#;
@@ -329,25 +314,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let mut named = Vec::new();
+    // The ones present, and those `Connection` names: removing each of the nine names by
+    // string would parse and hash every one of them.
+    let mut gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 if !is_hop_by_hop(&name) {
-                    named.push(name);
+                    gone.push(name);
                 }
             }
         }
     }
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in gone {
         headers.remove(name);
     }
 }
 
+/// The hop-by-hop headers: RFC 9110 §7.6.1's, plus the non-standard ones proxies still meet.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     // Standard names compare as enum tags, so this is a handful of integer comparisons.
     *name == header::CONNECTION
@@ -489,10 +478,33 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_list_and_predicate_agree() {
+    fn hop_by_hop_headers_are_stripped_whatever_else_is_there() {
+        const HOP_BY_HOP: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        let mut headers = HeaderMap::new();
         for name in HOP_BY_HOP {
             assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+            headers.append(name, HeaderValue::from_static("x"));
+            headers.append(name, HeaderValue::from_static("y"));
         }
+        headers.append("connection", HeaderValue::from_static("x-one, X-Two"));
+        for kept in ["x-one", "x-two", "x-three", "accept"] {
+            headers.insert(kept, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-three"]);
+
         assert!(!is_hop_by_hop(&header::CONTENT_LENGTH));
         assert!(!is_hop_by_hop(&HeaderName::from_static("x-keep-alive")));
         // Responses lose them too.

@@ -759,7 +759,16 @@ async fn router_reads_every_response_framing() {
         Some("/garbled") => (b"HTTP/1.1 2x0 Hmm\r\n\r\n", true),
         // Keep-alive by its head, closed right after: what an upstream's idle timeout does.
         Some("/drop") => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndrop", true),
-        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain", false),
+        // Keep-alive by its framing, but it says close (among other tokens) and leaves the
+        // connection open: the router must not pool it.
+        Some("/says-close") => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive, Close\r\n\r\nshut",
+            false,
+        ),
+        _ => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nplain",
+            false,
+        ),
     })
     .await;
     let router = Router::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -798,6 +807,15 @@ async fn router_reads_every_response_framing() {
             (StatusCode::OK, "plain".into())
         );
     }
+    // The upstream's own hop-by-hop headers stay behind.
+    let resp = client
+        .get(url(&router, "/").parse().unwrap())
+        .await
+        .unwrap();
+    for gone in ["connection", "keep-alive"] {
+        assert!(!resp.headers().contains_key(gone), "{gone} passed on");
+    }
+    drop(resp.into_body().collect().await.unwrap());
     let workers = Workers::get().unwrap().count() as u64;
     assert!(
         accepted.load(SeqCst) <= workers,
@@ -817,10 +835,14 @@ async fn router_reads_every_response_framing() {
             get(&client, &url(&router, "/http10")).await,
             (StatusCode::OK, "v1.0".into())
         );
+        assert_eq!(
+            get(&client, &url(&router, "/says-close")).await,
+            (StatusCode::OK, "shut".into())
+        );
     }
     let opened = accepted.load(SeqCst) - before;
     assert!(
-        opened >= 6 - workers,
+        opened >= 9 - workers,
         "closing framings were pooled: {opened} new connections"
     );
 
