@@ -361,7 +361,7 @@ impl Conn {
             };
             let base = self.read.as_ptr() as usize;
             self.scratch.clear();
-            let mut close = false;
+            let (mut close, mut connection_kept) = (false, false);
             for h in parsed.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| invalid("bad header name"))?;
@@ -374,6 +374,7 @@ impl Conn {
                         close |= says_close;
                         continue;
                     }
+                    connection_kept = true;
                 } else if name == KEEP_ALIVE {
                     continue;
                 }
@@ -389,8 +390,10 @@ impl Conn {
                 map.append(name, value);
             }
             // After a 101 the connection is the upgrade's tunnel.
-            self.keep_alive =
-                version == Version::HTTP_11 && code != 101 && !close && !has_token(&map, "close");
+            self.keep_alive = version == Version::HTTP_11
+                && code != 101
+                && !close
+                && !(connection_kept && has_token(&map, "close"));
             let (body, length) = framing(status, head_only, &map)?;
             if let Some(length) = length {
                 // RFC 9112 §6.3: what the client is told must match what it gets.
