@@ -39,7 +39,7 @@ bench="${CARGO_TARGET_DIR:-target}/release/fraisier-bench"
 dir=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$dir"
 }
@@ -107,12 +107,25 @@ measure() { # name port command...
   pids+=("$pid")
   wait_for "$port"
   wrk -t1 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  local requests
-  requests=$(wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
-  callgrind_control -d "$pid" >/dev/null 2>&1
+  callgrind_control -z "$pid" >"$dir/$name.zero.log" 2>&1
+  local out requests
+  out=$(wrk -t1 -c"$conns" -d"${secs}s" "http://127.0.0.1:$port/")
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "$name: wrk saw errors, the count would mean nothing:" >&2
+    echo "$out" >&2
+    return 1
+  fi
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  callgrind_control -d "$pid" >"$dir/$name.dump.log" 2>&1
+  # callgrind_control exits 0 even when it reached no run: the dump file is the proof.
+  local dump="$dir/cg.$name.$pid.1"
+  if [ ! -s "$dump" ]; then
+    echo "$name: callgrind wrote no dump ($dump):" >&2
+    cat "$dir/$name.zero.log" "$dir/$name.dump.log" >&2
+    return 1
+  fi
   local total
-  total=$(awk '/^totals:/ {print $2}' "$dir/cg.$name.$pid.1")
+  total=$(awk '/^totals:/ {print $2}' "$dump")
   kill "$pid" 2>/dev/null || true
   local per
   per=$(awk -v t="$total" -v r="$requests" 'BEGIN { printf "%.0f", t / r }')
