@@ -30,6 +30,9 @@ pub struct JobLease {
     /// When the store last answered, and what.
     asked: Option<(Instant, bool)>,
     given_up: bool,
+    /// Still counted among the live leases that stopping waits for. Apart from `given_up`:
+    /// a give-up cancelled while it awaits the store must still be uncounted, when dropped.
+    counted: bool,
 }
 
 // === impl Jobs ===
@@ -130,16 +133,20 @@ impl JobLease {
                 }
             }
         }
-        self.engine.inner.jobs.live.send_modify(|n| *n -= 1);
+        self.uncount();
+    }
+
+    fn uncount(&mut self) {
+        if std::mem::replace(&mut self.counted, false) {
+            self.engine.inner.jobs.live.send_modify(|n| *n -= 1);
+        }
     }
 }
 
 impl Drop for JobLease {
     fn drop(&mut self) {
         // A lease held in the store lapses.
-        if !self.given_up {
-            self.engine.inner.jobs.live.send_modify(|n| *n -= 1);
-        }
+        self.uncount();
     }
 }
 
@@ -155,6 +162,7 @@ impl Engine {
             lease: self.inner.settings.run_lease,
             asked: None,
             given_up: false,
+            counted: true,
         }
     }
 

@@ -497,3 +497,30 @@ async fn a_notification_reaches_only_the_destination_it_was_written_for() {
     let replaced = engine_with(&url, &with(b)).await;
     assert_eq!(replaced.notification_target(&started).map(|t| t.url), None);
 }
+
+#[tokio::test]
+async fn stopping_waits_only_for_job_leases_still_live() {
+    let (engine, _) = engine().await;
+    let mut given_up = engine.job_lease("given-up");
+    let dropped = engine.job_lease("dropped");
+    let mut kept = engine.job_lease("kept");
+    assert!(
+        given_up.held().await,
+        "a single server on SQLite holds every job"
+    );
+    engine.begin_stopping_jobs();
+    assert!(!given_up.held().await);
+    assert!(!given_up.held().await, "asked again once given up");
+    drop(dropped);
+    // `kept` has not been asked since the stop began: stopping waits for it...
+    let started = std::time::Instant::now();
+    engine.stop_jobs(Duration::from_millis(300)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // ...until it gives up too; a lease given up and then dropped counts once.
+    assert!(!kept.held().await);
+    drop(given_up);
+    let started = std::time::Instant::now();
+    engine.stop_jobs(Duration::from_secs(3)).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(kept);
+}
