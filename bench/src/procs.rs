@@ -181,6 +181,8 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
 pub struct CpuSnapshot {
     total: u64,
     busy: u64,
+    /// Time the hypervisor ran something else while this guest had work (part of `busy`).
+    steal: u64,
     ours: u64,
 }
 
@@ -190,15 +192,7 @@ pub fn cpu_snapshot(ours: &[u32]) -> CpuSnapshot {
     let mut snap = CpuSnapshot::default();
     if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
         if let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) {
-            let v: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal (guest is inside user).
-            snap.total = v.iter().take(8).sum();
-            snap.busy =
-                snap.total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0);
+            (snap.total, snap.busy, snap.steal) = machine_times(line);
         }
     }
     let me = std::process::id();
@@ -268,6 +262,29 @@ pub fn foreign_share(before: &CpuSnapshot, after: &CpuSnapshot) -> f64 {
     let busy = after.busy.saturating_sub(before.busy);
     let ours = after.ours.saturating_sub(before.ours);
     busy.saturating_sub(ours) as f64 / total as f64
+}
+
+/// Total, busy and stolen ticks from the `cpu ` line of `/proc/stat`.
+fn machine_times(line: &str) -> (u64, u64, u64) {
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    (total, total - at(3) - at(4), at(7))
+}
+
+/// The share of the machine's time stolen by the hypervisor between two snapshots: a guest's
+/// vCPU that had work but was not running (counted in [`foreign_share`] too).
+pub fn steal_share(before: &CpuSnapshot, after: &CpuSnapshot) -> f64 {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 {
+        return 0.0;
+    }
+    after.steal.saturating_sub(before.steal) as f64 / total as f64
 }
 
 /// Waits (up to `limit`) until other processes use less than `threshold` of the machine over
@@ -441,6 +458,22 @@ pub fn running_as_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_told_apart_from_other_processes() {
+        let (total, busy, steal) = machine_times("cpu  100 0 50 800 10 0 5 35 0 0");
+        assert_eq!((total, busy, steal), (1000, 190, 35));
+        let before = CpuSnapshot::default();
+        let after = CpuSnapshot {
+            total,
+            busy,
+            steal,
+            ours: 100,
+        };
+        assert!((steal_share(&before, &after) - 0.035).abs() < 1e-9);
+        // Steal is part of what is not ours.
+        assert!((foreign_share(&before, &after) - 0.09).abs() < 1e-9);
+    }
 
     #[test]
     fn stat_fields_skip_the_command_name() {

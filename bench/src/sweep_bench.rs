@@ -64,7 +64,7 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
         o.rounds
     );
     println!(
-        "per point: median r/s and p99 over rounds; router/nginx = median of the rounds' ratios [lowest–highest]; cpu/req = the proxy's own CPU (nginx workers; the router's threads), median"
+        "per point: median r/s and p99 over rounds; router/nginx = median of the rounds' ratios [lowest–highest]; cpu/req = the proxy's own CPU (nginx workers; the router's threads), median; others / steal = the most CPU other processes and kernel threads used / the hypervisor stole in any one run"
     );
 
     let mut ours = vec![std::process::id(), server.pid(), static_server.proc.pid()];
@@ -108,7 +108,7 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
         println!();
         println!("-- upstream: {label} ({upstream}) --");
         println!(
-            "{:>5}  {:>11} {:>11} {:>11}  {:>20}  {:>9} {:>9} {:>9}  {:>16}  errors  others",
+            "{:>5}  {:>11} {:>11} {:>11}  {:>20}  {:>9} {:>9} {:>9}  {:>16}  errors  others  steal",
             "conns",
             "direct r/s",
             "nginx r/s",
@@ -131,9 +131,12 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
                     let proxy_before = proxy_ticks(j, &nginx_workers);
                     let r = load::wrk(&format!("http://{addr}/"), c.min(2), c, o.duration).await?;
                     let spent = proxy_ticks(j, &nginx_workers) - proxy_before;
+                    let after = procs::cpu_snapshot(&mine);
+                    let steal = procs::steal_share(&before, &after);
                     point.others = point
                         .others
-                        .max(procs::foreign_share(&before, &procs::cpu_snapshot(&mine)));
+                        .max(procs::foreign_share(&before, &after) - steal);
+                    point.steal = point.steal.max(steal);
                     point.rps[j] = r.requests_per_sec;
                     point.p99[j] = r.p99;
                     point.cpu_us[j] = spent as f64 * procs::TICK_US / r.requests.max(1) as f64;
@@ -153,7 +156,7 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
                 })))
             };
             println!(
-                "{c:>5}  {:>11.0} {:>11.0} {:>11.0}  {:>6.2}x [{lo:.2}–{hi:.2}x]  {:>9} {:>9} {:>9}  {:>6.1} | {:>4.1} us  {:>6}  {:>4.0} %",
+                "{c:>5}  {:>11.0} {:>11.0} {:>11.0}  {:>6.2}x [{lo:.2}–{hi:.2}x]  {:>9} {:>9} {:>9}  {:>6.1} | {:>4.1} us  {:>6}  {:>4.0} %  {:>3.0} %",
                 med(&|r: &Round| r.rps[DIRECT]),
                 med(&|r: &Round| r.rps[NGINX]),
                 med(&|r: &Round| r.rps[ROUTER]),
@@ -164,7 +167,8 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
                 med(&|r: &Round| r.cpu_us[NGINX]),
                 med(&|r: &Round| r.cpu_us[ROUTER]),
                 rounds.iter().map(|r| r.errors).sum::<u64>(),
-                rounds.iter().map(|r| r.others).fold(0.0, f64::max) * 100.0
+                rounds.iter().map(|r| r.others).fold(0.0, f64::max) * 100.0,
+                rounds.iter().map(|r| r.steal).fold(0.0, f64::max) * 100.0
             );
             if worst.as_ref().is_none_or(|(w, _)| ratio < *w) {
                 worst = Some((ratio, format!("{label}, {c} connections")));
@@ -214,8 +218,11 @@ struct Round {
     /// The proxy's own CPU per request, in µs (0 for direct).
     cpu_us: [f64; 3],
     errors: u64,
-    /// The largest share of the machine other processes used during the round's runs.
+    /// The largest share of the machine other processes (and kernel threads) used during the
+    /// round's runs.
     others: f64,
+    /// The largest share the hypervisor stole during the round's runs.
+    steal: f64,
 }
 
 impl Round {
