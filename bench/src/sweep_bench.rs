@@ -133,13 +133,12 @@ pub async fn run(bins: &Bins, o: &SweepOpts) -> Result<Vec<Verdict>> {
             for round in 0..o.rounds as usize {
                 let mut point = Round::default();
                 for j in rotated(3, k + round) {
-                    let (_, addr) = targets[j];
+                    let url = format!("http://{}/", targets[j].1);
                     let mut repeats = 0;
                     loop {
                         procs::wait_quiet(&mine, QUIET, Duration::from_secs(60)).await;
                         let before = procs::cpu_snapshot(&mine);
                         let proxy_before = proxy_ticks(j, &nginx_workers);
-                        let url = format!("http://{addr}/");
                         let r = load::wrk(&url, c.min(2), c, o.duration).await?;
                         let spent = proxy_ticks(j, &nginx_workers) - proxy_before;
                         let after = procs::cpu_snapshot(&mine);

@@ -310,17 +310,17 @@ fn prepare_request(parts: &mut request::Parts, upgrade: bool) {
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass of cheap name comparisons instead of nine lookups.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // The ones present, and those `Connection` names: removing each of the nine names by
-    // string would parse and hash every one of them.
+    // One pass of cheap name comparisons finds the ones present (most messages carry none,
+    // and an empty Vec allocates nothing); then those `Connection` names. Removing each of
+    // the nine names by string would parse and hash every one of them.
     let mut gone: Vec<HeaderName> = headers
         .keys()
         .filter(|n| is_hop_by_hop(n))
         .cloned()
         .collect();
+    if gone.is_empty() {
+        return;
+    }
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
