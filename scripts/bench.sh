@@ -4,7 +4,8 @@
 # (docs/benchmarks.md). Benchmarks, not tests: nothing here fails because a machine is slow.
 #
 #   bash scripts/bench.sh              # everything (about 6 minutes on 2 cores)
-#   bash scripts/bench.sh router       # one of: router, deploy, api, fleet, sweep, all (default)
+#   bash scripts/bench.sh router       # one of: router, deploy, api, fleet, sweep, all (default),
+#                                      # instructions (callgrind; not part of all)
 #   bash scripts/bench.sh router --rounds 5 --connections 128
 #   bash scripts/bench.sh all --quick  # a short run to check the harness works
 #

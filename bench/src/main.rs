@@ -11,6 +11,7 @@ mod api_bench;
 mod deploy_bench;
 mod fleet_bench;
 mod fraisier;
+mod instructions_bench;
 mod load;
 mod procs;
 mod router_bench;
@@ -64,9 +65,22 @@ enum Cmd {
     Sweep(SweepArgs),
     /// All three with their defaults, then the targets
     All,
+    /// User-space instructions per request, router vs nginx on a static upstream, counted by
+    /// callgrind: a figure that repeats where throughput does not
+    Instructions(InstructionsArgs),
     /// Only Fraisier's router in front of one upstream, until Ctrl-C: a fixed process to
     /// profile (`perf stat -p`, `strace -c -p`) while a load tool runs against it
     Proxy(ProxyArgs),
+}
+
+#[derive(Args)]
+struct InstructionsArgs {
+    /// wrk connections
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    /// Seconds per proxy (after a 2 s warm-up)
+    #[arg(long, default_value_t = 6)]
+    duration: u64,
 }
 
 #[derive(Args)]
@@ -302,6 +316,14 @@ async fn bench(cli: &Cli) -> Result<()> {
         Cmd::Api(a) => api_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Fleet(a) => fleet_bench::run(&bins, &a.opts(quick)).await?,
         Cmd::Sweep(a) => sweep_bench::run(&bins, &a.opts(quick)).await?,
+        Cmd::Instructions(a) => {
+            let o = instructions_bench::InstructionsOpts {
+                connections: a.connections.max(1),
+                duration: Duration::from_secs(if quick { 2 } else { a.duration.max(1) }),
+            };
+            instructions_bench::run(&o).await?;
+            Vec::new()
+        }
         Cmd::Proxy(_) => unreachable!("served above"),
         Cmd::All => {
             let mut v = router_bench::run(&bins, &defaults::<RouterArgs>()?.opts(quick)).await?;

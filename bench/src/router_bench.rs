@@ -472,6 +472,24 @@ impl Nginx {
     /// A reverse proxy to `upstream` (with its keepalive), or with `None` a static server of
     /// one small file (`GET /` answers it), each in a root of its own.
     pub(crate) fn start_in(root: &Path, upstream: Option<(&[SocketAddr], u32)>) -> Result<Nginx> {
+        Self::launch(root, upstream, None)
+    }
+
+    /// The same nginx as one process (no master, one worker) started by `wrapper`, e.g.
+    /// valgrind, which follows no forks; it may take a while to listen.
+    pub(crate) fn start_under(
+        wrapper: &[String],
+        root: &Path,
+        upstream: Option<(&[SocketAddr], u32)>,
+    ) -> Result<Nginx> {
+        Self::launch(root, upstream, Some(wrapper))
+    }
+
+    fn launch(
+        root: &Path,
+        upstream: Option<(&[SocketAddr], u32)>,
+        wrapper: Option<&[String]>,
+    ) -> Result<Nginx> {
         let root = root.to_path_buf();
         std::fs::create_dir_all(root.join("logs"))?;
         std::fs::create_dir_all(root.join("www"))?;
@@ -506,11 +524,16 @@ impl Nginx {
         } else {
             ""
         };
+        let (master, workers) = if wrapper.is_some() {
+            ("off", "1")
+        } else {
+            ("on", "auto")
+        };
         let conf = format!(
             r#"# A production-style nginx: keep-alive, no access log; a reverse proxy or a static server.
 {user}daemon off;
-master_process on;
-worker_processes auto;
+master_process {master};
+worker_processes {workers};
 pid {root}/nginx.pid;
 error_log {root}/logs/error.log warn;
 events {{
@@ -535,10 +558,17 @@ http {{
         );
         let conf_path = root.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
+        let mut cmd = match wrapper {
+            Some([program, args @ ..]) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("nginx");
+                cmd
+            }
+            _ => Command::new("nginx"),
+        };
         let mut proc = Proc::spawn(
             "nginx",
-            Command::new("nginx")
-                .arg("-p")
+            cmd.arg("-p")
                 .arg(&root)
                 .arg("-e")
                 .arg(root.join("logs/error.log"))
@@ -549,7 +579,8 @@ http {{
         )
         .context("is nginx installed? (apt-get install -y nginx, or run scripts/bench.sh)")?
         .reaping_children();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let wait = if wrapper.is_some() { 60 } else { 10 };
+        let deadline = std::time::Instant::now() + Duration::from_secs(wait);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             proc.check_running().with_context(|| {
                 format!(
@@ -558,7 +589,7 @@ http {{
                 )
             })?;
             if std::time::Instant::now() > deadline {
-                bail!("nginx is not listening on {port} after 10 s");
+                bail!("nginx is not listening on {port} after {wait} s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

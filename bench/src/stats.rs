@@ -81,6 +81,9 @@ pub struct Verdict {
 }
 
 pub fn print_verdicts(verdicts: &[Verdict]) {
+    if verdicts.is_empty() {
+        return;
+    }
     println!();
     println!("== Targets ==");
     println!(
