@@ -18,8 +18,9 @@ use crate::{Engine, EngineError};
 /// be, so none is ever part of a desired state.
 pub const WORKSPACE_SCOPE: &str = "*";
 
-/// Bytes a workspace secret may hold (an SSH key or a certificate fits).
-const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Characters a workspace secret may hold (an SSH key or a certificate chain fits): the API
+/// document's `maxLength`, which counts characters, not bytes.
+pub const MAX_SECRET_CHARS: usize = 16 * 1024;
 
 // === impl Engine ===
 
@@ -53,8 +54,8 @@ impl Engine {
                     Some("is empty".to_string())
                 } else if v.contains('\0') {
                     Some("contains a NUL character".to_string())
-                } else if v.len() > MAX_SECRET_BYTES {
-                    Some(format!("is longer than {MAX_SECRET_BYTES} bytes"))
+                } else if v.chars().count() > MAX_SECRET_CHARS {
+                    Some(format!("is longer than {MAX_SECRET_CHARS} characters"))
                 } else {
                     None
                 };

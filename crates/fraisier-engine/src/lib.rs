@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 pub use artifacts::{ArtifactPush, Promotion, Pushed};
 pub use bus::{Bus, BusMessage, Progress};
+pub use credentials::MAX_SECRET_CHARS;
 pub use error::EngineError;
 pub use provider::{Provider, ProviderError};
 pub use request::{

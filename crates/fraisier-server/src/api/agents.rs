@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, QueryMap};
+use super::extract::{JsonBody, OptionalBody, QueryMap};
 use super::gate::{AuditNote, Caller, Credential, SourceAddress};
 use super::views::{ts, ts_opt};
 use super::{AppState, Params};
@@ -204,7 +204,7 @@ fn check_heartbeat(hb: &Heartbeat) -> Result<(), ApiError> {
 pub async fn create_join_token(
     State(state): State<AppState>,
     who: Caller,
-    JsonBody(body): JsonBody<JoinTokenBody>,
+    OptionalBody(body): OptionalBody<JoinTokenBody>,
 ) -> Result<Response, ApiError> {
     let ttl = match &body.expires_in {
         None | Some(Value::Null) => DEFAULT_JOIN_TTL,
@@ -472,7 +472,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(agent): Params<String>,
-    JsonBody(body): JsonBody<AgentUpdate>,
+    OptionalBody(body): OptionalBody<AgentUpdate>,
 ) -> Result<Response, ApiError> {
     let a = find(&state, &who, &agent).await?;
     let labels: Option<Labels> = body.labels;

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::deployments::{self, run_id};
 use super::error::{ApiError, ErrorBody};
-use super::extract::JsonBody;
+use super::extract::OptionalBody;
 use super::gate::{authorize, Caller};
 use super::views::{self, RunDetails};
 use super::{AppState, Params};
@@ -112,7 +112,7 @@ pub async fn approve(
     State(state): State<AppState>,
     who: Caller,
     Params(id): Params<String>,
-    JsonBody(body): JsonBody<DecisionBody>,
+    OptionalBody(body): OptionalBody<DecisionBody>,
 ) -> Result<Response, ApiError> {
     decide(&state, &who, &id, Decision::Approve, body).await
 }
@@ -127,7 +127,7 @@ pub async fn reject(
     State(state): State<AppState>,
     who: Caller,
     Params(id): Params<String>,
-    JsonBody(body): JsonBody<DecisionBody>,
+    OptionalBody(body): OptionalBody<DecisionBody>,
 ) -> Result<Response, ApiError> {
     decide(&state, &who, &id, Decision::Reject, body).await
 }

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::deployments::{created, Created};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, JsonBody, QueryMap, Upload};
+use super::extract::{check_text, JsonBody, OptionalBody, QueryMap, Upload};
 use super::gate::{authorize, AuditNote, Caller};
 use super::params::StrategyName;
 use super::views;
@@ -383,7 +383,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<ArtifactUpdate>,
+    OptionalBody(body): OptionalBody<ArtifactUpdate>,
 ) -> Result<Response, ApiError> {
     if let Some(d) = &body.description {
         check_text("description", d, 2000)?;
@@ -970,7 +970,7 @@ pub async fn storage_costs(
 pub async fn storage_cleanup(
     State(state): State<AppState>,
     who: Caller,
-    super::extract::JsonBody(body): super::extract::JsonBody<CleanupBody>,
+    OptionalBody(body): OptionalBody<CleanupBody>,
 ) -> Result<Response, ApiError> {
     let keep = body
         .keep

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryMap};
+use super::extract::{OptionalBody, QueryMap};
 use super::gate::Caller;
 use super::gate::{authorize, AuditNote};
 use super::params::{RunSortKey, SseFrame, StrategyName, Version};
@@ -340,7 +340,7 @@ pub async fn create(
     State(state): State<AppState>,
     who: Caller,
     Params((fraise, environment)): Params<(String, String)>,
-    JsonBody(body): JsonBody<CreateBody>,
+    OptionalBody(body): OptionalBody<CreateBody>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &who, Permission::DeploymentCreate, &environment)?;
     let wait_secs = body
@@ -470,7 +470,7 @@ pub async fn rollback(
     State(state): State<AppState>,
     who: Caller,
     Params((fraise, environment)): Params<(String, String)>,
-    JsonBody(body): JsonBody<RollbackBody>,
+    OptionalBody(body): OptionalBody<RollbackBody>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &who, Permission::RollbackCreate, &environment)?;
     let run = state

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::environments::noted;
 use super::error::{ApiError, ErrorBody};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, OptionalBody};
 use super::gate::{authorize, Caller};
 use super::views::ts;
 use super::{AppState, Params};
@@ -247,7 +247,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<EnvironmentSettingsBody>,
+    OptionalBody(body): OptionalBody<EnvironmentSettingsBody>,
 ) -> Result<Response, ApiError> {
     super::environments::lookup(&state, &who, &name)?;
     authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::environment_admin::{view, view_of};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, JsonBody, QueryMap};
+use super::extract::{check_text, JsonBody, OptionalBody, QueryMap};
 use super::gate::{authorize, AuditNote, Caller};
 use super::views::{ts, Pagination};
 use super::{AppState, Params};
@@ -302,7 +302,7 @@ pub async fn lock(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<LockBody>,
+    OptionalBody(body): OptionalBody<LockBody>,
 ) -> Result<Response, ApiError> {
     lookup(&state, &who, &name)?;
     authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;
@@ -679,7 +679,7 @@ pub async fn set_config(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<super::environment_admin::EnvironmentSettingsBody>,
+    OptionalBody(body): OptionalBody<super::environment_admin::EnvironmentSettingsBody>,
 ) -> Result<Response, ApiError> {
     lookup(&state, &who, &name)?;
     authorize(&state, &who, Permission::EnvironmentUpdate, &name)?;

@@ -15,7 +15,9 @@ use super::error::ApiError;
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// A JSON body. An empty body reads as `{}` (the seed's `curl -X POST` without `-d`).
+/// A JSON body the route requires (`required` in the document): an object. A missing body
+/// (nothing, or `null`) is refused — by the first field it lacks, or where every field is
+/// optional, as a missing body.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -26,8 +28,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A JSON object whose keys belong to the user (variable names): taken as sent, with no
-/// camelCase folding. An empty body reads as `{}`.
+/// A body the route may go without (an `Option<…>` body in the document, which allows
+/// `null`): nothing, `null` and `{}` all read as `{}` — the seed's `curl -X POST` without `-d`.
+pub struct OptionalBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        parse_optional_json(&read_body(req, state).await?).map(OptionalBody)
+    }
+}
+
+/// A required JSON object whose keys belong to the user (variable names): taken as sent,
+/// with no camelCase folding.
 pub struct UserMap(pub Map<String, Value>);
 
 impl<S: Send + Sync> FromRequest<S> for UserMap {
@@ -35,8 +49,9 @@ impl<S: Send + Sync> FromRequest<S> for UserMap {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match parse_object(&read_body(req, state).await?)? {
-            Value::Object(map) => Ok(UserMap(map)),
-            _ => unreachable!("parse_object returns objects"),
+            Some(Value::Object(map)) => Ok(UserMap(map)),
+            Some(_) => unreachable!("parse_object returns objects"),
+            None => Err(body_missing()),
         }
     }
 }
@@ -56,19 +71,37 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     })
 }
 
+/// A required body, typed.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut value = parse_object(bytes)?;
+    match parse_object(bytes)? {
+        Some(value) => typed(value),
+        // `{}` names the first field a missing body lacks; when it lacks none, the body itself.
+        None => typed::<T>(Value::Object(Map::new())).and(Err(body_missing())),
+    }
+}
+
+/// A body the route may go without, typed: nothing and `null` read as `{}`.
+pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    typed(parse_object(bytes)?.unwrap_or_else(|| Value::Object(Map::new())))
+}
+
+fn typed<T: DeserializeOwned>(mut value: Value) -> Result<T, ApiError> {
     normalize_keys(&mut value);
     integral_numbers(&mut value);
     deserialize(value).map_err(|(field, message)| ApiError::invalid(field, message))
+}
+
+fn body_missing() -> ApiError {
+    ApiError::invalid("body", "this route needs a request body: a JSON object")
 }
 
 /// For validation, which reports every problem at once: each field that does not parse is
 /// reported and left out, and the rest parsed again. `None` when the body itself is unusable
 /// or a required field is at fault.
 pub fn parse_json_lenient<T: DeserializeOwned>(bytes: &[u8]) -> (Option<T>, Vec<(String, String)>) {
-    let mut value = match parse_object(bytes) {
-        Ok(v) => v,
+    let (mut value, missing) = match parse_object(bytes) {
+        Ok(Some(v)) => (v, false),
+        Ok(None) => (Value::Object(Map::new()), true),
         Err(e) => return (None, vec![(field_of(&e), e.message)]),
     };
     normalize_keys(&mut value);
@@ -76,6 +109,10 @@ pub fn parse_json_lenient<T: DeserializeOwned>(bytes: &[u8]) -> (Option<T>, Vec<
     let mut problems = Vec::new();
     loop {
         match deserialize(value.clone()) {
+            Ok(_) if missing => {
+                let e = body_missing();
+                return (None, vec![(field_of(&e), e.message)]);
+            }
             Ok(t) => return (Some(t), problems),
             Err((field, message)) => {
                 // `strategy_config.steps[0]` → the top-level key `strategy_config`.
@@ -117,8 +154,8 @@ fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)>
     })
 }
 
-/// The body as a JSON object (empty and `null` read as `{}`).
-fn parse_object(bytes: &[u8]) -> Result<Value, ApiError> {
+/// The body as a JSON object; `None` when there is none (nothing, or `null`).
+fn parse_object(bytes: &[u8]) -> Result<Option<Value>, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::invalid(
             "body",
@@ -129,26 +166,22 @@ fn parse_object(bytes: &[u8]) -> Result<Value, ApiError> {
         )
     })?;
     // Only JSON's own whitespace makes an empty body (not a form feed, which Rust's trim takes).
-    let mut value: Value = if text
+    if text
         .bytes()
         .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
     {
-        Value::Object(Map::new())
-    } else {
-        serde_json::from_str(text)
-            .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
-    };
-    // `null` says what an empty body says: nothing.
-    if value.is_null() {
-        value = Value::Object(Map::new());
+        return Ok(None);
     }
-    if !value.is_object() {
-        return Err(ApiError::invalid(
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
+    match value {
+        Value::Null => Ok(None),
+        Value::Object(_) => Ok(Some(value)),
+        _ => Err(ApiError::invalid(
             "body",
             "the request body must be a JSON object",
-        ));
+        )),
     }
-    Ok(value)
 }
 
 fn unknown_field_name(message: &str) -> Option<String> {
@@ -479,7 +512,7 @@ pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<S
 }
 
 /// A field that must be there, though it may be `null`: serde would take an absent
-/// `Option` for `null`, so a body of `{}` (or `null`) would pass for a deliberate `null`.
+/// `Option` for `null`, so a body of `{}` would pass for a deliberate `null`.
 pub fn nullable<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -535,7 +568,7 @@ mod tests {
         assert_eq!(e.code, "INVALID_PARAMETERS");
         let e = parse_json::<Body>(b"{\"a\": \"\xff\"}").unwrap_err();
         assert!(e.message.contains("UTF-8"));
-        assert!(parse_json::<Body>(b"").is_ok());
+        assert!(parse_optional_json::<Body>(b"").is_ok());
         #[derive(serde::Deserialize)]
         struct Timeout {
             timeout: u64,
@@ -548,5 +581,47 @@ mod tests {
         );
         assert!(parse_json::<Timeout>(br#"{"timeout": 60.5}"#).is_err());
         assert!(parse_json::<Body>(b"[1]").is_err());
+    }
+
+    #[test]
+    fn a_required_body_is_an_object_and_an_optional_one_may_be_nothing() {
+        // Every field of `Body` is optional, so `{}` is a whole body either way. Where the
+        // document requires a body, nothing and `null` are refused (the fuzzer's ST201: a `PUT`
+        // of `null` was taken for "change nothing"); where it allows `null`, both read as `{}`.
+        for missing in [&b""[..], b" \r\n", b"null", b" null "] {
+            let shown = String::from_utf8_lossy(missing);
+            let e = parse_json::<Body>(missing).unwrap_err();
+            assert_eq!(e.details["field"], "body", "{shown:?}");
+            assert!(e.message.contains("needs a request body"), "{}", e.message);
+            assert!(parse_optional_json::<Body>(missing).is_ok(), "{shown:?}");
+        }
+        assert!(parse_json::<Body>(b"{}").is_ok());
+        assert!(parse_optional_json::<Body>(b"{}").is_ok());
+        for bad in [&b"\"x\""[..], b"1", b"true", b"[]"] {
+            for e in [
+                parse_json::<Body>(bad).unwrap_err(),
+                parse_optional_json::<Body>(bad).unwrap_err(),
+            ] {
+                assert_eq!(e.details["field"], "body");
+                assert!(e.message.contains("JSON object"), "{}", e.message);
+            }
+        }
+        // A missing body where a field is required names that field, not the body.
+        #[derive(serde::Deserialize, Debug)]
+        struct Named {
+            #[allow(dead_code)]
+            name: String,
+        }
+        assert_eq!(
+            parse_json::<Named>(b"").unwrap_err().details["field"],
+            "name"
+        );
+        assert_eq!(
+            parse_json::<Named>(b"null").unwrap_err().details["field"],
+            "name"
+        );
+        let (parsed, problems) = parse_json_lenient::<Body>(b"");
+        assert!(parsed.is_none());
+        assert_eq!(problems[0].0, "body");
     }
 }

@@ -113,7 +113,7 @@ impl utoipa::PartialSchema for VariablesBody {
             "propertyNames": { "type": "string", "pattern": VARIABLE_NAME_PATTERN },
             "additionalProperties": {
                 "type": ["string", "null"],
-                "maxLength": super::variables::MAX_VALUE_BYTES / 4,
+                "maxLength": super::variables::MAX_VALUE_CHARS,
                 "pattern": "^[^\\u0000]*$"
             }
         });

@@ -11,7 +11,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, JsonBody};
+use super::extract::{check_text, JsonBody, OptionalBody};
 use super::gate::{AuditNote, Caller};
 use super::views::ts;
 use super::{AppState, Params};
@@ -185,7 +185,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<ProjectChange>,
+    OptionalBody(body): OptionalBody<ProjectChange>,
 ) -> Result<Response, ApiError> {
     let p = find(&state, &who, &name).await?;
     check_text("display_name", &body.display_name, 200)?;

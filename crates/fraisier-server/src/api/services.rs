@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::extract::{parse_json_lenient, JsonBody, QueryMap};
+use super::extract::{parse_json_lenient, JsonBody, OptionalBody, QueryMap};
 use super::gate::authorize;
 use super::gate::Caller;
 use super::params::{ServiceName, StrategyName, Version};
@@ -706,7 +706,7 @@ pub async fn rollback(
     who: Caller,
     Params(name): Params<String>,
     q: QueryMap,
-    JsonBody(spec): JsonBody<RollbackSpec>,
+    OptionalBody(spec): OptionalBody<RollbackSpec>,
 ) -> Result<Response, ApiError> {
     let (fraise, environment) = resolve(
         &state,

@@ -18,7 +18,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, JsonBody};
+use super::extract::{check_text, JsonBody, OptionalBody};
 use super::gate::{authorize, AuditNote, Caller};
 use super::targets::{resolve_member, Member};
 use super::views::ts;
@@ -345,7 +345,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(id): Params<String>,
-    JsonBody(body): JsonBody<TargetGroupUpdate>,
+    OptionalBody(body): OptionalBody<TargetGroupUpdate>,
 ) -> Result<Response, ApiError> {
     let g = find(&state, &who, &id).await?;
     authorize(&state, &who, Permission::EnvironmentUpdate, &g.environment)?;

@@ -25,7 +25,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, QueryMap};
+use super::extract::{JsonBody, OptionalBody, QueryMap};
 use super::gate::{authorize, AuditNote, Caller};
 use super::views::{ts, ts_opt};
 use super::{AppState, Params};
@@ -717,7 +717,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(target): Params<String>,
-    JsonBody(body): JsonBody<TargetUpdate>,
+    OptionalBody(body): OptionalBody<TargetUpdate>,
 ) -> Result<Response, ApiError> {
     let member = find(&state, &who, &target).await?;
     let store = state.engine.store();

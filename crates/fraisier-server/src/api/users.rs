@@ -11,7 +11,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, QueryMap};
+use super::extract::{JsonBody, OptionalBody, QueryMap};
 use super::gate::{AuditNote, Caller};
 use super::views::{ts, Pagination};
 use super::{AppState, Params};
@@ -326,7 +326,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(username): Params<String>,
-    JsonBody(body): JsonBody<UserChange>,
+    OptionalBody(body): OptionalBody<UserChange>,
 ) -> Result<Response, ApiError> {
     let workspace = target_workspace(&state, &who, body.workspace).await?;
     let store = state.engine.store();

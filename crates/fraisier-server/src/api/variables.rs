@@ -31,7 +31,9 @@ pub const MASK: &str = "********";
 
 /// Names per request, and bytes per value: environments are not a blob store.
 pub const MAX_NAMES: usize = 100;
-pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+/// Characters a value may hold: the document's `maxLength`, which counts characters, so the
+/// server counts them too (at up to 4 bytes each, a value stays within 32 KiB).
+pub const MAX_VALUE_CHARS: usize = 8 * 1024;
 
 #[derive(Serialize, ToSchema)]
 pub struct VariableView {
@@ -99,9 +101,9 @@ fn changes(
     body.into_iter()
         .map(|(name, v)| match v {
             Value::Null => Ok((name, None)),
-            Value::String(s) if s.len() > MAX_VALUE_BYTES => Err(ApiError::invalid(
+            Value::String(s) if s.chars().count() > MAX_VALUE_CHARS => Err(ApiError::invalid(
                 name.clone(),
-                format!("the value of {name} is over {MAX_VALUE_BYTES} bytes"),
+                format!("the value of {name} is over {MAX_VALUE_CHARS} characters"),
             )),
             Value::String(s) => Ok((name, Some(s))),
             _ => Err(ApiError::invalid(
@@ -394,10 +396,13 @@ pub struct WorkspaceSecretsView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceSecretBody {
-    /// At most 64 KiB (16384 characters of up to 4 bytes each always fit).
+    /// At most 16384 characters (an SSH key or a certificate chain fits; 64 KiB at most).
     #[schema(min_length = 1, max_length = 16384, pattern = "^[^\\u0000]*$")]
     pub value: String,
 }
+
+// The schema's `max_length` must be a literal; it is the engine's limit.
+const _: () = assert!(fraisier_engine::MAX_SECRET_CHARS == 16384);
 
 fn workspace_view(v: &Variable) -> WorkspaceSecretView {
     WorkspaceSecretView {

@@ -14,7 +14,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{check_text, JsonBody};
+use super::extract::{check_text, JsonBody, OptionalBody};
 use super::gate::{AuditNote, Caller};
 use super::views::ts;
 use super::{AppState, Params};
@@ -206,7 +206,7 @@ pub async fn update(
     State(state): State<AppState>,
     who: Caller,
     Params(name): Params<String>,
-    JsonBody(body): JsonBody<WorkspaceChange>,
+    OptionalBody(body): OptionalBody<WorkspaceChange>,
 ) -> Result<Response, ApiError> {
     let w = visible(&state, &who, &name).await?;
     if w.declared {
