@@ -10,7 +10,7 @@ use sqlx::Row;
 use crate::sql::{count, json, json_text, millis, now, ts, ts_opt, ACTIVE_STATUSES};
 use crate::store::{Backend, WriteTx};
 use crate::turns::Priority;
-use crate::{Result, Store};
+use crate::{Result, Store, StoreError};
 
 /// One environment's row.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +26,10 @@ pub struct EnvironmentRecord {
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
 }
+
+/// Mixed into the hash of an environment's name for its advisory lock, apart from other
+/// advisory locks on hashed text.
+const PG_ENVIRONMENT_LOCK_SEED: i64 = 0x656e_7669_726f; // "enviro"
 
 const COLUMNS: &str =
     "tenant_id, name, settings, deleted_at, created_at, created_by, updated_at, updated_by";
@@ -212,6 +216,8 @@ impl Store {
     async fn delete_environment_once(&self, tenant: &str, name: &str, by: &str) -> Result<Deleted> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
         let at = millis(now());
+        // A target or group being put in it waits for the outcome, and sees it.
+        self.hold_environment(&mut tx, tenant, name).await?;
         // Taken first on PostgreSQL, so a concurrent create or update waits for the outcome.
         sqlx::query(&format!(
             "SELECT name FROM environments WHERE tenant_id = $1 AND name = $2{}",
@@ -282,6 +288,41 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Deleted::Done)
+    }
+
+    /// Keeps the environment from being deleted, or from being put things in while it is
+    /// deleted, until `tx` ends — and answers `EnvironmentGone` once it is deleted. Its row
+    /// cannot be the lock: an environment fraisier.yaml declares has none until it is changed
+    /// or deleted through the API. So on PostgreSQL a transaction-scoped advisory lock on its
+    /// name is; SQLite's write transaction is exclusive already. A name with no row (declared
+    /// in fraisier.yaml, which the caller checked) is not deleted.
+    pub(crate) async fn hold_environment(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        name: &str,
+    ) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
+                .bind(format!("{tenant}/{name}"))
+                .bind(PG_ENVIRONMENT_LOCK_SEED)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let deleted =
+            sqlx::query("SELECT deleted_at FROM environments WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| r.try_get::<Option<i64>, _>("deleted_at"))
+                .transpose()?
+                .flatten()
+                .is_some();
+        if deleted {
+            return Err(StoreError::EnvironmentGone(name.to_string()));
+        }
+        Ok(())
     }
 
     /// Locks the row read in a write transaction on PostgreSQL; SQLite's write transaction is

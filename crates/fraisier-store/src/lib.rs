@@ -75,6 +75,9 @@ pub enum StoreError {
     /// A unique name (e.g. a username within a tenant) is already taken.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// The environment named was deleted before the write that needed it could commit.
+    #[error("environment {0} was deleted")]
+    EnvironmentGone(String),
     /// The url is shown with its password redacted.
     #[error("unsupported database url {0:?} (expected sqlite://… or postgres://…)")]
     UnsupportedUrl(String),

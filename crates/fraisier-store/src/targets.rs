@@ -129,10 +129,15 @@ fn parse_ref(s: &str, prefix: &str) -> Option<i64> {
 // === impl Store ===
 
 impl Store {
-    /// Records a described target; `AlreadyExists` when the workspace has one of that name.
+    /// Records a described target; `AlreadyExists` when the workspace has one of that name,
+    /// `EnvironmentGone` when its environment was deleted meanwhile.
     pub async fn create_target(&self, new: &NewTarget) -> Result<Target> {
         let at = now();
-        let turn = self.turn(Priority::Interactive).await;
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        if let Some(environment) = &new.environment {
+            self.hold_environment(&mut tx, &new.workspace, environment)
+                .await?;
+        }
         let row = sqlx::query(&format!(
             "INSERT INTO targets (workspace, environment, name, target_type, connection, labels, \
              deployment_directory, created_by, created_at, updated_at) \
@@ -147,15 +152,16 @@ impl Store {
         .bind(new.deployment_directory.as_deref())
         .bind(&new.created_by)
         .bind(millis(at))
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *tx)
         .await;
-        drop(turn);
-        match row.map_err(StoreError::from) {
+        let target = match row.map_err(StoreError::from) {
             Err(e) if sql::is_unique_violation(&e) => {
-                Err(StoreError::AlreadyExists(format!("target {}", new.name)))
+                return Err(StoreError::AlreadyExists(format!("target {}", new.name)))
             }
-            r => target_from_row(&r?),
-        }
+            r => target_from_row(&r?)?,
+        };
+        tx.commit().await?;
+        Ok(target)
     }
 
     /// The workspace's described targets, by id.
@@ -202,7 +208,11 @@ impl Store {
         id: i64,
         change: &TargetChange,
     ) -> Result<Target> {
-        let turn = self.turn(Priority::Interactive).await;
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        if let Some(Some(environment)) = &change.environment {
+            self.hold_environment(&mut tx, workspace, environment)
+                .await?;
+        }
         // Each field its own column: a change names only what it changes.
         let row = sqlx::query(&format!(
             "UPDATE targets SET name = COALESCE($1, name), \
@@ -221,19 +231,22 @@ impl Store {
         .bind(millis(now()))
         .bind(workspace)
         .bind(id)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await;
-        drop(turn);
-        match row.map_err(StoreError::from) {
-            Err(e) if sql::is_unique_violation(&e) => Err(StoreError::AlreadyExists(format!(
-                "target {}",
-                change.name.as_deref().unwrap_or_default()
-            ))),
+        let target = match row.map_err(StoreError::from) {
+            Err(e) if sql::is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(format!(
+                    "target {}",
+                    change.name.as_deref().unwrap_or_default()
+                )))
+            }
             r => r?
                 .map(|r| target_from_row(&r))
                 .transpose()?
-                .ok_or(StoreError::NotFound),
-        }
+                .ok_or(StoreError::NotFound)?,
+        };
+        tx.commit().await?;
+        Ok(target)
     }
 
     /// Deletes a described target and its memberships.
@@ -254,10 +267,12 @@ impl Store {
     }
 
     /// Records a target group with its first members; `AlreadyExists` when the environment
-    /// has a group of that name.
+    /// has a group of that name, `EnvironmentGone` when it was deleted meanwhile.
     pub async fn create_target_group(&self, new: &NewTargetGroup) -> Result<TargetGroup> {
         let at = now();
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        self.hold_environment(&mut tx, &new.workspace, &new.environment)
+            .await?;
         let row = sqlx::query(&format!(
             "INSERT INTO target_groups (workspace, environment, name, description, labels, \
              created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \

@@ -82,6 +82,7 @@ store_suite! {
     targets_and_groups_keep_members_and_change_per_field,
     a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses,
     environments_are_written_deleted_and_made_again,
+    nothing_is_put_in_an_environment_being_deleted,
     a_job_is_held_by_one_server_until_its_lease_lapses,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
@@ -119,6 +120,101 @@ async fn futures_util_join<F: std::future::Future<Output = fraisier_store::Resul
     let [a, b, c, d] = tries;
     let (a, b, c, d) = tokio::join!(a, b, c, d);
     vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
+}
+
+/// A target or group put in an environment races its deletion: one of the two wins whole.
+/// Either the deletion finds the target there and refuses, or the target is refused as the
+/// environment is gone — never a deleted environment with something in it. Environments
+/// fraisier.yaml declares have no row until deleted, so the row cannot be the lock.
+async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
+    use fraisier_model::target::TargetType;
+    use fraisier_store::{EnvironmentDeleted, NewTarget, NewTargetGroup, TargetChange};
+    let s = &db.store;
+    let target = |name: &str, environment: &str| NewTarget {
+        workspace: "t1".into(),
+        environment: Some(environment.into()),
+        name: name.into(),
+        kind: TargetType::DockerHost,
+        connection: Default::default(),
+        labels: Default::default(),
+        deployment_directory: None,
+        created_by: "ann".into(),
+    };
+    let group = |environment: &str| NewTargetGroup {
+        workspace: "t1".into(),
+        environment: environment.into(),
+        name: "web".into(),
+        description: None,
+        labels: Default::default(),
+        members: Vec::new(),
+        created_by: "ann".into(),
+    };
+    // Once deleted, it takes nothing: not a target, a group, nor a target moved there.
+    s.delete_environment("t1", "gone", "cy").await.unwrap();
+    let deleted = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(&r, Err(StoreError::EnvironmentGone(e)) if e == "gone"),
+            "{r:?}"
+        )
+    };
+    deleted(s.create_target(&target("a", "gone")).await.map(drop));
+    deleted(s.create_target_group(&group("gone")).await.map(drop));
+    let elsewhere = s.create_target(&target("b", "qa")).await.unwrap();
+    let move_to = |e: &str| TargetChange {
+        name: None,
+        environment: Some(Some(e.to_string())),
+        connection: None,
+        labels: None,
+        deployment_directory: None,
+    };
+    deleted(
+        s.update_target("t1", elsewhere.id, &move_to("gone"))
+            .await
+            .map(drop),
+    );
+    assert_eq!(
+        s.target_by_ref("t1", "b")
+            .await
+            .unwrap()
+            .environment
+            .as_deref(),
+        Some("qa")
+    );
+    // Another workspace's environment of that name is its own.
+    s.create_target(&NewTarget {
+        workspace: "t2".into(),
+        ..target("a", "gone")
+    })
+    .await
+    .unwrap();
+
+    // Both at once, many times over, on environments with no row yet (declared in the file).
+    for round in 0..40 {
+        let environment = format!("race{round}");
+        let name = format!("r{round}");
+        let new = target(&name, &environment);
+        let (created, deletion) = tokio::join!(
+            s.create_target(&new),
+            s.delete_environment("t1", &environment, "cy")
+        );
+        let deletion = deletion.unwrap();
+        let record = s.environment_record("t1", &environment).await.unwrap();
+        let is_deleted = record.is_some_and(|r| r.deleted_at.is_some());
+        match created {
+            Ok(_) => {
+                assert!(
+                    matches!(deletion, EnvironmentDeleted::InUse(_)) && !is_deleted,
+                    "round {round}: the target went in, yet the environment was deleted"
+                );
+            }
+            Err(StoreError::EnvironmentGone(_)) => {
+                assert_eq!(deletion, EnvironmentDeleted::Done, "round {round}");
+                assert!(is_deleted, "round {round}");
+                assert!(s.target_by_ref("t1", &name).await.is_err());
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
 }
 
 /// Environments as the API left them: made once (a second create, or one of a name the file

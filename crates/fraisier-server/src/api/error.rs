@@ -292,6 +292,9 @@ impl From<EngineError> for ApiError {
                 json!({ "provider": "local" }),
             ),
             EngineError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, json!({})),
+            EngineError::Store(StoreError::EnvironmentGone(name)) => {
+                return ApiError::environment_not_found(name)
+            }
             EngineError::Store(_) => return ApiError::internal(e),
         };
         ApiError {
@@ -313,6 +316,7 @@ impl From<StoreError> for ApiError {
                 "NOT_FOUND",
                 "the resource no longer exists",
             ),
+            StoreError::EnvironmentGone(name) => ApiError::environment_not_found(&name),
             e => ApiError::internal(e),
         }
     }
