@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use fraisier_model::run::{Component, EventType, LogLevel};
-use fraisier_store::Run;
+use fraisier_store::{Run, RunColumns, StoreError};
 use serde_json::Value;
 
 use crate::bus::{BusMessage, Progress};
@@ -50,6 +50,26 @@ impl Engine {
             Err(e) => tracing::error!(error = %e, "cannot record an event"),
         }
         self.notify(run, event, &data).await;
+    }
+
+    /// Ends a run: `columns` of its row and its last event in one write (`Store::end_run`),
+    /// then the event's announcements. Log lines that tell the end go before it: a follower
+    /// stops at the end.
+    pub(crate) async fn end(
+        &self,
+        run: &Run,
+        columns: RunColumns,
+        event: EventType,
+        data: Value,
+    ) -> Result<(), StoreError> {
+        let e = self
+            .inner
+            .store
+            .end_run(run, columns, event.as_str(), &data)
+            .await?;
+        self.inner.bus.publish(BusMessage::Event(e));
+        self.notify(run, event, &data).await;
+        Ok(())
     }
 
     /// Progress is not stored: it is for those watching now; the steps are the record.

@@ -7,6 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::sql::{json, json_text, millis, now, ts};
+use crate::store::WriteTx;
 use crate::{Event, Result, Store, StoreError};
 
 const EVENT_COLUMNS: &str =
@@ -27,13 +28,40 @@ impl Store {
         data: &Value,
     ) -> Result<Event> {
         let mut tx = self.begin_write().await?;
+        let event = self
+            .insert_event(
+                &mut tx,
+                tenant,
+                run_id,
+                fraise,
+                environment,
+                event_type,
+                data,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// [`Store::add_event`] within a transaction of the caller's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn insert_event(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        run_id: Option<i64>,
+        fraise: &str,
+        environment: &str,
+        event_type: &str,
+        data: &Value,
+    ) -> Result<Event> {
         if let Some(run_id) = run_id {
             let done = sqlx::query(
                 "UPDATE runs SET events_count = events_count + 1 WHERE tenant_id = $1 AND id = $2",
             )
             .bind(tenant)
             .bind(run_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
@@ -54,11 +82,9 @@ impl Store {
         .bind(
             (!self.roles.outbox.load(std::sync::atomic::Ordering::Relaxed)).then_some(0_i64),
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
-        let event = event_from_row(&row)?;
-        tx.commit().await?;
-        Ok(event)
+        event_from_row(&row)
     }
 
     /// The run's events, oldest first; with `after_id`, only those after it (for following).

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use fraisier_model::run::{to_wire, RunStatus};
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -12,7 +13,8 @@ use crate::sql::{
 use crate::store::Backend;
 use crate::turns::Priority;
 use crate::{
-    run_id_string, NewRun, Result, Run, RunColumns, RunFilter, RunSortField, Store, StoreError,
+    run_id_string, Event, NewRun, Result, Run, RunColumns, RunFilter, RunSortField, Store,
+    StoreError,
 };
 
 /// What renewing a hold on a run found.
@@ -263,6 +265,54 @@ impl Store {
     /// written: `NotFound`, which stops the executor that lost it. Making a final run active
     /// again while another is active is `ActiveRunExists`.
     pub async fn write_run(&self, run: &Run, columns: RunColumns) -> Result<()> {
+        let (statement, args) = self.run_update(run, columns);
+        let turn = self.turn(Priority::Background).await;
+        let result = args
+            .bind(sqlx::query(&statement))
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::from);
+        drop(turn);
+        self.runs_changed();
+        self.run_written(run, result).await
+    }
+
+    /// Writes `columns` of `run` as [`Store::write_run`] does and records its last event in
+    /// the same transaction: whoever reads the run ended also finds the event that ends it,
+    /// and a server stopped between the two cannot leave one without the other.
+    pub async fn end_run(
+        &self,
+        run: &Run,
+        columns: RunColumns,
+        event_type: &str,
+        data: &Value,
+    ) -> Result<Event> {
+        let (statement, args) = self.run_update(run, columns);
+        let mut tx = self.begin_write().await?;
+        let updated = args
+            .bind(sqlx::query(&statement))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from);
+        self.run_written(run, updated).await?;
+        let event = self
+            .insert_event(
+                &mut tx,
+                &run.tenant_id,
+                Some(run.id),
+                &run.fraise,
+                &run.environment,
+                event_type,
+                data,
+            )
+            .await?;
+        tx.commit().await?;
+        self.runs_changed();
+        Ok(event)
+    }
+
+    /// The `UPDATE` of `columns` of `run`, guarded by the lease: see [`Store::write_run`].
+    fn run_update(&self, run: &Run, columns: RunColumns) -> (String, Args) {
         let mut args = Args::default();
         let tenant = args.push(run.tenant_id.as_str());
         let id = args.push(run.id);
@@ -330,14 +380,15 @@ impl Store {
              AND ({holder} IS NULL OR lease_owner IS NULL OR lease_owner = {holder})",
             sets.join(", ")
         );
-        let turn = self.turn(Priority::Background).await;
-        let result = args
-            .bind(sqlx::query(&statement))
-            .execute(&self.writer)
-            .await
-            .map_err(StoreError::from);
-        drop(turn);
-        self.runs_changed();
+        (statement, args)
+    }
+
+    /// What an `UPDATE` of a run came to.
+    async fn run_written(
+        &self,
+        run: &Run,
+        result: Result<sqlx::any::AnyQueryResult>,
+    ) -> Result<()> {
         match result {
             Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
             Ok(_) => Ok(()),

@@ -528,6 +528,46 @@ async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &Te
         s.renew_run_lease(ids[1], "creator", later).await.unwrap(),
         Renewal::Finished
     );
+
+    // A run ends with its last event in one write, or not at all: a server that lost the run
+    // records neither, so the holder's end is the only one told.
+    let mut elsewhere = s
+        .create_run(&new_run(DEFAULT_TENANT, "h", "staging"))
+        .await
+        .unwrap();
+    assert!(s.claim_run(elsewhere.id, "another", later).await.unwrap());
+    elsewhere.status = RunStatus::Failed;
+    let refused = s
+        .end_run(&elsewhere, RunColumns::END, "deployment.failed", &json!({}))
+        .await;
+    assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    assert!(s.events(elsewhere.id, None).await.unwrap().is_empty());
+    let read = s.run(DEFAULT_TENANT, elsewhere.id).await.unwrap();
+    assert_eq!((read.status, read.events_count), (RunStatus::Pending, 0));
+    let mut held = s
+        .create_run(&new_run(DEFAULT_TENANT, "g", "staging"))
+        .await
+        .unwrap();
+    assert!(s.claim_run(held.id, "creator", later).await.unwrap());
+    held.status = RunStatus::Success;
+    held.completed_at = Some(Utc::now());
+    let event = s
+        .end_run(
+            &held,
+            RunColumns::END,
+            "deployment.completed",
+            &json!({"version": "1.2.0"}),
+        )
+        .await
+        .unwrap();
+    let read = s.run(DEFAULT_TENANT, held.id).await.unwrap();
+    assert_eq!((read.status, read.events_count), (RunStatus::Success, 1));
+    let events = s.events(held.id, None).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].id, events[0].event_type.as_str()),
+        (event.id, "deployment.completed")
+    );
 }
 
 /// Described targets and target groups: names unique per workspace (and per environment for

@@ -88,16 +88,19 @@ async fn deploy_flow_and_reads() {
     assert_eq!(run["status"], "success", "{run:#}");
     assert_eq!(run["health_check_status"], "passing");
     assert_eq!(run["health_check_details"]["checks_total"], 2);
-    assert!(run["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["event_type"] == "deployment.completed"));
+    // Ended in one write with its last event: the first read that sees it over finds it, and
+    // the line that tells it came before.
+    assert_eq!(
+        run["events"].as_array().unwrap().last().unwrap()["event_type"],
+        "deployment.completed",
+        "{run:#}"
+    );
     assert_eq!(router_version(port).await.as_deref(), Some("2.0.0"));
 
     let (status, logs) = s.get(&format!("/deployments/{id}/logs?lines=50")).await;
     assert_eq!(status, 200);
-    assert!(!logs["logs"].as_array().unwrap().is_empty());
+    let last = logs["logs"].as_array().unwrap().last().unwrap()["message"].to_string();
+    assert!(last.contains("Deployment succeeded"), "{logs:#}");
     assert_eq!(logs["deployment_id"], id.as_str());
     let (_, errors_only) = s.get(&format!("/deployments/{id}/logs?level=error")).await;
     assert!(errors_only["logs"].as_array().unwrap().is_empty());

@@ -180,10 +180,6 @@ impl RunCtx<'_> {
         self.run.cancel_requested_by = Some(by.to_string());
         self.run.error_code = Some(code.as_str().to_string());
         self.run.error_message = Some(message.to_string());
-        self.engine
-            .store()
-            .write_run(&self.run, RunColumns::END)
-            .await?;
         self.log(
             LogLevel::Warn,
             Component::Deployment,
@@ -191,11 +187,15 @@ impl RunCtx<'_> {
             json!({ "code": code }),
         )
         .await;
-        self.event(
-            EventType::DeploymentCancelled,
-            json!({ "status": "cancelled", "error": { "code": code, "message": message } }),
-        )
-        .await;
+        let data = json!({ "status": "cancelled", "error": { "code": code, "message": message } });
+        self.engine
+            .end(
+                &self.run,
+                RunColumns::END,
+                EventType::DeploymentCancelled,
+                data,
+            )
+            .await?;
         self.progress("finished", "failed", message, 100);
         self.engine.bus().publish(BusMessage::Finished {
             run_id: self.run.id,

@@ -136,15 +136,13 @@ impl RunCtx<'_> {
             options: true,
             ..RunColumns::END
         };
-        store.write_run(&self.run, columns).await?;
         let event = if cancelled {
             EventType::DeploymentCancelled
         } else {
             EventType::DeploymentFailed
         };
-        self.engine
-            .event(&self.run, event, json!({ "status": self.run.status, "error": { "code": error_code, "message": message }, "duration_seconds": self.duration_secs() }))
-            .await;
+        let data = json!({ "status": self.run.status, "error": { "code": error_code, "message": message }, "duration_seconds": self.duration_secs() });
+        self.engine.end(&self.run, columns, event, data).await?;
         self.progress("finished", "failed", &message, 100);
         self.engine.bus().publish(BusMessage::Finished {
             run_id: self.run.id,
@@ -299,9 +297,7 @@ impl RunCtx<'_> {
         }
         self.run.status = RunStatus::Success;
         self.run.completed_at = Some(Utc::now());
-        store.write_run(&self.run, RunColumns::END).await?;
         let duration = self.duration_secs();
-        self.event(EventType::DeploymentCompleted, json!({ "status": "success", "version": self.run.version, "duration_seconds": duration })).await;
         self.log(
             LogLevel::Info,
             Component::Deployment,
@@ -312,6 +308,15 @@ impl RunCtx<'_> {
             json!({}),
         )
         .await;
+        let data = json!({ "status": "success", "version": self.run.version, "duration_seconds": duration });
+        self.engine
+            .end(
+                &self.run,
+                RunColumns::END,
+                EventType::DeploymentCompleted,
+                data,
+            )
+            .await?;
         self.progress("finished", "success", "deployment succeeded", 100);
         self.engine.bus().publish(BusMessage::Finished {
             run_id: self.run.id,
@@ -335,7 +340,6 @@ pub(super) async fn finish_without_steps(engine: &Engine, run: &mut Run, message
     run.error_code = Some(FailureCode::DeploymentFailed.as_str().to_string());
     run.error_message = Some(message.to_string());
     run.completed_at = Some(Utc::now());
-    let _ = engine.store().write_run(run, RunColumns::END).await;
     engine
         .log(
             run,
@@ -345,13 +349,13 @@ pub(super) async fn finish_without_steps(engine: &Engine, run: &mut Run, message
             json!({}),
         )
         .await;
-    engine
-        .event(
-            run,
-            EventType::DeploymentFailed,
-            json!({ "error": message }),
-        )
-        .await;
+    let data = json!({ "error": message });
+    if let Err(e) = engine
+        .end(run, RunColumns::END, EventType::DeploymentFailed, data)
+        .await
+    {
+        tracing::error!(run = run.id, error = %e, "cannot record the end of a run");
+    }
     engine.bus().publish(BusMessage::Finished {
         run_id: run.id,
         status: run.status,
