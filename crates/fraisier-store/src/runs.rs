@@ -253,6 +253,29 @@ impl Store {
         row.as_ref().map(run_from_row).transpose()
     }
 
+    /// Writes the options of a finished run — a note made after it, such as "its migrations
+    /// were undone by a rollback". Not under the lease guard of [`Store::write_run`]: the
+    /// server that ran it may be another, and its lease stays on the row. An active run is
+    /// not written (`NotFound`): its executor owns its options.
+    pub async fn write_finished_run_options(&self, run: &Run) -> Result<()> {
+        let turn = self.turn(Priority::Background).await;
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET options = $1, updated_at = $2 \
+             WHERE tenant_id = $3 AND id = $4 AND status NOT IN {ACTIVE_STATUSES}"
+        ))
+        .bind(json_text(&run.options))
+        .bind(millis(now()))
+        .bind(run.tenant_id.as_str())
+        .bind(run.id)
+        .execute(&self.writer)
+        .await?;
+        drop(turn);
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     /// Writes every column a server executing `run` owns; see [`Store::write_run`].
     pub async fn save_run(&self, run: &Run) -> Result<()> {
         self.write_run(run, RunColumns::ALL).await

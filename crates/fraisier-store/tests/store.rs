@@ -568,6 +568,40 @@ async fn a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses(db: &Te
         (events[0].id, events[0].event_type.as_str()),
         (event.id, "deployment.completed")
     );
+
+    // A note on a run another server finished, its lease still on the row (a rollback
+    // undid its migrations): written, where the executor's guarded write is refused.
+    let other = Store::open(&db.url).await.unwrap();
+    other.hold_runs_as("another");
+    let mut theirs = other
+        .create_run(&new_run(DEFAULT_TENANT, "i", "staging"))
+        .await
+        .unwrap();
+    assert!(other.claim_run(theirs.id, "another", later).await.unwrap());
+    theirs.status = RunStatus::Success;
+    theirs.completed_at = Some(Utc::now());
+    other
+        .end_run(&theirs, RunColumns::END, "deployment.completed", &json!({}))
+        .await
+        .unwrap();
+    theirs.options = json!({"migration": {"reverted": true}});
+    assert!(matches!(
+        s.write_run(&theirs, RunColumns::OPTIONS).await,
+        Err(StoreError::NotFound)
+    ));
+    s.write_finished_run_options(&theirs).await.unwrap();
+    let read = s.run(DEFAULT_TENANT, theirs.id).await.unwrap();
+    assert_eq!(
+        (read.status, read.options),
+        (RunStatus::Success, theirs.options)
+    );
+    // An active run's options are its executor's alone.
+    elsewhere.options = json!({"note": 1});
+    assert!(matches!(
+        s.write_finished_run_options(&elsewhere).await,
+        Err(StoreError::NotFound)
+    ));
+    other.close().await;
 }
 
 /// Described targets and target groups: names unique per workspace (and per environment for

@@ -391,11 +391,8 @@ impl crate::Engine {
             r.reverted = true;
         }
         run.options = serde_json::to_value(&opts).unwrap_or(Value::Null);
-        if let Err(e) = self
-            .store()
-            .write_run(&run, fraisier_store::RunColumns::OPTIONS)
-            .await
-        {
+        // The deploy finished, perhaps on another server, whose lease is still on its row.
+        if let Err(e) = self.store().write_finished_run_options(&run).await {
             tracing::warn!(error = %e, "cannot mark a deploy's migrations undone");
         }
     }
