@@ -304,8 +304,77 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         "{messages:#?}"
     );
     assert!(messages.len() > 2, "the steps A recorded: {messages:#?}");
+
+    // A socket on B for the service, opened while nothing runs there, follows the next run
+    // A starts (found in the store) and stays open for the one after.
+    let mut idle = open_progress(
+        format!(
+            "{}/deployments/app@production/progress",
+            b.url.replacen("http", "ws", 1)
+        ),
+        &b.token,
+    )
+    .await;
+    let hello = read_progress(&mut idle, |_| true).await;
+    assert_eq!(hello[0]["step"], "idle", "{hello:#?}");
+    let run = a
+        .deploy("app", "production", json!({ "version": "2.0.0" }))
+        .await;
+    let followed = tokio::spawn(async move {
+        let messages = read_progress(&mut idle, |m| m["step"] == "finished").await;
+        (idle, messages)
+    });
+    let v = a.wait_run(&run, Duration::from_secs(60)).await;
+    assert_eq!(v["status"], "success", "{v}");
+    let (idle, messages) = tokio::time::timeout(Duration::from_secs(10), followed)
+        .await
+        .expect("B's service socket tells the run's end")
+        .unwrap();
+    assert_eq!(
+        messages[0]["message"],
+        format!("following {run}"),
+        "{messages:#?}"
+    );
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (last["step"].as_str(), last["status"].as_str()),
+        (Some("finished"), Some("success")),
+        "{messages:#?}"
+    );
+    assert!(messages.len() > 2, "the steps A recorded: {messages:#?}");
+    drop(idle);
     drop(b);
     drop(a);
+}
+
+type ProgressSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_progress(url: String, token: &str) -> ProgressSocket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// A progress socket's messages, read until one satisfies `last` or the socket closes.
+async fn read_progress(ws: &mut ProgressSocket, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut messages = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_close() {
+            break;
+        }
+        let Ok(text) = m.to_text() else { break };
+        let v = serde_json::from_str::<Value>(text).unwrap();
+        let done = last(&v);
+        messages.push(v);
+        if done {
+            break;
+        }
+    }
+    messages
 }
 
 /// A webhook receiver: every body POSTed to it, answered 200 after a while.
@@ -372,21 +441,8 @@ async fn sse_until_end(http: reqwest::Client, url: String, token: String) -> Str
 
 /// A progress WebSocket's messages, read until it closes.
 async fn progress_until_finished(url: String, token: String) -> Vec<Value> {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut messages = Vec::new();
-    while let Some(Ok(m)) = ws.next().await {
-        if m.is_close() {
-            break;
-        }
-        let Ok(text) = m.to_text() else { break };
-        messages.push(serde_json::from_str::<Value>(text).unwrap());
-    }
-    messages
+    let mut ws = open_progress(url, &token).await;
+    read_progress(&mut ws, |_| false).await
 }
 
 /// Notifications are sent once by whichever server holds the job. Environments made,

@@ -800,7 +800,7 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     let mut rx = engine.bus().subscribe();
     let send = |v: Value| Message::Text(v.to_string().into());
     let now = || views::ts(Utc::now());
-    let (run_id, fraise, env) = match &target {
+    let (mut run_id, fraise, env) = match &target {
         Target::Run(r) => (Some(r.id), r.fraise.clone(), r.environment.clone()),
         Target::Service {
             fraise,
@@ -838,9 +838,24 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut steps_seen: Vec<(String, String)> = Vec::new();
     let mut pct_sent = 0u32;
+    // A service's socket opened while nothing ran there waits for every next run: one that
+    // another server starts is found in the store, followed, and let go when it ends.
+    let waits_for_runs = run_id.is_none();
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if waits_for_runs && run_id.is_none() {
+                    let Ok(Some(r)) = engine.store().active_run_for(&tenant, &fraise, &env).await else { continue };
+                    if engine.executes(r.id) {
+                        continue;
+                    }
+                    run_id = Some(r.id);
+                    (steps_seen, pct_sent) = (Vec::new(), 0);
+                    let hello = json!({ "step": "connected", "status": "running", "message": format!("following {}", run_id_string(r.id)), "progress_pct": 0, "timestamp": now() });
+                    if socket.send(send(hello)).await.is_err() {
+                        return;
+                    }
+                }
                 let Some(id) = run_id.filter(|id| !engine.executes(*id)) else { continue };
                 let Ok(run) = engine.store().run(&tenant, id).await else { continue };
                 let steps = engine.store().steps(id).await.unwrap_or_default();
@@ -861,17 +876,28 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
                 }
                 if run.status.is_final() {
                     let status = if run.status == RunStatus::Success { "success" } else { "failed" };
-                    let _ = socket.send(send(json!({ "step": "finished", "status": status, "message": format!("{} {}", run_id_string(id), to_wire(&run.status)), "progress_pct": 100, "timestamp": now() }))).await;
+                    let finished = send(json!({ "step": "finished", "status": status, "message": format!("{} {}", run_id_string(id), to_wire(&run.status)), "progress_pct": 100, "timestamp": now() }));
+                    if waits_for_runs {
+                        // Back to waiting, as for a run of this server's.
+                        run_id = None;
+                        if socket.send(finished).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let _ = socket.send(finished).await;
                     let _ = socket.send(Message::Close(None)).await;
                     return;
                 }
             },
             m = rx.recv() => match m {
                 Ok(m) => {
-                    let mine = |id: i64, f: &str, e: &str| run_id.map_or(f == fraise && e == env, |r| r == id);
+                    let mine = |id: i64, f: &str, e: &str| {
+                        if waits_for_runs { f == fraise && e == env } else { run_id == Some(id) }
+                    };
                     let out = match &*m {
                         BusMessage::Progress(p) if mine(p.run_id, &p.fraise, &p.environment) => send(json!(p)),
-                        BusMessage::Finished { run_id: id, .. } if Some(*id) == run_id => Message::Close(None),
+                        BusMessage::Finished { run_id: id, .. } if !waits_for_runs && Some(*id) == run_id => Message::Close(None),
                         _ => continue,
                     };
                     let closing = matches!(out, Message::Close(_));
