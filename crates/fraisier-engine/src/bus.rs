@@ -11,6 +11,10 @@ use tokio::sync::broadcast;
 /// One progress update (seed 001's WebSocket message).
 #[derive(Clone, Debug, Serialize)]
 pub struct Progress {
+    /// The run's workspace: a follower by name matches it too (another workspace may have a
+    /// fraise and environment of the same names).
+    #[serde(skip)]
+    pub tenant_id: String,
     #[serde(skip)]
     pub run_id: i64,
     #[serde(skip)]

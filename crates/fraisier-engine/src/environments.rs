@@ -263,9 +263,10 @@ impl Engine {
                 reason,
             });
         }
-        let deleted = self.store().delete_environment(tenant, name, by).await?;
+        let deleted = self.store().delete_environment(tenant, name, by).await;
+        // Also when another server deleted it first: this one's view catches up now.
         self.reload_environments().await?;
-        match deleted {
+        match deleted? {
             EnvironmentDeleted::Done => Ok(()),
             EnvironmentDeleted::InUse(why) => Err(EngineError::EnvironmentInUse {
                 name: name.to_string(),

@@ -75,6 +75,7 @@ impl Engine {
     /// Progress is not stored: it is for those watching now; the steps are the record.
     pub(crate) fn progress(&self, run: &Run, step: &str, status: &str, message: &str, pct: u32) {
         self.inner.bus.publish(BusMessage::Progress(Progress {
+            tenant_id: run.tenant_id.clone(),
             run_id: run.id,
             fraise: run.fraise.clone(),
             environment: run.environment.clone(),

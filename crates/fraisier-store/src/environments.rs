@@ -218,7 +218,7 @@ impl Store {
         let at = millis(now());
         // A target or group being put in it waits for the outcome, and sees it.
         self.hold_environment(&mut tx, tenant, name).await?;
-        // Taken first on PostgreSQL, so a concurrent create or update waits for the outcome.
+        // Then its row, on PostgreSQL, so a concurrent create or update waits for the outcome.
         sqlx::query(&format!(
             "SELECT name FROM environments WHERE tenant_id = $1 AND name = $2{}",
             self.row_lock()

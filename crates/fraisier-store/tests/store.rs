@@ -215,6 +215,43 @@ async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
             Err(e) => panic!("round {round}: {e}"),
         }
     }
+    // A group made, and a target moved in, against the deletion: the same.
+    for round in 0..20 {
+        let environment = format!("groups{round}");
+        let moved = s
+            .create_target(&target(&format!("m{round}"), "qa"))
+            .await
+            .unwrap();
+        let (new_group, change) = (group(&environment), move_to(&environment));
+        let (made, moved, deletion) = tokio::join!(
+            s.create_target_group(&new_group),
+            s.update_target("t1", moved.id, &change),
+            s.delete_environment("t1", &environment, "cy")
+        );
+        let is_deleted = s
+            .environment_record("t1", &environment)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.deleted_at.is_some());
+        let went_in = [made.is_ok(), moved.is_ok()];
+        for r in [made.map(drop), moved.map(drop)] {
+            assert!(
+                matches!(r, Ok(()) | Err(StoreError::EnvironmentGone(_))),
+                "round {round}: {r:?}"
+            );
+        }
+        if is_deleted {
+            assert_eq!(
+                went_in,
+                [false, false],
+                "round {round}: in a deleted environment"
+            );
+            assert_eq!(deletion.unwrap(), EnvironmentDeleted::Done);
+        } else {
+            assert!(went_in.contains(&true), "round {round}: {went_in:?}");
+            assert!(matches!(deletion.unwrap(), EnvironmentDeleted::InUse(_)));
+        }
+    }
 }
 
 /// Environments as the API left them: made once (a second create, or one of a name the file

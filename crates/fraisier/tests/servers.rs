@@ -297,13 +297,7 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         .await
         .expect("B's progress socket closes with the run")
         .unwrap();
-    let last = messages.last().unwrap();
-    assert_eq!(
-        (last["step"].as_str(), last["status"].as_str()),
-        (Some("finished"), Some("success")),
-        "{messages:#?}"
-    );
-    assert!(messages.len() > 2, "the steps A recorded: {messages:#?}");
+    assert_told_to_success(&messages);
 
     // A socket on B for the service, opened while nothing runs there, follows the next run
     // A starts (found in the store) and stays open for the one after.
@@ -326,7 +320,7 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
     });
     let v = a.wait_run(&run, Duration::from_secs(60)).await;
     assert_eq!(v["status"], "success", "{v}");
-    let (idle, messages) = tokio::time::timeout(Duration::from_secs(10), followed)
+    let (mut idle, messages) = tokio::time::timeout(Duration::from_secs(10), followed)
         .await
         .expect("B's service socket tells the run's end")
         .unwrap();
@@ -335,6 +329,24 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         format!("following {run}"),
         "{messages:#?}"
     );
+    assert_told_to_success(&messages);
+    let after = tokio::time::timeout(
+        Duration::from_millis(1500),
+        futures_util::StreamExt::next(&mut idle),
+    )
+    .await;
+    assert!(
+        after.is_err(),
+        "still open, waiting for the next: {after:?}"
+    );
+    drop(idle);
+    drop(b);
+    drop(a);
+}
+
+/// Progress messages of a run another server executed, told from its recorded steps: more
+/// than a hello and an end, ending with its success.
+fn assert_told_to_success(messages: &[Value]) {
     let last = messages.last().unwrap();
     assert_eq!(
         (last["step"].as_str(), last["status"].as_str()),
@@ -342,9 +354,6 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         "{messages:#?}"
     );
     assert!(messages.len() > 2, "the steps A recorded: {messages:#?}");
-    drop(idle);
-    drop(b);
-    drop(a);
 }
 
 type ProgressSocket =

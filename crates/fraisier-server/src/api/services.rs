@@ -839,14 +839,24 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     let mut steps_seen: Vec<(String, String)> = Vec::new();
     let mut pct_sent = 0u32;
     // A service's socket opened while nothing ran there waits for every next run: one that
-    // another server starts is found in the store, followed, and let go when it ends.
+    // another server executes is found in the store (several servers share only a
+    // PostgreSQL database), followed, and let go when it ends.
     let waits_for_runs = run_id.is_none();
+    let others_run = waits_for_runs && engine.store().backend() != "sqlite";
+    // The run this server's bus tells: one it started, or took over while it was followed
+    // from the store. Not followed from the store again, so nothing is told twice.
+    let mut told_by_bus: Option<i64> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if waits_for_runs && run_id.is_none() {
+                if waits_for_runs {
+                    if let Some(id) = run_id.filter(|id| engine.executes(*id)) {
+                        (run_id, told_by_bus) = (None, Some(id));
+                    }
+                }
+                if others_run && run_id.is_none() {
                     let Ok(Some(r)) = engine.store().active_run_for(&tenant, &fraise, &env).await else { continue };
-                    if engine.executes(r.id) {
+                    if engine.executes(r.id) || told_by_bus == Some(r.id) {
                         continue;
                     }
                     run_id = Some(r.id);
@@ -892,11 +902,16 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
             },
             m = rx.recv() => match m {
                 Ok(m) => {
-                    let mine = |id: i64, f: &str, e: &str| {
-                        if waits_for_runs { f == fraise && e == env } else { run_id == Some(id) }
+                    let mine = |p: &fraisier_engine::Progress| {
+                        p.tenant_id == tenant
+                            && if waits_for_runs {
+                                p.fraise == fraise && p.environment == env
+                            } else {
+                                run_id == Some(p.run_id)
+                            }
                     };
                     let out = match &*m {
-                        BusMessage::Progress(p) if mine(p.run_id, &p.fraise, &p.environment) => send(json!(p)),
+                        BusMessage::Progress(p) if mine(p) => send(json!(p)),
                         BusMessage::Finished { run_id: id, .. } if !waits_for_runs && Some(*id) == run_id => Message::Close(None),
                         _ => continue,
                     };

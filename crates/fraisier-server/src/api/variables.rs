@@ -29,7 +29,7 @@ use super::{AppState, Params};
 /// What a secret's value reads as.
 pub const MASK: &str = "********";
 
-/// Names per request, and bytes per value: environments are not a blob store.
+/// Names per request, and characters per value: environments are not a blob store.
 pub const MAX_NAMES: usize = 100;
 /// Characters a value may hold: the document's `maxLength`, which counts characters, so the
 /// server counts them too (at up to 4 bytes each, a value stays within 32 KiB).
