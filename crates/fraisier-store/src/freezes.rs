@@ -73,6 +73,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<std::result::Result<EnvironmentLock, EnvironmentLock>> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        self.hold_environment(&mut tx, tenant, environment).await?;
         if let Some(row) = sqlx::query(
             "SELECT environment, locked_by, reason, locked_at FROM environment_locks \
              WHERE tenant_id = $1 AND environment = $2",
@@ -139,7 +140,9 @@ impl Store {
     }
 
     pub async fn add_freeze_window(&self, w: &NewFreezeWindow) -> Result<FreezeWindow> {
-        let turn = self.turn(Priority::Interactive).await;
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        self.hold_environment(&mut tx, &w.tenant_id, &w.environment)
+            .await?;
         let row = sqlx::query(&format!(
             "INSERT INTO freeze_windows (tenant_id, environment, starts_at, ends_at, reason, exceptions, created_at, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {WINDOW_COLUMNS}"
@@ -152,10 +155,11 @@ impl Store {
         .bind(json_text(&w.exceptions))
         .bind(millis(now()))
         .bind(&w.created_by)
-        .fetch_one(&self.writer)
-        .await;
-        drop(turn);
-        window_from_row(&row?)
+        .fetch_one(&mut *tx)
+        .await?;
+        let window = window_from_row(&row)?;
+        tx.commit().await?;
+        Ok(window)
     }
 
     /// An environment's windows not over yet, by start; with `active_at`, only those active
@@ -236,8 +240,9 @@ impl Store {
         max_instances: Option<u64>,
         by: &str,
     ) -> Result<EnvironmentLimits> {
-        let turn = self.turn(Priority::Interactive).await;
-        let done = sqlx::query(
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        self.hold_environment(&mut tx, tenant, environment).await?;
+        sqlx::query(
             "INSERT INTO environment_limits (tenant_id, environment, max_instances, updated_by, updated_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, environment) DO UPDATE SET \
              max_instances = excluded.max_instances, updated_by = excluded.updated_by, updated_at = excluded.updated_at",
@@ -247,10 +252,9 @@ impl Store {
         .bind(max_instances.map(|m| m as i64))
         .bind(by)
         .bind(millis(now()))
-        .execute(&self.writer)
-        .await;
-        drop(turn);
-        done?;
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         self.environment_limits(tenant, environment).await
     }
 }

@@ -563,7 +563,10 @@ impl Store {
     }
 
     async fn insert_run(&self, new: &NewRun) -> Result<Run> {
-        let _turn = self.turn(Priority::Interactive).await;
+        let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        // Its deletion counts the active runs: one is not started in it meanwhile.
+        self.hold_environment(&mut tx, &new.tenant_id, &new.environment)
+            .await?;
         let now = millis(now());
         let row = sqlx::query(&format!(
             "INSERT INTO runs (tenant_id, fraise, environment, kind, status, version, \
@@ -588,10 +591,12 @@ impl Store {
         .bind(json_text(&new.options))
         .bind(json_text(&new.metadata))
         .bind(now)
-        .fetch_one(&self.writer)
+        .fetch_one(&mut *tx)
         .await?;
+        let run = run_from_row(&row)?;
+        tx.commit().await?;
         self.runs_changed();
-        run_from_row(&row)
+        Ok(run)
     }
 }
 

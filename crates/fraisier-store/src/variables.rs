@@ -63,6 +63,10 @@ impl Store {
         by: &str,
     ) -> Result<Vec<String>> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        // The environment's own variables go with it when it is deleted.
+        if fraise.is_empty() {
+            self.hold_environment(&mut tx, tenant, environment).await?;
+        }
         let at = millis(now());
         let mut changed = Vec::new();
         for (name, value) in changes {

@@ -123,6 +123,7 @@ async fn futures_util_join<F: std::future::Future<Output = fraisier_store::Resul
 }
 
 /// A target or group put in an environment races its deletion: one of the two wins whole.
+/// Once deleted, an environment takes nothing its deletion drops or counts.
 /// Either the deletion finds the target there and refuses, or the target is refused as the
 /// environment is gone — never a deleted environment with something in it. Environments
 /// fraisier.yaml declares have no row until deleted, so the row cannot be the lock.
@@ -159,6 +160,42 @@ async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
     };
     deleted(s.create_target(&target("a", "gone")).await.map(drop));
     deleted(s.create_target_group(&group("gone")).await.map(drop));
+    // Nor anything else its deletion drops or counts: a lock, a freeze window, limits, its
+    // own variables, a run.
+    deleted(
+        s.lock_environment("t1", "gone", "ann", None)
+            .await
+            .map(drop),
+    );
+    deleted(
+        s.add_freeze_window(&fraisier_store::NewFreezeWindow {
+            tenant_id: "t1".into(),
+            environment: "gone".into(),
+            starts_at: Utc::now(),
+            ends_at: Utc::now() + Duration::hours(1),
+            reason: None,
+            exceptions: Vec::new(),
+            created_by: "ann".into(),
+        })
+        .await
+        .map(drop),
+    );
+    deleted(
+        s.set_environment_limits("t1", "gone", Some(2), "ann")
+            .await
+            .map(drop),
+    );
+    let own = vec![("OWN".to_string(), Some("1".to_string()))];
+    deleted(
+        s.change_variables("t1", "", "gone", false, &own, "ann")
+            .await
+            .map(drop),
+    );
+    deleted(s.create_run(&new_run("t1", "api", "gone")).await.map(drop));
+    // A fraise's own variables there are the fraise's (kept for its next deploy).
+    s.change_variables("t1", "api", "gone", false, &own, "ann")
+        .await
+        .unwrap();
     let elsewhere = s.create_target(&target("b", "qa")).await.unwrap();
     let move_to = |e: &str| TargetChange {
         name: None,
