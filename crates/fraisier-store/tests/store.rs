@@ -168,17 +168,9 @@ async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
             .map(drop),
     );
     deleted(
-        s.add_freeze_window(&fraisier_store::NewFreezeWindow {
-            tenant_id: "t1".into(),
-            environment: "gone".into(),
-            starts_at: Utc::now(),
-            ends_at: Utc::now() + Duration::hours(1),
-            reason: None,
-            exceptions: Vec::new(),
-            created_by: "ann".into(),
-        })
-        .await
-        .map(drop),
+        s.add_freeze_window(&window_of_an_hour("t1", "gone"))
+            .await
+            .map(drop),
     );
     deleted(
         s.set_environment_limits("t1", "gone", Some(2), "ann")
@@ -297,7 +289,7 @@ async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
 /// workspace's — and made again afresh, by their new creator.
 async fn environments_are_written_deleted_and_made_again(db: &TestDb) {
     use fraisier_model::environment::EnvironmentSettings;
-    use fraisier_store::{EnvironmentCreated, EnvironmentDeleted, NewFreezeWindow, NewTargetGroup};
+    use fraisier_store::{EnvironmentCreated, EnvironmentDeleted, NewTargetGroup};
     let s = &db.store;
     let approvals = |n| EnvironmentSettings {
         required_approvals: Some(n),
@@ -384,17 +376,9 @@ async fn environments_are_written_deleted_and_made_again(db: &TestDb) {
         .await
         .unwrap()
         .unwrap();
-    s.add_freeze_window(&NewFreezeWindow {
-        tenant_id: "t1".into(),
-        environment: "qa".into(),
-        starts_at: Utc::now(),
-        ends_at: Utc::now() + Duration::hours(1),
-        reason: None,
-        exceptions: Vec::new(),
-        created_by: "ann".into(),
-    })
-    .await
-    .unwrap();
+    s.add_freeze_window(&window_of_an_hour("t1", "qa"))
+        .await
+        .unwrap();
     s.set_environment_limits("t1", "qa", Some(4), "ann")
         .await
         .unwrap();
@@ -1440,6 +1424,19 @@ async fn unsupported_urls_are_refused_without_their_password() {
 }
 
 // --- fixtures ---
+
+/// A freeze window from now for an hour, by ann.
+fn window_of_an_hour(tenant: &str, environment: &str) -> fraisier_store::NewFreezeWindow {
+    fraisier_store::NewFreezeWindow {
+        tenant_id: tenant.into(),
+        environment: environment.into(),
+        starts_at: Utc::now(),
+        ends_at: Utc::now() + Duration::hours(1),
+        reason: None,
+        exceptions: Vec::new(),
+        created_by: "ann".into(),
+    }
+}
 
 fn new_run(tenant: &str, fraise: &str, environment: &str) -> NewRun {
     NewRun {
