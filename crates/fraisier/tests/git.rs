@@ -313,6 +313,18 @@ async fn seed_003_sources_are_listed_checked_and_deployed() {
         (json!({}), 400, Some("fraise")),
         (json!({"url": "file:///etc"}), 400, Some("url")),
         (json!({"url": "-oProxyCommand=x"}), 400, Some("url")),
+        // The fuzzer's: an empty url beside an artifact check was answered 200.
+        (
+            json!({"artifact": "app", "version": "9.9.9", "url": ""}),
+            400,
+            Some("url"),
+        ),
+        (json!({"fraise": "app", "ref": ""}), 400, Some("ref")),
+        (
+            json!({"fraise": "app", "ref": "r".repeat(256)}),
+            400,
+            Some("ref"),
+        ),
         (json!({"fraise": "ghost"}), 404, None),
     ] {
         let (st, v) = s.post("/deployments/sources/validate", body.clone()).await;

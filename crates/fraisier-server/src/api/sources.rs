@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use super::artifacts::receive;
 use super::deployments::{created, noted, Created};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, QueryMap, Upload};
+use super::extract::{check_text, JsonBody, QueryMap, Upload};
 use super::gate::{authorize, Caller};
 use super::params::{StrategyName, Version};
 use super::AppState;
@@ -180,6 +180,16 @@ pub async fn validate(
     who: Caller,
     JsonBody(body): JsonBody<ValidateSourceBody>,
 ) -> Result<Json<SourceReportView>, ApiError> {
+    // The document's lengths: an empty url or ref is left out, not checked.
+    for (field, value, max) in [("url", &body.url, 2048), ("ref", &body.reference, 255)] {
+        check_text(field, value, max)?;
+        if value.as_deref() == Some("") {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field}: empty; leave it out for the fraise's own"),
+            ));
+        }
+    }
     let check = SourceCheck {
         fraise: body.fraise,
         url: body.url,
