@@ -122,11 +122,11 @@ async fn futures_util_join<F: std::future::Future<Output = fraisier_store::Resul
     vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
 }
 
-/// A target or group put in an environment races its deletion: one of the two wins whole.
-/// Once deleted, an environment takes nothing its deletion drops or counts.
-/// Either the deletion finds the target there and refuses, or the target is refused as the
-/// environment is gone — never a deleted environment with something in it. Environments
-/// fraisier.yaml declares have no row until deleted, so the row cannot be the lock.
+/// Once deleted, an environment takes nothing its deletion drops or counts. A target or group
+/// put in it races its deletion, and one of the two wins whole: either the deletion finds the
+/// target there and refuses, or the target is refused as the environment is gone — never a
+/// deleted environment with something in it. Environments fraisier.yaml declares have no row
+/// until deleted, so the row cannot be the lock.
 async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
     use fraisier_model::target::TargetType;
     use fraisier_store::{EnvironmentDeleted, NewTarget, NewTargetGroup, TargetChange};

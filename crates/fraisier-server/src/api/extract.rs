@@ -48,11 +48,9 @@ impl<S: Send + Sync> FromRequest<S> for UserMap {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match parse_object(&read_body(req, state).await?)? {
-            Some(Value::Object(map)) => Ok(UserMap(map)),
-            Some(_) => unreachable!("parse_object returns objects"),
-            None => Err(body_missing()),
-        }
+        parse_object(&read_body(req, state).await?)?
+            .map(UserMap)
+            .ok_or_else(body_missing)
     }
 }
 
@@ -74,7 +72,7 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
 /// A required body, typed.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match parse_object(bytes)? {
-        Some(value) => typed(value),
+        Some(map) => typed(Value::Object(map)),
         // `{}` names the first field a missing body lacks; when it lacks none, the body itself.
         None => typed::<T>(Value::Object(Map::new())).and(Err(body_missing())),
     }
@@ -82,7 +80,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// A body the route may go without, typed: nothing and `null` read as `{}`.
 pub fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    typed(parse_object(bytes)?.unwrap_or_else(|| Value::Object(Map::new())))
+    typed(Value::Object(parse_object(bytes)?.unwrap_or_default()))
 }
 
 fn typed<T: DeserializeOwned>(mut value: Value) -> Result<T, ApiError> {
@@ -99,9 +97,8 @@ fn body_missing() -> ApiError {
 /// reported and left out, and the rest parsed again. `None` when the body itself is unusable
 /// or a required field is at fault.
 pub fn parse_json_lenient<T: DeserializeOwned>(bytes: &[u8]) -> (Option<T>, Vec<(String, String)>) {
-    let (mut value, missing) = match parse_object(bytes) {
-        Ok(Some(v)) => (v, false),
-        Ok(None) => (Value::Object(Map::new()), true),
+    let (missing, mut value) = match parse_object(bytes) {
+        Ok(map) => (map.is_none(), Value::Object(map.unwrap_or_default())),
         Err(e) => return (None, vec![(field_of(&e), e.message)]),
     };
     normalize_keys(&mut value);
@@ -155,7 +152,7 @@ fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)>
 }
 
 /// The body as a JSON object; `None` when there is none (nothing, or `null`).
-fn parse_object(bytes: &[u8]) -> Result<Option<Value>, ApiError> {
+fn parse_object(bytes: &[u8]) -> Result<Option<Map<String, Value>>, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::invalid(
             "body",
@@ -176,7 +173,7 @@ fn parse_object(bytes: &[u8]) -> Result<Option<Value>, ApiError> {
         .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
     match value {
         Value::Null => Ok(None),
-        Value::Object(_) => Ok(Some(value)),
+        Value::Object(map) => Ok(Some(map)),
         _ => Err(ApiError::invalid(
             "body",
             "the request body must be a JSON object",

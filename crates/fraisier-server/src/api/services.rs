@@ -849,10 +849,8 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if waits_for_runs {
-                    if let Some(id) = run_id.filter(|id| engine.executes(*id)) {
-                        (run_id, told_by_bus) = (None, Some(id));
-                    }
+                if let Some(id) = run_id.filter(|id| waits_for_runs && engine.executes(*id)) {
+                    (run_id, told_by_bus) = (None, Some(id));
                 }
                 if others_run && run_id.is_none() {
                     let Ok(Some(r)) = engine.store().active_run_for(&tenant, &fraise, &env).await else { continue };
