@@ -234,6 +234,30 @@ impl Store {
         row.as_ref().map(run_from_row).transpose()
     }
 
+    /// The oldest run of a fraise in an environment created after run `after` (by id),
+    /// whatever its status. The runs of one fraise in one environment run one at a time, so
+    /// this is the next one to start after `after`.
+    pub async fn next_run_after(
+        &self,
+        tenant: &str,
+        fraise: &str,
+        environment: &str,
+        after: i64,
+    ) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE tenant_id = $1 AND fraise = $2 AND environment = $3 AND id > $4 \
+             ORDER BY id LIMIT 1"
+        ))
+        .bind(tenant)
+        .bind(fraise)
+        .bind(environment)
+        .bind(after)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
     /// The newest run (by id) of a fraise in an environment, whatever its status.
     pub async fn last_run_for(
         &self,

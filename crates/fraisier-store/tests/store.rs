@@ -1699,6 +1699,17 @@ async fn finishing_a_run_frees_the_slot(db: &TestDb) {
         .await
         .unwrap()
         .is_none());
+    // The next run after one, whatever its status; none after the last, none elsewhere.
+    let next = |after| s.next_run_after(DEFAULT_TENANT, "api", "staging", after);
+    assert_eq!(next(0).await.unwrap().map(|r| r.id), Some(first.id));
+    assert_eq!(next(first.id).await.unwrap().map(|r| r.id), Some(second.id));
+    assert_eq!(next(second.id).await.unwrap(), None);
+    assert_eq!(
+        s.next_run_after("tenant-b", "api", "staging", 0)
+            .await
+            .unwrap(),
+        None
+    );
 
     // Reviving a finished run while another holds the slot is refused.
     first.status = RunStatus::InProgress;

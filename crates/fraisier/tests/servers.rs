@@ -339,6 +339,45 @@ async fn another_server_takes_over_the_run_of_one_killed_mid_run() {
         after.is_err(),
         "still open, waiting for the next: {after:?}"
     );
+
+    // Runs short enough to start and end between two of B's looks at the store (once a
+    // second) are told too, each once and in order: B asks for the run after the last it told,
+    // not for the one active when it looks.
+    let mut quick = Vec::new();
+    for version in ["3.0.0", "2.0.0"] {
+        let run = a
+            .deploy(
+                "app",
+                "production",
+                json!({ "version": version, "strategy": "recreate" }),
+            )
+            .await;
+        let v = a.wait_run(&run, Duration::from_secs(60)).await;
+        assert_eq!(v["status"], "success", "{v}");
+        quick.push(run);
+    }
+    let last = format!("{} success", quick[1]);
+    let messages = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_progress(&mut idle, |m| m["message"] == last.as_str()),
+    )
+    .await
+    .expect("B's service socket tells both quick runs");
+    let told: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["step"] == "connected" || m["step"] == "finished")
+        .filter_map(|m| m["message"].as_str())
+        .collect();
+    assert_eq!(
+        told,
+        [
+            format!("following {}", quick[0]),
+            format!("{} success", quick[0]),
+            format!("following {}", quick[1]),
+            last.clone(),
+        ],
+        "{messages:#?}"
+    );
     drop(idle);
     drop(b);
     drop(a);

@@ -843,18 +843,34 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     // PostgreSQL database), followed, and let go when it ends.
     let waits_for_runs = run_id.is_none();
     let others_run = waits_for_runs && engine.store().backend() != "sqlite";
-    // The run this server's bus tells: one it started, or took over while it was followed
-    // from the store. Not followed from the store again, so nothing is told twice.
-    let mut told_by_bus: Option<i64> = None;
+    // The newest run of the service told or let pass: the store is asked for the next one
+    // after it, not for the one active at the moment of looking, so a run that starts and
+    // ends between two looks is told too. One active now is still to be told.
+    let mut seen_up_to = if others_run {
+        match engine.store().last_run_for(&tenant, &fraise, &env).await {
+            Ok(Some(r)) if r.status.is_final() => r.id,
+            Ok(Some(r)) => r.id - 1,
+            _ => 0,
+        }
+    } else {
+        0
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Some(id) = run_id.filter(|id| waits_for_runs && engine.executes(*id)) {
-                    (run_id, told_by_bus) = (None, Some(id));
+                if run_id.is_some_and(|id| waits_for_runs && engine.executes(id)) {
+                    // Taken over by this server: its bus tells the rest.
+                    run_id = None;
                 }
                 if others_run && run_id.is_none() {
-                    let Ok(Some(r)) = engine.store().active_run_for(&tenant, &fraise, &env).await else { continue };
-                    if engine.executes(r.id) || told_by_bus == Some(r.id) {
+                    let Ok(Some(r)) = engine.store().next_run_after(&tenant, &fraise, &env, seen_up_to).await else { continue };
+                    // This server's own runs are told by its bus, as they go; one that ended
+                    // before this look was told then.
+                    seen_up_to = r.id;
+                    if engine.executes(r.id)
+                        || (r.status.is_final()
+                            && matches!(engine.store().run_lease(r.id).await, Ok(Some((owner, _))) if owner == engine.server_id()))
+                    {
                         continue;
                     }
                     run_id = Some(r.id);
@@ -909,7 +925,17 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
                             }
                     };
                     let out = match &*m {
-                        BusMessage::Progress(p) if mine(p) => send(json!(p)),
+                        BusMessage::Progress(p) if mine(p) => {
+                            if waits_for_runs {
+                                // This server executes it now: told from here on by the bus,
+                                // no longer from the store.
+                                seen_up_to = seen_up_to.max(p.run_id);
+                                if run_id == Some(p.run_id) {
+                                    run_id = None;
+                                }
+                            }
+                            send(json!(p))
+                        }
                         BusMessage::Finished { run_id: id, .. } if !waits_for_runs && Some(*id) == run_id => Message::Close(None),
                         _ => continue,
                     };
