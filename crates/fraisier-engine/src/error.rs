@@ -117,6 +117,15 @@ pub enum EngineError {
     Provider(#[from] ProviderError),
 }
 
+impl From<fraisier_store::Barrier> for EngineError {
+    fn from(barrier: fraisier_store::Barrier) -> EngineError {
+        match barrier {
+            fraisier_store::Barrier::Locked(lock) => EngineError::EnvironmentLocked(Box::new(lock)),
+            fraisier_store::Barrier::Frozen(w) => EngineError::EnvironmentFrozen(Box::new(w)),
+        }
+    }
+}
+
 impl EngineError {
     /// The API error code (DESIGN §4).
     pub fn code(&self) -> &'static str {

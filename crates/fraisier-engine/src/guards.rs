@@ -31,18 +31,10 @@ impl Engine {
         environment: &str,
         who: &str,
     ) -> Result<(), EngineError> {
-        let store = self.store();
-        if let Some(lock) = store.environment_lock(tenant, environment).await? {
-            return Err(EngineError::EnvironmentLocked(Box::new(lock)));
-        }
-        let active = store
-            .freeze_windows(tenant, environment, Some(Utc::now()))
-            .await?;
-        if let Some(w) = active
-            .into_iter()
-            .find(|w| !w.exceptions.iter().any(|e| e == who))
-        {
-            return Err(EngineError::EnvironmentFrozen(Box::new(w)));
+        // Looked at first so that nothing is prepared in vain; the store looks again as it
+        // records the run (`Store::create_run`).
+        if let Some(barrier) = self.store().barrier(tenant, environment, who).await? {
+            return Err(barrier.into());
         }
         self.check_change_window(tenant, environment, who, Utc::now())
     }

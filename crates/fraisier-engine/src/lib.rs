@@ -605,6 +605,7 @@ impl Engine {
                     fraise: new.fraise.clone(),
                     environment: new.environment.clone(),
                 },
+                StoreError::Barred(barrier) => (*barrier).into(),
                 e => EngineError::Store(e),
             })?;
         // Created free: this server takes it, unless another server's takeover got there

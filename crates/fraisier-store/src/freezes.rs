@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 use sqlx::Row;
 
 use crate::sql::{json, json_text, millis, now, ts};
@@ -58,8 +59,18 @@ pub struct EnvironmentLimits {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// An environment's lock, by workspace and environment.
+const LOCK_QUERY: &str = "SELECT environment, locked_by, reason, locked_at FROM environment_locks \
+     WHERE tenant_id = $1 AND environment = $2";
 const WINDOW_COLUMNS: &str =
     "id, environment, starts_at, ends_at, reason, exceptions, created_at, created_by";
+
+/// What keeps a change out of an environment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Barrier {
+    Locked(EnvironmentLock),
+    Frozen(FreezeWindow),
+}
 
 // === impl Store ===
 
@@ -74,14 +85,11 @@ impl Store {
     ) -> Result<std::result::Result<EnvironmentLock, EnvironmentLock>> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
         self.hold_environment(&mut tx, tenant, environment).await?;
-        if let Some(row) = sqlx::query(
-            "SELECT environment, locked_by, reason, locked_at FROM environment_locks \
-             WHERE tenant_id = $1 AND environment = $2",
-        )
-        .bind(tenant)
-        .bind(environment)
-        .fetch_optional(&mut *tx)
-        .await?
+        if let Some(row) = sqlx::query(LOCK_QUERY)
+            .bind(tenant)
+            .bind(environment)
+            .fetch_optional(&mut *tx)
+            .await?
         {
             return Ok(Err(lock_from_row(&row)?));
         }
@@ -127,16 +135,25 @@ impl Store {
         tenant: &str,
         environment: &str,
     ) -> Result<Option<EnvironmentLock>> {
-        sqlx::query(
-            "SELECT environment, locked_by, reason, locked_at FROM environment_locks \
-             WHERE tenant_id = $1 AND environment = $2",
-        )
-        .bind(tenant)
-        .bind(environment)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| lock_from_row(&r))
-        .transpose()
+        sqlx::query(LOCK_QUERY)
+            .bind(tenant)
+            .bind(environment)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| lock_from_row(&r))
+            .transpose()
+    }
+
+    /// What keeps a change by `who` out of an environment now, if anything: its lock, or an
+    /// active freeze window that does not name `who` among its exceptions.
+    pub async fn barrier(
+        &self,
+        tenant: &str,
+        environment: &str,
+        who: &str,
+    ) -> Result<Option<Barrier>> {
+        let mut conn = self.pool.acquire().await?;
+        barrier_in(&mut conn, tenant, environment, who).await
     }
 
     pub async fn add_freeze_window(&self, w: &NewFreezeWindow) -> Result<FreezeWindow> {
@@ -257,6 +274,43 @@ impl Store {
         tx.commit().await?;
         self.environment_limits(tenant, environment).await
     }
+}
+
+/// [`Store::barrier`], read on `conn`. In the transaction that records a change, under the
+/// environment's hold, it sees every lock and window committed before the change, however
+/// long ago its requester looked.
+pub(crate) async fn barrier_in(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    environment: &str,
+    who: &str,
+) -> Result<Option<Barrier>> {
+    if let Some(row) = sqlx::query(LOCK_QUERY)
+        .bind(tenant)
+        .bind(environment)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(Some(Barrier::Locked(lock_from_row(&row)?)));
+    }
+    let at = now();
+    let rows = sqlx::query(&format!(
+        "SELECT {WINDOW_COLUMNS} FROM freeze_windows \
+         WHERE tenant_id = $1 AND environment = $2 AND starts_at <= $3 AND ends_at > $3 \
+         ORDER BY starts_at, id"
+    ))
+    .bind(tenant)
+    .bind(environment)
+    .bind(millis(at))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let w = window_from_row(row)?;
+        if !w.exceptions.iter().any(|e| e == who) {
+            return Ok(Some(Barrier::Frozen(w)));
+        }
+    }
+    Ok(None)
 }
 
 fn lock_from_row(row: &AnyRow) -> Result<EnvironmentLock> {

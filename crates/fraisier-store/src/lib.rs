@@ -49,7 +49,7 @@ pub use audit::{
 pub use environments::{
     Created as EnvironmentCreated, Deleted as EnvironmentDeleted, EnvironmentRecord,
 };
-pub use freezes::{EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
+pub use freezes::{Barrier, EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationFilter};
 pub use runs::Renewal;
@@ -78,6 +78,9 @@ pub enum StoreError {
     /// The environment named was deleted before the write that needed it could commit.
     #[error("environment {0} was deleted")]
     EnvironmentGone(String),
+    /// A lock or freeze window committed before the change keeps it out of the environment.
+    #[error("the environment is locked or frozen")]
+    Barred(Box<Barrier>),
     /// The url is shown with its password redacted.
     #[error("unsupported database url {0:?} (expected sqlite://… or postgres://…)")]
     UnsupportedUrl(String),

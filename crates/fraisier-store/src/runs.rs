@@ -7,6 +7,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::freezes::barrier_in;
 use crate::sql::{
     self, contains_pattern, json, json_text, millis, now, ts, ts_opt, wire, Args, ACTIVE_STATUSES,
 };
@@ -591,6 +592,14 @@ impl Store {
         // Its deletion counts the active runs: one is not started in it meanwhile.
         self.hold_environment(&mut tx, &new.tenant_id, &new.environment)
             .await?;
+        // A lock or freeze window taken since the requester's guards were checked (a source
+        // resolved from git can take seconds, another server may take it) still keeps the
+        // run out: every one that committed before this point is seen.
+        if let Some(barrier) =
+            barrier_in(&mut tx, &new.tenant_id, &new.environment, &new.triggered_by).await?
+        {
+            return Err(StoreError::Barred(Box::new(barrier)));
+        }
         let now = millis(now());
         let row = sqlx::query(&format!(
             "INSERT INTO runs (tenant_id, fraise, environment, kind, status, version, \

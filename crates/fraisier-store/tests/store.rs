@@ -83,6 +83,7 @@ store_suite! {
     a_run_is_held_by_one_server_and_taken_over_when_the_hold_lapses,
     environments_are_written_deleted_and_made_again,
     nothing_is_put_in_an_environment_being_deleted,
+    no_run_is_recorded_in_an_environment_locked_or_frozen_against_its_trigger,
     a_job_is_held_by_one_server_until_its_lease_lapses,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
@@ -127,6 +128,85 @@ async fn futures_util_join<F: std::future::Future<Output = fraisier_store::Resul
 /// target there and refuses, or the target is refused as the environment is gone — never a
 /// deleted environment with something in it. Environments fraisier.yaml declares have no row
 /// until deleted, so the row cannot be the lock.
+/// The engine looks at locks and freeze windows before it prepares a run, and preparing can
+/// take seconds (a source fetched from git). What was committed meanwhile still keeps the run
+/// out: the store looks again as it records it, under the environment's hold.
+async fn no_run_is_recorded_in_an_environment_locked_or_frozen_against_its_trigger(db: &TestDb) {
+    use fraisier_store::Barrier;
+    let s = &db.store;
+    let barred = |e: StoreError| match e {
+        StoreError::Barred(b) => *b,
+        e => panic!("not barred: {e}"),
+    };
+    s.lock_environment(DEFAULT_TENANT, "staging", "bob", Some("incident"))
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(barred(refused), Barrier::Locked(l) if l.locked_by == "bob"),
+        "the lock keeps it out"
+    );
+    assert_eq!(
+        s.barrier(DEFAULT_TENANT, "staging", "alice")
+            .await
+            .unwrap()
+            .map(|b| matches!(b, Barrier::Locked(_))),
+        Some(true)
+    );
+    s.unlock_environment(DEFAULT_TENANT, "staging")
+        .await
+        .unwrap();
+
+    let window = s
+        .add_freeze_window(&fraisier_store::NewFreezeWindow {
+            exceptions: vec!["carol".into()],
+            ..window_of_an_hour(DEFAULT_TENANT, "staging")
+        })
+        .await
+        .unwrap();
+    let refused = s
+        .create_run(&new_run(DEFAULT_TENANT, "api", "staging"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(barred(refused), Barrier::Frozen(w) if w.id == window.id),
+        "the window keeps alice out"
+    );
+    // Its exception is let in; other environments and workspaces are not held by it.
+    let carol = NewRun {
+        triggered_by: "carol".into(),
+        ..new_run(DEFAULT_TENANT, "api", "staging")
+    };
+    let run = s.create_run(&carol).await.unwrap();
+    assert_eq!(run.triggered_by, "carol");
+    s.create_run(&new_run(DEFAULT_TENANT, "api", "production"))
+        .await
+        .unwrap();
+    s.create_run(&new_run("tenant-b", "api", "staging"))
+        .await
+        .unwrap();
+    // A window over, or not begun, holds nothing.
+    s.delete_freeze_window(DEFAULT_TENANT, "staging", window.id)
+        .await
+        .unwrap();
+    s.add_freeze_window(&fraisier_store::NewFreezeWindow {
+        starts_at: Utc::now() + Duration::hours(1),
+        ends_at: Utc::now() + Duration::hours(2),
+        ..window_of_an_hour(DEFAULT_TENANT, "staging")
+    })
+    .await
+    .unwrap();
+    assert!(s
+        .barrier(DEFAULT_TENANT, "staging", "alice")
+        .await
+        .unwrap()
+        .is_none());
+}
+
 async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
     use fraisier_model::target::TargetType;
     use fraisier_store::{EnvironmentDeleted, NewTarget, NewTargetGroup, TargetChange};

@@ -317,6 +317,7 @@ impl From<StoreError> for ApiError {
                 "the resource no longer exists",
             ),
             StoreError::EnvironmentGone(name) => ApiError::environment_not_found(&name),
+            StoreError::Barred(barrier) => EngineError::from(*barrier).into(),
             e => ApiError::internal(e),
         }
     }
