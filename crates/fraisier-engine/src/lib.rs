@@ -594,38 +594,51 @@ impl Engine {
     }
 
     async fn create_and_start(&self, new: NewRun) -> Result<Run, EngineError> {
-        let run = self
+        let mut made = self.create_and_start_all(vec![new]).await?;
+        Ok(made.remove(0))
+    }
+
+    /// Records the runs all at once or none (see [`fraisier_store::Store::create_runs`]),
+    /// then starts each.
+    async fn create_and_start_all(&self, new: Vec<NewRun>) -> Result<Vec<Run>, EngineError> {
+        let runs = self
             .inner
             .store
-            .create_run(&new)
+            .create_runs(&new)
             .await
             .map_err(|e| match e {
-                StoreError::ActiveRunExists { active_id } => EngineError::InProgress {
+                StoreError::ActiveRunExists {
                     active_id,
-                    fraise: new.fraise.clone(),
-                    environment: new.environment.clone(),
+                    fraise,
+                    environment,
+                } => EngineError::InProgress {
+                    active_id,
+                    fraise,
+                    environment,
                 },
                 StoreError::Barred(barrier) => (*barrier).into(),
                 e => EngineError::Store(e),
             })?;
-        // Created free: this server takes it, unless another server's takeover got there
-        // first, in which case that one runs it.
-        match self
-            .inner
-            .store
-            .claim_run(run.id, &self.inner.server_id, self.lease_until())
-            .await
-        {
-            Ok(true) => self.spawn(run.clone()),
-            Ok(false) => {
-                tracing::info!(run = %run_id_string(run.id), "another server took the new run")
-            }
-            // Left unheld: the takeover loop of some server picks it up.
-            Err(e) => {
-                tracing::warn!(run = %run_id_string(run.id), error = %e, "cannot hold the new run yet")
+        for run in &runs {
+            // Created free: this server takes it, unless another server's takeover got there
+            // first, in which case that one runs it.
+            match self
+                .inner
+                .store
+                .claim_run(run.id, &self.inner.server_id, self.lease_until())
+                .await
+            {
+                Ok(true) => self.spawn(run.clone()),
+                Ok(false) => {
+                    tracing::info!(run = %run_id_string(run.id), "another server took the new run")
+                }
+                // Left unheld: the takeover loop of some server picks it up.
+                Err(e) => {
+                    tracing::warn!(run = %run_id_string(run.id), error = %e, "cannot hold the new run yet")
+                }
             }
         }
-        Ok(run)
+        Ok(runs)
     }
 
     /// Who this server is when it holds a run.

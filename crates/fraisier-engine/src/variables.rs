@@ -357,45 +357,50 @@ impl Engine {
                 triggered_by,
             )
             .await?;
-        let mut runs = Vec::new();
         if changed.is_empty() {
-            return Ok(EnvironmentVariablesChanged { changed, runs });
+            return Ok(EnvironmentVariablesChanged {
+                changed,
+                runs: Vec::new(),
+            });
         }
-        // Every run is made ready before any starts: a fraise that cannot take the change
-        // leaves it unmade.
-        let mut ready = Vec::new();
-        for fraise in fraises {
-            let change = VariableChange {
-                tenant: tenant.to_string(),
-                fraise,
-                environment: environment.to_string(),
-                kind: VariableKind::Plain,
-                values: BTreeMap::new(),
-                triggered_by: triggered_by.to_string(),
-                trigger_type: "api".into(),
-            };
-            match self
-                .reconfiguration(&change, &changed, BTreeMap::new())
-                .await
-            {
-                Ok(Some(new)) => ready.push(new),
-                Ok(None) => {}
-                Err(e) => {
-                    let prior: Vec<_> = changed
-                        .iter()
-                        .map(|n| (n.clone(), existing.get(n).cloned()))
-                        .collect();
-                    store
-                        .restore_variables(tenant, ENVIRONMENT_WIDE, environment, &prior)
-                        .await?;
-                    return Err(e);
+        // Every run is made ready, then all are recorded at once or none: a fraise that
+        // cannot take the change, or a run refused as it is recorded (an active run, or a
+        // lock taken since the check), leaves the change unmade.
+        let started = async {
+            let mut ready = Vec::new();
+            for fraise in fraises {
+                let change = VariableChange {
+                    tenant: tenant.to_string(),
+                    fraise,
+                    environment: environment.to_string(),
+                    kind: VariableKind::Plain,
+                    values: BTreeMap::new(),
+                    triggered_by: triggered_by.to_string(),
+                    trigger_type: "api".into(),
+                };
+                if let Some(new) = self
+                    .reconfiguration(&change, &changed, BTreeMap::new())
+                    .await?
+                {
+                    ready.push(new);
                 }
             }
+            self.create_and_start_all(ready).await
         }
-        for new in ready {
-            runs.push(self.create_and_start(new).await?);
+        .await;
+        match started {
+            Ok(runs) => Ok(EnvironmentVariablesChanged { changed, runs }),
+            Err(e) => {
+                let prior: Vec<_> = changed
+                    .iter()
+                    .map(|n| (n.clone(), existing.get(n).cloned()))
+                    .collect();
+                store
+                    .restore_variables(tenant, ENVIRONMENT_WIDE, environment, &prior)
+                    .await?;
+                Err(e)
+            }
         }
-        Ok(EnvironmentVariablesChanged { changed, runs })
     }
 
     /// What a run asked for now releases: the API's plain variables and sealed secrets.

@@ -71,7 +71,11 @@ pub enum StoreError {
     NotFound,
     /// Another run is pending or in progress for the same tenant × fraise × environment.
     #[error("deployment {active_id} is already active for this fraise and environment")]
-    ActiveRunExists { active_id: String },
+    ActiveRunExists {
+        active_id: String,
+        fraise: String,
+        environment: String,
+    },
     /// A unique name (e.g. a username within a tenant) is already taken.
     #[error("{0} already exists")]
     AlreadyExists(String),

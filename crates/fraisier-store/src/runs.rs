@@ -49,24 +49,35 @@ impl Store {
     /// Runs to completion even when the caller goes away (a client hanging up on a POST):
     /// a write abandoned half-way would commit without the listing totals hearing of it.
     pub async fn create_run(&self, new: &NewRun) -> Result<Run> {
-        let (store, new) = (self.clone(), new.clone());
-        tokio::spawn(async move { store.create_run_now(&new).await })
+        let mut made = self.create_runs(std::slice::from_ref(new)).await?;
+        Ok(made.remove(0))
+    }
+
+    /// Creates several `pending` runs all at once or none: one refused (an active run, a
+    /// lock, a freeze window) leaves the others unmade. In the order given.
+    pub async fn create_runs(&self, new: &[NewRun]) -> Result<Vec<Run>> {
+        let (store, new) = (self.clone(), new.to_vec());
+        tokio::spawn(async move { store.create_runs_now(&new).await })
             .await
             .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
     }
 
-    async fn create_run_now(&self, new: &NewRun) -> Result<Run> {
+    async fn create_runs_now(&self, new: &[NewRun]) -> Result<Vec<Run>> {
         let mut attempt = 1;
         loop {
-            match self.insert_run(new).await {
+            match self.insert_runs(new).await {
                 Err(e) if sql::is_unique_violation(&e) => {
-                    if let Some(active) = self
-                        .active_run_for(&new.tenant_id, &new.fraise, &new.environment)
-                        .await?
-                    {
-                        return Err(StoreError::ActiveRunExists {
-                            active_id: run_id_string(active.id),
-                        });
+                    for n in new {
+                        if let Some(active) = self
+                            .active_run_for(&n.tenant_id, &n.fraise, &n.environment)
+                            .await?
+                        {
+                            return Err(StoreError::ActiveRunExists {
+                                active_id: run_id_string(active.id),
+                                fraise: active.fraise,
+                                environment: active.environment,
+                            });
+                        }
                     }
                     if attempt == CREATE_ATTEMPTS {
                         return Err(e);
@@ -447,6 +458,8 @@ impl Store {
                 Err(StoreError::ActiveRunExists {
                     active_id: active
                         .map_or_else(|| run_id_string(run.id), |a| run_id_string(a.id)),
+                    fraise: run.fraise.clone(),
+                    environment: run.environment.clone(),
                 })
             }
             Err(e) => Err(e),
@@ -587,49 +600,60 @@ impl Store {
         self.run(tenant, id).await
     }
 
-    async fn insert_run(&self, new: &NewRun) -> Result<Run> {
+    async fn insert_runs(&self, new: &[NewRun]) -> Result<Vec<Run>> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
+        // Held in one order, so that two such writes never wait on each other's holds.
+        let mut environments: Vec<(&str, &str)> = new
+            .iter()
+            .map(|n| (n.tenant_id.as_str(), n.environment.as_str()))
+            .collect();
+        environments.sort_unstable();
+        environments.dedup();
         // Its deletion counts the active runs: one is not started in it meanwhile.
-        self.hold_environment(&mut tx, &new.tenant_id, &new.environment)
-            .await?;
-        // A lock or freeze window taken since the requester's guards were checked (a source
-        // resolved from git can take seconds, another server may take it) still keeps the
-        // run out: every one that committed before this point is seen.
-        if let Some(barrier) =
-            barrier_in(&mut tx, &new.tenant_id, &new.environment, &new.triggered_by).await?
-        {
-            return Err(StoreError::Barred(Box::new(barrier)));
+        for (tenant, environment) in environments {
+            self.hold_environment(&mut tx, tenant, environment).await?;
         }
-        let now = millis(now());
-        let row = sqlx::query(&format!(
-            "INSERT INTO runs (tenant_id, fraise, environment, kind, status, version, \
-             previous_version, strategy, strategy_config, triggered_by, trigger_type, options, \
-             metadata, created_at, updated_at, health_check_status, health_details, metrics, \
-             progress, events_count, log_lines) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, 'unknown', \
-             '{{}}', '{{}}', -1, 0, 0) \
-             RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(&new.tenant_id)
-        .bind(&new.fraise)
-        .bind(&new.environment)
-        .bind(to_wire(&new.kind))
-        .bind(to_wire(&RunStatus::Pending))
-        .bind(&new.version)
-        .bind(&new.previous_version)
-        .bind(&new.strategy)
-        .bind(json_text(&new.strategy_config))
-        .bind(&new.triggered_by)
-        .bind(&new.trigger_type)
-        .bind(json_text(&new.options))
-        .bind(json_text(&new.metadata))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let run = run_from_row(&row)?;
+        let mut made = Vec::with_capacity(new.len());
+        for new in new {
+            // A lock or freeze window taken since the requester's guards were checked (a source
+            // resolved from git can take seconds, another server may take it) still keeps the
+            // run out: every one that committed before this point is seen.
+            if let Some(barrier) =
+                barrier_in(&mut tx, &new.tenant_id, &new.environment, &new.triggered_by).await?
+            {
+                return Err(StoreError::Barred(Box::new(barrier)));
+            }
+            let now = millis(now());
+            let row = sqlx::query(&format!(
+                "INSERT INTO runs (tenant_id, fraise, environment, kind, status, version, \
+                 previous_version, strategy, strategy_config, triggered_by, trigger_type, options, \
+                 metadata, created_at, updated_at, health_check_status, health_details, metrics, \
+                 progress, events_count, log_lines) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, 'unknown', \
+                 '{{}}', '{{}}', -1, 0, 0) \
+                 RETURNING {RUN_COLUMNS}"
+            ))
+            .bind(&new.tenant_id)
+            .bind(&new.fraise)
+            .bind(&new.environment)
+            .bind(to_wire(&new.kind))
+            .bind(to_wire(&RunStatus::Pending))
+            .bind(&new.version)
+            .bind(&new.previous_version)
+            .bind(&new.strategy)
+            .bind(json_text(&new.strategy_config))
+            .bind(&new.triggered_by)
+            .bind(&new.trigger_type)
+            .bind(json_text(&new.options))
+            .bind(json_text(&new.metadata))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            made.push(run_from_row(&row)?);
+        }
         tx.commit().await?;
         self.runs_changed();
-        Ok(run)
+        Ok(made)
     }
 }
 

@@ -84,6 +84,7 @@ store_suite! {
     environments_are_written_deleted_and_made_again,
     nothing_is_put_in_an_environment_being_deleted,
     no_run_is_recorded_in_an_environment_locked_or_frozen_against_its_trigger,
+    runs_made_together_are_all_recorded_or_none,
     a_job_is_held_by_one_server_until_its_lease_lapses,
     #[ignore = "slow: run with --ignored to check the benchmark's seeding speed"]
     import_100k_runs_takes_seconds,
@@ -205,6 +206,58 @@ async fn no_run_is_recorded_in_an_environment_locked_or_frozen_against_its_trigg
         .await
         .unwrap()
         .is_none());
+}
+
+/// An environment-wide change of variables reconfigures every fraise there with one run
+/// each: one refused leaves none made.
+async fn runs_made_together_are_all_recorded_or_none(db: &TestDb) {
+    let s = &db.store;
+    let both = [
+        new_run(DEFAULT_TENANT, "api", "staging"),
+        new_run(DEFAULT_TENANT, "worker", "staging"),
+    ];
+    let active = s
+        .create_run(&new_run(DEFAULT_TENANT, "worker", "staging"))
+        .await
+        .unwrap();
+    match s.create_runs(&both).await.unwrap_err() {
+        StoreError::ActiveRunExists {
+            active_id,
+            fraise,
+            environment,
+        } => {
+            assert_eq!(active_id, fraisier_store::run_id_string(active.id));
+            assert_eq!(
+                (fraise.as_str(), environment.as_str()),
+                ("worker", "staging")
+            );
+        }
+        e => panic!("expected ActiveRunExists, got {e:?}"),
+    }
+    let last_of_api = || s.last_run_for(DEFAULT_TENANT, "api", "staging");
+    assert_eq!(last_of_api().await.unwrap(), None, "api's run was not kept");
+
+    let mut done = active;
+    done.status = RunStatus::Success;
+    done.completed_at = Some(Utc::now());
+    s.save_run(&done).await.unwrap();
+    s.lock_environment(DEFAULT_TENANT, "staging", "bob", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        s.create_runs(&both).await.unwrap_err(),
+        StoreError::Barred(_)
+    ));
+    assert_eq!(last_of_api().await.unwrap(), None);
+
+    s.unlock_environment(DEFAULT_TENANT, "staging")
+        .await
+        .unwrap();
+    let made = s.create_runs(&both).await.unwrap();
+    let fraises: Vec<&str> = made.iter().map(|r| r.fraise.as_str()).collect();
+    assert_eq!(fraises, ["api", "worker"]);
+    assert_eq!(last_of_api().await.unwrap().map(|r| r.id), Some(made[0].id));
 }
 
 async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
@@ -1589,7 +1642,7 @@ async fn list(store: &Store, f: RunFilter) -> (Vec<i64>, u64) {
 
 fn active_id_of(err: StoreError) -> String {
     match err {
-        StoreError::ActiveRunExists { active_id } => active_id,
+        StoreError::ActiveRunExists { active_id, .. } => active_id,
         other => panic!("expected ActiveRunExists, got {other:?}"),
     }
 }
