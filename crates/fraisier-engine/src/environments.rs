@@ -1,7 +1,7 @@
 //! Environments as data: the configuration the engine works from is fraisier.yaml's with the
 //! API's environment changes applied. A change goes to the store first, then the live copy is
 //! rebuilt from the file and every row, so the two never disagree for long: on PostgreSQL,
-//! other servers rebuild theirs every few seconds.
+//! other servers rebuild theirs as soon as the database tells them (`LISTEN`/`NOTIFY`).
 //!
 //! Which wins: a field set through the API keeps its API value across restarts even when the
 //! file says otherwise (the server warns at start); an environment deleted through the API
@@ -17,8 +17,14 @@ use fraisier_store::{EnvironmentCreated, EnvironmentDeleted, EnvironmentRecord};
 
 use crate::{Engine, EngineError};
 
-/// How often a server on PostgreSQL rereads the environments others may have changed.
+/// How often a server on PostgreSQL rereads the environments others may have changed, when
+/// it cannot listen for their changes.
 pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often it rereads them while it listens: a change is told at once, so this only bounds
+/// how long one told while the listening connection was being made again can go unseen.
+pub const RELOAD_LISTENING: std::time::Duration = std::time::Duration::from_secs(30);
+/// The pause before listening again after the listening connection was lost.
+const LISTEN_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The configuration as the engine sees it now.
 pub struct LiveConfig {
@@ -163,6 +169,57 @@ fn check(settings: &EnvironmentSettings) -> Result<(), EngineError> {
 // === impl Engine ===
 
 impl Engine {
+    /// Keeps this server's view of the environments in line with what other servers on
+    /// the same PostgreSQL database write: rereads them whenever one tells of a change
+    /// (`LISTEN`), and every [`RELOAD_EVERY`] when it cannot listen. Runs until the engine
+    /// stops.
+    pub(crate) async fn follow_environments(&self) {
+        let mut watch: Option<fraisier_store::EnvironmentWatch> = None;
+        loop {
+            if watch.is_none() {
+                match self.store().watch_environments().await {
+                    Ok(w) => {
+                        watch = w;
+                        if watch.is_some() {
+                            // What changed before it listened is not told: read it now.
+                            self.reread_environments().await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for environment changes; rereading them every few seconds")
+                    }
+                }
+            }
+            let waited = match watch.as_mut() {
+                Some(w) => tokio::select! {
+                    told = w.changed() => told,
+                    _ = tokio::time::sleep(RELOAD_LISTENING) => Ok(()),
+                },
+                None => {
+                    tokio::time::sleep(RELOAD_EVERY).await;
+                    Ok(())
+                }
+            };
+            match waited {
+                Ok(()) => self.reread_environments().await,
+                // Listened for again at the top, and reread once it listens.
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the connection that listens for environment changes");
+                    watch = None;
+                    // Not at once: a database that drops every new connection is not
+                    // hammered.
+                    tokio::time::sleep(LISTEN_AGAIN_AFTER).await;
+                }
+            }
+        }
+    }
+
+    async fn reread_environments(&self) {
+        if let Err(e) = self.reload_environments().await {
+            tracing::warn!(error = %e, "could not reread the environments");
+        }
+    }
+
     /// Rebuilds the live configuration from the store; what the API holds against the file.
     pub async fn reload_environments(&self) -> Result<Vec<Overridden>, EngineError> {
         self.inner.config.reload(self.store()).await

@@ -981,14 +981,7 @@ impl Engine {
         if self.inner.store.backend() != "sqlite" {
             // Other servers on the same database change environments too.
             let engine = self.clone();
-            self.task(async move {
-                loop {
-                    tokio::time::sleep(environments::RELOAD_EVERY).await;
-                    if let Err(e) = engine.reload_environments().await {
-                        tracing::warn!(error = %e, "could not reread the environments");
-                    }
-                }
-            });
+            self.task(async move { engine.follow_environments().await });
         }
         // On SQLite this server is the only one (the database is its data dir's): what the
         // last process held is its own at once. On PostgreSQL other servers may be running

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use fraisier_model::environment::EnvironmentSettings;
 use sqlx::any::AnyRow;
+use sqlx::postgres::PgListener;
 use sqlx::Row;
 
 use crate::sql::{count, json, json_text, millis, now, ts, ts_opt, ACTIVE_STATUSES};
@@ -121,6 +122,7 @@ impl Store {
             Err(e) => return Err(e),
             Ok(_) => {}
         }
+        self.tell_environments_changed(&mut tx).await?;
         tx.commit().await?;
         Ok(Created::Made(Box::new(
             self.environment_record(tenant, name)
@@ -196,6 +198,7 @@ impl Store {
                 insert_row(&mut tx, tenant, name, changes, None, at, by).await?;
             }
         }
+        self.tell_environments_changed(&mut tx).await?;
         tx.commit().await?;
         self.environment_record(tenant, name).await
     }
@@ -286,8 +289,33 @@ impl Store {
         .bind(name)
         .execute(&mut *tx)
         .await?;
+        self.tell_environments_changed(&mut tx).await?;
         tx.commit().await?;
         Ok(Deleted::Done)
+    }
+
+    /// Tells the other servers on the database, once `tx` commits, that an environment row
+    /// changed (PostgreSQL's `NOTIFY` is sent at commit and dropped at rollback). SQLite
+    /// has no other servers.
+    async fn tell_environments_changed(&self, tx: &mut WriteTx) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(ENVIRONMENTS_CHANNEL)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What tells this server that another changed an environment: `None` on SQLite, where
+    /// there is no other. Needs a connection of its own, kept open while it is held.
+    pub async fn watch_environments(&self) -> Result<Option<EnvironmentWatch>> {
+        let Some(url) = &self.listen_url else {
+            return Ok(None);
+        };
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(ENVIRONMENTS_CHANNEL).await?;
+        Ok(Some(EnvironmentWatch { listener }))
     }
 
     /// Keeps the environment from being deleted, or from being put things in while it is
@@ -332,6 +360,37 @@ impl Store {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
         }
+    }
+}
+
+/// The channel environment changes are told on (PostgreSQL `LISTEN`/`NOTIFY`).
+const ENVIRONMENTS_CHANNEL: &str = "fraisier_environments";
+
+/// A connection listening for environment changes other servers commit.
+pub struct EnvironmentWatch {
+    listener: PgListener,
+}
+
+impl EnvironmentWatch {
+    /// Returns when an environment was written. An error when the connection is lost: what
+    /// is told until a new watch listens is lost with it, so the caller makes a new one and
+    /// then rereads.
+    pub async fn changed(&mut self) -> Result<()> {
+        match self.listener.try_recv().await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the connection listening for environment changes was closed",
+            )))),
+        }
+    }
+}
+
+impl std::fmt::Debug for EnvironmentWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvironmentWatch")
+            .field("channel", &ENVIRONMENTS_CHANNEL)
+            .finish_non_exhaustive()
     }
 }
 

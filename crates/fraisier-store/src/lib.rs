@@ -48,6 +48,7 @@ pub use audit::{
 };
 pub use environments::{
     Created as EnvironmentCreated, Deleted as EnvironmentDeleted, EnvironmentRecord,
+    EnvironmentWatch,
 };
 pub use freezes::{Barrier, EnvironmentLimits, EnvironmentLock, FreezeWindow, NewFreezeWindow};
 pub use groups::{Group, GroupFields};

@@ -35,6 +35,9 @@ pub struct Store {
     pub(crate) list_totals: Option<Arc<ListTotals>>,
     /// For `Debug` only: never holds a password.
     redacted_url: String,
+    /// PostgreSQL only: the URL, password included, that `LISTEN` connections are opened
+    /// with (see `watch_environments`). Never printed.
+    pub(crate) listen_url: Option<Arc<str>>,
     /// This process's hold on runs and its event bus, shared by every clone.
     pub(crate) roles: Arc<ProcessRoles>,
 }
@@ -176,6 +179,7 @@ impl Store {
                 turns: Some(Arc::default()),
                 list_totals: Some(Arc::default()),
                 redacted_url,
+                listen_url: None,
                 roles: Arc::default(),
             });
         }
@@ -193,6 +197,7 @@ impl Store {
             turns: Some(Arc::default()),
             list_totals: Some(Arc::default()),
             redacted_url,
+            listen_url: None,
             roles: Arc::default(),
         })
     }
@@ -210,6 +215,7 @@ impl Store {
             turns: None,
             list_totals: None,
             redacted_url,
+            listen_url: Some(url.into()),
             roles: Arc::default(),
         })
     }
