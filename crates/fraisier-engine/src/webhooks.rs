@@ -130,6 +130,13 @@ impl Engine {
                     Err(EngineError::InProgress { active_id, .. }) => {
                         Some(settle(t, None, Some(QUEUED), &waits_for(&active_id)))
                     }
+                    // A guard taken while the push was being prepared (its source fetched,
+                    // or by another server): held like one found above.
+                    Err(
+                        e @ (EngineError::EnvironmentLocked(_)
+                        | EngineError::EnvironmentFrozen(_)
+                        | EngineError::OutsideChangeWindow { .. }),
+                    ) => held_back(t, &e),
                     Err(e) => Some(settle(t, None, Some(e.code()), &e.to_string())),
                 }
             };
