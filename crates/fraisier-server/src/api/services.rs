@@ -843,18 +843,29 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     // PostgreSQL database), followed, and let go when it ends.
     let waits_for_runs = run_id.is_none();
     let others_run = waits_for_runs && engine.store().backend() != "sqlite";
-    // The newest run of the service told or let pass: the store is asked for the next one
-    // after it, not for the one active at the moment of looking, so a run that starts and
-    // ends between two looks is told too. One active now is still to be told.
-    let mut seen_up_to = if others_run {
-        match engine.store().last_run_for(&tenant, &fraise, &env).await {
-            Ok(Some(r)) if r.status.is_final() => r.id,
-            Ok(Some(r)) => r.id - 1,
-            _ => 0,
-        }
-    } else {
-        0
+    // The newest run of the service the walk through the store has passed (told, or left to
+    // the bus): the store is asked for the next one after it, not for the one active at the
+    // moment of looking, so a run that starts and ends between two looks is told too. One
+    // active now is still to be told. `None` while the store could not say where to begin.
+    let begin = |last: Option<fraisier_store::Run>| match last {
+        Some(r) if r.status.is_final() => r.id,
+        Some(r) => r.id - 1,
+        None => 0,
     };
+    let mut seen_up_to = if others_run {
+        engine
+            .store()
+            .last_run_for(&tenant, &fraise, &env)
+            .await
+            .ok()
+            .map(begin)
+    } else {
+        None
+    };
+    // Runs this server's bus told, not to be told again when the walk reaches them. Only
+    // the walk moves `seen_up_to`: a later run of this server's must not skip an earlier one
+    // of another's not yet reached.
+    let mut told_by_bus = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -863,14 +874,23 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
                     run_id = None;
                 }
                 if others_run && run_id.is_none() {
-                    let Ok(Some(r)) = engine.store().next_run_after(&tenant, &fraise, &env, seen_up_to).await else { continue };
+                    let Some(after) = seen_up_to else {
+                        seen_up_to = engine.store().last_run_for(&tenant, &fraise, &env).await.ok().map(begin);
+                        continue;
+                    };
+                    let Ok(Some(r)) = engine.store().next_run_after(&tenant, &fraise, &env, after).await else { continue };
+                    seen_up_to = Some(r.id);
+                    let by_bus = told_by_bus.contains(&r.id);
+                    told_by_bus.retain(|id| *id > r.id);
                     // This server's own runs are told by its bus, as they go; one that ended
-                    // before this look was told then.
-                    seen_up_to = r.id;
-                    if engine.executes(r.id)
+                    // before this look was told then (its lease names this server).
+                    if by_bus
+                        || engine.executes(r.id)
                         || (r.status.is_final()
                             && matches!(engine.store().run_lease(r.id).await, Ok(Some((owner, _))) if owner == engine.server_id()))
                     {
+                        // The next may be there already: looked for at once.
+                        tick.reset_immediately();
                         continue;
                     }
                     run_id = Some(r.id);
@@ -902,11 +922,13 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
                     let status = if run.status == RunStatus::Success { "success" } else { "failed" };
                     let finished = send(json!({ "step": "finished", "status": status, "message": format!("{} {}", run_id_string(id), to_wire(&run.status)), "progress_pct": 100, "timestamp": now() }));
                     if waits_for_runs {
-                        // Back to waiting, as for a run of this server's.
+                        // Back to waiting, as for a run of this server's; the next run may
+                        // be recorded already, so it is looked for at once.
                         run_id = None;
                         if socket.send(finished).await.is_err() {
                             return;
                         }
+                        tick.reset_immediately();
                         continue;
                     }
                     let _ = socket.send(finished).await;
@@ -929,7 +951,9 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
                             if waits_for_runs {
                                 // This server executes it now: told from here on by the bus,
                                 // no longer from the store.
-                                seen_up_to = seen_up_to.max(p.run_id);
+                                if others_run {
+                                    told_by_bus.insert(p.run_id);
+                                }
                                 if run_id == Some(p.run_id) {
                                     run_id = None;
                                 }
