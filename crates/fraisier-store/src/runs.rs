@@ -56,6 +56,9 @@ impl Store {
     /// Creates several `pending` runs all at once or none: one refused (an active run, a
     /// lock, a freeze window) leaves the others unmade. In the order given.
     pub async fn create_runs(&self, new: &[NewRun]) -> Result<Vec<Run>> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
         let (store, new) = (self.clone(), new.to_vec());
         tokio::spawn(async move { store.create_runs_now(&new).await })
             .await
@@ -602,7 +605,7 @@ impl Store {
 
     async fn insert_runs(&self, new: &[NewRun]) -> Result<Vec<Run>> {
         let mut tx = self.begin_write_as(Priority::Interactive).await?;
-        // Held in one order, so that two such writes never wait on each other's holds.
+        // Taken in one order, so that two such writes cannot deadlock on each other's holds.
         let mut environments: Vec<(&str, &str)> = new
             .iter()
             .map(|n| (n.tenant_id.as_str(), n.environment.as_str()))

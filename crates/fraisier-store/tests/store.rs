@@ -124,11 +124,6 @@ async fn futures_util_join<F: std::future::Future<Output = fraisier_store::Resul
     vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
 }
 
-/// Once deleted, an environment takes nothing its deletion drops or counts. A target or group
-/// put in it races its deletion, and one of the two wins whole: either the deletion finds the
-/// target there and refuses, or the target is refused as the environment is gone — never a
-/// deleted environment with something in it. Environments fraisier.yaml declares have no row
-/// until deleted, so the row cannot be the lock.
 /// The engine looks at locks and freeze windows before it prepares a run, and preparing can
 /// take seconds (a source fetched from git). What was committed meanwhile still keeps the run
 /// out: the store looks again as it records it, under the environment's hold.
@@ -190,7 +185,7 @@ async fn no_run_is_recorded_in_an_environment_locked_or_frozen_against_its_trigg
     s.create_run(&new_run("tenant-b", "api", "staging"))
         .await
         .unwrap();
-    // A window over, or not begun, holds nothing.
+    // A window not begun yet holds nothing.
     s.delete_freeze_window(DEFAULT_TENANT, "staging", window.id)
         .await
         .unwrap();
@@ -260,6 +255,11 @@ async fn runs_made_together_are_all_recorded_or_none(db: &TestDb) {
     assert_eq!(last_of_api().await.unwrap().map(|r| r.id), Some(made[0].id));
 }
 
+/// Once deleted, an environment takes nothing its deletion drops or counts. A target or group
+/// put in it races its deletion, and one of the two wins whole: either the deletion finds the
+/// target there and refuses, or the target is refused as the environment is gone — never a
+/// deleted environment with something in it. Environments fraisier.yaml declares have no row
+/// until deleted, so the row cannot be the lock.
 async fn nothing_is_put_in_an_environment_being_deleted(db: &TestDb) {
     use fraisier_model::target::TargetType;
     use fraisier_store::{EnvironmentDeleted, NewTarget, NewTargetGroup, TargetChange};
