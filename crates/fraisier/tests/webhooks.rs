@@ -668,6 +668,113 @@ async fn a_slow_repository_does_not_hold_the_host_and_a_restart_loses_no_push() 
     assert_eq!(router_version(port).await.as_deref(), Some(&commit[..12]));
 }
 
+/// A lock taken while a push is being prepared (its repository fetched, seconds here) holds
+/// it as one taken before would: queued, saying why, and deployed once unlocked — not failed.
+/// The store looks at the lock again as it records the run.
+#[tokio::test]
+async fn a_push_locked_while_its_source_is_fetched_is_held_until_unlocked() {
+    let ws = Workspace::new();
+    let work = ws.path().join("work");
+    let served = ws.path().join("served");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&served).unwrap();
+    let origin = served.join("shop.git");
+    git(
+        ws.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    let commit = push_commit(&work, 0);
+    // Every request to the repository waits 2 s: the fetch takes over 4 s.
+    let host = Sidecar::start(
+        "python3",
+        "git_http.py",
+        &[served.to_str().unwrap(), "git", "-", "2"],
+    );
+    let url = format!("http://127.0.0.1:{}/shop.git", host.port);
+    let yaml = yaml(&ws, &origin, free_port(), free_port())
+        .replace(&format!("file://{}", origin.display()), &url);
+    let s = Server::start(&ws, &yaml).await;
+
+    let mut push = octokit("push")
+        .into_iter()
+        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
+        .unwrap();
+    push["ref"] = json!("refs/heads/main");
+    push["after"] = json!(commit);
+    push["repository"]["clone_url"] = json!(url);
+    // Locked once the queue is past the guards it looks at first, inside the fetch.
+    let lock = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        s.post(
+            "/environments/production/lock",
+            json!({"reason": "incident"}),
+        )
+        .await
+    };
+    let headers = github_push("lock-mid-fetch");
+    let ((status, receipt), (locked, v)) =
+        tokio::join!(deliver(&s, "/webhooks/github", &headers, &push), lock);
+    assert_eq!(status, 202, "{receipt:#}");
+    assert_eq!(locked, 200, "{v}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let (_, v) = s.get("/webhooks/deliveries").await;
+        let target = v["deliveries"][0]["deployments"][0].clone();
+        let message = target["error"]["message"].as_str().unwrap_or_default();
+        if message.starts_with("held:") || target["error"]["code"] != "QUEUED" {
+            break target;
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        held["error"]["code"], "QUEUED",
+        "held, not failed: {held:#}"
+    );
+    assert!(
+        held["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked by admin (incident)"),
+        "{held:#}"
+    );
+    let (_, v) = s.get("/deployments?environment=production").await;
+    assert_eq!(v["pagination"]["total"], 0, "nothing recorded: {v:#}");
+
+    s.post("/environments/production/unlock", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let (_, v) = s.get("/webhooks/deliveries").await;
+        if let Some(id) = v["deliveries"][0]["deployments"][0]["deployment_id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deployed: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (run["status"].as_str(), run["metadata"]["commit"].as_str()),
+        (Some("success"), Some(commit.as_str())),
+        "{run:#}"
+    );
+}
+
 /// A push into a locked environment waits in the queue, saying why, and deploys once the
 /// environment is unlocked.
 #[tokio::test]
