@@ -21,7 +21,8 @@ use crate::{Engine, EngineError};
 /// it cannot listen for their changes.
 pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often it rereads them while it listens: a change is told at once, so this only bounds
-/// how long one told while the listening connection was being made again can go unseen.
+/// how long a change can go unseen should a listening connection stop hearing without
+/// closing.
 pub const RELOAD_LISTENING: std::time::Duration = std::time::Duration::from_secs(30);
 /// The pause before listening again after the listening connection was lost.
 const LISTEN_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
@@ -177,17 +178,13 @@ impl Engine {
         let mut watch: Option<fraisier_store::EnvironmentWatch> = None;
         loop {
             if watch.is_none() {
-                match self.store().watch_environments().await {
-                    Ok(w) => {
-                        watch = w;
-                        if watch.is_some() {
-                            // What changed before it listened is not told: read it now.
-                            self.reread_environments().await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for environment changes; rereading them every few seconds")
-                    }
+                watch = self.store().watch_environments().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot listen for environment changes; rereading them every few seconds");
+                    None
+                });
+                if watch.is_some() {
+                    // What changed before it listened is not told: read it now.
+                    self.reread_environments().await;
                 }
             }
             let waited = match watch.as_mut() {
@@ -202,7 +199,8 @@ impl Engine {
             };
             match waited {
                 Ok(()) => self.reread_environments().await,
-                // Listened for again at the top, and reread once it listens.
+                // sqlx could not make the connection again: listened for anew at the top,
+                // and reread once it listens.
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the connection that listens for environment changes");
                     watch = None;

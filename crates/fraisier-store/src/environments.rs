@@ -372,17 +372,12 @@ pub struct EnvironmentWatch {
 }
 
 impl EnvironmentWatch {
-    /// Returns when an environment was written. An error when the connection is lost: what
-    /// is told until a new watch listens is lost with it, so the caller makes a new one and
-    /// then rereads.
+    /// Returns when an environment may have changed: one was written, or the connection was
+    /// lost and sqlx has made it again and listens anew (what was told meanwhile is lost, so
+    /// the caller rereads either way). An error when it could not be made again.
     pub async fn changed(&mut self) -> Result<()> {
-        match self.listener.try_recv().await? {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the connection listening for environment changes was closed",
-            )))),
-        }
+        self.listener.try_recv().await?;
+        Ok(())
     }
 }
 

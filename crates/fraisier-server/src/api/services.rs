@@ -845,23 +845,9 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
     let others_run = waits_for_runs && engine.store().backend() != "sqlite";
     // The newest run of the service the walk through the store has passed (told, or left to
     // the bus): the store is asked for the next one after it, not for the one active at the
-    // moment of looking, so a run that starts and ends between two looks is told too. One
-    // active now is still to be told. `None` while the store could not say where to begin.
-    let begin = |last: Option<fraisier_store::Run>| match last {
-        Some(r) if r.status.is_final() => r.id,
-        Some(r) => r.id - 1,
-        None => 0,
-    };
-    let mut seen_up_to = if others_run {
-        engine
-            .store()
-            .last_run_for(&tenant, &fraise, &env)
-            .await
-            .ok()
-            .map(begin)
-    } else {
-        None
-    };
+    // moment of looking, so a run that starts and ends between two looks is told too.
+    // `None` until the first look (the tick's first is at once) says where to begin.
+    let mut seen_up_to: Option<i64> = None;
     // Runs this server's bus told, not to be told again when the walk reaches them. Only
     // the walk moves `seen_up_to`: a later run of this server's must not skip an earlier one
     // of another's not yet reached.
@@ -875,7 +861,11 @@ async fn follow_progress(mut socket: WebSocket, engine: Engine, tenant: String, 
                 }
                 if others_run && run_id.is_none() {
                     let Some(after) = seen_up_to else {
-                        seen_up_to = engine.store().last_run_for(&tenant, &fraise, &env).await.ok().map(begin);
+                        // After the last run; one active now is still to be told.
+                        if let Ok(last) = engine.store().last_run_for(&tenant, &fraise, &env).await {
+                            seen_up_to = Some(last.map_or(0, |r| if r.status.is_final() { r.id } else { r.id - 1 }));
+                            tick.reset_immediately();
+                        }
                         continue;
                     };
                     let Ok(Some(r)) = engine.store().next_run_after(&tenant, &fraise, &env, after).await else { continue };
