@@ -558,19 +558,20 @@ async fn notifications_go_out_once_and_environments_reach_every_server() {
     assert_eq!(seen["defined_in"], "api");
     // b writes nothing now: only a's word brings a's next one. a tells at commit (NOTIFY);
     // b, listening, rereads at once — its reread by the clock comes every 30 s only.
-    let (status, v) = a.post("/environments", json!({ "name": "perf" })).await;
-    assert_eq!(status, 201, "{v}");
-    let made = Instant::now();
-    wait_get(&b, "/environments/perf", |_| true).await;
+    let (on_a, on_b) = (&a, &b);
+    let made_on_a_seen_on_b = |name: &'static str| async move {
+        let (status, v) = on_a.post("/environments", json!({ "name": name })).await;
+        assert_eq!(status, 201, "{v}");
+        let made = Instant::now();
+        wait_get(on_b, &format!("/environments/{name}"), |_| true).await;
+        made.elapsed()
+    };
+    let took = made_on_a_seen_on_b("perf").await;
     assert!(
-        made.elapsed() < Duration::from_secs(2),
-        "seen on b {:?} after it was made on a",
-        made.elapsed()
+        took < Duration::from_secs(2),
+        "seen on b {took:?} after it was made on a"
     );
-    println!(
-        "environment made on a, seen on b after {:?}",
-        made.elapsed()
-    );
+    println!("environment made on a, seen on b after {took:?}");
     // The listening connections cut (a database restart, a proxy's idle timeout): each server
     // listens again, rereads what it may have missed, and hears the next change at once.
     let listening = "SELECT count(*) FROM pg_stat_activity \
@@ -580,24 +581,16 @@ async fn notifications_go_out_once_and_environments_reach_every_server() {
         &db.url,
         &listening.replace("count(*)", "pg_terminate_backend(pid)"),
     );
-    let (status, v) = a.post("/environments", json!({ "name": "soak" })).await;
-    assert_eq!(status, 201, "{v}");
-    let made = Instant::now();
-    wait_get(&b, "/environments/soak", |_| true).await;
+    let took = made_on_a_seen_on_b("soak").await;
     assert!(
-        made.elapsed() < Duration::from_secs(5),
-        "seen on b {:?} after it was made on a, its listener cut",
-        made.elapsed()
+        took < Duration::from_secs(5),
+        "seen on b {took:?} after it was made on a, its listener cut"
     );
     wait_value(&db.url, listening, "2", Duration::from_secs(10)).await;
-    let (status, v) = a.post("/environments", json!({ "name": "load" })).await;
-    assert_eq!(status, 201, "{v}");
-    let made = Instant::now();
-    wait_get(&b, "/environments/load", |_| true).await;
+    let took = made_on_a_seen_on_b("load").await;
     assert!(
-        made.elapsed() < Duration::from_secs(2),
-        "told again once listening again: {:?}",
-        made.elapsed()
+        took < Duration::from_secs(2),
+        "told again once listening again: {took:?}"
     );
     // Two changes of different fields, one on each server: both hold.
     let (status, v) = a

@@ -153,6 +153,80 @@ async fn deployed(s: &Server, receipt: &Value, commit: &str) -> String {
     run["version"].as_str().unwrap().to_string()
 }
 
+/// An octokit push to `main` at `commit`, cloned from `clone_url`.
+fn main_push(commit: &str, clone_url: &str) -> Value {
+    let mut push = octokit("push")
+        .into_iter()
+        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
+        .unwrap();
+    push["ref"] = json!("refs/heads/main");
+    push["after"] = json!(commit);
+    push["repository"]["clone_url"] = json!(clone_url);
+    push
+}
+
+/// A repository with one commit, served over HTTP by a host that answers each request
+/// after `delay_secs`: the host, its URL, the repository's path and the commit.
+fn slow_repository(ws: &Workspace, delay_secs: u32) -> (Sidecar, String, PathBuf, String) {
+    let work = ws.path().join("work");
+    let served = ws.path().join("served");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&served).unwrap();
+    let origin = served.join("shop.git");
+    git(
+        ws.path(),
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    let commit = push_commit(&work, 0);
+    let host = Sidecar::start(
+        "python3",
+        "git_http.py",
+        &[
+            served.to_str().unwrap(),
+            "git",
+            "-",
+            &delay_secs.to_string(),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}/shop.git", host.port);
+    (host, url, origin, commit)
+}
+
+/// The push held in the queue (the only delivery) is deployed, and its run succeeds at
+/// `commit`.
+async fn held_push_deploys_once_unlocked(s: &Server, commit: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let (_, v) = s.get("/webhooks/deliveries").await;
+        if let Some(id) = v["deliveries"][0]["deployments"][0]["deployment_id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deployed: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let run = s.wait_run(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (run["status"].as_str(), run["metadata"]["commit"].as_str()),
+        (Some("success"), Some(commit)),
+        "{run:#}"
+    );
+}
+
 #[tokio::test]
 async fn pushes_from_four_hosts_deploy_their_commit() {
     let ws = Workspace::new();
@@ -580,47 +654,14 @@ async fn pushes_from_four_hosts_deploy_their_commit() {
 #[tokio::test]
 async fn a_slow_repository_does_not_hold_the_host_and_a_restart_loses_no_push() {
     let ws = Workspace::new();
-    let work = ws.path().join("work");
-    let served = ws.path().join("served");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::create_dir_all(&served).unwrap();
-    let origin = served.join("shop.git");
-    git(
-        ws.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            origin.to_str().unwrap(),
-        ],
-    );
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().unwrap()],
-    );
-    let commit = push_commit(&work, 0);
     // Every request to the repository waits 3 s: a clone takes two, so over 6 s.
-    let host = Sidecar::start(
-        "python3",
-        "git_http.py",
-        &[served.to_str().unwrap(), "git", "-", "3"],
-    );
-    let url = format!("http://127.0.0.1:{}/shop.git", host.port);
+    let (_host, url, origin, commit) = slow_repository(&ws, 3);
     let port = free_port();
     let yaml = yaml(&ws, &origin, port, free_port())
         .replace(&format!("file://{}", origin.display()), &url);
     let mut s = Server::start(&ws, &yaml).await;
 
-    let mut push = octokit("push")
-        .into_iter()
-        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
-        .unwrap();
-    push["ref"] = json!("refs/heads/main");
-    push["after"] = json!(commit);
-    push["repository"]["clone_url"] = json!(url);
+    let push = main_push(&commit, &url);
     let started = std::time::Instant::now();
     let (status, receipt) = deliver(&s, "/webhooks/github", &github_push("slow-1"), &push).await;
     let answered = started.elapsed();
@@ -669,54 +710,25 @@ async fn a_slow_repository_does_not_hold_the_host_and_a_restart_loses_no_push() 
 }
 
 /// A lock taken while a push is being prepared (its repository fetched, seconds here) holds
-/// it as one taken before would: queued, saying why, and deployed once unlocked — not failed.
-/// The store looks at the lock again as it records the run.
+/// it as one taken before the queue looked would: queued, saying why, and deployed once
+/// unlocked — not failed. (The deploy's own guards refuse it here; the store's look as it
+/// records the run is tested in store.rs.)
 #[tokio::test]
 async fn a_push_locked_while_its_source_is_fetched_is_held_until_unlocked() {
     let ws = Workspace::new();
-    let work = ws.path().join("work");
-    let served = ws.path().join("served");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::create_dir_all(&served).unwrap();
-    let origin = served.join("shop.git");
-    git(
-        ws.path(),
-        &[
-            "init",
-            "-q",
-            "--bare",
-            "-b",
-            "main",
-            origin.to_str().unwrap(),
-        ],
-    );
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().unwrap()],
-    );
-    let commit = push_commit(&work, 0);
     // Every request to the repository waits 2 s: the fetch takes over 4 s.
-    let host = Sidecar::start(
-        "python3",
-        "git_http.py",
-        &[served.to_str().unwrap(), "git", "-", "2"],
-    );
-    let url = format!("http://127.0.0.1:{}/shop.git", host.port);
+    let (host, url, origin, commit) = slow_repository(&ws, 2);
     let yaml = yaml(&ws, &origin, free_port(), free_port())
         .replace(&format!("file://{}", origin.display()), &url);
     let s = Server::start(&ws, &yaml).await;
 
-    let mut push = octokit("push")
-        .into_iter()
-        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
-        .unwrap();
-    push["ref"] = json!("refs/heads/main");
-    push["after"] = json!(commit);
-    push["repository"]["clone_url"] = json!(url);
-    // Locked once the queue is past the guards it looks at first, inside the fetch.
+    let push = main_push(&commit, &url);
+    // Locked once the repository is asked (each answer takes 2 s), so the queue is past
+    // the guards it looks at first.
     let lock = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        while !host.lines().iter().any(|l| l.get("path").is_some()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         s.post(
             "/environments/production/lock",
             json!({"reason": "incident"}),
@@ -755,24 +767,7 @@ async fn a_push_locked_while_its_source_is_fetched_is_held_until_unlocked() {
     assert_eq!(v["pagination"]["total"], 0, "nothing recorded: {v:#}");
 
     s.post("/environments/production/unlock", json!({})).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let id = loop {
-        let (_, v) = s.get("/webhooks/deliveries").await;
-        if let Some(id) = v["deliveries"][0]["deployments"][0]["deployment_id"].as_str() {
-            break id.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never deployed: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let run = s.wait_run(&id, Duration::from_secs(60)).await;
-    assert_eq!(
-        (run["status"].as_str(), run["metadata"]["commit"].as_str()),
-        (Some("success"), Some(commit.as_str())),
-        "{run:#}"
-    );
+    held_push_deploys_once_unlocked(&s, &commit).await;
 }
 
 /// A push into a locked environment waits in the queue, saying why, and deploys once the
@@ -801,13 +796,7 @@ async fn a_push_into_a_locked_environment_is_held_until_it_is_unlocked() {
         .await;
     assert_eq!(status, 200, "{v}");
 
-    let mut push = octokit("push")
-        .into_iter()
-        .find(|p| p["ref"] == "refs/heads/master" && p["deleted"] == false)
-        .unwrap();
-    push["ref"] = json!("refs/heads/main");
-    push["after"] = json!(commit);
-    push["repository"]["clone_url"] = json!(format!("file://{}", origin.display()));
+    let push = main_push(&commit, &format!("file://{}", origin.display()));
     let (status, receipt) = deliver(&s, "/webhooks/github", &github_push("held-1"), &push).await;
     assert_eq!(
         (status, receipt["outcome"].as_str()),
@@ -831,22 +820,5 @@ async fn a_push_into_a_locked_environment_is_held_until_it_is_unlocked() {
     );
 
     s.post("/environments/production/unlock", json!({})).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let id = loop {
-        let (_, v) = s.get("/webhooks/deliveries").await;
-        if let Some(id) = v["deliveries"][0]["deployments"][0]["deployment_id"].as_str() {
-            break id.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never deployed: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let run = s.wait_run(&id, Duration::from_secs(60)).await;
-    assert_eq!(
-        (run["status"].as_str(), run["metadata"]["commit"].as_str()),
-        (Some("success"), Some(commit.as_str())),
-        "{run:#}"
-    );
+    held_push_deploys_once_unlocked(&s, &commit).await;
 }
